@@ -1,0 +1,305 @@
+// Package job defines the two documents that cross the confidential-VM boundary: the job
+// manifest (everything the build may depend on, fixed by the host before launch and bound
+// to the hardware report through HOST_DATA / MRCONFIGID) and the result record (what the
+// guest saw and produced, bound through REPORT_DATA).
+//
+// Both are encoded canonically: encoding/json of these structs (fields in declared order,
+// maps with sorted keys, no HTML escaping, no trailing newline). Digests are always taken
+// over the exact bytes carried around, never over a re-encoding, so a verifier needs the
+// bytes, not this package's encoder.
+package job
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"strings"
+)
+
+// Type URIs identify the document kind and version; a reader rejects any other value.
+const (
+	ManifestType = "https://cloche.dev/job-manifest/v1"
+	ResultType   = "https://cloche.dev/result-record/v1"
+)
+
+// Limits on documents read from outside. The manifest is bound by digest, but the guest
+// still parses it before it can check anything else, so its size is capped.
+const (
+	MaxManifestSize = 256 << 10
+	MaxResultSize   = 4 << 20
+	MaxArtifacts    = 1024
+	MaxCommandArgs  = 256
+	MaxEnvEntries   = 256
+)
+
+// ErrInvalid is wrapped by every validation error of this package.
+var ErrInvalid = errors.New("invalid job document")
+
+// Manifest is the job manifest (DESIGN.md, data flow step 1).
+type Manifest struct {
+	Type string `json:"_type"`
+	// InvocationID names this run uniquely (e.g. the GitHub run URL plus attempt, or a
+	// random id for local runs). It makes two runs of the same inputs distinguishable, so a
+	// report from one run cannot be replayed into another's provenance.
+	InvocationID string `json:"invocationId"`
+	// TEE is the kind of evidence the host promises to launch with: "snp", "tdx" or "sim".
+	TEE       string    `json:"tee"`
+	Source    Source    `json:"source"`
+	Toolchain Toolchain `json:"toolchain"`
+	// Command is the argv run inside the toolchain root, in Workdir (relative to the source
+	// root). Argv[0] is looked up in the toolchain's PATH.
+	Command []string `json:"command"`
+	Workdir string   `json:"workdir"`
+	// Env is added to a fixed minimal environment (PATH, HOME, SOURCE_DATE_EPOCH, LANG).
+	Env map[string]string `json:"env,omitempty"`
+	// Artifacts are path.Match patterns relative to the source root; each must match at
+	// least one regular file after the build.
+	Artifacts       []string `json:"artifacts"`
+	SourceDateEpoch int64    `json:"sourceDateEpoch"`
+	TimeoutSeconds  int64    `json:"timeoutSeconds"`
+	// MaxOutputBytes caps the total size of what the guest writes back (artifacts + log).
+	MaxOutputBytes int64 `json:"maxOutputBytes"`
+}
+
+// Source describes the source input: a deterministic tar archive (see package source).
+type Source struct {
+	// Repository, Ref and Commit are informational context from the host (e.g. the GitHub
+	// checkout). The guest computes the tree id itself; a verifier ties Commit to that tree.
+	Repository string `json:"repository,omitempty"`
+	Ref        string `json:"ref,omitempty"`
+	Commit     string `json:"commit,omitempty"`
+	// ArchiveSHA256 and ArchiveSize identify the archive on the input disk; the guest checks
+	// both while unpacking.
+	ArchiveSHA256 string `json:"archiveSha256"`
+	ArchiveSize   int64  `json:"archiveSize"`
+}
+
+// Toolchain identifies the read-only root filesystem image the build runs in. The guest
+// enforces it through dm-verity: every block read is checked against VerityRootHash, so the
+// image cannot be swapped or altered after this manifest was fixed.
+type Toolchain struct {
+	Name string `json:"name,omitempty"`
+	// ImageSHA256 is the SHA-256 of the whole image file (ext4 data followed by the verity
+	// hash tree); ImageSize its length in bytes.
+	ImageSHA256 string `json:"imageSha256"`
+	ImageSize   int64  `json:"imageSize"`
+	// Verity parameters (veritysetup format --no-superblock, sha256, 4096-byte blocks,
+	// hash tree at HashOffset within the same image).
+	VerityRootHash string `json:"verityRootHash"`
+	VeritySalt     string `json:"veritySalt"`
+	DataBlocks     int64  `json:"dataBlocks"`
+	HashOffset     int64  `json:"hashOffset"`
+}
+
+// Result is the result record (DESIGN.md, data flow step 3), written by the guest.
+type Result struct {
+	Type string `json:"_type"`
+	// ManifestSHA256 is the launch-bound digest the guest read from its own report and
+	// checked the manifest against.
+	ManifestSHA256 string `json:"manifestSha256"`
+	// SourceTree is the git tree id (SHA-1, hex) of the unpacked source.
+	SourceTree string `json:"sourceTree"`
+	// ExitCode of the command; -1 when it did not run to an exit (timeout, signal, error).
+	ExitCode  int        `json:"exitCode"`
+	Error     string     `json:"error,omitempty"`
+	Artifacts []Artifact `json:"artifacts"`
+	Log       Digest     `json:"log"`
+	// DurationMillis is how long the command ran, as the guest measured it.
+	DurationMillis int64 `json:"durationMillis"`
+}
+
+// Artifact is one output file.
+type Artifact struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Digest names a byte string by SHA-256 and length.
+type Digest struct {
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Marshal encodes v canonically (see the package comment).
+func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// ManifestDigest is SHA-256 over the manifest bytes: the value of SNP HOST_DATA, and the
+// first 32 bytes of TDX MRCONFIGID (the other 16 are zero).
+func ManifestDigest(manifestBytes []byte) [32]byte { return sha256.Sum256(manifestBytes) }
+
+// ReportData is SHA-512 over the result record bytes: the value of REPORT_DATA.
+func ReportData(resultBytes []byte) [64]byte { return sha512.Sum512(resultBytes) }
+
+// ParseManifest decodes and validates manifest bytes strictly (unknown fields rejected).
+func ParseManifest(b []byte) (*Manifest, error) {
+	if len(b) > MaxManifestSize {
+		return nil, fmt.Errorf("%w: manifest is %d bytes, limit %d", ErrInvalid, len(b), MaxManifestSize)
+	}
+	var m Manifest
+	if err := strictUnmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrInvalid, err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// ParseResult decodes and validates result record bytes strictly.
+func ParseResult(b []byte) (*Result, error) {
+	if len(b) > MaxResultSize {
+		return nil, fmt.Errorf("%w: result record is %d bytes, limit %d", ErrInvalid, len(b), MaxResultSize)
+	}
+	var r Result
+	if err := strictUnmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: result record: %v", ErrInvalid, err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+func strictUnmarshal(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON document")
+	}
+	return nil
+}
+
+var (
+	hex64    = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	hex40    = regexp.MustCompile(`^[0-9a-f]{40}$`)
+	hexEven  = regexp.MustCompile(`^([0-9a-f]{2})*$`)
+	envName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	validTEE = map[string]bool{"snp": true, "tdx": true, "sim": true}
+)
+
+func invalidf(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, a...))
+}
+
+// Validate checks every field for shape and bounds.
+func (m *Manifest) Validate() error {
+	switch {
+	case m.Type != ManifestType:
+		return invalidf("manifest _type is %q, expected %q", m.Type, ManifestType)
+	case m.InvocationID == "" || len(m.InvocationID) > 512:
+		return invalidf("manifest invocationId must be 1..512 characters")
+	case !validTEE[m.TEE]:
+		return invalidf("manifest tee is %q, expected snp, tdx or sim", m.TEE)
+	case !hex64.MatchString(m.Source.ArchiveSHA256):
+		return invalidf("manifest source.archiveSha256 must be 64 lowercase hex digits")
+	case m.Source.ArchiveSize <= 0:
+		return invalidf("manifest source.archiveSize must be positive")
+	case !hex64.MatchString(m.Toolchain.ImageSHA256):
+		return invalidf("manifest toolchain.imageSha256 must be 64 lowercase hex digits")
+	case !hex64.MatchString(m.Toolchain.VerityRootHash):
+		return invalidf("manifest toolchain.verityRootHash must be 64 lowercase hex digits")
+	case !hexEven.MatchString(m.Toolchain.VeritySalt) || len(m.Toolchain.VeritySalt) > 512:
+		return invalidf("manifest toolchain.veritySalt must be lowercase hex, at most 256 bytes")
+	case m.Toolchain.DataBlocks <= 0 || m.Toolchain.HashOffset != m.Toolchain.DataBlocks*4096:
+		return invalidf("manifest toolchain.dataBlocks must be positive and hashOffset equal dataBlocks*4096")
+	case m.Toolchain.ImageSize <= m.Toolchain.HashOffset || m.Toolchain.ImageSize%4096 != 0:
+		return invalidf("manifest toolchain.imageSize must be a multiple of 4096 beyond hashOffset")
+	case len(m.Command) == 0 || len(m.Command) > MaxCommandArgs || m.Command[0] == "":
+		return invalidf("manifest command must have 1..%d arguments and a non-empty program", MaxCommandArgs)
+	case len(m.Env) > MaxEnvEntries:
+		return invalidf("manifest env has %d entries, limit %d", len(m.Env), MaxEnvEntries)
+	case len(m.Artifacts) == 0 || len(m.Artifacts) > MaxArtifacts:
+		return invalidf("manifest artifacts must list 1..%d patterns", MaxArtifacts)
+	case m.TimeoutSeconds <= 0:
+		return invalidf("manifest timeoutSeconds must be positive")
+	case m.MaxOutputBytes <= 0:
+		return invalidf("manifest maxOutputBytes must be positive")
+	case m.SourceDateEpoch < 0:
+		return invalidf("manifest sourceDateEpoch must not be negative")
+	}
+	if err := checkRelPath("workdir", m.Workdir, true); err != nil {
+		return err
+	}
+	for k, v := range m.Env {
+		if !envName.MatchString(k) || strings.ContainsRune(v, 0) {
+			return invalidf("manifest env entry %q is not NAME=value without NUL", k)
+		}
+	}
+	for _, a := range m.Command {
+		if strings.ContainsRune(a, 0) {
+			return invalidf("manifest command argument contains NUL")
+		}
+	}
+	for _, p := range m.Artifacts {
+		if err := checkRelPath("artifact pattern", p, false); err != nil {
+			return err
+		}
+		if _, err := path.Match(p, ""); err != nil {
+			return invalidf("manifest artifact pattern %q: %v", p, err)
+		}
+	}
+	return nil
+}
+
+// checkRelPath accepts clean, relative, slash-separated paths without "..".
+func checkRelPath(what, p string, allowDot bool) error {
+	if p == "." && allowDot {
+		return nil
+	}
+	if p == "" || len(p) > 4096 || strings.HasPrefix(p, "/") || path.Clean(p) != p || p == ".." ||
+		strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) || p == "." {
+		return invalidf("manifest %s %q must be a clean relative path inside the source", what, p)
+	}
+	return nil
+}
+
+// Validate checks the result record's shape.
+func (r *Result) Validate() error {
+	switch {
+	case r.Type != ResultType:
+		return invalidf("result record _type is %q, expected %q", r.Type, ResultType)
+	case !hex64.MatchString(r.ManifestSHA256):
+		return invalidf("result record manifestSha256 must be 64 lowercase hex digits")
+	case r.SourceTree != "" && !hex40.MatchString(r.SourceTree):
+		return invalidf("result record sourceTree must be 40 lowercase hex digits")
+	case len(r.Artifacts) > MaxArtifacts:
+		return invalidf("result record lists %d artifacts, limit %d", len(r.Artifacts), MaxArtifacts)
+	case r.Log.SHA256 != "" && !hex64.MatchString(r.Log.SHA256):
+		return invalidf("result record log.sha256 must be 64 lowercase hex digits")
+	}
+	seen := map[string]bool{}
+	for _, a := range r.Artifacts {
+		if err := checkRelPath("artifact path", a.Path, false); err != nil {
+			return fmt.Errorf("result record: %w", err)
+		}
+		if !hex64.MatchString(a.SHA256) || a.Size < 0 {
+			return invalidf("result record artifact %q has a malformed digest or size", a.Path)
+		}
+		if seen[a.Path] {
+			return invalidf("result record lists artifact %q twice", a.Path)
+		}
+		seen[a.Path] = true
+	}
+	return nil
+}
+
+// HexDigest formats a digest as lowercase hex.
+func HexDigest(b []byte) string { return hex.EncodeToString(b) }
