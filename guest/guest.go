@@ -1,0 +1,689 @@
+// Package guest is the guest agent: PID 1 of the confidential VM's initramfs. It reads the
+// launch-bound manifest digest from its own hardware report, checks the input disk against
+// it, mounts the toolchain through dm-verity, runs the build without network as an
+// unprivileged user, collects the artifacts, binds the result record into a fresh report
+// and writes everything to the output disk (DESIGN.md, data flow step 3).
+//
+// Every failure ends the same way: a clear message on the console (prefixed
+// "cloche-guest: "), error.txt on the output disk (with a result record whose Error is set
+// once the manifest has been verified), and power off. A watchdog powers off at a hard
+// deadline whatever happens.
+package guest
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/disk"
+	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/source"
+)
+
+// Watchdog deadlines: before the manifest is known the guest has nothing slow to do; after,
+// the build gets its own time limit plus a margin for setup and writing the output.
+const (
+	EarlyDeadline  = 300 * time.Second
+	DeadlineMargin = 120 * time.Second
+	// watchdogWriteLimit bounds the watchdog's attempt to record the failure.
+	watchdogWriteLimit = 20 * time.Second
+)
+
+// maxArchiveSize bounds the source archive on the input disk (source.Unpack bounds what it
+// expands to).
+const maxArchiveSize = 8 << 30
+
+// launchProbe is the REPORT_DATA of the first report, which is only read for its launch
+// digest: SHA-512("cloche-launch-probe").
+var launchProbe = sha512.Sum512([]byte("cloche-launch-probe"))
+
+// Config holds every path the agent touches, so its parts can run against test trees.
+type Config struct {
+	SysRoot     string // /sys
+	DevRoot     string // /dev
+	ModuleList  string // /lib/modules/load.list
+	ConfigfsDir string // /sys/kernel/config
+	// RunDir holds the toolchain mount, the build root and the log (a tmpfs).
+	RunDir string
+	// SelfExe is re-executed as the sandbox helper.
+	SelfExe string
+	Console io.Writer
+}
+
+// DefaultConfig is the configuration of the real guest.
+func DefaultConfig() Config {
+	return Config{
+		SysRoot:     "/sys",
+		DevRoot:     "/dev",
+		ModuleList:  "/lib/modules/load.list",
+		ConfigfsDir: "/sys/kernel/config",
+		RunDir:      "/run/cloche",
+		SelfExe:     "/proc/self/exe",
+		Console:     os.Stdout,
+	}
+}
+
+// Main is the body of /init. It never returns: it powers the VM off.
+func Main() {
+	if IsSandboxInvocation() {
+		SandboxMain()
+	}
+	a := newAgent(DefaultConfig())
+	ctx, cancel := context.WithCancelCause(context.Background())
+	a.cancel = cancel
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				a.fail(fmt.Errorf("internal error (panic): %v", r))
+			}
+		}()
+		a.run(ctx)
+	}()
+	a.log.Info("powering off")
+	powerOff()
+}
+
+// agent is one run of the guest.
+type agent struct {
+	cfg  Config
+	log  *slog.Logger
+	step atomic.Value // string: what the agent is doing, for the watchdog's message
+	// cancel stops the main flow (and kills a running build) when the watchdog fires.
+	cancel context.CancelCauseFunc
+
+	// outMu serialises writers of the output disk (the main flow and the watchdog); done
+	// records that the output has been written, so nobody writes it twice.
+	outMu    sync.Mutex
+	done     bool
+	out      *os.File
+	outSize  int64
+	provider attest.Provider
+	// state is set once the manifest is verified; from then on failures produce a result
+	// record. Guarded by outMu after the build started.
+	state *buildState
+}
+
+// buildState is what a result record is made of, filled in as the run goes.
+type buildState struct {
+	manifest  *job.Manifest
+	result    job.Result
+	logPath   string
+	artifacts []ArtifactFile
+}
+
+func newAgent(cfg Config) *agent {
+	a := &agent{cfg: cfg}
+	a.log = slog.New(slog.NewTextHandler(&prefixWriter{w: cfg.Console, prefix: "cloche-guest: "}, &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, at slog.Attr) slog.Attr {
+			if len(groups) == 0 && at.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return at
+		},
+	}))
+	a.step.Store("start")
+	return a
+}
+
+// update changes the build state under outMu, so that the watchdog, which may record a
+// failure from its own goroutine, never sees it half-changed.
+func (a *agent) update(f func(st *buildState)) {
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	if a.state != nil {
+		f(a.state)
+	}
+}
+
+func (a *agent) setStep(s string) {
+	a.step.Store(s)
+	a.log.Info(s)
+}
+
+// stepError names the step that failed.
+type stepError struct {
+	step string
+	err  error
+}
+
+func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
+func (e *stepError) Unwrap() error { return e.err }
+
+// run does the whole job and records its outcome on the output disk.
+func (a *agent) run(ctx context.Context) {
+	res, err := a.runJob(ctx)
+	if err != nil {
+		a.fail(err)
+		return
+	}
+	a.finish(ctx, res)
+}
+
+// runJob runs steps 1 to 7. With an error, whatever is in a.state describes the failure.
+func (a *agent) runJob(ctx context.Context) (*buildState, error) {
+	step := func(name string, f func() error) error {
+		a.setStep(name)
+		if err := f(); err != nil {
+			return &stepError{step: name, err: err}
+		}
+		return nil
+	}
+	cfg := a.cfg
+	if err := step("mounting proc, sysfs, devtmpfs and tmpfs", mountEarly); err != nil {
+		return nil, err
+	}
+	wd := newWatchdog(EarlyDeadline, a.watchdogFired)
+	if err := step("loading kernel modules", func() error {
+		return LoadModules(cfg.ModuleList, finitModule, a.log)
+	}); err != nil {
+		return nil, err
+	}
+	var disks map[string]BlockDevice
+	if err := step("finding the output disk", func() error {
+		d, err := FindDisks(cfg.SysRoot, cfg.DevRoot, SerialOutput)
+		if err != nil {
+			return err
+		}
+		f, size, err := OpenBlockDevice(d[SerialOutput], os.O_RDWR)
+		if err != nil {
+			return err
+		}
+		a.outMu.Lock()
+		a.out, a.outSize = f, size
+		a.outMu.Unlock()
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("finding the input and toolchain disks", func() (err error) {
+		disks, err = FindDisks(cfg.SysRoot, cfg.DevRoot, SerialInput, SerialToolchain)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := step("opening the TEE evidence device", func() (err error) {
+		a.provider, err = a.openProvider()
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	var launch [32]byte
+	if err := step("reading the launch-bound manifest digest from the guest's own report", func() error {
+		ev, err := a.provider.GetEvidence(ctx, launchProbe)
+		if err != nil {
+			return err
+		}
+		launch, err = attest.LaunchDigest(ev)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	launchHex := hex.EncodeToString(launch[:])
+	a.log.Info("launch-bound manifest digest", "sha256", launchHex, "tee", a.provider.TEE())
+
+	var input *disk.Input
+	var m *job.Manifest
+	if err := step("reading and checking the manifest on the input disk", func() error {
+		var err error
+		input, m, err = readManifest(disks[SerialInput], launch)
+		if err != nil {
+			return err
+		}
+		if m.TEE != string(a.provider.TEE()) {
+			return fmt.Errorf("the manifest asks for tee %q but the guest's evidence comes from %q", m.TEE, a.provider.TEE())
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	st := &buildState{
+		manifest: m,
+		result: job.Result{
+			Type:           job.ResultType,
+			ManifestSHA256: launchHex,
+			ExitCode:       -1,
+			Artifacts:      []job.Artifact{},
+		},
+		logPath: filepath.Join(cfg.RunDir, "log.txt"),
+	}
+	a.outMu.Lock()
+	a.state = st
+	a.outMu.Unlock()
+	wd.Reset(time.Duration(m.TimeoutSeconds)*time.Second + DeadlineMargin)
+	a.log.Info("manifest verified", "invocation", m.InvocationID, "command", strings.Join(m.Command, " "))
+
+	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		return st, err
+	}
+	// The log file exists from here on, so a failure record always has a log to digest.
+	if err := os.WriteFile(st.logPath, nil, 0o600); err != nil {
+		return st, err
+	}
+	toolchainDir := filepath.Join(cfg.RunDir, "toolchain")
+	if err := step("mounting the toolchain through dm-verity", func() error {
+		return mountToolchain(cfg.SysRoot, cfg.DevRoot, verityName, disks[SerialToolchain], m.Toolchain, toolchainDir)
+	}); err != nil {
+		return st, err
+	}
+	var root *BuildRoot
+	if err := step("preparing the build root", func() (err error) {
+		root, err = prepareBuildRoot(toolchainDir, filepath.Join(cfg.RunDir, "build"), BuildUID, BuildGID)
+		return err
+	}); err != nil {
+		return st, err
+	}
+	var before TreeSnapshot
+	var tree string
+	if err := step("unpacking the source archive", func() (err error) {
+		tree, before, err = unpackSource(ctx, input, m, root)
+		return err
+	}); err != nil {
+		return st, err
+	}
+	a.update(func(st *buildState) { st.result.SourceTree = tree })
+	a.log.Info("source unpacked", "tree", tree)
+
+	a.setStep("running the command")
+	res, err := RunCommand(ctx, CommandSpec{
+		Root: root.Dir, Dir: path.Join("/src", m.Workdir), Argv: m.Command, Env: BuildEnv(m),
+		UID: BuildUID, GID: BuildGID, Timeout: time.Duration(m.TimeoutSeconds) * time.Second,
+		Console: cfg.Console, LogPath: st.logPath, LogCap: m.MaxOutputBytes, SelfExe: cfg.SelfExe,
+	})
+	if err != nil {
+		return st, &stepError{step: "running the command", err: err}
+	}
+	a.update(func(st *buildState) {
+		st.result.DurationMillis = res.Duration.Milliseconds()
+		st.result.Log = res.Log
+	})
+	// A corrupted toolchain block reads as EIO to the build; say so plainly.
+	if err := verityStatus(cfg.DevRoot, verityName); err != nil {
+		return st, &stepError{step: "checking the toolchain's dm-verity status", err: err}
+	}
+	if res.Err != nil {
+		return st, &stepError{step: "running the command", err: res.Err}
+	}
+	a.update(func(st *buildState) { st.result.ExitCode = res.ExitCode })
+	a.log.Info("command finished", "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond), "log_bytes", res.LogTotal)
+	if res.LogTruncated {
+		a.log.Info("build log truncated", "kept", res.Log.Size, "total", res.LogTotal)
+	}
+	if res.ExitCode != 0 {
+		// A failed build is a result, not a guest failure: no artifacts are collected.
+		return st, nil
+	}
+	if err := step("collecting artifacts", func() error {
+		arts, err := CollectArtifacts(root.Src, m.Artifacts, before, res.Log.Size, min(m.MaxOutputBytes, a.outSize))
+		if err != nil {
+			return err
+		}
+		a.update(func(st *buildState) {
+			st.artifacts = arts
+			for _, x := range arts {
+				st.result.Artifacts = append(st.result.Artifacts, x.Artifact)
+			}
+		})
+		return nil
+	}); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// readManifest reads the input disk and checks its manifest against the launch digest
+// before parsing it.
+func readManifest(d BlockDevice, launch [32]byte) (*disk.Input, *job.Manifest, error) {
+	f, size, err := OpenBlockDevice(d, os.O_RDONLY)
+	if err != nil {
+		return nil, nil, err
+	}
+	// f stays open: input.Archive reads from it later (the VM ends with the process).
+	in, err := disk.ReadInput(f, size, job.MaxManifestSize, maxArchiveSize)
+	if err != nil {
+		return nil, nil, err
+	}
+	got := job.ManifestDigest(in.Manifest)
+	if got != launch {
+		return nil, nil, fmt.Errorf("input disk manifest digest %x does not match the launch-bound digest %x", got, launch)
+	}
+	m, err := job.ParseManifest(in.Manifest)
+	if err != nil {
+		return nil, nil, err
+	}
+	return in, m, nil
+}
+
+// unpackSource unpacks and identifies the source, and snapshots it when the manifest
+// collects "every file the build created or changed".
+func unpackSource(ctx context.Context, in *disk.Input, m *job.Manifest, root *BuildRoot) (tree string, before TreeSnapshot, err error) {
+	if in.ArchiveSize != m.Source.ArchiveSize {
+		return "", nil, fmt.Errorf("the input disk holds a %d-byte archive, the manifest expects %d bytes", in.ArchiveSize, m.Source.ArchiveSize)
+	}
+	if err := source.Unpack(ctx, in.Archive, m.Source.ArchiveSHA256, m.Source.ArchiveSize, root.Src, source.DefaultLimits(), BuildUID, BuildGID, true); err != nil {
+		return "", nil, err
+	}
+	tree, err = source.TreeID(root.Src)
+	if err != nil {
+		return "", nil, err
+	}
+	if len(m.Artifacts) == 0 {
+		if before, err = SnapshotTree(root.Src); err != nil {
+			return "", nil, err
+		}
+	}
+	return tree, before, nil
+}
+
+// openProvider prefers configfs-tsm (real SNP/TDX) and falls back to the simulated TEE's
+// virtio-serial port.
+func (a *agent) openProvider() (attest.Provider, error) {
+	var tsmErr error
+	if err := mountConfigfs(a.cfg.ConfigfsDir); err != nil {
+		tsmErr = err
+	} else if _, err := os.Stat(filepath.Join(a.cfg.ConfigfsDir, "tsm", "report")); err != nil {
+		tsmErr = fmt.Errorf("no configfs-tsm: %w", err)
+	} else {
+		client, err := linuxtsm.MakeClient()
+		if err == nil {
+			var p attest.Provider
+			if p, err = attest.NewTSMProvider(client); err == nil {
+				return p, nil
+			}
+		}
+		tsmErr = err
+	}
+	port, err := findSimPort(a.cfg.SysRoot, a.cfg.DevRoot, attest.SimPortName)
+	if err != nil {
+		return nil, fmt.Errorf("no TEE evidence device: configfs-tsm: %v; simulated TEE: %v", tsmErr, err)
+	}
+	f, err := os.OpenFile(port, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the simulated TEE port %s: %w", port, err)
+	}
+	a.log.Info("using the SIMULATED TEE: its evidence proves nothing about the host", "port", port, "tsm", tsmErr)
+	return attest.NewSimProvider(f), nil
+}
+
+// finish writes a completed run (or a failed build) to the output disk.
+func (a *agent) finish(ctx context.Context, st *buildState) {
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	if a.done {
+		return
+	}
+	err := a.writeResult(ctx, st, nil)
+	if errors.Is(err, disk.ErrOutputTooLarge) {
+		// Nothing is trusted from a half-written disk: rewrite it as a failure.
+		err = a.writeFailureResult(ctx, st, fmt.Errorf("writing the output disk: %w", err))
+	}
+	if err != nil {
+		a.log.Error("could not write the output disk", "err", err)
+		return
+	}
+	a.done = true
+	a.log.Info("output written", "exit", st.result.ExitCode, "artifacts", len(st.result.Artifacts))
+}
+
+// fail records err: as a result record with Error set once the manifest is verified, as
+// error.txt alone before that.
+func (a *agent) fail(err error) {
+	a.log.Error("FAILED", "step", a.step.Load(), "err", err)
+	a.outMu.Lock()
+	defer a.outMu.Unlock()
+	if a.done {
+		return
+	}
+	if a.out == nil {
+		a.log.Error("no output disk to record the failure on; the console is the only record")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), watchdogWriteLimit)
+	defer cancel()
+	var werr error
+	if a.state != nil && a.provider != nil {
+		werr = a.writeFailureResult(ctx, a.state, err)
+	} else {
+		werr = a.writeErrorOnly(err)
+	}
+	if werr != nil {
+		a.log.Error("could not write the failure to the output disk", "err", werr)
+		return
+	}
+	a.done = true
+}
+
+func (a *agent) writeFailureResult(ctx context.Context, st *buildState, cause error) error {
+	st.result.Error = cause.Error()
+	st.result.ExitCode = -1
+	st.result.Artifacts = []job.Artifact{}
+	st.artifacts = nil
+	if d, err := digestFile(st.logPath, st.manifest.MaxOutputBytes); err == nil {
+		st.result.Log = d
+	} else {
+		st.result.Log = emptyDigest()
+		st.logPath = ""
+	}
+	return a.writeResult(ctx, st, cause)
+}
+
+// writeResult binds the result record into fresh evidence and writes result.json,
+// evidence.json, log.txt, the artifacts and, if cause is set, error.txt. If no evidence can
+// be had, it writes error.txt alone and reports that as the error.
+func (a *agent) writeResult(ctx context.Context, st *buildState, cause error) error {
+	errText := ""
+	if cause != nil {
+		errText = "cloche-guest: " + cause.Error() + "\n"
+	}
+	rec, err := job.Marshal(&st.result)
+	if err != nil {
+		return fmt.Errorf("encoding the result record: %w", err)
+	}
+	ev, err := a.provider.GetEvidence(ctx, job.ReportData(rec))
+	if err != nil {
+		everr := fmt.Errorf("getting evidence for the result record: %w", err)
+		if cause != nil {
+			everr = fmt.Errorf("%w; then %w", cause, everr)
+		}
+		return errors.Join(everr, a.writeErrorOnly(everr))
+	}
+	evBytes, err := ev.Marshal()
+	if err != nil {
+		return fmt.Errorf("encoding the evidence: %w", err)
+	}
+	w := disk.NewOutputWriter(a.out, a.outSize)
+	add := func(name string, b []byte) error {
+		return w.AddFile(name, strings.NewReader(string(b)), int64(len(b)))
+	}
+	if err := add(disk.ResultName, rec); err != nil {
+		return err
+	}
+	if err := add(disk.EvidenceName, evBytes); err != nil {
+		return err
+	}
+	if err := addLog(w, st.logPath, st.result.Log); err != nil {
+		return err
+	}
+	for _, x := range st.artifacts {
+		if err := addArtifact(w, x); err != nil {
+			return err
+		}
+	}
+	if errText != "" {
+		if err := add(disk.ErrorName, []byte(errText)); err != nil {
+			return err
+		}
+	}
+	return a.closeOutput(w)
+}
+
+// writeErrorOnly writes error.txt alone (no verified manifest, or no evidence).
+func (a *agent) writeErrorOnly(cause error) error {
+	text := fmt.Sprintf("cloche-guest: %s\n", cause)
+	if len(text) > disk.MaxDocumentSize {
+		text = text[:disk.MaxDocumentSize-1] + "\n"
+	}
+	w := disk.NewOutputWriter(a.out, a.outSize)
+	if err := w.AddFile(disk.ErrorName, strings.NewReader(text), int64(len(text))); err != nil {
+		return err
+	}
+	return a.closeOutput(w)
+}
+
+func (a *agent) closeOutput(w *disk.OutputWriter) error {
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := a.out.Sync(); err != nil {
+		return fmt.Errorf("syncing the output disk: %w", err)
+	}
+	return nil
+}
+
+// addLog copies the first want.Size bytes of the log file, checking they are the bytes the
+// result record names. The log only ever grows (a build killed by the watchdog may still
+// be flushing into it), so its prefix is stable.
+func addLog(w *disk.OutputWriter, logPath string, want job.Digest) error {
+	if logPath == "" {
+		return w.AddFile(disk.LogName, strings.NewReader(""), 0)
+	}
+	f, size, err := openRegular(logPath)
+	if err != nil {
+		return fmt.Errorf("opening the build log: %w", err)
+	}
+	defer f.Close()
+	if size < want.Size {
+		return fmt.Errorf("the build log is %d bytes, the result record says %d", size, want.Size)
+	}
+	hr := &hashingReader{r: io.LimitReader(f, want.Size), h: sha256.New()}
+	if err := w.AddFile(disk.LogName, hr, want.Size); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(hr.h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("the build log's digest changed from %s to %s", want.SHA256, got)
+	}
+	return nil
+}
+
+func addArtifact(w *disk.OutputWriter, x ArtifactFile) error {
+	f, size, err := openRegular(x.HostPath)
+	if err != nil {
+		return fmt.Errorf("opening artifact %q: %w", x.Path, err)
+	}
+	defer f.Close()
+	if size != x.Size {
+		return checkErrorf(ErrArtifactChanged, "artifact %q was %d bytes, now %d", x.Path, x.Size, size)
+	}
+	hr := &hashingReader{r: f, h: sha256.New(), stat: f.Stat}
+	if err := w.AddFile(disk.ArtifactsDir+x.Path, hr, size); err != nil {
+		return err
+	}
+	if got := hex.EncodeToString(hr.h.Sum(nil)); got != x.SHA256 {
+		return checkErrorf(ErrArtifactChanged, "artifact %q changed after it was hashed (%s, now %s)", x.Path, x.SHA256, got)
+	}
+	return nil
+}
+
+// hashingReader hashes what it reads; stat (if set) lets the output writer see the file
+// mode through it.
+type hashingReader struct {
+	r    io.Reader
+	h    hash.Hash
+	stat func() (fs.FileInfo, error)
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.h.Write(p[:n])
+	return n, err
+}
+
+func (h *hashingReader) Stat() (fs.FileInfo, error) {
+	if h.stat == nil {
+		return nil, errors.New("no file information")
+	}
+	return h.stat()
+}
+
+func digestFile(p string, limit int64) (job.Digest, error) {
+	f, size, err := openRegular(p)
+	if err != nil {
+		return job.Digest{}, err
+	}
+	defer f.Close()
+	if size > limit {
+		return job.Digest{}, fmt.Errorf("%s is %d bytes, over the %d-byte cap", p, size, limit)
+	}
+	h := sha256.New()
+	if _, err := io.CopyN(h, f, size); err != nil {
+		return job.Digest{}, err
+	}
+	return job.Digest{SHA256: hex.EncodeToString(h.Sum(nil)), Size: size}, nil
+}
+
+func emptyDigest() job.Digest {
+	sum := sha256.Sum256(nil)
+	return job.Digest{SHA256: hex.EncodeToString(sum[:]), Size: 0}
+}
+
+// watchdogFired runs on the watchdog's goroutine at the hard deadline: it tries, for a
+// bounded time, to record the failure, then powers off whatever the main flow is doing.
+func (a *agent) watchdogFired(limit time.Duration) {
+	err := fmt.Errorf("watchdog: hard deadline of %s passed while %s", limit, a.step.Load())
+	if a.cancel != nil {
+		a.cancel(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		a.fail(err)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(watchdogWriteLimit + 5*time.Second):
+		a.log.Error("watchdog: recording the failure did not finish in time")
+	}
+	a.log.Info("powering off")
+	powerOff()
+}
+
+// prefixWriter prefixes every line written to w (status lines on the console).
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	lines := strings.SplitAfter(string(b), "\n")
+	var out strings.Builder
+	for _, l := range lines {
+		if l == "" {
+			continue
+		}
+		out.WriteString(p.prefix)
+		out.WriteString(l)
+	}
+	if _, err := io.WriteString(p.w, out.String()); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
