@@ -1,0 +1,271 @@
+// Package guest builds the cloche guest image: the kernel from Debian's backports cloud
+// kernel package and an initramfs holding the guest agent as PID 1 plus the kernel modules it
+// loads. The image is what the launch measurement identifies (DESIGN.md, "one measurement per
+// guest release"), so building it twice from the same inputs gives identical bytes.
+package guest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/cloche-dev/cloche/image/internal/atomicfile"
+	"github.com/cloche-dev/cloche/image/internal/staticelf"
+)
+
+// DefaultCmdline is the guest kernel command line. It is part of the launch measurement
+// (SNP kernel hashes, TDX RTMR), so it is fixed per guest release:
+//
+//	console=ttyS0  kernel messages and PID 1's stdio go to the first serial port, which
+//	               the host reads as the build log;
+//	quiet          only warnings and errors from the kernel, so the log is the build's;
+//	panic=-1       reboot at once on a panic; QEMU runs with -no-reboot, so the VM exits
+//	               instead of hanging until the host's timeout;
+//	oops=panic     treat a kernel oops as a panic: a guest whose kernel hit a bug must not
+//	               go on to produce evidence (fail closed);
+//	rdinit=/init   run the guest agent from the initramfs as PID 1 (the default, stated so
+//	               that a changed kernel default cannot change what runs).
+const DefaultCmdline = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init"
+
+// DefaultModules are the modules the guest agent loads (Build adds their dependencies):
+// the virtio disk driver for the input, toolchain and output disks; dm-verity for the
+// toolchain; overlayfs for the writable layer over it; configfs and tsm for configfs-tsm
+// reports; the SEV-SNP and TDX guest drivers.
+var DefaultModules = []string{"virtio_blk", "dm-verity", "overlay", "configfs", "tsm", "sev-guest", "tdx-guest"}
+
+// File names inside an image directory.
+const (
+	KernelFile   = "vmlinuz"
+	InitrdFile   = "initrd.img"
+	MetadataFile = "guest-image.json"
+)
+
+// Paths inside the initramfs that the guest agent relies on.
+const (
+	InitPath     = "/init"
+	LoadListPath = "/lib/modules/load.list"
+)
+
+// maxCmdline is the x86 kernel's COMMAND_LINE_SIZE (2048) less the terminating NUL.
+const maxCmdline = 2047
+
+const maxMetadataSize = 1 << 20
+
+// ErrModified is wrapped by Load when a file no longer has its recorded digest or size.
+var ErrModified = errors.New("guest image file does not match its recorded digest")
+
+// Options says what to build.
+type Options struct {
+	KernelDeb  string   // path of the kernel image .deb (see FetchKernelDeb)
+	GuestAgent string   // the static cloche-guest binary, installed as /init
+	OutDir     string   // where vmlinuz, initrd.img and guest-image.json are written
+	Modules    []string // nil means DefaultModules
+	Cmdline    string   // empty means DefaultCmdline
+}
+
+// File names one file of the image and its digest.
+type File struct {
+	Path   string `json:"path"` // file name inside the image directory
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// Image describes a built guest image (the content of guest-image.json).
+type Image struct {
+	KernelVersion    string   `json:"kernelVersion"`
+	KernelPackage    string   `json:"kernelPackage"` // name_version of the .deb
+	Kernel           File     `json:"kernel"`
+	Initrd           File     `json:"initrd"`
+	Cmdline          string   `json:"cmdline"`
+	GuestAgentSHA256 string   `json:"guestAgentSha256"`
+	Modules          []string `json:"modules"` // load order, dependencies first
+	Dir              string   `json:"-"`
+}
+
+// KernelPath and InitrdPath are the files' locations on this machine.
+func (im *Image) KernelPath() string { return filepath.Join(im.Dir, im.Kernel.Path) }
+func (im *Image) InitrdPath() string { return filepath.Join(im.Dir, im.Initrd.Path) }
+
+// Build makes the guest image described by opts in opts.OutDir.
+func Build(ctx context.Context, opts Options) (*Image, error) {
+	if opts.KernelDeb == "" || opts.GuestAgent == "" || opts.OutDir == "" {
+		return nil, errors.New("build guest image: KernelDeb, GuestAgent and OutDir are all required")
+	}
+	modules := opts.Modules
+	if modules == nil {
+		modules = DefaultModules
+	}
+	cmdline := opts.Cmdline
+	if cmdline == "" {
+		cmdline = DefaultCmdline
+	}
+	if err := checkCmdline(cmdline); err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	if err := staticelf.Check(opts.GuestAgent); err != nil {
+		return nil, fmt.Errorf("build guest image: guest agent: %w", err)
+	}
+	agent, err := readLimited(opts.GuestAgent, maxAgentSize)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: guest agent: %w", err)
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+
+	pkgName, pkgVersion, err := debFields(ctx, opts.KernelDeb)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: kernel package: %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "cloche-kernel-")
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	kern, err := extractKernel(ctx, opts.KernelDeb, tmp)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	vmlinuz, err := readLimited(kern.vmlinuz, maxKernelSize)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: kernel: %w", err)
+	}
+	idx, err := indexModules(kern.modulesDir)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	order, err := moduleClosure(ctx, idx, modules)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+
+	ramfs := newInitramfs()
+	ramfs.addFile(InitPath, agent, 0o755)
+	var loadList strings.Builder
+	for _, name := range order {
+		rel := idx.paths[name]
+		data, err := readLimited(filepath.Join(kern.modulesDir, filepath.FromSlash(rel)), maxModuleSize)
+		if err != nil {
+			return nil, fmt.Errorf("build guest image: module %s: %w", name, err)
+		}
+		inImage := path.Join("/lib/modules", kern.version, rel)
+		ramfs.addFile(inImage, data, 0o644)
+		loadList.WriteString(inImage + "\n")
+	}
+	ramfs.addFile(LoadListPath, []byte(loadList.String()), 0o644)
+
+	var initrd bytes.Buffer
+	if err := ramfs.write(&initrd); err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	im := &Image{
+		KernelVersion:    kern.version,
+		KernelPackage:    pkgName + "_" + pkgVersion,
+		Kernel:           fileOf(KernelFile, vmlinuz),
+		Initrd:           fileOf(InitrdFile, initrd.Bytes()),
+		Cmdline:          cmdline,
+		GuestAgentSHA256: sha256Hex(agent),
+		Modules:          order,
+		Dir:              opts.OutDir,
+	}
+	meta, err := json.MarshalIndent(im, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: encode metadata: %w", err)
+	}
+	for _, w := range []struct {
+		name string
+		data []byte
+	}{{KernelFile, vmlinuz}, {InitrdFile, initrd.Bytes()}, {MetadataFile, append(meta, '\n')}} {
+		if err := atomicfile.WriteFile(filepath.Join(opts.OutDir, w.name), w.data, 0o644); err != nil {
+			return nil, fmt.Errorf("build guest image: %w", err)
+		}
+	}
+	return im, nil
+}
+
+// Load reads dir/guest-image.json and checks that the kernel and initrd still have the
+// recorded size and SHA-256; a mismatch wraps ErrModified.
+func Load(dir string) (*Image, error) {
+	metaPath := filepath.Join(dir, MetadataFile)
+	b, err := readLimited(metaPath, maxMetadataSize)
+	if err != nil {
+		return nil, fmt.Errorf("load guest image: %w", err)
+	}
+	var im Image
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&im); err != nil {
+		return nil, fmt.Errorf("load guest image: %s: %w", metaPath, err)
+	}
+	if err := checkCmdline(im.Cmdline); err != nil {
+		return nil, fmt.Errorf("load guest image: %s: %w", metaPath, err)
+	}
+	for _, f := range []struct {
+		what, want string
+		file       File
+	}{{"kernel", KernelFile, im.Kernel}, {"initrd", InitrdFile, im.Initrd}} {
+		if f.file.Path != f.want {
+			return nil, fmt.Errorf("load guest image: %s: %s path is %q, expected %q", metaPath, f.what, f.file.Path, f.want)
+		}
+		if !hex64.MatchString(f.file.SHA256) || f.file.Size <= 0 {
+			return nil, fmt.Errorf("load guest image: %s: %s digest or size is malformed", metaPath, f.what)
+		}
+		if err := checkFile(filepath.Join(dir, f.file.Path), f.file); err != nil {
+			return nil, fmt.Errorf("load guest image: %s: %w", f.what, err)
+		}
+	}
+	im.Dir = dir
+	return &im, nil
+}
+
+var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// checkFile compares a file's size and SHA-256 with want.
+func checkFile(p string, want File) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() != want.Size {
+		return fmt.Errorf("%w: %s is %d bytes, expected %d", ErrModified, p, fi.Size(), want.Size)
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.LimitReader(f, want.Size+1)); err != nil {
+		return fmt.Errorf("read %s: %w", p, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("%w: %s has SHA-256 %s, expected %s", ErrModified, p, got, want.SHA256)
+	}
+	return nil
+}
+
+func checkCmdline(c string) error {
+	if c == "" || len(c) > maxCmdline || strings.ContainsAny(c, "\x00\n\r") {
+		return fmt.Errorf("kernel command line must be 1..%d bytes on one line without NUL", maxCmdline)
+	}
+	return nil
+}
+
+func fileOf(name string, data []byte) File {
+	return File{Path: name, SHA256: sha256Hex(data), Size: int64(len(data))}
+}
+
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}

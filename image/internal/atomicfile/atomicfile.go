@@ -1,0 +1,90 @@
+// Package atomicfile writes files so that a reader sees either the old file or the whole new
+// one, never a partial write: the data goes to a temp file in the same directory, is synced,
+// and is renamed into place.
+package atomicfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// File is a temp file that becomes Path on Commit. Abort (safe after Commit) removes it.
+type File struct {
+	*os.File
+	path string
+	done bool
+}
+
+// Create opens a temp file next to path. The caller writes through the embedded *os.File and
+// then calls Commit, or Abort on failure (a deferred Abort is fine).
+func Create(path string) (*File, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return nil, fmt.Errorf("create temp file for %s: %w", path, err)
+	}
+	return &File{File: f, path: path}, nil
+}
+
+// TempPath is the path of the temp file, for tools that write to a path themselves.
+func (f *File) TempPath() string { return f.File.Name() }
+
+// Commit syncs, sets mode, closes and renames the temp file to its final path.
+func (f *File) Commit(mode os.FileMode) error {
+	if f.done {
+		return fmt.Errorf("commit %s: already committed or aborted", f.path)
+	}
+	f.done = true
+	tmp := f.File.Name()
+	err := f.File.Sync()
+	if cerr := f.File.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		err = os.Rename(tmp, f.path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", f.path, err)
+	}
+	return syncDir(filepath.Dir(f.path))
+}
+
+// Abort discards the temp file unless Commit already succeeded.
+func (f *File) Abort() {
+	if f.done {
+		return
+	}
+	f.done = true
+	f.File.Close()
+	os.Remove(f.File.Name())
+}
+
+// WriteFile writes data to path atomically with the given mode.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
+	f, err := Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.Commit(mode)
+}
+
+// syncDir makes the rename durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
+}
