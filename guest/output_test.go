@@ -195,16 +195,16 @@ func TestFailAfterManifestWritesFailureResult(t *testing.T) {
 	st := testState(t, launch, "partial output\n")
 	st.result.DurationMillis = 1234
 	a.state = st
-	a.fail(&stepError{step: "running the command", err: errors.New("command timed out after 1s")})
+	a.fail(&stepError{step: "running the command", err: errors.New("command exceeded its time limit of 1s and was killed")})
 	out, res, _ := readBack(t, outPath, sp, launch)
 	if res == nil {
 		t.Fatal("no result record")
 	}
-	if res.ExitCode != -1 || res.Error != "running the command: command timed out after 1s" || res.ManifestSHA256 != hex.EncodeToString(launch[:]) ||
+	if res.ExitCode != -1 || res.Error != "running the command: command exceeded its time limit of 1s and was killed" || res.ManifestSHA256 != hex.EncodeToString(launch[:]) ||
 		string(out.Log) != "partial output\n" || res.Log.Size != int64(len("partial output\n")) {
 		t.Errorf("result %+v, log %q", res, out.Log)
 	}
-	if out.Error != "cloche-guest: running the command: command timed out after 1s\n" {
+	if out.Error != "cloche-guest: running the command: command exceeded its time limit of 1s and was killed\n" {
 		t.Errorf("error.txt %q", out.Error)
 	}
 }

@@ -48,7 +48,7 @@ const (
 )
 
 // ErrCommandTimeout is returned when the command outlived its time limit.
-var ErrCommandTimeout = errors.New("command timed out")
+var ErrCommandTimeout = errors.New("command exceeded its time limit")
 
 // CommandSpec says what to run and where.
 type CommandSpec struct {
@@ -246,7 +246,7 @@ func RunCommand(ctx context.Context, spec CommandSpec) (*CommandResult, error) {
 	select {
 	case <-waitDone:
 	case <-timer.C:
-		killedFor = fmt.Errorf("%w after %s", ErrCommandTimeout, spec.Timeout)
+		killedFor = fmt.Errorf("%w of %s and was killed", ErrCommandTimeout, spec.Timeout)
 	case <-ctx.Done():
 		killedFor = fmt.Errorf("command stopped: %w", context.Cause(ctx))
 	}

@@ -111,7 +111,7 @@ func TestRunCommandTimeoutKillsNamespace(t *testing.T) {
 	if el := time.Since(start); el > 15*time.Second {
 		t.Errorf("timeout took %s", el)
 	}
-	if !strings.HasPrefix(log, "started\n") || !strings.Contains(log, "cloche: command timed out after 1s") {
+	if !strings.HasPrefix(log, "started\n") || !strings.Contains(log, "cloche: command exceeded its time limit of 1s and was killed") {
 		t.Errorf("log %q lacks the output or the timeout note", log)
 	}
 	for _, arg := range []string{"987651", "987652"} {
