@@ -1,0 +1,213 @@
+package vmm
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/cloche-dev/cloche/attest"
+)
+
+// Defaults and bounds for the VM shape.
+const (
+	DefaultQEMU      = "qemu-system-x86_64"
+	DefaultVCPUs     = 2
+	DefaultMemoryMiB = 2048
+
+	// maxVCPUs is what q35 accepts without an IOMMU for x2APIC ids.
+	maxVCPUs     = 255
+	minMemoryMiB = 128
+	maxMemoryMiB = 1 << 20
+	// maxCmdline is the x86 kernel's COMMAND_LINE_SIZE, including the terminating NUL.
+	maxCmdline = 2048
+)
+
+// Disk serial numbers: the guest finds its disks by these (/sys/block/vd*/serial), never by
+// their order on the bus.
+const (
+	SerialInput     = "cloche-input"
+	SerialToolchain = "cloche-toolchain"
+	SerialOutput    = "cloche-output"
+)
+
+// Accelerator names accepted by Args.
+const (
+	AccelTCG  = "tcg"
+	AccelKVM  = "kvm"
+	AccelAuto = "auto"
+)
+
+// simChardevID names the chardev carrying the simulated secure processor channel.
+const simChardevID = "simtee"
+
+// teeBackend adds what one kind of TEE needs to the QEMU command line. SEV-SNP and TDX will
+// each add a confidential-guest-support object, memory backend and firmware here.
+type teeBackend interface {
+	// machineOptions are appended to "-machine q35,...".
+	machineOptions() []string
+	// args are appended after the common arguments.
+	args(cfg Config, simSocket string) ([]string, error)
+}
+
+// backendFor selects the backend for tee. The empty TEE launches a plain VM without any
+// evidence channel (the guest then fails to get evidence: useful only for tests and images).
+func backendFor(tee attest.TEE) (teeBackend, error) {
+	switch tee {
+	case "":
+		return plainBackend{}, nil
+	case attest.TEESim:
+		return simBackend{}, nil
+	case attest.TEESNP, attest.TEETDX:
+		return nil, fmt.Errorf("%w: launching a %s guest is not implemented yet", ErrUnsupported, tee)
+	default:
+		return nil, fmt.Errorf("vmm: unknown TEE %q, expected sim, snp or tdx", tee)
+	}
+}
+
+type plainBackend struct{}
+
+func (plainBackend) machineOptions() []string              { return nil }
+func (plainBackend) args(Config, string) ([]string, error) { return nil, nil }
+
+// simBackend exposes the host's simulated secure processor to the guest as a virtio-serial
+// port named attest.SimPortName, backed by a unix socket that vmm listens on; QEMU is the
+// client so the socket exists (and is ours) before QEMU starts.
+type simBackend struct{}
+
+func (simBackend) machineOptions() []string { return nil }
+
+func (simBackend) args(cfg Config, simSocket string) ([]string, error) {
+	if simSocket == "" {
+		return nil, fmt.Errorf("vmm: the sim TEE needs the path of the simulated secure processor socket")
+	}
+	return []string{
+		"-device", "virtio-serial-pci,id=simtee-bus",
+		"-chardev", "socket,id=" + simChardevID + ",path=" + qemuEscape(simSocket) + ",server=off",
+		"-device", "virtserialport,bus=simtee-bus.0,chardev=" + simChardevID + ",name=" + attest.SimPortName,
+	}, nil
+}
+
+// withDefaults fills the documented defaults into a copy of cfg.
+func withDefaults(cfg Config) Config {
+	if cfg.QEMU == "" {
+		cfg.QEMU = DefaultQEMU
+	}
+	if cfg.VCPUs == 0 {
+		cfg.VCPUs = DefaultVCPUs
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = DefaultMemoryMiB
+	}
+	return cfg
+}
+
+// Args returns the exact QEMU argument vector (without the program name) for cfg, run with
+// accel ("tcg" or "kvm") and, for the sim TEE, the unix socket the simulated secure
+// processor listens on. It checks the configuration's shape but not the files.
+func Args(cfg Config, accel string, simSocket string) ([]string, error) {
+	cfg = withDefaults(cfg)
+	backend, err := backendFor(cfg.TEE)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkShape(cfg); err != nil {
+		return nil, err
+	}
+
+	machine := "q35"
+	var accelArgs []string
+	switch accel {
+	case AccelTCG:
+		// thread=multi: one host thread per vCPU; -cpu max: every feature TCG emulates.
+		accelArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max"}
+	case AccelKVM:
+		accelArgs = []string{"-accel", "kvm", "-cpu", "host"}
+	default:
+		return nil, fmt.Errorf("vmm: accelerator %q, expected %q or %q", accel, AccelTCG, AccelKVM)
+	}
+	if opts := backend.machineOptions(); len(opts) > 0 {
+		machine += "," + strings.Join(opts, ",")
+	}
+
+	args := []string{
+		"-nodefaults", "-no-user-config", "-nographic", "-display", "none",
+		"-no-reboot", "-monitor", "none",
+		"-machine", machine,
+	}
+	args = append(args, accelArgs...)
+	args = append(args,
+		"-smp", strconv.Itoa(cfg.VCPUs),
+		"-m", strconv.Itoa(cfg.MemoryMiB),
+		"-kernel", cfg.Kernel,
+	)
+	if cfg.Initrd != "" {
+		args = append(args, "-initrd", cfg.Initrd)
+	}
+	args = append(args,
+		"-append", cfg.Cmdline,
+		// The console: ttyS0 on QEMU's stdout, which Run streams to Config.Console.
+		// signal=off: a byte 0x03 from the guest must not be taken as Ctrl-C.
+		"-chardev", "stdio,id=console,signal=off",
+		"-serial", "chardev:console",
+		"-nic", "none",
+		// A guest that loads pvpanic-pci turns a kernel panic into a failed QEMU exit at
+		// once instead of a hang until the wall-clock limit.
+		"-device", "pvpanic-pci",
+		"-action", "panic=exit-failure",
+	)
+	for _, d := range []struct {
+		path, id, serial string
+		readOnly         bool
+	}{
+		// The input is only read by the guest (it checks it against launch-bound digests);
+		// the toolchain must be read-only for dm-verity to mean anything.
+		{cfg.InputDisk, "input", SerialInput, true},
+		{cfg.ToolchainDisk, "toolchain", SerialToolchain, true},
+		{cfg.OutputDisk, "output", SerialOutput, false},
+	} {
+		if d.path == "" {
+			continue
+		}
+		ro := "off"
+		if d.readOnly {
+			ro = "on"
+		}
+		args = append(args,
+			"-drive", "file="+qemuEscape(d.path)+",if=none,id="+d.id+",format=raw,readonly="+ro+",cache=writeback",
+			"-device", "virtio-blk-pci,drive="+d.id+",serial="+d.serial,
+		)
+	}
+	extra, err := backend.args(cfg, simSocket)
+	if err != nil {
+		return nil, err
+	}
+	return append(args, extra...), nil
+}
+
+// checkShape validates the parts of cfg that Args turns into arguments.
+func checkShape(cfg Config) error {
+	switch {
+	case cfg.Kernel == "":
+		return fmt.Errorf("vmm: no kernel given (Config.Kernel)")
+	case cfg.VCPUs < 1 || cfg.VCPUs > maxVCPUs:
+		return fmt.Errorf("vmm: %d vCPUs, expected 1..%d", cfg.VCPUs, maxVCPUs)
+	case cfg.MemoryMiB < minMemoryMiB || cfg.MemoryMiB > maxMemoryMiB:
+		return fmt.Errorf("vmm: %d MiB of memory, expected %d..%d", cfg.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	case len(cfg.Cmdline) >= maxCmdline:
+		return fmt.Errorf("vmm: kernel command line is %d bytes, limit %d", len(cfg.Cmdline), maxCmdline-1)
+	case strings.ContainsRune(cfg.Cmdline, 0):
+		return fmt.Errorf("vmm: kernel command line contains a NUL byte")
+	}
+	for _, p := range []struct{ what, path string }{
+		{"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}, {"input disk", cfg.InputDisk},
+		{"toolchain disk", cfg.ToolchainDisk}, {"output disk", cfg.OutputDisk},
+	} {
+		if strings.ContainsRune(p.path, 0) || strings.ContainsAny(p.path, "\n\r") {
+			return fmt.Errorf("vmm: %s path %q contains a NUL or newline", p.what, p.path)
+		}
+	}
+	return nil
+}
+
+// qemuEscape escapes a value inside a QEMU "key=value,key=value" option: a comma is doubled.
+func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
