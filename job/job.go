@@ -59,7 +59,9 @@ type Manifest struct {
 	// Env is added to a fixed minimal environment (PATH, HOME, SOURCE_DATE_EPOCH, LANG).
 	Env map[string]string `json:"env,omitempty"`
 	// Artifacts are path.Match patterns relative to the source root; each must match at
-	// least one regular file after the build.
+	// least one regular file after the build. An empty list means "every regular file the
+	// command created or changed in the source tree", so `cloche run -- make` needs no
+	// artifact list for the common case.
 	Artifacts       []string `json:"artifacts"`
 	SourceDateEpoch int64    `json:"sourceDateEpoch"`
 	TimeoutSeconds  int64    `json:"timeoutSeconds"`
@@ -226,8 +228,10 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest command must have 1..%d arguments and a non-empty program", MaxCommandArgs)
 	case len(m.Env) > MaxEnvEntries:
 		return invalidf("manifest env has %d entries, limit %d", len(m.Env), MaxEnvEntries)
-	case len(m.Artifacts) == 0 || len(m.Artifacts) > MaxArtifacts:
-		return invalidf("manifest artifacts must list 1..%d patterns", MaxArtifacts)
+	case m.Artifacts == nil:
+		return invalidf("manifest artifacts must be a list (empty: every file the build created or changed)")
+	case len(m.Artifacts) > MaxArtifacts:
+		return invalidf("manifest artifacts lists %d patterns, limit %d", len(m.Artifacts), MaxArtifacts)
 	case m.TimeoutSeconds <= 0:
 		return invalidf("manifest timeoutSeconds must be positive")
 	case m.MaxOutputBytes <= 0:
