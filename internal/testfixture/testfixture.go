@@ -1,0 +1,200 @@
+// Package testfixture builds, once per test process and cached on disk across runs, the real
+// things the end-to-end tests boot: the guest agent, the guest image (Debian's cloud kernel +
+// initramfs), a tiny busybox toolchain and the default gcc toolchain.
+//
+// The cache lives in $CLOCHE_TEST_CACHE, or the user cache directory's cloche-test. Entries
+// are keyed by content (the guest agent's digest, the toolchain's package list), so a stale
+// entry is never used.
+package testfixture
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/toolchain"
+)
+
+// CacheDir returns the fixture cache directory, creating it.
+func CacheDir(tb testing.TB) string {
+	tb.Helper()
+	dir := os.Getenv("CLOCHE_TEST_CACHE")
+	if dir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			tb.Fatalf("no cache directory: %v", err)
+		}
+		dir = filepath.Join(base, "cloche-test")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		tb.Fatal(err)
+	}
+	return dir
+}
+
+// RequireQEMU skips when QEMU or root is missing; `make test` installs QEMU first, so CI
+// never skips.
+func RequireQEMU(tb testing.TB) {
+	tb.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		tb.Skip("qemu-system-x86_64 not installed (run scripts/install-deps.sh)")
+	}
+	if os.Geteuid() != 0 {
+		tb.Skip("the end-to-end tests run as root (toolchain images are built with root-owned files)")
+	}
+}
+
+type once[T any] struct {
+	sync.Once
+	v   T
+	err error
+}
+
+func (o *once[T]) get(f func() (T, error)) (T, error) {
+	o.Do(func() { o.v, o.err = f() })
+	return o.v, o.err
+}
+
+var (
+	agentOnce   once[string]
+	guestOnce   once[string]
+	busyboxOnce once[string]
+	gccOnce     once[string]
+	fixtureLock sync.Mutex
+)
+
+// repoRoot finds the module root from this source file's location.
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// GuestAgent builds cmd/cloche-guest statically, as the Makefile does.
+func GuestAgent(tb testing.TB) string {
+	tb.Helper()
+	p, err := agentOnce.get(func() (string, error) {
+		dir := filepath.Join(CacheDir(tb), "bin")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
+		out := filepath.Join(dir, "cloche-guest")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -buildid=", "-o", out, "./cmd/cloche-guest")
+		cmd.Dir = repoRoot()
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("building the guest agent: %v\n%s", err, b)
+		}
+		return out, nil
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// GuestImage returns a guest image directory built around the current guest agent.
+func GuestImage(tb testing.TB) string {
+	tb.Helper()
+	agent := GuestAgent(tb)
+	dir, err := guestOnce.get(func() (string, error) {
+		fixtureLock.Lock()
+		defer fixtureLock.Unlock()
+		sum, err := fileSHA256(agent)
+		if err != nil {
+			return "", err
+		}
+		dir := filepath.Join(CacheDir(tb), "guest-image", sum[:16])
+		if img, err := guestimage.Load(dir); err == nil && img.GuestAgentSHA256 == sum {
+			return dir, nil
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		deb, err := guestimage.FetchKernelDeb(ctx, filepath.Join(CacheDir(tb), "kernel"))
+		if err != nil {
+			return "", err
+		}
+		if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
+			return "", err
+		}
+		return dir, nil
+	})
+	if err != nil {
+		tb.Fatalf("guest image: %v", err)
+	}
+	return dir
+}
+
+// BusyboxToolchain returns a small toolchain image (busybox-static) for fast tests.
+func BusyboxToolchain(tb testing.TB) string {
+	tb.Helper()
+	p, err := busyboxOnce.get(func() (string, error) {
+		fixtureLock.Lock()
+		defer fixtureLock.Unlock()
+		out := filepath.Join(CacheDir(tb), "toolchains", "busybox.img")
+		if _, err := toolchain.Load(out); err == nil {
+			return out, nil
+		}
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return "", err
+		}
+		root, err := os.MkdirTemp("", "busybox-root-")
+		if err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(root)
+		if err := toolchain.MakeBusyboxRoot(root); err != nil {
+			return "", err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if _, err := toolchain.FromDir(ctx, root, out, "busybox"); err != nil {
+			return "", err
+		}
+		return out, nil
+	})
+	if err != nil {
+		tb.Fatalf("busybox toolchain: %v", err)
+	}
+	return p
+}
+
+// GCCToolchain returns the default Debian toolchain image (gcc, make, libc6-dev), built
+// with mmdebstrap on first use (a few minutes) and cached.
+func GCCToolchain(tb testing.TB) string {
+	tb.Helper()
+	p, err := gccOnce.get(func() (string, error) {
+		fixtureLock.Lock()
+		defer fixtureLock.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: CacheDir(tb), Name: "debian-bookworm-gcc"})
+		return path, err
+	})
+	if err != nil {
+		tb.Fatalf("gcc toolchain: %v", err)
+	}
+	return p
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
