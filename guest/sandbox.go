@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"sync"
 	"syscall"
@@ -387,6 +388,10 @@ func runSandbox() sandboxStatus {
 		return fail("chdir / after chroot: %v", err)
 	}
 	// No setuid binary in the toolchain may hand the build its privileges back.
+	// no_new_privs is a per-thread attribute, inherited by a child from the thread that
+	// forks it: pin this goroutine to its thread so that cmd.Start forks from the thread
+	// that set it (Go may otherwise fork from any thread of the process).
+	runtime.LockOSThread()
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fail("setting no_new_privs: %v", err)
 	}
