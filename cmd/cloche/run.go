@@ -219,7 +219,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	if err != nil {
 		return fmt.Errorf("guest agent: %w", err)
 	}
-	if img, err := guestimage.Load(dir); err == nil && img.GuestAgentSHA256 == agentSum {
+	if img, err := guestimage.Load(dir); err == nil && img.UpToDate(agentSum) {
 		return nil
 	}
 	fmt.Fprintf(g.stderr, "cloche: building the guest image in %s\n", dir)

@@ -40,8 +40,10 @@ const DefaultCmdline = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init"
 // DefaultModules are the modules the guest agent loads (Build adds their dependencies):
 // the virtio disk driver for the input, toolchain and output disks; dm-verity for the
 // toolchain; overlayfs for the writable layer over it; configfs and tsm for configfs-tsm
-// reports; the SEV-SNP and TDX guest drivers.
-var DefaultModules = []string{"virtio_blk", "dm-verity", "overlay", "configfs", "tsm", "sev-guest", "tdx-guest"}
+// reports; the SEV-SNP and TDX guest drivers; pvpanic-pci, so that a guest kernel panic
+// ends the VM at once (vmm runs QEMU with a pvpanic device and panic=exit-failure) instead
+// of waiting out the host's time limit.
+var DefaultModules = []string{"virtio_blk", "dm-verity", "overlay", "configfs", "tsm", "sev-guest", "tdx-guest", "pvpanic-pci"}
 
 // File names inside an image directory.
 const (
@@ -89,7 +91,29 @@ type Image struct {
 	Cmdline          string   `json:"cmdline"`
 	GuestAgentSHA256 string   `json:"guestAgentSha256"`
 	Modules          []string `json:"modules"` // load order, dependencies first
-	Dir              string   `json:"-"`
+	// Recipe digests what the image was built from (see RecipeDigest), so a cached image
+	// is reused only when the agent, kernel package, module list and cmdline are unchanged.
+	Recipe string `json:"recipe"`
+	Dir    string `json:"-"`
+}
+
+// RecipeDigest is SHA-256 over the inputs that decide an image's bytes besides the kernel
+// package's own content: the agent's digest, the kernel package name_version, the requested
+// modules in order and the cmdline, NUL-separated after a version tag.
+func RecipeDigest(agentSHA256, kernelPackage string, modules []string, cmdline string) string {
+	h := sha256.New()
+	h.Write([]byte("cloche-guest-image-recipe-v1\x00" + agentSHA256 + "\x00" + kernelPackage + "\x00"))
+	for _, m := range modules {
+		h.Write([]byte(m + "\x00"))
+	}
+	h.Write([]byte(cmdline))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// UpToDate reports whether the image was built from this agent with the default modules
+// and cmdline; callers rebuild when it is not.
+func (im *Image) UpToDate(agentSHA256 string) bool {
+	return im.GuestAgentSHA256 == agentSHA256 && im.Recipe == RecipeDigest(agentSHA256, im.KernelPackage, DefaultModules, DefaultCmdline)
 }
 
 // KernelPath and InitrdPath are the files' locations on this machine.
@@ -176,6 +200,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		Cmdline:          cmdline,
 		GuestAgentSHA256: sha256Hex(agent),
 		Modules:          order,
+		Recipe:           RecipeDigest(sha256Hex(agent), pkgName+"_"+pkgVersion, modules, cmdline),
 		Dir:              opts.OutDir,
 	}
 	meta, err := json.MarshalIndent(im, "", "  ")

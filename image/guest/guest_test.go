@@ -340,3 +340,33 @@ func TestBusyboxInitramfsBoots(t *testing.T) {
 	}
 	t.Logf("busybox guest booted and powered off in %v", time.Since(start).Round(time.Millisecond))
 }
+
+// A cached image is reused only when it was built from the same recipe.
+func TestUpToDate(t *testing.T) {
+	deb, agent := kernelDeb(t), testAgent(t)
+	ctx := context.Background()
+	im, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !im.UpToDate(im.GuestAgentSHA256) {
+		t.Fatal("a fresh default image is not up to date with its own agent")
+	}
+	if im.UpToDate(strings.Repeat("0", 64)) {
+		t.Error("an image built from another agent counts as up to date")
+	}
+	fewer, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir(), Modules: DefaultModules[:3]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fewer.UpToDate(fewer.GuestAgentSHA256) {
+		t.Error("an image with a different module list counts as up to date")
+	}
+	other, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir(), Cmdline: DefaultCmdline + " debug"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.UpToDate(other.GuestAgentSHA256) {
+		t.Error("an image with a different cmdline counts as up to date")
+	}
+}

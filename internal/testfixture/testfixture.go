@@ -114,7 +114,7 @@ func GuestImage(tb testing.TB) string {
 			return "", err
 		}
 		dir := filepath.Join(CacheDir(tb), "guest-image", sum[:16])
-		if img, err := guestimage.Load(dir); err == nil && img.GuestAgentSHA256 == sum {
+		if img, err := guestimage.Load(dir); err == nil && img.UpToDate(sum) {
 			return dir, nil
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
