@@ -91,7 +91,7 @@ func BenchmarkBootToWorkload(b *testing.B) {
 
 		gc := &markerClock{marker: []byte("CLOCHE-WORKLOAD-START"), start: time.Now()}
 		_, err = Run(context.Background(), Options{
-			SourceDir: src, Command: []string{"echo", "CLOCHE-WORKLOAD-START"}, OutDir: filepath.Join(b.TempDir(), "out"),
+			SourceDir: src, Command: []string{"sh", "-c", "echo CLOCHE-WORKLOAD-START; touch out"}, OutDir: filepath.Join(b.TempDir(), "out"),
 			TEE: attest.TEESim, GuestImageDir: gdir, ToolchainImage: tc, SimDir: filepath.Join(testfixture.CacheDir(b), "sim-tee"),
 			Signer: signer, Version: "0.1.0-test", Timeout: time.Minute, Accel: "tcg", Console: gc,
 		})
@@ -179,7 +179,8 @@ func benchStatement(b *testing.B) []byte {
 		Artifacts: []job.Artifact{{Path: "hello", SHA256: fmt.Sprintf("%064x", 5), Size: 1}}, Log: job.Digest{SHA256: fmt.Sprintf("%064x", 6)}}
 	rb, _ := job.Marshal(r)
 	stmt, err := provenance.NewStatement(provenance.Input{Manifest: mb, Result: rb, Evidence: []byte(`{"tee":"sim","report":""}`),
-		Guest: provenance.GuestImage{Measurement: fmt.Sprintf("%096x", 7)}, BuilderVersion: "bench"})
+		Guest:          provenance.GuestImage{KernelSHA256: fmt.Sprintf("%064x", 8), InitrdSHA256: fmt.Sprintf("%064x", 9), Cmdline: "console=ttyS0", Measurement: fmt.Sprintf("%096x", 7), VCPUs: 2, MemoryMiB: 2048},
+		BuilderVersion: "0.1.0", StartedOn: time.Unix(1e9, 0), FinishedOn: time.Unix(1e9+1, 0)})
 	if err != nil {
 		b.Fatal(err)
 	}
