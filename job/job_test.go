@@ -1,0 +1,162 @@
+package job
+
+import (
+	"crypto/sha256"
+	"crypto/sha512"
+	"errors"
+	"strings"
+	"testing"
+)
+
+func validManifest() *Manifest {
+	return &Manifest{
+		Type: ManifestType, InvocationID: "local:1", TEE: "sim",
+		Source:    Source{ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
+		Toolchain: Toolchain{ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: strings.Repeat("c", 64), VeritySalt: "0011", DataBlocks: 2, HashOffset: 8192},
+		Command:   []string{"make", "<all>&"}, Workdir: ".", Env: map[string]string{"Z": "1", "A": "2"},
+		Artifacts: []string{"out/*.bin"}, SourceDateEpoch: 1, TimeoutSeconds: 60, MaxOutputBytes: 1 << 20,
+	}
+}
+
+func validResult() *Result {
+	return &Result{Type: ResultType, ManifestSHA256: strings.Repeat("d", 64), SourceTree: strings.Repeat("e", 40),
+		Artifacts: []Artifact{{Path: "out/a.bin", SHA256: strings.Repeat("f", 64), Size: 1}}, Log: Digest{SHA256: strings.Repeat("0", 64)}}
+}
+
+func TestMarshalIsCanonical(t *testing.T) {
+	b, err := Marshal(validManifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	if strings.HasSuffix(s, "\n") {
+		t.Error("canonical encoding ends with a newline")
+	}
+	if !strings.Contains(s, `"<all>&"`) {
+		t.Errorf("HTML characters were escaped: %s", s)
+	}
+	if strings.Index(s, `"A":"2"`) > strings.Index(s, `"Z":"1"`) {
+		t.Errorf("env keys are not sorted: %s", s)
+	}
+	if !strings.HasPrefix(s, `{"_type":"`+ManifestType+`","invocationId"`) {
+		t.Errorf("fields are not in declared order: %s", s)
+	}
+	again, _ := Marshal(validManifest())
+	if string(again) != s {
+		t.Error("two encodings of the same manifest differ")
+	}
+	m, err := ParseManifest(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	round, _ := Marshal(m)
+	if string(round) != s {
+		t.Errorf("parse+marshal changed the bytes:\n%s\n%s", s, round)
+	}
+}
+
+func TestDigests(t *testing.T) {
+	b := []byte(`{"x":1}`)
+	if ManifestDigest(b) != sha256.Sum256(b) || ReportData(b) != sha512.Sum512(b) {
+		t.Fatal("ManifestDigest must be SHA-256 and ReportData SHA-512 of the exact bytes")
+	}
+}
+
+func TestManifestValidation(t *testing.T) {
+	if err := validManifest().Validate(); err != nil {
+		t.Fatalf("valid manifest rejected: %v", err)
+	}
+	cases := map[string]func(*Manifest){
+		"wrong type":           func(m *Manifest) { m.Type = "x" },
+		"no invocation id":     func(m *Manifest) { m.InvocationID = "" },
+		"unknown tee":          func(m *Manifest) { m.TEE = "sgx" },
+		"archive digest":       func(m *Manifest) { m.Source.ArchiveSHA256 = "ABC" },
+		"archive size":         func(m *Manifest) { m.Source.ArchiveSize = 0 },
+		"image digest":         func(m *Manifest) { m.Toolchain.ImageSHA256 = "" },
+		"root hash":            func(m *Manifest) { m.Toolchain.VerityRootHash = strings.Repeat("C", 64) },
+		"salt odd":             func(m *Manifest) { m.Toolchain.VeritySalt = "abc" },
+		"hash offset":          func(m *Manifest) { m.Toolchain.HashOffset = 4096 },
+		"image too small":      func(m *Manifest) { m.Toolchain.ImageSize = 8192 },
+		"no command":           func(m *Manifest) { m.Command = nil },
+		"empty program":        func(m *Manifest) { m.Command = []string{""} },
+		"NUL in argument":      func(m *Manifest) { m.Command = []string{"make", "a\x00b"} },
+		"bad env name":         func(m *Manifest) { m.Env = map[string]string{"1X": "y"} },
+		"nil artifacts":        func(m *Manifest) { m.Artifacts = nil },
+		"absolute pattern":     func(m *Manifest) { m.Artifacts = []string{"/etc/passwd"} },
+		"dotdot pattern":       func(m *Manifest) { m.Artifacts = []string{"../x"} },
+		"unclean pattern":      func(m *Manifest) { m.Artifacts = []string{"a//b"} },
+		"malformed pattern":    func(m *Manifest) { m.Artifacts = []string{"a["} },
+		"workdir escapes":      func(m *Manifest) { m.Workdir = "../src" },
+		"no timeout":           func(m *Manifest) { m.TimeoutSeconds = 0 },
+		"no output cap":        func(m *Manifest) { m.MaxOutputBytes = 0 },
+		"negative date epoch":  func(m *Manifest) { m.SourceDateEpoch = -1 },
+		"too many env entries": func(m *Manifest) { m.Env = bigEnv() },
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			m := validManifest()
+			mutate(m)
+			if err := m.Validate(); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Validate = %v, want ErrInvalid", err)
+			}
+		})
+	}
+	empty := validManifest()
+	empty.Artifacts = []string{}
+	if err := empty.Validate(); err != nil {
+		t.Errorf("an empty artifact list (every changed file) was rejected: %v", err)
+	}
+}
+
+func bigEnv() map[string]string {
+	m := map[string]string{}
+	for i := 0; i <= MaxEnvEntries; i++ {
+		m["V"+strings.Repeat("x", i)] = "1"
+	}
+	return m
+}
+
+func TestParseManifestStrict(t *testing.T) {
+	b, _ := Marshal(validManifest())
+	for name, in := range map[string]string{
+		"unknown field": strings.Replace(string(b), `{"_type"`, `{"extra":1,"_type"`, 1),
+		"trailing data": string(b) + `{}`,
+		"not json":      "nope",
+		"oversized":     `{"_type":"` + strings.Repeat("a", MaxManifestSize) + `"}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := ParseManifest([]byte(in)); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("ParseManifest = %v, want ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestResultValidation(t *testing.T) {
+	if err := validResult().Validate(); err != nil {
+		t.Fatalf("valid result rejected: %v", err)
+	}
+	cases := map[string]func(*Result){
+		"wrong type":         func(r *Result) { r.Type = ManifestType },
+		"manifest digest":    func(r *Result) { r.ManifestSHA256 = "x" },
+		"tree id":            func(r *Result) { r.SourceTree = "abc" },
+		"artifact escapes":   func(r *Result) { r.Artifacts[0].Path = "../x" },
+		"artifact digest":    func(r *Result) { r.Artifacts[0].SHA256 = "" },
+		"negative size":      func(r *Result) { r.Artifacts[0].Size = -1 },
+		"duplicate artifact": func(r *Result) { r.Artifacts = append(r.Artifacts, r.Artifacts[0]) },
+		"log digest":         func(r *Result) { r.Log.SHA256 = "zz" },
+	}
+	for name, mutate := range cases {
+		t.Run(name, func(t *testing.T) {
+			r := validResult()
+			mutate(r)
+			if err := r.Validate(); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("Validate = %v, want ErrInvalid", err)
+			}
+		})
+	}
+	b, _ := Marshal(validResult())
+	if _, err := ParseResult(append(b, 'x')); !errors.Is(err, ErrInvalid) {
+		t.Errorf("trailing data accepted: %v", err)
+	}
+}
