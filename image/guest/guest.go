@@ -19,8 +19,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/cloche-dev/cloche/image/internal/atomicfile"
 	"github.com/cloche-dev/cloche/image/internal/staticelf"
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // DefaultCmdline is the guest kernel command line. It is part of the launch measurement

@@ -10,8 +10,8 @@ import (
 
 	"github.com/u-root/u-root/pkg/cpio"
 
-	"github.com/cloche-dev/cloche/image/internal/atomicfile"
 	"github.com/cloche-dev/cloche/image/internal/busybox"
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // BusyboxReadyMarker is the line the busybox initramfs prints once its /init runs.
