@@ -78,6 +78,9 @@ var (
 	ErrHostData            = errors.New("HOST_DATA mismatch")
 	ErrReportData          = errors.New("REPORT_DATA mismatch")
 	ErrUnsupported         = errors.New("unsupported evidence")
+	ErrTCB                 = errors.New("TCB below the minimum")
+	ErrRevoked             = errors.New("revocation check failed")
+	ErrCollateral          = errors.New("TDX collateral check failed")
 )
 
 // Evidence leaves the guest in the output disk (evidence.json) and, after host completion,

@@ -96,3 +96,81 @@ func FuzzCertTable(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTDXQuote: cloche's TDX layout parser never panics, never reads past the blob, and
+// whatever it accepts goes through go-tdx-guest's parser and the whole verifier without a
+// panic.
+func FuzzTDXQuote(f *testing.F) {
+	f.Add(tdxtestdata.RawQuote)
+	f.Add(tdxtestdata.RawQuoteV5)
+	f.Add(tdxtestdata.RawQuote[:tdxMinQuoteSize])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := parseTDXQuote(b)
+		if err != nil {
+			return
+		}
+		if q.Len > len(b) || q.Len+q.Trailing != len(b) {
+			t.Fatalf("quote length %d + trailing %d for %d bytes", q.Len, q.Trailing, len(b))
+		}
+		if len(q.MrTd) != 48 || len(q.ReportData) != 64 || len(q.MrConfigID) != 48 {
+			t.Fatal("field sizes wrong")
+		}
+		ev := &Evidence{TEE: TEETDX, Report: b}
+		_, _ = LaunchDigest(ev)
+		_, _ = Describe(ev)
+		_, _ = Verify(ev, VerifyOptions{Now: tdxNow})
+	})
+}
+
+// FuzzEvidenceFile: `cloche evidence` input of any kind never panics the reader, the
+// describer or the verifier.
+func FuzzEvidenceFile(f *testing.F) {
+	f.Add(sevtestdata.AttestationBytes)
+	f.Add(tdxtestdata.RawQuote)
+	js, _ := realMilanEvidence().Marshal()
+	f.Add(js)
+	f.Add(append(bytes.Clone(sevtestdata.AttestationBytes), make([]byte, certTableEntrySize)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := ParseEvidenceFile(b, "")
+		if err != nil {
+			return
+		}
+		if err := ev.checkShape(); err != nil {
+			t.Fatalf("accepted evidence fails its shape check: %v", err)
+		}
+		_, _ = Describe(ev)
+		_, _ = Verify(ev, VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
+	})
+}
+
+// FuzzTDXCollateral: the collateral file parser never panics, and what it accepts the
+// offline getter serves without a panic.
+func FuzzTDXCollateral(f *testing.F) {
+	f.Add([]byte(`{"tcbInfo":{"issuerChain":"-----BEGIN CERTIFICATE-----","body":"e30="},"qeIdentity":{"issuerChain":"-----BEGIN CERTIFICATE-----","body":"e30="}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseTDXCollateral(b)
+		if err != nil {
+			return
+		}
+		g := offlineTDXGetter{c}
+		_, _, _ = g.Get("https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc=00")
+		_, _ = Verify(&Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, VerifyOptions{Now: tdxNow, Policy: Policy{TDXCollateral: c}})
+	})
+}
+
+// FuzzSNPTCB: the --min-tcb parser never panics and what it accepts prints back the same.
+func FuzzSNPTCB(f *testing.F) {
+	f.Add("bootloader=1,tee=2,snp=3,microcode=4")
+	f.Add("tee=0x10")
+	f.Fuzz(func(t *testing.T, s string) {
+		tcb, err := ParseSNPTCB(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseSNPTCB(tcb.String())
+		if err != nil || again != tcb {
+			t.Fatalf("%q -> %v -> %v, %v", s, tcb, again, err)
+		}
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
 	"github.com/google/go-sev-guest/validate"
 	"github.com/google/go-sev-guest/verify"
@@ -24,62 +25,102 @@ type VerifyOptions struct {
 	AllowSimulated bool
 	// SimRoots are the trusted sim ARKs (the verifier's --trusted-sim-root).
 	SimRoots []*x509.Certificate
-	// Now is the time at which certificates must be valid; zero means time.Now().
+	// Now is the time at which certificates, CRLs and collateral must be valid; zero means
+	// time.Now().
 	Now time.Time
-	// ExpectedMeasurements lists the accepted MEASUREMENT values (48 bytes each); nil or
-	// empty means not checked (the value is still reported in Claims).
+	// ExpectedMeasurements lists the accepted launch measurements; nil or empty means not
+	// checked (the value is still reported in Claims). SNP and sim: MEASUREMENT (48 bytes).
+	// TDX: MRTD (48 bytes; then give Policy.TDX.RTMR too, or Verify warns) or
+	// MRTD || RTMR0 || RTMR1 || RTMR2 (192 bytes).
 	ExpectedMeasurements [][]byte
-	// ExpectedHostData is the expected HOST_DATA (32 bytes); nil means not checked.
+	// ExpectedHostData is the expected launch digest (32 bytes): SNP and sim HOST_DATA; TDX
+	// MRCONFIGID[0:32], with MRCONFIGID[32:48] zero. Nil means not checked.
 	ExpectedHostData []byte
 	// ExpectedReportData is the expected REPORT_DATA (64 bytes); nil means not checked.
 	ExpectedReportData []byte
+	// Policy is what the evidence must satisfy beyond chain, signature and bindings.
+	Policy Policy
+
+	// fakeAMDRoots replaces AMD's embedded roots in this package's tests, which sign
+	// evidence with go-sev-guest's test-only chain. Nothing outside the package can set it.
+	fakeAMDRoots func() map[string][]*trust.AMDRootCerts
 }
 
 // Claims are the facts a verified piece of evidence establishes.
 type Claims struct {
 	TEE TEE
 	// Simulated is true for evidence from the simulated TEE: it proves nothing about the host.
-	Simulated   bool
+	Simulated bool
+	// Measurement is the launch measurement: SNP MEASUREMENT, TDX MRTD (see Rtmrs).
 	Measurement []byte
+	// HostData is SNP HOST_DATA (32 bytes) or TDX MRCONFIGID (48 bytes).
 	HostData    []byte
 	ReportData  []byte
 	ChipID      []byte
 	Policy      uint64
 	ReportedTCB uint64
 	VMPL        uint32
+	// MrTd and Rtmrs (RTMR0..3) are the TDX launch registers.
+	MrTd  []byte
+	Rtmrs [][]byte
+	// Warnings name checks that were skipped (e.g. revocation without a CRL). The evidence
+	// passed, but a caller must show them.
+	Warnings []string
 }
 
 // simProductLines are the product lines under which sim roots are offered to go-sev-guest,
 // which looks roots up by the product line it derives from the report.
 var simProductLines = []string{"Milan", "Genoa", "Turin"}
 
-// Verify checks evidence offline and fails closed at the first failed check, in this order:
+// Verify checks evidence offline and fails closed at the first failed check. For SEV-SNP
+// and the simulated TEE, in this order:
 //
-//  1. parse: TEE kind, report size and layout (ErrMalformed; TDX gives ErrUnsupported);
+//  1. parse: TEE kind, report size and layout (ErrMalformed);
 //  2. simulated gate: a report labelled "sim" or carrying SimFamilyID needs AllowSimulated and
 //     SimRoots (ErrSimulatedNotAllowed). The label picks the roots: "sim" is checked only
 //     against SimRoots, "snp" only against AMD's embedded roots, so neither can pass as the
 //     other;
-//  3. certificate chain and report signature (ErrCertChain, ErrSignature);
-//  4. policy: no debug, no migration agent, SMT allowed, VMPL 0, firmware and TCB
+//  3. SIGNATURE_ALGO (ErrSignature), revocation of the ASK when an AMD CRL is given
+//     (ErrRevoked), certificate chain (ErrCertChain) and report signature (ErrSignature);
+//  4. policy: no debug (unless Policy.AllowDebug), no migration agent, SMT allowed, the
+//     exact POLICY when given, VMPL 0, REPORTED_TCB and CHIP_ID equal to the VCEK's, firmware
 //     consistency (ErrPolicy);
-//  5. MEASUREMENT, HOST_DATA, REPORT_DATA against the expectations given (ErrMeasurement,
+//  5. minimum TCB per component (ErrTCB, naming the component that is short);
+//  6. MEASUREMENT, HOST_DATA, REPORT_DATA against the expectations given (ErrMeasurement,
 //     ErrHostData, ErrReportData).
+//
+// For TDX: 1. parse (ErrMalformed); 2. PCK chain to Intel's root (ErrCertChain) and the
+// quote and QE report signatures (ErrSignature); 3. Intel collateral and CRLs when given
+// (ErrCollateral, ErrRevoked); 4. TD attributes (no DEBUG), XFAM, SEAMATTRIBUTES,
+// MRSIGNERSEAM, MROWNER, MROWNERCONFIG (ErrPolicy); 5. minimum TEE_TCB_SVN (ErrTCB);
+// 6. MRTD and RTMR0..2, MRCONFIGID, REPORT_DATA (ErrMeasurement, ErrHostData, ErrReportData);
+// a warning when MRTD was compared but an RTMR was not.
 func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
 	if ev == nil {
 		return nil, fmt.Errorf("%w: nil evidence", ErrMalformed)
 	}
-	// 1. Parse.
-	switch ev.TEE {
-	case TEESNP, TEESim:
-	case TEETDX:
-		return nil, fmt.Errorf("%w: verifying tdx quotes is not implemented yet", ErrUnsupported)
-	default:
-		return nil, fmt.Errorf("%w: tee is %q, expected %q or %q", ErrMalformed, ev.TEE, TEESNP, TEESim)
-	}
 	if err := ev.checkShape(); err != nil {
 		return nil, err
 	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	if ev.TEE == TEETDX {
+		if opts.Policy.AMDCRL != nil || opts.Policy.MinimumTCB != nil || opts.Policy.SNPGuestPolicy != nil {
+			return nil, fmt.Errorf("%w: an SNP policy (AMD CRL, minimum TCB or guest policy) was given for tdx evidence", ErrUnsupported)
+		}
+		return verifyTDX(ev, opts, now)
+	}
+	if opts.Policy.TDXCollateral != nil || opts.Policy.TDX.MinimumTeeTcbSvn != nil {
+		return nil, fmt.Errorf("%w: a TDX policy (collateral or minimum TEE_TCB_SVN) was given for %s evidence", ErrUnsupported, ev.TEE)
+	}
+	return verifySNP(ev, opts, now)
+}
+
+// verifySNP checks SEV-SNP and simulated evidence (see Verify).
+func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error) {
+	// 1. Parse.
 	raw := bytes.Clone(ev.Report)
 	if err := abi.ValidateReportFormat(raw); err != nil {
 		return nil, fmt.Errorf("%w: %s report: %v", ErrMalformed, ev.TEE, err)
@@ -103,28 +144,50 @@ func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
 		return nil, fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", ErrMalformed, report.GetFamilyId(), SimFamilyID[:])
 	}
 
-	// 3. Chain and signature.
+	// 3. Signature algorithm, revocation, chain and signature.
+	if algo := report.GetSignatureAlgo(); algo != snpSigAlgoECDSAP384 {
+		return nil, fmt.Errorf("%w: %s report SIGNATURE_ALGO is %d, expected %d (ECDSA P-384 with SHA-384)", ErrSignature, ev.TEE, algo, snpSigAlgoECDSAP384)
+	}
 	chain, err := certificateChain(ev)
 	if err != nil {
 		return nil, err
 	}
 	att := &spb.Attestation{Report: report, CertificateChain: chain}
-	now := opts.Now
-	if now.IsZero() {
-		now = time.Now()
-	}
 	var roots map[string][]*trust.AMDRootCerts
 	if ev.TEE == TEESim {
 		roots, err = simTrustedRoots(opts.SimRoots, chain.GetAskCert())
+	} else if opts.fakeAMDRoots != nil {
+		roots = opts.fakeAMDRoots()
 	} else {
 		roots, err = amdTrustedRoots()
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := verify.SnpAttestation(att, &verify.Options{DisableCertFetching: true, Now: now, TrustedRoots: roots}); err != nil {
-		if isSignatureStage(err) {
+	var warnings []string
+	vopts := &verify.Options{DisableCertFetching: true, Now: now, TrustedRoots: roots, Getter: offlineSEVGetter{}}
+	if crl := opts.Policy.AMDCRL; crl != nil {
+		if err := crlCurrent("the AMD CRL", crl, now); err != nil {
+			return nil, err
+		}
+		// go-sev-guest uses a root's CRL when it is current (checked above) and checks that
+		// the ARK signed it and that it does not revoke the ASK (or ASVK).
+		for _, rs := range roots {
+			for _, r := range rs {
+				r.CRL = crl
+			}
+		}
+		vopts.CheckRevocations = true
+	} else if ev.TEE != TEESim {
+		// Simulated roots are local keys: nobody publishes a CRL for them.
+		warnings = append(warnings, "revocation not checked: no AMD CRL given (--amd-crl FILE)")
+	}
+	if err := verify.SnpAttestation(att, vopts); err != nil {
+		switch {
+		case isSignatureStage(err):
 			return nil, fmt.Errorf("%w: %s report: %v", ErrSignature, ev.TEE, err)
+		case vopts.CheckRevocations && isRevocationStage(err):
+			return nil, fmt.Errorf("%w: %s report against the given AMD CRL: %v", ErrRevoked, ev.TEE, err)
 		}
 		rootsDesc := "AMD's embedded roots"
 		if ev.TEE == TEESim {
@@ -134,15 +197,43 @@ func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
 	}
 
 	// 4. Policy.
+	pol, err := abi.ParseSnpPolicy(report.GetPolicy())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s report POLICY 0x%x: %v", ErrMalformed, ev.TEE, report.GetPolicy(), err)
+	}
+	if pol.Debug && !opts.Policy.AllowDebug {
+		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) has DEBUG set: found unauthorized debug capability, the host can read and change a debug guest", ErrPolicy, ev.TEE, report.GetPolicy())
+	}
+	if want := opts.Policy.SNPGuestPolicy; want != nil && report.GetPolicy() != *want {
+		return nil, fmt.Errorf("%w: %s report POLICY is 0x%x, expected exactly 0x%x", ErrPolicy, ev.TEE, report.GetPolicy(), *want)
+	}
 	vmpl := 0
-	if err := validate.SnpAttestation(att, &validate.Options{
-		GuestPolicy: abi.SnpPolicy{SMT: true},
+	vo := &validate.Options{
+		GuestPolicy: abi.SnpPolicy{SMT: true, Debug: opts.Policy.AllowDebug},
 		VMPL:        &vmpl,
-	}); err != nil {
+	}
+	if opts.Policy.MinimumTCB != nil {
+		m := opts.Policy.MinimumTCB
+		vo.MinimumTCB = kds.TCBParts{BlSpl: m.Bootloader, TeeSpl: m.TEE, SnpSpl: m.SNP, UcodeSpl: m.Microcode}
+	}
+	if pol.MigrateMA {
+		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", ErrPolicy, ev.TEE, report.GetPolicy())
+	}
+	if report.GetVmpl() != 0 {
+		return nil, fmt.Errorf("%w: %s report was requested at VMPL %d, expected VMPL 0", ErrPolicy, ev.TEE, report.GetVmpl())
+	}
+
+	// 5. Minimum TCB, checked here first so that the error names the component.
+	if m := opts.Policy.MinimumTCB; m != nil {
+		if err := checkMinimumTCB("REPORTED_TCB", snpTCBFromVersion(report.GetReportedTcb()), *m); err != nil {
+			return nil, err
+		}
+	}
+	if err := validate.SnpAttestation(att, vo); err != nil {
 		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x, VMPL %d): %v", ErrPolicy, ev.TEE, report.GetPolicy(), report.GetVmpl(), err)
 	}
 
-	// 5. Bindings.
+	// 6. Bindings.
 	if len(opts.ExpectedMeasurements) > 0 {
 		ok := false
 		want := make([]string, 0, len(opts.ExpectedMeasurements))
@@ -170,7 +261,18 @@ func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
 		Policy:      report.GetPolicy(),
 		ReportedTCB: report.GetReportedTcb(),
 		VMPL:        report.GetVmpl(),
+		Warnings:    warnings,
 	}, nil
+}
+
+// snpSigAlgoECDSAP384 is SIGNATURE_ALGO 1, ECDSA P-384 with SHA-384, the only algorithm
+// SEV-SNP firmware uses.
+const snpSigAlgoECDSAP384 = 1
+
+// isRevocationStage recognises go-sev-guest's CRL failures (verifyCRL's messages).
+func isRevocationStage(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "was revoked") || strings.Contains(msg, "CRL")
 }
 
 func checkExact(sentinel error, field string, got, want []byte) error {

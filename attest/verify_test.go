@@ -71,6 +71,9 @@ func TestVerifySimPasses(t *testing.T) {
 	if !bytes.Equal(claims.Measurement, l.Measurement[:]) || !bytes.Equal(claims.HostData, l.HostData[:]) || !bytes.Equal(claims.ReportData, rd[:]) {
 		t.Errorf("claims bindings differ from the launch: %+v", claims)
 	}
+	if len(claims.Warnings) != 0 {
+		t.Errorf("sim evidence warnings %q: nobody publishes CRLs for local sim roots", claims.Warnings)
+	}
 	if claims.Policy != 0x30000 || claims.VMPL != 0 {
 		t.Errorf("claims policy 0x%x VMPL %d, want 0x30000, 0", claims.Policy, claims.VMPL)
 	}
@@ -247,9 +250,10 @@ func TestVerifyTruncatedAndMalformed(t *testing.T) {
 	wantErr(t, err, ErrMalformed, "outside")
 }
 
-func TestVerifyTDXUnsupported(t *testing.T) {
+// A TDX-sized blob that is no quote fails at the layout parser.
+func TestVerifyTDXNotAQuote(t *testing.T) {
 	_, err := Verify(&Evidence{TEE: TEETDX, Report: make([]byte, 0x400)}, VerifyOptions{})
-	wantErr(t, err, ErrUnsupported, "tdx")
+	wantErr(t, err, ErrMalformed, "tdx quote TEE type is 0x0")
 }
 
 // A sim report relabelled "snp" is checked against AMD's roots only, and fails there.

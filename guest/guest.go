@@ -391,8 +391,9 @@ func unpackSource(ctx context.Context, in *disk.Input, m *job.Manifest, root *Bu
 	return tree, before, nil
 }
 
-// openProvider prefers configfs-tsm (real SNP/TDX) and falls back to the simulated TEE's
-// virtio-serial port.
+// openProvider prefers configfs-tsm (real SNP/TDX), then the guest drivers' devices
+// (/dev/sev-guest, /dev/tdx_guest), and falls back to the simulated TEE's virtio-serial port.
+// Whichever it picks, the rest of the run is the same code path.
 func (a *agent) openProvider() (attest.Provider, error) {
 	var tsmErr error
 	if err := mountConfigfs(a.cfg.ConfigfsDir); err != nil {
@@ -409,9 +410,16 @@ func (a *agent) openProvider() (attest.Provider, error) {
 		}
 		tsmErr = err
 	}
+	// Kernels without configfs-tsm reports still have the guest drivers' character devices.
+	// The device stays open for the whole run: the agent powers off when done.
+	p, _, devErr := attest.OpenGuestDeviceProvider(a.cfg.DevRoot)
+	if devErr == nil {
+		a.log.Info("configfs-tsm unavailable, using the guest device", "tee", p.TEE(), "tsm", tsmErr)
+		return p, nil
+	}
 	port, err := findSimPort(a.cfg.SysRoot, a.cfg.DevRoot, attest.SimPortName)
 	if err != nil {
-		return nil, fmt.Errorf("no TEE evidence device: configfs-tsm: %v; simulated TEE: %v", tsmErr, err)
+		return nil, fmt.Errorf("no TEE evidence device: configfs-tsm: %v; guest device: %v; simulated TEE: %v", tsmErr, devErr, err)
 	}
 	f, err := os.OpenFile(port, os.O_RDWR, 0)
 	if err != nil {
