@@ -40,11 +40,16 @@ const (
 // simChardevID names the chardev carrying the simulated secure processor channel.
 const simChardevID = "simtee"
 
-// teeBackend adds what one kind of TEE needs to the QEMU command line. SEV-SNP and TDX will
-// each add a confidential-guest-support object, memory backend and firmware here.
+// teeBackend adds what one kind of TEE needs to the QEMU command line: sim a virtio-serial
+// channel, SEV-SNP and TDX their confidential-guest-support object, memory and firmware.
 type teeBackend interface {
 	// machineOptions are appended to "-machine q35,...".
 	machineOptions() []string
+	// accelArgs returns the -accel and -cpu arguments for accel, or why this TEE cannot
+	// run with it.
+	accelArgs(cfg Config, accel string) ([]string, error)
+	// deviceOptions are appended to every virtio device (not to pvpanic-pci, which is not one).
+	deviceOptions() string
 	// args are appended after the common arguments.
 	args(cfg Config, simSocket string) ([]string, error)
 }
@@ -57,16 +62,34 @@ func backendFor(tee attest.TEE) (teeBackend, error) {
 		return plainBackend{}, nil
 	case attest.TEESim:
 		return simBackend{}, nil
-	case attest.TEESNP, attest.TEETDX:
-		return nil, fmt.Errorf("%w: launching a %s guest is not implemented yet", ErrUnsupported, tee)
+	case attest.TEESNP:
+		return snpBackend{}, nil
+	case attest.TEETDX:
+		return tdxBackend{}, nil
 	default:
 		return nil, fmt.Errorf("vmm: unknown TEE %q, expected sim, snp or tdx", tee)
 	}
 }
 
+// commonAccelArgs are the accelerator arguments of a VM without hardware isolation.
+func commonAccelArgs(accel string) ([]string, error) {
+	switch accel {
+	case AccelTCG:
+		// thread=multi: one host thread per vCPU; -cpu max: every feature TCG emulates.
+		return []string{"-accel", "tcg,thread=multi", "-cpu", "max"}, nil
+	case AccelKVM:
+		return []string{"-accel", "kvm", "-cpu", "host"}, nil
+	}
+	return nil, fmt.Errorf("vmm: accelerator %q, expected %q or %q", accel, AccelTCG, AccelKVM)
+}
+
 type plainBackend struct{}
 
-func (plainBackend) machineOptions() []string              { return nil }
+func (plainBackend) machineOptions() []string { return nil }
+func (plainBackend) accelArgs(_ Config, accel string) ([]string, error) {
+	return commonAccelArgs(accel)
+}
+func (plainBackend) deviceOptions() string                 { return "" }
 func (plainBackend) args(Config, string) ([]string, error) { return nil, nil }
 
 // simBackend exposes the host's simulated secure processor to the guest as a virtio-serial
@@ -75,6 +98,10 @@ func (plainBackend) args(Config, string) ([]string, error) { return nil, nil }
 type simBackend struct{}
 
 func (simBackend) machineOptions() []string { return nil }
+func (simBackend) accelArgs(_ Config, accel string) ([]string, error) {
+	return commonAccelArgs(accel)
+}
+func (simBackend) deviceOptions() string { return "" }
 
 func (simBackend) args(cfg Config, simSocket string) ([]string, error) {
 	if simSocket == "" {
@@ -115,15 +142,12 @@ func Args(cfg Config, accel string, simSocket string) ([]string, error) {
 	}
 
 	machine := "q35"
-	var accelArgs []string
-	switch accel {
-	case AccelTCG:
-		// thread=multi: one host thread per vCPU; -cpu max: every feature TCG emulates.
-		accelArgs = []string{"-accel", "tcg,thread=multi", "-cpu", "max"}
-	case AccelKVM:
-		accelArgs = []string{"-accel", "kvm", "-cpu", "host"}
-	default:
+	if accel != AccelTCG && accel != AccelKVM {
 		return nil, fmt.Errorf("vmm: accelerator %q, expected %q or %q", accel, AccelTCG, AccelKVM)
+	}
+	accelArgs, err := backend.accelArgs(cfg, accel)
+	if err != nil {
+		return nil, err
 	}
 	if opts := backend.machineOptions(); len(opts) > 0 {
 		machine += "," + strings.Join(opts, ",")
@@ -174,7 +198,7 @@ func Args(cfg Config, accel string, simSocket string) ([]string, error) {
 		}
 		args = append(args,
 			"-drive", "file="+qemuEscape(d.path)+",if=none,id="+d.id+",format=raw,readonly="+ro+",cache=writeback",
-			"-device", "virtio-blk-pci,drive="+d.id+",serial="+d.serial,
+			"-device", "virtio-blk-pci,drive="+d.id+",serial="+d.serial+backend.deviceOptions(),
 		)
 	}
 	extra, err := backend.args(cfg, simSocket)
@@ -200,7 +224,7 @@ func checkShape(cfg Config) error {
 	}
 	for _, p := range []struct{ what, path string }{
 		{"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}, {"input disk", cfg.InputDisk},
-		{"toolchain disk", cfg.ToolchainDisk}, {"output disk", cfg.OutputDisk},
+		{"toolchain disk", cfg.ToolchainDisk}, {"output disk", cfg.OutputDisk}, {"firmware", cfg.Firmware},
 	} {
 		if strings.ContainsRune(p.path, 0) || strings.ContainsAny(p.path, "\n\r") {
 			return fmt.Errorf("vmm: %s path %q contains a NUL or newline", p.what, p.path)

@@ -101,8 +101,9 @@ func TestArgsAccelAndShape(t *testing.T) {
 	}{
 		{"auto is not an Args accelerator", Config{Kernel: "/k"}, AccelAuto, "", nil, `accelerator "auto"`},
 		{"no kernel", Config{}, AccelTCG, "", nil, "no kernel"},
-		{"snp", Config{Kernel: "/k", TEE: attest.TEESNP}, AccelKVM, "", ErrUnsupported, "snp"},
-		{"tdx", Config{Kernel: "/k", TEE: attest.TEETDX}, AccelKVM, "", ErrUnsupported, "tdx"},
+		{"snp under tcg", Config{Kernel: "/k", TEE: attest.TEESNP}, AccelTCG, "", ErrTEEUnavailable, "snp needs the kvm accelerator"},
+		{"tdx under tcg", Config{Kernel: "/k", TEE: attest.TEETDX}, AccelTCG, "", ErrTEEUnavailable, "tdx needs the kvm accelerator"},
+		{"unknown tee", Config{Kernel: "/k", TEE: "sgx"}, AccelKVM, "", nil, `unknown TEE "sgx"`},
 		{"sim without socket", Config{Kernel: "/k", TEE: attest.TEESim}, AccelTCG, "", nil, "socket"},
 		{"newline in disk path", Config{Kernel: "/k", OutputDisk: "/a\nb"}, AccelTCG, "", nil, "output disk path"},
 		{"NUL in cmdline", Config{Kernel: "/k", Cmdline: "a\x00b"}, AccelTCG, "", nil, "NUL"},

@@ -57,11 +57,17 @@ type kvmProbe struct {
 //     firmware but not a Linux kernel, and SEV-SNP/TDX need the hardware modules anyway;
 //  3. the probe firmware boots under -accel kvm and exits with the expected status.
 func ProbeAccel(ctx context.Context, qemu string, timeout time.Duration) string {
-	host := kvmProbe{devKVM: "/dev/kvm", sysModule: "/sys/module"}
-	if host.usable(ctx, qemu, timeout) == nil {
+	if ProbeKVM(ctx, qemu, timeout) == nil {
 		return AccelKVM
 	}
 	return AccelTCG
+}
+
+// ProbeKVM runs ProbeAccel's checks and returns nil if a KVM guest runs within timeout, else
+// the reason it does not (for `cloche doctor`).
+func ProbeKVM(ctx context.Context, qemu string, timeout time.Duration) error {
+	host := kvmProbe{devKVM: "/dev/kvm", sysModule: "/sys/module"}
+	return host.usable(ctx, qemu, timeout)
 }
 
 // usable returns nil if KVM runs a guest, else why not.

@@ -26,7 +26,8 @@ import (
 type Config struct {
 	// QEMU is the binary, looked up in PATH; default "qemu-system-x86_64".
 	QEMU string
-	// Accel is "tcg", "kvm" or "auto" (the default: ProbeAccel with DefaultProbeTimeout).
+	// Accel is "tcg", "kvm" or "auto" (the default: ProbeAccel with DefaultProbeTimeout;
+	// snp and tdx always run under KVM, and refuse "tcg").
 	Accel string
 
 	Kernel, Initrd, Cmdline string
@@ -38,9 +39,18 @@ type Config struct {
 	// that disk out.
 	InputDisk, ToolchainDisk, OutputDisk string
 
-	// TEE is "sim" (needs SimService); "snp" and "tdx" give ErrUnsupported for now. Empty
-	// launches a VM without any evidence channel.
+	// TEE is "sim" (needs SimService), "snp" or "tdx" (need Firmware, LaunchDigest and the
+	// hardware: Run checks the host first and fails with ErrTEEUnavailable naming what is
+	// missing). Empty launches a VM without any evidence channel.
 	TEE attest.TEE
+	// LaunchDigest is the job manifest digest bound at launch: SEV-SNP HOST_DATA, TDX
+	// MRCONFIGID = LaunchDigest || 16 zero bytes. Required for snp and tdx.
+	LaunchDigest [32]byte
+	// Firmware is the -bios image for snp (the AmdSev OVMF build, which measures the
+	// kernel, initrd and command line) and tdx (TDVF). Unused otherwise.
+	Firmware string
+	SNP      SNPOptions
+	TDX      TDXOptions
 	// SimService serves the simulated secure processor over the guest's virtio-serial port
 	// named attest.SimPortName. It must return when ctx is done or conn reaches EOF; Run closes
 	// conn when the VM is gone. An error other than the end of the channel fails Run with
@@ -56,6 +66,9 @@ type Config struct {
 	RunDir string
 	// Log receives progress and diagnostics (nil = slog.Default()).
 	Log *slog.Logger
+
+	// host replaces the real /sys, /dev and CPUID in the launch pre-flight (tests).
+	host *hostPaths
 }
 
 // Result describes a VM run that ended with the guest powering off.
@@ -67,8 +80,6 @@ type Result struct {
 var (
 	// ErrTimeout: the VM ran into Config.Timeout and was killed.
 	ErrTimeout = errors.New("vmm: VM wall-clock limit reached")
-	// ErrUnsupported: the requested TEE cannot be launched by this version.
-	ErrUnsupported = errors.New("vmm: unsupported TEE")
 	// ErrQEMU: QEMU failed (exit status not 0, killed by someone else, or a KVM internal
 	// error after which it would stop the guest and wait forever).
 	ErrQEMU = errors.New("vmm: QEMU failed")
@@ -124,17 +135,27 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err := checkFiles(cfg); err != nil {
 		return nil, err
 	}
+	host := defaultHostPaths()
+	if cfg.host != nil {
+		host = *cfg.host
+	}
+	if err := host.preflight(&cfg); err != nil {
+		return nil, err
+	}
 	qemu, err := exec.LookPath(cfg.QEMU)
 	if err != nil {
 		return nil, fmt.Errorf("vmm: QEMU binary %q not found (install qemu-system-x86 or set Config.QEMU): %w", cfg.QEMU, err)
 	}
 
 	accel := cfg.Accel
-	switch accel {
-	case AccelTCG, AccelKVM:
-	case "", AccelAuto:
-		host := kvmProbe{devKVM: "/dev/kvm", sysModule: "/sys/module"}
-		if why := host.usable(ctx, qemu, DefaultProbeTimeout); why != nil {
+	switch {
+	case accel == AccelTCG || accel == AccelKVM:
+	case (accel == "" || accel == AccelAuto) && (cfg.TEE == attest.TEESNP || cfg.TEE == attest.TEETDX):
+		// Hardware TEEs run only under KVM; preflight has checked the hardware modules.
+		accel = AccelKVM
+	case accel == "" || accel == AccelAuto:
+		probe := kvmProbe{devKVM: "/dev/kvm", sysModule: "/sys/module"}
+		if why := probe.usable(ctx, qemu, DefaultProbeTimeout); why != nil {
 			log.Debug("vmm: KVM not usable, using TCG", "reason", why)
 			accel = AccelTCG
 		} else {
