@@ -229,8 +229,28 @@ func parseGuest(d *Dependency) (GuestImage, error) {
 	}
 	g.Measurement = d.Digest["sha384"]
 	want := []string{"cmdline", "initrdSha256", "kernelSha256", "memoryMiB", "vcpus"}
-	if got := sortedKeys(d.Annotations); strings.Join(got, ",") != strings.Join(want, ",") {
-		return fail("annotations must be exactly %v, got %v", want, got)
+	// recipe and referenceValuesSha256 are optional (guest images without a recipe or
+	// without shipped reference values); nothing else may appear.
+	required := map[string]bool{}
+	for _, k := range sortedKeys(d.Annotations) {
+		if k == "recipe" || k == "referenceValuesSha256" {
+			continue
+		}
+		required[k] = true
+	}
+	if got := sortedKeys(required); strings.Join(got, ",") != strings.Join(want, ",") {
+		return fail("annotations must be exactly %v (plus optional recipe, referenceValuesSha256), got %v", want, sortedKeys(d.Annotations))
+	}
+	for key, field := range map[string]*string{"recipe": &g.Recipe, "referenceValuesSha256": &g.ReferenceValues} {
+		v, present := d.Annotations[key]
+		if !present {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok || !hex64Pattern.MatchString(s) {
+			return fail("annotation %s must be 64 lowercase hex digits", key)
+		}
+		*field = s
 	}
 	var ok bool
 	if g.Cmdline, ok = d.Annotations["cmdline"].(string); !ok {

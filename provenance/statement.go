@@ -106,6 +106,13 @@ type GuestImage struct {
 	Measurement string `json:"measurement"`
 	VCPUs       int    `json:"vcpus"`
 	MemoryMiB   int    `json:"memoryMiB"`
+	// Recipe names the guest release: the recipe digest from the image's guest-image.json
+	// (agent, kernel package, modules, cmdline). Optional: annotation "recipe".
+	Recipe string `json:"recipe,omitempty"`
+	// ReferenceValues is the SHA-256 of the signed reference-values statement that shipped
+	// with the guest image (package reference), when there was one. Optional: annotation
+	// "referenceValuesSha256".
+	ReferenceValues string `json:"referenceValues,omitempty"`
 }
 
 // Input is everything NewStatement describes.
@@ -347,6 +354,10 @@ func checkGuest(g GuestImage) error {
 		return fmt.Errorf("guest image memoryMiB is %d, expected 1..%d", g.MemoryMiB, 1<<24)
 	case len(g.Cmdline) > 4096:
 		return fmt.Errorf("guest image cmdline is %d bytes, limit 4096", len(g.Cmdline))
+	case g.Recipe != "" && !hex64Pattern.MatchString(g.Recipe):
+		return fmt.Errorf("guest image recipe %q must be 64 lowercase hex digits", g.Recipe)
+	case g.ReferenceValues != "" && !hex64Pattern.MatchString(g.ReferenceValues):
+		return fmt.Errorf("guest image reference values digest %q must be 64 lowercase hex digits", g.ReferenceValues)
 	}
 	return nil
 }
@@ -415,7 +426,7 @@ func expectedToolchainDependency(m *job.Manifest) *Dependency {
 }
 
 func guestDependency(g GuestImage) *Dependency {
-	return &Dependency{
+	d := &Dependency{
 		Digest: map[string]string{"sha384": g.Measurement},
 		Annotations: map[string]any{
 			"kernelSha256": g.KernelSHA256,
@@ -425,6 +436,13 @@ func guestDependency(g GuestImage) *Dependency {
 			"memoryMiB":    float64(g.MemoryMiB),
 		},
 	}
+	if g.Recipe != "" {
+		d.Annotations["recipe"] = g.Recipe
+	}
+	if g.ReferenceValues != "" {
+		d.Annotations["referenceValuesSha256"] = g.ReferenceValues
+	}
+	return d
 }
 
 func (d *Dependency) descriptor(name string) (*intoto.ResourceDescriptor, error) {
