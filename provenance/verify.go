@@ -3,11 +3,13 @@ package provenance
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"errors"
 	"fmt"
 	"time"
 
 	protobundle "github.com/sigstore/protobuf-specs/gen/pb-go/bundle/v1"
 	"github.com/sigstore/sigstore-go/pkg/bundle"
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore-go/pkg/verify"
 	"github.com/sigstore/sigstore/pkg/signature"
@@ -16,23 +18,58 @@ import (
 // BundleMediaType is the only bundle media type VerifyBundle accepts.
 const BundleMediaType = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
-// VerifyOptions says what a bundle must be signed with.
+// VerifyOptions says what a bundle must be signed with: a key, or (keyless) a certificate
+// from a trusted Fulcio for one of the given identities.
 type VerifyOptions struct {
-	// PublicKey is the trusted key (ECDSA P-256) the bundle must be signed with.
+	// PublicKey is the trusted key (ECDSA P-256) a key-signed bundle must be signed with.
 	PublicKey crypto.PublicKey
+	// TrustedMaterial verifies certificate (keyless) bundles: the Fulcio CAs, and the
+	// transparency logs, timestamp authorities and CT logs whose evidence is required
+	// (see keylessVerifierOptions).
+	TrustedMaterial root.TrustedMaterial
+	// Identities: a keyless bundle's certificate must match one of them. Required with
+	// TrustedMaterial: a certificate from a public Fulcio says nothing until its identity is
+	// pinned.
+	Identities []verify.CertificateIdentity
 }
 
-// VerifyBundle verifies a key-signed Sigstore bundle with sigstore-go (DSSE signature over
-// the payload with opts.PublicKey; key bundles carry no transparency-log entry or timestamp
-// to require) and returns the signed statement bytes. It does not look at the statement's
-// subjects: the caller checks them against the artifacts. Errors wrap ErrBundle (malformed
-// or of the wrong kind) or ErrSignature (does not verify).
+// ErrIdentity: a keyless bundle verifies, but its certificate names another signer than
+// the one expected.
+var ErrIdentity = errors.New("provenance signer identity does not match")
+
+// VerifiedBundle is what a verified bundle vouches for.
+type VerifiedBundle struct {
+	// Statement is the signed payload (the in-toto statement bytes).
+	Statement []byte
+	// Certificate summarises the signing certificate of a keyless bundle (nil for a
+	// key-signed one): issuer, SAN and the Fulcio extensions (repository, ref, workflow...).
+	Certificate *certificate.Summary
+}
+
+// VerifyBundle verifies a Sigstore bundle with sigstore-go and returns the signed statement
+// bytes; see VerifyBundleSigner.
 func VerifyBundle(bundleJSON []byte, opts VerifyOptions) ([]byte, error) {
-	if opts.PublicKey == nil {
-		return nil, fmt.Errorf("%w: no trusted public key given", ErrSignature)
+	vb, err := VerifyBundleSigner(bundleJSON, opts)
+	if err != nil {
+		return nil, err
 	}
-	if err := checkPublicKey(opts.PublicKey); err != nil {
-		return nil, fmt.Errorf("%w: trusted %v", ErrSignature, err)
+	return vb.Statement, nil
+}
+
+// VerifyBundleSigner verifies a Sigstore bundle with sigstore-go: a key-signed bundle with
+// opts.PublicKey (DSSE signature over the payload; key bundles carry no transparency-log
+// entry or timestamp to require), a certificate (keyless) bundle against
+// opts.TrustedMaterial and opts.Identities. It does not look at the statement's subjects:
+// the caller checks them against the artifacts. Errors wrap ErrBundle (malformed or of the
+// wrong kind), ErrSignature (does not verify) or ErrIdentity (verifies, wrong signer).
+func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle, error) {
+	if opts.PublicKey == nil && opts.TrustedMaterial == nil {
+		return nil, fmt.Errorf("%w: no trusted public key or trusted root given", ErrSignature)
+	}
+	if opts.PublicKey != nil {
+		if err := checkPublicKey(opts.PublicKey); err != nil {
+			return nil, fmt.Errorf("%w: trusted %v", ErrSignature, err)
+		}
 	}
 	if len(bundleJSON) > MaxBundleSize {
 		return nil, fmt.Errorf("%w: bundle is %d bytes, limit %d", ErrBundle, len(bundleJSON), MaxBundleSize)
@@ -51,11 +88,28 @@ func VerifyBundle(bundleJSON []byte, opts VerifyOptions) ([]byte, error) {
 	if got := env.DsseEnvelope.GetPayloadType(); got != PayloadType {
 		return nil, fmt.Errorf("%w: DSSE payloadType is %q, expected %q", ErrBundle, got, PayloadType)
 	}
-	if b.GetVerificationMaterial().GetPublicKey() == nil {
-		return nil, fmt.Errorf("%w: bundle is not signed with a public key (keyless bundles need a trusted root)", ErrBundle)
-	}
 	if n := len(env.DsseEnvelope.GetSignatures()); n != 1 {
 		return nil, fmt.Errorf("%w: DSSE envelope has %d signatures, expected 1", ErrBundle, n)
+	}
+	// The protobuf envelope holds the payload already decoded from base64; these are the
+	// bytes the signature is checked over.
+	payload := append([]byte(nil), env.DsseEnvelope.GetPayload()...)
+
+	vm := b.GetVerificationMaterial()
+	switch {
+	case vm.GetCertificate() != nil || vm.GetX509CertificateChain() != nil:
+		if opts.TrustedMaterial == nil {
+			return nil, fmt.Errorf("%w: bundle is signed keyless (with a certificate); verifying it needs a trusted root, not a key", ErrBundle)
+		}
+		summary, err := verifyKeyless(&b, opts)
+		if err != nil {
+			return nil, err
+		}
+		return &VerifiedBundle{Statement: payload, Certificate: summary}, nil
+	case vm.GetPublicKey() == nil:
+		return nil, fmt.Errorf("%w: bundle carries neither a certificate nor a public key hint", ErrBundle)
+	case opts.PublicKey == nil:
+		return nil, fmt.Errorf("%w: bundle is signed with a key; verifying it needs the public key (--key)", ErrBundle)
 	}
 
 	sv, err := signature.LoadECDSAVerifier(opts.PublicKey.(*ecdsa.PublicKey), crypto.SHA256)
@@ -74,9 +128,5 @@ func VerifyBundle(bundleJSON []byte, opts VerifyOptions) ([]byte, error) {
 	if _, err := v.Verify(&b, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithKey())); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
 	}
-
-	// The protobuf envelope holds the payload already decoded from base64; these are the
-	// bytes the signature was checked over.
-	payload := append([]byte(nil), env.DsseEnvelope.GetPayload()...)
-	return payload, nil
+	return &VerifiedBundle{Statement: payload}, nil
 }
