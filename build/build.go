@@ -11,7 +11,6 @@ package build
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,11 +22,14 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/disk"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
 	"github.com/cloche-dev/cloche/source"
 	"github.com/cloche-dev/cloche/vmm"
 )
@@ -54,11 +56,18 @@ type Options struct {
 	Artifacts []string
 	OutDir    string
 
-	TEE            attest.TEE // only sim in this release of the host side
+	TEE            attest.TEE // sim, snp or tdx
 	GuestImageDir  string     // from `cloche image guest`
 	ToolchainImage string     // from `cloche image toolchain`
-	SimDir         string     // simulated secure processor state (keys and chain)
+	SimDir         string     // simulated secure processor state (keys and chain); sim only
 	Signer         provenance.Signer
+	// Firmware is the -bios image for snp (AmdSev OVMF) and tdx (TDVF).
+	Firmware string
+	// QGS is the TDX quote generation service address (vmm.TDXOptions.QGS).
+	QGS string
+	// KDS completes SNP evidence with the VCEK chain; nil means an online client without a
+	// cache.
+	KDS *kds.Client
 
 	Timeout         time.Duration // build command limit inside the guest; default 10 min
 	MaxOutputBytes  int64         // artifacts + log; default 256 MiB
@@ -79,9 +88,29 @@ type Options struct {
 	// WorkDir holds the disks while the VM runs; a temp dir beside OutDir if empty.
 	WorkDir string
 
+	// OnStage, when set, is told as the build reaches each Stage (the runner agent shows
+	// them as its job states). It runs on the build's goroutine and must not block.
+	OnStage func(Stage)
+
 	// beforeLaunch lets this package's tests play a hostile host that alters the input disk
 	// after the manifest digest was bound.
 	beforeLaunch func(inputDisk string) error
+}
+
+// Stage is a point a build reaches, reported through Options.OnStage.
+type Stage string
+
+const (
+	// StageVM: the disks are ready and the VM is being started.
+	StageVM Stage = "vm"
+	// StageCollect: the VM has powered off; its output is being read, checked and signed.
+	StageCollect Stage = "collect"
+)
+
+func (o *Options) stage(s Stage) {
+	if o.OnStage != nil {
+		o.OnStage(s)
+	}
 }
 
 // Outcome is what a successful build produced.
@@ -92,7 +121,8 @@ type Outcome struct {
 	Measurement string // hex
 	SourceTree  string
 	TEE         attest.TEE
-	// SimRootPath is the simulated TEE's root certificate, for --trusted-sim-root.
+	// SimRootPath is the simulated TEE's root certificate, for --trusted-sim-root; empty
+	// for hardware TEEs.
 	SimRootPath string
 	Duration    time.Duration
 }
@@ -177,17 +207,23 @@ func (o *Options) check() error {
 	if o.OutDir == "" {
 		return fmt.Errorf("%w: no output directory given", ErrInput)
 	}
-	if o.TEE != attest.TEESim {
-		return fmt.Errorf("%w: TEE %q is not available on this host yet (expected sim)", ErrInput, o.TEE)
+	switch o.TEE {
+	case attest.TEESim:
+		if o.SimDir == "" {
+			return fmt.Errorf("%w: no simulated-TEE state directory given", ErrInput)
+		}
+	case attest.TEESNP, attest.TEETDX:
+		if o.Firmware == "" {
+			return fmt.Errorf("%w: a %s build needs the firmware image (Options.Firmware)", ErrInput, o.TEE)
+		}
+	default:
+		return fmt.Errorf("%w: TEE %q, expected sim, snp or tdx", ErrInput, o.TEE)
 	}
 	if o.Signer == nil {
 		return fmt.Errorf("%w: no signer configured", ErrInput)
 	}
 	if o.Version == "" {
 		return fmt.Errorf("%w: no cloche version given for the provenance's builder", ErrInput)
-	}
-	if o.SimDir == "" {
-		return fmt.Errorf("%w: no simulated-TEE state directory given", ErrInput)
 	}
 	if o.Timeout < time.Second {
 		return fmt.Errorf("%w: timeout %s is below one second", ErrInput, o.Timeout)
@@ -218,9 +254,9 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: toolchain image: %v", ErrInput, err)
 	}
-	sp, err := attest.LoadOrCreateSimSP(o.SimDir)
+	ht, err := newHostTEE(&o)
 	if err != nil {
-		return nil, fmt.Errorf("simulated TEE: %w", err)
+		return nil, err
 	}
 
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
@@ -293,16 +329,9 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		}
 	}
 
-	// 3. Launch. The simulated secure processor measures the launch inputs the same way
-	// `cloche measure --tee sim` does, and binds the manifest digest as HOST_DATA.
-	li, err := attest.LaunchInputsFromFiles(filepath.Join(gimg.Dir, gimg.Kernel.Path), filepath.Join(gimg.Dir, gimg.Initrd.Path), gimg.Cmdline, uint32(o.VCPUs), uint64(o.MemoryMiB))
-	if err != nil {
-		return nil, fmt.Errorf("measuring launch inputs: %w", err)
-	}
-	launch := attest.SimLaunch{Measurement: attest.SimMeasurement(li), HostData: manifestDigest}
-	log.Info("launching guest", "tee", o.TEE, "measurement", hex.EncodeToString(launch.Measurement[:]), "host_data", hex.EncodeToString(manifestDigest[:]))
-	started := time.Now().UTC()
-	_, err = vmm.Run(ctx, vmm.Config{
+	// 3. Launch with the manifest digest bound (SNP HOST_DATA, TDX MRCONFIGID, or the
+	// simulated secure processor's HOST_DATA).
+	vmCfg := vmm.Config{
 		QEMU:          o.QEMU,
 		Accel:         o.Accel,
 		Kernel:        filepath.Join(gimg.Dir, gimg.Kernel.Path),
@@ -314,13 +343,17 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		ToolchainDisk: o.ToolchainImage,
 		OutputDisk:    outputDisk,
 		TEE:           o.TEE,
-		SimService: func(ctx context.Context, conn io.ReadWriter) error {
-			return sp.Serve(ctx, conn, launch)
-		},
-		Console: o.Console,
-		Timeout: o.Timeout + vmSlack,
-		RunDir:  work,
-	})
+		Console:       o.Console,
+		Timeout:       o.Timeout + vmSlack,
+		RunDir:        work,
+	}
+	if err := ht.configure(&vmCfg, &o, gimg, manifestDigest); err != nil {
+		return nil, err
+	}
+	log.Info("launching guest", "tee", o.TEE, "host_data", hex.EncodeToString(manifestDigest[:]))
+	o.stage(StageVM)
+	started := time.Now().UTC()
+	_, err = vmm.Run(ctx, vmCfg)
 	finished := time.Now().UTC()
 	if err != nil {
 		if errors.Is(err, vmm.ErrTimeout) {
@@ -331,6 +364,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	}
 
 	// 4. Output disk, strictly bounded.
+	o.stage(StageCollect)
 	extract := filepath.Join(work, "out")
 	if err := os.Mkdir(extract, 0o755); err != nil {
 		return nil, err
@@ -369,21 +403,14 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
-	if err := sp.Complete(ev); err != nil {
+	if err := ht.complete(ctx, ev); err != nil {
 		return nil, fmt.Errorf("%w: completing evidence: %v", ErrEvidence, err)
 	}
-	reportData := job.ReportData(out.Result)
-	simRoot, err := x509.ParseCertificate(sp.Chain().ARK)
+	verifyOpts, err := ht.verifyOptions(manifestDigest, job.ReportData(out.Result))
 	if err != nil {
-		return nil, fmt.Errorf("%w: simulated root: %v", ErrEvidence, err)
+		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
-	claims, err := attest.Verify(ev, attest.VerifyOptions{
-		AllowSimulated:       true,
-		SimRoots:             []*x509.Certificate{simRoot},
-		ExpectedMeasurements: [][]byte{launch.Measurement[:]},
-		ExpectedHostData:     manifestDigest[:],
-		ExpectedReportData:   reportData[:],
-	})
+	claims, err := attest.Verify(ev, verifyOpts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
@@ -393,17 +420,26 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	}
 
 	// 6. Provenance.
+	// The guest release, and the reference values it shipped with when they list this
+	// launch (the verifier checks their signature; the host only records which they were).
+	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: string(o.TEE), VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+		KernelSHA256: gimg.Kernel.SHA256, InitrdSHA256: gimg.Initrd.SHA256, Measurement: claims.Measurement})
+	if err != nil {
+		log.Warn("not recording the guest image's reference values", "err", err)
+	}
 	stmt, err := provenance.NewStatement(provenance.Input{
 		Manifest: manifest,
 		Result:   out.Result,
 		Evidence: evidence,
 		Guest: provenance.GuestImage{
-			KernelSHA256: gimg.Kernel.SHA256,
-			InitrdSHA256: gimg.Initrd.SHA256,
-			Cmdline:      gimg.Cmdline,
-			Measurement:  hex.EncodeToString(claims.Measurement),
-			VCPUs:        o.VCPUs,
-			MemoryMiB:    o.MemoryMiB,
+			KernelSHA256:    gimg.Kernel.SHA256,
+			InitrdSHA256:    gimg.Initrd.SHA256,
+			Cmdline:         gimg.Cmdline,
+			Measurement:     hex.EncodeToString(claims.Measurement),
+			VCPUs:           o.VCPUs,
+			MemoryMiB:       o.MemoryMiB,
+			Recipe:          gimg.Recipe,
+			ReferenceValues: refValues,
 		},
 		BuilderVersion: o.Version,
 		StartedOn:      started,
@@ -432,7 +468,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		}
 	}
 	bundlePath := filepath.Join(o.OutDir, BundleName)
-	if err := writeFileAtomic(bundlePath, bundle, 0o644); err != nil {
+	if err := atomicfile.WriteFile(bundlePath, bundle, 0o644); err != nil {
 		return nil, err
 	}
 	return &Outcome{
@@ -442,7 +478,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		Measurement: hex.EncodeToString(claims.Measurement),
 		SourceTree:  res.SourceTree,
 		TEE:         o.TEE,
-		SimRootPath: sp.RootPath(),
+		SimRootPath: ht.simRootPath(),
 		Duration:    time.Since(start),
 	}, nil
 }

@@ -24,6 +24,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/root"
+
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
@@ -46,6 +48,10 @@ const (
 	CheckReportData  = "REPORT_DATA binding"
 	CheckConsistency = "statement consistency"
 	CheckSource      = "source"
+	// Evidence policy checks (see policy.go).
+	CheckTCB        = "minimum TCB"
+	CheckRevocation = "revocation"
+	CheckCollateral = "TDX collateral"
 )
 
 // Sentinel errors, wrapped in every *Error this package returns.
@@ -78,6 +84,13 @@ type Options struct {
 	BundlePath string
 	// PublicKey verifies key-signed bundles.
 	PublicKey crypto.PublicKey
+	// TrustedMaterial verifies keyless bundles (Sigstore trusted root); Identity is then
+	// required. See identity.go.
+	TrustedMaterial root.TrustedMaterial
+	// Identity, when set, is the expected source and signer (required with
+	// TrustedMaterial); ExpectedBuilderID the expected runDetails.builder.id.
+	Identity          *Identity
+	ExpectedBuilderID string
 	// Artifacts are the files to check; each must be a subject of the statement.
 	Artifacts []string
 
@@ -93,6 +106,14 @@ type Options struct {
 	ExpectedSourceTree   string
 	ExpectedSourceCommit string
 
+	// EvidencePolicy is what the hardware evidence must satisfy (minimum TCB, TDX module
+	// and owner values, CRLs, collateral); see evidencePolicy for what is always enforced.
+	EvidencePolicy attest.Policy
+
+	// Reference, when set, says where the trusted launch measurements come from: signed
+	// reference values or the guest image files (reference.go).
+	Reference ReferenceOptions
+
 	Now time.Time
 }
 
@@ -107,6 +128,14 @@ type Result struct {
 	Command      []string
 	InvocationID string
 	Statement    []byte
+	// Signer is the signing workflow (certificate SAN) of a keyless bundle.
+	Signer string
+	// SourceCommit is the commit the attested manifest names.
+	SourceCommit string
+	// Warnings name evidence checks that were skipped (e.g. revocation without a CRL).
+	Warnings []string
+	// ReferenceMatch says which reference value the measurement matched, when checked.
+	ReferenceMatch string
 }
 
 // Summary is the text after "PASSED: ".
@@ -119,8 +148,15 @@ func (r *Result) Summary() string {
 	for i, a := range r.Artifacts {
 		names[i] = a.Path
 	}
-	return fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; measurement %s; source tree %s; command %q",
+	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; measurement %s; source tree %s; command %q",
 		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, short(r.Measurement), short(r.SourceTree), strings.Join(r.Command, " "))
+	if r.Signer != "" {
+		s += "; signed by " + r.Signer
+	}
+	if r.ReferenceMatch != "" {
+		s += "; measurement listed in " + r.ReferenceMatch
+	}
+	return s
 }
 
 func short(h string) string {
@@ -135,14 +171,17 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 	if o.BundlePath == "" {
 		return nil, fail(CheckOptions, errors.New("no bundle given (expected --bundle FILE)"))
 	}
-	if o.PublicKey == nil {
-		return nil, fail(CheckOptions, errors.New("no public key given (expected --key FILE)"))
+	if err := o.checkSignatureOptions(); err != nil {
+		return nil, fail(CheckOptions, err)
 	}
 	if len(o.Artifacts) == 0 {
 		return nil, fail(CheckOptions, errors.New("no artifacts given (expected one or more files to verify)"))
 	}
 	if o.AllowSimulated && len(o.SimRoots) == 0 {
 		return nil, fail(CheckOptions, errors.New("--allow-simulated needs --trusted-sim-root: the opt-in alone trusts nothing"))
+	}
+	if err := o.Reference.Check(); err != nil {
+		return nil, fail(CheckOptions, err)
 	}
 
 	// 1. The artifacts' digests, first, as slsa-verifier does.
@@ -164,12 +203,9 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fail(CheckBundle, err)
 	}
-	stmt, err := provenance.VerifyBundle(bundleJSON, provenance.VerifyOptions{PublicKey: o.PublicKey})
+	stmt, cert, err := verifySignature(bundleJSON, &o)
 	if err != nil {
-		if errors.Is(err, provenance.ErrSignature) {
-			return nil, fail(CheckSignature, err)
-		}
-		return nil, fail(CheckBundle, err)
+		return nil, err
 	}
 
 	// 3. Statement.
@@ -213,6 +249,7 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 		ExpectedMeasurements: o.ExpectedMeasurements,
 		ExpectedHostData:     manifestDigest[:],
 		ExpectedReportData:   reportData[:],
+		Policy:               evidencePolicy(o.EvidencePolicy),
 	})
 	if err != nil {
 		switch {
@@ -225,7 +262,7 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 		case errors.Is(err, attest.ErrMeasurement):
 			return nil, fail(CheckMeasurement, err)
 		}
-		return nil, fail(CheckEvidence, err)
+		return nil, fail(EvidenceCheck(err), err)
 	}
 	if string(ev.TEE) != m.TEE {
 		return nil, fail(CheckEvidence, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, m.TEE))
@@ -250,6 +287,11 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 		}
 		return nil, fail(CheckConsistency, fmt.Errorf("%w: guest-image dependency names measurement %q, the evidence has %s", ErrMismatchBinding, got, hex.EncodeToString(claims.Measurement)))
 	}
+	// 8b. The measurement is listed in the guest release's reference values (reference.go).
+	refMatch, err := checkReference(ctx, &o.Reference, ev.TEE, p.Guest, claims)
+	if err != nil {
+		return nil, err
+	}
 
 	// 9. Optional source expectations.
 	if o.ExpectedSourceTree != "" && !strings.EqualFold(o.ExpectedSourceTree, r.SourceTree) {
@@ -257,6 +299,12 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.ExpectedSourceCommit != "" && !strings.EqualFold(o.ExpectedSourceCommit, m.Source.Commit) {
 		return nil, fail(CheckSource, fmt.Errorf("%w: manifest names commit %q, expected %s", ErrMismatchSource, m.Source.Commit, o.ExpectedSourceCommit))
+	}
+
+	// 10. Who built and signed: builder id, source repository and ref, and for keyless
+	// bundles the certificate's run (identity.go).
+	if err := checkIdentity(&o, cert, m, p.BuilderID); err != nil {
+		return nil, err
 	}
 
 	// The verified artifacts, in the result record's words.
@@ -270,15 +318,19 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 	}
 	sort.Slice(verified, func(i, j int) bool { return verified[i].Path < verified[j].Path })
 	return &Result{
-		Artifacts:    verified,
-		BuilderID:    p.BuilderID,
-		TEE:          ev.TEE,
-		Simulated:    claims.Simulated,
-		Measurement:  hex.EncodeToString(claims.Measurement),
-		SourceTree:   r.SourceTree,
-		Command:      m.Command,
-		InvocationID: m.InvocationID,
-		Statement:    stmt,
+		Artifacts:      verified,
+		BuilderID:      p.BuilderID,
+		TEE:            ev.TEE,
+		Simulated:      claims.Simulated,
+		Measurement:    hex.EncodeToString(claims.Measurement),
+		SourceTree:     r.SourceTree,
+		Command:        m.Command,
+		InvocationID:   m.InvocationID,
+		Statement:      stmt,
+		Signer:         signerSummary(cert),
+		SourceCommit:   m.Source.Commit,
+		Warnings:       claims.Warnings,
+		ReferenceMatch: refMatch,
 	}, nil
 }
 
