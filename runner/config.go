@@ -1,0 +1,286 @@
+package runner
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the agent's configuration: a JSON file (LoadConfig) with flags on top.
+// Zero values take the defaults of WithDefaults.
+type Config struct {
+	// Socket is the unix socket the API listens on.
+	Socket string `json:"socket,omitempty"`
+	// SocketMode is the socket file's permission bits, octal (default "0660": the agent's
+	// user and SocketGID may connect; SO_PEERCRED is checked either way).
+	SocketMode string `json:"socketMode,omitempty"`
+	// SocketGID, when set, is the socket file's group (e.g. the runner users' group).
+	SocketGID *int `json:"socketGid,omitempty"`
+	// StateDir holds jobs/ (records, logs, results). Its path must be short: the VM's
+	// simulated-TEE socket lives below it (unix socket paths are at most 107 bytes).
+	StateDir string `json:"stateDir,omitempty"`
+
+	// AllowedUIDs and AllowedGIDs may submit and read jobs; the agent's own uid always may.
+	// The gid is the peer's primary group as the kernel reports it with SO_PEERCRED.
+	AllowedUIDs []int `json:"allowedUids,omitempty"`
+	AllowedGIDs []int `json:"allowedGids,omitempty"`
+
+	// TEE is what jobs run on unless they name one: "sim", "snp" or "tdx" (default sim).
+	TEE string `json:"tee,omitempty"`
+
+	Budget Budget `json:"budget"`
+	// QueueLimit caps jobs waiting for the budget; one more gets a "busy" error.
+	QueueLimit int `json:"queueLimit,omitempty"`
+	// DefaultVCPUs and DefaultMemoryMiB size a job that does not say (defaults 2, 2048).
+	DefaultVCPUs     int `json:"defaultVcpus,omitempty"`
+	DefaultMemoryMiB int `json:"defaultMemoryMiB,omitempty"`
+	// DefaultTimeout is the build command's limit when a job does not say (10m).
+	DefaultTimeout Duration `json:"defaultTimeout,omitempty"`
+	// WallClockSlack is added to a job's build timeout for its default wall-clock limit
+	// (boot, unpacking, output, signing; default 5m).
+	WallClockSlack Duration `json:"wallClockSlack,omitempty"`
+	// MaxWallClock caps every job from launch to end (default 2h).
+	MaxWallClock Duration `json:"maxWallClock,omitempty"`
+	// MaxSourceBytes caps a submitted source archive (default 1 GiB).
+	MaxSourceBytes int64 `json:"maxSourceBytes,omitempty"`
+	// MaxOutputBytes caps a job's artifacts plus log (default 256 MiB).
+	MaxOutputBytes int64 `json:"maxOutputBytes,omitempty"`
+	// MaxLogBytes caps the console log kept per job (default 64 MiB; the rest is dropped
+	// with a note).
+	MaxLogBytes int64 `json:"maxLogBytes,omitempty"`
+	// KeepFinished is how many finished jobs (records, logs, results) are kept; the oldest
+	// go first (default 1000).
+	KeepFinished int `json:"keepFinished,omitempty"`
+
+	// MetricsListen is the TCP address of the Prometheus endpoint (/metrics); empty: off.
+	MetricsListen string `json:"metricsListen,omitempty"`
+	// LogJSON writes the agent's logs as JSON.
+	LogJSON bool `json:"logJson,omitempty"`
+
+	// Launch configures the production launcher (build.Run); cmd/cloche fills the empty
+	// ones from the state directory the way `cloche run` does.
+	Launch LaunchConfig `json:"launch"`
+}
+
+// LaunchConfig names what the agent builds with.
+type LaunchConfig struct {
+	GuestImage string `json:"guestImage,omitempty"` // directory from `cloche image guest`
+	Toolchain  string `json:"toolchain,omitempty"`  // image from `cloche image toolchain`
+	SigningKey string `json:"signingKey,omitempty"` // ECDSA P-256 PEM
+	Accel      string `json:"accel,omitempty"`      // auto, kvm or tcg
+	QEMU       string `json:"qemu,omitempty"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("90s", "2h") in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// UnmarshalJSON reads a duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"90s\" or \"2h\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// maxConfigSize bounds the configuration file.
+const maxConfigSize = 1 << 20
+
+// LoadConfig reads a JSON configuration file strictly (unknown fields are errors).
+func LoadConfig(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent configuration: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("agent configuration %s: %w", path, err)
+	}
+	if len(b) > maxConfigSize {
+		return nil, fmt.Errorf("agent configuration %s is over %d bytes", path, maxConfigSize)
+	}
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("agent configuration %s: %w", path, err)
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("agent configuration %s: trailing data after the JSON object", path)
+	}
+	return &c, nil
+}
+
+// HostResources is what the host has, for the budget's defaults.
+type HostResources struct {
+	CPUs      int
+	MemoryMiB int
+}
+
+// DetectHost reads the CPU count and /proc/meminfo.
+func DetectHost() (HostResources, error) {
+	h := HostResources{CPUs: runtime.NumCPU()}
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return h, fmt.Errorf("host memory: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemTotal:" {
+			kib, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				return h, fmt.Errorf("host memory: MemTotal %q: %w", fields[1], err)
+			}
+			h.MemoryMiB = int(kib / 1024)
+			return h, nil
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return h, fmt.Errorf("host memory: %w", err)
+	}
+	return h, errors.New("host memory: no MemTotal in /proc/meminfo")
+}
+
+// hostReserveMiB is memory the default budget leaves to the host itself.
+const hostReserveMiB = 1024
+
+// WithDefaults fills every zero field: paths from the agent's user, the budget from host.
+func (c Config) WithDefaults(host HostResources) Config {
+	if c.Socket == "" {
+		c.Socket = DefaultSocket()
+	}
+	if c.SocketMode == "" {
+		c.SocketMode = "0660"
+	}
+	if c.TEE == "" {
+		c.TEE = "sim"
+	}
+	if c.DefaultVCPUs == 0 {
+		c.DefaultVCPUs = 2
+	}
+	if c.DefaultMemoryMiB == 0 {
+		c.DefaultMemoryMiB = 2048
+	}
+	if c.Budget.VCPUs == 0 {
+		c.Budget.VCPUs = max(host.CPUs, 1)
+	}
+	if c.Budget.MemoryMiB == 0 {
+		c.Budget.MemoryMiB = max(host.MemoryMiB-hostReserveMiB, 512)
+	}
+	if c.Budget.VMs == 0 {
+		// As many default-sized VMs as the CPUs hold, at least one.
+		c.Budget.VMs = max(c.Budget.VCPUs/c.DefaultVCPUs, 1)
+	}
+	if c.Budget.MinFreeDiskBytes == 0 {
+		c.Budget.MinFreeDiskBytes = 2 << 30
+	}
+	if c.QueueLimit == 0 {
+		c.QueueLimit = 64
+	}
+	if c.DefaultTimeout == 0 {
+		c.DefaultTimeout = Duration(10 * time.Minute)
+	}
+	if c.WallClockSlack == 0 {
+		c.WallClockSlack = Duration(5 * time.Minute)
+	}
+	if c.MaxWallClock == 0 {
+		c.MaxWallClock = Duration(2 * time.Hour)
+	}
+	if c.MaxSourceBytes == 0 {
+		c.MaxSourceBytes = 1 << 30
+	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = 256 << 20
+	}
+	if c.MaxLogBytes == 0 {
+		c.MaxLogBytes = 64 << 20
+	}
+	if c.KeepFinished == 0 {
+		c.KeepFinished = 1000
+	}
+	if c.Launch.Accel == "" {
+		c.Launch.Accel = "auto"
+	}
+	return c
+}
+
+// maxStateDirLen leaves room below the state directory for a job's work directory and the
+// simulated-TEE socket inside it (jobs/<id>/w/.cloche-work-<n>/simtee.sock).
+const maxStateDirLen = 107 - 64
+
+// Validate checks a configuration after WithDefaults.
+func (c *Config) Validate() error {
+	switch {
+	case c.StateDir == "":
+		return errors.New("agent configuration: no state directory (stateDir)")
+	case !filepath.IsAbs(c.StateDir):
+		return fmt.Errorf("agent configuration: stateDir %q must be an absolute path", c.StateDir)
+	case len(c.StateDir) > maxStateDirLen:
+		return fmt.Errorf("agent configuration: stateDir %q is %d bytes, limit %d (the VM's socket path below it must fit in 107 bytes)", c.StateDir, len(c.StateDir), maxStateDirLen)
+	case c.Socket == "" || len(c.Socket) > 107:
+		return fmt.Errorf("agent configuration: socket %q must be a path of 1..107 bytes", c.Socket)
+	case c.TEE != "sim" && c.TEE != "snp" && c.TEE != "tdx":
+		return fmt.Errorf("agent configuration: tee %q, expected sim, snp or tdx", c.TEE)
+	case c.Budget.VCPUs < 1 || c.Budget.MemoryMiB < 64 || c.Budget.VMs < 1 || c.Budget.MinFreeDiskBytes < 0:
+		return fmt.Errorf("agent configuration: budget %+v needs at least 1 vCPU, 64 MiB, 1 VM and a non-negative disk reserve", c.Budget)
+	case c.QueueLimit < 1:
+		return fmt.Errorf("agent configuration: queueLimit %d must be at least 1", c.QueueLimit)
+	case c.DefaultVCPUs < 1 || c.DefaultVCPUs > c.Budget.VCPUs:
+		return fmt.Errorf("agent configuration: defaultVcpus %d must be 1..%d (the budget)", c.DefaultVCPUs, c.Budget.VCPUs)
+	case c.DefaultMemoryMiB < 64 || c.DefaultMemoryMiB > c.Budget.MemoryMiB:
+		return fmt.Errorf("agent configuration: defaultMemoryMiB %d must be 64..%d (the budget)", c.DefaultMemoryMiB, c.Budget.MemoryMiB)
+	case c.DefaultTimeout < Duration(time.Second) || c.MaxWallClock < Duration(time.Second) || c.WallClockSlack < 0:
+		return errors.New("agent configuration: defaultTimeout and maxWallClock must be at least 1s, wallClockSlack not negative")
+	case c.MaxSourceBytes < 1 || c.MaxOutputBytes < 1 || c.MaxLogBytes < 1 || c.KeepFinished < 1:
+		return errors.New("agent configuration: maxSourceBytes, maxOutputBytes, maxLogBytes and keepFinished must be positive")
+	}
+	if _, err := c.socketMode(); err != nil {
+		return err
+	}
+	for _, id := range append(append([]int{}, c.AllowedUIDs...), c.AllowedGIDs...) {
+		if id < 0 {
+			return fmt.Errorf("agent configuration: allowed id %d is negative", id)
+		}
+	}
+	return nil
+}
+
+func (c *Config) socketMode() (os.FileMode, error) {
+	m, err := strconv.ParseUint(c.SocketMode, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("agent configuration: socketMode %q, expected octal permission bits like \"0660\"", c.SocketMode)
+	}
+	return os.FileMode(m), nil
+}
+
+// DefaultSocket is where the agent listens and clients look by default: /run/cloche as
+// root, else the user's runtime directory.
+func DefaultSocket() string {
+	if os.Geteuid() == 0 {
+		return "/run/cloche/agent.sock"
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "cloche", "agent.sock")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("cloche-%d", os.Geteuid()), "agent.sock")
+}

@@ -1,0 +1,483 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/source"
+)
+
+type peerKey struct{}
+
+func (a *Agent) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /"+APIVersion+"/status", a.handleStatus)
+	mux.HandleFunc("POST /"+APIVersion+"/jobs", a.handleSubmit)
+	mux.HandleFunc("GET /"+APIVersion+"/jobs/{id}", a.handleJob)
+	mux.HandleFunc("GET /"+APIVersion+"/jobs/{id}/log", a.handleLog)
+	mux.HandleFunc("POST /"+APIVersion+"/jobs/{id}/cancel", a.handleCancel)
+	mux.HandleFunc("GET /"+APIVersion+"/jobs/{id}/result", a.handleResult)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		a.fail(w, r, http.StatusNotFound, CodeNotFound, fmt.Sprintf("unknown request %s %s: this agent speaks API %s (GET /%s/status, POST /%s/jobs, ...)",
+			r.Method, r.URL.Path, APIVersion, APIVersion, APIVersion))
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		peer, err := a.authorize(r.Context())
+		if err != nil {
+			a.log.Warn("refused a peer", "err", err)
+			a.fail(w, r, http.StatusForbidden, CodeForbidden, err.Error())
+			return
+		}
+		mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, peer)))
+	})
+}
+
+// fail answers with a JSON error.
+func (a *Agent) fail(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	a.metrics.add(func(m *metrics) { m.rejected[code]++ })
+	a.log.Debug("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", msg)
+	w.Header().Set("Content-Type", "application/json")
+	// The client may still be sending a body we will not read: close after answering.
+	w.Header().Set("Connection", "close")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(&APIError{Code: code, Message: msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	s := a.Status()
+	if peer := r.Context().Value(peerKey{}).(Submitter); peer.UID != a.uid {
+		// Other users' jobs show without their environment (it may carry secrets).
+		for _, list := range [][]JobStatus{s.Queued, s.Running} {
+			for i := range list {
+				if list[i].Submitter.UID != peer.UID {
+					list[i].Spec.Env = nil
+				}
+			}
+		}
+	}
+	writeJSON(w, s)
+}
+
+// Status reports the queue, the running jobs and the budget.
+func (a *Agent) Status() *AgentStatus {
+	free, _ := freeDisk(a.cfg.StateDir)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := &AgentStatus{
+		Version: a.version, APIVersion: APIVersion, TEE: a.cfg.TEE,
+		Budget: a.cfg.Budget, InUse: a.inUse, FreeDiskBytes: free, QueueLimit: a.cfg.QueueLimit,
+		Counts: map[State]int{}, Queued: []JobStatus{}, Running: []JobStatus{},
+	}
+	for i, j := range a.queue.launchOrder() {
+		st := j.status
+		st.QueuePosition = i + 1
+		s.Queued = append(s.Queued, st)
+	}
+	for _, j := range a.jobs {
+		s.Counts[j.status.State]++
+		if j.status.State != StateQueued && !j.status.State.Terminal() {
+			s.Running = append(s.Running, j.status)
+		}
+	}
+	return s
+}
+
+func (a *Agent) handleMetrics(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	g := gauges{byState: map[State]int{}, budget: a.cfg.Budget, inUse: a.inUse, queued: a.queue.len()}
+	for _, j := range a.jobs {
+		g.byState[j.status.State]++
+	}
+	a.mu.Unlock()
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	if err := a.metrics.write(w, g); err != nil {
+		a.log.Debug("writing metrics", "err", err)
+	}
+}
+
+// prepareSpec applies the agent's defaults to a submitted spec and checks it, so a bad job
+// is refused at the door with a 4xx instead of failing later.
+func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
+	bad := func(format string, args ...any) (int, error) {
+		return http.StatusBadRequest, fmt.Errorf(format, args...)
+	}
+	c := &a.cfg
+	switch s.TEE {
+	case "", "auto":
+		s.TEE = c.TEE
+	case c.TEE:
+	default:
+		return bad("the job asks for TEE %q, this agent runs %q jobs", s.TEE, c.TEE)
+	}
+	if s.VCPUs == 0 {
+		s.VCPUs = c.DefaultVCPUs
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = c.DefaultMemoryMiB
+	}
+	if s.TimeoutSeconds == 0 {
+		s.TimeoutSeconds = int64(time.Duration(c.DefaultTimeout) / time.Second)
+	}
+	if s.MaxOutputBytes == 0 {
+		s.MaxOutputBytes = c.MaxOutputBytes
+	}
+	if s.Workdir == "" {
+		s.Workdir = "."
+	}
+	if s.Artifacts == nil {
+		s.Artifacts = []string{}
+	}
+	maxWall := int64(time.Duration(c.MaxWallClock) / time.Second)
+	switch {
+	case s.VCPUs < 1 || s.VCPUs > c.Budget.VCPUs:
+		return bad("the job asks for %d vCPUs, this agent's budget is %d", s.VCPUs, c.Budget.VCPUs)
+	case s.MemoryMiB < 64 || s.MemoryMiB > c.Budget.MemoryMiB:
+		return bad("the job asks for %d MiB of guest memory, expected 64..%d (this agent's budget)", s.MemoryMiB, c.Budget.MemoryMiB)
+	case s.TimeoutSeconds < 1 || s.TimeoutSeconds > maxWall:
+		return bad("the job's timeout is %ds, expected 1..%d (this agent's maximum wall-clock time)", s.TimeoutSeconds, maxWall)
+	case s.WallClockSeconds < 0 || s.WallClockSeconds > maxWall:
+		return bad("the job's wall-clock limit is %ds, expected 0 (default) ..%d", s.WallClockSeconds, maxWall)
+	case s.MaxOutputBytes < 1 || s.MaxOutputBytes > c.MaxOutputBytes:
+		return bad("the job's output cap is %d bytes, expected 1..%d", s.MaxOutputBytes, c.MaxOutputBytes)
+	case s.Source.Size > c.MaxSourceBytes:
+		return http.StatusRequestEntityTooLarge, fmt.Errorf("the source archive is %d bytes, this agent accepts at most %d", s.Source.Size, c.MaxSourceBytes)
+	}
+	// The manifest's own rules check the rest (command, workdir, env, artifact patterns,
+	// source digest), on a manifest with stand-in toolchain values.
+	m := job.Manifest{
+		Type: job.ManifestType, InvocationID: "check", TEE: s.TEE,
+		Source:    job.Source{Repository: s.Repository, Ref: s.Ref, Commit: s.Commit, ArchiveSHA256: s.Source.SHA256, ArchiveSize: s.Source.Size},
+		Toolchain: job.Toolchain{ImageSHA256: strings.Repeat("0", 64), ImageSize: 8192, VerityRootHash: strings.Repeat("0", 64), DataBlocks: 1, HashOffset: 4096},
+		Command:   s.Command, Workdir: s.Workdir, Env: s.Env, Artifacts: s.Artifacts,
+		SourceDateEpoch: s.SourceDateEpoch, TimeoutSeconds: s.TimeoutSeconds, MaxOutputBytes: s.MaxOutputBytes,
+	}
+	if err := m.Validate(); err != nil {
+		return bad("%v", err)
+	}
+	if len(s.InvocationID) > 512 {
+		return bad("the job's invocation id is over 512 characters")
+	}
+	return 0, nil
+}
+
+// wallClock is the job's limit from launch to end.
+func (a *Agent) wallClock(s *JobSpec) int64 {
+	maxWall := int64(time.Duration(a.cfg.MaxWallClock) / time.Second)
+	if s.WallClockSeconds > 0 {
+		return s.WallClockSeconds
+	}
+	return min(s.TimeoutSeconds+int64(time.Duration(a.cfg.WallClockSlack)/time.Second), maxWall)
+}
+
+// diskNeed estimates a job's disk use: the unpacked source, its archive and input disk,
+// the output disk and the extracted output, and the result archive.
+func diskNeed(s *JobSpec) int64 {
+	return 3*s.Source.Size + 3*s.MaxOutputBytes + 48<<20
+}
+
+func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
+	peer := r.Context().Value(peerKey{}).(Submitter)
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "multipart/form-data" {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "a submission is a multipart/form-data body with the parts \"job\" (JSON) and \"source\" (the archive)")
+		return
+	}
+	mr, err := r.MultipartReader()
+	if err != nil {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the submission: %v", err))
+		return
+	}
+	part, err := mr.NextPart()
+	if err != nil || part.FormName() != "job" {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's first part must be \"job\" (the job spec as JSON)")
+		return
+	}
+	raw, err := io.ReadAll(io.LimitReader(part, MaxSpecBytes+1))
+	if err != nil {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the job spec: %v", err))
+		return
+	}
+	if len(raw) > MaxSpecBytes {
+		a.fail(w, r, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the job spec is over %d bytes", MaxSpecBytes))
+		return
+	}
+	var spec JobSpec
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil || dec.More() {
+		if err == nil {
+			err = errors.New("trailing data after the JSON object")
+		}
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the job spec is not valid JSON for this API version: %v", err))
+		return
+	}
+	if status, err := a.prepareSpec(&spec); err != nil {
+		code := CodeBadRequest
+		if status == http.StatusRequestEntityTooLarge {
+			code = CodeTooLarge
+		}
+		a.fail(w, r, status, code, err.Error())
+		return
+	}
+
+	// Admission: refuse before receiving the archive when the queue is full.
+	a.mu.Lock()
+	if a.stopping {
+		a.mu.Unlock()
+		a.fail(w, r, http.StatusServiceUnavailable, CodeBusy, "the agent is stopping; retry with the next agent")
+		return
+	}
+	if waiting := a.queue.len() + a.receiving; waiting >= a.cfg.QueueLimit {
+		a.mu.Unlock()
+		a.fail(w, r, http.StatusTooManyRequests, CodeBusy, fmt.Sprintf("agent busy: %d jobs are waiting, the queue limit is %d; retry later", waiting, a.cfg.QueueLimit))
+		return
+	}
+	a.receiving++
+	a.mu.Unlock()
+	received := false
+	defer func() {
+		if !received {
+			a.mu.Lock()
+			a.receiving--
+			a.mu.Unlock()
+		}
+	}()
+
+	id := newJobID()
+	dir := filepath.Join(a.jobsDir, id)
+	src := filepath.Join(dir, srcDirName)
+	if err := os.MkdirAll(src, 0o700); err != nil {
+		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("preparing the job: %v", err))
+		return
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			os.RemoveAll(dir)
+		}
+	}()
+	part, err = mr.NextPart()
+	if err != nil || part.FormName() != "source" {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's second part must be \"source\" (the source archive)")
+		return
+	}
+	lim := source.DefaultLimits()
+	lim.MaxTotalSize = min(lim.MaxTotalSize, 4*a.cfg.MaxSourceBytes)
+	if err := source.Unpack(r.Context(), part, spec.Source.SHA256, spec.Source.Size, src, lim, 0, 0, false); err != nil {
+		if r.Context().Err() != nil {
+			a.log.Info("submission abandoned while the source arrived", "peer_uid", peer.UID)
+			return
+		}
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the source archive was rejected: %v", err))
+		return
+	}
+	if _, err := mr.NextPart(); err != io.EOF {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission has parts after \"source\"; expected exactly \"job\" and \"source\"")
+		return
+	}
+	// Read the body to its end so the server notices when the client goes away.
+	io.Copy(io.Discard, io.LimitReader(r.Body, 4096))
+
+	j := &jobEntry{
+		dir:     dir,
+		need:    Usage{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, VMs: 1, DiskBytes: diskNeed(&spec)},
+		changed: make(chan struct{}),
+		status: JobStatus{
+			ID: id, State: StateQueued, Submitter: peer, Spec: spec, TEE: spec.TEE,
+			WallClockSeconds: a.wallClock(&spec), SubmittedAt: time.Now().UTC(),
+		},
+	}
+	if err := os.WriteFile(filepath.Join(dir, consoleName), nil, 0o600); err != nil {
+		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("preparing the job's log: %v", err))
+		return
+	}
+	a.mu.Lock()
+	if err := writeRecord(dir, &j.status); err != nil {
+		a.mu.Unlock()
+		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
+		return
+	}
+	keep, received = true, true
+	a.receiving--
+	a.jobs[id] = j
+	a.queue.push(j)
+	a.metrics.add(func(m *metrics) { m.submitted++ })
+	a.mu.Unlock()
+	a.log.Info("job queued", "job", id, "peer_uid", peer.UID, "peer_pid", peer.PID, "command", spec.Command, "source_sha256", spec.Source.SHA256)
+	a.kickDispatch()
+
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	enc := json.NewEncoder(w)
+	flush := func() error {
+		return http.NewResponseController(w).Flush()
+	}
+	err = a.follow(r.Context(), j,
+		func(b []byte) error {
+			if err := enc.Encode(&Event{Type: EventLog, Log: b}); err != nil {
+				return err
+			}
+			return flush()
+		},
+		func(st JobStatus) error {
+			if err := enc.Encode(&Event{Type: EventJob, Job: &st}); err != nil {
+				return err
+			}
+			return flush()
+		})
+	if err != nil && !spec.KeepOnDisconnect {
+		a.log.Info("submitting client went away; cancelling its job", "job", id, "err", err)
+		a.cancelJob(j, stopCause{StateCancelled, ReasonDisconnected})
+	}
+}
+
+// follow streams a job's log and state changes from the start until the job has ended
+// and its whole log was sent, or ctx ends, or a callback fails.
+func (a *Agent) follow(ctx context.Context, j *jobEntry, onLog func([]byte) error, onState func(JobStatus) error) error {
+	f, err := os.Open(filepath.Join(j.dir, consoleName))
+	if err != nil {
+		return fmt.Errorf("job log: %w", err)
+	}
+	defer f.Close()
+	var offset int64
+	var last *JobStatus
+	buf := make([]byte, 32<<10)
+	for {
+		st, size, changed := a.snapshot(j)
+		for offset < size {
+			n, err := f.ReadAt(buf[:min(int64(len(buf)), size-offset)], offset)
+			if n > 0 && onLog != nil {
+				if err := onLog(buf[:n]); err != nil {
+					return err
+				}
+			}
+			offset += int64(n)
+			if err != nil {
+				if err == io.EOF {
+					break // pruned or truncated under us; the state decides below
+				}
+				return fmt.Errorf("job log: %w", err)
+			}
+		}
+		if onState != nil && (last == nil || last.State != st.State || last.QueuePosition != st.QueuePosition) {
+			if err := onState(st); err != nil {
+				return err
+			}
+			last = &st
+		}
+		if st.State.Terminal() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
+// lookup finds the request's job and checks that the peer may act on it: a job's record,
+// log and results (which may hold its environment and build output) and its cancellation
+// belong to its submitter and the agent's own user.
+func (a *Agent) lookup(w http.ResponseWriter, r *http.Request, action string) *jobEntry {
+	id := r.PathValue("id")
+	j := a.job(id)
+	if j == nil {
+		a.fail(w, r, http.StatusNotFound, CodeNotFound, fmt.Sprintf("no job %q on this agent (finished jobs are kept until %d newer ones have finished)", id, a.cfg.KeepFinished))
+		return nil
+	}
+	peer := r.Context().Value(peerKey{}).(Submitter)
+	st, _, _ := a.snapshot(j)
+	if peer.UID != st.Submitter.UID && peer.UID != a.uid {
+		a.fail(w, r, http.StatusForbidden, CodeForbidden, fmt.Sprintf("job %s belongs to uid %d; only its submitter or the agent's user (uid %d) may %s it", st.ID, st.Submitter.UID, a.uid, action))
+		return nil
+	}
+	return j
+}
+
+func (a *Agent) handleJob(w http.ResponseWriter, r *http.Request) {
+	if j := a.lookup(w, r, "read"); j != nil {
+		st, _, _ := a.snapshot(j)
+		writeJSON(w, &st)
+	}
+}
+
+func (a *Agent) handleLog(w http.ResponseWriter, r *http.Request) {
+	j := a.lookup(w, r, "read the log of")
+	if j == nil {
+		return
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !follow {
+		_, size, _ := a.snapshot(j)
+		f, err := os.Open(filepath.Join(j.dir, consoleName))
+		if err != nil {
+			a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("job log: %v", err))
+			return
+		}
+		defer f.Close()
+		io.Copy(w, io.LimitReader(f, size))
+		return
+	}
+	a.follow(r.Context(), j, func(b []byte) error {
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		return http.NewResponseController(w).Flush()
+	}, nil)
+}
+
+func (a *Agent) handleCancel(w http.ResponseWriter, r *http.Request) {
+	j := a.lookup(w, r, "cancel")
+	if j == nil {
+		return
+	}
+	peer := r.Context().Value(peerKey{}).(Submitter)
+	st, _, _ := a.snapshot(j)
+	if st.State.Terminal() {
+		a.fail(w, r, http.StatusConflict, CodeConflict, fmt.Sprintf("job %s has already ended (%s)", st.ID, st.State))
+		return
+	}
+	a.log.Info("job cancel requested", "job", st.ID, "peer_uid", peer.UID)
+	a.cancelJob(j, stopCause{StateCancelled, fmt.Sprintf("%s by uid %d", ReasonCancelled, peer.UID)})
+	st, _, _ = a.snapshot(j)
+	writeJSON(w, &st)
+}
+
+func (a *Agent) handleResult(w http.ResponseWriter, r *http.Request) {
+	j := a.lookup(w, r, "fetch the results of")
+	if j == nil {
+		return
+	}
+	st, _, _ := a.snapshot(j)
+	if st.State != StateSucceeded || st.Result == nil {
+		a.fail(w, r, http.StatusConflict, CodeConflict, fmt.Sprintf("job %s is %s; results exist only for succeeded jobs", st.ID, st.State))
+		return
+	}
+	f, err := os.Open(filepath.Join(j.dir, resultName))
+	if err != nil {
+		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("job %s's result archive: %v", st.ID, err))
+		return
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "application/x-tar")
+	w.Header().Set("Content-Length", strconv.FormatInt(st.Result.Archive.Size, 10))
+	io.Copy(w, io.LimitReader(f, st.Result.Archive.Size))
+}
