@@ -10,7 +10,7 @@ BIN := bin
 # image, so the same source must give the same bytes.
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION)"
 
-.PHONY: all build deps demo test vet fuzz bench clean
+.PHONY: all build deps demo test vet actionlint fuzz fuzz-short bench clean
 
 all: build
 
@@ -33,14 +33,29 @@ deps:
 demo: deps build
 	bash scripts/demo.sh
 
+# actionlint from the Go module proxy at a pinned version. It lints this project's workflows
+# and the examples, and through `uses: ./` and `uses: ./verify` both actions' metadata.
+ACTIONLINT_VERSION := v1.7.7
+$(BIN)/actionlint:
+	GOBIN=$(abspath $(BIN)) $(GO) install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
+
+actionlint: $(BIN)/actionlint
+	$(BIN)/actionlint .github/workflows/*.yml examples/workflows/*.yml
+
 vet:
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# The whole test suite, real QEMU boots included.
-test: deps build vet
+# The whole test suite, real QEMU boots included, then a brief fuzz of the two parsers that
+# read untrusted evidence bytes (every fuzz target's seeds already ran as plain tests).
+test: deps build vet actionlint
 	$(GO) test -timeout 75m ./...
+	$(MAKE) fuzz-short
+
+fuzz-short:
+	$(GO) test -run '^$$' -fuzz '^FuzzTDXQuote$$' -fuzztime 10s -fuzzminimizetime 2s ./attest/
+	$(GO) test -run '^$$' -fuzz '^FuzzEvidenceFile$$' -fuzztime 10s -fuzzminimizetime 2s ./attest/
 
 # A short run of every fuzz target.
 FUZZTIME ?= 10s

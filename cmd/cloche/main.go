@@ -69,8 +69,13 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newRunCmd(g),
 		newVerifyCmd(g),
 		newMeasureCmd(g),
+		newReferenceCmd(g),
 		newImageCmd(g),
 		newSimRootCmd(g),
+		newEvidenceCmd(g),
+		newDoctorCmd(g),
+		newActionCmd(g),
+		newAgentCmd(g),
 	)
 	return root
 }

@@ -15,7 +15,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/provenance"
@@ -34,6 +36,10 @@ type runFlags struct {
 	repository, ref, commit    string
 	invocationID               string
 	quiet                      bool
+	agent                      string // agent socket; see agentrun.go
+	teeHost                    teeHostFlags
+	kdsOffline                 bool
+	kdsChain                   string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -76,11 +82,25 @@ is an artifact.`,
 	fl.StringVar(&f.commit, "commit", "", "source commit recorded in the provenance")
 	fl.StringVar(&f.invocationID, "invocation-id", "", "unique id of this run (default: random)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "do not stream the guest console")
+	fl.StringVar(&f.agent, "agent", "", "run the build through the cloche agent at this socket (default $"+agentSocketEnv+"; unset: build locally)")
+	f.teeHost.register(cmd)
+	fl.BoolVar(&f.kdsOffline, "kds-offline", false, "SEV-SNP: never contact AMD's key distribution service; take the VCEK chain from the report, --kds-chain or the cache")
+	fl.StringVar(&f.kdsChain, "kds-chain", "", "SEV-SNP: PEM or DER file with the VCEK (or VLEK), ASK and ARK to attach to the evidence")
 	return cmd
 }
 
 func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) error {
-	tee, err := resolveTEE(f.tee)
+	if socket := agentSocketFor(f); socket != "" {
+		return runOnAgent(ctx, g, f, socket, command)
+	}
+	tee, err := resolveTEE(ctx, f.tee, func() hostcheck.Host {
+		state, _ := g.state() // an unusable state directory fails right after this
+		gdir := f.guestImage
+		if gdir == "" {
+			gdir = guestImageDir(state)
+		}
+		return f.teeHost.host(state, f.qemu, gdir)
+	})
 	if err != nil {
 		return err
 	}
@@ -151,6 +171,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		GuestImageDir:   gdir,
 		ToolchainImage:  tcPath,
 		SimDir:          simTEEDir(state),
+		Firmware:        runFirmware(tee, f.teeHost, state),
+		QGS:             f.teeHost.qgs,
+		KDS:             kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, Log: log}),
 		Signer:          signer,
 		Timeout:         f.timeout,
 		MaxOutputBytes:  f.maxOutput,
@@ -170,21 +193,26 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	w := g.stderr
+	printOutcome(g.stderr, outcome, keyPath+".pub")
+	return nil
+}
+
+// printOutcome reports a successful build, the same way for a local build and one run by
+// the agent (cloche run --agent).
+func printOutcome(w io.Writer, outcome *build.Outcome, publicKey string) {
 	fmt.Fprintf(w, "cloche: build succeeded in %s (TEE %s%s)\n", outcome.Duration.Round(time.Millisecond), outcome.TEE, simNote(outcome.TEE))
 	for _, a := range outcome.Artifacts {
 		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", filepath.Join(outcome.ArtifactDir, a.Path), a.SHA256, a.Size)
 	}
-	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", outcome.BundlePath, outcome.Measurement, outcome.SourceTree, keyPath+".pub")
-	verifyCmd := fmt.Sprintf("cloche verify --bundle %s --key %s", outcome.BundlePath, keyPath+".pub")
-	if tee == attest.TEESim {
+	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", outcome.BundlePath, outcome.Measurement, outcome.SourceTree, publicKey)
+	verifyCmd := fmt.Sprintf("cloche verify --bundle %s --key %s", outcome.BundlePath, publicKey)
+	if outcome.TEE == attest.TEESim {
 		verifyCmd += fmt.Sprintf(" --allow-simulated --trusted-sim-root %s", outcome.SimRootPath)
 	}
 	for _, a := range outcome.Artifacts {
 		verifyCmd += " " + filepath.Join(outcome.ArtifactDir, a.Path)
 	}
 	fmt.Fprintf(w, "verify with:\n  %s\n", verifyCmd)
-	return nil
 }
 
 func simNote(t attest.TEE) string {
@@ -194,16 +222,20 @@ func simNote(t attest.TEE) string {
 	return ""
 }
 
-func resolveTEE(s string) (attest.TEE, error) {
-	switch s {
-	case "sim":
-		return attest.TEESim, nil
-	case "snp", "tdx":
-		return "", fmt.Errorf("--tee %s: launching on %s hardware is not supported by this cloche release yet (use --tee sim for a simulated build)", s, strings.ToUpper(s))
-	case "auto":
-		return "", errors.New("--tee auto: no SEV-SNP or TDX host support was found; pass --tee sim to run on the simulated TEE (no hardware guarantee)")
+// runFirmware is the firmware a hardware TEE launch uses: the flag, else the state
+// directory's default file.
+func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
+	switch {
+	case tee == attest.TEESNP && t.snpFirmware != "":
+		return t.snpFirmware
+	case tee == attest.TEESNP:
+		return snpFirmwarePath(state)
+	case tee == attest.TEETDX && t.tdxFirmware != "":
+		return t.tdxFirmware
+	case tee == attest.TEETDX:
+		return tdxFirmwarePath(state)
 	}
-	return "", fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", s)
+	return ""
 }
 
 // ensureGuestImage builds the guest image when it is missing or was built from a different

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ type verifyFlags struct {
 	sourceCommit    string
 	printProvenance bool
 	at              string
+	policy          policyFlags
+	github          githubVerifyFlags
+	reference       referenceVerifyFlags
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -60,10 +64,19 @@ Evidence from the simulated TEE is rejected unless both --allow-simulated and
 	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit named in the manifest")
 	fl.BoolVar(&f.printProvenance, "print-provenance", false, "print the verified statement JSON on stdout")
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
+	f.policy.register(fl)
+	f.github.register(fl)
+	f.reference.register(fl)
 	return cmd
 }
 
 func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []string) error {
+	artifacts, cleanup, err := f.github.fetchRelease(cmd.Context(), g, &f.bundle, artifacts)
+	if err != nil {
+		fmt.Fprintf(g.stderr, "FAILED: release: %v\n", err)
+		return &exitError{code: exitVerifyFailed}
+	}
+	defer cleanup()
 	opts, err := verifyOptions(f, artifacts)
 	if err != nil {
 		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
@@ -81,6 +94,9 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 	if f.printProvenance {
 		fmt.Fprintln(g.stdout, string(res.Statement))
 	}
+	for _, w := range res.Warnings {
+		fmt.Fprintf(g.stderr, "WARNING: %s\n", w)
+	}
 	fmt.Fprintf(g.stderr, "PASSED: %s\n", res.Summary())
 	return nil
 }
@@ -89,15 +105,18 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	if f.bundle == "" {
 		return nil, errors.New("--bundle is required")
 	}
-	if f.key == "" {
-		return nil, errors.New("--key is required (keyless verification comes with the GitHub integration)")
+	if f.key == "" && !f.github.keyless() {
+		return nil, errors.New("--key is required, unless the bundle is verified keyless: --source-uri github.com/OWNER/REPO (or --repo), with --trusted-root FILE or Sigstore's public-good root")
 	}
 	if len(artifacts) == 0 {
 		return nil, errors.New("name at least one artifact to verify")
 	}
-	pub, err := provenance.LoadPublicKey(f.key)
-	if err != nil {
-		return nil, fmt.Errorf("--key: %w", err)
+	var pub crypto.PublicKey
+	var err error
+	if f.key != "" {
+		if pub, err = provenance.LoadPublicKey(f.key); err != nil {
+			return nil, fmt.Errorf("--key: %w", err)
+		}
 	}
 	o := &verify.Options{BundlePath: f.bundle, PublicKey: pub, Artifacts: artifacts, AllowSimulated: f.allowSimulated,
 		ExpectedSourceTree: f.sourceTree, ExpectedSourceCommit: f.sourceCommit}
@@ -127,6 +146,15 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 			return nil, fmt.Errorf("--at %q: expected an RFC 3339 time: %w", f.at, err)
 		}
 		o.Now = t
+	}
+	if o.EvidencePolicy, err = f.policy.policy(); err != nil {
+		return nil, err
+	}
+	if err := f.github.apply(o, f.key != ""); err != nil {
+		return nil, err
+	}
+	if err := f.reference.apply(o); err != nil {
+		return nil, err
 	}
 	return o, nil
 }

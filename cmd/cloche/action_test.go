@@ -1,0 +1,320 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cloche-dev/cloche/internal/ghfake"
+	"github.com/cloche-dev/cloche/internal/testfixture"
+)
+
+// gitCheckout makes a git repository with one commit, as actions/checkout leaves it, and
+// returns its directory and commit id.
+func gitCheckout(t *testing.T, files map[string]string) (string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	git := func(args ...string) string {
+		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t",
+			"GIT_COMMITTER_EMAIL=t@example.com", "GIT_CONFIG_GLOBAL=/dev/null")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	git("init", "-q")
+	git("add", "-A")
+	git("commit", "-q", "-m", "release")
+	return dir, git("rev-parse", "HEAD")
+}
+
+// jobEnv sets what the runner gives a job step for a tag push of acme/widget.
+func jobEnv(t *testing.T, ss *ghfake.Sigstore, gh *ghfake.GitHub, sha string) (outputs, summary string) {
+	t.Helper()
+	tmp := t.TempDir()
+	outputs, summary = filepath.Join(tmp, "output"), filepath.Join(tmp, "summary")
+	for k, v := range map[string]string{
+		"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "acme/widget", "GITHUB_REPOSITORY_OWNER": "acme",
+		"GITHUB_REF": "refs/tags/v1.0.0", "GITHUB_REF_NAME": "v1.0.0", "GITHUB_REF_TYPE": "tag", "GITHUB_SHA": sha,
+		"GITHUB_RUN_ID": "4242", "GITHUB_RUN_ATTEMPT": "1", "GITHUB_RUN_NUMBER": "7", "GITHUB_EVENT_NAME": "push",
+		"GITHUB_SERVER_URL": "https://github.com", "GITHUB_API_URL": gh.URL(),
+		"GITHUB_WORKFLOW_REF": "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		"GITHUB_OUTPUT":       outputs, "GITHUB_STEP_SUMMARY": summary, "RUNNER_TEMP": tmp,
+		"ACTIONS_ID_TOKEN_REQUEST_URL": ss.TokenURL(), "ACTIONS_ID_TOKEN_REQUEST_TOKEN": ss.RequestToken,
+	} {
+		t.Setenv(k, v)
+	}
+	return outputs, summary
+}
+
+func setInputs(t *testing.T, inputs map[string]string) {
+	t.Helper()
+	for k, v := range inputs {
+		t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), v)
+	}
+}
+
+func readFile(t *testing.T, p string) string {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestActionBuildPublishVerify runs the build action's entry point as the runner does (a
+// real VM build on the simulated TEE, keyless signing against a local Fulcio and Rekor,
+// publishing to a local GitHub API), then the verify action's entry point against the
+// release, and checks that verification fails for a wrong repository, a wrong tag, a wrong
+// workflow and a swapped asset.
+func TestActionBuildPublishVerify(t *testing.T) {
+	testfixture.RequireQEMU(t)
+	src, sha := gitCheckout(t, map[string]string{
+		"README":     "widget sources\n",
+		"lib/part.c": "int part(void) { return 1; }\n",
+	})
+	claims := ghfake.Claims{
+		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
+		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
+		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		RunnerEnvironment: "self-hosted", Visibility: "public",
+	}
+	ss := ghfake.NewSigstore(t, claims)
+	gh := ghfake.NewGitHub(t, "acme/widget", "acme/gadget")
+	state := t.TempDir()
+	outputs, summary := jobEnv(t, ss, gh, sha)
+	t.Setenv("CLOCHE_ACCEL", "tcg")
+	setInputs(t, map[string]string{
+		"run":              "mkdir -p dist && cp README dist/widget.txt && echo built >> dist/widget.txt && echo '::set-output name=tee::forged'",
+		"source":           src,
+		"artifacts":        "dist/*",
+		"tee":              "sim",
+		"timeout":          "2m",
+		"toolchain":        testfixture.BusyboxToolchain(t),
+		"guest-image":      testfixture.GuestImage(t),
+		"fulcio-url":       ss.Fulcio.URL,
+		"rekor-url":        ss.Rekor.URL,
+		"github-token":     gh.Token,
+		"push-attestation": "true",
+	})
+	// The API fails the first upload; the action must retry it.
+	gh.FailNext("POST", "/uploads/", 502, 1)
+
+	code, stdout, stderr := cli(t, "action", "build", "--state-dir", state)
+	if code != 0 {
+		t.Fatalf("action build exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+
+	// The job log: the build grouped, workflow commands off while the build log streams.
+	gi, si, ei := strings.Index(stdout, "::group::"), strings.Index(stdout, "::stop-commands::"), strings.Index(stdout, "::endgroup::")
+	if gi < 0 || si < gi || ei < si || !strings.Contains(stdout, "::set-output name=tee::forged") {
+		t.Errorf("job log lacks the group / stop-commands framing around the build log:\n%s", stdout)
+	}
+	if !strings.Contains(stdout, "SIMULATED") {
+		t.Errorf("job log does not say SIMULATED")
+	}
+	out := readFile(t, outputs)
+	for _, want := range []string{"bundle-path<<", "artifacts<<", "tee<<", "measurement<<", "release-url<<", `"path":`, `"sha256":`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("GITHUB_OUTPUT lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "forged") {
+		t.Errorf("the build log set an output:\n%s", out)
+	}
+	sum := readFile(t, summary)
+	for _, want := range []string{"| TEE | sim (SIMULATED", "| measurement |", sha, "dist/widget.txt", "provenance.sigstore.json"} {
+		if !strings.Contains(sum, want) {
+			t.Errorf("step summary lacks %q:\n%s", want, sum)
+		}
+	}
+	rel := gh.Release("acme/widget", "v1.0.0")
+	if rel == nil || len(rel.Assets) != 2 {
+		t.Fatalf("release after the build: %+v", rel)
+	}
+	var bundle []byte
+	for _, a := range rel.Assets {
+		if a.Name == "provenance.sigstore.json" {
+			bundle = a.Content
+		}
+	}
+	if !strings.Contains(string(bundle), `"certificate"`) || !strings.Contains(string(bundle), `"tlogEntries"`) {
+		t.Errorf("the published bundle is not a keyless bundle with a log entry: %.300s", bundle)
+	}
+	if atts := gh.Attestations("acme/widget"); len(atts) != 1 {
+		t.Errorf("%d attestations pushed, want 1", len(atts))
+	}
+	var uploads []int
+	for _, r := range gh.Requests() {
+		if r.Method == "POST" && strings.HasPrefix(r.Path, "/uploads/") {
+			uploads = append(uploads, r.Status)
+		}
+	}
+	if len(uploads) != 3 || uploads[0] != 502 {
+		t.Errorf("upload answers %v, want a 502 then two 201s", uploads)
+	}
+
+	_, simRoot, _ := cli(t, "sim-root", "--state-dir", state)
+	simRoot = strings.TrimSpace(simRoot)
+	trustedRoot := filepath.Join(t.TempDir(), "trusted_root.json")
+	ss.WriteTrustedRoot(trustedRoot)
+
+	// verifyAction runs the verify action's entry point with the given inputs.
+	verifyAction := func(t *testing.T, inputs map[string]string) (int, string, string) {
+		t.Helper()
+		for _, k := range []string{"run", "source", "artifacts", "tee", "timeout", "toolchain", "guest-image", "fulcio-url", "rekor-url", "push-attestation", "source-tag", "signer-workflow", "repository", "tag"} {
+			t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), "")
+		}
+		in := map[string]string{"trusted-root": trustedRoot, "allow-simulated": "true", "trusted-sim-root": simRoot, "github-token": gh.Token}
+		for k, v := range inputs {
+			in[k] = v
+		}
+		setInputs(t, in)
+		o, s := jobEnv(t, ss, gh, sha)
+		code, stdout, _ := cli(t, "action", "verify", "--state-dir", state)
+		return code, readFile(t, s), stdout + readFile(t, o)
+	}
+
+	t.Run("re-run publishes nothing new", func(t *testing.T) {
+		before := gh.Count("POST", "/uploads/")
+		if code, stdout, stderr := cli(t, "action", "build", "--state-dir", state); code != 0 {
+			t.Fatalf("second run exited %d\n%s\n%s", code, stdout, stderr)
+		}
+		if n := gh.Count("POST", "/uploads/") - before; n != 0 {
+			t.Errorf("re-run uploaded %d assets", n)
+		}
+	})
+
+	t.Run("verify action passes", func(t *testing.T) {
+		code, sum, log := verifyAction(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0"})
+		if code != 0 {
+			t.Fatalf("verify exited %d\n%s\n%s", code, sum, log)
+		}
+		if !strings.Contains(sum, "| widget.txt |") || !strings.Contains(sum, "PASSED") || !strings.Contains(sum, sha) || !strings.Contains(sum, "SIMULATED") {
+			t.Errorf("summary:\n%s", sum)
+		}
+	})
+
+	t.Run("cloche verify --repo --tag passes", func(t *testing.T) {
+		t.Setenv("GITHUB_TOKEN", gh.Token)
+		code, stdout, stderr := cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot,
+			"--signer-workflow", "acme/widget/.github/workflows/release.yml", "--builder-id", "https://cloche.dev/builders/sim")
+		if code != 0 || !strings.Contains(stderr, "PASSED:") || !strings.Contains(stderr, "signed by https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0") {
+			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+		}
+		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--builder-id", "https://cloche.dev/builders/snp")
+		if code != exitVerifyFailed || !strings.Contains(stderr, "FAILED: builder id:") {
+			t.Fatalf("wrong builder id: exit %d\n%s", code, stderr)
+		}
+	})
+
+	// A copy of the release under another repository or tag, as someone republishing it
+	// would make.
+	assets := map[string][]byte{}
+	for _, a := range gh.Release("acme/widget", "v1.0.0").Assets {
+		assets[a.Name] = a.Content
+	}
+	gh.AddRelease("acme/gadget", "v1.0.0", assets)
+	gh.AddRelease("acme/widget", "v2.0.0", assets)
+
+	for _, c := range []struct {
+		name   string
+		inputs map[string]string
+		want   string
+	}{
+		{"wrong repository", map[string]string{"repository": "acme/gadget", "tag": "v1.0.0"}, "signer identity"},
+		{"wrong tag (release copied to v2.0.0)", map[string]string{"repository": "acme/widget", "tag": "v2.0.0"}, "signer identity"},
+		{"wrong tag expected", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "source-tag": "v1.0.1"}, "signer identity"},
+		{"wrong workflow identity", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "signer-workflow": "acme/widget/.github/workflows/other.yml"}, "signer identity"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, sum, log := verifyAction(t, c.inputs)
+			if code == 0 {
+				t.Fatalf("verify passed:\n%s", sum)
+			}
+			if !strings.Contains(sum, "FAILED: "+c.want) || !strings.Contains(log, "::error::") {
+				t.Errorf("summary or log does not name %q:\n%s\n%s", c.want, sum, log)
+			}
+		})
+	}
+
+	t.Run("swapped asset", func(t *testing.T) {
+		gh.SetAssetContent("acme/widget", "v1.0.0", "widget.txt", []byte("widget sources\nbackdoored\n"))
+		code, sum, _ := verifyAction(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0"})
+		if code == 0 || !strings.Contains(sum, "FAILED: subject") {
+			t.Fatalf("swapped asset: exit %d\n%s", code, sum)
+		}
+	})
+}
+
+// TestActionBuildRefusesDirtyCheckout: the source must be the commit's tree, checked before
+// any VM boots.
+func TestActionBuildRefusesDirtyCheckout(t *testing.T) {
+	src, sha := gitCheckout(t, map[string]string{"README": "x\n"})
+	if err := os.WriteFile(filepath.Join(src, "untracked"), []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ss := ghfake.NewSigstore(t, ghfake.Claims{})
+	gh := ghfake.NewGitHub(t, "acme/widget")
+	jobEnv(t, ss, gh, sha)
+	setInputs(t, map[string]string{"run": "true", "source": src, "tee": "sim", "toolchain": "/nonexistent", "guest-image": "/nonexistent",
+		"fulcio-url": ss.Fulcio.URL, "rekor-url": ss.Rekor.URL, "github-token": gh.Token})
+	code, stdout, _ := cli(t, "action", "build", "--state-dir", t.TempDir())
+	if code == 0 || !strings.Contains(stdout, "::error::") || !strings.Contains(stdout, "differs from commit") {
+		t.Fatalf("exit %d\n%s", code, stdout)
+	}
+	if n := len(gh.Requests()); n != 0 {
+		t.Errorf("%d API requests for a refused build", n)
+	}
+}
+
+// TestActionInputErrors: missing runner files, inputs and permissions fail with annotations
+// that say what to fix.
+func TestActionInputErrors(t *testing.T) {
+	src, sha := gitCheckout(t, map[string]string{"README": "x\n"})
+	ss := ghfake.NewSigstore(t, ghfake.Claims{})
+	gh := ghfake.NewGitHub(t, "acme/widget")
+	cases := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"no run input", map[string]string{"INPUT_RUN": ""}, "input run"},
+		{"bad timeout", map[string]string{"INPUT_TIMEOUT": "soon"}, "input timeout"},
+		{"bad signing", map[string]string{"INPUT_SIGNING": "magic"}, "expected keyless or key"},
+		{"no id-token permission", map[string]string{"ACTIONS_ID_TOKEN_REQUEST_URL": ""}, "id-token: write"},
+		{"not in a job", map[string]string{"GITHUB_OUTPUT": ""}, "GITHUB_OUTPUT is not set"},
+		{"publishing without a token", map[string]string{"INPUT_GITHUB_TOKEN": ""}, "github-token"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			jobEnv(t, ss, gh, sha)
+			setInputs(t, map[string]string{"run": "true", "source": src, "tee": "sim", "fulcio-url": ss.Fulcio.URL, "rekor-url": ss.Rekor.URL,
+				"github-token": gh.Token, "toolchain": "/nonexistent", "guest-image": "/nonexistent"})
+			for k, v := range c.env {
+				t.Setenv(k, v)
+			}
+			code, stdout, stderr := cli(t, "action", "build", "--state-dir", t.TempDir())
+			if code == 0 || !strings.Contains(stdout+stderr, c.want) {
+				t.Fatalf("exit %d, want an error naming %q\n%s\n%s", code, c.want, stdout, stderr)
+			}
+		})
+	}
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/hostcheck"
+	guestimage "github.com/cloche-dev/cloche/image/guest"
+)
+
+// teeHostFlags are the host settings a hardware TEE needs, shared by run and doctor.
+type teeHostFlags struct {
+	snpFirmware, tdxFirmware, qgs string
+}
+
+func (t *teeHostFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&t.snpFirmware, "snp-firmware", "", "SEV-SNP firmware: OVMF built from OvmfPkg/AmdSev/AmdSevX64.dsc (default: firmware/OVMF.amdsev.fd in the state directory)")
+	fl.StringVar(&t.tdxFirmware, "tdx-firmware", "", "TDX firmware: TDVF (default: firmware/TDVF.fd in the state directory)")
+	fl.StringVar(&t.qgs, "qgs", "", "TDX quote generation service: unix:PATH or vsock:CID:PORT (default unix:/var/run/tdx-qgs/qgs.socket)")
+}
+
+// Layout of the state directory for firmware and the KDS certificate cache.
+func snpFirmwarePath(state string) string { return filepath.Join(state, "firmware", "OVMF.amdsev.fd") }
+func tdxFirmwarePath(state string) string { return filepath.Join(state, "firmware", "TDVF.fd") }
+func kdsCacheDir(state string) string     { return filepath.Join(state, "cache", "kds") }
+
+// host returns the hostcheck.Host for these settings; guestDir is the guest image directory
+// whose kernel and initrd are checked (its absence is only a warning).
+func (t *teeHostFlags) host(state, qemu, guestDir string) hostcheck.Host {
+	h := hostcheck.Default(qemu)
+	h.SNPFirmware, h.TDXFirmware, h.QGS = t.snpFirmware, t.tdxFirmware, t.qgs
+	if h.SNPFirmware == "" {
+		h.SNPFirmware = snpFirmwarePath(state)
+	}
+	if h.TDXFirmware == "" {
+		h.TDXFirmware = tdxFirmwarePath(state)
+	}
+	if img, err := guestimage.Load(guestDir); err == nil {
+		h.Kernel = filepath.Join(img.Dir, img.Kernel.Path)
+		h.Initrd = filepath.Join(img.Dir, img.Initrd.Path)
+	}
+	return h
+}
+
+func newDoctorCmd(g *globals) *cobra.Command {
+	var (
+		asJSON     bool
+		require    string
+		qemu       string
+		guestImage string
+		tee        teeHostFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Show which TEEs this host can run, what is missing and how to fix it",
+		Long: `Doctor checks what a confidential build needs from this host: for SEV-SNP the CPU, the
+kvm_amd sev_snp parameter, /dev/sev, QEMU 9.1 or later and the AmdSev OVMF firmware; for TDX
+the kvm_intel tdx parameter, the quote generation service, QEMU 10.1 or later and TDVF; and
+for every TEE whether KVM really runs guests and the guest image. It prints a table with a
+fix for each missing piece and the runner labels this host would advertise.
+
+The exit code is 0 unless --require names a TEE this host cannot run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch require {
+			case "", "snp", "tdx":
+			default:
+				return fmt.Errorf("--require %q: expected snp or tdx", require)
+			}
+			state, err := g.state()
+			if err != nil {
+				return err
+			}
+			if guestImage == "" {
+				guestImage = guestImageDir(state)
+			}
+			r := tee.host(state, qemu, guestImage).Check(cmd.Context())
+			if asJSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(r); err != nil {
+					return err
+				}
+			} else {
+				printDoctor(g, r)
+			}
+			return requireTEE(r, require)
+		},
+	}
+	fl := cmd.Flags()
+	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	fl.StringVar(&require, "require", "", "exit 1 unless this host can run snp or tdx")
+	fl.StringVar(&qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
+	fl.StringVar(&guestImage, "guest-image", "", "guest image directory (default: the state directory's)")
+	tee.register(cmd)
+	return cmd
+}
+
+func printDoctor(g *globals, r *hostcheck.Report) {
+	tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CHECK\tTEE\tSTATUS\tDETAIL\tFIX")
+	for _, c := range r.Checks {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", c.Name, c.TEE, c.Status, c.Detail, c.Fix)
+	}
+	tw.Flush()
+	yes := func(b bool) string {
+		if b {
+			return "yes"
+		}
+		return "no"
+	}
+	fmt.Fprintf(g.stdout, "\nsev-snp: %s   tdx: %s   simulated: %s\n", yes(r.SNP), yes(r.TDX), yes(r.Sim))
+	labels := "(none)"
+	if len(r.Labels) > 0 {
+		labels = strings.Join(r.Labels, ", ")
+	}
+	fmt.Fprintf(g.stdout, "runner labels: %s\n", labels)
+}
+
+// requireTEE fails (exit 1) when tee is set and the report says it cannot run.
+func requireTEE(r *hostcheck.Report, tee string) error {
+	if tee == "" {
+		return nil
+	}
+	missing := r.Missing(tee)
+	if len(missing) == 0 {
+		return nil
+	}
+	return &exitError{code: 1, err: fmt.Errorf("%s is not available on this host: %s", strings.ToUpper(tee), describeMissing(missing))}
+}
+
+func describeMissing(missing []hostcheck.Check) string {
+	parts := make([]string, 0, len(missing))
+	for _, c := range missing {
+		parts = append(parts, fmt.Sprintf("%s: %s (fix: %s)", c.Name, c.Detail, c.Fix))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// resolveTEE turns --tee into the TEE to launch. sim needs nothing; snp and tdx must pass
+// the host checks; auto takes SEV-SNP, then TDX, and otherwise fails (a simulated build is
+// never chosen silently: it proves nothing about the host).
+func resolveTEE(ctx context.Context, s string, host func() hostcheck.Host) (attest.TEE, error) {
+	switch s {
+	case "sim":
+		return attest.TEESim, nil
+	case "snp", "tdx", "auto":
+	default:
+		return "", fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", s)
+	}
+	r := host().Check(ctx)
+	switch {
+	case s == "snp" || s == "tdx":
+		if missing := r.Missing(s); len(missing) > 0 {
+			return "", fmt.Errorf("--tee %s: this host cannot launch %s guests: %s (see `cloche doctor`)", s, strings.ToUpper(s), describeMissing(missing))
+		}
+		return attest.TEE(s), nil
+	case r.SNP:
+		return attest.TEESNP, nil
+	case r.TDX:
+		return attest.TEETDX, nil
+	}
+	return "", errors.New("--tee auto: no SEV-SNP or TDX host support was found (run `cloche doctor` for what is missing); pass --tee sim to run on the simulated TEE (no hardware guarantee)")
+}

@@ -1,0 +1,284 @@
+package main
+
+import (
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/verify"
+)
+
+// `cloche evidence` looks at and checks raw hardware evidence on its own, without a
+// provenance: an SNP report, a TDX quote or an evidence.json.
+
+func newEvidenceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "evidence",
+		Short: "Show or verify a raw SEV-SNP report, TDX quote or evidence.json",
+	}
+	cmd.AddCommand(newEvidenceShowCmd(g), newEvidenceVerifyCmd(g))
+	return cmd
+}
+
+// readEvidenceArg reads FILE with the evidence size limit.
+func readEvidenceArg(path string, tee attest.TEE) (*attest.Evidence, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, attest.MaxEvidenceSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	ev, err := attest.ParseEvidenceFile(b, tee)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return ev, nil
+}
+
+func parseTEEFlag(s string, required bool) (attest.TEE, error) {
+	switch attest.TEE(s) {
+	case attest.TEESNP, attest.TEETDX:
+		return attest.TEE(s), nil
+	case "":
+		if !required {
+			return "", nil
+		}
+	}
+	return "", fmt.Errorf("--tee %q: expected snp or tdx", s)
+}
+
+func newEvidenceShowCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	var tee string
+	cmd := &cobra.Command{
+		Use:   "show [--json] [--tee snp|tdx] FILE",
+		Short: "Print a report or quote field by field (no signature is checked)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			t, err := parseTEEFlag(tee, false)
+			if err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
+			ev, err := readEvidenceArg(args[0], t)
+			if err != nil {
+				return &exitError{code: exitVerifyFailed, err: err}
+			}
+			fields, err := attest.Describe(ev)
+			if err != nil {
+				return &exitError{code: exitVerifyFailed, err: fmt.Errorf("%s: %w", args[0], err)}
+			}
+			if asJSON {
+				out, err := json.MarshalIndent(struct {
+					TEE       attest.TEE     `json:"tee"`
+					Simulated bool           `json:"simulated"`
+					Fields    []attest.Field `json:"fields"`
+				}{ev.TEE, ev.TEE == attest.TEESim, fields}, "", "  ")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, string(out))
+				return nil
+			}
+			fmt.Fprint(g.stdout, attest.FormatFields(fields))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the fields as JSON")
+	cmd.Flags().StringVar(&tee, "tee", "", "read raw bytes as this kind (default: recognised by layout)")
+	return cmd
+}
+
+// policyFlags are the evidence policy flags shared by `cloche verify` and
+// `cloche evidence verify`.
+type policyFlags struct {
+	minTCB, amdCRL, tdxCollateral, minTeeTcbSvn string
+}
+
+func (p *policyFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&p.minTCB, "min-tcb", "", "SNP minimum REPORTED_TCB per component: bootloader=N,tee=N,snp=N,microcode=N")
+	fl.StringVar(&p.amdCRL, "amd-crl", "", "AMD CRL for the product line (DER or PEM); checks that the ASK is not revoked")
+	fl.StringVar(&p.tdxCollateral, "tdx-collateral", "", "Intel collateral file (JSON: tcbInfo, qeIdentity, optional pckCrl and rootCaCrl) to check TDX TCB status and revocation")
+	fl.StringVar(&p.minTeeTcbSvn, "min-tee-tcb-svn", "", "TDX minimum TEE_TCB_SVN, 32 hex digits, compared byte by byte")
+}
+
+func (p *policyFlags) policy() (attest.Policy, error) {
+	var pol attest.Policy
+	if p.minTCB != "" {
+		t, err := attest.ParseSNPTCB(p.minTCB)
+		if err != nil {
+			return pol, fmt.Errorf("--min-tcb: %w", err)
+		}
+		pol.MinimumTCB = &t
+	}
+	if p.amdCRL != "" {
+		crl, err := attest.LoadCRL(p.amdCRL)
+		if err != nil {
+			return pol, fmt.Errorf("--amd-crl: %w", err)
+		}
+		pol.AMDCRL = crl
+	}
+	if p.tdxCollateral != "" {
+		c, err := attest.LoadTDXCollateral(p.tdxCollateral)
+		if err != nil {
+			return pol, fmt.Errorf("--tdx-collateral: %w", err)
+		}
+		pol.TDXCollateral = c
+	}
+	if p.minTeeTcbSvn != "" {
+		b, err := hexFlag("--min-tee-tcb-svn", p.minTeeTcbSvn, 16)
+		if err != nil {
+			return pol, err
+		}
+		pol.TDX.MinimumTeeTcbSvn = b
+	}
+	return pol, nil
+}
+
+// hexFlag decodes an exact-length hex value.
+func hexFlag(name, s string, n int) ([]byte, error) {
+	b, err := hex.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(b) != n {
+		return nil, fmt.Errorf("%s %q: expected %d hex digits (%d bytes)", name, s, 2*n, n)
+	}
+	return b, nil
+}
+
+type evidenceVerifyFlags struct {
+	tee, at              string
+	certs, measurements  []string
+	hostData, reportData string
+	allowDebug           bool
+	policy               policyFlags
+}
+
+func newEvidenceVerifyCmd(g *globals) *cobra.Command {
+	f := &evidenceVerifyFlags{}
+	cmd := &cobra.Command{
+		Use:   "verify --tee snp|tdx [flags] FILE",
+		Short: "Verify a raw report or quote offline against the vendor roots",
+		Long: `Verify checks raw SEV-SNP or TDX evidence on its own, offline: the vendor certificate
+chain to AMD's or Intel's root (embedded), the signature, the policy (no debug guest unless
+--allow-debug, no migration agent, VMPL 0, production TDX module), the minimum TCB, and each
+expected value given, compared exactly.
+
+FILE is a raw report (1184 bytes, optionally followed by its certificate table), a raw TDX
+quote, or an evidence.json. --measurement for TDX is MRTD (96 hex digits; RTMR0-2 are then
+left unchecked, with a warning) or MRTD||RTMR0||RTMR1||RTMR2 (384 hex digits); --host-data
+for TDX is compared with MRCONFIGID[0:32], whose last 16 bytes must be zero.
+
+It prints WARNING lines for checks it skipped, then PASSED: ... (exit 0) or
+FAILED: <check>: <reason> (exit 1), on stderr.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runEvidenceVerify(g, f, args[0])
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.tee, "tee", "", "kind of evidence: snp or tdx (required)")
+	fl.StringArrayVar(&f.certs, "certs", nil, "SNP vendor certificate(s): VCEK or VLEK, optionally ASK and ARK (PEM or DER; repeatable)")
+	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now, for old samples")
+	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted launch measurement, hex (repeatable)")
+	fl.StringVar(&f.hostData, "host-data", "", "expected HOST_DATA (SNP) or MRCONFIGID[0:32] (TDX), 64 hex digits")
+	fl.StringVar(&f.reportData, "report-data", "", "expected REPORT_DATA, 128 hex digits")
+	fl.BoolVar(&f.allowDebug, "allow-debug", false, "accept a debug-enabled guest (test samples only; cloche verify never does)")
+	f.policy.register(fl)
+	return cmd
+}
+
+func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
+	opts, err := evidenceVerifyOptions(f)
+	if err != nil {
+		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
+		return &exitError{code: exitUsage}
+	}
+	certs, err := loadCertFlags(f.certs)
+	if err != nil {
+		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
+		return &exitError{code: exitUsage}
+	}
+	ev, err := readEvidenceArg(path, attest.TEE(f.tee))
+	if err == nil {
+		err = attest.AttachCertificates(ev, certs)
+	}
+	if err != nil {
+		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckEvidence, err)
+		return &exitError{code: exitVerifyFailed}
+	}
+	claims, err := attest.Verify(ev, *opts)
+	if err != nil {
+		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.EvidenceCheck(err), err)
+		return &exitError{code: exitVerifyFailed}
+	}
+	for _, w := range claims.Warnings {
+		fmt.Fprintf(g.stderr, "WARNING: %s\n", w)
+	}
+	debug := ""
+	if f.allowDebug {
+		debug = "; debug guests were allowed (--allow-debug): test samples only"
+	}
+	fmt.Fprintf(g.stderr, "PASSED: %s evidence verified offline; measurement %x%s\n", ev.TEE, claims.Measurement, debug)
+	return nil
+}
+
+// loadCertFlags reads every --certs file.
+func loadCertFlags(paths []string) ([]*x509.Certificate, error) {
+	var all []*x509.Certificate
+	for _, p := range paths {
+		certs, err := attest.LoadCertificatePEM(p)
+		if err != nil {
+			return nil, fmt.Errorf("--certs %s: %w", p, err)
+		}
+		all = append(all, certs...)
+	}
+	return all, nil
+}
+
+func evidenceVerifyOptions(f *evidenceVerifyFlags) (*attest.VerifyOptions, error) {
+	tee, err := parseTEEFlag(f.tee, true)
+	if err != nil {
+		return nil, err
+	}
+	pol, err := f.policy.policy()
+	if err != nil {
+		return nil, err
+	}
+	pol.AllowDebug = f.allowDebug
+	opts := &attest.VerifyOptions{Policy: pol}
+	if f.at != "" {
+		t, err := time.Parse(time.RFC3339, f.at)
+		if err != nil {
+			return nil, fmt.Errorf("--at %q: expected an RFC 3339 time: %w", f.at, err)
+		}
+		opts.Now = t
+	}
+	for _, m := range f.measurements {
+		b, err := hex.DecodeString(strings.TrimSpace(m))
+		if err != nil || !(len(b) == 48 || (tee == attest.TEETDX && len(b) == 192)) {
+			return nil, fmt.Errorf("--measurement %q: expected 96 hex digits (48 bytes), or for tdx 384 (MRTD||RTMR0||RTMR1||RTMR2)", m)
+		}
+		opts.ExpectedMeasurements = append(opts.ExpectedMeasurements, b)
+	}
+	if f.hostData != "" {
+		if opts.ExpectedHostData, err = hexFlag("--host-data", f.hostData, 32); err != nil {
+			return nil, err
+		}
+	}
+	if f.reportData != "" {
+		if opts.ExpectedReportData, err = hexFlag("--report-data", f.reportData, 64); err != nil {
+			return nil, err
+		}
+	}
+	return opts, nil
+}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
+	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+)
+
+func writeSamples(t *testing.T) (milan, vcek, tdx string) {
+	t.Helper()
+	dir := t.TempDir()
+	milan, vcek, tdx = filepath.Join(dir, "milan.bin"), filepath.Join(dir, "vcek.der"), filepath.Join(dir, "quote.dat")
+	for p, b := range map[string][]byte{milan: sevtestdata.AttestationBytes, vcek: sevtestdata.VcekBytes, tdx: tdxtestdata.RawQuote} {
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return milan, vcek, tdx
+}
+
+// The acceptance samples through the CLI: real vendor evidence, offline.
+func TestEvidenceVerifyRealSamples(t *testing.T) {
+	milan, vcek, tdx := writeSamples(t)
+
+	// The Milan sample is a debug guest: rejected by default, accepted for samples.
+	code, stdout, stderr := cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", milan)
+	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") || !strings.Contains(stderr, "DEBUG") || stdout != "" {
+		t.Fatalf("debug Milan without --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
+	}
+	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug",
+		"--measurement", "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01", milan)
+	if code != 0 || !strings.Contains(stderr, "WARNING: revocation not checked") || !strings.Contains(stderr, "PASSED: snp evidence verified offline") || stdout != "" {
+		t.Fatalf("Milan with --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
+	}
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug", "--min-tcb", "microcode=255", milan)
+	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: minimum TCB: ") || !strings.Contains(stderr, "microcode SPL is") {
+		t.Fatalf("--min-tcb: code %d stderr %q", code, stderr)
+	}
+
+	// The TDX production quote; stdout stays empty (go-tdx-guest's logger writes there).
+	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", tdx)
+	if code != 0 || !strings.Contains(stderr, "PASSED: tdx") || stdout != "" {
+		t.Fatalf("TDX quote: code %d stderr %q stdout %q", code, stderr, stdout)
+	}
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--host-data", strings.Repeat("ab", 32), tdx)
+	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: HOST_DATA binding: ") || !strings.Contains(stderr, "MRCONFIGID") {
+		t.Fatalf("TDX --host-data: code %d stderr %q", code, stderr)
+	}
+
+	// Usage errors exit 2 and name the flag.
+	for _, args := range [][]string{
+		{"evidence", "verify", milan},
+		{"evidence", "verify", "--tee", "sgx", milan},
+		{"evidence", "verify", "--tee", "snp", "--min-tcb", "fmc=1", milan},
+		{"evidence", "verify", "--tee", "snp", "--host-data", "abcd", milan},
+		{"evidence", "verify", "--tee", "snp", "--at", "yesterday", milan},
+	} {
+		code, _, stderr := cli(t, args...)
+		if code != exitUsage || !strings.HasPrefix(stderr, "FAILED: options: ") {
+			t.Errorf("%v: code %d stderr %q", args, code, stderr)
+		}
+	}
+	// Evidence of the wrong kind fails as evidence.
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", milan)
+	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") {
+		t.Errorf("SNP report as tdx: code %d stderr %q", code, stderr)
+	}
+}
+
+func TestEvidenceShow(t *testing.T) {
+	milan, _, tdx := writeSamples(t)
+	code, stdout, stderr := cli(t, "evidence", "show", tdx)
+	if code != 0 || !strings.Contains(stdout, "MRTD: 6363b804") || !strings.Contains(stdout, "RTMR2: ") || stderr != "" {
+		t.Fatalf("show quote: code %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	code, stdout, _ = cli(t, "evidence", "show", "--json", milan)
+	var doc struct {
+		TEE    string `json:"tee"`
+		Fields []struct{ Name, Value string }
+	}
+	if code != 0 || json.Unmarshal([]byte(stdout), &doc) != nil || doc.TEE != "snp" {
+		t.Fatalf("show --json: code %d stdout %q", code, stdout)
+	}
+	found := false
+	for _, f := range doc.Fields {
+		found = found || (f.Name == "POLICY" && strings.HasPrefix(f.Value, "0xb0000 "))
+	}
+	if !found {
+		t.Errorf("no POLICY field in %q", stdout)
+	}
+	bad := filepath.Join(t.TempDir(), "bad")
+	if err := os.WriteFile(bad, []byte("not evidence"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := cli(t, "evidence", "show", bad); code != exitVerifyFailed || !strings.Contains(stderr, "neither evidence JSON") {
+		t.Errorf("show garbage: code %d stderr %q", code, stderr)
+	}
+}

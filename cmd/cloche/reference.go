@@ -1,0 +1,161 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/cloche-dev/cloche/measure"
+	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/verify"
+)
+
+func newReferenceCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reference",
+		Short: "Publish signed reference values (expected launch measurements) for a guest image",
+	}
+	cmd.AddCommand(newReferenceCreateCmd(g))
+	return cmd
+}
+
+type referenceCreateFlags struct {
+	guestImage, key, out          string
+	vcpus, memory                 []int
+	noSim                         bool
+	snpFirmware, tdxFirmware      string
+	vcpuTypes, features, mrtdOrds []string
+}
+
+func newReferenceCreateCmd(g *globals) *cobra.Command {
+	f := &referenceCreateFlags{}
+	cmd := &cobra.Command{
+		Use:   "create --guest-image DIR --key FILE [flags]",
+		Short: "Compute and sign the reference values of a guest image",
+		Long: `Create computes, for a guest image, the launch measurement each TEE will report per vCPU
+count (sim always unless --no-sim; snp with --snp-firmware; tdx with --tdx-firmware), lists
+them with the digests of the files they were computed from and this tool's version, and
+signs the document as an in-toto statement (predicate type ` + reference.PredicateType + `)
+in a Sigstore bundle with --key.
+
+The bundle is written to --out (default: ` + reference.BundleFileName + ` in the guest image
+directory, where 'cloche run' finds it and records its digest in the provenance); the
+signed statement is printed on stdout. A verifier uses it with
+'cloche verify --reference-values FILE --reference-key KEY.pub'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runReferenceCreate(cmd, g, f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (from `cloche image guest`)")
+	fl.StringVar(&f.key, "key", "", "ECDSA P-256 private key (PEM) of the guest image release")
+	fl.StringVar(&f.out, "out", "", "where to write the signed bundle (default: DIR/"+reference.BundleFileName+")")
+	fl.IntSliceVar(&f.vcpus, "vcpus", []int{1, 2, 4, 8}, "vCPU counts to list")
+	fl.IntSliceVar(&f.memory, "memory", []int{2048}, "guest memory sizes in MiB (sim and tdx values depend on it)")
+	fl.BoolVar(&f.noSim, "no-sim", false, "leave out the simulated TEE's values")
+	fl.StringVar(&f.snpFirmware, "snp-firmware", "", "OVMF AmdSev build to compute SNP values with")
+	fl.StringSliceVar(&f.vcpuTypes, "vcpu-type", []string{"EPYC-v4"}, "snp: QEMU vCPU types")
+	fl.StringSliceVar(&f.features, "guest-features", []string{"0x1", "0x21"}, "snp: SEV_FEATURES values")
+	fl.StringVar(&f.tdxFirmware, "tdx-firmware", "", "TDVF build to compute TDX values with")
+	fl.StringSliceVar(&f.mrtdOrds, "mrtd-order", []string{"single-pass"}, "tdx: single-pass and/or two-pass")
+	return cmd
+}
+
+func runReferenceCreate(cmd *cobra.Command, g *globals, f *referenceCreateFlags) error {
+	if f.guestImage == "" {
+		return errors.New("--guest-image is required")
+	}
+	if f.key == "" {
+		return errors.New("--key is required: the reference values are signed by the guest image's release key")
+	}
+	signer, err := provenance.LoadKeySigner(f.key)
+	if err != nil {
+		return fmt.Errorf("--key: %w", err)
+	}
+	o := reference.CreateOptions{GuestImageDir: f.guestImage, ToolVersion: version, VCPUs: f.vcpus, MemoryMiB: f.memory,
+		NoSim: f.noSim, SNPFirmware: f.snpFirmware, VCPUTypes: f.vcpuTypes, TDXFirmware: f.tdxFirmware}
+	for _, s := range f.features {
+		v, err := measure.ParseGuestFeatures(s)
+		if err != nil {
+			return fmt.Errorf("--guest-features: %w", err)
+		}
+		o.GuestFeatures = append(o.GuestFeatures, v)
+	}
+	for _, s := range f.mrtdOrds {
+		order, err := parseMRTDOrder(s)
+		if err != nil {
+			return err
+		}
+		o.MRTDOrders = append(o.MRTDOrders, order)
+	}
+	doc, err := reference.Create(cmd.Context(), o)
+	if err != nil {
+		return err
+	}
+	bundle, err := reference.Sign(cmd.Context(), signer, doc)
+	if err != nil {
+		return err
+	}
+	out := f.out
+	if out == "" {
+		out = filepath.Join(f.guestImage, reference.BundleFileName)
+	}
+	if err := reference.WriteFile(out, bundle); err != nil {
+		return fmt.Errorf("writing %s: %w", out, err)
+	}
+	stmt, err := doc.Statement()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(g.stdout, string(stmt))
+	fmt.Fprintf(g.stderr, "cloche: wrote %d reference values for %s to %s\n", len(doc.Values), f.guestImage, out)
+	return nil
+}
+
+// referenceVerifyFlags are `cloche verify`'s reference-values flags.
+type referenceVerifyFlags struct {
+	values, key, guestImage, firmware, vcpuType string
+	features                                    []string
+}
+
+func (r *referenceVerifyFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&r.values, "reference-values", "", "signed reference values (from `cloche reference create`): the measurement must be listed for the evidence's TEE and vCPU count")
+	fl.StringVar(&r.key, "reference-key", "", "public key (PEM) the reference values are signed with")
+	fl.StringVar(&r.guestImage, "guest-image", "", "guest image directory: compute the reference values from its files instead")
+	fl.StringVar(&r.firmware, "guest-firmware", "", "with --guest-image: the firmware the guest was launched with (snp: OVMF AmdSev; tdx: TDVF)")
+	fl.StringVar(&r.vcpuType, "vcpu-type", "", "with --guest-image, snp: the QEMU vCPU type (default EPYC-v4)")
+	fl.StringSliceVar(&r.features, "guest-features", nil, "with --guest-image, snp: SEV_FEATURES values to accept (default 0x1,0x21)")
+}
+
+func (r *referenceVerifyFlags) apply(o *verify.Options) error {
+	ro := verify.ReferenceOptions{BundlePath: r.values, GuestImageDir: r.guestImage, Firmware: r.firmware, VCPUType: r.vcpuType}
+	if r.key != "" {
+		k, err := provenance.LoadPublicKey(r.key)
+		if err != nil {
+			return fmt.Errorf("--reference-key: %w", err)
+		}
+		ro.Key = k
+	}
+	for _, s := range r.features {
+		v, err := measure.ParseGuestFeatures(s)
+		if err != nil {
+			return fmt.Errorf("--guest-features: %w", err)
+		}
+		ro.GuestFeatures = append(ro.GuestFeatures, v)
+	}
+	if ro.VCPUType != "" {
+		if _, err := measure.VCPUSignature(ro.VCPUType); err != nil {
+			return fmt.Errorf("--vcpu-type: %w", err)
+		}
+	}
+	if err := ro.Check(); err != nil {
+		return err
+	}
+	o.Reference = ro
+	return nil
+}
