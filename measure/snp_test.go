@@ -12,7 +12,7 @@ import (
 )
 
 // vectorDir holds sev-snp-measure's fixtures: the last 4 KiB of two OVMF builds.
-const vectorDir = "../../shared/testvectors/snp-measure"
+const vectorDir = "testdata/snp-measure"
 
 func readVector(t testing.TB, name string) []byte {
 	t.Helper()

@@ -17,7 +17,7 @@ import (
 	"github.com/cloche-dev/cloche/provenance"
 )
 
-const amdSevVector = "../../shared/testvectors/snp-measure/ovmf_AmdSev_suffix.bin"
+const amdSevVector = "../measure/testdata/snp-measure/ovmf_AmdSev_suffix.bin"
 
 func newKey(t *testing.T) (*provenance.KeySigner, crypto.PublicKey) {
 	t.Helper()

@@ -16,8 +16,10 @@ readonly SUITE=bookworm
 readonly BACKPORTS_SUITE="$SUITE-backports"
 
 # Packages from the base suite, and packages that must come from backports, each with the
-# minimum version that makes it usable ("-" for any version).
-readonly BASE_PACKAGES=(e2fsprogs cryptsetup-bin mmdebstrap xz-utils busybox-static kmod git make gcc)
+# minimum version that makes it usable ("-" for any version). ovmf and osslsigncode are for
+# the measurement tests: Debian's OVMF.fd carries SEV and TDVF metadata to cross-check the
+# launch-digest code against, and osslsigncode reads the kernel's Authenticode digest.
+readonly BASE_PACKAGES=(e2fsprogs cryptsetup-bin mmdebstrap xz-utils busybox-static kmod git make gcc ovmf osslsigncode)
 readonly BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils)
 readonly BACKPORTS_MIN_VERSION="1:10"
 

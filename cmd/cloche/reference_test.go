@@ -15,7 +15,7 @@ import (
 	"github.com/cloche-dev/cloche/provenance"
 )
 
-const snpVectors = "../../../shared/testvectors/snp-measure"
+const snpVectors = "../../measure/testdata/snp-measure"
 
 // TestMeasureSNPCLI runs `cloche measure --tee snp` on the README vectors and its errors.
 func TestMeasureSNPCLI(t *testing.T) {
