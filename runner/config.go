@@ -78,6 +78,14 @@ type LaunchConfig struct {
 	SigningKey string `json:"signingKey,omitempty"` // ECDSA P-256 PEM
 	Accel      string `json:"accel,omitempty"`      // auto, kvm or tcg
 	QEMU       string `json:"qemu,omitempty"`
+	// Hardware TEEs: the firmware each launches with (SNP: AmdSev OVMF; TDX: TDVF), the TDX
+	// quote generation service, and whether SNP evidence may be completed only from the
+	// report, ChainFile and the KDS cache (no network).
+	SNPFirmware string `json:"snpFirmware,omitempty"`
+	TDXFirmware string `json:"tdxFirmware,omitempty"`
+	QGS         string `json:"qgs,omitempty"`
+	KDSOffline  bool   `json:"kdsOffline,omitempty"`
+	KDSChain    string `json:"kdsChain,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2h") in JSON.

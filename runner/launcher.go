@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/provenance"
 )
@@ -43,6 +44,22 @@ type BuildLauncher struct {
 	Signer         provenance.Signer
 	Accel, QEMU    string
 	Version        string
+	// SNPFirmware and TDXFirmware are the -bios images for hardware jobs; QGS the TDX quote
+	// generation service; KDS completes SNP evidence with the VCEK chain.
+	SNPFirmware, TDXFirmware string
+	QGS                      string
+	KDS                      *kds.Client
+}
+
+// firmware is the -bios image for a job's TEE ("" for sim).
+func (b *BuildLauncher) firmware(tee attest.TEE) string {
+	switch tee {
+	case attest.TEESNP:
+		return b.SNPFirmware
+	case attest.TEETDX:
+		return b.TDXFirmware
+	}
+	return ""
 }
 
 // Launch implements Launcher.
@@ -60,6 +77,9 @@ func (b *BuildLauncher) Launch(ctx context.Context, req LaunchRequest) (*build.O
 		ToolchainImage:  b.ToolchainImage,
 		SimDir:          b.SimDir,
 		Signer:          b.Signer,
+		Firmware:        b.firmware(attest.TEE(s.TEE)),
+		QGS:             b.QGS,
+		KDS:             b.KDS,
 		Timeout:         req.Timeout,
 		MaxOutputBytes:  s.MaxOutputBytes,
 		VCPUs:           s.VCPUs,

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
@@ -189,6 +190,10 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		Launcher: &runner.BuildLauncher{
 			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: simTEEDir(state), Signer: signer,
 			Accel: cfg.Launch.Accel, QEMU: cfg.Launch.QEMU, Version: version,
+			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, snpFirmwarePath(state)),
+			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, tdxFirmwarePath(state)),
+			QGS:         cfg.Launch.QGS,
+			KDS:         kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, Log: log}),
 		},
 		Logger:        log,
 		Version:       version,
@@ -285,4 +290,11 @@ func newAgentCancelCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&socket, "socket", "", "agent socket (default $"+agentSocketEnv+", else "+runner.DefaultSocket()+")")
 	return cmd
+}
+
+func orDefault(v, def string) string {
+	if v != "" {
+		return v
+	}
+	return def
 }
