@@ -41,7 +41,7 @@ func TestArgsSimConfig(t *testing.T) {
 	joined := strings.Join(args, " ")
 	for _, want := range []string{
 		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-nic none",
-		"-display none", "-monitor none", "-machine q35", "-accel tcg,thread=multi", "-cpu max",
+		"-display none", "-monitor none", "-machine q35", "-accel tcg,thread=single", "-cpu max",
 		"-smp 2", "-m 2048", "-kernel /k/vmlinuz", "-initrd /k/initrd", "-append console=ttyS0",
 		"-serial chardev:console",
 		"-device virtio-serial-pci,id=simtee-bus",
