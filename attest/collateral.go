@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/google/go-tdx-guest/pcs"
+
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // Revocation material and Intel collateral, read from files so that verification needs no
@@ -100,7 +102,7 @@ func ParseTDXCollateral(b []byte) (*TDXCollateral, error) {
 
 // LoadTDXCollateral reads a collateral file.
 func LoadTDXCollateral(path string) (*TDXCollateral, error) {
-	b, err := readCapped(path, maxCollateralFileSize)
+	b, err := fileio.ReadCapped(path, maxCollateralFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading TDX collateral: %w", err)
 	}
@@ -163,7 +165,7 @@ func ParseCRL(b []byte) (*x509.RevocationList, error) {
 
 // LoadCRL reads a CRL file (DER or PEM), e.g. AMD's product CRL for --amd-crl.
 func LoadCRL(path string) (*x509.RevocationList, error) {
-	b, err := readCapped(path, maxCollateralFileSize)
+	b, err := fileio.ReadCapped(path, maxCollateralFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading CRL: %w", err)
 	}

@@ -24,6 +24,8 @@ import (
 	"github.com/google/go-sev-guest/kds"
 	sevtesting "github.com/google/go-sev-guest/testing"
 	"github.com/google/uuid"
+
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // SimFamilyID marks every simulated report (FAMILY_ID at 0x10). A verifier treats any report
@@ -95,7 +97,7 @@ func LoadOrCreateSimSP(dir string) (*SimSP, error) {
 	if st, err := os.Stat(statePath); err == nil && st.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("simulated TEE: state file %s holds a private key but has mode %v, expected 0600", statePath, st.Mode().Perm())
 	}
-	state, err := readCapped(statePath, maxSimStateSize)
+	state, err := fileio.ReadCapped(statePath, maxSimStateSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		state, err = createSimState(statePath)
 	}
@@ -108,7 +110,7 @@ func LoadOrCreateSimSP(dir string) (*SimSP, error) {
 	}
 	sp.dir = dir
 	rootPEM := pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: sp.ark.Raw})
-	if cur, err := readCapped(sp.RootPath(), maxSimStateSize); err != nil || !bytes.Equal(cur, rootPEM) {
+	if cur, err := fileio.ReadCapped(sp.RootPath(), maxSimStateSize); err != nil || !bytes.Equal(cur, rootPEM) {
 		if err := writeFileAtomic(sp.RootPath(), rootPEM, 0o644); err != nil {
 			return nil, fmt.Errorf("simulated TEE: writing root certificate: %w", err)
 		}
@@ -131,7 +133,7 @@ func createSimState(path string) ([]byte, error) {
 	// Link, unlike rename, fails when path exists: two agents starting at once keep one chain.
 	if err := os.Link(tmp, path); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return readCapped(path, maxSimStateSize)
+			return fileio.ReadCapped(path, maxSimStateSize)
 		}
 		return nil, fmt.Errorf("storing state file: %w", err)
 	}
@@ -413,23 +415,6 @@ func (sp *SimSP) Complete(ev *Evidence) error {
 	default:
 		return ev.checkShape()
 	}
-}
-
-// readCapped reads a whole file, refusing files larger than limit.
-func readCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 // writeFileAtomic writes data to path through a synced temporary file and a rename.

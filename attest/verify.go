@@ -16,6 +16,8 @@ import (
 	"github.com/google/go-sev-guest/validate"
 	"github.com/google/go-sev-guest/verify"
 	"github.com/google/go-sev-guest/verify/trust"
+
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // VerifyOptions says what Verify trusts and expects.
@@ -396,7 +398,7 @@ const maxRootFileSize = 1 << 20
 // LoadCertificatePEM reads certificates from a file (one or more PEM CERTIFICATE blocks, or
 // a single DER certificate), e.g. for --trusted-sim-root.
 func LoadCertificatePEM(path string) ([]*x509.Certificate, error) {
-	b, err := readCapped(path, maxRootFileSize)
+	b, err := fileio.ReadCapped(path, maxRootFileSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading certificates: %w", err)
 	}

@@ -27,6 +27,7 @@ import (
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
@@ -487,7 +488,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 // tar entry and the record are both written by the guest, but a mismatch means a guest bug
 // or a damaged disk, and must never reach a signed statement.
 func checkFile(path string, a job.Artifact) error {
-	sum, size, err := sha256File(path)
+	sum, size, err := fileio.SHA256(path)
 	if err != nil {
 		return fmt.Errorf("artifact %s: %v", a.Path, err)
 	}

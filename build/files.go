@@ -1,28 +1,12 @@
 package build
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
-
-func sha256File(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, err
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
 
 // moveFile renames src to dst; across filesystems it copies to a temp file beside dst and
 // renames that, so dst is never half-written.

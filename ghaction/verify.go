@@ -2,11 +2,9 @@ package ghaction
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/release"
 	"github.com/cloche-dev/cloche/verify"
@@ -216,7 +215,7 @@ func verifySummary(repo, tag string, results []ArtifactResult) string {
 	fmt.Fprintf(&b, "### cloche: verification of %s %s\n\n", mdEscape(repo), mdEscape(tag))
 	fmt.Fprintf(&b, "| artifact | sha256 | TEE | measurement | source commit | result |\n|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		digest, _ := fileDigest(r.Path)
+		digest, _, _ := fileio.SHA256(r.Path)
 		if r.Err != nil {
 			fmt.Fprintf(&b, "| %s | `%s` | | | | ❌ FAILED: %s |\n", mdEscape(r.Name), digest, mdEscape(r.Err.Error()))
 			continue
@@ -228,18 +227,4 @@ func verifySummary(repo, tag string, results []ArtifactResult) string {
 		fmt.Fprintf(&b, "| %s | `%s` | %s | `%s` | `%s` | ✅ PASSED |\n", mdEscape(r.Name), digest, mdEscape(tee), r.Result.Measurement, r.Result.SourceCommit)
 	}
 	return b.String()
-}
-
-// fileDigest is the SHA-256 shown in the summary (for failed artifacts too).
-func fileDigest(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

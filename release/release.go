@@ -29,6 +29,8 @@ import (
 	"time"
 
 	"github.com/google/go-github/v60/github"
+
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // Sentinel errors callers branch on; each is wrapped with the details.
@@ -289,7 +291,7 @@ func (c *Client) Publish(ctx context.Context, rel *Release, files []File, replac
 			return nil, fmt.Errorf("%w: asset name %q given twice", ErrInvalid, f.Name)
 		}
 		seen[f.Name] = true
-		sum, size, err := hashFile(f.Path)
+		sum, size, err := fileio.SHA256(f.Path)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 		}
@@ -620,25 +622,4 @@ func (c *Client) classify(what string, write bool, status int, err error, attemp
 
 func validAssetName(n string) bool {
 	return n != "" && n != "." && n != ".." && len(n) <= 255 && !strings.ContainsAny(n, "/\\\x00")
-}
-
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", 0, err
-	}
-	if !st.Mode().IsRegular() {
-		return "", 0, fmt.Errorf("%s is not a regular file", path)
-	}
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("reading %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/tuf"
 	sigverify "github.com/sigstore/sigstore-go/pkg/verify"
 
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 )
@@ -251,7 +252,7 @@ func signerSummary(cert *certificate.Summary) string {
 // ~/.sigstore/root), which needs the network on first use.
 func LoadTrustedRoot(path, cacheDir string) (root.TrustedMaterial, error) {
 	if path != "" {
-		b, err := readCapped(path, maxTrustedRootSize)
+		b, err := fileio.ReadCapped(path, maxTrustedRootSize)
 		if err != nil {
 			return nil, fmt.Errorf("trusted root: %w", err)
 		}

@@ -10,7 +10,6 @@
 package verify
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/sha256"
@@ -27,6 +26,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 )
@@ -199,7 +199,7 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	// 2. Bundle and signature.
-	bundleJSON, err := readCapped(o.BundlePath, MaxBundleSize)
+	bundleJSON, err := fileio.ReadCapped(o.BundlePath, MaxBundleSize)
 	if err != nil {
 		return nil, fail(CheckBundle, err)
 	}
@@ -352,21 +352,4 @@ func hashFile(path string) (string, error) {
 		return "", fmt.Errorf("reading %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func readCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if n > limit {
-		return nil, fmt.Errorf("%s is larger than the %d-byte limit", path, limit)
-	}
-	return buf.Bytes(), nil
 }

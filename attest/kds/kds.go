@@ -38,6 +38,7 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // DefaultBaseURL is AMD's key distribution service.
@@ -292,7 +293,7 @@ func (c *Client) cached(name string, limit int64, check func([]byte) error) ([]b
 		return nil, false
 	}
 	path := filepath.Join(c.o.CacheDir, name)
-	b, err := readCapped(path, limit)
+	b, err := fileio.ReadCapped(path, limit)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			c.o.Log.Warn("kds: unreadable cache entry", "path", path, "err", err)
@@ -326,22 +327,6 @@ func (c *Client) store(name string, b []byte) {
 	if err := atomicfile.WriteFile(path, b, 0o644); err != nil {
 		c.o.Log.Warn("kds: could not cache a certificate", "path", path, "err", err)
 	}
-}
-
-func readCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return b, nil
 }
 
 // get fetches url with bounded retries: 429 and 503 wait as long as Retry-After says (or the

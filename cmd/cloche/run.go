@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +18,7 @@ import (
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/provenance"
 )
 
@@ -247,7 +246,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 			return err
 		}
 	}
-	agentSum, err := fileSHA256(agent)
+	agentSum, _, err := fileio.SHA256(agent)
 	if err != nil {
 		return fmt.Errorf("guest agent: %w", err)
 	}
@@ -263,17 +262,4 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 		return fmt.Errorf("building the guest image: %w", err)
 	}
 	return nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }

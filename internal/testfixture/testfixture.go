@@ -9,10 +9,7 @@ package testfixture
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +20,7 @@ import (
 
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // CacheDir returns the fixture cache directory, creating it.
@@ -109,7 +107,7 @@ func GuestImage(tb testing.TB) string {
 	dir, err := guestOnce.get(func() (string, error) {
 		fixtureLock.Lock()
 		defer fixtureLock.Unlock()
-		sum, err := fileSHA256(agent)
+		sum, _, err := fileio.SHA256(agent)
 		if err != nil {
 			return "", err
 		}
@@ -184,17 +182,4 @@ func GCCToolchain(tb testing.TB) string {
 		tb.Fatalf("gcc toolchain: %v", err)
 	}
 	return p
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
