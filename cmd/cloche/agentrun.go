@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
@@ -44,16 +43,9 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 	if f.accel != "auto" {
 		return fmt.Errorf("--accel is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", agentSocketEnv)
 	}
-	if st, err := os.Stat(f.source); err != nil || !st.IsDir() {
-		return fmt.Errorf("source directory %q does not exist or is not a directory (expected --source DIR)", f.source)
-	}
-	env := map[string]string{}
-	for _, kv := range f.env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("--env %q: expected NAME=VALUE", kv)
-		}
-		env[k] = v
+	env, err := checkSourceAndEnv(f)
+	if err != nil {
+		return err
 	}
 	if len(env) == 0 {
 		env = nil

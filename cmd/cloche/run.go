@@ -103,16 +103,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	if st, err := os.Stat(f.source); err != nil || !st.IsDir() {
-		return fmt.Errorf("source directory %q does not exist or is not a directory (expected --source DIR)", f.source)
-	}
-	env := map[string]string{}
-	for _, kv := range f.env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return fmt.Errorf("--env %q: expected NAME=VALUE", kv)
-		}
-		env[k] = v
+	env, err := checkSourceAndEnv(f)
+	if err != nil {
+		return err
 	}
 	state, err := g.state()
 	if err != nil {
@@ -262,4 +255,21 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 		return fmt.Errorf("building the guest image: %w", err)
 	}
 	return nil
+}
+
+// checkSourceAndEnv validates what `cloche run` reads before it builds, locally or through
+// the agent: the source directory, and --env as NAME=VALUE pairs.
+func checkSourceAndEnv(f *runFlags) (map[string]string, error) {
+	if st, err := os.Stat(f.source); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("source directory %q does not exist or is not a directory (expected --source DIR)", f.source)
+	}
+	env := map[string]string{}
+	for _, kv := range f.env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return env, nil
 }
