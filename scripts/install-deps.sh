@@ -43,7 +43,9 @@ apt_quiet() {
 
 # installed_version prints the installed version of a package, or nothing.
 installed_version() {
-	dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null |
+	# dpkg-query exits 1 for a package dpkg has never heard of: that is "not installed",
+	# not an error, and must not end the script under errexit/pipefail.
+	{ dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } |
 		awk '$1 == "ii" { print $2 }'
 }
 
