@@ -1,7 +1,8 @@
-// Package build runs one confidential build on this host: the host half of DESIGN.md's data
-// flow. It packs the source, writes the job manifest, launches the guest through vmm with the
-// manifest digest bound at launch, reads the output disk with strict bounds, completes the
-// evidence, and writes the artifacts and a signed provenance bundle to the output directory.
+// Package build runs one confidential build on this host: the host half of the data flow in
+// docs/design.md. It packs the source, writes the job manifest, launches the guest through
+// vmm with the manifest digest bound at launch, reads the output disk with strict bounds,
+// completes the evidence, and writes the artifacts and a signed provenance bundle to the
+// output directory.
 //
 // Nothing the guest returns is trusted here beyond what is needed to produce the provenance:
 // the verifier recomputes every binding. The host still checks the evidence it is about to
@@ -166,16 +167,16 @@ func (o *Options) setDefaults() {
 		o.TEE = attest.TEESim
 	}
 	if o.Timeout == 0 {
-		o.Timeout = 10 * time.Minute
+		o.Timeout = DefaultTimeout
 	}
 	if o.MaxOutputBytes == 0 {
-		o.MaxOutputBytes = 256 << 20
+		o.MaxOutputBytes = DefaultMaxOutputBytes
 	}
 	if o.VCPUs == 0 {
-		o.VCPUs = 2
+		o.VCPUs = DefaultVCPUs
 	}
 	if o.MemoryMiB == 0 {
-		o.MemoryMiB = 2048
+		o.MemoryMiB = DefaultMemoryMiB
 	}
 	if o.Artifacts == nil {
 		o.Artifacts = []string{} // every file the build created or changed
@@ -192,21 +193,8 @@ func (o *Options) setDefaults() {
 }
 
 func (o *Options) check() error {
-	if o.SourceDir == "" {
-		return fmt.Errorf("%w: no source directory given", ErrInput)
-	}
-	st, err := os.Stat(o.SourceDir)
-	if err != nil {
-		return fmt.Errorf("%w: source directory %s: %v", ErrInput, o.SourceDir, err)
-	}
-	if !st.IsDir() {
-		return fmt.Errorf("%w: source %s is not a directory", ErrInput, o.SourceDir)
-	}
-	if len(o.Command) == 0 {
-		return fmt.Errorf("%w: no build command given (expected: cloche run ... -- COMMAND [ARGS])", ErrInput)
-	}
-	if o.OutDir == "" {
-		return fmt.Errorf("%w: no output directory given", ErrInput)
+	if err := o.CheckInput(); err != nil {
+		return err
 	}
 	switch o.TEE {
 	case attest.TEESim:
@@ -225,9 +213,6 @@ func (o *Options) check() error {
 	}
 	if o.Version == "" {
 		return fmt.Errorf("%w: no cloche version given for the provenance's builder", ErrInput)
-	}
-	if o.Timeout < time.Second {
-		return fmt.Errorf("%w: timeout %s is below one second", ErrInput, o.Timeout)
 	}
 	return nil
 }
@@ -361,7 +346,9 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 			return nil, &BuildError{Err: ErrGuest, FailureDetails: FailureDetails{ExitCode: -1,
 				Error: fmt.Sprintf("the VM did not finish within %s (build limit %s plus %s for boot and output)", o.Timeout+vmSlack, o.Timeout, vmSlack)}}
 		}
-		return nil, fmt.Errorf("%w: running the VM: %v", ErrGuest, err)
+		// %w twice: callers tell a host that cannot run the VM (QEMU missing, TEE
+		// unavailable) from a guest that failed.
+		return nil, fmt.Errorf("%w: running the VM: %w", ErrGuest, err)
 	}
 
 	// 4. Output disk, strictly bounded.

@@ -265,14 +265,18 @@ func (m *Manifest) Validate() error {
 
 // checkRelPath accepts clean, relative, slash-separated paths without "..".
 func checkRelPath(what, p string, allowDot bool) error {
-	if p == "." && allowDot {
-		return nil
-	}
-	if p == "" || len(p) > 4096 || strings.HasPrefix(p, "/") || path.Clean(p) != p || p == ".." ||
-		strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) || p == "." {
+	if !isRelPath(p, allowDot) {
 		return invalidf("manifest %s %q must be a clean relative path inside the source", what, p)
 	}
 	return nil
+}
+
+func isRelPath(p string, allowDot bool) bool {
+	if p == "." && allowDot {
+		return true
+	}
+	return !(p == "" || len(p) > 4096 || strings.HasPrefix(p, "/") || path.Clean(p) != p || p == ".." ||
+		strings.HasPrefix(p, "../") || strings.ContainsRune(p, 0) || p == ".")
 }
 
 // Validate checks the result record's shape.

@@ -120,7 +120,7 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 	}
 
 	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, VCPUs: 3}, writeSource(t, map[string]string{"input.txt": "c"}), nil)
-	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, this agent's budget is 2") {
+	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, expected 1..2 (this agent's budget)") {
 		t.Errorf("a 3-vCPU job on a 2-vCPU budget: %v", err)
 	}
 	_, err = ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, MemoryMiB: 4096}, writeSource(t, map[string]string{"input.txt": "c"}), nil)

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cloche-dev/cloche/build"
 )
 
 // Config is the agent's configuration: a JSON file (LoadConfig) with flags on top.
@@ -184,10 +186,10 @@ func (c Config) WithDefaults(host HostResources) Config {
 		c.TEE = "sim"
 	}
 	if c.DefaultVCPUs == 0 {
-		c.DefaultVCPUs = 2
+		c.DefaultVCPUs = build.DefaultVCPUs
 	}
 	if c.DefaultMemoryMiB == 0 {
-		c.DefaultMemoryMiB = 2048
+		c.DefaultMemoryMiB = build.DefaultMemoryMiB
 	}
 	if c.Budget.VCPUs == 0 {
 		c.Budget.VCPUs = max(host.CPUs, 1)
@@ -206,7 +208,7 @@ func (c Config) WithDefaults(host HostResources) Config {
 		c.QueueLimit = 64
 	}
 	if c.DefaultTimeout == 0 {
-		c.DefaultTimeout = Duration(10 * time.Minute)
+		c.DefaultTimeout = Duration(build.DefaultTimeout)
 	}
 	if c.WallClockSlack == 0 {
 		c.WallClockSlack = Duration(5 * time.Minute)
@@ -218,7 +220,7 @@ func (c Config) WithDefaults(host HostResources) Config {
 		c.MaxSourceBytes = 1 << 30
 	}
 	if c.MaxOutputBytes == 0 {
-		c.MaxOutputBytes = 256 << 20
+		c.MaxOutputBytes = build.DefaultMaxOutputBytes
 	}
 	if c.MaxLogBytes == 0 {
 		c.MaxLogBytes = 64 << 20
@@ -249,15 +251,15 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent configuration: socket %q must be a path of 1..107 bytes", c.Socket)
 	case c.TEE != "sim" && c.TEE != "snp" && c.TEE != "tdx":
 		return fmt.Errorf("agent configuration: tee %q, expected sim, snp or tdx", c.TEE)
-	case c.Budget.VCPUs < 1 || c.Budget.MemoryMiB < 64 || c.Budget.VMs < 1 || c.Budget.MinFreeDiskBytes < 0:
-		return fmt.Errorf("agent configuration: budget %+v needs at least 1 vCPU, 64 MiB, 1 VM and a non-negative disk reserve", c.Budget)
+	case c.Budget.VCPUs < build.MinVCPUs || c.Budget.MemoryMiB < build.MinMemoryMiB || c.Budget.VMs < 1 || c.Budget.MinFreeDiskBytes < 0:
+		return fmt.Errorf("agent configuration: budget %+v needs at least %d vCPU, %d MiB, 1 VM and a non-negative disk reserve", c.Budget, build.MinVCPUs, build.MinMemoryMiB)
 	case c.QueueLimit < 1:
 		return fmt.Errorf("agent configuration: queueLimit %d must be at least 1", c.QueueLimit)
-	case c.DefaultVCPUs < 1 || c.DefaultVCPUs > c.Budget.VCPUs:
-		return fmt.Errorf("agent configuration: defaultVcpus %d must be 1..%d (the budget)", c.DefaultVCPUs, c.Budget.VCPUs)
-	case c.DefaultMemoryMiB < 64 || c.DefaultMemoryMiB > c.Budget.MemoryMiB:
-		return fmt.Errorf("agent configuration: defaultMemoryMiB %d must be 64..%d (the budget)", c.DefaultMemoryMiB, c.Budget.MemoryMiB)
-	case c.DefaultTimeout < Duration(time.Second) || c.MaxWallClock < Duration(time.Second) || c.WallClockSlack < 0:
+	case c.DefaultVCPUs < build.MinVCPUs || c.DefaultVCPUs > c.MaxJobVCPUs():
+		return fmt.Errorf("agent configuration: defaultVcpus %d must be %d..%d (the budget and a VM's limit)", c.DefaultVCPUs, build.MinVCPUs, c.MaxJobVCPUs())
+	case c.DefaultMemoryMiB < build.MinMemoryMiB || c.DefaultMemoryMiB > c.MaxJobMemoryMiB():
+		return fmt.Errorf("agent configuration: defaultMemoryMiB %d must be %d..%d (the budget and a VM's limit)", c.DefaultMemoryMiB, build.MinMemoryMiB, c.MaxJobMemoryMiB())
+	case c.DefaultTimeout < Duration(build.MinTimeout) || c.MaxWallClock < Duration(time.Second) || c.WallClockSlack < 0:
 		return errors.New("agent configuration: defaultTimeout and maxWallClock must be at least 1s, wallClockSlack not negative")
 	case c.MaxSourceBytes < 1 || c.MaxOutputBytes < 1 || c.MaxLogBytes < 1 || c.KeepFinished < 1:
 		return errors.New("agent configuration: maxSourceBytes, maxOutputBytes, maxLogBytes and keepFinished must be positive")
@@ -272,6 +274,13 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// MaxJobVCPUs is the most vCPUs one job may ask for: the budget, at most a VM's limit.
+func (c *Config) MaxJobVCPUs() int { return min(c.Budget.VCPUs, build.MaxVCPUs) }
+
+// MaxJobMemoryMiB is the most guest memory one job may ask for: the budget, at most a VM's
+// limit.
+func (c *Config) MaxJobMemoryMiB() int { return min(c.Budget.MemoryMiB, build.MaxMemoryMiB) }
 
 func (c *Config) socketMode() (os.FileMode, error) {
 	m, err := strconv.ParseUint(c.SocketMode, 8, 32)

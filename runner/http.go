@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/source"
 )
@@ -146,10 +147,10 @@ func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
 	}
 	maxWall := int64(time.Duration(c.MaxWallClock) / time.Second)
 	switch {
-	case s.VCPUs < 1 || s.VCPUs > c.Budget.VCPUs:
-		return bad("the job asks for %d vCPUs, this agent's budget is %d", s.VCPUs, c.Budget.VCPUs)
-	case s.MemoryMiB < 64 || s.MemoryMiB > c.Budget.MemoryMiB:
-		return bad("the job asks for %d MiB of guest memory, expected 64..%d (this agent's budget)", s.MemoryMiB, c.Budget.MemoryMiB)
+	case s.VCPUs < build.MinVCPUs || s.VCPUs > c.MaxJobVCPUs():
+		return bad("the job asks for %d vCPUs, expected %d..%d (this agent's budget)", s.VCPUs, build.MinVCPUs, c.MaxJobVCPUs())
+	case s.MemoryMiB < build.MinMemoryMiB || s.MemoryMiB > c.MaxJobMemoryMiB():
+		return bad("the job asks for %d MiB of guest memory, expected %d..%d (this agent's budget)", s.MemoryMiB, build.MinMemoryMiB, c.MaxJobMemoryMiB())
 	case s.TimeoutSeconds < 1 || s.TimeoutSeconds > maxWall:
 		return bad("the job's timeout is %ds, expected 1..%d (this agent's maximum wall-clock time)", s.TimeoutSeconds, maxWall)
 	case s.WallClockSeconds < 0 || s.WallClockSeconds > maxWall:

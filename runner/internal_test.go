@@ -211,6 +211,9 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.TEE = "sgx" }, `tee "sgx"`},
 		{func(c *Config) { c.SocketMode = "rw" }, "socketMode"},
 		{func(c *Config) { c.DefaultVCPUs = 9 }, "defaultVcpus 9"},
+		// The same limits as cloche run's: a VM takes at most 255 vCPUs and 128 MiB or more.
+		{func(c *Config) { c.Budget.VCPUs = 512; c.DefaultVCPUs = 300 }, "defaultVcpus 300 must be 1..255"},
+		{func(c *Config) { c.DefaultMemoryMiB = 100 }, "defaultMemoryMiB 100 must be 128.."},
 		{func(c *Config) { c.AllowedUIDs = []int{-1} }, "negative"},
 		{func(c *Config) { c.QueueLimit = -1 }, "queueLimit"},
 	} {

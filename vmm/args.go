@@ -14,10 +14,10 @@ const (
 	DefaultVCPUs     = 2
 	DefaultMemoryMiB = 2048
 
-	// maxVCPUs is what q35 accepts without an IOMMU for x2APIC ids.
-	maxVCPUs     = 255
-	minMemoryMiB = 128
-	maxMemoryMiB = 1 << 20
+	// MaxVCPUs is what q35 accepts without an IOMMU for x2APIC ids.
+	MaxVCPUs     = 255
+	MinMemoryMiB = 128
+	MaxMemoryMiB = 1 << 20
 	// maxCmdline is the x86 kernel's COMMAND_LINE_SIZE, including the terminating NUL.
 	maxCmdline = 2048
 )
@@ -217,10 +217,10 @@ func checkShape(cfg Config) error {
 	switch {
 	case cfg.Kernel == "":
 		return fmt.Errorf("vmm: no kernel given (Config.Kernel)")
-	case cfg.VCPUs < 1 || cfg.VCPUs > maxVCPUs:
-		return fmt.Errorf("vmm: %d vCPUs, expected 1..%d", cfg.VCPUs, maxVCPUs)
-	case cfg.MemoryMiB < minMemoryMiB || cfg.MemoryMiB > maxMemoryMiB:
-		return fmt.Errorf("vmm: %d MiB of memory, expected %d..%d", cfg.MemoryMiB, minMemoryMiB, maxMemoryMiB)
+	case cfg.VCPUs < 1 || cfg.VCPUs > MaxVCPUs:
+		return fmt.Errorf("vmm: %d vCPUs, expected 1..%d", cfg.VCPUs, MaxVCPUs)
+	case cfg.MemoryMiB < MinMemoryMiB || cfg.MemoryMiB > MaxMemoryMiB:
+		return fmt.Errorf("vmm: %d MiB of memory, expected %d..%d", cfg.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
 	case len(cfg.Cmdline) >= maxCmdline:
 		return fmt.Errorf("vmm: kernel command line is %d bytes, limit %d", len(cfg.Cmdline), maxCmdline-1)
 	case strings.ContainsRune(cfg.Cmdline, 0):

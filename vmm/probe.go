@@ -74,7 +74,7 @@ func ProbeKVM(ctx context.Context, qemu string, timeout time.Duration) error {
 func (p kvmProbe) usable(ctx context.Context, qemu string, timeout time.Duration) error {
 	f, err := os.OpenFile(p.devKVM, os.O_RDWR, 0)
 	if err != nil {
-		return fmt.Errorf("open %s: %w", p.devKVM, err)
+		return err // an *os.PathError: "open /dev/kvm: <reason>"
 	}
 	f.Close()
 	hardware := false

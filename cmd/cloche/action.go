@@ -101,7 +101,7 @@ func runActionVerify(ctx context.Context, g *globals) error {
 	}
 	// The error is in the job log as an annotation already.
 	if _, err := ghaction.Verify(ctx, actionRunner(g), setup); err != nil {
-		return &exitError{code: exitVerifyFailed}
+		return &exitError{code: exitFailed}
 	}
 	return nil
 }

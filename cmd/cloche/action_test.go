@@ -220,7 +220,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
 			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--builder-id", "https://cloche.dev/builders/snp")
-		if code != exitVerifyFailed || !strings.Contains(stderr, "FAILED: builder id:") {
+		if code != exitFailed || !strings.Contains(stderr, "FAILED: builder id:") {
 			t.Fatalf("wrong builder id: exit %d\n%s", code, stderr)
 		}
 	})

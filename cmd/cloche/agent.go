@@ -77,7 +77,7 @@ func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, 
 	if f.config != "" {
 		c, err := runner.LoadConfig(f.config)
 		if err != nil {
-			return cfg, err
+			return cfg, usageError(fmt.Errorf("--config: %w", err))
 		}
 		cfg = *c
 	}
@@ -131,7 +131,10 @@ func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, 
 		return cfg, err
 	}
 	cfg = cfg.WithDefaults(host)
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageError(err)
+	}
+	return cfg, nil
 }
 
 func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
@@ -224,11 +227,12 @@ func newAgentStatusCmd(g *globals) *cobra.Command {
 		Short: "Show the agent's queue, running jobs and budget",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c := client.New(clientSocket(socket))
+			sock := clientSocket(socket)
+			c := client.New(sock)
 			defer c.Close()
 			s, err := c.Status(cmd.Context())
 			if err != nil {
-				return err
+				return agentUnreachable(sock, err)
 			}
 			if asJSON {
 				enc := json.NewEncoder(g.stdout)
@@ -278,11 +282,12 @@ func newAgentCancelCmd(g *globals) *cobra.Command {
 		Short: "Cancel a job on the agent (its VM is stopped)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c := client.New(clientSocket(socket))
+			sock := clientSocket(socket)
+			c := client.New(sock)
 			defer c.Close()
 			st, err := c.Cancel(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return agentUnreachable(sock, err)
 			}
 			fmt.Fprintf(g.stdout, "job %s: cancel requested (state %s)\n", st.ID, st.State)
 			return nil

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
@@ -27,26 +27,37 @@ func agentSocketFor(f *runFlags) string {
 	return os.Getenv(agentSocketEnv)
 }
 
-// runOnAgent is `cloche run` through the agent: the same job options, the source sent as
-// the same deterministic archive, the console streamed back, and the artifacts and bundle
-// written to --out, reported exactly as a local build reports them.
-func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, command []string) error {
-	// What the agent configures for itself cannot be chosen per job.
+// checkAgentFlags refuses the flags the agent's own configuration sets.
+func checkAgentFlags(f *runFlags) error {
 	for _, c := range []struct{ flag, value string }{
 		{"--key", f.key}, {"--guest-image", f.guestImage}, {"--toolchain", f.toolchain},
 		{"--guest-agent", f.guestAgent}, {"--qemu", f.qemu},
 	} {
 		if c.value != "" {
-			return fmt.Errorf("%s is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", c.flag, agentSocketEnv)
+			return usageError(fmt.Errorf("%s is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", c.flag, agentSocketEnv))
 		}
 	}
 	if f.accel != "auto" {
-		return fmt.Errorf("--accel is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", agentSocketEnv)
+		return usageError(fmt.Errorf("--accel is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", agentSocketEnv))
 	}
-	env, err := checkSourceAndEnv(f)
-	if err != nil {
+	return nil
+}
+
+// agentUnreachable turns "no agent listens on this socket" into how to start one.
+func agentUnreachable(socket string, err error) error {
+	if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) {
 		return err
 	}
+	return hostError(fmt.Errorf("no cloche agent is listening at %s: start it with `systemctl start cloche-agent` "+
+		"(unit dist/cloche-agent.service, see docs/agent.md) or `cloche agent --socket %s`; "+
+		"without --agent and $%s, cloche run builds locally: %w", socket, socket, agentSocketEnv, err))
+}
+
+// runOnAgent is `cloche run` through the agent: the same job options, the source sent as
+// the same deterministic archive, the console streamed back, and the artifacts and bundle
+// written to --out, reported exactly as a local build reports them.
+func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in *build.Options) error {
+	env := in.Env
 	if len(env) == 0 {
 		env = nil
 	}
@@ -55,49 +66,55 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		tee = "" // the agent's TEE
 	}
 	spec := runner.JobSpec{
-		Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts, TEE: tee,
-		TimeoutSeconds:  int64((f.timeout + time.Second - 1) / time.Second),
-		MaxOutputBytes:  f.maxOutput,
-		VCPUs:           f.vcpus,
-		MemoryMiB:       f.memory,
-		SourceDateEpoch: f.sourceDateEpoch,
-		InvocationID:    f.invocationID,
-		Repository:      f.repository, Ref: f.ref, Commit: f.commit,
+		Command: in.Command, Workdir: in.Workdir, Env: env, Artifacts: in.Artifacts, TEE: tee,
+		TimeoutSeconds:  int64((in.Timeout + time.Second - 1) / time.Second),
+		MaxOutputBytes:  in.MaxOutputBytes,
+		VCPUs:           in.VCPUs,
+		MemoryMiB:       in.MemoryMiB,
+		SourceDateEpoch: in.SourceDateEpoch,
+		InvocationID:    in.InvocationID,
+		Repository:      in.Repository, Ref: in.Ref, Commit: in.Commit,
 	}
-	console := io.Writer(g.stderr)
-	if f.quiet {
-		console = io.Discard
-	}
+	rep := g.reporter()
+	console := consoleWriter(g.stderr, f.quiet)
 	c := client.New(socket)
 	defer c.Close()
 	var last runner.State
-	st, err := c.Submit(ctx, spec, f.source, func(ev runner.Event) {
+	var warnings []string
+	st, err := c.Submit(ctx, spec, in.SourceDir, func(ev runner.Event) {
 		switch {
 		case ev.Type == runner.EventLog:
 			console.Write(ev.Log)
 		case ev.Job != nil && ev.Job.State != last:
 			if last == "" {
-				fmt.Fprintf(g.stderr, "cloche: agent %s accepted job %s\n", socket, ev.Job.ID)
+				rep.Info("the agent accepted the job", "agent", socket, "job", ev.Job.ID)
 				if ev.Job.TEE == string(attest.TEESim) {
-					fmt.Fprintln(g.stderr, "cloche: WARNING: SIMULATED TEE: the host plays the secure processor; the evidence proves nothing about this host")
+					warnings = append(warnings, simWarning)
+					rep.Warning(simWarning)
 				}
 			}
 			last = ev.Job.State
 			if ev.Job.State == runner.StateQueued {
-				fmt.Fprintf(g.stderr, "cloche: job %s queued (position %d)\n", ev.Job.ID, ev.Job.QueuePosition)
+				rep.Info("job queued", "job", ev.Job.ID, "position", ev.Job.QueuePosition)
 			} else if !ev.Job.State.Terminal() {
-				fmt.Fprintf(g.stderr, "cloche: job %s %s\n", ev.Job.ID, ev.Job.State)
+				rep.Info("job "+string(ev.Job.State), "job", ev.Job.ID)
 			}
 		}
 	})
 	if err != nil {
-		if errors.Is(err, context.Canceled) && st != nil {
+		switch {
+		case errors.Is(err, context.Canceled) && st != nil:
 			return fmt.Errorf("interrupted: job %s on the agent is cancelled with this connection: %w", st.ID, err)
+		case errors.Is(err, runner.ErrBadRequest):
+			return usageError(fmt.Errorf("the agent refused the job: %w", err))
 		}
-		return fmt.Errorf("running the build on the agent: %w", err)
+		return agentUnreachable(socket, fmt.Errorf("running the build on the agent: %w", err))
 	}
 	if st.State != runner.StateSucceeded {
-		msg := fmt.Sprintf("job %s %s on the agent: %s", st.ID, st.State, st.Reason)
+		msg := fmt.Sprintf("job %s %s on the agent", st.ID, st.State)
+		if st.Reason != "" {
+			msg += ": " + st.Reason
+		}
 		if st.ExitCode != nil && *st.ExitCode > 0 {
 			msg += fmt.Sprintf(" (exit code %d)", *st.ExitCode)
 		}
@@ -107,7 +124,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		return fmt.Errorf("fetching job %s's results: %w", st.ID, err)
 	}
 	r := st.Result
-	printOutcome(g.stderr, &build.Outcome{
+	return reportOutcome(g, f.json, &build.Outcome{
 		Artifacts:   r.Artifacts,
 		ArtifactDir: f.out,
 		BundlePath:  filepath.Join(f.out, r.Bundle),
@@ -116,6 +133,5 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
-	}, r.PublicKeyPath)
-	return nil
+	}, r.PublicKeyPath, warnings)
 }

@@ -68,13 +68,13 @@ the kvm_intel tdx parameter, the quote generation service, QEMU 10.1 or later an
 for every TEE whether KVM really runs guests and the guest image. It prints a table with a
 fix for each missing piece and the runner labels this host would advertise.
 
-The exit code is 0 unless --require names a TEE this host cannot run.`,
+The exit code is 0 unless --require names a TEE this host cannot run: then 3.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch require {
 			case "", "snp", "tdx":
 			default:
-				return fmt.Errorf("--require %q: expected snp or tdx", require)
+				return usageError(fmt.Errorf("--require %q: expected snp or tdx", require))
 			}
 			state, err := g.state()
 			if err != nil {
@@ -98,7 +98,7 @@ The exit code is 0 unless --require names a TEE this host cannot run.`,
 	}
 	fl := cmd.Flags()
 	fl.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	fl.StringVar(&require, "require", "", "exit 1 unless this host can run snp or tdx")
+	fl.StringVar(&require, "require", "", "exit 3 unless this host can run this `TEE` (snp or tdx)")
 	fl.StringVar(&qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
 	fl.StringVar(&guestImage, "guest-image", "", "guest image directory (default: the state directory's)")
 	tee.register(cmd)
@@ -126,7 +126,7 @@ func printDoctor(g *globals, r *hostcheck.Report) {
 	fmt.Fprintf(g.stdout, "runner labels: %s\n", labels)
 }
 
-// requireTEE fails (exit 1) when tee is set and the report says it cannot run.
+// requireTEE fails (exitHost) when tee is set and the report says it cannot run.
 func requireTEE(r *hostcheck.Report, tee string) error {
 	if tee == "" {
 		return nil
@@ -135,7 +135,7 @@ func requireTEE(r *hostcheck.Report, tee string) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	return &exitError{code: 1, err: fmt.Errorf("%s is not available on this host: %s", strings.ToUpper(tee), describeMissing(missing))}
+	return hostError(fmt.Errorf("%s is not available on this host: %s", strings.ToUpper(tee), describeMissing(missing)))
 }
 
 func describeMissing(missing []hostcheck.Check) string {
@@ -155,13 +155,13 @@ func resolveTEE(ctx context.Context, s string, host func() hostcheck.Host) (atte
 		return attest.TEESim, nil
 	case "snp", "tdx", "auto":
 	default:
-		return "", fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", s)
+		return "", usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", s))
 	}
 	r := host().Check(ctx)
 	switch {
 	case s == "snp" || s == "tdx":
 		if missing := r.Missing(s); len(missing) > 0 {
-			return "", fmt.Errorf("--tee %s: this host cannot launch %s guests: %s (see `cloche doctor`)", s, strings.ToUpper(s), describeMissing(missing))
+			return "", hostError(fmt.Errorf("--tee %s: this host cannot launch %s guests: %s (see `cloche doctor`)", s, strings.ToUpper(s), describeMissing(missing)))
 		}
 		return attest.TEE(s), nil
 	case r.SNP:
@@ -169,5 +169,5 @@ func resolveTEE(ctx context.Context, s string, host func() hostcheck.Host) (atte
 	case r.TDX:
 		return attest.TEETDX, nil
 	}
-	return "", errors.New("--tee auto: no SEV-SNP or TDX host support was found (run `cloche doctor` for what is missing); pass --tee sim to run on the simulated TEE (no hardware guarantee)")
+	return "", hostError(errors.New("--tee auto: no SEV-SNP or TDX host support was found (run `cloche doctor` for what is missing); pass --tee sim to run on the simulated TEE (no hardware guarantee)"))
 }

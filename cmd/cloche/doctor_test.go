@@ -63,11 +63,11 @@ func TestDoctorOnThisHost(t *testing.T) {
 
 	for _, tee := range []string{"snp", "tdx"} {
 		code, _, stderr = cli(t, "doctor", "--state-dir", state, "--require", tee)
-		if code != 1 || !strings.Contains(stderr, strings.ToUpper(tee)+" is not available on this host") || !strings.Contains(stderr, "fix:") {
+		if code != exitHost || !strings.Contains(stderr, strings.ToUpper(tee)+" is not available on this host") || !strings.Contains(stderr, "fix:") {
 			t.Errorf("doctor --require %s: exit %d, stderr %q", tee, code, stderr)
 		}
 	}
-	if code, _, stderr := cli(t, "doctor", "--state-dir", state, "--require", "sgx"); code == 0 || !strings.Contains(stderr, "expected snp or tdx") {
+	if code, _, stderr := cli(t, "doctor", "--state-dir", state, "--require", "sgx"); code != exitUsage || !strings.Contains(stderr, "expected snp or tdx") {
 		t.Errorf("doctor --require sgx: exit %d, %q", code, stderr)
 	}
 }
@@ -82,8 +82,8 @@ func TestRunRefusesHardwareTEEThisHostLacks(t *testing.T) {
 		{"auto", "no SEV-SNP or TDX host support was found"},
 	} {
 		code, _, stderr := cli(t, "run", "--state-dir", state, "--source", t.TempDir(), "--tee", tc.tee, "--", "true")
-		if code == 0 || !strings.Contains(stderr, tc.want) {
-			t.Errorf("run --tee %s: exit %d, stderr %q", tc.tee, code, stderr)
+		if code != exitHost || !strings.Contains(stderr, tc.want) {
+			t.Errorf("run --tee %s: exit %d (want %d), stderr %q", tc.tee, code, exitHost, stderr)
 		}
 	}
 }

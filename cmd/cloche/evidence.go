@@ -73,11 +73,11 @@ func newEvidenceShowCmd(g *globals) *cobra.Command {
 			}
 			ev, err := readEvidenceArg(args[0], t)
 			if err != nil {
-				return &exitError{code: exitVerifyFailed, err: err}
+				return &exitError{code: exitFailed, err: err}
 			}
 			fields, err := attest.Describe(ev)
 			if err != nil {
-				return &exitError{code: exitVerifyFailed, err: fmt.Errorf("%s: %w", args[0], err)}
+				return &exitError{code: exitFailed, err: fmt.Errorf("%s: %w", args[0], err)}
 			}
 			if asJSON {
 				out, err := json.MarshalIndent(struct {
@@ -198,14 +198,15 @@ FAILED: <check>: <reason> (exit 1), on stderr.`,
 }
 
 func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
+	rep := g.reporter()
 	opts, err := evidenceVerifyOptions(f)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
+		rep.Failed(verify.CheckOptions, err)
 		return &exitError{code: exitUsage}
 	}
 	certs, err := loadCertFlags(f.certs)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
+		rep.Failed(verify.CheckOptions, err)
 		return &exitError{code: exitUsage}
 	}
 	ev, err := readEvidenceArg(path, attest.TEE(f.tee))
@@ -213,22 +214,22 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 		err = attest.AttachCertificates(ev, certs)
 	}
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckEvidence, err)
-		return &exitError{code: exitVerifyFailed}
+		rep.Failed(verify.CheckEvidence, err)
+		return &exitError{code: exitFailed}
 	}
 	claims, err := attest.Verify(ev, *opts)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.EvidenceCheck(err), err)
-		return &exitError{code: exitVerifyFailed}
+		rep.Failed(verify.EvidenceCheck(err), err)
+		return &exitError{code: exitFailed}
 	}
 	for _, w := range claims.Warnings {
-		fmt.Fprintf(g.stderr, "WARNING: %s\n", w)
+		rep.Warning(w)
 	}
 	debug := ""
 	if f.allowDebug {
 		debug = "; debug guests were allowed (--allow-debug): test samples only"
 	}
-	fmt.Fprintf(g.stderr, "PASSED: %s evidence verified offline; measurement %x%s\n", ev.TEE, claims.Measurement, debug)
+	rep.Passed(fmt.Sprintf("%s evidence verified offline; measurement %x%s", ev.TEE, claims.Measurement, debug))
 	return nil
 }
 

@@ -29,7 +29,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 
 	// The Milan sample is a debug guest: rejected by default, accepted for samples.
 	code, stdout, stderr := cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", milan)
-	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") || !strings.Contains(stderr, "DEBUG") || stdout != "" {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") || !strings.Contains(stderr, "DEBUG") || stdout != "" {
 		t.Fatalf("debug Milan without --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
 	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug",
@@ -38,7 +38,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 		t.Fatalf("Milan with --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug", "--min-tcb", "microcode=255", milan)
-	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: minimum TCB: ") || !strings.Contains(stderr, "microcode SPL is") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: minimum TCB: ") || !strings.Contains(stderr, "microcode SPL is") {
 		t.Fatalf("--min-tcb: code %d stderr %q", code, stderr)
 	}
 
@@ -48,7 +48,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 		t.Fatalf("TDX quote: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--host-data", strings.Repeat("ab", 32), tdx)
-	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: HOST_DATA binding: ") || !strings.Contains(stderr, "MRCONFIGID") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: HOST_DATA binding: ") || !strings.Contains(stderr, "MRCONFIGID") {
 		t.Fatalf("TDX --host-data: code %d stderr %q", code, stderr)
 	}
 
@@ -67,7 +67,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 	}
 	// Evidence of the wrong kind fails as evidence.
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", milan)
-	if code != exitVerifyFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") {
 		t.Errorf("SNP report as tdx: code %d stderr %q", code, stderr)
 	}
 }
@@ -97,7 +97,7 @@ func TestEvidenceShow(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not evidence"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if code, _, stderr := cli(t, "evidence", "show", bad); code != exitVerifyFailed || !strings.Contains(stderr, "neither evidence JSON") {
+	if code, _, stderr := cli(t, "evidence", "show", bad); code != exitFailed || !strings.Contains(stderr, "neither evidence JSON") {
 		t.Errorf("show garbage: code %d stderr %q", code, stderr)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,35 +18,37 @@ type globals struct {
 	verbose        bool
 }
 
-func (g *globals) logger() *slog.Logger {
-	level := slog.LevelWarn
-	if g.verbose {
-		level = slog.LevelInfo
-	}
-	opts := &slog.HandlerOptions{Level: level}
-	if g.jsonLogs {
-		return slog.New(slog.NewJSONHandler(g.stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(g.stderr, opts))
-}
+// reporter writes the command's lines on stderr, as slog text or with --log-json as JSON.
+func (g *globals) reporter() *reporter { return newReporter(g.stderr, g.jsonLogs) }
 
-// state returns the state directory, creating it (0700: it holds the signing key and the
-// simulated secure processor's keys).
-func (g *globals) state() (string, error) {
+// logger is what libraries log through: warnings, and with -v their progress.
+func (g *globals) logger() *slog.Logger { return g.reporter().logger(g.verbose) }
+
+// stateDirPath is the state directory's path without creating it ("" if there is none).
+func (g *globals) stateDirPath() string {
 	dir := g.stateDir
 	if dir == "" {
 		dir = os.Getenv("CLOCHE_STATE_DIR")
 	}
 	if dir == "" {
 		if os.Geteuid() == 0 {
-			dir = "/var/lib/cloche"
-		} else {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", fmt.Errorf("no state directory: set --state-dir or CLOCHE_STATE_DIR: %w", err)
-			}
-			dir = filepath.Join(home, ".local", "state", "cloche")
+			return "/var/lib/cloche"
 		}
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return ""
+		}
+		dir = filepath.Join(home, ".local", "state", "cloche")
+	}
+	return dir
+}
+
+// state returns the state directory, creating it (0700: it holds the signing key and the
+// simulated secure processor's keys).
+func (g *globals) state() (string, error) {
+	dir := g.stateDirPath()
+	if dir == "" {
+		return "", errors.New("no state directory: set --state-dir or CLOCHE_STATE_DIR (no home directory to default to)")
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("state directory %s: %w", dir, err)

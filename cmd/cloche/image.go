@@ -96,7 +96,7 @@ changes.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stderr, "toolchain image: %s\n", path)
+			g.reporter().Info("toolchain image ready", "path", path)
 			return printJSON(g, tc)
 		},
 	}

@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,17 +12,12 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at release time with -ldflags "-X main.version=...".
-var version = "0.1.0-dev"
-
-// exitError carries a specific exit code through cobra.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
+// version and commit are set at build time with -ldflags "-X main.version=... -X
+// main.commit=..." (the Makefile does).
+var (
+	version = "0.1.0-dev"
+	commit  = ""
+)
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -34,35 +28,29 @@ func main() {
 
 // run executes the CLI with explicit streams, so tests drive it in-process.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRootCmd(stdout, stderr)
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := newRootCmd(g)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	if err == nil {
-		return 0
+	code := exitCode(err)
+	if err != nil && err.Error() != "" {
+		g.reporter().Error(err, code)
 	}
-	var ee *exitError
-	if errors.As(err, &ee) {
-		if ee.err != nil && ee.err.Error() != "" {
-			fmt.Fprintln(stderr, ee.err)
-		}
-		return ee.code
-	}
-	fmt.Fprintln(stderr, "error:", err)
-	return 1
+	return code
 }
 
-func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
-	g := &globals{stdout: stdout, stderr: stderr}
+func newRootCmd(g *globals) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "cloche",
 		Short:         "Confidential, attested builds with hardware-rooted SLSA provenance",
+		Long:          "Confidential, attested builds with hardware-rooted SLSA provenance.\n\n" + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.SetOut(stdout)
-	root.SetErr(stderr)
+	root.SetOut(g.stdout)
+	root.SetErr(g.stderr)
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", "", "state directory (keys, images, simulated TEE); default $CLOCHE_STATE_DIR, /var/lib/cloche as root, else ~/.local/state/cloche")
-	root.PersistentFlags().BoolVar(&g.jsonLogs, "log-json", false, "write logs as JSON")
+	root.PersistentFlags().BoolVar(&g.jsonLogs, "log-json", false, "write every line on stderr as a JSON object (slog), errors and check results included")
 	root.PersistentFlags().BoolVarP(&g.verbose, "verbose", "v", false, "more log output")
 	root.AddCommand(
 		newVersionCmd(g),
@@ -77,17 +65,38 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newActionCmd(g),
 		newAgentCmd(g),
 	)
+	usageErrors(root)
 	return root
 }
 
-func newVersionCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the cloche version",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			fmt.Fprintf(g.stdout, "cloche %s\n", version)
-			return nil
-		},
+// usageErrors makes cobra's own input errors (unknown flag, wrong argument count, unknown
+// subcommand) exit with exitUsage, on every command.
+func usageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err) })
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		switch {
+		case c.Args != nil:
+			args := c.Args
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				if err := args(cmd, a); err != nil {
+					return usageError(err)
+				}
+				return nil
+			}
+		case c.HasSubCommands() && !c.Runnable():
+			// A command group: no arguments but a known subcommand; alone, it shows its help.
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				if len(a) > 0 {
+					return usageError(fmt.Errorf("unknown command %q for %q (see %s --help)", a[0], cmd.CommandPath(), cmd.CommandPath()))
+				}
+				return nil
+			}
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
 	}
+	walk(root)
 }

@@ -113,7 +113,7 @@ func runReferenceCreate(cmd *cobra.Command, g *globals, f *referenceCreateFlags)
 		return err
 	}
 	fmt.Fprintln(g.stdout, string(stmt))
-	fmt.Fprintf(g.stderr, "cloche: wrote %d reference values for %s to %s\n", len(doc.Values), f.guestImage, out)
+	g.reporter().Info("wrote the reference values", "count", len(doc.Values), "guest_image", f.guestImage, "bundle", out)
 	return nil
 }
 

@@ -34,7 +34,7 @@ type runFlags struct {
 	sourceDateEpoch            int64
 	repository, ref, commit    string
 	invocationID               string
-	quiet                      bool
+	quiet, json                bool
 	agent                      string // agent socket; see agentrun.go
 	teeHost                    teeHostFlags
 	kdsOffline                 bool
@@ -53,7 +53,12 @@ and writes the artifacts and provenance.sigstore.json to --out.
 Without --artifact, every regular file the command created or changed in the source tree
 is an artifact.`,
 		Example: `  cloche run --source examples/hello-c --out out/ --tee sim -- make`,
-		Args:    cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return errors.New("no build command: expected cloche run [flags] -- COMMAND [ARGS...]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runBuild(cmd.Context(), g, f, args)
 		},
@@ -65,10 +70,10 @@ is an artifact.`,
 	fl.StringVar(&f.workdir, "workdir", ".", "directory inside the source to run COMMAND in")
 	fl.StringArrayVar(&f.artifacts, "artifact", nil, "artifact pattern relative to the source (repeatable; default: every file the build created or changed)")
 	fl.StringArrayVar(&f.env, "env", nil, "NAME=VALUE added to the build environment (repeatable)")
-	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "time limit for COMMAND")
-	fl.Int64Var(&f.maxOutput, "max-output", 256<<20, "cap on artifacts plus log, in bytes")
-	fl.IntVar(&f.vcpus, "vcpus", 2, "guest vCPUs (part of the measurement)")
-	fl.IntVar(&f.memory, "memory", 2048, "guest memory in MiB (part of the measurement)")
+	fl.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "time limit for COMMAND (at least 1s)")
+	fl.Int64Var(&f.maxOutput, "max-output", build.DefaultMaxOutputBytes, "cap on artifacts plus log, in `bytes`")
+	fl.IntVar(&f.vcpus, "vcpus", build.DefaultVCPUs, fmt.Sprintf("guest vCPUs, %d..%d (part of the measurement)", build.MinVCPUs, build.MaxVCPUs))
+	fl.IntVar(&f.memory, "memory", build.DefaultMemoryMiB, fmt.Sprintf("guest memory in `MiB`, %d..%d (part of the measurement)", build.MinMemoryMiB, build.MaxMemoryMiB))
 	fl.StringVar(&f.accel, "accel", "auto", "QEMU accelerator: auto, kvm or tcg")
 	fl.StringVar(&f.qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
 	fl.StringVar(&f.key, "key", "", "ECDSA P-256 signing key (PEM); default: the state directory's, created on first use")
@@ -81,6 +86,7 @@ is an artifact.`,
 	fl.StringVar(&f.commit, "commit", "", "source commit recorded in the provenance")
 	fl.StringVar(&f.invocationID, "invocation-id", "", "unique id of this run (default: random)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "do not stream the guest console")
+	fl.BoolVar(&f.json, "json", false, "print one JSON document on stdout: artifacts with digests, bundle, TEE, measurement, the verify command, warnings")
 	fl.StringVar(&f.agent, "agent", "", "run the build through the cloche agent at this socket (default $"+agentSocketEnv+"; unset: build locally)")
 	f.teeHost.register(cmd)
 	fl.BoolVar(&f.kdsOffline, "kds-offline", false, "SEV-SNP: never contact AMD's key distribution service; take the VCEK chain from the report, --kds-chain or the cache")
@@ -89,8 +95,18 @@ is an artifact.`,
 }
 
 func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) error {
-	if socket := agentSocketFor(f); socket != "" {
-		return runOnAgent(ctx, g, f, socket, command)
+	socket := agentSocketFor(f)
+	if socket != "" {
+		if err := checkAgentFlags(f); err != nil {
+			return err
+		}
+	}
+	in, err := runInput(f, command)
+	if err != nil {
+		return err
+	}
+	if socket != "" {
+		return runOnAgent(ctx, g, f, socket, in)
 	}
 	tee, err := resolveTEE(ctx, f.tee, func() hostcheck.Host {
 		state, _ := g.state() // an unusable state directory fails right after this
@@ -103,14 +119,11 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	env, err := checkSourceAndEnv(f)
-	if err != nil {
-		return err
-	}
 	state, err := g.state()
 	if err != nil {
 		return err
 	}
+	rep := g.reporter()
 	log := g.logger()
 
 	keyPath := f.key
@@ -120,12 +133,12 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
 				return fmt.Errorf("creating a signing key: %w", err)
 			}
-			fmt.Fprintf(g.stderr, "cloche: created signing key %s (public key %s)\n", keyPath, keyPath+".pub")
+			rep.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
 		}
 	}
 	signer, err := provenance.LoadKeySigner(keyPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("--key: %w", err)
 	}
 
 	gdir := f.guestImage
@@ -137,7 +150,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	}
 	tcPath := f.toolchain
 	if tcPath == "" {
-		fmt.Fprintln(g.stderr, "cloche: preparing the default toolchain image (cached after the first build)")
+		rep.Info("preparing the default toolchain image (cached after the first build)")
 		_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state, Name: "debian-bookworm-gcc"})
 		if err != nil {
 			return fmt.Errorf("default toolchain image: %w", err)
@@ -145,66 +158,197 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		tcPath = p
 	}
 
-	console := io.Writer(g.stderr)
-	if f.quiet {
-		console = io.Discard
-	}
+	var warnings []string
 	if tee == attest.TEESim {
-		fmt.Fprintln(g.stderr, "cloche: WARNING: SIMULATED TEE: the host plays the secure processor; the evidence proves nothing about this host")
+		warnings = append(warnings, simWarning)
+		rep.Warning(simWarning)
 	}
-	outcome, err := build.Run(ctx, build.Options{
-		SourceDir:       f.source,
-		Command:         command,
-		Workdir:         f.workdir,
-		Env:             env,
-		Artifacts:       f.artifacts,
-		OutDir:          f.out,
-		TEE:             tee,
-		GuestImageDir:   gdir,
-		ToolchainImage:  tcPath,
-		SimDir:          simTEEDir(state),
-		Firmware:        runFirmware(tee, f.teeHost, state),
-		QGS:             f.teeHost.qgs,
-		KDS:             kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, Log: log}),
-		Signer:          signer,
-		Timeout:         f.timeout,
-		MaxOutputBytes:  f.maxOutput,
-		VCPUs:           f.vcpus,
-		MemoryMiB:       f.memory,
-		Accel:           f.accel,
-		QEMU:            f.qemu,
-		SourceDateEpoch: f.sourceDateEpoch,
-		InvocationID:    f.invocationID,
-		Repository:      f.repository,
-		Ref:             f.ref,
-		Commit:          f.commit,
-		Console:         console,
-		Logger:          log,
-		Version:         version,
-	})
+	o := *in
+	o.TEE = tee
+	o.GuestImageDir = gdir
+	o.ToolchainImage = tcPath
+	o.SimDir = simTEEDir(state)
+	o.Firmware = runFirmware(tee, f.teeHost, state)
+	o.QGS = f.teeHost.qgs
+	o.KDS = kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, Log: log})
+	o.Signer = signer
+	o.QEMU = f.qemu
+	o.Console = consoleWriter(g.stderr, f.quiet)
+	o.Logger = log
+	o.Version = version
+	outcome, err := build.Run(ctx, o)
 	if err != nil {
+		return runError(err)
+	}
+	return reportOutcome(g, f.json, outcome, keyPath+".pub", warnings)
+}
+
+// simWarning is said whenever a build runs on the simulated TEE.
+const simWarning = "SIMULATED TEE: the host plays the secure processor; the evidence proves nothing about this host"
+
+// runFlagName is the flag of `cloche run` that sets a build.Options field.
+func runFlagName(field string) string {
+	return map[string]string{
+		"SourceDir": "--source", "OutDir": "--out", "Command": "COMMAND", "Workdir": "--workdir",
+		"Env": "--env", "Artifacts": "--artifact", "VCPUs": "--vcpus", "MemoryMiB": "--memory",
+		"Timeout": "--timeout", "MaxOutputBytes": "--max-output", "Accel": "--accel",
+	}[field]
+}
+
+// runInput checks everything `cloche run` was given that can be checked without the host,
+// locally or through the agent, before any image is built or VM started; errors name the
+// flag and exit with exitUsage.
+func runInput(f *runFlags, command []string) (*build.Options, error) {
+	switch f.tee {
+	case "auto", "snp", "tdx", "sim":
+	default:
+		return nil, usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", f.tee))
+	}
+	env, err := parseEnv(f.env)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	o := &build.Options{
+		SourceDir: f.source, Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
+		OutDir: f.out, Timeout: f.timeout, MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory,
+		Accel: f.accel, SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID,
+		Repository: f.repository, Ref: f.ref, Commit: f.commit,
+	}
+	if f.sourceDateEpoch < 0 {
+		return nil, usageError(fmt.Errorf("--source-date-epoch %d: expected seconds since 1970, not negative", f.sourceDateEpoch))
+	}
+	if err := o.CheckInput(); err != nil {
+		return nil, usageError(flagInputError(err, runFlagName))
+	}
+	return o, nil
+}
+
+// flagInputError rewrites a build.InputError to name the flag instead of the field.
+func flagInputError(err error, flagName func(field string) string) error {
+	var ie *build.InputError
+	if !errors.As(err, &ie) {
 		return err
 	}
-	printOutcome(g.stderr, outcome, keyPath+".pub")
+	name := flagName(ie.Field)
+	if name == "" {
+		return err
+	}
+	return fmt.Errorf("%s %s: %w", name, ie.Value, ie.Err)
+}
+
+// parseEnv reads --env NAME=VALUE pairs.
+func parseEnv(kvs []string) (map[string]string, error) {
+	env := map[string]string{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+// runError classifies a failed build: bad input is the user's (exit 2), a host that cannot
+// run the VM is exit 3, everything else exit 1.
+func runError(err error) error {
+	switch exitCode(err) {
+	case exitUsage:
+		return usageError(flagInputError(err, runFlagName))
+	case exitHost:
+		return hostError(err)
+	}
+	return err
+}
+
+// consoleWriter is where the guest console streams: w, without terminal escape codes unless
+// w is a terminal; nowhere with --quiet.
+func consoleWriter(w io.Writer, quiet bool) io.Writer {
+	if quiet {
+		return io.Discard
+	}
+	if isTerminal(w) {
+		return w
+	}
+	return newEscapeStripper(w)
+}
+
+// runReport is `cloche run --json`'s document on stdout.
+type runReport struct {
+	TEE            attest.TEE    `json:"tee"`
+	Simulated      bool          `json:"simulated"`
+	Artifacts      []runArtifact `json:"artifacts"`
+	Bundle         string        `json:"bundle"`
+	Measurement    string        `json:"measurement"`
+	SourceTree     string        `json:"sourceTree"`
+	PublicKey      string        `json:"publicKey"`
+	SimRoot        string        `json:"simRoot,omitempty"`
+	DurationMillis int64         `json:"durationMillis"`
+	// Verify is the command that verifies these artifacts, as argv and as one shell line.
+	Verify        []string `json:"verify"`
+	VerifyCommand string   `json:"verifyCommand"`
+	Warnings      []string `json:"warnings"`
+}
+
+type runArtifact struct {
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+func newRunReport(outcome *build.Outcome, publicKey string, warnings []string) *runReport {
+	r := &runReport{TEE: outcome.TEE, Simulated: outcome.TEE == attest.TEESim, Bundle: outcome.BundlePath,
+		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, PublicKey: publicKey,
+		SimRoot: outcome.SimRootPath, DurationMillis: outcome.Duration.Milliseconds(), Warnings: warnings}
+	if r.Warnings == nil {
+		r.Warnings = []string{}
+	}
+	r.Verify = []string{"cloche", "verify", "--bundle", outcome.BundlePath, "--key", publicKey}
+	if r.Simulated {
+		r.Verify = append(r.Verify, "--allow-simulated", "--trusted-sim-root", outcome.SimRootPath)
+	}
+	r.Artifacts = []runArtifact{}
+	for _, a := range outcome.Artifacts {
+		p := filepath.Join(outcome.ArtifactDir, a.Path)
+		r.Artifacts = append(r.Artifacts, runArtifact{Path: p, SHA256: a.SHA256, Size: a.Size})
+		r.Verify = append(r.Verify, p)
+	}
+	quoted := make([]string, len(r.Verify))
+	for i, a := range r.Verify {
+		quoted[i] = shellQuote(a)
+	}
+	r.VerifyCommand = strings.Join(quoted, " ")
+	return r
+}
+
+// reportOutcome reports a successful build, the same way for a local build and one run by
+// the agent (cloche run --agent): the JSON document on stdout with --json, else lines on
+// stderr.
+func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey string, warnings []string) error {
+	r := newRunReport(outcome, publicKey, warnings)
+	if asJSON {
+		return printJSON(g, r)
+	}
+	if g.jsonLogs {
+		g.reporter().Info("build succeeded", "report", r)
+		return nil
+	}
+	w := g.stderr
+	fmt.Fprintf(w, "build succeeded in %s (TEE %s%s)\n", outcome.Duration.Round(time.Millisecond), outcome.TEE, simNote(outcome.TEE))
+	for _, a := range r.Artifacts {
+		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", a.Path, a.SHA256, a.Size)
+	}
+	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", r.Bundle, r.Measurement, r.SourceTree, r.PublicKey)
+	fmt.Fprintf(w, "verify with:\n  %s\n", r.VerifyCommand)
 	return nil
 }
 
-// printOutcome reports a successful build, the same way for a local build and one run by
-// the agent (cloche run --agent).
-func printOutcome(w io.Writer, outcome *build.Outcome, publicKey string) {
-	fmt.Fprintf(w, "cloche: build succeeded in %s (TEE %s%s)\n", outcome.Duration.Round(time.Millisecond), outcome.TEE, simNote(outcome.TEE))
-	for _, a := range outcome.Artifacts {
-		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", filepath.Join(outcome.ArtifactDir, a.Path), a.SHA256, a.Size)
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=@+,%") == "" {
+		return s
 	}
-	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", outcome.BundlePath, outcome.Measurement, outcome.SourceTree, publicKey)
-	verifyCmd := fmt.Sprintf("cloche verify --bundle %s --key %s", outcome.BundlePath, publicKey)
-	if outcome.TEE == attest.TEESim {
-		verifyCmd += fmt.Sprintf(" --allow-simulated --trusted-sim-root %s", outcome.SimRootPath)
-	}
-	for _, a := range outcome.Artifacts {
-		verifyCmd += " " + filepath.Join(outcome.ArtifactDir, a.Path)
-	}
-	fmt.Fprintf(w, "verify with:\n  %s\n", verifyCmd)
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func simNote(t attest.TEE) string {
@@ -246,7 +390,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	if img, err := guestimage.Load(dir); err == nil && img.UpToDate(agentSum) {
 		return nil
 	}
-	fmt.Fprintf(g.stderr, "cloche: building the guest image in %s\n", dir)
+	g.reporter().Info("building the guest image", "dir", dir)
 	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
 	if err != nil {
 		return fmt.Errorf("guest kernel: %w", err)
@@ -255,21 +399,4 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 		return fmt.Errorf("building the guest image: %w", err)
 	}
 	return nil
-}
-
-// checkSourceAndEnv validates what `cloche run` reads before it builds, locally or through
-// the agent: the source directory, and --env as NAME=VALUE pairs.
-func checkSourceAndEnv(f *runFlags) (map[string]string, error) {
-	if st, err := os.Stat(f.source); err != nil || !st.IsDir() {
-		return nil, fmt.Errorf("source directory %q does not exist or is not a directory (expected --source DIR)", f.source)
-	}
-	env := map[string]string{}
-	for _, kv := range f.env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return nil, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
-		}
-		env[k] = v
-	}
-	return env, nil
 }

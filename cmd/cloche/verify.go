@@ -15,12 +15,6 @@ import (
 	"github.com/cloche-dev/cloche/verify"
 )
 
-// Exit codes of `cloche verify`: stable, scripts depend on them.
-const (
-	exitVerifyFailed = 1
-	exitUsage        = 2
-)
-
 type verifyFlags struct {
 	bundle, key     string
 	allowSimulated  bool
@@ -71,15 +65,16 @@ Evidence from the simulated TEE is rejected unless both --allow-simulated and
 }
 
 func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []string) error {
+	rep := g.reporter()
 	artifacts, cleanup, err := f.github.fetchRelease(cmd.Context(), g, &f.bundle, artifacts)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: release: %v\n", err)
-		return &exitError{code: exitVerifyFailed}
+		rep.Failed("release", err)
+		return &exitError{code: exitFailed}
 	}
 	defer cleanup()
 	opts, err := verifyOptions(f, artifacts)
 	if err != nil {
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", verify.CheckOptions, err)
+		rep.Failed(verify.CheckOptions, err)
 		return &exitError{code: exitUsage}
 	}
 	res, err := verify.Verify(cmd.Context(), *opts)
@@ -88,16 +83,16 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 		if !errors.As(err, &ve) {
 			ve = &verify.Error{Check: "verification", Err: err}
 		}
-		fmt.Fprintf(g.stderr, "FAILED: %s: %v\n", ve.Check, ve.Err)
-		return &exitError{code: exitVerifyFailed}
+		rep.Failed(ve.Check, ve.Err)
+		return &exitError{code: exitFailed}
 	}
 	if f.printProvenance {
 		fmt.Fprintln(g.stdout, string(res.Statement))
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintf(g.stderr, "WARNING: %s\n", w)
+		rep.Warning(w)
 	}
-	fmt.Fprintf(g.stderr, "PASSED: %s\n", res.Summary())
+	rep.Passed(res.Summary())
 	return nil
 }
 
