@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/cloche-dev/cloche/job"
@@ -115,7 +116,7 @@ func (o *Options) checkOutDir() error {
 			}
 			break
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return inputErr("OutDir", value, "expected a directory: %w", err)
 		}
 		parent := filepath.Dir(dir)

@@ -70,7 +70,7 @@ func TestRunThroughAgent(t *testing.T) {
 	if stdout != "" {
 		t.Errorf("cloche run --agent wrote to stdout: %q", stdout)
 	}
-	for _, want := range []string{"accepted job", "SIMULATED TEE", "build succeeded in", filepath.Join(viaAgent, "dist/hello.txt") + "  sha256:", "verify with:\n  cloche verify --bundle " + filepath.Join(viaAgent, "provenance.sigstore.json")} {
+	for _, want := range []string{"accepted the job", "SIMULATED TEE", "build succeeded in", filepath.Join(viaAgent, "dist/hello.txt") + "  sha256:", "verify with:\n  cloche verify --bundle " + filepath.Join(viaAgent, "provenance.sigstore.json")} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("cloche run --agent output lacks %q:\n%s", want, stderr)
 		}

@@ -66,6 +66,7 @@ func newRootCmd(g *globals) *cobra.Command {
 		newAgentCmd(g),
 	)
 	usageErrors(root)
+	deprecationsToStderr(root, g.stderr)
 	return root
 }
 
@@ -99,4 +100,13 @@ func usageErrors(root *cobra.Command) {
 		}
 	}
 	walk(root)
+}
+
+// deprecationsToStderr sends pflag's notices about deprecated flag names to stderr: stdout
+// carries only a command's result.
+func deprecationsToStderr(c *cobra.Command, w io.Writer) {
+	c.Flags().SetOutput(w)
+	for _, sub := range c.Commands() {
+		deprecationsToStderr(sub, w)
+	}
 }

@@ -17,6 +17,7 @@ import (
 type measureFlags struct {
 	tee, kernel, initrd, cmdline, guestImage string
 	firmware, vcpuType, guestFeatures, vmm   string
+	snpFirmware, tdxFirmware                 string
 	mrtdOrder                                string
 	vcpus, memory                            int
 	cmdlineSet                               bool
@@ -34,11 +35,11 @@ is launched from them, and prints it on stdout. A verifier pins the value with
 --tee sim   the simulated secure processor's MEASUREMENT:
               SHA-384("cloche-sim-measurement-v1\x00" || SHA-256(kernel) || SHA-256(initrd) ||
                       u32le(len(cmdline)) || cmdline || u32le(vcpus) || u64le(memory MiB)).
---tee snp   the SEV-SNP launch digest (MEASUREMENT) under QEMU/KVM: the --firmware pages (an
+--tee snp   the SEV-SNP launch digest (MEASUREMENT) under QEMU/KVM: the --snp-firmware pages (an
             OvmfPkg/AmdSev build for measured direct boot), its SNP metadata sections, QEMU's
             kernel-hashes table (SHA-256 of the cmdline+NUL, initrd and kernel) when a kernel is
             given, and one VMSA per vCPU for --vcpu-type and --guest-features.
---tee tdx   MRTD from the --firmware (TDVF) and, with a kernel, RTMR1 and RTMR2, with the
+--tee tdx   MRTD from the --tdx-firmware (TDVF) and, with a kernel, RTMR1 and RTMR2, with the
             assumptions they rest on; RTMR0 and RTMR3 cannot be predicted from files alone and
             are named as such.`,
 		Args: cobra.NoArgs,
@@ -49,13 +50,17 @@ is launched from them, and prints it on stdout. A verifier pins the value with
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.tee, "tee", "sim", "TEE whose measurement to compute: sim, snp or tdx")
-	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (from `cloche image guest`)")
+	fl.StringVar(&f.guestImage, "guest-image", "", "guest image `DIR` (from 'cloche image guest')")
 	fl.StringVar(&f.kernel, "kernel", "", "guest kernel file")
 	fl.StringVar(&f.initrd, "initrd", "", "guest initramfs file")
 	fl.StringVar(&f.cmdline, "cmdline", "", "guest kernel command line")
 	fl.IntVar(&f.vcpus, "vcpus", 2, "guest vCPUs")
 	fl.IntVar(&f.memory, "memory", 2048, "guest memory in MiB (sim; tdx: places the initrd)")
-	fl.StringVar(&f.firmware, "firmware", "", "firmware image loaded with -bios (snp: OVMF AmdSev build; tdx: TDVF)")
+	fl.StringVar(&f.snpFirmware, "snp-firmware", "", "snp: the OVMF AmdSev build QEMU loads with -bios")
+	fl.StringVar(&f.tdxFirmware, "tdx-firmware", "", "tdx: the TDVF image QEMU loads with -bios")
+	// The old name, for either TEE; one firmware flag name per TEE across commands now.
+	fl.StringVar(&f.firmware, "firmware", "", "firmware image loaded with -bios")
+	fl.MarkDeprecated("firmware", "use --snp-firmware or --tdx-firmware")
 	fl.StringVar(&f.vcpuType, "vcpu-type", "EPYC-v4", "snp: QEMU vCPU type (its CPUID signature is in every VMSA)")
 	fl.StringVar(&f.guestFeatures, "guest-features", "0x1", "snp: the VMSA's SEV_FEATURES as the host kernel sets them (0x1 on Linux 6.8+, 0x21 on 6.6-6.7)")
 	fl.StringVar(&f.vmm, "vmm", measure.VMMQEMU, "snp: the VMM whose initial vCPU state the VMSAs follow (qemu)")
@@ -94,15 +99,15 @@ func (f *measureFlags) bootFiles(required bool) (kernel, initrd, cmdline string,
 
 func runMeasure(g *globals, f *measureFlags) error {
 	if f.vcpus < 1 || f.vcpus > measure.MaxVCPUs {
-		return fmt.Errorf("--vcpus %d: expected 1..%d", f.vcpus, measure.MaxVCPUs)
+		return usageError(fmt.Errorf("--vcpus %d: expected 1..%d", f.vcpus, measure.MaxVCPUs))
 	}
 	if f.memory < 64 {
-		return fmt.Errorf("--memory %d: expected at least 64 MiB", f.memory)
+		return usageError(fmt.Errorf("--memory %d: expected at least 64 MiB", f.memory))
 	}
 	switch f.tee {
 	case "sim":
-		if f.firmware != "" {
-			return errors.New("--firmware: the simulated TEE measures no firmware")
+		if f.firmware != "" || f.snpFirmware != "" || f.tdxFirmware != "" {
+			return usageError(errors.New("--snp-firmware/--tdx-firmware: the simulated TEE measures no firmware"))
 		}
 		kernel, initrd, cmdline, err := f.bootFiles(true)
 		if err != nil {
@@ -119,7 +124,7 @@ func runMeasure(g *globals, f *measureFlags) error {
 	case "tdx":
 		return measureTDX(g.stdout, f)
 	}
-	return fmt.Errorf("--tee %q: expected sim, snp or tdx", f.tee)
+	return usageError(fmt.Errorf("--tee %q: expected sim, snp or tdx", f.tee))
 }
 
 func measureSNP(w io.Writer, f *measureFlags) error {
@@ -131,12 +136,13 @@ func measureSNP(w io.Writer, f *measureFlags) error {
 	if err != nil {
 		return fmt.Errorf("--guest-features: %w", err)
 	}
-	if f.firmware == "" {
-		return errors.New("--firmware is required for --tee snp (the OVMF image QEMU loads with -bios)")
+	path := orDefault(f.snpFirmware, f.firmware)
+	if path == "" {
+		return usageError(errors.New("--snp-firmware is required for --tee snp (the OVMF image QEMU loads with -bios)"))
 	}
-	fw, err := measure.ReadFirmware(f.firmware)
+	fw, err := measure.ReadFirmware(path)
 	if err != nil {
-		return fmt.Errorf("--firmware: %w", err)
+		return fmt.Errorf("--snp-firmware: %w", err)
 	}
 	kernel, initrd, cmdline, err := f.bootFiles(false)
 	if err != nil {
@@ -173,12 +179,13 @@ func measureTDX(w io.Writer, f *measureFlags) error {
 	if err != nil {
 		return err
 	}
-	if f.firmware == "" {
-		return errors.New("--firmware is required for --tee tdx (the TDVF image QEMU loads with -bios)")
+	path := orDefault(f.tdxFirmware, f.firmware)
+	if path == "" {
+		return usageError(errors.New("--tdx-firmware is required for --tee tdx (the TDVF image QEMU loads with -bios)"))
 	}
-	fw, err := measure.ReadFirmware(f.firmware)
+	fw, err := measure.ReadFirmware(path)
 	if err != nil {
-		return fmt.Errorf("--firmware: %w", err)
+		return fmt.Errorf("--tdx-firmware: %w", err)
 	}
 	kernel, initrd, cmdline, err := f.bootFiles(false)
 	if err != nil {

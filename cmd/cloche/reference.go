@@ -52,7 +52,7 @@ signed statement is printed on stdout. A verifier uses it with
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (from `cloche image guest`)")
+	fl.StringVar(&f.guestImage, "guest-image", "", "guest image `DIR` (from 'cloche image guest')")
 	fl.StringVar(&f.key, "key", "", "ECDSA P-256 private key (PEM) of the guest image release")
 	fl.StringVar(&f.out, "out", "", "where to write the signed bundle (default: DIR/"+reference.BundleFileName+")")
 	fl.IntSliceVar(&f.vcpus, "vcpus", []int{1, 2, 4, 8}, "vCPU counts to list")
@@ -120,20 +120,28 @@ func runReferenceCreate(cmd *cobra.Command, g *globals, f *referenceCreateFlags)
 // referenceVerifyFlags are `cloche verify`'s reference-values flags.
 type referenceVerifyFlags struct {
 	values, key, guestImage, firmware, vcpuType string
+	snpFirmware, tdxFirmware                    string
 	features                                    []string
 }
 
 func (r *referenceVerifyFlags) register(fl *pflag.FlagSet) {
-	fl.StringVar(&r.values, "reference-values", "", "signed reference values (from `cloche reference create`): the measurement must be listed for the evidence's TEE and vCPU count")
+	fl.StringVar(&r.values, "reference-values", "", "signed reference values `FILE` (from 'cloche reference create'): the measurement must be listed for the evidence's TEE and vCPU count")
 	fl.StringVar(&r.key, "reference-key", "", "public key (PEM) the reference values are signed with")
 	fl.StringVar(&r.guestImage, "guest-image", "", "guest image directory: compute the reference values from its files instead")
-	fl.StringVar(&r.firmware, "guest-firmware", "", "with --guest-image: the firmware the guest was launched with (snp: OVMF AmdSev; tdx: TDVF)")
+	fl.StringVar(&r.snpFirmware, "snp-firmware", "", "with --guest-image, snp: the OVMF AmdSev build the guest was launched with")
+	fl.StringVar(&r.tdxFirmware, "tdx-firmware", "", "with --guest-image, tdx: the TDVF the guest was launched with")
+	fl.StringVar(&r.firmware, "guest-firmware", "", "with --guest-image: the firmware the guest was launched with")
+	fl.MarkDeprecated("guest-firmware", "use --snp-firmware or --tdx-firmware")
 	fl.StringVar(&r.vcpuType, "vcpu-type", "", "with --guest-image, snp: the QEMU vCPU type (default EPYC-v4)")
 	fl.StringSliceVar(&r.features, "guest-features", nil, "with --guest-image, snp: SEV_FEATURES values to accept (default 0x1,0x21)")
 }
 
 func (r *referenceVerifyFlags) apply(o *verify.Options) error {
-	ro := verify.ReferenceOptions{BundlePath: r.values, GuestImageDir: r.guestImage, Firmware: r.firmware, VCPUType: r.vcpuType}
+	if r.snpFirmware != "" && r.tdxFirmware != "" {
+		return errors.New("--snp-firmware and --tdx-firmware: give the firmware of the TEE the bundle's evidence comes from")
+	}
+	firmware := orDefault(orDefault(r.snpFirmware, r.tdxFirmware), r.firmware)
+	ro := verify.ReferenceOptions{BundlePath: r.values, GuestImageDir: r.guestImage, Firmware: firmware, VCPUType: r.vcpuType}
 	if r.key != "" {
 		k, err := provenance.LoadPublicKey(r.key)
 		if err != nil {

@@ -24,14 +24,19 @@ func TestMeasureSNPCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	amdsev := filepath.Join(snpVectors, "ovmf_AmdSev_suffix.bin")
-	code, out, stderr := cli(t, "measure", "--tee", "snp", "--firmware", amdsev, "--kernel", empty, "--initrd", empty,
+	code, out, stderr := cli(t, "measure", "--tee", "snp", "--snp-firmware", amdsev, "--kernel", empty, "--initrd", empty,
 		"--cmdline", "console=ttyS0 loglevel=7", "--vcpus", "1", "--vcpu-type", "EPYC-v4", "--guest-features", "0x21", "--vmm", "qemu")
 	if code != 0 || strings.TrimSpace(out) != "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977" {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
-	code, out, _ = cli(t, "measure", "--tee", "snp", "--firmware", amdsev, "--vcpus", "1", "--guest-features", "0x21")
+	code, out, _ = cli(t, "measure", "--tee", "snp", "--snp-firmware", amdsev, "--vcpus", "1", "--guest-features", "0x21")
 	if code != 0 || strings.TrimSpace(out) != "e1e1ca029dd7973ab9513295be68198472dcd4fc834bd9af9b63f6e8a1674dbf281a9278a4a2ebe0eed9f22adbcd0e2b" {
 		t.Fatalf("firmware without kernel: exit %d, stdout %q", code, out)
+	}
+	// The old flag name still works, hidden, with a deprecation notice on stderr only.
+	code, old, stderr := cli(t, "measure", "--tee", "snp", "--firmware", amdsev, "--vcpus", "1", "--guest-features", "0x21")
+	if code != 0 || old != out || !strings.Contains(stderr, "use --snp-firmware or --tdx-firmware") {
+		t.Fatalf("--firmware alias: exit %d, stdout %q (want %q), stderr %q", code, old, out, stderr)
 	}
 
 	truncated := filepath.Join(t.TempDir(), "truncated.fd")
@@ -50,15 +55,15 @@ func TestMeasureSNPCLI(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"OvmfX64 plus kernel", []string{"--firmware", filepath.Join(snpVectors, "ovmf_OvmfX64_suffix.bin"), "--kernel", empty, "--initrd", empty, "--cmdline", ""}, "no SNP_KERNEL_HASHES section"},
-		{"missing firmware", []string{"--firmware", filepath.Join(t.TempDir(), "none.fd")}, "does not exist"},
-		{"no firmware flag", nil, "--firmware is required"},
-		{"truncated firmware", []string{"--firmware", truncated}, "not a whole number of 4 KiB pages"},
-		{"malformed metadata", []string{"--firmware", malformed}, `expected "ASEV"`},
-		{"unknown vCPU type", []string{"--firmware", amdsev, "--vcpu-type", "EPYC-v9"}, `unknown vCPU type "EPYC-v9"`},
-		{"guest features not a number", []string{"--firmware", amdsev, "--guest-features", "twenty"}, `invalid guest features "twenty"`},
-		{"other VMM", []string{"--firmware", amdsev, "--vmm", "ec2"}, `VMM "ec2"`},
-		{"initrd without kernel", []string{"--firmware", amdsev, "--initrd", empty}, "need --kernel"},
+		{"OvmfX64 plus kernel", []string{"--snp-firmware", filepath.Join(snpVectors, "ovmf_OvmfX64_suffix.bin"), "--kernel", empty, "--initrd", empty, "--cmdline", ""}, "no SNP_KERNEL_HASHES section"},
+		{"missing firmware", []string{"--snp-firmware", filepath.Join(t.TempDir(), "none.fd")}, "does not exist"},
+		{"no firmware flag", nil, "--snp-firmware is required"},
+		{"truncated firmware", []string{"--snp-firmware", truncated}, "not a whole number of 4 KiB pages"},
+		{"malformed metadata", []string{"--snp-firmware", malformed}, `expected "ASEV"`},
+		{"unknown vCPU type", []string{"--snp-firmware", amdsev, "--vcpu-type", "EPYC-v9"}, `unknown vCPU type "EPYC-v9"`},
+		{"guest features not a number", []string{"--snp-firmware", amdsev, "--guest-features", "twenty"}, `invalid guest features "twenty"`},
+		{"other VMM", []string{"--snp-firmware", amdsev, "--vmm", "ec2"}, `VMM "ec2"`},
+		{"initrd without kernel", []string{"--snp-firmware", amdsev, "--initrd", empty}, "need --kernel"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, stderr := cli(t, append([]string{"measure", "--tee", "snp"}, tc.args...)...)
@@ -77,7 +82,7 @@ func TestMeasureTDXCLI(t *testing.T) {
 	if _, err := os.Stat(ovmf); err != nil {
 		t.Skip("Debian's OVMF (a TDVF-capable build) is not installed")
 	}
-	code, out, stderr := cli(t, "measure", "--tee", "tdx", "--firmware", ovmf)
+	code, out, stderr := cli(t, "measure", "--tee", "tdx", "--tdx-firmware", ovmf)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -86,10 +91,10 @@ func TestMeasureTDXCLI(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
-	if code, _, stderr := cli(t, "measure", "--tee", "tdx", "--firmware", ovmf, "--mrtd-order", "three-pass"); code == 0 || !strings.Contains(stderr, "single-pass or two-pass") {
+	if code, _, stderr := cli(t, "measure", "--tee", "tdx", "--tdx-firmware", ovmf, "--mrtd-order", "three-pass"); code == 0 || !strings.Contains(stderr, "single-pass or two-pass") {
 		t.Fatalf("bad --mrtd-order: exit %d, %q", code, stderr)
 	}
-	if code, _, stderr := cli(t, "measure", "--tee", "tdx", "--firmware", filepath.Join(snpVectors, "ovmf_AmdSev_suffix.bin")); code == 0 || !strings.Contains(stderr, "lies outside the 4096-byte image") {
+	if code, _, stderr := cli(t, "measure", "--tee", "tdx", "--tdx-firmware", filepath.Join(snpVectors, "ovmf_AmdSev_suffix.bin")); code == 0 || !strings.Contains(stderr, "lies outside the 4096-byte image") {
 		t.Fatalf("TDVF metadata outside a 4 KiB tail: exit %d, %q", code, stderr)
 	}
 }
