@@ -8,7 +8,9 @@ VERSION ?= 0.1.0-dev
 BIN := bin
 # Both binaries are static and reproducible: the guest agent is part of the measured guest
 # image, so the same source must give the same bytes.
-GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION)"
+# The commit `cloche version` prints (GOFLAGS has -buildvcs=false, so Go records none).
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 
 .PHONY: all build deps demo test vet actionlint fuzz fuzz-short bench clean
 

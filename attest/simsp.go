@@ -70,7 +70,7 @@ const (
 	pemRoleHeader  = "Role"
 )
 
-// SimSP is the host playing AMD's secure processor for the simulated TEE (DESIGN.md,
+// SimSP is the host playing AMD's secure processor for the simulated TEE (docs/design.md,
 // "Simulated TEE"). It signs SNP-format reports with a locally generated VCEK whose chain
 // (ARK -> ASK -> VCEK) is shaped like AMD's, so go-sev-guest's verifier accepts it when, and
 // only when, the sim ARK is passed as the trusted root.

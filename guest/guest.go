@@ -2,7 +2,7 @@
 // launch-bound manifest digest from its own hardware report, checks the input disk against
 // it, mounts the toolchain through dm-verity, runs the build without network as an
 // unprivileged user, collects the artifacts, binds the result record into a fresh report
-// and writes everything to the output disk (DESIGN.md, data flow step 3).
+// and writes everything to the output disk (docs/design.md, data flow step 3).
 //
 // Every failure ends the same way: a clear message on the console (prefixed
 // "cloche-guest: "), error.txt on the output disk (with a result record whose Error is set

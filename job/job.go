@@ -41,7 +41,7 @@ const (
 // ErrInvalid is wrapped by every validation error of this package.
 var ErrInvalid = errors.New("invalid job document")
 
-// Manifest is the job manifest (DESIGN.md, data flow step 1).
+// Manifest is the job manifest (docs/design.md, data flow step 1).
 type Manifest struct {
 	Type string `json:"_type"`
 	// InvocationID names this run uniquely (e.g. the GitHub run URL plus attempt, or a
@@ -99,7 +99,7 @@ type Toolchain struct {
 	HashOffset     int64  `json:"hashOffset"`
 }
 
-// Result is the result record (DESIGN.md, data flow step 3), written by the guest.
+// Result is the result record (docs/design.md, data flow step 3), written by the guest.
 type Result struct {
 	Type string `json:"_type"`
 	// ManifestSHA256 is the launch-bound digest the guest read from its own report and

@@ -1,5 +1,5 @@
 // Package provenance builds, parses and checks cloche's SLSA v1 provenance statement
-// (DESIGN.md, data flow step 5) and signs and verifies it as a DSSE envelope in a Sigstore
+// (docs/design.md, data flow step 5) and signs and verifies it as a DSSE envelope in a Sigstore
 // bundle (v0.3 JSON).
 //
 // The statement carries the three documents the hardware binds (job manifest, result

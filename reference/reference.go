@@ -1,7 +1,7 @@
 // Package reference builds, signs, verifies and queries cloche's reference-values
 // document: for one guest image release, the launch measurements each TEE will report per
 // vCPU count (and the other launch parameters they depend on), the digests of the files
-// they were computed from, and the version of the tool that computed them (DESIGN.md,
+// they were computed from, and the version of the tool that computed them (docs/design.md,
 // principle 6: one measurement per guest release).
 //
 // The document is the predicate of an in-toto statement whose subjects are the guest

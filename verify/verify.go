@@ -1,6 +1,6 @@
 // Package verify checks released artifacts against a cloche provenance bundle, offline:
 // the bundle's signature, the SLSA statement, the artifacts' digests, the hardware (or
-// simulated) evidence and every binding between them (DESIGN.md data flow step 6).
+// simulated) evidence and every binding between them (docs/design.md, data flow step 6).
 //
 // The order matters and stops at the first failure. The signing key belongs to the runner
 // host, which the trust model does not trust, so a valid signature only says who published

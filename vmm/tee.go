@@ -103,7 +103,7 @@ func (a QGSAddress) qemuSocketAddress() map[string]string {
 }
 
 // mrConfigID is the TDX MRCONFIGID cloche sets: the manifest digest followed by 16 zero
-// bytes (DESIGN.md, "Attest all inputs"; the guest checks the padding).
+// bytes (docs/design.md, "Attest all inputs"; the guest checks the padding).
 func mrConfigID(digest [32]byte) [48]byte {
 	var m [48]byte
 	copy(m[:], digest[:])

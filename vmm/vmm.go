@@ -1,7 +1,7 @@
 // Package vmm launches the confidential VM through QEMU: direct kernel boot, virtio-blk
 // disks found by serial number, the serial console streamed live, the simulated-TEE channel,
 // and a wall-clock limit. QEMU and everything on the host side are untrusted by the design
-// (docs: DESIGN.md, threat model); this package is about never hanging and never leaving a
+// (docs/design.md, threat model); this package is about never hanging and never leaving a
 // QEMU behind, not about protecting the guest.
 package vmm
 

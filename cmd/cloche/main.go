@@ -60,6 +60,7 @@ func newRootCmd(g *globals) *cobra.Command {
 		newReferenceCmd(g),
 		newImageCmd(g),
 		newSimRootCmd(g),
+		newStateDirCmd(g),
 		newEvidenceCmd(g),
 		newDoctorCmd(g),
 		newActionCmd(g),

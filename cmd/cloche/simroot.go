@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/spf13/cobra"
@@ -26,6 +27,25 @@ directory. Its root is what a verifier passes to --trusted-sim-root, together wi
 				return err
 			}
 			fmt.Fprintln(g.stdout, sp.RootPath())
+			return nil
+		},
+	}
+}
+
+func newStateDirCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "state-dir",
+		Short: "Print the state directory (signing key, images, simulated TEE); it is not created",
+		Long: `State-dir prints the state directory this invocation uses: --state-dir, else
+$CLOCHE_STATE_DIR, else /var/lib/cloche as root and ~/.local/state/cloche otherwise. The
+signing key's public half is signing-key.pem.pub in it, for 'cloche verify --key'.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := g.stateDirPath()
+			if dir == "" {
+				return usageError(errors.New("no state directory: set --state-dir or CLOCHE_STATE_DIR (no home directory to default to)"))
+			}
+			fmt.Fprintln(g.stdout, dir)
 			return nil
 		},
 	}

@@ -1,6 +1,6 @@
 // Package guest builds the cloche guest image: the kernel from Debian's backports cloud
 // kernel package and an initramfs holding the guest agent as PID 1 plus the kernel modules it
-// loads. The image is what the launch measurement identifies (DESIGN.md, "one measurement per
+// loads. The image is what the launch measurement identifies (docs/design.md, "one measurement per
 // guest release"), so building it twice from the same inputs gives identical bytes.
 package guest
 

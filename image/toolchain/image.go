@@ -1,7 +1,7 @@
 // Package toolchain builds the read-only root filesystem a build runs in: a reproducible ext4
 // image followed by its dm-verity hash tree. The job manifest binds the image by its SHA-256
 // and verity root hash; the guest mounts it through dm-verity, so every block it reads is
-// checked against that root hash (DESIGN.md, "attest all inputs").
+// checked against that root hash (docs/design.md, "attest all inputs").
 package toolchain
 
 import (
