@@ -57,7 +57,7 @@ func TestEvidenceMarshalParse(t *testing.T) {
 		in   []byte
 		want string
 	}{
-		"unknown field": {append(bytes.Clone(good[:len(good)-1]), `,"extra":1}`...), "unknown field"},
+		"unknown key": {append(bytes.Clone(good[:len(good)-1]), `,"extra":1}`...), "unknown key"},
 		"trailing":      {append(bytes.Clone(good), `{}`...), "trailing"},
 		"oversize":      {make([]byte, MaxEvidenceSize+1), "limit"},
 		"bad tee":       {[]byte(`{"tee":"sgx","report":""}`), `"sgx"`},
