@@ -116,6 +116,6 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
-	}, r.PublicKeyPath)
+	}, r.PublicKeyPath, " --reference-values FILE --reference-key FILE")
 	return nil
 }

@@ -185,19 +185,31 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	printOutcome(g.stderr, outcome, keyPath+".pub")
+	printOutcome(g.stderr, outcome, keyPath+".pub", measurementFlags(gdir, runFirmware(tee, f.teeHost, state)))
 	return nil
+}
+
+// measurementFlags are the verify flags that check the measurement against the guest
+// image this run used.
+func measurementFlags(guestImage, firmware string) string {
+	s := " --guest-image " + guestImage
+	if firmware != "" {
+		s += " --guest-firmware " + firmware
+	}
+	return s
 }
 
 // printOutcome reports a successful build, the same way for a local build and one run by
 // the agent (cloche run --agent).
-func printOutcome(w io.Writer, outcome *build.Outcome, publicKey string) {
+//
+// measurement holds the verify flags that name a trusted source of the launch measurement.
+func printOutcome(w io.Writer, outcome *build.Outcome, publicKey, measurement string) {
 	fmt.Fprintf(w, "cloche: build succeeded in %s (TEE %s%s)\n", outcome.Duration.Round(time.Millisecond), outcome.TEE, simNote(outcome.TEE))
 	for _, a := range outcome.Artifacts {
 		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", filepath.Join(outcome.ArtifactDir, a.Path), a.SHA256, a.Size)
 	}
 	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", outcome.BundlePath, outcome.Measurement, outcome.SourceTree, publicKey)
-	verifyCmd := fmt.Sprintf("cloche verify --bundle %s --key %s", outcome.BundlePath, publicKey)
+	verifyCmd := fmt.Sprintf("cloche verify --bundle %s --key %s%s", outcome.BundlePath, publicKey, measurement)
 	if outcome.TEE == attest.TEESim {
 		verifyCmd += fmt.Sprintf(" --allow-simulated --trusted-sim-root %s", outcome.SimRootPath)
 	}
