@@ -84,7 +84,7 @@ func Describe(ev *Evidence) ([]Field, error) {
 		}
 		switch line := snpProductLine(r, vcek); line {
 		case "":
-			add("PRODUCT_LINE", "unknown")
+			add("PRODUCT_LINE", "unknown (a VERSION 2 report carries no CPUID, and no VCEK certificate names the product)")
 		case ProductTurin:
 			add("PRODUCT_LINE", "%s (not supported by this build: go-sev-guest v0.15.0 cannot parse Turin VCEKs)", line)
 		default:
