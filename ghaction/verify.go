@@ -219,6 +219,8 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 // evidenceInputs maps the measurement-source, policy and pin inputs.
 func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	o.Reference.BundlePath = input(a, "reference-values")
+	o.Reference.GuestImageDir = input(a, "guest-image")
+	o.Reference.Firmware = input(a, "guest-firmware")
 	if k := input(a, "reference-key"); k != "" {
 		pub, err := provenance.LoadPublicKey(k)
 		if err != nil {

@@ -116,6 +116,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
-	}, r.PublicKeyPath, " --reference-values FILE --reference-key FILE")
+	}, r.PublicKeyPath, " --measurement "+r.Measurement)
+	fmt.Fprintln(g.stderr, "  (--measurement is the agent's report of its guest image: prefer --reference-values FILE --reference-key FILE of the guest release)")
 	return nil
 }

@@ -150,7 +150,7 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 		fmt.Fprintln(g.stdout, string(res.Statement))
 	}
 	for _, w := range res.Warnings {
-		fmt.Fprintf(g.stderr, "WARNING: %s\n", w)
+		fmt.Fprintf(g.stderr, "WARNING: %s\n", flagWords(w))
 	}
 	fmt.Fprintf(g.stderr, "PASSED: %s\n", res.Summary())
 	return nil
