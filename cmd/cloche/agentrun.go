@@ -117,6 +117,5 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, com
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
 	}, r.PublicKeyPath, " --measurement "+r.Measurement)
-	fmt.Fprintln(g.stderr, "  (--measurement is the agent's report of its guest image: prefer --reference-values FILE --reference-key FILE of the guest release)")
 	return nil
 }
