@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/x509"
 	_ "embed"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 	"github.com/google/go-tdx-guest/pcs"
 
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/strictjson"
 )
 
 // Revocation material and Intel collateral, read from files so that verification needs no
@@ -74,14 +74,9 @@ func ParseTDXCollateral(b []byte) (*TDXCollateral, error) {
 	if len(b) > maxCollateralFileSize {
 		return nil, fmt.Errorf("%w: TDX collateral is %d bytes, limit %d", ErrMalformed, len(b), maxCollateralFileSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var c TDXCollateral
-	if err := dec.Decode(&c); err != nil {
+	if err := strictjson.Decode(b, &c); err != nil {
 		return nil, fmt.Errorf("%w: TDX collateral JSON: %v", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the TDX collateral JSON document", ErrMalformed)
 	}
 	for _, it := range []struct {
 		name string

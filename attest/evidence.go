@@ -9,12 +9,13 @@
 package attest
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/cloche-dev/cloche/internal/strictjson"
 )
 
 // TEE names the kind of trusted execution environment that produced a piece of evidence.
@@ -81,6 +82,13 @@ var (
 	ErrTCB                 = errors.New("TCB below the minimum")
 	ErrRevoked             = errors.New("revocation check failed")
 	ErrCollateral          = errors.New("TDX collateral check failed")
+	// ErrFirmware: the SNP firmware state is inconsistent (committed newer than current, or
+	// a provisional firmware whose REPORTED_TCB is not the committed one).
+	ErrFirmware = errors.New("firmware state check failed")
+	// ErrChipID: the VCEK is another chip's (its HWID is not the report's CHIP_ID).
+	ErrChipID = errors.New("CHIP_ID mismatch")
+	// ErrPlatform: the platform is not on the verifier's allow-list.
+	ErrPlatform = errors.New("platform not allowed")
 )
 
 // Evidence leaves the guest in the output disk (evidence.json) and, after host completion,
@@ -113,20 +121,15 @@ func (e *Evidence) Marshal() ([]byte, error) {
 	return json.Marshal(e)
 }
 
-// ParseEvidence decodes evidence.json strictly: size-capped, unknown fields and trailing data
-// rejected, and the report's size checked for its TEE kind.
+// ParseEvidence decodes evidence.json strictly: size-capped, unknown, duplicate and
+// case-variant keys and trailing data rejected (internal/strictjson), and the report's size checked for its TEE kind.
 func ParseEvidence(b []byte) (*Evidence, error) {
 	if len(b) > MaxEvidenceSize {
 		return nil, fmt.Errorf("%w: evidence is %d bytes, limit %d", ErrMalformed, len(b), MaxEvidenceSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	var ev Evidence
-	if err := dec.Decode(&ev); err != nil {
+	if err := strictjson.Decode(b, &ev); err != nil {
 		return nil, fmt.Errorf("%w: evidence JSON: %v", ErrMalformed, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data after the evidence JSON document", ErrMalformed)
 	}
 	if err := ev.checkShape(); err != nil {
 		return nil, err

@@ -57,17 +57,17 @@ func TestEvidenceMarshalParse(t *testing.T) {
 		in   []byte
 		want string
 	}{
-		"unknown field": {append(bytes.Clone(good[:len(good)-1]), `,"extra":1}`...), "unknown field"},
-		"trailing":      {append(bytes.Clone(good), `{}`...), "trailing"},
-		"oversize":      {make([]byte, MaxEvidenceSize+1), "limit"},
-		"bad tee":       {[]byte(`{"tee":"sgx","report":""}`), `"sgx"`},
-		"no tee":        {[]byte(`{"report":""}`), `""`},
-		"short report":  {shortJSON, "100 bytes"},
-		"tdx short":     {[]byte(`{"tee":"tdx","report":"AAAA"}`), "tdx quote is 3 bytes"},
-		"big table":     {bigTableJSON, "certificate table"},
-		"big cert":      {bigCertJSON, "certs.vcek"},
-		"not json":      {[]byte("report"), "JSON"},
-		"bad base64":    {[]byte(`{"tee":"sim","report":"!!"}`), "JSON"},
+		"unknown key":  {append(bytes.Clone(good[:len(good)-1]), `,"extra":1}`...), "unknown key"},
+		"trailing":     {append(bytes.Clone(good), `{}`...), "trailing"},
+		"oversize":     {make([]byte, MaxEvidenceSize+1), "limit"},
+		"bad tee":      {[]byte(`{"tee":"sgx","report":""}`), `"sgx"`},
+		"no tee":       {[]byte(`{"report":""}`), `""`},
+		"short report": {shortJSON, "100 bytes"},
+		"tdx short":    {[]byte(`{"tee":"tdx","report":"AAAA"}`), "tdx quote is 3 bytes"},
+		"big table":    {bigTableJSON, "certificate table"},
+		"big cert":     {bigCertJSON, "certs.vcek"},
+		"not json":     {[]byte("report"), "JSON"},
+		"bad base64":   {[]byte(`{"tee":"sim","report":"!!"}`), "JSON"},
 	} {
 		_, err := ParseEvidence(tc.in)
 		if !errors.Is(err, ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {

@@ -248,10 +248,16 @@ func TestVerifyFakeSNPPasses(t *testing.T) {
 // Acceptance: real vendor evidence verifies offline, with no network.
 func TestVerifyRealVendorEvidence(t *testing.T) {
 	ev := realMilanEvidence()
-	opts := VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}}
+	// The sample's firmware (2022) is below the embedded Milan minimum: refused by default.
+	_, err := Verify(ev, VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
+	wantErr(t, err, ErrTCB, "REPORTED_TCB bootloader SPL is 2, minimum 3")
+	opts := VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true, NoDefaultMinimumTCB: true}}
 	claims, err := Verify(ev, opts)
 	if err != nil {
 		t.Fatalf("real Milan report with --allow-debug: %v", err)
+	}
+	if claims.ProductLine != ProductMilan {
+		t.Errorf("product line %q, want Milan", claims.ProductLine)
 	}
 	if hex.EncodeToString(claims.Measurement)[:16] != "b07af9620f3b839b" {
 		t.Errorf("Milan measurement %x", claims.Measurement)
@@ -408,7 +414,7 @@ func TestVerifyRejects(t *testing.T) {
 		{"snp TCB snp short", snp(nil), snpOpts(minTCB(2)), ErrTCB, []string{"snp SPL is 22, minimum 27 (short by 5)"}},
 		{"snp TCB microcode short", snp(nil), snpOpts(minTCB(3)), ErrTCB, []string{"microcode SPL is 213, minimum 216 (short by 3)"}},
 		{"snp REPORTED_TCB differs from the VCEK", snp(func(r []byte) { r[0x180+6]++ }), snpOpts(nil), ErrPolicy, []string{"REPORTED_TCB"}},
-		{"snp CHIP_ID differs from the VCEK", snp(func(r []byte) { r[0x1A0] ^= 0xff }), snpOpts(nil), ErrPolicy, []string{"CHIP_ID"}},
+		{"snp CHIP_ID differs from the VCEK", snp(func(r []byte) { r[0x1A0] ^= 0xff }), snpOpts(nil), ErrChipID, []string{"CHIP_ID", "VCEK certificate is chip"}},
 		{"snp measurement not in reference values", snp(nil), snpOpts(func(o *VerifyOptions) {
 			o.ExpectedMeasurements = [][]byte{bytes.Repeat([]byte{1}, 48), bytes.Repeat([]byte{2}, 48)}
 		}), ErrMeasurement, []string{"MEASUREMENT is 3c3c", "expected one of [0101"}},

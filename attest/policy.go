@@ -28,6 +28,14 @@ type Policy struct {
 	// AMDCRL is AMD's CRL for the report's product line (signed by the ARK); when set, the
 	// ASK must not be revoked by it and it must be current at the verification time.
 	AMDCRL *x509.RevocationList
+	// AllowedPlatforms, when non-empty, lists the platforms the evidence may come from, in
+	// lowercase hex: SNP and sim the CHIP_ID (128 digits), TDX the PPID of the PCK
+	// certificate (32 digits). A producer demands "built on our own fleet" with it.
+	AllowedPlatforms []string
+	// NoDefaultMinimumTCB turns off the embedded per-product-line minimum TCB
+	// (DefaultMinimumTCB) that applies when MinimumTCB is nil.
+	NoDefaultMinimumTCB bool
+
 	// TDXCollateral is Intel's collateral (TCB info, QE identity and, optionally, the CRLs);
 	// when set, the quote's TCB and QE are checked against it.
 	TDXCollateral *TDXCollateral

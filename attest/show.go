@@ -78,6 +78,18 @@ func Describe(ev *Evidence) ([]Field, error) {
 			return nil, fmt.Errorf("%w: %s report: %v", ErrMalformed, ev.TEE, err)
 		}
 		add("VERSION", "%d", r.GetVersion())
+		var vcek []byte
+		if ev.Certs != nil {
+			vcek = ev.Certs.VCEK
+		}
+		switch line := snpProductLine(r, vcek); line {
+		case "":
+			add("PRODUCT_LINE", "unknown (a VERSION 2 report carries no CPUID, and no VCEK certificate names the product)")
+		case ProductTurin:
+			add("PRODUCT_LINE", "%s (not supported by this build: go-sev-guest v0.15.0 cannot parse Turin VCEKs)", line)
+		default:
+			add("PRODUCT_LINE", "%s", line)
+		}
 		add("GUEST_SVN", "%d", r.GetGuestSvn())
 		add("POLICY", "0x%x (%s)", r.GetPolicy(), snpPolicyString(r.GetPolicy()))
 		add("FAMILY_ID", "%x", r.GetFamilyId())

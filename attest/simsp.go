@@ -339,6 +339,16 @@ func (sp *SimSP) unsignedReport(launch SimLaunch, reportData [64]byte) []byte {
 	return r
 }
 
+// Resign signs report (an SNP-format report of any content) in place with the simulated
+// VCEK, as a lying secure processor would: the test kit uses it to check that a verifier
+// refuses what the signature cannot vouch against (wrong measurement, policy, TCB...).
+func (sp *SimSP) Resign(report []byte) error {
+	if len(report) != snpReportSize {
+		return fmt.Errorf("%w: report is %d bytes, expected %d", ErrMalformed, len(report), snpReportSize)
+	}
+	return sp.sign(report)
+}
+
 // sign writes the VCEK's ECDSA P-384/SHA-384 signature over report[0:0x2A0] into the report.
 func (sp *SimSP) sign(r []byte) error {
 	digest := sha512.Sum384(abi.SignedComponent(r))

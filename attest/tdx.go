@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/go-tdx-guest/pcs"
 	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	tdxvalidate "github.com/google/go-tdx-guest/validate"
 	tdxverify "github.com/google/go-tdx-guest/verify"
@@ -71,11 +72,19 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	if err := checkTDXValues(q, quote, opts); err != nil {
 		return nil, err
 	}
+	ppid, err := tdxPPID(quote)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPlatform(opts.Policy.AllowedPlatforms, "PPID", ppid); err != nil {
+		return nil, err
+	}
 	if open := tdxUncheckedRTMRs(opts.ExpectedMeasurements, opts.Policy.TDX.RTMR); len(open) > 0 {
 		warnings = append(warnings, fmt.Sprintf("only MRTD (the firmware) was compared with a reference value; %s not checked: the kernel, command line and initrd are not bound", strings.Join(open, ", ")))
 	}
 	return &Claims{
 		TEE:         TEETDX,
+		PlatformID:  ppid,
 		Measurement: bytes.Clone(q.MrTd),
 		HostData:    bytes.Clone(q.MrConfigID),
 		ReportData:  bytes.Clone(q.ReportData),
@@ -241,4 +250,17 @@ func isTDXSignatureStage(err error) bool {
 		}
 	}
 	return false
+}
+
+// tdxPPID is the platform's PPID from the (verified) PCK certificate's SGX extensions.
+func tdxPPID(quote any) (string, error) {
+	chain, err := tdxverify.ExtractChainFromQuote(quote)
+	if err != nil {
+		return "", fmt.Errorf("%w: tdx PCK chain: %v", ErrCertChain, err)
+	}
+	ext, err := pcs.PckCertificateExtensions(chain.PCKCertificate)
+	if err != nil {
+		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %v", ErrCertChain, err)
+	}
+	return strings.ToLower(ext.PPID), nil
 }

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -65,6 +66,10 @@ type Claims struct {
 	// MrTd and Rtmrs (RTMR0..3) are the TDX launch registers.
 	MrTd  []byte
 	Rtmrs [][]byte
+	// ProductLine is the SNP product line (Milan, Genoa); PlatformID the platform's
+	// identity, lowercase hex: SNP CHIP_ID, TDX PPID of the PCK certificate.
+	ProductLine string
+	PlatformID  string
 	// Warnings name checks that were skipped (e.g. revocation without a CRL). The evidence
 	// passed, but a caller must show them.
 	Warnings []string
@@ -124,12 +129,15 @@ func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
 func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error) {
 	// 1. Parse.
 	raw := bytes.Clone(ev.Report)
+	version := binary.LittleEndian.Uint32(raw[snpOffVersion:])
 	if err := abi.ValidateReportFormat(raw); err != nil {
-		return nil, fmt.Errorf("%w: %s report: %v", ErrMalformed, ev.TEE, err)
+		return nil, fmt.Errorf("%w: %s report VERSION %d: %v", ErrMalformed, ev.TEE, version, err)
 	}
 	report, err := abi.ReportToProto(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s report: %v", ErrMalformed, ev.TEE, err)
+		// Reserved ranges depend on VERSION: name it, since a changed VERSION is what
+		// usually moves a set field into a range that must be zero.
+		return nil, fmt.Errorf("%w: %s report does not have the layout of its VERSION %d: %v", ErrMalformed, ev.TEE, version, err)
 	}
 
 	// 2. Simulated gate.
@@ -145,6 +153,9 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	if ev.TEE == TEESim && !simFamily {
 		return nil, fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", ErrMalformed, report.GetFamilyId(), SimFamilyID[:])
 	}
+	if ev.TEE == TEESim && version != simReportVersion {
+		return nil, fmt.Errorf("%w: sim report VERSION is %d, the simulated secure processor writes %d", ErrMalformed, version, simReportVersion)
+	}
 
 	// 3. Signature algorithm, revocation, chain and signature.
 	if algo := report.GetSignatureAlgo(); algo != snpSigAlgoECDSAP384 {
@@ -153,6 +164,23 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	chain, err := certificateChain(ev)
 	if err != nil {
 		return nil, err
+	}
+	vcekDER := chain.GetVcekCert()
+	product := snpProductLine(report, vcekDER)
+	if product == ProductTurin {
+		return nil, errTurin
+	}
+	if len(chain.GetVlekCert()) == 0 {
+		if err := checkChipID(report, vcekDER); err != nil {
+			return nil, err
+		}
+	}
+	if ev.TEE == TEESim {
+		for i, r := range opts.SimRoots {
+			if err := CheckSimRoot(r); err != nil {
+				return nil, fmt.Errorf("trusted simulated root %d: %w", i+1, err)
+			}
+		}
 	}
 	att := &spb.Attestation{Report: report, CertificateChain: chain}
 	var roots map[string][]*trust.AMDRootCerts
@@ -214,10 +242,20 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 		GuestPolicy: abi.SnpPolicy{SMT: true, Debug: opts.Policy.AllowDebug},
 		VMPL:        &vmpl,
 	}
-	if opts.Policy.MinimumTCB != nil {
-		m := opts.Policy.MinimumTCB
-		vo.MinimumTCB = kds.TCBParts{BlSpl: m.Bootloader, TeeSpl: m.TEE, SnpSpl: m.SNP, UcodeSpl: m.Microcode}
+	minTCB, err := minimumTCB(opts.Policy, product)
+	if err != nil {
+		return nil, err
 	}
+	if minTCB != nil {
+		m := minTCB
+		vo.MinimumTCB = kds.TCBParts{BlSpl: m.Bootloader, TeeSpl: m.TEE, SnpSpl: m.SNP, UcodeSpl: m.Microcode}
+		vo.MinimumLaunchTCB = vo.MinimumTCB
+	}
+	// Checked here (not by validate) so that the failure is named "firmware state".
+	if err := checkFirmwareState(report); err != nil {
+		return nil, err
+	}
+	vo.PermitProvisionalFirmware = true
 	if pol.MigrateMA {
 		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", ErrPolicy, ev.TEE, report.GetPolicy())
 	}
@@ -226,8 +264,11 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	}
 
 	// 5. Minimum TCB, checked here first so that the error names the component.
-	if m := opts.Policy.MinimumTCB; m != nil {
+	if m := minTCB; m != nil {
 		if err := checkMinimumTCB("REPORTED_TCB", snpTCBFromVersion(report.GetReportedTcb()), *m); err != nil {
+			return nil, err
+		}
+		if err := checkMinimumTCB("LAUNCH_TCB", snpTCBFromVersion(report.GetLaunchTcb()), *m); err != nil {
 			return nil, err
 		}
 	}
@@ -253,7 +294,12 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	if err := checkExact(ErrReportData, "REPORT_DATA", report.GetReportData(), opts.ExpectedReportData); err != nil {
 		return nil, err
 	}
+	if err := checkPlatform(opts.Policy.AllowedPlatforms, "CHIP_ID", hex.EncodeToString(report.GetChipId())); err != nil {
+		return nil, err
+	}
 	return &Claims{
+		ProductLine: product,
+		PlatformID:  hex.EncodeToString(report.GetChipId()),
 		TEE:         ev.TEE,
 		Simulated:   ev.TEE == TEESim,
 		Measurement: report.GetMeasurement(),
@@ -433,4 +479,34 @@ func LoadCertificatePEM(path string) ([]*x509.Certificate, error) {
 		return nil, errors.New(path + ": no certificate found")
 	}
 	return certs, nil
+}
+
+// minimumTCB is the caller's minimum TCB or, unless turned off, the product line's
+// embedded one. An SNP report of an unknown product line with no minimum given fails: the
+// default policy cannot be applied to it.
+func minimumTCB(p Policy, product string) (*SNPTCB, error) {
+	if p.MinimumTCB != nil {
+		return p.MinimumTCB, nil
+	}
+	if p.NoDefaultMinimumTCB {
+		return nil, nil
+	}
+	t, ok := DefaultMinimumTCB(product)
+	if !ok {
+		return nil, fmt.Errorf("%w: no embedded minimum TCB for SNP product line %q; give a minimum TCB explicitly", ErrTCB, product)
+	}
+	return &t, nil
+}
+
+// checkPlatform checks the platform allow-list, when one is given.
+func checkPlatform(allowed []string, field, id string) error {
+	if len(allowed) == 0 {
+		return nil
+	}
+	for _, a := range allowed {
+		if strings.EqualFold(strings.TrimSpace(a), id) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s %s is not among the %d allowed platform(s)", ErrPlatform, field, id, len(allowed))
 }

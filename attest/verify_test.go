@@ -220,7 +220,7 @@ func TestVerifyTruncatedAndMalformed(t *testing.T) {
 
 	badVersion := signedVariant(t, sp, func(r []byte) { binary.LittleEndian.PutUint32(r, 1) })
 	_, err = Verify(badVersion, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "version")
+	wantErr(t, err, ErrMalformed, "VERSION 1")
 
 	noReserved := signedVariant(t, sp, func(r []byte) { binary.LittleEndian.PutUint64(r[0x08:], 1<<16) })
 	_, err = Verify(noReserved, simOpts(t, sp))

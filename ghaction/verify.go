@@ -97,6 +97,9 @@ func runVerify(ctx context.Context, r Runner, a *githubactions.Action, setup Ver
 			failed++
 			a.Errorf("%s: FAILED: %v", filepath.Base(p), err)
 		} else {
+			for _, w := range vr.Warnings {
+				a.Warningf("%s: %s", filepath.Base(p), w)
+			}
 			a.Infof("%s: PASSED: %s", filepath.Base(p), vr.Summary())
 		}
 	}
@@ -202,12 +205,58 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 	}
 	for _, m := range listInput(a, "measurement") {
 		b, err := hex.DecodeString(m)
-		if err != nil || len(b) != 48 {
-			return nil, fmt.Errorf("%w: input measurement %q: expected 96 hex digits", ErrInput, m)
+		if err != nil || (len(b) != 48 && len(b) != 192) {
+			return nil, fmt.Errorf("%w: input measurement %q: expected 96 hex digits (SNP, sim) or 384 (TDX MRTD||RTMR0||RTMR1||RTMR2)", ErrInput, m)
 		}
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
 	}
+	if err := evidenceInputs(a, o); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// evidenceInputs maps the measurement-source, policy and pin inputs.
+func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
+	o.Reference.BundlePath = input(a, "reference-values")
+	o.Reference.GuestImageDir = input(a, "guest-image")
+	o.Reference.Firmware = input(a, "guest-firmware")
+	if k := input(a, "reference-key"); k != "" {
+		pub, err := provenance.LoadPublicKey(k)
+		if err != nil {
+			return fmt.Errorf("%w: input reference-key: %v", ErrInput, err)
+		}
+		o.Reference.Key = pub
+	}
+	skip, err := boolInput(a, "insecure-skip-measurement")
+	if err != nil {
+		return err
+	}
+	o.InsecureSkipMeasurement = skip
+	if s := input(a, "min-tcb"); s != "" {
+		t, err := attest.ParseSNPTCB(s)
+		if err != nil {
+			return fmt.Errorf("%w: input min-tcb: %v", ErrInput, err)
+		}
+		o.EvidencePolicy.MinimumTCB = &t
+	}
+	if s := input(a, "amd-crl"); s != "" {
+		crl, err := attest.LoadCRL(s)
+		if err != nil {
+			return fmt.Errorf("%w: input amd-crl: %v", ErrInput, err)
+		}
+		o.EvidencePolicy.AMDCRL = crl
+	}
+	if s := input(a, "tdx-collateral"); s != "" {
+		c, err := attest.LoadTDXCollateral(s)
+		if err != nil {
+			return fmt.Errorf("%w: input tdx-collateral: %v", ErrInput, err)
+		}
+		o.EvidencePolicy.TDXCollateral = c
+	}
+	o.EvidencePolicy.AllowedPlatforms = listInput(a, "allow-platform")
+	o.Pins.ToolchainDigest = input(a, "toolchain-digest")
+	return nil
 }
 
 func verifySummary(repo, tag string, results []ArtifactResult) string {

@@ -12,7 +12,9 @@ echo "== cloche run (state in $STATE)"
 "$CLOCHE" run --source examples/hello-c --out "$OUT" --tee sim -- make
 
 echo "== cloche verify"
+# The measurement is checked against values computed from the guest image the run used.
 "$CLOCHE" verify --bundle "$OUT/provenance.sigstore.json" --key "$STATE/signing-key.pem.pub" \
+  --guest-image "$STATE/guest-image" \
   --allow-simulated --trusted-sim-root "$("$CLOCHE" sim-root)" "$OUT/hello"
 
 echo "== running the artifact on the host"

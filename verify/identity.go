@@ -17,12 +17,6 @@ import (
 	"github.com/cloche-dev/cloche/provenance"
 )
 
-// Check names of the identity checks (keyless bundles and --source-uri & co.).
-const (
-	CheckIdentity  = "signer identity"
-	CheckBuilderID = "builder id"
-)
-
 // GitHubActionsIssuer is the OIDC issuer of GitHub Actions workflow tokens: the default
 // issuer a keyless signing certificate must name.
 const GitHubActionsIssuer = "https://token.actions.githubusercontent.com"
@@ -96,6 +90,9 @@ func (id *Identity) validate() error {
 		if _, err := id.workflowPrefix(); err != nil {
 			return err
 		}
+		if _, err := id.workflowRef(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -105,7 +102,7 @@ func (id *Identity) validate() error {
 func (id *Identity) workflowPrefix() (string, error) {
 	w := strings.TrimSpace(id.SignerWorkflow)
 	w = strings.TrimPrefix(strings.TrimPrefix(w, "https://"), "http://")
-	w, _, _ = strings.Cut(w, "@")
+	w, _, _ = strings.Cut(w, "@") // the ref: workflowRef
 	parts := strings.Split(w, "/")
 	if len(parts) == 5 {
 		// No host given: the source repository's host.
@@ -122,6 +119,20 @@ func (id *Identity) workflowPrefix() (string, error) {
 	return "https://" + strings.Join(parts, "/") + "@", nil
 }
 
+// workflowRef is the ref of SignerWorkflow ("…/FILE@refs/tags/v1"), "" when none is given.
+// Only full refs are accepted: the certificate SAN carries one, and a short "v1" could be a
+// branch or a tag.
+func (id *Identity) workflowRef() (string, error) {
+	_, ref, ok := strings.Cut(strings.TrimSpace(id.SignerWorkflow), "@")
+	if !ok {
+		return "", nil
+	}
+	if !strings.HasPrefix(ref, "refs/heads/") && !strings.HasPrefix(ref, "refs/tags/") || strings.ContainsAny(ref, " @") || len(ref) <= len("refs/tags/") {
+		return "", fmt.Errorf("signer workflow %q: the ref after @ must be a full ref, refs/heads/BRANCH or refs/tags/TAG", id.SignerWorkflow)
+	}
+	return ref, nil
+}
+
 // certificateIdentity is the sigstore-go policy for this identity: issuer exact, SAN
 // anchored (sigstore-go's regexes are not), source repository and ref as Fulcio
 // extensions.
@@ -136,7 +147,14 @@ func (id *Identity) certificateIdentity() (sigverify.CertificateIdentity, error)
 		if err != nil {
 			return sigverify.CertificateIdentity{}, err
 		}
+		ref, err := id.workflowRef()
+		if err != nil {
+			return sigverify.CertificateIdentity{}, err
+		}
 		sanRE = "^" + regexp.QuoteMeta(prefix)
+		if ref != "" {
+			sanRE += regexp.QuoteMeta(ref) + "$"
+		}
 	}
 	san, err := sigverify.NewSANMatcher("", sanRE)
 	if err != nil {
@@ -176,10 +194,19 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 		}
 		vo.Identities = []sigverify.CertificateIdentity{ci}
 	}
+	facts, err := inspectBundle(bundleJSON, o)
+	if err != nil {
+		return nil, nil, err
+	}
 	vb, err := provenance.VerifyBundleSigner(bundleJSON, vo)
 	switch {
 	case errors.Is(err, provenance.ErrIdentity):
 		return nil, nil, fail(CheckIdentity, fmt.Errorf("%w: %v", ErrMismatchIdentity, err))
+	case errors.Is(err, provenance.ErrSignature) && facts.keySigned && o.PublicKey != nil && !facts.dsseSignedByKey:
+		return nil, nil, wrongKeyError(o, facts, err)
+	case errors.Is(err, provenance.ErrSignature) && facts.keySigned && facts.dsseSignedByKey:
+		// The signature is the given key's: what sigstore-go refused is the payload.
+		return nil, nil, fail(CheckStatement, fmt.Errorf("the signed payload is not a valid in-toto statement: %v", err))
 	case errors.Is(err, provenance.ErrSignature):
 		return nil, nil, fail(CheckSignature, err)
 	case err != nil:
@@ -193,9 +220,15 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 // exactly the repository, ref, commit and workflow run the certificate names. The last
 // ties the evidence to the very run that signed, so evidence from another run (another
 // command, another commit) cannot be published under this run's identity.
+//
+// builderID is the builder as the verifier established it (boundBuilderID): its version
+// only when trusted reference values bound it.
 func checkIdentity(o *Options, cert *certificate.Summary, m *job.Manifest, builderID string) error {
 	if o.ExpectedBuilderID != "" && !builderIDMatches(o.ExpectedBuilderID, builderID) {
-		return fail(CheckBuilderID, fmt.Errorf("%w: provenance names builder %s, expected %s", ErrMismatchBuilderID, builderID, o.ExpectedBuilderID))
+		if strings.Contains(o.ExpectedBuilderID, "@") && !strings.Contains(builderID, "@") {
+			return fail(CheckBuilderID, fmt.Errorf("%w: expected %s, but no trusted reference values bound the builder's version (the statement's version is the host's word); the verified builder is %s", ErrMismatchBuilderID, o.ExpectedBuilderID, builderID))
+		}
+		return fail(CheckBuilderID, fmt.Errorf("%w: verified builder is %s, expected %s", ErrMismatchBuilderID, builderID, o.ExpectedBuilderID))
 	}
 	if o.Identity != nil {
 		repo, err := repoURL(o.Identity.SourceURI)
@@ -203,10 +236,10 @@ func checkIdentity(o *Options, cert *certificate.Summary, m *job.Manifest, build
 			return fail(CheckOptions, err)
 		}
 		if m.Source.Repository != repo {
-			return fail(CheckSource, fmt.Errorf("%w: the attested manifest names repository %q, expected %s", ErrMismatchSource, m.Source.Repository, repo))
+			return fail(CheckSourceRepository, fmt.Errorf("%w: the attested manifest names repository %q, expected %s", ErrMismatchSource, m.Source.Repository, repo))
 		}
 		if ref := o.Identity.expectedRef(); ref != "" && m.Source.Ref != ref {
-			return fail(CheckSource, fmt.Errorf("%w: the attested manifest names ref %q, expected %s", ErrMismatchSource, m.Source.Ref, ref))
+			return fail(CheckSourceRef, fmt.Errorf("%w: the attested manifest names ref %q, expected %s", ErrMismatchSource, m.Source.Ref, ref))
 		}
 	}
 	if cert == nil {
@@ -236,6 +269,14 @@ func builderIDMatches(expected, got string) bool {
 	}
 	name, _, ok := strings.Cut(got, "@")
 	return ok && name == expected
+}
+
+// signerDesc says what the signature was checked against.
+func signerDesc(o *Options, cert *certificate.Summary) string {
+	if cert != nil {
+		return "keyless: " + cert.SubjectAlternativeName
+	}
+	return "key " + keyID(o.PublicKey)
 }
 
 // signerSummary names the signing workflow for the PASSED line.

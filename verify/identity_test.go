@@ -47,6 +47,27 @@ func TestWorkflowPrefix(t *testing.T) {
 	}
 }
 
+// A ref after @ is honoured (the SAN must end in it) or refused; never dropped.
+func TestWorkflowRef(t *testing.T) {
+	id := &Identity{SourceURI: "github.com/acme/widget", SignerWorkflow: "acme/widget/.github/workflows/release.yml@refs/tags/v1"}
+	if ref, err := id.workflowRef(); err != nil || ref != "refs/tags/v1" {
+		t.Fatalf("workflowRef = %q, %v", ref, err)
+	}
+	ci, err := id.certificateIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(ci.SubjectAlternativeName.Regexp.String(), `refs/tags/v1$`) {
+		t.Errorf("SAN matcher %q does not pin the ref", ci.SubjectAlternativeName.Regexp.String())
+	}
+	for _, bad := range []string{"@v1", "@main", "@refs/tags/", "@refs/pulls/1"} {
+		id.SignerWorkflow = "acme/widget/.github/workflows/release.yml" + bad
+		if err := id.validate(); err == nil {
+			t.Errorf("signer workflow ref %q accepted", bad)
+		}
+	}
+}
+
 func TestBuilderIDMatches(t *testing.T) {
 	got := "https://cloche.dev/builders/snp@v0.2.0"
 	for expected, want := range map[string]bool{
@@ -94,8 +115,8 @@ func TestCheckIdentity(t *testing.T) {
 		cert  *certificate.Summary
 		check string
 	}{
-		{"manifest names another repository", &Options{Identity: &Identity{SourceURI: "github.com/acme/gadget"}}, nil, CheckSource},
-		{"manifest names another tag", &Options{Identity: &Identity{SourceURI: "github.com/acme/widget", SourceTag: "v2"}}, nil, CheckSource},
+		{"manifest names another repository", &Options{Identity: &Identity{SourceURI: "github.com/acme/gadget"}}, nil, CheckSourceRepository},
+		{"manifest names another tag", &Options{Identity: &Identity{SourceURI: "github.com/acme/widget", SourceTag: "v2"}}, nil, CheckSourceRef},
 		{"certificate from another run", ok, mutate(func(c *certificate.Summary) {
 			c.RunInvocationURI = "https://github.com/acme/widget/actions/runs/2/attempts/1"
 		}), CheckIdentity},
@@ -103,6 +124,12 @@ func TestCheckIdentity(t *testing.T) {
 		{"certificate for another ref", ok, mutate(func(c *certificate.Summary) { c.SourceRepositoryRef = "refs/heads/main" }), CheckIdentity},
 		{"certificate for another repository", ok, mutate(func(c *certificate.Summary) { c.SourceRepositoryURI = "https://github.com/evil/widget" }), CheckIdentity},
 		{"wrong builder", &Options{ExpectedBuilderID: "https://cloche.dev/builders/snp"}, cert, CheckBuilderID},
+		{"wrong builder version", &Options{ExpectedBuilderID: "https://cloche.dev/builders/sim@v9.9.9"}, cert, CheckBuilderID},
+	}
+	// The statement says v9.9.9, but no trusted reference values bound a version: the
+	// verified builder has none, and a pinned version fails.
+	if err := checkIdentity(&Options{ExpectedBuilderID: "https://cloche.dev/builders/sim@v9.9.9"}, nil, m, "https://cloche.dev/builders/sim"); err == nil || !strings.Contains(err.Error(), "no trusted reference values bound") {
+		t.Fatalf("unbound builder version: %v", err)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -23,24 +23,35 @@ func evidencePolicy(p attest.Policy) attest.Policy {
 	return p
 }
 
+// evidenceChecks maps each attest sentinel to its check name.
+var evidenceChecks = []struct {
+	sentinel error
+	check    string
+}{
+	{attest.ErrSimulatedNotAllowed, CheckSimulated},
+	{attest.ErrMeasurement, CheckMeasurement},
+	{attest.ErrHostData, CheckHostData},
+	{attest.ErrReportData, CheckReportData},
+	{attest.ErrTCB, CheckTCB},
+	{attest.ErrFirmware, CheckFirmware},
+	{attest.ErrChipID, CheckChipID},
+	{attest.ErrRevoked, CheckRevocation},
+	{attest.ErrCollateral, CheckCollateral},
+	{attest.ErrPlatform, CheckPlatform},
+	{attest.ErrUnsupported, CheckUnsupported},
+	{attest.ErrSignature, CheckEvidenceSignature},
+	{attest.ErrCertChain, CheckChain},
+	{attest.ErrPolicy, CheckPolicy},
+	{attest.ErrMalformed, CheckEvidenceParse},
+}
+
 // EvidenceCheck names the check an attest.Verify error failed, as FAILED lines show it.
 // `cloche evidence verify` uses the same names as `cloche verify`.
 func EvidenceCheck(err error) string {
-	switch {
-	case errors.Is(err, attest.ErrSimulatedNotAllowed):
-		return CheckSimulated
-	case errors.Is(err, attest.ErrMeasurement):
-		return CheckMeasurement
-	case errors.Is(err, attest.ErrHostData):
-		return CheckHostData
-	case errors.Is(err, attest.ErrReportData):
-		return CheckReportData
-	case errors.Is(err, attest.ErrTCB):
-		return CheckTCB
-	case errors.Is(err, attest.ErrRevoked):
-		return CheckRevocation
-	case errors.Is(err, attest.ErrCollateral):
-		return CheckCollateral
+	for _, c := range evidenceChecks {
+		if errors.Is(err, c.sentinel) {
+			return c.check
+		}
 	}
-	return CheckEvidence
+	return CheckEvidenceParse
 }

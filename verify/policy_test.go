@@ -17,9 +17,14 @@ func TestEvidenceCheckNames(t *testing.T) {
 		attest.ErrTCB:                 CheckTCB,
 		attest.ErrRevoked:             CheckRevocation,
 		attest.ErrCollateral:          CheckCollateral,
-		attest.ErrPolicy:              CheckEvidence,
-		attest.ErrSignature:           CheckEvidence,
-		attest.ErrCertChain:           CheckEvidence,
+		attest.ErrPolicy:              CheckPolicy,
+		attest.ErrSignature:           CheckEvidenceSignature,
+		attest.ErrCertChain:           CheckChain,
+		attest.ErrFirmware:            CheckFirmware,
+		attest.ErrChipID:              CheckChipID,
+		attest.ErrPlatform:            CheckPlatform,
+		attest.ErrUnsupported:         CheckUnsupported,
+		attest.ErrMalformed:           CheckEvidenceParse,
 	} {
 		if got := EvidenceCheck(fmt.Errorf("wrapped: %w", sentinel)); got != want {
 			t.Errorf("%v: check %q, want %q", sentinel, got, want)

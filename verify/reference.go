@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 
 	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
@@ -14,15 +16,10 @@ import (
 	"github.com/cloche-dev/cloche/reference"
 )
 
-// CheckReference names the reference-values check: the launch measurement must be one the
-// guest release's reference values list for the evidence's TEE and the statement's vCPU
-// count (and memory size, where it is measured).
-const CheckReference = "reference values"
-
 // ReferenceOptions say where the trusted launch measurements come from: a signed
 // reference-values bundle (BundlePath, verified with Key), or the guest image files, from
 // which the verifier computes the values itself (GuestImageDir, plus the firmware for snp
-// and tdx). Neither set: the check is skipped.
+// and tdx). Neither set: Options.EmbeddedReferences are used.
 type ReferenceOptions struct {
 	BundlePath string
 	Key        crypto.PublicKey
@@ -36,8 +33,6 @@ type ReferenceOptions struct {
 	VCPUType      string
 	GuestFeatures []uint64
 }
-
-func (r *ReferenceOptions) enabled() bool { return r.BundlePath != "" || r.GuestImageDir != "" }
 
 // Check reports options that contradict each other or lack what they need.
 func (r *ReferenceOptions) Check() error {
@@ -54,61 +49,146 @@ func (r *ReferenceOptions) Check() error {
 	return nil
 }
 
-// checkReference runs once the evidence is verified and the statement's guest-image
-// dependency is known to name the evidence's measurement. It returns a one-line summary of
-// the matching value.
-//
-// For TDX the measurement is MRTD, which covers the firmware alone: a listed value matches
-// only when its RTMR1 (kernel) and RTMR2 (cmdline, initrd) equal the quote's too.
-func checkReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, guest provenance.GuestImage, claims *attest.Claims) (string, error) {
-	measurement := claims.Measurement
-	if !r.enabled() {
-		return "", nil
-	}
-	if err := r.Check(); err != nil {
-		return "", fail(CheckOptions, err)
-	}
-	var (
-		doc    *reference.Document
-		source string
-	)
-	if r.BundlePath != "" {
+// refMatch is the reference value a measurement matched and where it came from.
+type refMatch struct {
+	summary string
+	value   reference.Value
+	doc     *reference.Document
+	// releaseSigned: the document is the signed or embedded values of a guest release, so
+	// its ToolVersion names the builder's version.
+	releaseSigned bool
+	// statementSHA256 is the digest of the matching document's signed statement, when the
+	// verifier knows it ("" otherwise).
+	statementSHA256 string
+	// shippedSHA256 is the digest of the reference values a guest image directory ships
+	// (computed-values case), "" when it ships none.
+	shippedSHA256 string
+}
+
+// referenceSource is one trusted document to look the measurement up in.
+type referenceSource struct {
+	doc             *reference.Document
+	summary         string
+	releaseSigned   bool
+	statementSHA256 string
+	shippedSHA256   string
+}
+
+// referenceSources loads the trusted documents: the given signed bundle, the values
+// computed from the given guest image, or else the embedded references.
+func referenceSources(ctx context.Context, o *Options, tee attest.TEE, guest provenance.GuestImage) ([]referenceSource, error) {
+	r := &o.Reference
+	switch {
+	case r.BundlePath != "":
 		b, err := reference.ReadBundle(r.BundlePath)
 		if err != nil {
-			return "", fail(CheckReference, err)
+			return nil, fail(CheckReference, err)
 		}
 		v, err := reference.VerifyBundle(b, r.Key)
 		if err != nil {
-			return "", fail(CheckReference, fmt.Errorf("%s: %w", r.BundlePath, err))
+			return nil, fail(CheckReference, fmt.Errorf("%s: %w", r.BundlePath, err))
 		}
-		doc = v.Document
-		source = fmt.Sprintf("signed reference values %s… (cloche %s)", v.StatementSHA256[:16], doc.ToolVersion)
-		if guest.ReferenceValues != "" && guest.ReferenceValues != v.StatementSHA256 {
-			source += fmt.Sprintf("; the guest image shipped other reference values %s…", guest.ReferenceValues[:16])
+		return []referenceSource{{doc: v.Document, releaseSigned: true, statementSHA256: v.StatementSHA256,
+			summary: fmt.Sprintf("signed reference values %s… (cloche %s)", v.StatementSHA256[:16], v.Document.ToolVersion)}}, nil
+	case r.GuestImageDir != "":
+		doc, err := computeReference(ctx, r, tee, guest)
+		if err != nil {
+			return nil, fail(CheckReference, err)
 		}
-	} else {
-		var err error
-		if doc, err = computeReference(ctx, r, tee, guest); err != nil {
-			return "", fail(CheckReference, err)
+		src := referenceSource{doc: doc, summary: "values computed from " + r.GuestImageDir}
+		if b, err := reference.ReadBundle(filepath.Join(r.GuestImageDir, reference.BundleFileName)); err == nil {
+			if _, digest, err := reference.UnverifiedStatement(b); err == nil {
+				src.shippedSHA256 = digest
+			}
 		}
-		source = "values computed from " + r.GuestImageDir
+		return []referenceSource{src}, nil
 	}
+	var out []referenceSource
+	for i, d := range o.EmbeddedReferences {
+		if d == nil {
+			continue
+		}
+		out = append(out, referenceSource{doc: d, releaseSigned: true,
+			summary: fmt.Sprintf("embedded reference values %d (cloche %s)", i+1, d.ToolVersion)})
+	}
+	return out, nil
+}
+
+// checkReference runs once the evidence is verified and the statement's guest-image
+// dependency is known to name the evidence's measurement. It returns the matching value
+// (nil when no trusted document was given).
+//
+// For TDX the measurement is MRTD, which covers the firmware alone: a listed value matches
+// only when its RTMR1 (kernel) and RTMR2 (cmdline, initrd) equal the quote's too.
+func checkReference(ctx context.Context, o *Options, tee attest.TEE, guest provenance.GuestImage, claims *attest.Claims) (*refMatch, error) {
+	if err := o.Reference.Check(); err != nil {
+		return nil, fail(CheckOptions, err)
+	}
+	sources, err := referenceSources(ctx, o, tee, guest)
+	if err != nil || len(sources) == 0 {
+		return nil, err
+	}
+	measurement := claims.Measurement
 	var rtmrMismatch error
-	for _, v := range doc.Lookup(string(tee), measurement) {
-		if v.VCPUs != guest.VCPUs || (v.TEE == reference.TEESim && v.MemoryMiB != guest.MemoryMiB) {
-			continue
+	var names []string
+	for _, src := range sources {
+		names = append(names, src.summary)
+		for _, v := range src.doc.Lookup(string(tee), measurement) {
+			if v.VCPUs != guest.VCPUs || (v.MemoryMiB != 0 && v.MemoryMiB != guest.MemoryMiB) {
+				continue
+			}
+			if err := checkRTMRs(v, claims); err != nil {
+				rtmrMismatch = err
+				continue
+			}
+			return &refMatch{summary: fmt.Sprintf("%s: %s, %d vCPUs", src.summary, v.TEE, v.VCPUs), value: v, doc: src.doc,
+				releaseSigned: src.releaseSigned, statementSHA256: src.statementSHA256, shippedSHA256: src.shippedSHA256}, nil
 		}
-		if err := checkRTMRs(v, claims); err != nil {
-			rtmrMismatch = err
-			continue
-		}
-		return fmt.Sprintf("%s: %s, %d vCPUs", source, v.TEE, v.VCPUs), nil
 	}
 	if rtmrMismatch != nil {
-		return "", fail(CheckReference, fmt.Errorf("%w: MRTD %s is listed but %v (the %s)", reference.ErrNotListed, hex.EncodeToString(measurement), rtmrMismatch, source))
+		return nil, fail(CheckMeasurement, fmt.Errorf("%w: MRTD %s is listed but %v (the %s)", reference.ErrNotListed, hex.EncodeToString(measurement), rtmrMismatch, strings.Join(names, "; ")))
 	}
-	return "", fail(CheckReference, fmt.Errorf("%w: measurement %s (%s, %d vCPUs, %d MiB) is not listed by the %s",
-		reference.ErrNotListed, hex.EncodeToString(measurement), tee, guest.VCPUs, guest.MemoryMiB, source))
+	return nil, fail(CheckMeasurement, fmt.Errorf("%w: measurement %s (%s, %d vCPUs, %d MiB) is not listed by the %s",
+		reference.ErrNotListed, hex.EncodeToString(measurement), tee, guest.VCPUs, guest.MemoryMiB, strings.Join(names, "; ")))
+}
+
+// checkGuestBinding holds the statement's guest-image dependency to the reference value
+// that matched the measurement: every annotation the value's document determines must
+// say what the document says. It returns the annotations nothing binds (dropped from
+// what the verifier reports).
+func checkGuestBinding(g provenance.GuestImage, m *refMatch) ([]string, error) {
+	if m == nil {
+		return []string{"kernelSha256", "initrdSha256", "cmdline", "vcpus", "memoryMiB", "recipe", "referenceValuesSha256"}, nil
+	}
+	gi := m.doc.GuestImage
+	for _, c := range []struct{ field, got, want string }{
+		{"kernelSha256", g.KernelSHA256, gi.Kernel.SHA256},
+		{"initrdSha256", g.InitrdSHA256, gi.Initrd.SHA256},
+		{"cmdline", g.Cmdline, gi.Cmdline},
+	} {
+		if c.got != c.want {
+			return nil, fail(CheckGuestImage, fmt.Errorf("%w: guest-image annotation %s is %q, the reference values that list the measurement say %q", ErrMismatchBinding, c.field, c.got, c.want))
+		}
+	}
+	if g.Recipe != "" && g.Recipe != gi.Recipe {
+		return nil, fail(CheckGuestImage, fmt.Errorf("%w: guest-image annotation recipe is %q, the reference values say %q", ErrMismatchBinding, g.Recipe, gi.Recipe))
+	}
+	var unbound []string
+	if m.value.MemoryMiB == 0 {
+		unbound = append(unbound, "memoryMiB") // not measured on this TEE
+	}
+	want := m.statementSHA256
+	if want == "" {
+		want = m.shippedSHA256
+	}
+	switch {
+	case g.ReferenceValues == "":
+	case want == "":
+		unbound = append(unbound, "referenceValuesSha256")
+	case g.ReferenceValues != want:
+		return nil, fail(CheckGuestImage, fmt.Errorf("%w: guest-image annotation referenceValuesSha256 is %s, the trusted reference values are %s", ErrMismatchBinding, g.ReferenceValues, want))
+	}
+	return unbound, nil
 }
 
 // computeReference computes the values of the launch shape the statement names from the
@@ -124,7 +204,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 	case attest.TEESim:
 	case attest.TEE(reference.TEESNP):
 		if r.Firmware == "" {
-			return nil, errors.New("SNP values need the firmware the guest was launched with (expected --guest-firmware FILE)")
+			return nil, errors.New("ReferenceOptions.Firmware: SNP values need the OVMF AmdSev build the guest was launched with (expected a file)")
 		}
 		o.NoSim, o.SNPFirmware, o.GuestFeatures = true, r.Firmware, r.GuestFeatures
 		if r.VCPUType != "" {
@@ -132,7 +212,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 		}
 	case attest.TEE(reference.TEETDX):
 		if r.Firmware == "" {
-			return nil, errors.New("TDX values need the TDVF the guest was launched with (expected --guest-firmware FILE)")
+			return nil, errors.New("ReferenceOptions.Firmware: TDX values need the TDVF the guest was launched with (expected a file)")
 		}
 		o.NoSim, o.TDXFirmware = true, r.Firmware
 		o.MRTDOrders = []measure.PageAddOrder{measure.SinglePass, measure.TwoPass}

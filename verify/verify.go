@@ -21,6 +21,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sigstore/sigstore-go/pkg/root"
@@ -29,29 +30,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
-)
-
-// Check names, used in FAILED lines. They are stable: scripts may match on them.
-const (
-	CheckOptions     = "options"
-	CheckArtifact    = "artifact"
-	CheckBundle      = "bundle"
-	CheckSignature   = "signature"
-	CheckStatement   = "statement"
-	CheckSubject     = "subject"
-	CheckManifest    = "manifest"
-	CheckResult      = "result record"
-	CheckEvidence    = "evidence"
-	CheckSimulated   = "simulated TEE"
-	CheckMeasurement = "measurement"
-	CheckHostData    = "HOST_DATA binding"
-	CheckReportData  = "REPORT_DATA binding"
-	CheckConsistency = "statement consistency"
-	CheckSource      = "source"
-	// Evidence policy checks (see policy.go).
-	CheckTCB        = "minimum TCB"
-	CheckRevocation = "revocation"
-	CheckCollateral = "TDX collateral"
+	"github.com/cloche-dev/cloche/reference"
 )
 
 // Sentinel errors, wrapped in every *Error this package returns.
@@ -62,24 +41,13 @@ var (
 	ErrBuildNotSucceded = errors.New("the attested build did not succeed")
 )
 
-// Error is a failed check: Check names it, Err says why.
-type Error struct {
-	Check string
-	Err   error
-}
-
-func (e *Error) Error() string { return e.Check + ": " + e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
-
-func fail(check string, err error) error { return &Error{Check: check, Err: err} }
-
 // Limits on what is read from outside.
 const (
 	MaxBundleSize = 64 << 20
 )
 
 // Options say what to verify and what to expect. Optional expectations are checked only
-// when set.
+// when set; the launch measurement is always checked against a trusted source.
 type Options struct {
 	BundlePath string
 	// PublicKey verifies key-signed bundles.
@@ -88,54 +56,85 @@ type Options struct {
 	// required. See identity.go.
 	TrustedMaterial root.TrustedMaterial
 	// Identity, when set, is the expected source and signer (required with
-	// TrustedMaterial); ExpectedBuilderID the expected runDetails.builder.id.
+	// TrustedMaterial); ExpectedBuilderID the expected builder ("…/builders/snp", or with
+	// "@vX" the version, which only trusted reference values can bind).
 	Identity          *Identity
 	ExpectedBuilderID string
-	// Artifacts are the files to check; each must be a subject of the statement.
+	// Artifacts are the files to check; each must be a subject of the statement, a
+	// regular file, and given once.
 	Artifacts []string
 
 	// AllowSimulated accepts evidence from the simulated TEE, verified only against
-	// SimRoots. Both are required: the opt-in alone never trusts anything.
+	// SimRoots (self-signed CA certificates). Both are required.
 	AllowSimulated bool
 	SimRoots       []*x509.Certificate
 
-	// ExpectedMeasurements, when non-empty, lists the guest launch measurements to accept.
+	// The trusted sources of launch measurements; PASSED needs the measurement to match
+	// one of those given. ExpectedMeasurements are pinned values: 48 bytes (SNP and sim
+	// MEASUREMENT) or, for TDX, 192 bytes (MRTD || RTMR0 || RTMR1 || RTMR2; MRTD alone
+	// binds no kernel). Reference are signed reference values or a guest image to compute
+	// them from; EmbeddedReferences are the reference values built into this cloche for the
+	// guest images its release publishes, used when Reference names neither.
 	ExpectedMeasurements [][]byte
+	Reference            ReferenceOptions
+	EmbeddedReferences   []*reference.Document
+	// InsecureSkipMeasurement accepts any launch measurement. The result then carries a
+	// warning and its summary says "measurement NOT checked".
+	InsecureSkipMeasurement bool
+
 	// ExpectedSourceTree / ExpectedSourceCommit, when set, must equal the attested tree
-	// id and the commit named in the manifest.
+	// id and commit.
 	ExpectedSourceTree   string
 	ExpectedSourceCommit string
 
-	// EvidencePolicy is what the hardware evidence must satisfy (minimum TCB, TDX module
-	// and owner values, CRLs, collateral); see evidencePolicy for what is always enforced.
-	EvidencePolicy attest.Policy
+	// Pins on what the host chose and the evidence attests faithfully (pins.go).
+	Pins Pins
 
-	// Reference, when set, says where the trusted launch measurements come from: signed
-	// reference values or the guest image files (reference.go).
-	Reference ReferenceOptions
+	// EvidencePolicy is what the hardware evidence must satisfy (minimum TCB, TDX module
+	// and owner values, CRLs, collateral, platform allow-list); see evidencePolicy for what
+	// is always enforced.
+	EvidencePolicy attest.Policy
 
 	Now time.Time
 }
 
-// Result summarises a passed verification.
+// Result is the outcome of a verification. Verify returns it also on failure, with
+// Checks up to the failed one.
 type Result struct {
-	Artifacts    []job.Artifact
-	BuilderID    string
-	TEE          attest.TEE
-	Simulated    bool
-	Measurement  string
-	SourceTree   string
-	Command      []string
-	InvocationID string
-	Statement    []byte
+	Passed bool `json:"passed"`
+	// Checks lists every check that ran, in order, with its outcome.
+	Checks    []CheckOutcome `json:"checks"`
+	Artifacts []job.Artifact `json:"artifacts,omitempty"`
+	Bundle    string         `json:"bundle"`
+	// BuilderID is the builder as verified: TEE kind, and the version only when trusted
+	// reference values bound it. StatementBuilderID is what the statement says.
+	BuilderID          string     `json:"builderId,omitempty"`
+	StatementBuilderID string     `json:"statementBuilderId,omitempty"`
+	TEE                attest.TEE `json:"tee,omitempty"`
+	Simulated          bool       `json:"simulated"`
+	ProductLine        string     `json:"productLine,omitempty"`
+	Platform           string     `json:"platform,omitempty"`
+	Measurement        string     `json:"measurement,omitempty"`
+	// MeasurementChecked is false only with InsecureSkipMeasurement.
+	MeasurementChecked bool `json:"measurementChecked"`
+	// ReferenceMatch says which reference value the measurement matched, when one did.
+	ReferenceMatch string   `json:"referenceMatch,omitempty"`
+	SourceTree     string   `json:"sourceTree,omitempty"`
+	SourceCommit   string   `json:"sourceCommit,omitempty"`
+	Command        []string `json:"command,omitempty"`
+	InvocationID   string   `json:"invocationId,omitempty"`
 	// Signer is the signing workflow (certificate SAN) of a keyless bundle.
-	Signer string
-	// SourceCommit is the commit the attested manifest names.
-	SourceCommit string
-	// Warnings name evidence checks that were skipped (e.g. revocation without a CRL).
-	Warnings []string
-	// ReferenceMatch says which reference value the measurement matched, when checked.
-	ReferenceMatch string
+	Signer string `json:"signer,omitempty"`
+	// Pinned names what the verifier's options pinned; Reported what was only reported
+	// (attested, but the host's choice and not compared with anything).
+	Pinned   []string `json:"pinned"`
+	Reported []string `json:"reported"`
+	// Unbound lists statement claims that no trusted source binds; they are dropped from
+	// what this result vouches for.
+	Unbound []string `json:"unbound,omitempty"`
+	// Warnings name limitations of a passed verification (e.g. revocation without a CRL).
+	Warnings  []string `json:"warnings,omitempty"`
+	Statement []byte   `json:"-"`
 }
 
 // Summary is the text after "PASSED: ".
@@ -148,15 +147,29 @@ func (r *Result) Summary() string {
 	for i, a := range r.Artifacts {
 		names[i] = a.Path
 	}
-	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; measurement %s; source tree %s; command %q",
-		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, short(r.Measurement), short(r.SourceTree), strings.Join(r.Command, " "))
+	meas := "measurement " + short(r.Measurement)
+	switch {
+	case !r.MeasurementChecked:
+		meas += " NOT checked"
+	case r.ReferenceMatch != "":
+		meas += " listed in " + r.ReferenceMatch
+	default:
+		meas += " pinned"
+	}
+	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; source tree %s; command %q",
+		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, short(r.SourceTree), strings.Join(r.Command, " "))
 	if r.Signer != "" {
 		s += "; signed by " + r.Signer
 	}
-	if r.ReferenceMatch != "" {
-		s += "; measurement listed in " + r.ReferenceMatch
-	}
+	s += "; pinned: " + listOrNone(r.Pinned) + "; only reported: " + listOrNone(r.Reported)
 	return s
+}
+
+func listOrNone(l []string) string {
+	if len(l) == 0 {
+		return "none"
+	}
+	return strings.Join(l, ", ")
 }
 
 func short(h string) string {
@@ -166,148 +179,365 @@ func short(h string) string {
 	return h
 }
 
-// Verify runs every check in order and returns the first failure as *Error.
+// Verify runs every check in order and stops at the first failure, returned as *Error.
+// The Result is never nil: on failure it lists the checks up to the failed one.
 func Verify(ctx context.Context, o Options) (*Result, error) {
-	if o.BundlePath == "" {
-		return nil, fail(CheckOptions, errors.New("no bundle given (expected --bundle FILE)"))
+	res := &Result{Bundle: o.BundlePath, MeasurementChecked: !o.InsecureSkipMeasurement}
+	if err := verify(ctx, &o, res); err != nil {
+		return res, res.failed(CheckOptions, err)
+	}
+	res.Passed = true
+	return res, nil
+}
+
+// checkOptions refuses options that are missing or contradict each other, before
+// anything is read.
+func (o *Options) checkOptions() error {
+	switch {
+	case o.BundlePath == "":
+		return fail(CheckOptions, errors.New("no bundle given (expected Options.BundlePath)"))
+	case len(o.Artifacts) == 0:
+		return fail(CheckOptions, errors.New("no artifacts given (expected one or more files to verify)"))
+	case o.AllowSimulated && len(o.SimRoots) == 0:
+		return fail(CheckOptions, errors.New("AllowSimulated needs SimRoots: the opt-in alone trusts nothing"))
 	}
 	if err := o.checkSignatureOptions(); err != nil {
-		return nil, fail(CheckOptions, err)
+		return fail(CheckOptions, err)
 	}
-	if len(o.Artifacts) == 0 {
-		return nil, fail(CheckOptions, errors.New("no artifacts given (expected one or more files to verify)"))
-	}
-	if o.AllowSimulated && len(o.SimRoots) == 0 {
-		return nil, fail(CheckOptions, errors.New("--allow-simulated needs --trusted-sim-root: the opt-in alone trusts nothing"))
+	for i, r := range o.SimRoots {
+		if err := attest.CheckSimRoot(r); err != nil {
+			return fail(CheckOptions, fmt.Errorf("SimRoots[%d]: %w", i, err))
+		}
 	}
 	if err := o.Reference.Check(); err != nil {
-		return nil, fail(CheckOptions, err)
+		return fail(CheckOptions, err)
 	}
+	for i, m := range o.ExpectedMeasurements {
+		if len(m) != 48 && len(m) != 192 {
+			return fail(CheckOptions, fmt.Errorf("ExpectedMeasurements[%d] is %d bytes, expected 48 (SNP, sim) or 192 (TDX MRTD||RTMR0||RTMR1||RTMR2)", i, len(m)))
+		}
+	}
+	if err := o.Pins.check(); err != nil {
+		return fail(CheckOptions, err)
+	}
+	trusted := len(o.ExpectedMeasurements) > 0 || o.Reference.BundlePath != "" || o.Reference.GuestImageDir != "" || len(o.EmbeddedReferences) > 0
+	switch {
+	case o.InsecureSkipMeasurement && trusted:
+		return fail(CheckOptions, errors.New("InsecureSkipMeasurement contradicts the measurement sources given"))
+	case !trusted && !o.InsecureSkipMeasurement:
+		return fail(CheckMeasurement, errors.New("no trusted source of launch measurements: give signed reference values (Reference.BundlePath), a guest image to compute them from (Reference.GuestImageDir) or expected measurements (ExpectedMeasurements); InsecureSkipMeasurement accepts any guest"))
+	}
+	return nil
+}
+
+func verify(ctx context.Context, o *Options, res *Result) error {
+	if err := o.checkOptions(); err != nil {
+		return err
+	}
+	res.record(CheckOptions, Passed, "")
 
 	// 1. The artifacts' digests, first, as slsa-verifier does.
-	type localArtifact struct{ path, sha256 string }
+	locals, err := hashArtifacts(ctx, o.Artifacts)
+	if err != nil {
+		return err
+	}
+	res.record(CheckArtifact, Passed, "%d file(s)", len(locals))
+
+	// 2. Bundle and signature.
+	bundleJSON, err := fileio.ReadCapped(o.BundlePath, MaxBundleSize)
+	if err != nil {
+		return fail(CheckBundle, err)
+	}
+	stmt, cert, err := verifySignature(bundleJSON, o)
+	if err != nil {
+		return err
+	}
+	res.record(CheckSignature, Passed, "%s", signerDesc(o, cert))
+	res.Statement, res.Signer = stmt, signerSummary(cert)
+
+	// 3. Statement.
+	p, err := provenance.ParseStatement(stmt)
+	if err != nil {
+		return fail(CheckStatement, err)
+	}
+	res.StatementBuilderID = p.BuilderID
+	res.record(CheckStatement, Passed, "")
+
+	// 4. Subjects: every given file must be a subject, matched by digest.
+	if err := checkSubjects(p, locals); err != nil {
+		return err
+	}
+	res.record(CheckSubject, Passed, "")
+
+	// 5. The documents the evidence binds.
+	m, err := job.ParseManifest(p.Manifest)
+	if err != nil {
+		return fail(CheckManifest, err)
+	}
+	r, err := job.ParseResult(p.Result)
+	if err != nil {
+		return fail(CheckResult, err)
+	}
+	ev, err := attest.ParseEvidence(p.Evidence)
+	if err != nil {
+		return fail(CheckEvidenceParse, err)
+	}
+
+	// 6. Evidence: vendor (or simulated) signature chain, policy, and the two bindings.
+	claims, err := verifyEvidence(o, p, ev)
+	if err != nil {
+		return err
+	}
+	res.TEE, res.Simulated, res.Measurement = ev.TEE, claims.Simulated, hex.EncodeToString(claims.Measurement)
+	res.ProductLine, res.Platform = claims.ProductLine, claims.PlatformID
+	res.Warnings = append(res.Warnings, claims.Warnings...)
+	res.record(CheckChain, Passed, "%s evidence", ev.TEE)
+	res.record(CheckHostData, Passed, "manifest")
+	res.record(CheckReportData, Passed, "result record")
+	if len(o.EvidencePolicy.AllowedPlatforms) > 0 {
+		res.Pinned = append(res.Pinned, "platform")
+	}
+	if string(ev.TEE) != m.TEE {
+		return fail(CheckEvidenceTEE, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, m.TEE))
+	}
+
+	// 9. The measurement is one a trusted source lists, and the guest-image claims are
+	// those of the listed value.
+	match, err := checkMeasurement(ctx, o, res, ev.TEE, p.Guest, claims)
+	if err != nil {
+		return err
+	}
+	// 7. The result record: same manifest, a successful build.
+	manifestDigest := job.ManifestDigest(p.Manifest)
+	if r.ManifestSHA256 != hex.EncodeToString(manifestDigest[:]) {
+		return fail(CheckResultManifest, fmt.Errorf("%w: result record names manifest %s, the provenance carries %s", ErrMismatchBinding, r.ManifestSHA256, hex.EncodeToString(manifestDigest[:])))
+	}
+	if r.ExitCode != 0 || r.Error != "" {
+		return fail(CheckResultStatus, fmt.Errorf("%w: exit code %d %s", ErrBuildNotSucceded, r.ExitCode, r.Error))
+	}
+
+	// 8. The statement says exactly what the attested documents say.
+	if err := checkStatementFields(p, m, r, claims); err != nil {
+		return err
+	}
+	res.record(CheckConsistency, Passed, "")
+
+	unbound, err := checkGuestBinding(p.Guest, match)
+	if err != nil {
+		return err
+	}
+	for _, u := range unbound {
+		res.Unbound = append(res.Unbound, "guest-image "+u)
+	}
+	res.record(CheckGuestImage, Passed, "unbound: %s", listOrNone(unbound))
+	res.BuilderID = boundBuilderID(m.TEE, match)
+
+	// 10. Optional source expectations.
+	if err := checkSource(o, res, m, r); err != nil {
+		return err
+	}
+
+	// 11. Who built and signed: builder id, source repository and ref, and for keyless
+	// bundles the certificate's run (identity.go).
+	if err := checkIdentity(o, cert, m, res.BuilderID); err != nil {
+		return err
+	}
+	if o.ExpectedBuilderID != "" {
+		res.record(CheckBuilderID, Passed, "%s", res.BuilderID)
+		res.Pinned = append(res.Pinned, "builder")
+	}
+	if o.Identity != nil {
+		res.record(CheckSourceRepository, Passed, "%s", m.Source.Repository)
+		res.Pinned = append(res.Pinned, "repository")
+	}
+
+	// 12. Pins on what the host chose.
+	if err := o.Pins.apply(res, m); err != nil {
+		return err
+	}
+	if o.InsecureSkipMeasurement {
+		res.Warnings = append(res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")
+	}
+
+	res.Artifacts = verifiedArtifacts(r, locals)
+	res.SourceTree, res.SourceCommit = r.SourceTree, m.Source.Commit
+	res.Command, res.InvocationID = m.Command, m.InvocationID
+	return nil
+}
+
+// localArtifact is a file given to verify and its digest.
+type localArtifact struct{ path, sha256 string }
+
+// hashArtifacts hashes each artifact once; the same file given twice is refused.
+func hashArtifacts(ctx context.Context, paths []string) ([]localArtifact, error) {
 	var locals []localArtifact
-	for _, p := range o.Artifacts {
+	var infos []os.FileInfo
+	for _, p := range paths {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fail(CheckArtifact, err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fail(CheckArtifact, fmt.Errorf("%s is not a regular file (%v)", p, st.Mode().Type()))
+		}
+		for i, prev := range infos {
+			if os.SameFile(prev, st) {
+				return nil, fail(CheckArtifact, fmt.Errorf("%s is given twice (also as %s)", p, locals[i].path))
+			}
 		}
 		sum, err := hashFile(p)
 		if err != nil {
 			return nil, fail(CheckArtifact, err)
 		}
+		infos = append(infos, st)
 		locals = append(locals, localArtifact{p, sum})
 	}
+	return locals, nil
+}
 
-	// 2. Bundle and signature.
-	bundleJSON, err := fileio.ReadCapped(o.BundlePath, MaxBundleSize)
-	if err != nil {
-		return nil, fail(CheckBundle, err)
-	}
-	stmt, cert, err := verifySignature(bundleJSON, &o)
-	if err != nil {
-		return nil, err
-	}
-
-	// 3. Statement.
-	p, err := provenance.ParseStatement(stmt)
-	if err != nil {
-		return nil, fail(CheckStatement, err)
-	}
-
-	// 4. Subjects: every given file must be a subject, matched by digest.
+func checkSubjects(p *provenance.Parsed, locals []localArtifact) error {
 	subjectDigests := map[string]bool{}
 	for _, d := range p.Subjects {
 		subjectDigests[d] = true
 	}
 	for _, l := range locals {
 		if !subjectDigests[l.sha256] {
-			return nil, fail(CheckSubject, fmt.Errorf("%w: %s has sha256 %s", ErrMismatchHash, l.path, l.sha256))
+			return fail(CheckSubject, fmt.Errorf("%w: %s has sha256 %s", ErrMismatchHash, l.path, l.sha256))
 		}
 	}
+	return nil
+}
 
-	// 5. The documents the evidence binds.
-	m, err := job.ParseManifest(p.Manifest)
-	if err != nil {
-		return nil, fail(CheckManifest, err)
-	}
-	r, err := job.ParseResult(p.Result)
-	if err != nil {
-		return nil, fail(CheckResult, err)
-	}
-	ev, err := attest.ParseEvidence(p.Evidence)
-	if err != nil {
-		return nil, fail(CheckEvidence, err)
-	}
-
-	// 6. Evidence: vendor (or simulated) signature chain, policy, and the two bindings.
+// verifyEvidence checks the evidence against the vendor (or sim) roots, the policy and
+// the two bindings, with the pinned measurements that fit its TEE.
+func verifyEvidence(o *Options, p *provenance.Parsed, ev *attest.Evidence) (*attest.Claims, error) {
 	manifestDigest := job.ManifestDigest(p.Manifest)
 	reportData := job.ReportData(p.Result)
+	pinned, err := pinnedMeasurements(o.ExpectedMeasurements, ev.TEE)
+	if err != nil {
+		return nil, err
+	}
 	claims, err := attest.Verify(ev, attest.VerifyOptions{
 		AllowSimulated:       o.AllowSimulated,
 		SimRoots:             o.SimRoots,
 		Now:                  o.Now,
-		ExpectedMeasurements: o.ExpectedMeasurements,
+		ExpectedMeasurements: pinned,
 		ExpectedHostData:     manifestDigest[:],
 		ExpectedReportData:   reportData[:],
 		Policy:               evidencePolicy(o.EvidencePolicy),
 	})
 	if err != nil {
-		switch {
-		case errors.Is(err, attest.ErrSimulatedNotAllowed):
-			return nil, fail(CheckSimulated, err)
-		case errors.Is(err, attest.ErrHostData):
-			return nil, fail(CheckHostData, fmt.Errorf("%w: the evidence was not launched with this manifest: %v", ErrMismatchBinding, err))
-		case errors.Is(err, attest.ErrReportData):
-			return nil, fail(CheckReportData, fmt.Errorf("%w: the evidence does not vouch for this result record: %v", ErrMismatchBinding, err))
-		case errors.Is(err, attest.ErrMeasurement):
-			return nil, fail(CheckMeasurement, err)
+		check := EvidenceCheck(err)
+		switch check {
+		case CheckHostData:
+			err = fmt.Errorf("%w: the evidence was not launched with this manifest: %v", ErrMismatchBinding, err)
+		case CheckReportData:
+			err = fmt.Errorf("%w: the evidence does not vouch for this result record: %v", ErrMismatchBinding, err)
 		}
-		return nil, fail(EvidenceCheck(err), err)
+		return nil, fail(check, err)
 	}
-	if string(ev.TEE) != m.TEE {
-		return nil, fail(CheckEvidence, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, m.TEE))
-	}
+	return claims, nil
+}
 
-	// 7. The result record: same manifest, a successful build.
-	if r.ManifestSHA256 != hex.EncodeToString(manifestDigest[:]) {
-		return nil, fail(CheckResult, fmt.Errorf("%w: result record names manifest %s, the provenance carries %s", ErrMismatchBinding, r.ManifestSHA256, hex.EncodeToString(manifestDigest[:])))
+// pinnedMeasurements keeps the pinned values that apply to the TEE: 48-byte values for SNP
+// and sim, 192-byte MRTD||RTMR0..2 values for TDX. Pins given that fit none is a failure,
+// not "no pin".
+func pinnedMeasurements(all [][]byte, tee attest.TEE) ([][]byte, error) {
+	want := 48
+	if tee == attest.TEETDX {
+		want = 192
 	}
-	if r.ExitCode != 0 || r.Error != "" {
-		return nil, fail(CheckResult, fmt.Errorf("%w: exit code %d %s", ErrBuildNotSucceded, r.ExitCode, r.Error))
-	}
-
-	// 8. The statement says exactly what the attested documents say.
-	if err := p.CheckAgainstManifest(m, r); err != nil {
-		return nil, fail(CheckConsistency, err)
-	}
-	if dep := p.Dependencies["guest-image"]; dep == nil || dep.Digest["sha384"] != hex.EncodeToString(claims.Measurement) {
-		got := ""
-		if dep != nil {
-			got = dep.Digest["sha384"]
+	var out [][]byte
+	for _, m := range all {
+		if len(m) == want {
+			out = append(out, m)
 		}
-		return nil, fail(CheckConsistency, fmt.Errorf("%w: guest-image dependency names measurement %q, the evidence has %s", ErrMismatchBinding, got, hex.EncodeToString(claims.Measurement)))
 	}
-	// 8b. The measurement is listed in the guest release's reference values (reference.go).
-	refMatch, err := checkReference(ctx, &o.Reference, ev.TEE, p.Guest, claims)
+	if len(all) > 0 && len(out) == 0 {
+		return nil, fail(CheckMeasurement, fmt.Errorf("%w: none of the %d expected measurement(s) is a %d-byte %s value (TDX: MRTD||RTMR0||RTMR1||RTMR2, since MRTD alone binds no kernel, initrd or cmdline)", attest.ErrMeasurement, len(all), want, tee))
+	}
+	return out, nil
+}
+
+// checkMeasurement records the measurement check: the evidence matched the pinned values
+// (attest.Verify compared them), and a trusted reference document lists it.
+func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.TEE, guest provenance.GuestImage, claims *attest.Claims) (*refMatch, error) {
+	if o.InsecureSkipMeasurement {
+		res.record(CheckMeasurement, Warning, "NOT checked (InsecureSkipMeasurement)")
+		return nil, nil
+	}
+	match, err := checkReference(ctx, o, tee, guest, claims)
 	if err != nil {
 		return nil, err
 	}
-
-	// 9. Optional source expectations.
-	if o.ExpectedSourceTree != "" && !strings.EqualFold(o.ExpectedSourceTree, r.SourceTree) {
-		return nil, fail(CheckSource, fmt.Errorf("%w: attested source tree is %s, expected %s", ErrMismatchSource, r.SourceTree, o.ExpectedSourceTree))
+	if len(o.ExpectedMeasurements) > 0 {
+		res.Pinned = append(res.Pinned, "measurement")
 	}
-	if o.ExpectedSourceCommit != "" && !strings.EqualFold(o.ExpectedSourceCommit, m.Source.Commit) {
-		return nil, fail(CheckSource, fmt.Errorf("%w: manifest names commit %q, expected %s", ErrMismatchSource, m.Source.Commit, o.ExpectedSourceCommit))
+	detail := "pinned"
+	if match != nil {
+		res.ReferenceMatch = match.summary
+		detail = match.summary
+		if tee == attest.TEETDX && len(o.ExpectedMeasurements) == 0 {
+			res.Warnings = append(res.Warnings, "RTMR0 (TDX firmware configuration) is not predictable from reference values and was not compared; pin MRTD||RTMR0||RTMR1||RTMR2 to check it")
+		}
 	}
+	res.record(CheckMeasurement, Passed, "%s", detail)
+	return match, nil
+}
 
-	// 10. Who built and signed: builder id, source repository and ref, and for keyless
-	// bundles the certificate's run (identity.go).
-	if err := checkIdentity(&o, cert, m, p.BuilderID); err != nil {
-		return nil, err
+// checkStatementFields: the statement says what the manifest and result record say, its
+// guest-image dependency names the evidence's measurement, and its times are in order.
+func checkStatementFields(p *provenance.Parsed, m *job.Manifest, r *job.Result, claims *attest.Claims) error {
+	if err := p.CheckAgainstManifest(m, r); err != nil {
+		return fail(CheckConsistency, err)
 	}
+	if got := p.Guest.Measurement; got != hex.EncodeToString(claims.Measurement) {
+		return fail(CheckConsistency, fmt.Errorf("%w: guest-image dependency names measurement %q, the evidence has %s", ErrMismatchBinding, got, hex.EncodeToString(claims.Measurement)))
+	}
+	if !p.StartedOn.IsZero() && !p.FinishedOn.IsZero() && p.FinishedOn.Before(p.StartedOn) {
+		return fail(CheckTime, fmt.Errorf("runDetails.metadata.finishedOn %s is before startedOn %s", p.FinishedOn.Format(time.RFC3339), p.StartedOn.Format(time.RFC3339)))
+	}
+	return nil
+}
 
-	// The verified artifacts, in the result record's words.
+// checkSource compares the optional source expectations with the attested values.
+func checkSource(o *Options, res *Result, m *job.Manifest, r *job.Result) error {
+	if o.ExpectedSourceTree != "" {
+		if !strings.EqualFold(o.ExpectedSourceTree, r.SourceTree) {
+			return fail(CheckSourceTree, fmt.Errorf("%w: attested source tree is %s, expected %s", ErrMismatchSource, r.SourceTree, o.ExpectedSourceTree))
+		}
+		res.record(CheckSourceTree, Passed, "%s", r.SourceTree)
+		res.Pinned = append(res.Pinned, "source tree")
+	} else {
+		res.Reported = append(res.Reported, "source tree")
+	}
+	if o.ExpectedSourceCommit != "" {
+		if !strings.EqualFold(o.ExpectedSourceCommit, m.Source.Commit) {
+			return fail(CheckSourceCommit, fmt.Errorf("%w: manifest names commit %q, expected %s", ErrMismatchSource, m.Source.Commit, o.ExpectedSourceCommit))
+		}
+		res.record(CheckSourceCommit, Passed, "%s", m.Source.Commit)
+		res.Pinned = append(res.Pinned, "source commit")
+	} else {
+		res.Reported = append(res.Reported, "source commit")
+	}
+	return nil
+}
+
+// boundBuilderID is the builder as the verifier can vouch for it: the TEE kind, and the
+// guest release's version when trusted (signed or embedded) reference values matched.
+func boundBuilderID(tee string, m *refMatch) string {
+	if m != nil && m.releaseSigned && m.doc.ToolVersion != "" {
+		return provenance.BuilderID(tee, m.doc.ToolVersion)
+	}
+	id, _, _ := strings.Cut(provenance.BuilderID(tee, "0"), "@")
+	return id
+}
+
+// verifiedArtifacts are the verified files, in the result record's words.
+func verifiedArtifacts(r *job.Result, locals []localArtifact) []job.Artifact {
 	byDigest := map[string]job.Artifact{}
 	for _, a := range r.Artifacts {
 		byDigest[a.SHA256] = a
@@ -317,25 +547,13 @@ func Verify(ctx context.Context, o Options) (*Result, error) {
 		verified = append(verified, byDigest[l.sha256])
 	}
 	sort.Slice(verified, func(i, j int) bool { return verified[i].Path < verified[j].Path })
-	return &Result{
-		Artifacts:      verified,
-		BuilderID:      p.BuilderID,
-		TEE:            ev.TEE,
-		Simulated:      claims.Simulated,
-		Measurement:    hex.EncodeToString(claims.Measurement),
-		SourceTree:     r.SourceTree,
-		Command:        m.Command,
-		InvocationID:   m.InvocationID,
-		Statement:      stmt,
-		Signer:         signerSummary(cert),
-		SourceCommit:   m.Source.Commit,
-		Warnings:       claims.Warnings,
-		ReferenceMatch: refMatch,
-	}, nil
+	return verified
 }
 
+// hashFile hashes a regular file. It opens without blocking (a FIFO swapped in after the
+// Stat must not hang) and checks the opened file again.
 func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", err
 	}

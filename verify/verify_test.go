@@ -150,7 +150,8 @@ func newFixture(t *testing.T, tw tweak) *fixture {
 		t.Fatal(err)
 	}
 	return &fixture{dir: dir, artifact: artifact, bundle: bp, measurement: meas, signer: signer,
-		opts: Options{BundlePath: bp, PublicKey: pub, Artifacts: []string{artifact}, AllowSimulated: true, SimRoots: []*x509.Certificate{root}}}
+		opts: Options{BundlePath: bp, PublicKey: pub, Artifacts: []string{artifact}, AllowSimulated: true, SimRoots: []*x509.Certificate{root},
+			ExpectedMeasurements: [][]byte{meas[:]}}}
 }
 
 func wantCheck(t *testing.T, err error, check string, sentinel error, text string) {
@@ -231,13 +232,13 @@ func TestVerifyRejects(t *testing.T) {
 			}
 			root, _ := x509.ParseCertificate(sp2.Chain().ARK)
 			o.SimRoots = []*x509.Certificate{root}
-		}, check: CheckEvidence, sentinel: attest.ErrCertChain},
+		}, check: CheckChain, sentinel: attest.ErrCertChain},
 		{name: "measurement not allowed", opts: func(f *fixture, o *Options) { o.ExpectedMeasurements = [][]byte{make([]byte, 48)} }, check: CheckMeasurement, sentinel: attest.ErrMeasurement},
-		{name: "source tree differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceTree = strings.Repeat("0", 40) }, check: CheckSource, sentinel: ErrMismatchSource, text: strings.Repeat("e", 40)},
-		{name: "source commit differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceCommit = strings.Repeat("0", 40) }, check: CheckSource, sentinel: ErrMismatchSource},
+		{name: "source tree differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceTree = strings.Repeat("0", 40) }, check: CheckSourceTree, sentinel: ErrMismatchSource, text: strings.Repeat("e", 40)},
+		{name: "source commit differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceCommit = strings.Repeat("0", 40) }, check: CheckSourceCommit, sentinel: ErrMismatchSource},
 		{name: "guest-image dependency names another measurement", tw: tweak{guestMeas: strings.Repeat("ab", 48)}, check: CheckConsistency, sentinel: ErrMismatchBinding, text: "guest-image"},
-		{name: "manifest claims snp for simulated evidence", tw: tweak{manifest: func(m *job.Manifest) { m.TEE = "snp" }}, check: CheckEvidence, sentinel: ErrMismatchBinding, text: `"snp"`},
-		{name: "simulated report relabelled snp", tw: tweak{reportLabel: attest.TEESNP}, check: CheckEvidence, sentinel: attest.ErrCertChain},
+		{name: "manifest claims snp for simulated evidence", tw: tweak{manifest: func(m *job.Manifest) { m.TEE = "snp" }}, check: CheckEvidenceTEE, sentinel: ErrMismatchBinding, text: `"snp"`},
+		{name: "simulated report relabelled snp", tw: tweak{reportLabel: attest.TEESNP}, check: CheckChain, sentinel: attest.ErrCertChain},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

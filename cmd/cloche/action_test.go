@@ -180,7 +180,8 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		for _, k := range []string{"run", "source", "artifacts", "tee", "timeout", "toolchain", "guest-image", "fulcio-url", "rekor-url", "push-attestation", "source-tag", "signer-workflow", "repository", "tag"} {
 			t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), "")
 		}
-		in := map[string]string{"trusted-root": trustedRoot, "allow-simulated": "true", "trusted-sim-root": simRoot, "github-token": gh.Token}
+		in := map[string]string{"trusted-root": trustedRoot, "allow-simulated": "true", "trusted-sim-root": simRoot, "github-token": gh.Token,
+			"guest-image": testfixture.GuestImage(t)}
 		for k, v := range inputs {
 			in[k] = v
 		}
@@ -213,14 +214,14 @@ func TestActionBuildPublishVerify(t *testing.T) {
 	t.Run("cloche verify --repo --tag passes", func(t *testing.T) {
 		t.Setenv("GITHUB_TOKEN", gh.Token)
 		code, stdout, stderr := cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
-			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot,
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t),
 			"--signer-workflow", "acme/widget/.github/workflows/release.yml", "--builder-id", "https://cloche.dev/builders/sim")
 		if code != 0 || !strings.Contains(stderr, "PASSED:") || !strings.Contains(stderr, "signed by https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0") {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
-			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--builder-id", "https://cloche.dev/builders/snp")
-		if code != exitFailed || !strings.Contains(stderr, "FAILED: builder id:") {
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--builder-id", "https://cloche.dev/builders/snp")
+		if code != exitFailed || !strings.Contains(stderr, "FAILED: builder.id:") {
 			t.Fatalf("wrong builder id: exit %d\n%s", code, stderr)
 		}
 	})
@@ -239,10 +240,10 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		inputs map[string]string
 		want   string
 	}{
-		{"wrong repository", map[string]string{"repository": "acme/gadget", "tag": "v1.0.0"}, "signer identity"},
-		{"wrong tag (release copied to v2.0.0)", map[string]string{"repository": "acme/widget", "tag": "v2.0.0"}, "signer identity"},
-		{"wrong tag expected", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "source-tag": "v1.0.1"}, "signer identity"},
-		{"wrong workflow identity", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "signer-workflow": "acme/widget/.github/workflows/other.yml"}, "signer identity"},
+		{"wrong repository", map[string]string{"repository": "acme/gadget", "tag": "v1.0.0"}, "signer.identity"},
+		{"wrong tag (release copied to v2.0.0)", map[string]string{"repository": "acme/widget", "tag": "v2.0.0"}, "signer.identity"},
+		{"wrong tag expected", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "source-tag": "v1.0.1"}, "signer.identity"},
+		{"wrong workflow identity", map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "signer-workflow": "acme/widget/.github/workflows/other.yml"}, "signer.identity"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, sum, log := verifyAction(t, c.inputs)

@@ -133,5 +133,5 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
-	}, r.PublicKeyPath, warnings)
+	}, r.PublicKeyPath, []string{"--measurement", r.Measurement}, warnings)
 }

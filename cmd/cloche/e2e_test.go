@@ -26,7 +26,7 @@ func cli(t *testing.T, args ...string) (int, string, string) {
 
 // helloBuild is one real build of examples/hello-c in the VM with the gcc toolchain.
 type helloBuild struct {
-	state, out, bundle, pub, simRoot, artifact string
+	state, out, bundle, pub, simRoot, artifact, guest string
 }
 
 func buildHello(t *testing.T, state string) *helloBuild {
@@ -39,14 +39,15 @@ func buildHello(t *testing.T, state string) *helloBuild {
 	}
 	_, root, _ := cli(t, "sim-root", "--state-dir", state)
 	return &helloBuild{state: state, out: out, bundle: filepath.Join(out, "provenance.sigstore.json"),
-		pub: filepath.Join(state, "signing-key.pem.pub"), simRoot: strings.TrimSpace(root), artifact: filepath.Join(out, "hello")}
+		pub: filepath.Join(state, "signing-key.pem.pub"), simRoot: strings.TrimSpace(root), artifact: filepath.Join(out, "hello"),
+		guest: testfixture.GuestImage(t)}
 }
 
 func (h *helloBuild) verifyArgs(bundle string, artifacts ...string) []string {
 	if len(artifacts) == 0 {
 		artifacts = []string{h.artifact}
 	}
-	return append([]string{"verify", "--bundle", bundle, "--key", h.pub, "--allow-simulated", "--trusted-sim-root", h.simRoot}, artifacts...)
+	return append([]string{"verify", "--bundle", bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", "--trusted-sim-root", h.simRoot}, artifacts...)
 }
 
 // bundlePayload returns the DSSE payload (the statement) of a bundle file.
@@ -219,12 +220,12 @@ func TestHelloEndToEnd(t *testing.T) {
 		ev.Report[0x90] ^= 0x01 // one MEASUREMENT bit
 		evJSON, _ = ev.Marshal()
 		_, stmt := byproduct(t, payload, provenance.EvidenceByproduct, evJSON)
-		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "evidence", "signature")
+		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "evidence.signature", "signature")
 	})
 	t.Run("replayed report from another build", func(t *testing.T) {
 		otherEv, _ := byproduct(t, bundlePayload(t, other.bundle), provenance.EvidenceByproduct, nil)
 		_, stmt := byproduct(t, payload, provenance.EvidenceByproduct, otherEv)
-		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "HOST_DATA binding", "not launched with this manifest")
+		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "binding.host-data", "not launched with this manifest")
 	})
 	t.Run("manifest changed", func(t *testing.T) {
 		m, _ := byproduct(t, payload, provenance.ManifestByproduct, nil)
@@ -233,7 +234,7 @@ func TestHelloEndToEnd(t *testing.T) {
 			t.Fatal("test did not change the manifest")
 		}
 		_, stmt := byproduct(t, payload, provenance.ManifestByproduct, m2)
-		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "HOST_DATA binding", "not launched with this manifest")
+		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "binding.host-data", "not launched with this manifest")
 	})
 	t.Run("result record changed", func(t *testing.T) {
 		r, _ := byproduct(t, payload, provenance.ResultByproduct, nil)
@@ -242,13 +243,33 @@ func TestHelloEndToEnd(t *testing.T) {
 			t.Fatal("test did not change the result record")
 		}
 		_, stmt := byproduct(t, payload, provenance.ResultByproduct, r2)
-		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "REPORT_DATA binding", "does not vouch for this result record")
+		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "binding.report-data", "does not vouch for this result record")
 	})
 	t.Run("simulated evidence without the opt-in", func(t *testing.T) {
-		wantFailed(t, []string{"verify", "--bundle", h.bundle, "--key", h.pub, h.artifact}, "simulated TEE", "")
+		wantFailed(t, []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, h.artifact}, "evidence.simulated", "--allow-simulated --trusted-sim-root")
+	})
+	t.Run("no trusted measurement source", func(t *testing.T) {
+		wantFailed(t, []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact},
+			"measurement", "no trusted source of launch measurements: give signed reference values (--reference-values FILE --reference-key FILE)")
+	})
+	t.Run("measurement skipped loudly", func(t *testing.T) {
+		code, _, stderr := cli(t, "verify", "--bundle", h.bundle, "--key", h.pub, "--insecure-skip-measurement", "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact)
+		if code != 0 || !strings.Contains(stderr, "WARNING: measurement NOT checked") || !strings.Contains(stderr, "NOT checked; source tree") {
+			t.Fatalf("--insecure-skip-measurement: exit %d stderr %q", code, stderr)
+		}
+	})
+	t.Run("json", func(t *testing.T) {
+		code, stdout, _ := cli(t, append(h.verifyArgs(h.bundle), "--json")...)
+		var doc struct {
+			Passed bool `json:"passed"`
+			Checks []struct{ Name, Outcome string }
+		}
+		if err := json.Unmarshal([]byte(stdout), &doc); err != nil || code != 0 || !doc.Passed || len(doc.Checks) < 8 {
+			t.Fatalf("--json: exit %d, %v, %q", code, err, stdout)
+		}
 	})
 	t.Run("opt-in without a trusted root", func(t *testing.T) {
-		code, _, stderr := cli(t, "verify", "--bundle", h.bundle, "--key", h.pub, "--allow-simulated", h.artifact)
+		code, _, stderr := cli(t, "verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", h.artifact)
 		if code != 2 || !strings.Contains(stderr, "--trusted-sim-root") {
 			t.Fatalf("exit %d stderr %q, want usage error 2 naming --trusted-sim-root", code, stderr)
 		}

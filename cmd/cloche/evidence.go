@@ -104,17 +104,48 @@ func newEvidenceShowCmd(g *globals) *cobra.Command {
 // `cloche evidence verify`.
 type policyFlags struct {
 	minTCB, amdCRL, tdxCollateral, minTeeTcbSvn string
+	noDefaultMinTCB                             bool
+	platforms                                   []string
 }
+
+// evidenceCheckHelp documents the evidence check names, for both verify commands.
+const evidenceCheckHelp = `  evidence.parse        the evidence or report is malformed (size, layout, VERSION)
+  evidence.simulated    simulated evidence without --allow-simulated and --trusted-sim-root
+  evidence.chain        the certificate chain does not lead to the vendor's (or sim) root
+  evidence.signature    the report or quote signature does not verify
+  evidence.chip-id      the VCEK is another chip's (its HWID is not the report's CHIP_ID)
+  evidence.policy       guest policy: debug, migration agent, VMPL, REPORTED_TCB vs VCEK, TDX module
+  evidence.firmware     firmware state: committed above current, or a provisional firmware
+                        (CURRENT_TCB above COMMITTED_TCB) not reporting its committed TCB
+  evidence.tcb          REPORTED_TCB or LAUNCH_TCB below the minimum (default: embedded per
+                        product line, see --min-tcb), or TDX TEE_TCB_SVN below --min-tee-tcb-svn
+  evidence.revocation   revoked by the given CRL
+  evidence.collateral   the TDX quote fails the given Intel collateral
+  evidence.unsupported  evidence this build cannot check (e.g. AMD Turin)
+  evidence.platform     the platform (SNP CHIP_ID, TDX PPID) is not in --allow-platform
+  measurement           the launch measurement is not one expected
+  binding.host-data     HOST_DATA / MRCONFIGID differs from the expected value
+  binding.report-data   REPORT_DATA differs from the expected value
+`
 
 func (p *policyFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&p.minTCB, "min-tcb", "", "SNP minimum REPORTED_TCB per component: bootloader=N,tee=N,snp=N,microcode=N")
 	fl.StringVar(&p.amdCRL, "amd-crl", "", "AMD CRL for the product line (DER or PEM); checks that the ASK is not revoked")
 	fl.StringVar(&p.tdxCollateral, "tdx-collateral", "", "Intel collateral file (JSON: tcbInfo, qeIdentity, optional pckCrl and rootCaCrl) to check TDX TCB status and revocation")
 	fl.StringVar(&p.minTeeTcbSvn, "min-tee-tcb-svn", "", "TDX minimum TEE_TCB_SVN, 32 hex digits, compared byte by byte")
+	fl.BoolVar(&p.noDefaultMinTCB, "no-default-min-tcb", false, "do not apply the embedded SNP minimum TCB per product line when --min-tcb is not given")
+	fl.StringArrayVar(&p.platforms, "allow-platform", nil, "accepted platform, hex: SNP CHIP_ID (128 digits) or TDX PPID (32 digits) (repeatable; default any)")
 }
 
 func (p *policyFlags) policy() (attest.Policy, error) {
-	var pol attest.Policy
+	pol := attest.Policy{NoDefaultMinimumTCB: p.noDefaultMinTCB}
+	for _, id := range p.platforms {
+		id = strings.ToLower(strings.TrimSpace(id))
+		if b, err := hex.DecodeString(id); err != nil || (len(b) != 64 && len(b) != 16) {
+			return pol, fmt.Errorf("--allow-platform %q: expected an SNP CHIP_ID (128 hex digits) or a TDX PPID (32 hex digits)", id)
+		}
+		pol.AllowedPlatforms = append(pol.AllowedPlatforms, id)
+	}
 	if p.minTCB != "" {
 		t, err := attest.ParseSNPTCB(p.minTCB)
 		if err != nil {
@@ -179,7 +210,8 @@ left unchecked, with a warning) or MRTD||RTMR0||RTMR1||RTMR2 (384 hex digits); -
 for TDX is compared with MRCONFIGID[0:32], whose last 16 bytes must be zero.
 
 It prints WARNING lines for checks it skipped, then PASSED: ... (exit 0) or
-FAILED: <check>: <reason> (exit 1), on stderr.`,
+FAILED: <check>: <reason> (exit 1), on stderr. The check names:
+` + evidenceCheckHelp,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runEvidenceVerify(g, f, args[0])
@@ -214,7 +246,7 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 		err = attest.AttachCertificates(ev, certs)
 	}
 	if err != nil {
-		rep.Failed(verify.CheckEvidence, err)
+		rep.Failed(verify.CheckEvidenceParse, err)
 		return &exitError{code: exitFailed}
 	}
 	claims, err := attest.Verify(ev, *opts)

@@ -29,16 +29,21 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 
 	// The Milan sample is a debug guest: rejected by default, accepted for samples.
 	code, stdout, stderr := cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", milan)
-	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") || !strings.Contains(stderr, "DEBUG") || stdout != "" {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.policy: ") || !strings.Contains(stderr, "DEBUG") || stdout != "" {
 		t.Fatalf("debug Milan without --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
-	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug",
+	// Its 2022 firmware is below the embedded Milan minimum TCB.
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug", milan)
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.tcb: ") || !strings.Contains(stderr, "minimum 3") {
+		t.Fatalf("Milan below the default minimum TCB: code %d stderr %q", code, stderr)
+	}
+	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug", "--no-default-min-tcb",
 		"--measurement", "b07af9620f3b839b47996422ddec6058338951d984e312115131ea82705eaf5b6bdf8a9ece31a5a608eb0cf2e4872b01", milan)
 	if code != 0 || !strings.Contains(stderr, "WARNING: revocation not checked") || !strings.Contains(stderr, "PASSED: snp evidence verified offline") || stdout != "" {
 		t.Fatalf("Milan with --allow-debug: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "snp", "--certs", vcek, "--at", "2022-09-24T01:00:00Z", "--allow-debug", "--min-tcb", "microcode=255", milan)
-	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: minimum TCB: ") || !strings.Contains(stderr, "microcode SPL is") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.tcb: ") || !strings.Contains(stderr, "microcode SPL is") {
 		t.Fatalf("--min-tcb: code %d stderr %q", code, stderr)
 	}
 
@@ -48,7 +53,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 		t.Fatalf("TDX quote: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--host-data", strings.Repeat("ab", 32), tdx)
-	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: HOST_DATA binding: ") || !strings.Contains(stderr, "MRCONFIGID") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: binding.host-data: ") || !strings.Contains(stderr, "MRCONFIGID") {
 		t.Fatalf("TDX --host-data: code %d stderr %q", code, stderr)
 	}
 
@@ -67,7 +72,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 	}
 	// Evidence of the wrong kind fails as evidence.
 	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", milan)
-	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence: ") {
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.parse: ") {
 		t.Errorf("SNP report as tdx: code %d stderr %q", code, stderr)
 	}
 }
@@ -77,6 +82,9 @@ func TestEvidenceShow(t *testing.T) {
 	code, stdout, stderr := cli(t, "evidence", "show", tdx)
 	if code != 0 || !strings.Contains(stdout, "MRTD: 6363b804") || !strings.Contains(stdout, "RTMR2: ") || stderr != "" {
 		t.Fatalf("show quote: code %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, _ := cli(t, "evidence", "show", milan); code != 0 || !strings.Contains(stdout, "PRODUCT_LINE: unknown (a VERSION 2 report") {
+		t.Fatalf("show Milan report: code %d stdout %q, want the product line", code, stdout)
 	}
 	code, stdout, _ = cli(t, "evidence", "show", "--json", milan)
 	var doc struct {

@@ -187,7 +187,7 @@ func TestReferenceValuesEndToEnd(t *testing.T) {
 
 	t.Run("listed", func(t *testing.T) {
 		code, _, stderr := cli(t, append(base, "--reference-values", shipped, "--reference-key", pub)...)
-		if code != 0 || !strings.Contains(stderr, "measurement listed in signed reference values") {
+		if code != 0 || !strings.Contains(stderr, "listed in signed reference values") {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}
 	})
@@ -202,21 +202,21 @@ func TestReferenceValuesEndToEnd(t *testing.T) {
 		if code, _, stderr := cli(t, "reference", "create", "--guest-image", img, "--key", priv, "--vcpus", "1", "--out", only1); code != 0 {
 			t.Fatalf("reference create: %s", stderr)
 		}
-		wantFailed(t, append(base, "--reference-values", only1, "--reference-key", pub), "reference values", "is not listed")
+		wantFailed(t, append(base, "--reference-values", only1, "--reference-key", pub), "measurement", "is not listed")
 	})
 	t.Run("other memory size", func(t *testing.T) {
 		mem := filepath.Join(t.TempDir(), "4g.json")
 		if code, _, stderr := cli(t, "reference", "create", "--guest-image", img, "--key", priv, "--vcpus", "2", "--memory", "4096", "--out", mem); code != 0 {
 			t.Fatalf("reference create: %s", stderr)
 		}
-		wantFailed(t, append(base, "--reference-values", mem, "--reference-key", pub), "reference values", "is not listed")
+		wantFailed(t, append(base, "--reference-values", mem, "--reference-key", pub), "measurement", "is not listed")
 	})
 	t.Run("signed by another key", func(t *testing.T) {
 		_, otherPub := releaseKey(t)
-		wantFailed(t, append(base, "--reference-values", shipped, "--reference-key", otherPub), "reference values", "signature")
+		wantFailed(t, append(base, "--reference-values", shipped, "--reference-key", otherPub), "reference-values", "signature")
 	})
 	t.Run("provenance bundle given as reference values", func(t *testing.T) {
-		wantFailed(t, append(base, "--reference-values", bundle, "--reference-key", filepath.Join(state, "signing-key.pem.pub")), "reference values", "predicateType")
+		wantFailed(t, append(base, "--reference-values", bundle, "--reference-key", filepath.Join(state, "signing-key.pem.pub")), "reference-values", "predicateType")
 	})
 	t.Run("reference values without a key", func(t *testing.T) {
 		code, _, stderr := cli(t, append(base, "--reference-values", shipped)...)

@@ -180,7 +180,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return runError(err)
 	}
-	return reportOutcome(g, f.json, outcome, keyPath+".pub", warnings)
+	return reportOutcome(g, f.json, outcome, keyPath+".pub", measurementFlags(tee, gdir, o.Firmware), warnings)
 }
 
 // simWarning is said whenever a build runs on the simulated TEE.
@@ -296,14 +296,14 @@ type runArtifact struct {
 	Size   int64  `json:"size"`
 }
 
-func newRunReport(outcome *build.Outcome, publicKey string, warnings []string) *runReport {
+func newRunReport(outcome *build.Outcome, publicKey string, measurement, warnings []string) *runReport {
 	r := &runReport{TEE: outcome.TEE, Simulated: outcome.TEE == attest.TEESim, Bundle: outcome.BundlePath,
 		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, PublicKey: publicKey,
 		SimRoot: outcome.SimRootPath, DurationMillis: outcome.Duration.Milliseconds(), Warnings: warnings}
 	if r.Warnings == nil {
 		r.Warnings = []string{}
 	}
-	r.Verify = []string{"cloche", "verify", "--bundle", outcome.BundlePath, "--key", publicKey}
+	r.Verify = append([]string{"cloche", "verify", "--bundle", outcome.BundlePath, "--key", publicKey}, measurement...)
 	if r.Simulated {
 		r.Verify = append(r.Verify, "--allow-simulated", "--trusted-sim-root", outcome.SimRootPath)
 	}
@@ -323,9 +323,10 @@ func newRunReport(outcome *build.Outcome, publicKey string, warnings []string) *
 
 // reportOutcome reports a successful build, the same way for a local build and one run by
 // the agent (cloche run --agent): the JSON document on stdout with --json, else lines on
-// stderr.
-func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey string, warnings []string) error {
-	r := newRunReport(outcome, publicKey, warnings)
+// stderr. measurement holds the verify flags that name a trusted source of the launch
+// measurement.
+func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey string, measurement, warnings []string) error {
+	r := newRunReport(outcome, publicKey, measurement, warnings)
 	if asJSON {
 		return printJSON(g, r)
 	}
@@ -349,6 +350,20 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// measurementFlags are the verify flags that check the measurement against the guest
+// image (and, on hardware, the firmware) this run used.
+func measurementFlags(tee attest.TEE, guestImage, firmware string) []string {
+	args := []string{"--guest-image", guestImage}
+	switch {
+	case firmware == "":
+	case tee == attest.TEESNP:
+		args = append(args, "--snp-firmware", firmware)
+	case tee == attest.TEETDX:
+		args = append(args, "--tdx-firmware", firmware)
+	}
+	return args
 }
 
 func simNote(t attest.TEE) string {

@@ -3,6 +3,7 @@ package main
 import (
 	"crypto"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,6 +24,12 @@ type verifyFlags struct {
 	sourceTree      string
 	sourceCommit    string
 	printProvenance bool
+	asJSON          bool
+	skipMeasurement bool
+	toolchainDigest string
+	command         []string
+	env             []string
+	envExact        bool
 	at              string
 	policy          policyFlags
 	github          githubVerifyFlags
@@ -36,13 +43,44 @@ func newVerifyCmd(g *globals) *cobra.Command {
 		Short: "Verify artifacts against their cloche provenance, offline",
 		Long: `Verify checks, in order and stopping at the first failure: each artifact's digest is a
 subject of the statement; the bundle's signature; the SLSA v1 statement; the hardware
-evidence's certificate chain, signature and policy; the launch measurement; HOST_DATA equals
-SHA-256 of the manifest carried in the provenance; REPORT_DATA equals SHA-512 of the result
-record; and the statement says exactly what the manifest and the result record say.
+evidence's certificate chain, signature, policy, firmware state and minimum TCB; HOST_DATA
+equals SHA-256 of the manifest carried in the provenance; REPORT_DATA equals SHA-512 of the
+result record; the launch measurement is listed by a trusted source; and the statement says
+exactly what the manifest, the result record and the matching reference value say.
 
-It prints one line, PASSED: ... (exit 0) or FAILED: <check>: <reason> (exit 1), on stderr.
+A trusted source of launch measurements is required: --reference-values with
+--reference-key, --guest-image (with --snp-firmware or --tdx-firmware on hardware), or --measurement
+(TDX: MRTD||RTMR0||RTMR1||RTMR2, 384 hex digits). --insecure-skip-measurement accepts any
+guest, with a WARNING and "measurement NOT checked" in the PASSED line.
+
+It prints one line, PASSED: ... (exit 0) or FAILED: <check>: <reason> (exit 1), on stderr;
+with --json, one JSON document on stdout instead (artifacts, TEE, measurement, every check
+with its outcome, warnings, what was pinned and what was only reported).
 Evidence from the simulated TEE is rejected unless both --allow-simulated and
---trusted-sim-root are given.`,
+--trusted-sim-root are given.
+
+Check names (stable):
+  options               missing or contradictory flags
+  artifact              an artifact is missing, not a regular file, or given twice
+  bundle                the bundle cannot be read or decoded
+  bundle.material       the bundle carries material nothing checks (e.g. RFC 3161 timestamps)
+  signature             the bundle is not signed by the given key (both key ids named)
+  signer.identity       keyless: the certificate names another signer
+  statement.parse       the signed statement is malformed
+  subject               an artifact's digest is not a subject
+  manifest.parse, result.parse   the byproducts are malformed
+` + evidenceCheckHelp + `  reference-values      the reference values cannot be read or are not signed by --reference-key
+  evidence.tee          the evidence is from another TEE than the manifest asks for
+  result.manifest       the result record names another manifest
+  result.status         the attested build failed
+  statement.fields      the statement differs from the manifest, result record or evidence
+  statement.time        finishedOn is before startedOn
+  statement.guest-image the guest-image annotations differ from the matching reference value
+  source.tree, source.commit, source.repository, source.ref   a source expectation differs
+  builder.id            --builder-id differs from the verified builder (a version needs
+                        trusted reference values)
+  pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
+`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runVerify(cmd, g, f, args)
@@ -53,11 +91,17 @@ Evidence from the simulated TEE is rejected unless both --allow-simulated and
 	fl.StringVar(&f.key, "key", "", "public key (PEM) the bundle must be signed with")
 	fl.BoolVar(&f.allowSimulated, "allow-simulated", false, "accept evidence from the simulated TEE (needs --trusted-sim-root)")
 	fl.StringArrayVar(&f.simRoots, "trusted-sim-root", nil, "simulated TEE root certificate to trust (PEM or DER; repeatable)")
-	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted guest launch measurement, hex (repeatable; default: any, reported)")
+	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted launch measurement, hex: SNP/sim MEASUREMENT (96 digits), TDX MRTD||RTMR0||RTMR1||RTMR2 (384 digits) (repeatable)")
 	fl.StringVar(&f.sourceTree, "source-tree", "", "expected git tree id of the source")
 	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit named in the manifest")
 	fl.BoolVar(&f.printProvenance, "print-provenance", false, "print the verified statement JSON on stdout")
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
+	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")
+	fl.BoolVar(&f.skipMeasurement, "insecure-skip-measurement", false, "accept ANY launch measurement (the guest may be the host's own): prints a WARNING")
+	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its verity root hash or image SHA-256 (64 hex digits)")
+	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
+	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
+	fl.BoolVar(&f.envExact, "env-exact", false, "with --env: refuse variables the --env flags do not name")
 	f.policy.register(fl)
 	f.github.register(fl)
 	f.reference.register(fl)
@@ -78,19 +122,30 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 		return &exitError{code: exitUsage}
 	}
 	res, err := verify.Verify(cmd.Context(), *opts)
+	if f.asJSON {
+		b, jerr := json.MarshalIndent(res, "", "  ")
+		if jerr != nil {
+			return jerr
+		}
+		fmt.Fprintln(g.stdout, string(b))
+	}
 	if err != nil {
 		var ve *verify.Error
 		if !errors.As(err, &ve) {
 			ve = &verify.Error{Check: "verification", Err: err}
 		}
-		rep.Failed(ve.Check, ve.Err)
+		msg := flagWords(ve.Err.Error())
+		if ve.Check == verify.CheckSimulated {
+			msg += " (to accept it: --allow-simulated --trusted-sim-root FILE, the file `cloche sim-root` prints)"
+		}
+		rep.Failed(ve.Check, errors.New(msg))
 		return &exitError{code: exitFailed}
 	}
-	if f.printProvenance {
+	if f.printProvenance && !f.asJSON {
 		fmt.Fprintln(g.stdout, string(res.Statement))
 	}
 	for _, w := range res.Warnings {
-		rep.Warning(w)
+		rep.Warning(flagWords(w))
 	}
 	rep.Passed(res.Summary())
 	return nil
@@ -130,10 +185,28 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	}
 	for _, m := range f.measurements {
 		b, err := hex.DecodeString(strings.TrimSpace(m))
-		if err != nil || len(b) != 48 {
-			return nil, fmt.Errorf("--measurement %q: expected 96 hex digits (48 bytes)", m)
+		if err != nil || (len(b) != 48 && len(b) != 192) {
+			return nil, fmt.Errorf("--measurement %q: expected 96 hex digits (SNP, sim) or 384 (TDX MRTD||RTMR0||RTMR1||RTMR2)", m)
 		}
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
+	}
+	o.InsecureSkipMeasurement = f.skipMeasurement
+	o.Pins = verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), EnvExact: f.envExact}
+	if len(f.command) > 0 {
+		o.Pins.Command = f.command
+	}
+	if len(f.env) > 0 || f.envExact {
+		o.Pins.Env = map[string]string{}
+		for _, kv := range f.env {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
+			}
+			if _, dup := o.Pins.Env[k]; dup {
+				return nil, fmt.Errorf("--env %s given twice", k)
+			}
+			o.Pins.Env[k] = v
+		}
 	}
 	if f.at != "" {
 		t, err := time.Parse(time.RFC3339, f.at)
@@ -153,3 +226,21 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	}
 	return o, nil
 }
+
+// optionFlags maps the library's option names in error texts to the flags that set them.
+var optionFlags = strings.NewReplacer(
+	"Reference.BundlePath", "--reference-values FILE --reference-key FILE",
+	"Reference.GuestImageDir", "--guest-image DIR",
+	"ExpectedMeasurements", "--measurement HEX",
+	"InsecureSkipMeasurement", "--insecure-skip-measurement",
+	"AllowSimulated", "--allow-simulated",
+	"SimRoots", "--trusted-sim-root",
+	"Pins.ToolchainDigest", "--toolchain-digest",
+	"Pins.Command", "--command",
+	"Pins.EnvExact", "--env-exact",
+	"Pins.Env", "--env",
+	"Options.BundlePath", "--bundle",
+)
+
+// flagWords rewrites a library error in terms of this command's flags.
+func flagWords(msg string) string { return optionFlags.Replace(msg) }
