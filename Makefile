@@ -12,28 +12,38 @@ BIN := bin
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 
-.PHONY: all build deps demo test vet actionlint fuzz fuzz-short bench clean
+.PHONY: all build deps demo test test-go test-fresh vet shellcheck actionlint fuzz fuzz-short bench clean
+
+# $(call explain,WHAT) ends a recipe line: if the line fails, one line names WHAT failed and
+# its exit status before make's own "Error N", so no failure is a bare "Error 1".
+explain = || { rc=$$?; echo "make $@: $(1) failed (exit status $$rc)" >&2; exit $$rc; }
 
 all: build
 
 build: $(BIN)/cloche $(BIN)/cloche-guest
 
 $(BIN)/cloche: FORCE
-	$(GOBUILD) -o $@ ./cmd/cloche
+	$(GOBUILD) -o $@ ./cmd/cloche $(call explain,go build ./cmd/cloche)
 
 $(BIN)/cloche-guest: FORCE
-	$(GOBUILD) -o $@ ./cmd/cloche-guest
+	$(GOBUILD) -o $@ ./cmd/cloche-guest $(call explain,go build ./cmd/cloche-guest)
 
 FORCE:
 
 # Installs what is missing: QEMU 10 and the cloud kernel from bookworm-backports (the suite
 # is derived from this machine's own apt source), e2fsprogs, veritysetup, mmdebstrap, ...
 deps:
-	bash scripts/install-deps.sh
+	bash scripts/install-deps.sh $(call explain,scripts/install-deps.sh (its last line says which package or command and why))
+
+# The fresh-machine check: a clean bookworm root from mmdebstrap, install-deps.sh run inside
+# it, then every tool and version checked and the guest image (kernel download included)
+# built there. The mmdebstrap base is cached in /var/cache/cloche-ci (CLOCHE_CI_CACHE).
+test-fresh: build
+	bash scripts/test-fresh.sh $(call explain,scripts/test-fresh.sh (its FAILED line says which stage and why))
 
 # Builds everything, runs examples/hello-c in the (simulated) confidential VM, verifies it.
 demo: deps build
-	bash scripts/demo.sh
+	bash scripts/demo.sh $(call explain,scripts/demo.sh)
 
 # actionlint from the Go module proxy at a pinned version. It lints this project's workflows
 # and the examples, and through `uses: ./` and `uses: ./verify` both actions' metadata.
@@ -42,24 +52,34 @@ $(BIN)/actionlint:
 	GOBIN=$(abspath $(BIN)) $(GO) install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 
 actionlint: $(BIN)/actionlint
-	$(BIN)/actionlint .github/workflows/*.yml examples/workflows/*.yml
+	$(BIN)/actionlint .github/workflows/*.yml examples/workflows/*.yml $(call explain,actionlint (the findings are above))
 
 vet:
-	$(GO) vet ./...
+	$(GO) vet ./... $(call explain,go vet (the findings are above))
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
-	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	  if [ -n "$$out" ]; then echo "make vet: gofmt needed on:" >&2; echo "$$out" >&2; exit 1; fi
+
+# Every shell script in the repository, found by its #! line (so new scripts are included).
+shellcheck:
+	@files=$$( (git ls-files --cached --others --exclude-standard 2>/dev/null || find . -type f -not -path './.git/*') | while read -r f; do \
+	  [ -f "$$f" ] && head -n 1 "$$f" | grep -qE '^#!.*[/ ](ba|da)?sh$$' && echo "$$f"; done; true); \
+	  echo "shellcheck" $$files; \
+	  shellcheck -x $$files $(call explain,shellcheck (the findings are above))
 
 # The whole test suite, real QEMU boots included, then a brief fuzz of the two parsers that
 # read untrusted evidence bytes (every fuzz target's seeds already ran as plain tests). The
 # limits are execution counts, not durations: with a duration, Go's fuzzer reports "context
 # deadline exceeded" as a failure when time runs out while a slow input is being minimized.
-test: deps build vet actionlint
-	$(GO) test -timeout 75m ./...
+test: deps build vet shellcheck actionlint
+	$(MAKE) test-go
 	$(MAKE) fuzz-short
 
+test-go:
+	$(GO) test -timeout 75m ./... $(call explain,go test ./... (the failing tests are above))
+
 fuzz-short:
-	$(GO) test -run '^$$' -fuzz '^FuzzTDXQuote$$' -fuzztime 5000x -fuzzminimizetime 50x ./attest/
-	$(GO) test -run '^$$' -fuzz '^FuzzEvidenceFile$$' -fuzztime 5000x -fuzzminimizetime 50x ./attest/
+	$(GO) test -run '^$$' -fuzz '^FuzzTDXQuote$$' -fuzztime 5000x -fuzzminimizetime 50x ./attest/ $(call explain,fuzzing FuzzTDXQuote)
+	$(GO) test -run '^$$' -fuzz '^FuzzEvidenceFile$$' -fuzztime 5000x -fuzzminimizetime 50x ./attest/ $(call explain,fuzzing FuzzEvidenceFile)
 
 # A short run of every fuzz target.
 FUZZTIME ?= 10s

@@ -7,6 +7,9 @@
 # QEMU 10 (sev-snp-guest object) and the 6.12 cloud kernel (SEV/TDX guest drivers) come from
 # bookworm-backports. That suite is added by deriving it from the machine's own bookworm
 # source entry (same URI, same Signed-By), so no mirror host is ever written here.
+#
+# Every failure ends with one line naming the package or command that failed and why.
+# scripts/test-fresh.sh sources this file for enabled_suites (main runs only when executed).
 set -euo pipefail
 
 readonly SOURCES_DIR=/etc/apt/sources.list.d
@@ -19,7 +22,8 @@ readonly BACKPORTS_SUITE="$SUITE-backports"
 # minimum version that makes it usable ("-" for any version). ovmf and osslsigncode are for
 # the measurement tests: Debian's OVMF.fd carries SEV and TDVF metadata to cross-check the
 # launch-digest code against, and osslsigncode reads the kernel's Authenticode digest.
-readonly BASE_PACKAGES=(e2fsprogs cryptsetup-bin mmdebstrap xz-utils busybox-static kmod git make gcc ovmf osslsigncode)
+# make test lints the repository's shell scripts with shellcheck.
+readonly BASE_PACKAGES=(e2fsprogs cryptsetup-bin mmdebstrap xz-utils busybox-static kmod git make gcc ovmf osslsigncode shellcheck)
 readonly BACKPORTS_PACKAGES=(qemu-system-x86 qemu-utils)
 readonly BACKPORTS_MIN_VERSION="1:10"
 
@@ -29,16 +33,26 @@ die() {
 	exit 1
 }
 
-# apt_quiet runs an apt command with its output kept in a log that is shown only on failure.
+# on_err names the command errexit is about to stop the script on, which would otherwise
+# end it without a word.
+on_err() {
+	local rc=$? cmd=$1 line=$2
+	die "'$cmd' failed with exit status $rc (${BASH_SOURCE[1]:-$0} line $line)"
+}
+
+# apt_quiet runs an apt command with its output kept in a log that is shown only on failure;
+# the final error line repeats apt's own "E:" lines, which name the package and the cause.
 apt_quiet() {
-	local out
+	local out start=$SECONDS reasons
 	out=$(mktemp)
 	if ! DEBIAN_FRONTEND=noninteractive "$@" </dev/null >"$out" 2>&1; then
 		cat "$out" >&2
+		reasons=$(grep -E '^(E|Err):' "$out" | head -n 3 | tr '\n' ' ' || true)
 		rm -f "$out"
-		die "'$*' failed (output above)"
+		die "'$*' failed: ${reasons:-see the output above}"
 	fi
 	rm -f "$out"
+	log "  done in $((SECONDS - start))s"
 }
 
 # installed_version prints the installed version of a package, or nothing.
@@ -102,15 +116,20 @@ enabled_suites() {
 	done
 }
 
-# ensure_backports adds the backports suite unless some enabled entry already provides it.
-# It prints "added" when it wrote a new source.
+# base_entry prints the enabled entry (enabled_suites' format) for suite, or nothing.
+base_entry() {
+	enabled_suites | awk -F'\t' -v s="$1" '$2 == s { print; exit }'
+}
+
+# ensure_backports adds the backports suite unless some enabled entry already provides it,
+# and sets SOURCE_ADDED=1 when it wrote a new source.
+SOURCE_ADDED=0
 ensure_backports() {
-	local entries uri comps signed tmp
-	entries=$(enabled_suites)
-	if awk -F'\t' -v s="$BACKPORTS_SUITE" '$2 == s { found = 1 } END { exit !found }' <<<"$entries"; then
+	local uri comps signed tmp
+	if [[ -n $(base_entry "$BACKPORTS_SUITE") ]]; then
 		return 0
 	fi
-	IFS=$'\t' read -r uri _ comps signed < <(awk -F'\t' -v s="$SUITE" '$2 == s { print; exit }' <<<"$entries") || true
+	IFS=$'\t' read -r uri _ comps signed <<<"$(base_entry "$SUITE")" || true
 	[[ -n ${uri:-} ]] || die "no enabled apt source entry for suite '$SUITE' found in $SOURCES_LIST or $SOURCES_DIR; expected one to derive '$BACKPORTS_SUITE' from"
 	tmp=$(mktemp "$SOURCES_DIR/.cloche-backports.XXXXXX")
 	{
@@ -123,20 +142,24 @@ ensure_backports() {
 	chmod 0644 "$tmp"
 	mv -f "$tmp" "$BACKPORTS_FILE"
 	log "added $BACKPORTS_SUITE from $uri ($BACKPORTS_FILE)"
-	echo added
+	SOURCE_ADDED=1
 }
 
 main() {
+	set -E
+	trap 'on_err "$BASH_COMMAND" "$LINENO"' ERR
 	[[ $(id -u) -eq 0 ]] || die "must run as root (it installs packages and writes $SOURCES_DIR)"
-	command -v apt-get >/dev/null && command -v dpkg-query >/dev/null ||
+	if ! command -v apt-get >/dev/null || ! command -v dpkg-query >/dev/null; then
 		die "apt-get and dpkg-query are required (a Debian $SUITE host is expected)"
+	fi
 	local codename=""
+	# shellcheck source=/dev/null
 	if [[ -r /etc/os-release ]]; then codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}"); fi
 	[[ $codename == "$SUITE" ]] || die "this host is '${codename:-unknown}', expected Debian $SUITE"
 
-	local added need_update=0 pkg v
-	added=$(ensure_backports)
-	[[ $added == added ]] && need_update=1
+	local need_update=0 pkg v
+	ensure_backports
+	need_update=$SOURCE_ADDED
 
 	local missing_base=() missing_bpo=()
 	for pkg in "${BASE_PACKAGES[@]}"; do
@@ -164,10 +187,13 @@ main() {
 	fi
 	for pkg in "${BACKPORTS_PACKAGES[@]}"; do
 		v=$(installed_version "$pkg")
-		[[ -n $v ]] && dpkg --compare-versions "$v" ge "$BACKPORTS_MIN_VERSION" ||
+		if [[ -z $v ]] || ! dpkg --compare-versions "$v" ge "$BACKPORTS_MIN_VERSION"; then
 			die "$pkg is '${v:-not installed}', expected version $BACKPORTS_MIN_VERSION or newer from $BACKPORTS_SUITE"
+		fi
 	done
 	if ((need_update == 0)); then log "all dependencies present"; fi
 }
 
-main "$@"
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+	main "$@"
+fi

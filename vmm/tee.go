@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // ErrTEEUnavailable: this host cannot launch the requested TEE (hardware, kernel module
@@ -263,6 +266,9 @@ func (h hostPaths) preflight(cfg *Config) error {
 		if err := checkFirmwareFile(cfg); err != nil {
 			return err
 		}
+		if err := h.kvmDevice(cfg.TEE, "kvm_amd"); err != nil {
+			return err
+		}
 		if err := moduleParamOn(h.sys, "kvm_amd", "sev_snp"); err != nil {
 			return err
 		}
@@ -283,6 +289,9 @@ func (h hostPaths) preflight(cfg *Config) error {
 		if err := checkFirmwareFile(cfg); err != nil {
 			return err
 		}
+		if err := h.kvmDevice(cfg.TEE, "kvm_intel"); err != nil {
+			return err
+		}
 		if err := moduleParamOn(h.sys, "kvm_intel", "tdx"); err != nil {
 			return err
 		}
@@ -301,6 +310,47 @@ func (h hostPaths) preflight(cfg *Config) error {
 		}
 	}
 	return nil
+}
+
+// kvmDevice checks that the KVM device exists and opens read-write. Hardware TEEs run only
+// under KVM, and without the device QEMU says only "Could not access KVM kernel module",
+// which names neither the file nor what provides it.
+func (h hostPaths) kvmDevice(tee attest.TEE, module string) error {
+	p := filepath.Join(h.dev, "kvm")
+	fi, err := os.Stat(p)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: %s needs %s, which does not exist: this host has no KVM (load %s; in a VM, enable nested virtualisation)", ErrTEEUnavailable, tee, p, module)
+	case err != nil:
+		return fmt.Errorf("%w: %s needs %s: %v", ErrTEEUnavailable, tee, p, pathErrCause(err))
+	case fi.Mode()&os.ModeCharDevice == 0:
+		return fmt.Errorf("%w: %s needs %s to be the KVM character device; it is a %s", ErrTEEUnavailable, tee, p, fileKind(fi.Mode()))
+	}
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("%w: %s needs read-write access to %s: %v (run as root or join the kvm group)", ErrTEEUnavailable, tee, p, pathErrCause(err))
+	}
+	return f.Close()
+}
+
+// pathErrCause drops the operation and path from an *fs.PathError whose path the message
+// already names, so it does not read "needs /dev/kvm: open /dev/kvm: ...".
+func pathErrCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+func fileKind(m fs.FileMode) string {
+	if m.IsRegular() {
+		return "regular file"
+	}
+	if m.IsDir() {
+		return "directory"
+	}
+	return "file of mode " + m.Type().String()
 }
 
 func checkFirmwareFile(cfg *Config) error {
