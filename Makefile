@@ -70,9 +70,10 @@ shellcheck:
 # read untrusted evidence bytes (every fuzz target's seeds already ran as plain tests). The
 # limits are execution counts, not durations: with a duration, Go's fuzzer reports "context
 # deadline exceeded" as a failure when time runs out while a slow input is being minimized.
-test: deps build vet shellcheck actionlint
-	$(MAKE) test-go
-	$(MAKE) fuzz-short
+# scripts/test.sh runs the stages (deps, build, test-fresh, vet, tests, fuzz) one by one and
+# prints each one's time.
+test:
+	bash scripts/test.sh
 
 test-go:
 	$(GO) test -timeout 75m ./... $(call explain,go test ./... (the failing tests are above))
