@@ -15,7 +15,6 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/ghaction"
 	"github.com/cloche-dev/cloche/hostcheck"
-	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -75,8 +74,7 @@ func runActionBuild(ctx context.Context, g *globals) error {
 			if input != "" {
 				return input, nil
 			}
-			_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state, Name: "debian-bookworm-gcc"})
-			return p, err
+			return defaultToolchain(ctx, g, state)
 		},
 		Firmware: func(tee attest.TEE) string {
 			return runFirmware(tee, teeHostFlags{}, state)

@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest/kds"
-	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
@@ -178,12 +177,9 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	}
 	tcPath := cfg.Launch.Toolchain
 	if tcPath == "" {
-		log.Info("preparing the default toolchain image (cached after the first start)")
-		_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state, Name: "debian-bookworm-gcc"})
-		if err != nil {
-			return fmt.Errorf("default toolchain image: %w", err)
+		if tcPath, err = defaultToolchain(ctx, g, state); err != nil {
+			return err
 		}
-		tcPath = p
 	}
 	if cfg.TEE == "sim" {
 		log.Warn("SIMULATED TEE: the host plays the secure processor; the evidence of this agent's builds proves nothing about this host")

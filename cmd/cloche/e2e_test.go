@@ -37,6 +37,12 @@ func buildHello(t *testing.T, state string) *helloBuild {
 	if code != 0 {
 		t.Fatalf("cloche run exited %d:\n%s", code, stderr)
 	}
+	for _, phase := range []string{`msg="build: started" tee=sim`, `msg="build: packing the source"`, `msg="build: VM running"`,
+		`msg="build: collecting, checking and signing the output"`, `msg="build: done" elapsed=`} {
+		if !strings.Contains(stderr, phase) {
+			t.Errorf("cloche run's progress lacks %q:\n%s", phase, stderr)
+		}
+	}
 	_, root, _ := cli(t, "sim-root", "--state-dir", state)
 	return &helloBuild{state: state, out: out, bundle: filepath.Join(out, "provenance.sigstore.json"),
 		pub: filepath.Join(state, "signing-key.pem.pub"), simRoot: strings.TrimSpace(root), artifact: filepath.Join(out, "hello"),

@@ -19,6 +19,7 @@ import (
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/provenance"
 )
 
@@ -150,12 +151,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	}
 	tcPath := f.toolchain
 	if tcPath == "" {
-		rep.Info("preparing the default toolchain image (cached after the first build)")
-		_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state, Name: "debian-bookworm-gcc"})
-		if err != nil {
-			return fmt.Errorf("default toolchain image: %w", err)
+		if tcPath, err = defaultToolchain(ctx, g, state); err != nil {
+			return err
 		}
-		tcPath = p
 	}
 
 	var warnings []string
@@ -176,10 +174,15 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	o.Console = consoleWriter(g.stderr, f.quiet)
 	o.Logger = log
 	o.Version = version
+	phase := g.progress().Begin(ctx, "build", "tee", tee)
+	phase.Step("packing the source")
+	o.OnStage = buildStages(phase)
 	outcome, err := build.Run(ctx, o)
 	if err != nil {
+		phase.Fail(err)
 		return runError(err)
 	}
+	phase.Done()
 	return reportOutcome(g, f.json, outcome, keyPath+".pub", measurementFlags(tee, gdir, o.Firmware), warnings)
 }
 
@@ -373,6 +376,18 @@ func simNote(t attest.TEE) string {
 	return ""
 }
 
+// buildStages names the build's stages in its progress phase.
+func buildStages(phase *progress.Phase) func(build.Stage) {
+	return func(s build.Stage) {
+		switch s {
+		case build.StageVM:
+			phase.Step("VM running")
+		case build.StageCollect:
+			phase.Step("collecting, checking and signing the output")
+		}
+	}
+}
+
 // runFirmware is the firmware a hardware TEE launch uses: the flag, else the state
 // directory's default file.
 func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
@@ -402,16 +417,38 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	if err != nil {
 		return fmt.Errorf("guest agent: %w", err)
 	}
+	phase := g.progress().Begin(ctx, "guest image", "dir", dir)
 	if img, err := guestimage.Load(dir); err == nil && img.UpToDate(agentSum) {
+		phase.Cached()
 		return nil
 	}
-	g.reporter().Info("building the guest image", "dir", dir)
+	phase.Step("kernel package")
 	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
 	if err != nil {
-		return fmt.Errorf("guest kernel: %w", err)
+		err = fmt.Errorf("guest kernel: %w", err)
+		phase.Fail(err)
+		return err
 	}
+	phase.Step("assembling the initramfs")
 	if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
-		return fmt.Errorf("building the guest image: %w", err)
+		err = fmt.Errorf("building the guest image: %w", err)
+		phase.Fail(err)
+		return err
 	}
+	phase.Done("kernel_deb", filepath.Base(deb))
 	return nil
+}
+
+// defaultToolchainName is the name the default toolchain image is recorded under.
+const defaultToolchainName = "debian-bookworm-gcc"
+
+// defaultToolchain returns the default toolchain image, assembling it the first time
+// (minutes: mmdebstrap downloads and installs the packages).
+func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
+	_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state,
+		Name: defaultToolchainName, Progress: g.progress()})
+	if err != nil {
+		return "", fmt.Errorf("default toolchain image: %w", err)
+	}
+	return p, nil
 }

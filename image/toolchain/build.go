@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/cloche-dev/cloche/image/internal/busybox"
+	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/job"
 )
 
@@ -52,6 +53,9 @@ type Options struct {
 	StateDir string   // images are cached under StateDir/toolchains/<key>/
 	Name     string   // recorded in the job.Toolchain; defaults to suite:packages
 	Suite    string   // default DefaultSuite
+	// Progress shows the assembly's phases (it takes minutes the first time); nil shows
+	// nothing.
+	Progress *progress.Meter
 }
 
 // Build assembles a Debian root with opts.Packages using mmdebstrap and makes its image
@@ -93,44 +97,58 @@ func Build(ctx context.Context, opts Options) (*job.Toolchain, string, error) {
 	dir := filepath.Join(opts.StateDir, "toolchains", key)
 	imagePath := filepath.Join(dir, ImageFile)
 
+	phase := opts.Progress.Begin(ctx, "toolchain image", "suite", suite, "packages", strings.Join(pkgs, ","))
 	if tc, err := Load(imagePath); err == nil {
 		tc.Name = name
+		phase.Cached("path", imagePath)
 		return tc, imagePath, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		slog.WarnContext(ctx, "cached toolchain image unusable; rebuilding", "path", imagePath, "err", err)
 	}
+	tc, err := assemble(ctx, phase, suite, pkgs, name, dir, imagePath)
+	if err != nil {
+		phase.Fail(err)
+		return nil, "", err
+	}
+	phase.Done("path", imagePath)
+	return tc, imagePath, nil
+}
 
+// assemble builds the image at imagePath: a Debian root from mmdebstrap, normalised, then
+// made into an image by FromDir.
+func assemble(ctx context.Context, phase *progress.Phase, suite string, pkgs []string, name, dir, imagePath string) (*job.Toolchain, error) {
 	sources, err := findSourcesFile(suite)
 	if err != nil {
-		return nil, "", fmt.Errorf("build toolchain: %w", err)
+		return nil, fmt.Errorf("build toolchain: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, "", fmt.Errorf("build toolchain: %w", err)
+		return nil, fmt.Errorf("build toolchain: %w", err)
 	}
 	work, err := os.MkdirTemp(dir, ".root-")
 	if err != nil {
-		return nil, "", fmt.Errorf("build toolchain: %w", err)
+		return nil, fmt.Errorf("build toolchain: %w", err)
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
-	slog.InfoContext(ctx, "assembling toolchain root", "suite", suite, "packages", pkgs)
+	phase.Step(fmt.Sprintf("mmdebstrap: installing %d packages and their dependencies", len(pkgs)))
 	cmd := exec.CommandContext(ctx, "mmdebstrap", "--quiet", "--variant=apt", "--format=directory",
 		"--include="+strings.Join(pkgs, ","), suite, root, sources)
 	cmd.Env = append(os.Environ(), "SOURCE_DATE_EPOCH="+sourceDateEpoch, "LC_ALL=C")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
-			return nil, "", fmt.Errorf("build toolchain: mmdebstrap not found (see scripts/install-deps.sh): %w", err)
+			return nil, fmt.Errorf("build toolchain: mmdebstrap not found (see scripts/install-deps.sh): %w", err)
 		}
-		return nil, "", fmt.Errorf("build toolchain: mmdebstrap %s: %w: %s", suite, err, tail(out))
+		return nil, fmt.Errorf("build toolchain: mmdebstrap %s: %w: %s", suite, err, tail(out))
 	}
 	if err := normaliseRoot(root); err != nil {
-		return nil, "", fmt.Errorf("build toolchain: %w", err)
+		return nil, fmt.Errorf("build toolchain: %w", err)
 	}
+	phase.Step("making the image")
 	tc, err := FromDir(ctx, root, imagePath, name)
 	if err != nil {
-		return nil, "", fmt.Errorf("build toolchain: %w", err)
+		return nil, fmt.Errorf("build toolchain: %w", err)
 	}
-	return tc, imagePath, nil
+	return tc, nil
 }
 
 // hostFiles are files mmdebstrap copies from the host into the new root. They would make
