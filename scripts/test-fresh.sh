@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test-fresh.sh proves the newcomer's path on a machine that has nothing installed: it builds
 # a clean Debian bookworm root with mmdebstrap, runs scripts/install-deps.sh inside it, then
-# checks that every tool and version cloche needs is there, and that the guest image (kernel
-# download included) builds in that root with this checkout's binaries.
+# checks that every tool and version cloche needs is there, that the guest image (kernel
+# download included) builds in that root with this checkout's binaries, and that `make demo`
+# (the README's first command) passes there.
 #
 # The fresh root's apt sources are this machine's own enabled entries for the base suite and
 # its updates and security suites, found the way install-deps.sh finds them; backports is left
@@ -106,6 +107,11 @@ base_tarball() {
 	printf '%s\n' "$tar"
 }
 
+# ROOT_BINDS are extra "HOST_DIR:DIR_IN_ROOT" bind mounts and ROOT_ENV extra NAME=VALUE
+# variables for in_root (run_demo lends the root this host's Go).
+ROOT_BINDS=()
+ROOT_ENV=()
+
 # in_root ROOT CMD...: runs CMD in the chroot ROOT with /proc, /dev and /sys mounted and the
 # apt archive cache bound, all inside a private mount and PID namespace, so nothing stays
 # mounted on the host when it ends, however it ends.
@@ -115,15 +121,20 @@ in_root() {
 	mkdir -p "$CACHE/apt-archives/partial"
 	# shellcheck disable=SC2016 # the inner script expands its own arguments
 	unshare --mount --propagation private --pid --fork --kill-child -- bash -euc '
-		root=$1 archives=$2
-		shift 2
+		root=$1 archives=$2 binds=$3 env=$4
+		shift 4
 		mount -t proc proc "$root/proc"
 		mount --rbind /dev "$root/dev"
 		mount -t sysfs -o ro sysfs "$root/sys"
 		mount --bind "$archives" "$root/var/cache/apt/archives"
-		exec chroot "$root" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-			HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"
-	' in_root "$root" "$CACHE/apt-archives" "$@"
+		for b in $binds; do
+			mkdir -p "$root${b#*:}"
+			mount --bind "${b%%:*}" "$root${b#*:}"
+		done
+		# shellcheck disable=SC2086 # env is a list of NAME=VALUE words
+		exec chroot "$root" /usr/bin/env -i PATH=/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+			HOME=/root LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive $env "$@"
+	' in_root "$root" "$CACHE/apt-archives" "${ROOT_BINDS[*]}" "${ROOT_ENV[*]}" "$@"
 }
 
 # check NAME CMD...: runs CMD in the root and prints NAME and the first line of its output.
@@ -186,6 +197,28 @@ check_guest_image() {
 	in_root "$ROOT" sh -c "ls -l $STATE_IN_ROOT/guest-image" >&2
 }
 
+# run_demo runs the README's first command, make demo, in the fresh root on a copy of this
+# checkout. Go is the one thing a fresh machine of this kind already has, so the root gets
+# this host's Go toolchain and module cache (and build cache, for speed); everything else
+# make demo needs, it installs or builds there: the binaries, the kernel package, the guest
+# image, the toolchain image (mmdebstrap), then the build in the VM and its verification.
+run_demo() {
+	command -v go >/dev/null || fail "go not found on this host: the fresh root borrows this host's Go"
+	local src=/opt/cloche/src gomod gocache v
+	gomod=$(go env GOMODCACHE)
+	gocache=$(go env GOCACHE)
+	mkdir -p "$ROOT$src" "$gomod" "$gocache"
+	git ls-files -z --cached --others --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C "$ROOT$src"
+	ROOT_BINDS=("$(go env GOROOT):/usr/local/go" "$gomod:/root/go/pkg/mod" "$gocache:/root/.cache/go-build")
+	ROOT_ENV=()
+	for v in GOPROXY GOSUMDB GONOSUMDB GOPRIVATE GOINSECURE GONOPROXY; do
+		if [[ -n $(go env "$v") ]]; then ROOT_ENV+=("$v=$(go env "$v")"); fi
+	done
+	in_root "$ROOT" make -C "$src" demo || fail "make demo failed in the fresh root (its output is above)"
+	ROOT_BINDS=()
+	ROOT_ENV=()
+}
+
 main() {
 	set -E
 	trap 'on_failure "$BASH_COMMAND" "$LINENO"' ERR
@@ -227,6 +260,9 @@ main() {
 
 	stage guest-image
 	check_guest_image
+
+	stage demo
+	run_demo
 
 	stage_done
 	say "all checks passed in $((SECONDS - T0))s:"
