@@ -35,21 +35,28 @@ func DefaultMinimumTCB(productLine string) (SNPTCB, bool) {
 // errTurin says why this build refuses Turin evidence instead of calling it a forgery.
 var errTurin = fmt.Errorf("%w: Turin is not supported by this build, because go-sev-guest v0.15.0 cannot parse Turin VCEK certificates (Turin's TCB_VERSION puts FMC_SPL in byte 0 and its HWID is 8 bytes, so the certificate's extensions and the chain to AMD's Turin ARK cannot be checked)", ErrUnsupported)
 
+// SNPProductLineOf names the SNP product line of an AMD CPU family and model ("" when
+// unknown): Milan is family 19h models 00h-0Fh, Genoa 19h models 10h-1Fh and, for Bergamo
+// and Siena, which AMD's KDS serves under Genoa, A0h-AFh; Turin is family 1Ah.
+func SNPProductLineOf(family, model uint64) string {
+	switch {
+	case family == 0x19 && model <= 0x0f:
+		return ProductMilan
+	case family == 0x19 && (model >= 0x10 && model <= 0x1f || model >= 0xa0 && model <= 0xaf):
+		return ProductGenoa
+	case family == 0x1a:
+		return ProductTurin
+	}
+	return ""
+}
+
 // snpProductLine names the product line of an SNP report from its CPUID fields (report
 // VERSION 3 and later: family, model and stepping at 0x188), or, for a VERSION 2 report,
 // from the VCEK certificate's product name. "" means not recognisable.
 func snpProductLine(report *spb.Report, vcekDER []byte) string {
 	if report.GetVersion() >= 3 {
 		family, model, _ := abi.FmsFromCpuid1Eax(report.GetCpuid1EaxFms())
-		switch {
-		case family == 0x19 && model < 0x10:
-			return ProductMilan
-		case family == 0x19 && model < 0x20:
-			return ProductGenoa
-		case family == 0x1A:
-			return ProductTurin
-		}
-		return ""
+		return SNPProductLineOf(uint64(family), uint64(model))
 	}
 	if c, err := x509.ParseCertificate(vcekDER); err == nil {
 		if ext, err := kds.VcekCertificateExtensions(c); err == nil {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
 )
 
@@ -88,6 +89,9 @@ type LaunchConfig struct {
 	QGS         string `json:"qgs,omitempty"`
 	KDSOffline  bool   `json:"kdsOffline,omitempty"`
 	KDSChain    string `json:"kdsChain,omitempty"`
+	// SNPProduct is the SNP product line (Milan, Genoa) whose VCEK a version 2 report needs;
+	// empty means this host's CPU's (kds.Options.ProductLine).
+	SNPProduct string `json:"snpProduct,omitempty"`
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2h") in JSON.
@@ -263,6 +267,8 @@ func (c *Config) Validate() error {
 		return errors.New("agent configuration: defaultTimeout and maxWallClock must be at least 1s, wallClockSlack not negative")
 	case c.MaxSourceBytes < 1 || c.MaxOutputBytes < 1 || c.MaxLogBytes < 1 || c.KeepFinished < 1:
 		return errors.New("agent configuration: maxSourceBytes, maxOutputBytes, maxLogBytes and keepFinished must be positive")
+	case c.Launch.SNPProduct != "" && c.Launch.SNPProduct != attest.ProductMilan && c.Launch.SNPProduct != attest.ProductGenoa:
+		return fmt.Errorf("agent configuration: launch.snpProduct %q, expected Milan or Genoa", c.Launch.SNPProduct)
 	}
 	if _, err := c.socketMode(); err != nil {
 		return err

@@ -216,6 +216,7 @@ func TestConfigValidate(t *testing.T) {
 		{func(c *Config) { c.DefaultMemoryMiB = 100 }, "defaultMemoryMiB 100 must be 128.."},
 		{func(c *Config) { c.AllowedUIDs = []int{-1} }, "negative"},
 		{func(c *Config) { c.QueueLimit = -1 }, "queueLimit"},
+		{func(c *Config) { c.Launch.SNPProduct = "Turin" }, `launch.snpProduct "Turin", expected Milan or Genoa`},
 	} {
 		cfg := good
 		c.change(&cfg)

@@ -45,10 +45,20 @@ type SNPOptions struct {
 	Policy uint64
 	// CPUModel is the QEMU CPU model; empty means DefaultSNPCPUModel.
 	CPUModel string
-	// CBitPos and ReducedPhysBits come from the host's CPUID Fn8000_001F; Run fills them in
-	// when zero. Args needs them set.
-	CBitPos, ReducedPhysBits uint32
+	// CBitPos comes from the host's CPUID Fn8000_001F; Run fills it in when zero. Args
+	// needs it set.
+	CBitPos uint32
+	// ReducedPhysBits is QEMU's reduced-phys-bits; Run sets SNPReducedPhysBits when zero.
+	ReducedPhysBits uint32
 }
+
+// SNPReducedPhysBits is the reduced-phys-bits an SNP guest is launched with. It is 1, not
+// the host's CPUID EBX[11:6] (5 on Milan and Genoa): that is the value the working SNP
+// launch configurations use (Kata Containers, AMD's AMDSEV launch script, COCONUT-SVSM after
+// AMD's advice), and QEMU only uses it to shrink the guest's physical address width, which
+// the guest's CPUID page then reports; with the host's value guests lose address bits for
+// nothing.
+const SNPReducedPhysBits = 1
 
 // DefaultQGS is where Intel's quote generation service listens in the common host setup.
 const DefaultQGS = "unix:/var/run/tdx-qgs/qgs.socket"
@@ -283,7 +293,10 @@ func (h hostPaths) preflight(cfg *Config) error {
 			if !c.SNP {
 				return fmt.Errorf("%w: the CPU does not report SEV-SNP (CPUID leaf 0x%X EAX bit 4)", ErrTEEUnavailable, uint32(sevCPUIDLeaf))
 			}
-			cfg.SNP.CBitPos, cfg.SNP.ReducedPhysBits = c.CBitPos, c.ReducedPhysBits
+			cfg.SNP.CBitPos = c.CBitPos
+		}
+		if cfg.SNP.ReducedPhysBits == 0 {
+			cfg.SNP.ReducedPhysBits = SNPReducedPhysBits
 		}
 	case "tdx":
 		if err := checkFirmwareFile(cfg); err != nil {

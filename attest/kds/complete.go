@@ -43,9 +43,9 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 	if key != abi.VcekReportSigner && key != abi.VlekReportSigner {
 		return fmt.Errorf("%w: report signed by key %v, expected VCEK or VLEK", ErrUnsupported, key)
 	}
-	line := c.o.ProductLine
-	if fms := report.GetCpuid1EaxFms(); fms != 0 {
-		line = sevkds.ProductLineFromFms(fms)
+	line, err := c.productLine(report.GetCpuid1EaxFms())
+	if err != nil {
+		return err
 	}
 	if err := checkProductLine(line); err != nil {
 		return err
@@ -174,4 +174,20 @@ func loadChainFile(path string) (*attest.CertChain, error) {
 		}
 	}
 	return out, nil
+}
+
+// productLine is the report's product line: from its CPUID fields (VERSION 3 and later),
+// else Options.ProductLine, else this host's CPU.
+func (c *Client) productLine(fms uint32) (string, error) {
+	if fms != 0 {
+		family, model, _ := abi.FmsFromCpuid1Eax(fms)
+		if line := attest.SNPProductLineOf(uint64(family), uint64(model)); line != "" {
+			return line, nil
+		}
+		return sevkds.ProductLineFromFms(fms), nil
+	}
+	if c.o.ProductLine != "" {
+		return c.o.ProductLine, nil
+	}
+	return hostProductLine(c.o.CPUInfo)
 }

@@ -87,8 +87,12 @@ type Options struct {
 	// and ARK, used before the cache and KDS.
 	ChainFile string
 	// ProductLine ("Milan", "Genoa") for version 2 reports, which do not carry the CPU
-	// family and model; empty means "Milan", as go-sev-guest assumes.
+	// family and model. Empty means this host's own CPU's product line, from CPUInfo: the
+	// host fetches its own chip's VCEK. (go-sev-guest assumes Milan, which sends a Genoa
+	// host on older SNP firmware to the wrong product.)
 	ProductLine string
+	// CPUInfo is the host's /proc/cpuinfo; empty means DefaultCPUInfo.
+	CPUInfo string
 	// MaxAttempts bounds requests per certificate (first try plus retries).
 	MaxAttempts int
 	// InitialBackoff is the first wait after a refusal without Retry-After; it doubles.
@@ -122,8 +126,8 @@ func New(o Options) *Client {
 	if o.MaxRetryWait <= 0 {
 		o.MaxRetryWait = DefaultMaxRetryWait
 	}
-	if o.ProductLine == "" {
-		o.ProductLine = "Milan"
+	if o.CPUInfo == "" {
+		o.CPUInfo = DefaultCPUInfo
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))

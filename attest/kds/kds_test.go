@@ -93,7 +93,7 @@ func realEvidence() *attest.Evidence {
 func TestCompleteRealMilanReportFetchesThenUsesCache(t *testing.T) {
 	srv := realMilanKDS(t)
 	cache := t.TempDir()
-	c := New(Options{BaseURL: srv.URL, CacheDir: cache})
+	c := New(Options{CPUInfo: milanHost(t), BaseURL: srv.URL, CacheDir: cache})
 	ev := realEvidence()
 	if err := c.Complete(context.Background(), ev); err != nil {
 		t.Fatal(err)
@@ -113,7 +113,7 @@ func TestCompleteRealMilanReportFetchesThenUsesCache(t *testing.T) {
 	}
 
 	// Offline with the cache: the same chain, no request.
-	off := New(Options{BaseURL: srv.URL, CacheDir: cache, Offline: true})
+	off := New(Options{CPUInfo: milanHost(t), BaseURL: srv.URL, CacheDir: cache, Offline: true})
 	ev2 := realEvidence()
 	if err := off.Complete(context.Background(), ev2); err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestCompleteRealMilanReportFetchesThenUsesCache(t *testing.T) {
 
 func TestCompleteOfflineWithoutCacheNeverTouchesTheNetwork(t *testing.T) {
 	srv := realMilanKDS(t)
-	c := New(Options{BaseURL: srv.URL, CacheDir: t.TempDir(), Offline: true})
+	c := New(Options{CPUInfo: milanHost(t), BaseURL: srv.URL, CacheDir: t.TempDir(), Offline: true})
 	err := c.Complete(context.Background(), realEvidence())
 	if !errors.Is(err, ErrOffline) || !strings.Contains(err.Error(), "not in the cache") {
 		t.Errorf("Complete = %v, want ErrOffline naming the cache", err)
@@ -155,7 +155,7 @@ func TestCompleteOfflineWithChainFile(t *testing.T) {
 	}
 	srv := realMilanKDS(t)
 	// No cache at all: the VCEK comes from the file, ASK/ARK from the embedded bundle.
-	c := New(Options{BaseURL: srv.URL, Offline: true, ChainFile: chain})
+	c := New(Options{CPUInfo: milanHost(t), BaseURL: srv.URL, Offline: true, ChainFile: chain})
 	ev := realEvidence()
 	if err := c.Complete(context.Background(), ev); err != nil {
 		t.Fatal(err)
@@ -173,7 +173,7 @@ func TestCompleteOfflineWithChainFile(t *testing.T) {
 	pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: testdata.VcekBytes})
 	pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: testdata.VcekBytes})
 	os.WriteFile(bad, b.Bytes(), 0o644)
-	err := New(Options{Offline: true, ChainFile: bad}).Complete(context.Background(), realEvidence())
+	err := New(Options{CPUInfo: milanHost(t), Offline: true, ChainFile: bad}).Complete(context.Background(), realEvidence())
 	if err == nil || !strings.Contains(err.Error(), "two VCEK certificates") {
 		t.Errorf("duplicate VCEK in the chain file: %v", err)
 	}
@@ -485,5 +485,69 @@ func TestUnsupportedProductLines(t *testing.T) {
 		if _, _, err := c.ProductChain(context.Background(), line, abi.VcekReportSigner); !errors.Is(err, ErrUnsupported) {
 			t.Errorf("ProductChain(%q) = %v", line, err)
 		}
+	}
+}
+
+// cpuinfo of one processor of each kind, as /proc/cpuinfo shows it (trimmed).
+const (
+	milanCPUInfo   = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7763 64-Core Processor\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+	genoaCPUInfo   = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC 9654 96-Core Processor\n"
+	bergamoCPUInfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 160\n"
+	turinCPUInfo   = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\n"
+	intelCPUInfo   = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\n"
+	romeCPUInfo    = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 49\n"
+)
+
+func writeCPUInfo(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "cpuinfo")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// milanHost is the cpuinfo of the Milan host the real Milan sample comes from.
+func milanHost(t *testing.T) string { return writeCPUInfo(t, milanCPUInfo) }
+
+// The product line of the host's own CPU, from the first processor only.
+func TestHostProductLine(t *testing.T) {
+	for _, tc := range []struct{ cpuinfo, want, err string }{
+		{milanCPUInfo, "Milan", ""},
+		{genoaCPUInfo, "Genoa", ""},
+		{bergamoCPUInfo, "Genoa", ""},
+		{turinCPUInfo, "Turin", ""},
+		{intelCPUInfo, "", `"GenuineIntel", not an AMD CPU`},
+		{romeCPUInfo, "", "family 0x17 model 0x31 is no SEV-SNP product line"},
+		{"processor\t: 0\n", "", "names no vendor_id"},
+		{"vendor_id\t: AuthenticAMD\ncpu family\t: x\nmodel\t: 1\n", "", `cpu family "x"`},
+	} {
+		got, err := HostProductLine(strings.NewReader(tc.cpuinfo))
+		if got != tc.want || (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%q: %q, %v; want %q, error with %q", tc.cpuinfo, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// A VERSION 2 report carries no CPU family and model: its VCEK is asked for under the
+// product line of the host's own CPU, not under Milan by default. A Genoa host asks KDS's
+// Genoa path; a host whose CPU is no SNP product fails naming it, before any request.
+func TestVersion2ReportUsesTheHostsProductLine(t *testing.T) {
+	srv := realMilanKDS(t)
+	if r, _ := abi.ReportToProto(testdata.AttestationBytes); r.GetVersion() != 2 {
+		t.Fatalf("the sample is a version %d report, want 2", r.GetVersion())
+	}
+	_ = New(Options{BaseURL: srv.URL, CPUInfo: writeCPUInfo(t, genoaCPUInfo)}).Complete(context.Background(), realEvidence())
+	if srv.count() == 0 || !strings.HasPrefix(srv.paths[0], "/vcek/v1/Genoa/") {
+		t.Errorf("a Genoa host's requests: %q, want the VCEK under /vcek/v1/Genoa/", srv.paths)
+	}
+	n := srv.count()
+	err := New(Options{BaseURL: srv.URL, CPUInfo: writeCPUInfo(t, intelCPUInfo)}).Complete(context.Background(), realEvidence())
+	if err == nil || !strings.Contains(err.Error(), "not an AMD CPU") || srv.count() != n {
+		t.Errorf("an Intel host: %v after %d requests", err, srv.count()-n)
+	}
+	// An explicit product line wins over the host's CPU.
+	if err := New(Options{BaseURL: srv.URL, CPUInfo: writeCPUInfo(t, intelCPUInfo), ProductLine: "Milan"}).Complete(context.Background(), realEvidence()); err != nil {
+		t.Errorf("ProductLine Milan on an Intel host: %v", err)
 	}
 }

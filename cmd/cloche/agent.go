@@ -192,7 +192,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, snpFirmwarePath(state)),
 			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, tdxFirmwarePath(state)),
 			QGS:         cfg.Launch.QGS,
-			KDS:         kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, Log: log}),
+			KDS:         kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
 		},
 		Logger:        log,
 		Version:       version,

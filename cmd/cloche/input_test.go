@@ -34,6 +34,7 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"memory 1", []string{"--memory", "1"}, "--memory 1: expected 128..1048576 MiB"},
 		{"memory too much", []string{"--memory", "2000000"}, "--memory 2000000: expected 128..1048576 MiB"},
 		{"unknown tee", []string{"--tee", "sgx"}, `--tee "sgx": expected auto, snp, tdx or sim`},
+		{"unknown snp product", []string{"--snp-product", "Rome"}, `--snp-product "Rome": expected Milan or Genoa`},
 		{"timeout 0", []string{"--timeout", "0s"}, "--timeout 0s: expected a duration of at least 1s"},
 		{"timeout negative", []string{"--timeout", "-5m"}, "--timeout -5m0s: expected a duration of at least 1s"},
 		{"max-output 0", []string{"--max-output", "0"}, "--max-output 0: expected a positive number of bytes"},

@@ -40,6 +40,7 @@ type runFlags struct {
 	teeHost                    teeHostFlags
 	kdsOffline                 bool
 	kdsChain                   string
+	snpProduct                 string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -91,6 +92,7 @@ is an artifact.`,
 	fl.StringVar(&f.agent, "agent", "", "run the build through the cloche agent at this socket (default $"+agentSocketEnv+"; unset: build locally)")
 	f.teeHost.register(cmd)
 	fl.BoolVar(&f.kdsOffline, "kds-offline", false, "SEV-SNP: never contact AMD's key distribution service; take the VCEK chain from the report, --kds-chain or the cache")
+	fl.StringVar(&f.snpProduct, "snp-product", "", "SEV-SNP: the `PRODUCT` line (Milan or Genoa) whose VCEK a version 2 report (SNP firmware before 1.55) needs; default this host's CPU's")
 	fl.StringVar(&f.kdsChain, "kds-chain", "", "SEV-SNP: PEM or DER file with the VCEK (or VLEK), ASK and ARK to attach to the evidence")
 	return cmd
 }
@@ -168,7 +170,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	o.SimDir = simTEEDir(state)
 	o.Firmware = runFirmware(tee, f.teeHost, state)
 	o.QGS = f.teeHost.qgs
-	o.KDS = kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, Log: log})
+	o.KDS = kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
 	o.Signer = signer
 	o.QEMU = f.qemu
 	o.Console = consoleWriter(g.stderr, f.quiet)
@@ -206,6 +208,11 @@ func runInput(f *runFlags, command []string) (*build.Options, error) {
 	case "auto", "snp", "tdx", "sim":
 	default:
 		return nil, usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", f.tee))
+	}
+	switch f.snpProduct {
+	case "", attest.ProductMilan, attest.ProductGenoa:
+	default:
+		return nil, usageError(fmt.Errorf("--snp-product %q: expected Milan or Genoa", f.snpProduct))
 	}
 	env, err := parseEnv(f.env)
 	if err != nil {
