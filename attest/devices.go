@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	sevclient "github.com/google/go-sev-guest/client"
-	tdxclient "github.com/google/go-tdx-guest/client"
 )
 
 // The guest's character devices, the fallback for kernels without configfs-tsm reports.
@@ -55,38 +54,6 @@ func (p *sevDeviceProvider) GetEvidence(ctx context.Context, reportData [64]byte
 	return checkDeviceEvidence(&Evidence{TEE: TEESNP, Report: bytes.Clone(raw)}, reportData, SEVGuestDevice)
 }
 
-// tdxDeviceProvider asks /dev/tdx_guest for a TD report and has it turned into a quote
-// (TDX_CMD_GET_QUOTE). Only older, downstream kernels offer that ioctl; upstream ones quote
-// through configfs-tsm, which the guest tries first.
-type tdxDeviceProvider struct {
-	mu  sync.Mutex
-	dev tdxclient.Device
-}
-
-// NewTDXGuestProvider returns a provider over an open go-tdx-guest device.
-func NewTDXGuestProvider(dev tdxclient.Device) Provider { return &tdxDeviceProvider{dev: dev} }
-
-func (p *tdxDeviceProvider) TEE() TEE { return TEETDX }
-
-// GetEvidence gets a quote for reportData. The quote generation goes through the host's
-// quoting service and may block; the ioctl cannot be interrupted, so ctx is checked before
-// and after.
-func (p *tdxDeviceProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*Evidence, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	raw, err := tdxclient.GetRawQuote(p.dev, reportData)
-	if err != nil {
-		return nil, fmt.Errorf("/dev/%s quote: %w", TDXGuestDevice, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return checkDeviceEvidence(&Evidence{TEE: TEETDX, Report: bytes.Clone(raw)}, reportData, TDXGuestDevice)
-}
-
 // checkDeviceEvidence bounds what a device returned and checks it answers this request.
 func checkDeviceEvidence(ev *Evidence, reportData [64]byte, dev string) (*Evidence, error) {
 	if err := ev.checkShape(); err != nil {
@@ -102,31 +69,23 @@ func checkDeviceEvidence(ev *Evidence, reportData [64]byte, dev string) (*Eviden
 	return ev, nil
 }
 
-// OpenGuestDeviceProvider opens devRoot/sev-guest, else devRoot/tdx_guest, and returns a
-// provider over it with the device to close when done.
+// OpenGuestDeviceProvider opens devRoot/sev-guest and returns a provider over it with the
+// device to close when done. For TDX there is no device fallback: the guest kernel (6.12)
+// quotes only through configfs-tsm, and /dev/tdx_guest's TDX_CMD_GET_QUOTE exists only in
+// some downstream kernels; so a TDX guest without configfs-tsm gets an error saying so.
+// (/dev/tdx_guest still serves the TDREPORT: WithTDReportLaunchDigest.)
 func OpenGuestDeviceProvider(devRoot string) (Provider, io.Closer, error) {
 	sevPath := filepath.Join(devRoot, SEVGuestDevice)
 	tdxPath := filepath.Join(devRoot, TDXGuestDevice)
-	var errs []error
-	if _, err := os.Stat(sevPath); err == nil {
+	_, err := os.Stat(sevPath)
+	if err == nil {
 		d := &sevclient.LinuxDevice{}
-		if err := d.Open(sevPath); err == nil {
+		if err = d.Open(sevPath); err == nil {
 			return NewSEVGuestProvider(d), d, nil
-		} else {
-			errs = append(errs, err)
 		}
-	} else {
-		errs = append(errs, err)
 	}
-	if _, err := os.Stat(tdxPath); err == nil {
-		d := &tdxclient.LinuxDevice{}
-		if err := d.Open(tdxPath); err == nil {
-			return NewTDXGuestProvider(d), d, nil
-		} else {
-			errs = append(errs, err)
-		}
-	} else {
-		errs = append(errs, err)
+	if _, tdxErr := os.Stat(tdxPath); tdxErr == nil {
+		return nil, nil, fmt.Errorf("%w: %s exists but TDX quotes need configfs-tsm (CONFIG_TSM_REPORTS and a mounted configfs): the kernel's TDX_CMD_GET_QUOTE ioctl is not in upstream Linux", ErrNoGuestDevice, tdxPath)
 	}
-	return nil, nil, fmt.Errorf("%w: %v", ErrNoGuestDevice, errors.Join(errs...))
+	return nil, nil, fmt.Errorf("%w: %v; no %s either", ErrNoGuestDevice, err, tdxPath)
 }

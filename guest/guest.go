@@ -226,11 +226,8 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 	}
 	var launch [32]byte
 	if err := step("reading the launch-bound manifest digest from the guest's own report", func() error {
-		ev, err := a.provider.GetEvidence(ctx, launchProbe)
-		if err != nil {
-			return err
-		}
-		launch, err = attest.LaunchDigest(ev)
+		var err error
+		launch, err = attest.GuestLaunchDigest(ctx, a.provider, launchProbe)
 		return err
 	}); err != nil {
 		return nil, err
@@ -405,7 +402,8 @@ func (a *agent) openProvider() (attest.Provider, error) {
 		if err == nil {
 			var p attest.Provider
 			if p, err = attest.NewTSMProvider(client); err == nil {
-				return p, nil
+				// TDX: the launch digest from the TDREPORT, not from a quote the host relayed.
+				return attest.WithTDReportLaunchDigest(p, a.cfg.DevRoot), nil
 			}
 		}
 		tsmErr = err

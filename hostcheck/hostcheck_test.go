@@ -3,6 +3,7 @@ package hostcheck
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -179,8 +180,12 @@ func TestEachMissingPiece(t *testing.T) {
 			"tdx-qgs", "QGS at unix:", true, false, []string{LabelSNP}},
 		{"qgs bad address", "10.1.0", func(t *testing.T, f *fakeHost) { f.h.QGS = "tcp:1.2.3.4:1" },
 			"tdx-qgs", "expected unix:PATH or vsock:CID:PORT", true, false, []string{LabelSNP}},
-		{"qgs vsock without vhost-vsock", "10.1.0", func(t *testing.T, f *fakeHost) { f.h.QGS = "vsock:2:4050" },
-			"tdx-qgs", "vhost-vsock is missing", true, false, []string{LabelSNP}},
+		{"qgs vsock refused", "10.1.0", func(t *testing.T, f *fakeHost) {
+			f.h.QGS = "vsock:2:4050"
+			f.h.DialVsock = func(_ context.Context, cid, port uint32) error {
+				return fmt.Errorf("connecting to vsock %d:%d: %w", cid, port, unix.ECONNREFUSED)
+			}
+		}, "tdx-qgs", "QGS at vsock:2:4050: connecting to vsock 2:4050: connection refused", true, false, []string{LabelSNP}},
 		{"tdvf missing", "10.1.0", func(t *testing.T, f *fakeHost) { f.h.TDXFirmware = filepath.Join(f.root, "none.fd") },
 			"tdx-firmware", "no such file", true, false, []string{LabelSNP}},
 	} {
@@ -242,5 +247,21 @@ func TestThisHost(t *testing.T) {
 	}
 	if !r.SNP && !r.TDX && !slices.Equal(r.Labels, []string{LabelSim}) {
 		t.Errorf("labels %q on a host without hardware TEEs, want [%s]", r.Labels, LabelSim)
+	}
+}
+
+// A QGS on vsock is reached through a real connection, as QEMU reaches it: no
+// /dev/vhost-vsock is needed (a host process reaching its own CID uses vsock_loopback).
+func TestQGSOverVsockIsProbed(t *testing.T) {
+	f := newFakeHost(t, "10.1.0")
+	f.h.QGS = "vsock:2:4050"
+	var dialed []uint32
+	f.h.DialVsock = func(_ context.Context, cid, port uint32) error {
+		dialed = append(dialed, cid, port)
+		return nil
+	}
+	c := checkNamed(f.h.Check(context.Background()), "tdx-qgs")
+	if c.Status != StatusOK || c.Detail != "QGS at vsock:2:4050 accepts connections" || !slices.Equal(dialed, []uint32{2, 4050}) {
+		t.Errorf("tdx-qgs = %+v after dialing %v, want ok after dialing 2:4050", c, dialed)
 	}
 }
