@@ -143,7 +143,7 @@ func Default(qemu string) Host {
 			defer cancel()
 			return exec.CommandContext(ctx, name, args...).Output()
 		},
-		ProbeKVM: func(ctx context.Context) error { return vmm.ProbeKVM(ctx, qemu, vmm.DefaultProbeTimeout) },
+		ProbeKVM:  func(ctx context.Context) error { return vmm.ProbeKVM(ctx, qemu, vmm.DefaultProbeTimeout) },
 		SEVCPUID:  vmm.HostSEVCPUID,
 		DialVsock: DialVsock,
 	}
