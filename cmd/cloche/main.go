@@ -63,6 +63,7 @@ func newRootCmd(g *globals) *cobra.Command {
 		newStateDirCmd(g),
 		newEvidenceCmd(g),
 		newDoctorCmd(g),
+		newSelftestCmd(g),
 		newActionCmd(g),
 		newAgentCmd(g),
 	)

@@ -129,19 +129,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	rep := g.reporter()
 	log := g.logger()
 
-	keyPath := f.key
-	if keyPath == "" {
-		keyPath = signingKeyPath(state)
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
-				return fmt.Errorf("creating a signing key: %w", err)
-			}
-			rep.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-		}
-	}
-	signer, err := provenance.LoadKeySigner(keyPath)
+	signer, keyPath, err := hostSigner(g, state, f.key)
 	if err != nil {
-		return fmt.Errorf("--key: %w", err)
+		return err
 	}
 
 	gdir := f.guestImage
@@ -360,6 +350,26 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// hostSigner loads the signing key at key, or with key empty the state directory's,
+// creating that one on first use. It returns the signer and the key's path.
+func hostSigner(g *globals, state, key string) (*provenance.KeySigner, string, error) {
+	keyPath := key
+	if keyPath == "" {
+		keyPath = signingKeyPath(state)
+		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
+			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
+				return nil, "", fmt.Errorf("creating a signing key: %w", err)
+			}
+			g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
+		}
+	}
+	signer, err := provenance.LoadKeySigner(keyPath)
+	if err != nil {
+		return nil, "", fmt.Errorf("--key: %w", err)
+	}
+	return signer, keyPath, nil
 }
 
 // measurementFlags are the verify flags that check the measurement against the guest
