@@ -189,6 +189,9 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 	if err := step("mounting proc, sysfs, devtmpfs and tmpfs", mountEarly); err != nil {
 		return nil, err
 	}
+	if err := step("checking that magic SysRq is off", func() error { return requireSysRqOff("/proc") }); err != nil {
+		return nil, err
+	}
 	wd := newWatchdog(EarlyDeadline, a.watchdogFired)
 	if err := step("loading kernel modules", func() error {
 		return LoadModules(cfg.ModuleList, finitModule, a.log)

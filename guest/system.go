@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,6 +30,20 @@ func mountEarly() error {
 		if err := unix.Mount(m.src, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.target, err)
 		}
+	}
+	return nil
+}
+
+// requireSysRqOff fails unless magic SysRq is disabled (/proc/sys/kernel/sysrq is 0), as
+// the measured kernel command line asks (sysctl.kernel.sysrq=0): with it on, the host could
+// send SysRq commands through the serial console it controls.
+func requireSysRqOff(procRoot string) error {
+	b, err := os.ReadFile(filepath.Join(procRoot, "sys", "kernel", "sysrq"))
+	if err != nil {
+		return fmt.Errorf("reading the SysRq setting: %w", err)
+	}
+	if v := strings.TrimSpace(string(b)); v != "0" {
+		return fmt.Errorf("magic SysRq is %s, expected 0 (sysctl.kernel.sysrq=0 on the kernel command line)", v)
 	}
 	return nil
 }

@@ -34,8 +34,12 @@ import (
 //	oops=panic     treat a kernel oops as a panic: a guest whose kernel hit a bug must not
 //	               go on to produce evidence (fail closed);
 //	rdinit=/init   run the guest agent from the initramfs as PID 1 (the default, stated so
-//	               that a changed kernel default cannot change what runs).
-const DefaultCmdline = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init"
+//	               that a changed kernel default cannot change what runs);
+//	sysctl.kernel.sysrq=0
+//	               no magic SysRq: Debian's kernel enables it on the serial console, where
+//	               a BREAK from the host could power the guest off or remount it read-only
+//	               mid-build (the guest agent refuses to run if it is not 0).
+const DefaultCmdline = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init sysctl.kernel.sysrq=0"
 
 // DefaultModules are the modules the guest agent loads (Build adds their dependencies):
 // the virtio disk driver for the input, toolchain and output disks; dm-verity for the
