@@ -395,6 +395,12 @@ func runSandbox() sandboxStatus {
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fail("setting no_new_privs: %v", err)
 	}
+	if err := installSeccomp(); err != nil {
+		return fail("%v", err)
+	}
+	if err := setSandboxRlimits(); err != nil {
+		return fail("%v", err)
+	}
 	unix.Umask(0o022)
 	if fi, err := os.Stat(cfg.Dir); err != nil || !fi.IsDir() {
 		return fail("working directory %s does not exist inside the build root", cfg.Dir)
