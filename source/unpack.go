@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strings"
 	"syscall"
+	"time"
 )
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -132,8 +133,9 @@ type unpacker struct {
 }
 
 type dirMode struct {
-	name string
-	perm fs.FileMode
+	name  string
+	perm  fs.FileMode
+	mtime time.Time
 }
 
 func unsafeEntry(name, format string, a ...any) error {
@@ -189,6 +191,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		// A directory entry after its content (which created it): take its mode, once.
 		delete(u.implicit, name)
 		u.dirs[i].perm = fs.FileMode(hdr.Mode) & fs.ModePerm
+		u.dirs[i].mtime = hdr.ModTime
 		return nil
 	}
 	if _, dup := u.kinds[name]; dup {
@@ -199,7 +202,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 			return unsafeEntry(name, "sparse file, not allowed")
 		}
 	}
-	if err := u.parents(name); err != nil {
+	if err := u.parents(name, hdr.ModTime); err != nil {
 		return err
 	}
 
@@ -209,7 +212,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 			return fmt.Errorf("%q: %w", name, err)
 		}
 		u.kinds[name] = tar.TypeDir
-		u.dirs = append(u.dirs, dirMode{name, fs.FileMode(hdr.Mode) & fs.ModePerm})
+		u.dirs = append(u.dirs, dirMode{name, fs.FileMode(hdr.Mode) & fs.ModePerm, hdr.ModTime})
 		return nil
 	case tar.TypeReg:
 		return u.file(tr, hdr, name)
@@ -248,7 +251,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 
 // parents makes sure every parent of name is a directory this archive created (creating
 // missing ones), so that nothing is ever written through a symlink or below a file.
-func (u *unpacker) parents(name string) error {
+func (u *unpacker) parents(name string, mtime time.Time) error {
 	for i := 0; i < len(name); i++ {
 		if name[i] != '/' {
 			continue
@@ -261,7 +264,7 @@ func (u *unpacker) parents(name string) error {
 			}
 			u.kinds[p] = tar.TypeDir
 			u.implicit[p] = len(u.dirs)
-			u.dirs = append(u.dirs, dirMode{p, 0o755})
+			u.dirs = append(u.dirs, dirMode{p, 0o755, mtime})
 		case kind == tar.TypeSymlink:
 			return unsafeEntry(name, "parent %q is a symlink; nothing is written through symlinks", p)
 		case kind != tar.TypeDir:
@@ -299,6 +302,9 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, name string) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err == nil {
+		err = u.root.Chtimes(name, hdr.ModTime, hdr.ModTime)
+	}
 	if err != nil {
 		return fmt.Errorf("%q: %w", name, err)
 	}
@@ -315,6 +321,9 @@ func (u *unpacker) finishDirs() error {
 			}
 		}
 		if err := u.root.Chmod(d.name, d.perm); err != nil {
+			return fmt.Errorf("unpack: %q: %w", d.name, err)
+		}
+		if err := u.root.Chtimes(d.name, d.mtime, d.mtime); err != nil {
 			return fmt.Errorf("unpack: %q: %w", d.name, err)
 		}
 	}

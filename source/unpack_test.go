@@ -510,3 +510,45 @@ func FuzzUnpack(f *testing.F) {
 		})
 	})
 }
+
+// Unpacked files and directories take their times from the archive (the packer writes
+// SOURCE_DATE_EPOCH), whose digest the launch binds, not from the guest's clock, which the
+// host controls: a host must not decide through the clock whether make rebuilds a file.
+func TestUnpackTimesFromTheArchive(t *testing.T) {
+	src := t.TempDir()
+	makeTree(t, src, sampleTree())
+	const epoch = 1_700_000_000
+	data, _, _ := packBytes(t, src, epoch)
+	dest, err := unpackHere(t, data, DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	err = filepath.WalkDir(dest, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dest || d.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if fi.ModTime().Unix() != epoch {
+			t.Errorf("%s: mtime %v, want the archive's %v", p, fi.ModTime(), time.Unix(epoch, 0))
+		}
+		n++
+		return nil
+	})
+	if err != nil || n < 2 {
+		t.Fatalf("walked %d entries: %v", n, err)
+	}
+	// Implicit parents (a file entry before its directory's) get the entry's time too.
+	dest, err = unpackHere(t, rawTar(t, entry{name: "a/b/f", body: "x"}), DefaultLimits())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"a", "a/b", "a/b/f"} {
+		if fi, err := os.Stat(filepath.Join(dest, p)); err != nil || fi.ModTime().Unix() != 0 {
+			t.Errorf("%s: %v %v, want the entry's time 0", p, fi.ModTime(), err)
+		}
+	}
+}
