@@ -41,6 +41,9 @@ type BuildSetup struct {
 	SimDir     string
 	Version    string
 	Accel      string
+	// QEMU is the QEMU binary (empty: vmm.DefaultQEMU from PATH); TDX needs QEMU 10.1 or
+	// later, which hosts often install outside PATH.
+	QEMU string
 }
 
 // BuildResult is what the build action produced.
@@ -196,6 +199,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		Signer:         signer,
 		Timeout:        timeout,
 		Accel:          defaulted(setup.Accel, "auto"),
+		QEMU:           setup.QEMU,
 		InvocationID:   wc.invocation(),
 		Repository:     wc.repoURL(),
 		Ref:            wc.ref,

@@ -84,6 +84,7 @@ func runActionBuild(ctx context.Context, g *globals) error {
 		SimDir:     simTEEDir(state),
 		Version:    version,
 		Accel:      os.Getenv("CLOCHE_ACCEL"),
+		QEMU:       os.Getenv("CLOCHE_QEMU"),
 	}
 	// The error is in the job log as an annotation already.
 	if _, err := ghaction.Build(ctx, actionRunner(g), setup); err != nil {
