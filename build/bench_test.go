@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/internal/benchpair"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
@@ -76,7 +77,7 @@ func BenchmarkBootToWorkload(b *testing.B) {
 	os.MkdirAll(src, 0o755)
 	os.WriteFile(filepath.Join(src, "a"), []byte("a"), 0o644)
 
-	var floor, guest time.Duration
+	var pairs benchpair.Pairs
 	for i := 0; i < b.N; i++ {
 		fc := &markerClock{marker: []byte("BUSYBOX-READY"), start: time.Now()}
 		_, err := vmm.Run(context.Background(), vmm.Config{
@@ -87,7 +88,6 @@ func BenchmarkBootToWorkload(b *testing.B) {
 		if err != nil || fc.seen == 0 {
 			b.Fatalf("busybox floor boot: %v (marker seen after %s)", err, fc.seen)
 		}
-		floor += fc.seen
 
 		gc := &markerClock{marker: []byte("CLOCHE-WORKLOAD-START"), start: time.Now()}
 		_, err = Run(context.Background(), Options{
@@ -98,12 +98,9 @@ func BenchmarkBootToWorkload(b *testing.B) {
 		if err != nil || gc.seen == 0 {
 			b.Fatalf("cloche guest boot: %v (marker seen after %s)", err, gc.seen)
 		}
-		guest += gc.seen
+		pairs.Add(fc.seen, gc.seen)
 	}
-	n := float64(b.N)
-	b.ReportMetric(floor.Seconds()/n, "s-floor/op")
-	b.ReportMetric(guest.Seconds()/n, "s-guest/op")
-	b.ReportMetric(guest.Seconds()/floor.Seconds(), "x-floor")
+	pairs.Report(b, "boot")
 }
 
 // BenchmarkHostOverhead measures the host-side work per MB of source — pack (deterministic

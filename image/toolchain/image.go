@@ -416,8 +416,8 @@ type checkedStamp struct {
 	SHA256           string
 }
 
-// stampSuffix names the stamp file next to the image.
-const stampSuffix = ".checked"
+// StampSuffix names the stamp file next to the image (removing it forces a re-hash).
+const StampSuffix = ".checked"
 
 func fileStamp(fi fs.FileInfo, sum string) *checkedStamp {
 	st, ok := fi.Sys().(*syscall.Stat_t)
@@ -431,7 +431,7 @@ func fileStamp(fi fs.FileInfo, sum string) *checkedStamp {
 // readStamp returns the stamp saved for imagePath, or the zero stamp.
 func readStamp(imagePath string) checkedStamp {
 	var s checkedStamp
-	b, err := os.ReadFile(imagePath + stampSuffix)
+	b, err := os.ReadFile(imagePath + StampSuffix)
 	if err != nil || len(b) > 1024 {
 		return checkedStamp{}
 	}
@@ -444,6 +444,6 @@ func readStamp(imagePath string) checkedStamp {
 // writeStamp saves the stamp; failing to (a read-only cache) only costs the next re-hash.
 func writeStamp(imagePath string, s checkedStamp) {
 	if b, err := json.Marshal(s); err == nil {
-		_ = atomicfile.WriteFile(imagePath+stampSuffix, b, 0o644)
+		_ = atomicfile.WriteFile(imagePath+StampSuffix, b, 0o644)
 	}
 }
