@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/internal/benchpair"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/internal/benchpair"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
