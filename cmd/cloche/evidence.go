@@ -104,6 +104,7 @@ func newEvidenceShowCmd(g *globals) *cobra.Command {
 // `cloche evidence verify`.
 type policyFlags struct {
 	minTCB, amdCRL, tdxCollateral, minTeeTcbSvn string
+	tdxRTMR0                                    string
 	noDefaultMinTCB                             bool
 	platforms                                   []string
 }
@@ -133,6 +134,7 @@ func (p *policyFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&p.amdCRL, "amd-crl", "", "AMD CRL for the product line (DER or PEM); checks that the ASK is not revoked")
 	fl.StringVar(&p.tdxCollateral, "tdx-collateral", "", "Intel collateral file (JSON: tcbInfo, qeIdentity, optional pckCrl and rootCaCrl) to check TDX TCB status and revocation")
 	fl.StringVar(&p.minTeeTcbSvn, "min-tee-tcb-svn", "", "TDX minimum TEE_TCB_SVN, 32 hex digits, compared byte by byte")
+	fl.StringVar(&p.tdxRTMR0, "tdx-rtmr0", "", "TDX: the expected RTMR0 (TD HOB and the host's ACPI tables), 96 hex digits, recorded from a known-good launch of the same machine, vCPU count and memory (docs/design.md, host-supplied ACPI)")
 	fl.BoolVar(&p.noDefaultMinTCB, "no-default-min-tcb", false, "do not apply the embedded SNP minimum TCB per product line when --min-tcb is not given")
 	fl.StringArrayVar(&p.platforms, "allow-platform", nil, "accepted platform, hex: SNP CHIP_ID (128 digits) or TDX PPID (32 digits) (repeatable; default any)")
 }
@@ -173,6 +175,13 @@ func (p *policyFlags) policy() (attest.Policy, error) {
 			return pol, err
 		}
 		pol.TDX.MinimumTeeTcbSvn = b
+	}
+	if p.tdxRTMR0 != "" {
+		b, err := hexFlag("--tdx-rtmr0", p.tdxRTMR0, 48)
+		if err != nil {
+			return pol, err
+		}
+		pol.TDX.RTMR[0] = b
 	}
 	return pol, nil
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -8,6 +10,8 @@ import (
 	"testing"
 
 	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
+	tdxabi "github.com/google/go-tdx-guest/abi"
+	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 )
 
@@ -107,5 +111,30 @@ func TestEvidenceShow(t *testing.T) {
 	}
 	if code, _, stderr := cli(t, "evidence", "show", bad); code != exitFailed || !strings.Contains(stderr, "neither evidence JSON") {
 		t.Errorf("show garbage: code %d stderr %q", code, stderr)
+	}
+}
+
+// --tdx-rtmr0 pins RTMR0 (which covers the host's ACPI tables) on Intel's real quote: its
+// own value passes, any other fails naming RTMR0, a malformed one is a usage error.
+func TestEvidenceVerifyTDXRTMR0(t *testing.T) {
+	_, _, tdx := writeSamples(t)
+	q, err := tdxabi.QuoteToProto(tdxtestdata.RawQuote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rtmr0 := q.(*tdxpb.QuoteV4).GetTdQuoteBody().GetRtmrs()[0]
+	at := []string{"evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z"}
+	if code, _, stderr := cli(t, append(at, "--tdx-rtmr0", hex.EncodeToString(rtmr0), tdx)...); code != 0 {
+		t.Fatalf("the quote's own RTMR0: exit %d %s", code, stderr)
+	}
+	other := bytes.Clone(rtmr0)
+	other[0] ^= 1
+	code, _, stderr := cli(t, append(at, "--tdx-rtmr0", hex.EncodeToString(other), tdx)...)
+	if code != exitFailed || !strings.Contains(stderr, "RTMR0") {
+		t.Errorf("another RTMR0: exit %d %s", code, stderr)
+	}
+	code, _, stderr = cli(t, append(at, "--tdx-rtmr0", "abcd", tdx)...)
+	if code != exitUsage || !strings.Contains(stderr, "--tdx-rtmr0") {
+		t.Errorf("short RTMR0: exit %d %s", code, stderr)
 	}
 }
