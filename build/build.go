@@ -318,6 +318,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	// 3. Launch with the manifest digest bound (SNP HOST_DATA, TDX MRCONFIGID, or the
 	// simulated secure processor's HOST_DATA).
 	vmCfg := vmm.Config{
+		Log:           log,
 		QEMU:          o.QEMU,
 		Accel:         o.Accel,
 		Kernel:        filepath.Join(gimg.Dir, gimg.Kernel.Path),

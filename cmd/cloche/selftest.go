@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,7 +40,7 @@ func newSelftestCmd(g *globals) *cobra.Command {
 launches a tiny job (busybox, no compiler) in a confidential VM of the TEE named by --tee,
 verifies the result with the measurement computed from the guest image, and writes a
 diagnostic bundle to --out: the doctor report, the QEMU, host kernel, guest image and
-firmware versions, the guest console, the provenance bundle with its evidence, every
+firmware versions, the guest console, the host's log with QEMU's command line (host.log), the provenance bundle with its evidence, every
 verification check with its outcome, and the time each phase took (summary.json).
 
 It prints one PASSED or FAILED line and exits 0 when every phase passed, 1 when the build
@@ -262,6 +263,13 @@ func (s *selftest) build(ctx context.Context, tee attest.TEE, state, gdir, tc st
 		return nil, "", err
 	}
 	defer console.Close()
+	// The host side at debug level, QEMU's command line included, for the bundle.
+	hostLog, err := os.Create(filepath.Join(s.dir, "host.log"))
+	if err != nil {
+		return nil, "", err
+	}
+	defer hostLog.Close()
+	log := slog.New(slog.NewTextHandler(hostLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	out := filepath.Join(s.dir, "out")
 	if err := os.RemoveAll(out); err != nil {
 		return nil, "", err
@@ -272,7 +280,7 @@ func (s *selftest) build(ctx context.Context, tee attest.TEE, state, gdir, tc st
 		SimDir: simTEEDir(state), Firmware: runFirmware(tee, s.f.teeHost, state), QGS: s.f.teeHost.qgs,
 		KDS:    kds.New(kds.Options{CacheDir: kdsCacheDir(state), Log: s.g.logger()}),
 		Signer: signer, QEMU: s.f.qemu, Accel: s.f.accel, Console: newEscapeStripper(console),
-		Logger: s.g.logger(), Version: version,
+		Logger: log, Version: version,
 	}
 	outcome, err := build.Run(ctx, o)
 	return outcome, keyPath, err

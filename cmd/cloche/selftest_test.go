@@ -54,6 +54,10 @@ func TestSelftestSim(t *testing.T) {
 	if err != nil || !strings.Contains(string(console), "selftest-ok") {
 		t.Errorf("console.log lacks the job's output (%v):\n%s", err, console)
 	}
+	hostLog, err := os.ReadFile(filepath.Join(out, "host.log"))
+	if err != nil || !strings.Contains(string(hostLog), `msg="vmm: starting QEMU"`) || !strings.Contains(string(hostLog), "-initrd") {
+		t.Errorf("host.log lacks QEMU's command line (%v):\n%s", err, hostLog)
+	}
 	for _, f := range []string{"doctor.json", "out/provenance.sigstore.json", "out/selftest.txt"} {
 		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 			t.Errorf("bundle lacks %s: %v", f, err)
