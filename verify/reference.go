@@ -40,11 +40,11 @@ func (r *ReferenceOptions) Check() error {
 	case r.BundlePath != "" && r.GuestImageDir != "":
 		return errors.New("give reference values or a guest image to compute them from, not both")
 	case r.BundlePath != "" && r.Key == nil:
-		return errors.New("reference values need the key they are signed with (expected --reference-key FILE)")
+		return errors.New("Reference.BundlePath: reference values need the key they are signed with (Reference.Key)")
 	case r.BundlePath == "" && r.Key != nil:
-		return errors.New("a reference-values key was given without reference values (expected --reference-values FILE)")
+		return errors.New("Reference.Key: a reference-values key was given without reference values (Reference.BundlePath)")
 	case r.GuestImageDir == "" && (r.Firmware != "" || r.VCPUType != "" || len(r.GuestFeatures) > 0):
-		return errors.New("firmware, vCPU type and guest features are used with --guest-image only")
+		return errors.New("Reference.Firmware, VCPUType and GuestFeatures are used with Reference.GuestImageDir only")
 	}
 	return nil
 }
@@ -177,8 +177,12 @@ func checkGuestBinding(g provenance.GuestImage, m *refMatch) ([]string, error) {
 	if m.value.MemoryMiB == 0 {
 		unbound = append(unbound, "memoryMiB") // not measured on this TEE
 	}
+	// Only a document whose signature was checked binds the annotation; the reference
+	// values a guest image directory ships were not verified (their file can say anything),
+	// so agreeing with them is consistency, not a binding.
 	want := m.statementSHA256
-	if want == "" {
+	verified := want != ""
+	if !verified {
 		want = m.shippedSHA256
 	}
 	switch {
@@ -187,6 +191,8 @@ func checkGuestBinding(g provenance.GuestImage, m *refMatch) ([]string, error) {
 		unbound = append(unbound, "referenceValuesSha256")
 	case g.ReferenceValues != want:
 		return nil, fail(CheckGuestImage, fmt.Errorf("%w: guest-image annotation referenceValuesSha256 is %s, the trusted reference values are %s", ErrMismatchBinding, g.ReferenceValues, want))
+	case !verified:
+		unbound = append(unbound, "referenceValuesSha256")
 	}
 	return unbound, nil
 }

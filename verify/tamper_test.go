@@ -3,6 +3,9 @@ package verify
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
@@ -402,6 +405,14 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	ref("name another cmdline", CheckGuestImage, func(d *reference.Document) { d.GuestImage.Cmdline = "console=hvc0" })
 	ref("name another recipe", CheckGuestImage, func(d *reference.Document) { d.GuestImage.Recipe = hex64x("c") })
 	add("reference values signed by another key", CheckReference, verifytest.Hooks{}, func(o *Options, f *verifytest.Fixture) { o.Reference.Key = k.HostKey })
+	add("reference values signed by the host's own provenance key", CheckReference, verifytest.Hooks{}, func(o *Options, f *verifytest.Fixture) {
+		b, err := reference.Sign(context.Background(), k.Host, f.Reference)
+		if err != nil {
+			panic(err)
+		}
+		os.WriteFile(f.ReferencePath, b, 0o644)
+		o.Reference.Key = k.HostKey
+	})
 	add("reference values file corrupted", CheckReference, verifytest.Hooks{}, func(o *Options, f *verifytest.Fixture) { os.WriteFile(f.ReferencePath, []byte("{}"), 0o644) })
 	add("reference values file missing", CheckReference, verifytest.Hooks{}, func(o *Options, f *verifytest.Fixture) { o.Reference.BundlePath = f.ReferencePath + ".missing" })
 	add("reference values version pinned as other", CheckBuilderID, verifytest.Hooks{}, func(o *Options, f *verifytest.Fixture) {
@@ -419,7 +430,13 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("pinned measurement of odd size", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.ExpectedMeasurements = [][]byte{make([]byte, 47)} })
 	opt("no bundle", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.BundlePath = "" })
 	opt("no key", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.PublicKey = nil })
-	opt("wrong key", CheckSignature, func(o *Options, f *verifytest.Fixture) { o.PublicKey = k.ReleaseKey })
+	opt("wrong key", CheckSignature, func(o *Options, f *verifytest.Fixture) {
+		other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			panic(err)
+		}
+		o.PublicKey = other.Public()
+	})
 	opt("simulated not allowed", CheckSimulated, func(o *Options, f *verifytest.Fixture) { o.AllowSimulated = false; o.SimRoots = nil })
 	opt("allowed without a root", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.SimRoots = nil })
 	for _, role := range []string{"VCEK", "ASK"} {
@@ -463,6 +480,10 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("source repository", CheckSourceRepository, func(o *Options, f *verifytest.Fixture) { o.Identity = &Identity{SourceURI: "github.com/evil/hello"} })
 	opt("source tag", CheckSourceRef, func(o *Options, f *verifytest.Fixture) {
 		o.Identity = &Identity{SourceURI: "github.com/example/hello", SourceTag: "v2"}
+	})
+	opt("embedded references: only a nil entry", CheckMeasurement, func(o *Options, f *verifytest.Fixture) {
+		o.Reference = ReferenceOptions{}
+		o.EmbeddedReferences = []*reference.Document{nil}
 	})
 	opt("embedded references without the measurement", CheckMeasurement, func(o *Options, f *verifytest.Fixture) {
 		d := *f.Reference

@@ -220,7 +220,10 @@ func (o *Options) checkOptions() error {
 	if err := o.Pins.check(); err != nil {
 		return fail(CheckOptions, err)
 	}
-	trusted := len(o.ExpectedMeasurements) > 0 || o.Reference.BundlePath != "" || o.Reference.GuestImageDir != "" || len(o.EmbeddedReferences) > 0
+	if o.Reference.Key != nil && o.PublicKey != nil && sameKey(o.Reference.Key, o.PublicKey) {
+		return fail(CheckReference, errors.New("Reference.Key is the provenance signing key: the host holds that key, so reference values signed with it are the host's own word (use the guest image release's key)"))
+	}
+	trusted := len(o.ExpectedMeasurements) > 0 || o.Reference.BundlePath != "" || o.Reference.GuestImageDir != "" || countDocs(o.EmbeddedReferences) > 0
 	switch {
 	case o.InsecureSkipMeasurement && trusted:
 		return fail(CheckOptions, errors.New("InsecureSkipMeasurement contradicts the measurement sources given"))
@@ -476,6 +479,10 @@ func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.T
 	if len(o.ExpectedMeasurements) > 0 {
 		res.Pinned = append(res.Pinned, "measurement")
 	}
+	if match == nil && len(o.ExpectedMeasurements) == 0 {
+		// Fail closed: a measurement source was named but nothing in it was usable.
+		return nil, fail(CheckMeasurement, errors.New("no trusted measurement source listed the measurement (the sources given held no reference values)"))
+	}
 	detail := "pinned"
 	if match != nil {
 		res.ReferenceMatch = match.summary
@@ -570,4 +577,21 @@ func hashFile(path string) (string, error) {
 		return "", fmt.Errorf("reading %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sameKey reports whether two public keys are the same key.
+func sameKey(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}
+
+// countDocs counts the documents that are there (nil entries are not a source).
+func countDocs(docs []*reference.Document) int {
+	n := 0
+	for _, d := range docs {
+		if d != nil {
+			n++
+		}
+	}
+	return n
 }

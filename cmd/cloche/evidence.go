@@ -266,12 +266,31 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 	for _, w := range claims.Warnings {
 		rep.Warning(w)
 	}
+	for _, w := range uncheckedBindings(f) {
+		rep.Warning(w)
+	}
 	debug := ""
 	if f.allowDebug {
 		debug = "; debug guests were allowed (--allow-debug): test samples only"
 	}
 	rep.Passed(fmt.Sprintf("%s evidence verified offline; measurement %x%s", ev.TEE, claims.Measurement, debug))
 	return nil
+}
+
+// uncheckedBindings names the bindings evidence verify was not asked to check: the
+// evidence is genuine, but says nothing about which guest or which job without them.
+func uncheckedBindings(f *evidenceVerifyFlags) []string {
+	var w []string
+	if len(f.measurements) == 0 {
+		w = append(w, "measurement not checked (--measurement): any guest image would pass")
+	}
+	if f.hostData == "" {
+		w = append(w, "HOST_DATA / MRCONFIGID not checked (--host-data): the launch is bound to no manifest")
+	}
+	if f.reportData == "" {
+		w = append(w, "REPORT_DATA not checked (--report-data): the report is bound to no result")
+	}
+	return w
 }
 
 // loadCertFlags reads every --certs file.

@@ -138,3 +138,14 @@ func TestEvidenceVerifyTDXRTMR0(t *testing.T) {
 		t.Errorf("short RTMR0: exit %d %s", code, stderr)
 	}
 }
+
+// A PASSED evidence verify says which bindings it did not check.
+func TestEvidenceVerifyWarnsUncheckedBindings(t *testing.T) {
+	_, _, tdx := writeSamples(t)
+	code, _, stderr := cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", tdx)
+	for _, w := range []string{"WARNING: measurement not checked", "WARNING: HOST_DATA / MRCONFIGID not checked", "WARNING: REPORT_DATA not checked"} {
+		if code != 0 || !strings.Contains(stderr, w) {
+			t.Errorf("exit %d, missing %q in:\n%s", code, w, stderr)
+		}
+	}
+}
