@@ -89,6 +89,9 @@ var (
 	ErrChipID = errors.New("CHIP_ID mismatch")
 	// ErrPlatform: the platform is not on the verifier's allow-list.
 	ErrPlatform = errors.New("platform not allowed")
+	// ErrQEIdentity: the TDX quote was signed by an enclave that is not Intel's TD quoting
+	// enclave.
+	ErrQEIdentity = errors.New("TDX quoting enclave identity check failed")
 )
 
 // Evidence leaves the guest in the output disk (evidence.json) and, after host completion,

@@ -3,6 +3,7 @@ package attest
 import (
 	"bytes"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -39,6 +40,9 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	if err != nil {
 		return nil, err
 	}
+	if opts.fakeIntelRoot != nil {
+		root = opts.fakeIntelRoot
+	}
 	roots := x509.NewCertPool()
 	roots.AddCert(root)
 	times := &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now}
@@ -47,6 +51,13 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 			return nil, fmt.Errorf("%w: tdx quote: %v", ErrSignature, err)
 		}
 		return nil, fmt.Errorf("%w: tdx quote PCK chain against Intel's SGX root CA: %v", ErrCertChain, err)
+	}
+
+	// The enclave that signed the quote must be Intel's TD quoting enclave, with or without
+	// collateral: the PCK certifies any enclave on the platform, so a host could run its
+	// own and sign any quote with it.
+	if err := checkQEIdentity(quote); err != nil {
+		return nil, err
 	}
 
 	// 3. Collateral and revocation, when given.
@@ -65,7 +76,7 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 			warnings = append(warnings, "revocation not checked: the TDX collateral carries no Intel CRLs (PCK CRL and root CA CRL)")
 		}
 	} else {
-		warnings = append(warnings, "TDX collateral not given: the platform's TCB status, QE identity and Intel's CRLs were not checked (give --tdx-collateral FILE)")
+		warnings = append(warnings, "TDX collateral not given: the platform's TCB status, the quoting enclave's TCB level and Intel's CRLs were not checked (give --tdx-collateral FILE); its identity was checked against Intel's TD QE")
 	}
 
 	// 4-6. Policy, TCB, bindings.
@@ -263,4 +274,62 @@ func tdxPPID(quote any) (string, error) {
 		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %v", ErrCertChain, err)
 	}
 	return strings.ToLower(ext.PPID), nil
+}
+
+// Intel's TD quoting enclave identity, as Intel's signed QE identity (enclaveIdentity
+// "TD_QE", version 2, from Intel's PCS; go-tdx-guest's testing/testdata
+// sample_qeIdentity_response) states it: MRSIGNER, ISVPRODID 2, and the attributes and
+// MISCSELECT under their masks (DEBUG must be clear).
+var (
+	tdQEMrSigner       = mustHex("dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
+	tdQEAttributes     = mustHex("11000000000000000000000000000000")
+	tdQEAttributesMask = mustHex("fbffffffffffffff0000000000000000")
+)
+
+const (
+	tdQEIsvProdID      = 2
+	tdQEMiscSelect     = 0x00000000
+	tdQEMiscSelectMask = 0xffffffff
+)
+
+// checkQEIdentity checks the QE report in the quote's certification data against Intel's TD
+// QE identity. go-tdx-guest checks it only with collateral.
+func checkQEIdentity(quote any) error {
+	var r *tdxpb.EnclaveReport
+	switch q := quote.(type) {
+	case *tdxpb.QuoteV4:
+		r = q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport()
+	case *tdxpb.QuoteV5:
+		r = q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport()
+	}
+	if r == nil {
+		return fmt.Errorf("%w: the quote carries no QE report", ErrQEIdentity)
+	}
+	if !bytes.Equal(r.GetMrSigner(), tdQEMrSigner) {
+		return fmt.Errorf("%w: QE MRSIGNER is %x, expected Intel's %x", ErrQEIdentity, r.GetMrSigner(), tdQEMrSigner)
+	}
+	if r.GetIsvProdId() != tdQEIsvProdID {
+		return fmt.Errorf("%w: QE ISVPRODID is %d, expected %d (the TD QE)", ErrQEIdentity, r.GetIsvProdId(), tdQEIsvProdID)
+	}
+	if r.GetMiscSelect()&tdQEMiscSelectMask != tdQEMiscSelect {
+		return fmt.Errorf("%w: QE MISCSELECT is 0x%08x, expected 0x%08x under mask 0x%08x", ErrQEIdentity, r.GetMiscSelect(), tdQEMiscSelect, tdQEMiscSelectMask)
+	}
+	attr := r.GetAttributes()
+	if len(attr) != len(tdQEAttributes) {
+		return fmt.Errorf("%w: QE ATTRIBUTES are %d bytes, expected %d", ErrQEIdentity, len(attr), len(tdQEAttributes))
+	}
+	for i := range attr {
+		if attr[i]&tdQEAttributesMask[i] != tdQEAttributes[i] {
+			return fmt.Errorf("%w: QE ATTRIBUTES %x do not match Intel's %x under mask %x (a debug or other enclave)", ErrQEIdentity, attr, tdQEAttributes, tdQEAttributesMask)
+		}
+	}
+	return nil
+}
+
+func mustHex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
 }

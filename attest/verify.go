@@ -47,6 +47,9 @@ type VerifyOptions struct {
 	// fakeAMDRoots replaces AMD's embedded roots in this package's tests, which sign
 	// evidence with go-sev-guest's test-only chain. Nothing outside the package can set it.
 	fakeAMDRoots func() map[string][]*trust.AMDRootCerts
+	// fakeIntelRoot replaces Intel's SGX root in this package's tests, which build TDX
+	// quotes under a test PCK chain. Nothing outside the package can set it.
+	fakeIntelRoot *x509.Certificate
 }
 
 // Claims are the facts a verified piece of evidence establishes.

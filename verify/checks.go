@@ -32,6 +32,7 @@ const (
 	CheckTCB               = "evidence.tcb"
 	CheckRevocation        = "evidence.revocation"
 	CheckCollateral        = "evidence.collateral"
+	CheckQEIdentity        = "evidence.qe-identity"
 	CheckUnsupported       = "evidence.unsupported"
 	CheckPlatform          = "evidence.platform"
 	CheckEvidenceTEE       = "evidence.tee"
@@ -63,7 +64,7 @@ var CheckNames = []string{
 	CheckOptions, CheckArtifact, CheckBundle, CheckBundleMaterial, CheckSignature, CheckIdentity,
 	CheckStatement, CheckSubject, CheckManifest, CheckResult, CheckEvidenceParse, CheckSimulated,
 	CheckChain, CheckEvidenceSignature, CheckPolicy, CheckFirmware, CheckChipID, CheckTCB,
-	CheckRevocation, CheckCollateral, CheckUnsupported, CheckPlatform, CheckMeasurement,
+	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
 	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckSourceTree,
 	CheckSourceCommit, CheckSourceRepository, CheckSourceRef, CheckBuilderID,

@@ -37,6 +37,7 @@ var evidenceChecks = []struct {
 	{attest.ErrChipID, CheckChipID},
 	{attest.ErrRevoked, CheckRevocation},
 	{attest.ErrCollateral, CheckCollateral},
+	{attest.ErrQEIdentity, CheckQEIdentity},
 	{attest.ErrPlatform, CheckPlatform},
 	{attest.ErrUnsupported, CheckUnsupported},
 	{attest.ErrSignature, CheckEvidenceSignature},

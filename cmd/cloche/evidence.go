@@ -122,6 +122,7 @@ const evidenceCheckHelp = `  evidence.parse        the evidence or report is mal
                         product line, see --min-tcb), or TDX TEE_TCB_SVN below --min-tee-tcb-svn
   evidence.revocation   revoked by the given CRL
   evidence.collateral   the TDX quote fails the given Intel collateral
+  evidence.qe-identity  the TDX quote was not signed by Intel's TD quoting enclave
   evidence.unsupported  evidence this build cannot check (e.g. AMD Turin)
   evidence.platform     the platform (SNP CHIP_ID, TDX PPID) is not in --allow-platform
   measurement           the launch measurement is not one expected
