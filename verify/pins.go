@@ -28,7 +28,7 @@ var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func (p *Pins) check() error {
 	if p.ToolchainDigest != "" && !hex64.MatchString(p.ToolchainDigest) {
-		return fmt.Errorf("Pins.ToolchainDigest %q: expected 64 lowercase hex digits (the verity root hash or the image SHA-256)", p.ToolchainDigest)
+		return fmt.Errorf("Pins.ToolchainDigest %q: expected 64 lowercase hex digits (the toolchain's dm-verity root hash)", p.ToolchainDigest)
 	}
 	if p.Command != nil && len(p.Command) == 0 {
 		return errors.New("Pins.Command is empty: pin at least the program")
@@ -42,10 +42,18 @@ func (p *Pins) check() error {
 // apply compares the pins with the attested manifest and records what was pinned and
 // what was only reported.
 func (p *Pins) apply(res *Result, m *job.Manifest) error {
+	// Only the verity root hash pins the toolchain: the guest mounts the image through
+	// dm-verity with the manifest's root hash, so that is what bounds the bytes it ran.
+	// The image's SHA-256 is a claim the host wrote beside it, which nothing in the guest
+	// checks.
 	if p.ToolchainDigest != "" {
-		if p.ToolchainDigest != m.Toolchain.VerityRootHash && p.ToolchainDigest != m.Toolchain.ImageSHA256 {
-			return fail(CheckPinToolchain, fmt.Errorf("the attested toolchain %q has verity root %s and image sha256 %s, expected %s",
-				m.Toolchain.Name, m.Toolchain.VerityRootHash, m.Toolchain.ImageSHA256, p.ToolchainDigest))
+		if p.ToolchainDigest != m.Toolchain.VerityRootHash {
+			hint := ""
+			if p.ToolchainDigest == m.Toolchain.ImageSHA256 {
+				hint = " (that is the image SHA-256 the host claims, which the guest does not check; pin the verity root hash)"
+			}
+			return fail(CheckPinToolchain, fmt.Errorf("the attested toolchain %q has verity root %s, expected %s%s",
+				m.Toolchain.Name, m.Toolchain.VerityRootHash, p.ToolchainDigest, hint))
 		}
 		res.record(CheckPinToolchain, Passed, "%s", p.ToolchainDigest)
 		res.Pinned = append(res.Pinned, "toolchain")

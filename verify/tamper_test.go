@@ -461,6 +461,9 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("source commit", CheckSourceCommit, func(o *Options, f *verifytest.Fixture) { o.ExpectedSourceCommit = hex64x("0")[:40] })
 	opt("builder of another TEE", CheckBuilderID, func(o *Options, f *verifytest.Fixture) { o.ExpectedBuilderID = "https://cloche.dev/builders/snp" })
 	opt("toolchain pin", CheckPinToolchain, func(o *Options, f *verifytest.Fixture) { o.Pins.ToolchainDigest = hex64x("0") })
+	opt("toolchain pin on the host-claimed image SHA-256", CheckPinToolchain, func(o *Options, f *verifytest.Fixture) {
+		o.Pins.ToolchainDigest = f.Manifest.Toolchain.ImageSHA256
+	})
 	opt("toolchain pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.ToolchainDigest = "xyz" })
 	opt("command pin", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"make", "all"} })
 	opt("command pin prefix", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"mak"} })
