@@ -98,7 +98,7 @@ Check names (stable):
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
 	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")
 	fl.BoolVar(&f.skipMeasurement, "insecure-skip-measurement", false, "accept ANY launch measurement (the guest may be the host's own): prints a WARNING")
-	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its dm-verity root hash (64 hex digits; `cloche image toolchain` prints it as verityRootHash)")
+	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its dm-verity root hash (64 hex digits; cloche image toolchain prints it as verityRootHash)")
 	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
 	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
 	fl.BoolVar(&f.envExact, "env-exact", false, "with --env: refuse variables the --env flags do not name")
