@@ -25,6 +25,7 @@ import (
 	sevtesting "github.com/google/go-sev-guest/testing"
 	"github.com/google/uuid"
 
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
@@ -111,7 +112,7 @@ func LoadOrCreateSimSP(dir string) (*SimSP, error) {
 	sp.dir = dir
 	rootPEM := pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: sp.ark.Raw})
 	if cur, err := fileio.ReadCapped(sp.RootPath(), maxSimStateSize); err != nil || !bytes.Equal(cur, rootPEM) {
-		if err := writeFileAtomic(sp.RootPath(), rootPEM, 0o644); err != nil {
+		if err := atomicfile.WriteFile(sp.RootPath(), rootPEM, 0o644); err != nil {
 			return nil, fmt.Errorf("simulated TEE: writing root certificate: %w", err)
 		}
 	}
@@ -125,20 +126,20 @@ func createSimState(path string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	tmp, err := writeTemp(path, state, 0o600)
+	f, err := atomicfile.Create(path)
 	if err != nil {
 		return nil, err
 	}
-	defer os.Remove(tmp)
-	// Link, unlike rename, fails when path exists: two agents starting at once keep one chain.
-	if err := os.Link(tmp, path); err != nil {
+	defer f.Abort()
+	if _, err := f.Write(state); err != nil {
+		return nil, fmt.Errorf("storing state file: %w", err)
+	}
+	// Two agents starting at once keep one chain: CommitNew never replaces the file.
+	if err := f.CommitNew(0o600); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fileio.ReadCapped(path, maxSimStateSize)
 		}
 		return nil, fmt.Errorf("storing state file: %w", err)
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return nil, err
 	}
 	return state, nil
 }
@@ -425,54 +426,4 @@ func (sp *SimSP) Complete(ev *Evidence) error {
 	default:
 		return ev.checkShape()
 	}
-}
-
-// writeFileAtomic writes data to path through a synced temporary file and a rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := writeTemp(path, data, perm)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeTemp writes data to a synced temporary file next to path and returns its name.
-func writeTemp(path string, data []byte, perm os.FileMode) (string, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	fail := func(err error) (string, error) {
-		f.Close()
-		os.Remove(name)
-		return "", err
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(name)
-		return "", err
-	}
-	return name, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

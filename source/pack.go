@@ -14,6 +14,8 @@ import (
 	"sort"
 	"syscall"
 	"time"
+
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // packEntry is one file system object found under the packed directory.
@@ -183,31 +185,17 @@ func writeEntry(ctx context.Context, tw *tar.Writer, dir string, e packEntry, mt
 // PackFile packs dir like Pack into the file path, atomically: the archive is written to
 // a temporary file in the same directory and renamed into place only when complete.
 func PackFile(ctx context.Context, dir string, epoch int64, dst string) (sha256hex string, size int64, err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	tmp, err := atomicfile.Create(dst)
 	if err != nil {
-		return "", 0, fmt.Errorf("pack to %s: %w", dst, err)
+		return "", 0, fmt.Errorf("pack: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 	sum, n, err := Pack(ctx, dir, epoch, tmp)
 	if err != nil {
 		return "", 0, err
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return "", 0, fmt.Errorf("pack to %s: %w", dst, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", 0, fmt.Errorf("pack to %s: sync: %w", dst, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", 0, fmt.Errorf("pack to %s: close: %w", dst, err)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return "", 0, fmt.Errorf("pack to %s: %w", dst, err)
+	if err := tmp.Commit(0o644); err != nil {
+		return "", 0, fmt.Errorf("pack: %w", err)
 	}
 	return sum, n, nil
 }

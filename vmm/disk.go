@@ -2,8 +2,8 @@ package vmm
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
+
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // MaxOutputDiskSize bounds CreateOutputDisk: the disk is sparse, but the guest may fill it.
@@ -17,28 +17,16 @@ func CreateOutputDisk(path string, size int64) error {
 		return fmt.Errorf("vmm: output disk size %d, expected 1..%d bytes", size, int64(MaxOutputDiskSize))
 	}
 	size = (size + 4095) &^ 4095
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	f, err := atomicfile.Create(path)
 	if err != nil {
-		return fmt.Errorf("vmm: create output disk %s: %w", path, err)
+		return fmt.Errorf("vmm: create output disk: %w", err)
 	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Abort()
 	if err := f.Truncate(size); err != nil {
 		return fmt.Errorf("vmm: size output disk %s to %d bytes: %w", path, size, err)
 	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("vmm: close output disk %s: %w", path, err)
+	if err := f.Commit(0o600); err != nil {
+		return fmt.Errorf("vmm: put output disk in place: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("vmm: put output disk in place at %s: %w", path, err)
-	}
-	ok = true
 	return nil
 }

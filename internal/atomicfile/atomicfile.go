@@ -53,6 +53,33 @@ func (f *File) Commit(mode os.FileMode) error {
 	return syncDir(filepath.Dir(f.path))
 }
 
+// CommitNew is Commit for a file that must not be replaced: it links the temp file to the
+// final path, which fails with an error wrapping fs.ErrExist when something is there
+// already (two processes creating the same file at once: the first one wins, and the other
+// reads what it wrote).
+func (f *File) CommitNew(mode os.FileMode) error {
+	if f.done {
+		return fmt.Errorf("commit %s: already committed or aborted", f.path)
+	}
+	f.done = true
+	tmp := f.File.Name()
+	defer os.Remove(tmp)
+	err := f.File.Sync()
+	if cerr := f.File.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		err = os.Link(tmp, f.path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", f.path, err)
+	}
+	return syncDir(filepath.Dir(f.path))
+}
+
 // Abort discards the temp file unless Commit already succeeded.
 func (f *File) Abort() {
 	if f.done {

@@ -1,6 +1,8 @@
 package atomicfile
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -42,5 +44,32 @@ func TestAbortLeavesNothing(t *testing.T) {
 	}
 	if err := WriteFile(filepath.Join(dir, "missing", "f"), nil, 0o644); err == nil {
 		t.Error("write into a missing directory succeeded")
+	}
+}
+
+// CommitNew never replaces a file: the second writer gets fs.ErrExist and the first
+// writer's bytes stay; no temp file is left either way.
+func TestCommitNew(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state")
+	for i, content := range []string{"first", "second"} {
+		f, err := Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString(content)
+		err = f.CommitNew(0o600)
+		if (i == 0) != (err == nil) || (i == 1 && !errors.Is(err, fs.ErrExist)) {
+			t.Fatalf("commit %d: %v", i, err)
+		}
+	}
+	if b, _ := os.ReadFile(p); string(b) != "first" {
+		t.Fatalf("content %q, want the first writer's", b)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode: %v %v", fi, err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("left behind: %v", ents)
 	}
 }
