@@ -463,7 +463,7 @@ const defaultToolchainName = "debian-bookworm-gcc"
 // (minutes: mmdebstrap downloads and installs the packages).
 func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
 	_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state,
-		Name: defaultToolchainName, Progress: g.progress()})
+		Name: defaultToolchainName, Progress: g.progress(), Log: g.logger()})
 	if err != nil {
 		return "", fmt.Errorf("default toolchain image: %w", err)
 	}

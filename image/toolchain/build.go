@@ -56,6 +56,8 @@ type Options struct {
 	// Progress shows the assembly's phases (it takes minutes the first time); nil shows
 	// nothing.
 	Progress *progress.Meter
+	// Log receives warnings (nil: discarded).
+	Log *slog.Logger
 }
 
 // Build assembles a Debian root with opts.Packages using mmdebstrap and makes its image
@@ -103,7 +105,9 @@ func Build(ctx context.Context, opts Options) (*job.Toolchain, string, error) {
 		phase.Cached("path", imagePath)
 		return tc, imagePath, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
-		slog.WarnContext(ctx, "cached toolchain image unusable; rebuilding", "path", imagePath, "err", err)
+		if opts.Log != nil {
+			opts.Log.WarnContext(ctx, "cached toolchain image unusable; rebuilding", "path", imagePath, "err", err)
+		}
 	}
 	tc, err := assemble(ctx, phase, suite, pkgs, name, dir, imagePath)
 	if err != nil {
