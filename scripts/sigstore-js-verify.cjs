@@ -6,6 +6,8 @@
 // include the SHA-256 of every artifact given.
 //
 //   key-signed: node sigstore-js-verify.cjs --bundle B --key signing-key.pem.pub ARTIFACT...
+//   key-signed and entered in Rekor (cloche run --rekor-url): add --trusted-root trusted_root.json,
+//               and the log entry is then required and checked against the root's Rekor logs
 //   keyless:    node sigstore-js-verify.cjs --bundle B --trusted-root trusted_root.json \
 //                 --certificate-identity-regexp RE --certificate-oidc-issuer ISSUER ARTIFACT...
 //
@@ -46,23 +48,25 @@ function parseArgs(argv) {
   }
   if (!opts.bundle) usage('--bundle FILE is required');
   if (opts.artifacts.length === 0) usage('at least one ARTIFACT is required');
-  if (Boolean(opts.key) === Boolean(opts.trustedRoot)) usage('exactly one of --key (key-signed) or --trusted-root (keyless) is required');
-  if (opts.trustedRoot && (!opts.identity || !opts.issuer)) {
+  if (!opts.key && !opts.trustedRoot) usage('--key (key-signed) or --trusted-root (keyless, or a key-signed bundle entered in Rekor) is required');
+  if (!opts.key && (!opts.identity || !opts.issuer)) {
     usage('a keyless bundle needs --certificate-identity-regexp and --certificate-oidc-issuer');
   }
   return opts;
 }
 
-// verifier returns the sigstore-js verifier and policy for the mode. A key-signed bundle has
-// no transparency-log entry, SCT or timestamp, so none is required; the trusted key is the
-// only one tried, whatever the bundle's unauthenticated key hint says.
+// verifier returns the sigstore-js verifier and policy for the mode. For a key-signed bundle
+// the trusted key is the only one tried, whatever the bundle's unauthenticated key hint says;
+// without a trusted root it has no transparency-log entry or timestamp to require, with one
+// its Rekor entry is required (and is its timestamp).
 function verifier(opts) {
+  const root = TrustedRoot.fromJSON(opts.trustedRoot ? JSON.parse(fs.readFileSync(opts.trustedRoot, 'utf8')) : EMPTY_ROOT);
   if (opts.key) {
     const publicKey = crypto.createPublicKey(fs.readFileSync(opts.key));
-    const trust = toTrustMaterial(TrustedRoot.fromJSON(EMPTY_ROOT), () => ({ publicKey, validFor: () => true }));
-    return { v: new Verifier(trust, { tlogThreshold: 0, ctlogThreshold: 0, timestampThreshold: 0 }), policy: undefined };
+    const trust = toTrustMaterial(root, () => ({ publicKey, validFor: () => true }));
+    const n = opts.trustedRoot ? 1 : 0;
+    return { v: new Verifier(trust, { tlogThreshold: n, ctlogThreshold: 0, timestampThreshold: n }), policy: undefined };
   }
-  const root = TrustedRoot.fromJSON(JSON.parse(fs.readFileSync(opts.trustedRoot, 'utf8')));
   const policy = { subjectAlternativeName: opts.identity, extensions: { issuer: opts.issuer } };
   return { v: new Verifier(toTrustMaterial(root)), policy };
 }

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/sethvargo/go-githubactions"
 
 	"github.com/cloche-dev/cloche/internal/ghfake"
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
 )
 
@@ -173,24 +176,50 @@ func alterSignature(t *testing.T) func(env map[string]any) {
 	}
 }
 
+// interopBuild is a real build of examples/hello-c on the simulated TEE, through the CLI
+// with --json, as a user runs it; extra are more `cloche run` flags.
+func interopBuild(t *testing.T, state string, extra ...string) *runReport {
+	t.Helper()
+	args := append([]string{"run", "--json", "--quiet", "--state-dir", state, "--source", "../../examples/hello-c", "--out", filepath.Join(t.TempDir(), "out"),
+		"--tee", "sim", "--guest-image", testfixture.GuestImage(t), "--toolchain", testfixture.GCCToolchain(t), "--accel", "tcg"}, extra...)
+	code, stdout, stderr := cli(t, append(args, "--", "make")...)
+	if code != 0 {
+		t.Fatalf("cloche run exited %d:\n%s", code, stderr)
+	}
+	var r runReport
+	if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+		t.Fatalf("cloche run --json: %v\n%s", err, stdout)
+	}
+	if len(r.Artifacts) == 0 || len(r.CosignVerify) == 0 {
+		t.Fatalf("cloche run --json reports no artifact or no cosign command:\n%s", stdout)
+	}
+	return &r
+}
+
 // TestInterop checks that verifiers nobody here wrote (cosign v2 and v3, sigstore-js, gh)
-// accept a real simulated build's key-signed bundle and the same statement signed keyless
-// through the private Sigstore, with the commands docs/interop.md gives, and reject three
-// tamperings of each (and a keyless bundle expected from another repository).
+// accept real simulated builds' key-signed bundles (one also entered in Rekor) and the same
+// statement signed keyless through the private Sigstore, with the commands docs/interop.md
+// gives and the cosign command `cloche run` prints, and reject three tamperings of each (and
+// a keyless bundle expected from another repository).
 func TestInterop(t *testing.T) {
 	tools := interopTools(t)
 	cmds := interopCommands(t)
-	h := buildHello(t, t.TempDir())
-	dir := t.TempDir()
-
+	state := t.TempDir()
 	ss := ghfake.NewSigstore(t, interopClaims())
+	plain := interopBuild(t, state)
+	logged := interopBuild(t, state, "--rekor-url", ss.Rekor.URL)
+	if _, entries := ss.Counts(); entries != 1 {
+		t.Fatalf("cloche run --rekor-url entered %d signatures in Rekor, want 1", entries)
+	}
+	dir := t.TempDir()
 	keyless := filepath.Join(dir, "keyless.sigstore.json")
-	keylessBundle(t, ss, bundlePayload(t, h.bundle), keyless)
+	keylessBundle(t, ss, bundlePayload(t, plain.Bundle), keyless)
 	trustedRoot := filepath.Join(dir, "trusted_root.json")
 	ss.WriteTrustedRoot(trustedRoot)
+	artifact := plain.Artifacts[0].Path
 
 	otherArtifact := filepath.Join(dir, "hello")
-	art, err := os.ReadFile(h.artifact)
+	art, err := os.ReadFile(artifact)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,58 +228,105 @@ func TestInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	bundles := map[string]string{"key": h.bundle, "keyless": keyless}
-	for _, kind := range []string{"key", "keyless"} {
+	// cloche verify checks the logged bundle's entry against the trusted root's Rekor, and
+	// refuses it when no root, or another deployment's, is given.
+	verifyLogged := func(extra ...string) (int, string) {
+		args := slices.Concat(logged.Verify[1:len(logged.Verify)-1], extra, logged.Verify[len(logged.Verify)-1:])
+		code, _, stderr := cli(t, args...)
+		return code, stderr
+	}
+	if code, stderr := verifyLogged("--trusted-root", trustedRoot); code != 0 {
+		t.Fatalf("cloche verify rejects the bundle entered in Rekor: %s", stderr)
+	}
+	if code, stderr := verifyLogged(); code != 1 || !strings.Contains(stderr, "FAILED: bundle.material:") {
+		t.Errorf("cloche verify without --trusted-root: exit %d, %s; want bundle.material refusing the unchecked log entry", code, stderr)
+	}
+	otherRoot := filepath.Join(dir, "other_root.json")
+	ghfake.NewSigstore(t, interopClaims()).WriteTrustedRoot(otherRoot)
+	if code, stderr := verifyLogged("--trusted-root", otherRoot); code != 1 || !strings.Contains(stderr, "FAILED: signature") {
+		t.Errorf("cloche verify with another Rekor's root: exit %d, %s; want a signature failure", code, stderr)
+	}
+
+	t.Run("run hint", func(t *testing.T) {
+		// The cosign command `cloche run` prints works as printed, with the insecure flag
+		// exactly when the bundle has no log entry (a private Rekor needs its root added).
+		cosign := tools[1]
+		for _, c := range []struct {
+			r        *runReport
+			insecure bool
+			extra    []string
+		}{{plain, true, nil}, {logged, false, []string{"--trusted-root", trustedRoot}}} {
+			if got := slices.Contains(c.r.CosignVerify, "--insecure-ignore-tlog"); got != c.insecure {
+				t.Errorf("cosign hint %q: --insecure-ignore-tlog present %v, want %v", c.r.CosignVerifyCommand, got, c.insecure)
+			}
+			script := shellLine(append(slices.Clone(c.r.CosignVerify), c.extra...))
+			if out, err := runInterop(t, cosign, script, nil); err != nil {
+				t.Errorf("%s: %v\n%s", script, err, out)
+			}
+		}
+	})
+
+	bundles := map[string]string{"key": plain.Bundle, "key-logged": logged.Bundle, "keyless": keyless}
+	artifacts := map[string]string{"key": artifact, "key-logged": logged.Artifacts[0].Path, "keyless": artifact}
+	for _, kind := range []string{"key", "key-logged", "keyless"} {
 		for _, tool := range tools {
 			script, ok := cmds[tool.name+":"+kind]
 			if !ok {
-				if tool.name == "gh" && kind == "key" {
+				if tool.name == "gh" && kind != "keyless" {
 					continue // gh verifies certificate-signed bundles only (docs/interop.md)
 				}
 				t.Fatalf("docs/interop.md has no block interop:%s:%s", tool.name, kind)
 			}
 			t.Run(tool.name+"/"+kind, func(t *testing.T) {
-				tampered := func(name string, edit func(map[string]any)) string {
-					p := filepath.Join(t.TempDir(), name+".sigstore.json")
-					tamperBundle(t, bundles[kind], p, edit)
-					return p
-				}
-				runAs := func(repo, bundle, artifact string) (string, error) {
-					return runInterop(t, tool, script, map[string]string{
-						"BUNDLE": bundle, "ARTIFACT": artifact, "KEY": h.pub, "TRUSTED_ROOT": trustedRoot,
-						"REPO": repo, "REF": "refs/tags/v1.0.0", "WORKFLOW": ".github/workflows/release.yml",
-					})
-				}
-				run := func(bundle, artifact string) (string, error) { return runAs("acme/widget", bundle, artifact) }
-				out, err := run(bundles[kind], h.artifact)
-				if err != nil {
-					t.Fatalf("rejects the %s bundle: %v\n%s", kind, err, out)
-				}
-				t.Logf("accepted: %s", lastLine(out))
-				cases := []struct{ name, repo, bundle, artifact string }{
-					{"altered statement", "acme/widget", tampered("statement", alterStatement(t)), h.artifact},
-					{"altered signature", "acme/widget", tampered("signature", alterSignature(t)), h.artifact},
-					{"artifact not a subject", "acme/widget", bundles[kind], otherArtifact},
-				}
-				if kind == "keyless" {
-					// The identity flags are enforced: the same bundle, expected from another repository.
-					cases = append(cases, struct{ name, repo, bundle, artifact string }{"another repository expected", "acme/gadget", bundles[kind], h.artifact})
-				}
-				for _, c := range cases {
-					out, err := runAs(c.repo, c.bundle, c.artifact)
-					// A verdict is exit status 1; anything else (a missing command's 127, a
-					// timeout, a usage error's 2) is no rejection of the tampering.
-					var exit *exec.ExitError
-					switch {
-					case err == nil:
-						t.Errorf("accepts the %s bundle with an %s:\n%s", kind, c.name, out)
-					case !errors.As(err, &exit) || exit.ExitCode() != 1:
-						t.Errorf("%s: failed without a verdict (%v):\n%s", c.name, err, out)
-					default:
-						t.Logf("%s: rejected: %s", c.name, lastLine(out))
-					}
-				}
+				interopCase(t, tool, script, kind, bundles[kind], artifacts[kind], otherArtifact, map[string]string{
+					"KEY": plain.PublicKey, "TRUSTED_ROOT": trustedRoot,
+					"REF": "refs/tags/v1.0.0", "WORKFLOW": ".github/workflows/release.yml",
+				})
 			})
+		}
+	}
+}
+
+// interopCase runs one docs/interop.md block on the genuine bundle, which must pass, and on
+// the tamperings, each of which must be rejected with a verdict.
+func interopCase(t *testing.T, tool interopTool, script, kind, bundle, artifact, otherArtifact string, vars map[string]string) {
+	t.Helper()
+	tampered := func(name string, edit func(map[string]any)) string {
+		p := filepath.Join(t.TempDir(), name+".sigstore.json")
+		tamperBundle(t, bundle, p, edit)
+		return p
+	}
+	runAs := func(repo, bundle, artifact string) (string, error) {
+		v := maps.Clone(vars)
+		v["BUNDLE"], v["ARTIFACT"], v["REPO"] = bundle, artifact, repo
+		return runInterop(t, tool, script, v)
+	}
+	out, err := runAs("acme/widget", bundle, artifact)
+	if err != nil {
+		t.Fatalf("rejects the %s bundle: %v\n%s", kind, err, out)
+	}
+	t.Logf("accepted: %s", lastLine(out))
+	cases := []struct{ name, repo, bundle, artifact string }{
+		{"altered statement", "acme/widget", tampered("statement", alterStatement(t)), artifact},
+		{"altered signature", "acme/widget", tampered("signature", alterSignature(t)), artifact},
+		{"artifact not a subject", "acme/widget", bundle, otherArtifact},
+	}
+	if kind == "keyless" {
+		// The identity flags are enforced: the same bundle, expected from another repository.
+		cases = append(cases, struct{ name, repo, bundle, artifact string }{"another repository expected", "acme/gadget", bundle, artifact})
+	}
+	for _, c := range cases {
+		out, err := runAs(c.repo, c.bundle, c.artifact)
+		// A verdict is exit status 1; anything else (a missing command's 127, a timeout, a
+		// usage error's 2) is no rejection of the tampering.
+		var exit *exec.ExitError
+		switch {
+		case err == nil:
+			t.Errorf("accepts the %s bundle with an %s:\n%s", kind, c.name, out)
+		case !errors.As(err, &exit) || exit.ExitCode() != 1:
+			t.Errorf("%s: failed without a verdict (%v):\n%s", c.name, err, out)
+		default:
+			t.Logf("%s: rejected: %s", c.name, lastLine(out))
 		}
 	}
 }
