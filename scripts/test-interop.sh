@@ -58,7 +58,7 @@ sigstore_js() {
 		echo "test-interop: sigstore-js $version cached in $CACHE/$dir"
 		return 0
 	fi
-	command -v npm >/dev/null || die "npm is not installed (scripts/install-deps.sh installs it)"
+	command -v npm >/dev/null || die "npm is not installed (it comes with node $NODE_MIN or later)"
 	echo "test-interop: installing ${SIGSTORE_JS_PACKAGES[*]} from npm"
 	tmp=$(mktemp -d "$CACHE/.$dir.XXXXXX")
 	echo '{"private": true}' >"$tmp/package.json"
@@ -67,8 +67,18 @@ sigstore_js() {
 	publish "$tmp" "$dir"
 }
 
+# @sigstore/verify 3.1.1 declares node ^20.17.0 || >=22.9.0 (Debian 12's own nodejs is 18).
+NODE_MIN=20.17.0
+
+# node_ok: whether node is at least $NODE_MIN.
+node_ok() {
+	local have
+	have=$(node --version 2>/dev/null) || return 1
+	[[ "$(printf '%s\n%s\n' "$NODE_MIN" "${have#v}" | sort -V | head -n 1)" == "$NODE_MIN" ]]
+}
+
 mkdir -p "$CACHE"
-command -v node >/dev/null || die "node is not installed (scripts/install-deps.sh installs it)"
+node_ok || die "node $NODE_MIN or later is needed for sigstore-js (found: $(node --version 2>/dev/null || echo none))"
 go_tool cosign "$COSIGN_V2" github.com/sigstore/cosign/v2/cmd/cosign
 go_tool cosign "$COSIGN_V3" github.com/sigstore/cosign/v3/cmd/cosign
 go_tool gh "$GH" github.com/cli/cli/v2/cmd/gh
