@@ -12,7 +12,7 @@ BIN := bin
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 
-.PHONY: all build deps demo test test-go test-fresh vet shellcheck actionlint fuzz fuzz-short bench clean
+.PHONY: all build deps demo test test-go test-fresh test-interop vet shellcheck actionlint fuzz fuzz-short bench clean
 
 # $(call explain,WHAT) ends a recipe line: if the line fails, one line names WHAT failed and
 # its exit status before make's own "Error N", so no failure is a bare "Error 1".
@@ -68,10 +68,16 @@ shellcheck:
 
 # The whole test suite, real QEMU boots included, then a brief fuzz of every fuzz target
 # (2000 executions each; their seeds already ran as plain tests).
-# scripts/test.sh runs the stages (deps, build, test-fresh, vet, tests, fuzz) one by one and
+# scripts/test.sh runs the stages (deps, build, test-fresh, vet, tests, interop, fuzz) one by one and
 # prints each one's time.
 test:
 	bash scripts/test.sh
+
+# Stock Sigstore verifiers (cosign v2 and v3, gh, sigstore-js; pinned, built or installed once
+# and cached by version in $CLOCHE_CI_CACHE/tools, default /var/cache/cloche-ci/tools) verify a real
+# simulated build's bundles with the commands docs/interop.md gives, and reject tamperings.
+test-interop:
+	bash scripts/test-interop.sh $(call explain,scripts/test-interop.sh (its last line says which tool or check and why))
 
 test-go:
 	$(GO) test -timeout 75m ./... $(call explain,go test ./... (the failing tests are above))

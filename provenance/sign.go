@@ -15,8 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	intoto "github.com/in-toto/attestation/go/v1"
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
@@ -38,6 +41,9 @@ type Signer interface {
 type KeySigner struct {
 	key  *ecdsa.PrivateKey
 	hint []byte
+	// rekor, when set, is the transparency log each signature is also entered in (see
+	// LogTo); otherwise the bundle carries no log entry and no timestamp.
+	rekor *sign.RekorOptions
 }
 
 var _ Signer = (*KeySigner)(nil)
@@ -87,6 +93,35 @@ func keyHint(pub crypto.PublicKey) ([]byte, error) {
 	return []byte(base64.StdEncoding.EncodeToString(sum[:])), nil
 }
 
+// LogTo makes every later signature also be entered in the Rekor v1 log at rekorURL, whose
+// entry (inclusion promise and proof) the bundle then carries. Stock verifiers (cosign, gh,
+// sigstore-js) require a log entry or a timestamp by default; without one, a key-signed bundle
+// verifies with them only with --insecure-ignore-tlog. The entry also publishes that this key
+// signed this statement, and when. `cloche verify` trusts the key and the hardware evidence,
+// not the log, so a bundle verifies the same with or without it.
+func (s *KeySigner) LogTo(rekorURL string, timeout time.Duration) error {
+	if err := CheckRekorURL(rekorURL); err != nil {
+		return err
+	}
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	s.rekor = &sign.RekorOptions{BaseURL: strings.TrimSuffix(rekorURL, "/"), Timeout: timeout, Retries: 3}
+	return nil
+}
+
+// CheckRekorURL checks that rekorURL can name a Rekor log: an http(s) URL with a host.
+func CheckRekorURL(rekorURL string) error {
+	u, err := url.Parse(rekorURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return fmt.Errorf("transparency log URL %q: expected an http(s) URL such as %s", rekorURL, PublicGoodRekorURL)
+	}
+	return nil
+}
+
+// Logged says whether signatures are entered in a transparency log (LogTo).
+func (s *KeySigner) Logged() bool { return s.rekor != nil }
+
 // PublicKey returns the signer's public key.
 func (s *KeySigner) PublicKey() crypto.PublicKey { return &s.key.PublicKey }
 
@@ -99,8 +134,15 @@ func (s *KeySigner) SignStatement(ctx context.Context, statement []byte) ([]byte
 	if err := checkSignable(statement); err != nil {
 		return nil, err
 	}
-	pb, err := sign.Bundle(&sign.DSSEData{Data: statement, PayloadType: PayloadType}, keypair{s}, sign.BundleOptions{Context: ctx})
+	o := sign.BundleOptions{Context: ctx}
+	if s.rekor != nil {
+		o.TransparencyLogs = []sign.Transparency{sign.NewRekor(s.rekor)}
+	}
+	pb, err := sign.Bundle(&sign.DSSEData{Data: statement, PayloadType: PayloadType}, keypair{s}, o)
 	if err != nil {
+		if s.rekor != nil {
+			return nil, fmt.Errorf("signing statement and entering it in the transparency log %s: %w", s.rekor.BaseURL, err)
+		}
 		return nil, fmt.Errorf("signing statement: %w", err)
 	}
 	out, err := protojson.Marshal(pb)

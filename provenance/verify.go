@@ -25,7 +25,8 @@ type VerifyOptions struct {
 	PublicKey crypto.PublicKey
 	// TrustedMaterial verifies certificate (keyless) bundles: the Fulcio CAs, and the
 	// transparency logs, timestamp authorities and CT logs whose evidence is required
-	// (see keylessVerifierOptions).
+	// (see keylessVerifierOptions); for a key-signed bundle that carries a transparency-log
+	// entry, the Rekor logs it is checked against (see keyLogOptions).
 	TrustedMaterial root.TrustedMaterial
 	// Identities: a keyless bundle's certificate must match one of them. Required with
 	// TrustedMaterial: a certificate from a public Fulcio says nothing until its identity is
@@ -36,6 +37,10 @@ type VerifyOptions struct {
 // ErrIdentity: a keyless bundle verifies, but its certificate names another signer than
 // the one expected.
 var ErrIdentity = errors.New("provenance signer identity does not match")
+
+// ErrTransparencyLog: a key-signed bundle's signature verifies, but the transparency-log
+// entry it carries does not verify against the trusted root's Rekor logs.
+var ErrTransparencyLog = errors.New("provenance transparency-log entry does not verify")
 
 // VerifiedBundle is what a verified bundle vouches for.
 type VerifiedBundle struct {
@@ -57,8 +62,8 @@ func VerifyBundle(bundleJSON []byte, opts VerifyOptions) ([]byte, error) {
 }
 
 // VerifyBundleSigner verifies a Sigstore bundle with sigstore-go: a key-signed bundle with
-// opts.PublicKey (DSSE signature over the payload; key bundles carry no transparency-log
-// entry or timestamp to require), a certificate (keyless) bundle against
+// opts.PublicKey (DSSE signature over the payload; a transparency-log entry, if the bundle
+// carries one, against opts.TrustedMaterial's Rekor logs), a certificate (keyless) bundle against
 // opts.TrustedMaterial and opts.Identities. It does not look at the statement's subjects:
 // the caller checks them against the artifacts. Errors wrap ErrBundle (malformed or of the
 // wrong kind), ErrSignature (does not verify) or ErrIdentity (verifies, wrong signer).
@@ -118,15 +123,45 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	}
 	// The bundle's key hint is unauthenticated: whatever it says, the trusted key is the
 	// only one tried. The key has no validity window.
-	trusted := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) {
+	keys := root.NewTrustedPublicKeyMaterial(func(string) (root.TimeConstrainedVerifier, error) {
 		return root.NewExpiringKey(sv, time.Time{}, time.Time{}), nil
 	})
-	v, err := verify.NewVerifier(trusted, verify.WithNoObserverTimestamps())
-	if err != nil {
-		return nil, fmt.Errorf("setting up bundle verifier: %w", err)
-	}
-	if _, err := v.Verify(&b, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithKey())); err != nil {
+	// The signature first, alone, so that a failure here is the signature's (or the
+	// payload's), and one of the log entry is told apart.
+	if err := verifyKeySigned(&b, keys, verify.WithNoObserverTimestamps()); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
 	}
+	if vo, err := keyLogOptions(&b, opts.TrustedMaterial); err != nil {
+		return nil, err
+	} else if vo != nil {
+		if err := verifyKeySigned(&b, root.TrustedMaterialCollection{opts.TrustedMaterial, keys}, vo...); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrTransparencyLog, err)
+		}
+	}
 	return &VerifiedBundle{Statement: payload}, nil
+}
+
+func verifyKeySigned(b *bundle.Bundle, tm root.TrustedMaterial, vo ...verify.VerifierOption) error {
+	v, err := verify.NewVerifier(tm, vo...)
+	if err != nil {
+		return fmt.Errorf("setting up bundle verifier: %w", err)
+	}
+	_, err = v.Verify(b, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithKey()))
+	return err
+}
+
+// keyLogOptions says what a key-signed bundle must prove beyond the signature (nil: nothing).
+// Without a transparency-log entry (cloche run without --rekor-url), nothing: the key is trusted
+// whenever it signed. With one (KeySigner.LogTo), the entry is verified against the Rekor
+// logs of the trusted root, and a bundle whose entry no trusted log can check is refused
+// rather than accepted with the entry unread.
+func keyLogOptions(b *bundle.Bundle, tm root.TrustedMaterial) ([]verify.VerifierOption, error) {
+	n := len(b.GetVerificationMaterial().GetTlogEntries())
+	if n == 0 {
+		return nil, nil
+	}
+	if tm == nil || len(tm.RekorLogs()) == 0 {
+		return nil, fmt.Errorf("%w: the key-signed bundle carries %d transparency-log entr(ies) but no trusted root listing a Rekor log was given to check them", ErrBundle, n)
+	}
+	return []verify.VerifierOption{verify.WithTransparencyLog(1), verify.WithIntegratedTimestamps(1)}, nil
 }

@@ -40,5 +40,6 @@ stage build "$MAKE" --no-print-directory build
 stage test-fresh "$MAKE" --no-print-directory test-fresh
 stage vet "$MAKE" --no-print-directory vet shellcheck actionlint
 stage tests "$MAKE" --no-print-directory test-go
+stage interop "$MAKE" --no-print-directory test-interop
 stage fuzz "$MAKE" --no-print-directory fuzz-short
 summary

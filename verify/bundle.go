@@ -24,7 +24,7 @@ type bundleFacts struct {
 // inspectBundle decodes the bundle strictly (protojson rejects unknown and duplicate
 // fields) and refuses verification material that would be silently ignored: RFC 3161
 // timestamps without a trusted timestamp authority, transparency-log entries on a
-// key-signed bundle (whose verification checks no log).
+// key-signed bundle without a trusted Rekor log to check them against.
 func inspectBundle(bundleJSON []byte, o *Options) (*bundleFacts, error) {
 	var b protobundle.Bundle
 	if err := protojson.Unmarshal(bundleJSON, &b); err != nil {
@@ -40,8 +40,8 @@ func inspectBundle(bundleJSON []byte, o *Options) (*bundleFacts, error) {
 			return nil, fail(CheckBundleMaterial, fmt.Errorf("the bundle carries %d RFC 3161 timestamp(s) but no trusted timestamp authority is configured to check them", n))
 		}
 	}
-	if n := len(vm.GetTlogEntries()); n > 0 && f.keySigned {
-		return nil, fail(CheckBundleMaterial, fmt.Errorf("the key-signed bundle carries %d transparency-log entr(ies), which key verification does not check", n))
+	if n := len(vm.GetTlogEntries()); n > 0 && f.keySigned && (o.TrustedMaterial == nil || len(o.TrustedMaterial.RekorLogs()) == 0) {
+		return nil, fail(CheckBundleMaterial, fmt.Errorf("the key-signed bundle carries %d transparency-log entr(ies), which key verification checks only against a trusted root's Rekor logs (--trusted-root)", n))
 	}
 	if f.keySigned && o.PublicKey != nil {
 		env := b.GetDsseEnvelope()

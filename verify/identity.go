@@ -174,7 +174,8 @@ func (o *Options) checkSignatureOptions() error {
 	if o.PublicKey == nil && o.TrustedMaterial == nil {
 		return errors.New("no public key or trusted root given (expected --key FILE, or keyless verification with --source-uri)")
 	}
-	if o.TrustedMaterial != nil && o.Identity == nil {
+	// With a key, a trusted root only checks a key-signed bundle's log entry.
+	if o.TrustedMaterial != nil && o.Identity == nil && o.PublicKey == nil {
 		return errors.New("keyless verification needs the expected signer (expected --source-uri github.com/OWNER/REPO)")
 	}
 	if o.Identity != nil {
@@ -187,7 +188,7 @@ func (o *Options) checkSignatureOptions() error {
 // statement and the signing certificate (nil for key bundles).
 func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summary, error) {
 	vo := provenance.VerifyOptions{PublicKey: o.PublicKey, TrustedMaterial: o.TrustedMaterial}
-	if o.TrustedMaterial != nil {
+	if o.TrustedMaterial != nil && o.Identity != nil {
 		ci, err := o.Identity.certificateIdentity()
 		if err != nil {
 			return nil, nil, fail(CheckOptions, err)
@@ -200,6 +201,8 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 	}
 	vb, err := provenance.VerifyBundleSigner(bundleJSON, vo)
 	switch {
+	case errors.Is(err, provenance.ErrTransparencyLog):
+		return nil, nil, fail(CheckSignature, err)
 	case errors.Is(err, provenance.ErrIdentity):
 		return nil, nil, fail(CheckIdentity, fmt.Errorf("%w: %v", ErrMismatchIdentity, err))
 	case errors.Is(err, provenance.ErrSignature) && facts.keySigned && o.PublicKey != nil && !facts.dsseSignedByKey:

@@ -120,7 +120,7 @@ func (f *githubVerifyFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.sourceBranch, "source-branch", "", "expected git branch the build ran for")
 	fl.StringVar(&f.builderID, "builder-id", "", "expected builder id (without @version: any version)")
 	fl.StringVar(&f.signerWorkflow, "signer-workflow", "", "expected signing workflow, [github.com/]OWNER/REPO/.github/workflows/FILE")
-	fl.StringVar(&f.trustedRoot, "trusted-root", "", "Sigstore trusted root JSON (default: Sigstore's public-good root, fetched and cached)")
+	fl.StringVar(&f.trustedRoot, "trusted-root", "", "Sigstore trusted root JSON (default: Sigstore's public-good root, fetched and cached); with --key, the Rekor logs a key-signed bundle's log entry is checked against")
 	fl.StringVar(&f.repo, "repo", "", "download the artifacts and bundle from this repository's release (OWNER/REPO; needs --tag)")
 	fl.StringVar(&f.tag, "tag", "", "release tag to download (with --repo); also the default --source-tag")
 	fl.StringVar(&f.apiURL, "github-api-url", "", "GitHub API URL (default $GITHUB_API_URL or https://api.github.com)")
@@ -171,20 +171,27 @@ func (f *githubVerifyFlags) apply(o *verify.Options, haveKey bool) error {
 		sourceURI = "github.com/" + f.repo
 	}
 	if sourceURI == "" {
-		if f.sourceTag != "" || f.sourceBranch != "" || f.signerWorkflow != "" || f.trustedRoot != "" {
-			return errors.New("--source-tag, --source-branch, --signer-workflow and --trusted-root need --source-uri github.com/OWNER/REPO")
+		if f.sourceTag != "" || f.sourceBranch != "" || f.signerWorkflow != "" || (f.trustedRoot != "" && !haveKey) {
+			return errors.New("--source-tag, --source-branch, --signer-workflow and --trusted-root (without --key) need --source-uri github.com/OWNER/REPO")
 		}
-		return nil
+		if !haveKey {
+			return nil // no key and no identity: checkSignatureOptions says what is missing
+		}
+		return f.loadTrustedRoot(o, haveKey)
 	}
 	tag := f.sourceTag
 	if tag == "" && f.sourceBranch == "" {
 		tag = f.tag
 	}
 	o.Identity = &verify.Identity{SourceURI: sourceURI, SourceTag: tag, SourceBranch: f.sourceBranch, SignerWorkflow: f.signerWorkflow}
-	if haveKey {
-		if f.trustedRoot != "" {
-			return errors.New("--key and --trusted-root are exclusive: a bundle is signed with a key or keyless")
-		}
+	return f.loadTrustedRoot(o, haveKey)
+}
+
+// loadTrustedRoot sets the trusted root: for keyless bundles always (the public-good root by
+// default); with --key only when given, to check the log entry of a bundle that `cloche run
+// --rekor-url` entered in Rekor.
+func (f *githubVerifyFlags) loadTrustedRoot(o *verify.Options, haveKey bool) error {
+	if haveKey && f.trustedRoot == "" {
 		return nil
 	}
 	tm, err := verify.LoadTrustedRoot(f.trustedRoot, "")

@@ -45,10 +45,11 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"empty command", []string{"--", ""}, `COMMAND [""]: expected a command to run`},
 		{"no command", []string{"--"}, "no build command: expected cloche run [flags] -- COMMAND [ARGS...]"},
 		{"accel", []string{"--accel", "hvf"}, `--accel "hvf": expected auto, kvm or tcg`},
+		{"rekor-url", []string{"--rekor-url", "rekor.example"}, `--rekor-url: transparency log URL "rekor.example": expected an http(s) URL`},
 	} {
 		for _, path := range []string{"local", "agent"} {
-			if path == "agent" && tc.name == "accel" {
-				continue // --accel is refused on the agent path for another reason
+			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url") {
+				continue // refused on the agent path for another reason: the agent decides
 			}
 			t.Run(tc.name+"/"+path, func(t *testing.T) {
 				state := t.TempDir()
@@ -95,4 +96,15 @@ func names(entries []os.DirEntry) []string {
 		n = append(n, e.Name())
 	}
 	return n
+}
+
+// The agent signs with its own key and no log: --rekor-url cannot be chosen per job, and is
+// refused rather than ignored.
+func TestRunRekorURLRefusedOnAgent(t *testing.T) {
+	state := t.TempDir()
+	code, _, stderr := cli(t, "run", "--state-dir", state, "--agent", filepath.Join(state, "no-agent.sock"), "--source", t.TempDir(),
+		"--rekor-url", "https://rekor.example", "--", "true")
+	if code != exitUsage || !strings.Contains(stderr, "--rekor-url is set by the agent's configuration") {
+		t.Errorf("exit %d, stderr %q; want exit %d refusing --rekor-url", code, stderr, exitUsage)
+	}
 }

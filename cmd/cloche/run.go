@@ -41,6 +41,7 @@ type runFlags struct {
 	kdsOffline                 bool
 	kdsChain                   string
 	snpProduct                 string
+	rekorURL                   string // also enter the signature in this Rekor log
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -79,6 +80,7 @@ is an artifact.`,
 	fl.StringVar(&f.accel, "accel", "auto", "QEMU accelerator: auto, kvm or tcg")
 	fl.StringVar(&f.qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
 	fl.StringVar(&f.key, "key", "", "ECDSA P-256 signing key (PEM); default: the state directory's, created on first use")
+	fl.StringVar(&f.rekorURL, "rekor-url", "", "also enter the signature in this Rekor transparency log (e.g. "+provenance.PublicGoodRekorURL+"), so stock Sigstore verifiers need no --insecure-ignore-tlog (default: none, offline)")
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (default: the state directory's, built on first use)")
 	fl.StringVar(&f.toolchain, "toolchain", "", "toolchain image (default: gcc+make+libc6-dev from Debian, built on first use)")
 	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
@@ -108,6 +110,11 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
+	if f.rekorURL != "" {
+		if err := provenance.CheckRekorURL(f.rekorURL); err != nil {
+			return usageError(fmt.Errorf("--rekor-url: %w", err))
+		}
+	}
 	if socket != "" {
 		return runOnAgent(ctx, g, f, socket, in)
 	}
@@ -132,6 +139,11 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	signer, keyPath, err := hostSigner(g, state, f.key)
 	if err != nil {
 		return err
+	}
+	if f.rekorURL != "" {
+		if err := signer.LogTo(f.rekorURL, 0); err != nil {
+			return usageError(fmt.Errorf("--rekor-url: %w", err))
+		}
 	}
 
 	gdir := f.guestImage
@@ -175,7 +187,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		return runError(err)
 	}
 	phase.Done()
-	return reportOutcome(g, f.json, outcome, keyPath+".pub", measurementFlags(tee, gdir, o.Firmware), warnings)
+	return reportOutcome(g, f.json, outcome, keyPath+".pub", measurementFlags(tee, gdir, o.Firmware), signer.Logged(), warnings)
 }
 
 // simWarning is said whenever a build runs on the simulated TEE.
@@ -287,7 +299,11 @@ type runReport struct {
 	// Verify is the command that verifies these artifacts, as argv and as one shell line.
 	Verify        []string `json:"verify"`
 	VerifyCommand string   `json:"verifyCommand"`
-	Warnings      []string `json:"warnings"`
+	// CosignVerify checks the signature and the first artifact's digest with stock cosign
+	// (v3; docs/interop.md has v2 and the other tools), not the hardware evidence.
+	CosignVerify        []string `json:"cosignVerify"`
+	CosignVerifyCommand string   `json:"cosignVerifyCommand"`
+	Warnings            []string `json:"warnings"`
 }
 
 type runArtifact struct {
@@ -296,7 +312,7 @@ type runArtifact struct {
 	Size   int64  `json:"size"`
 }
 
-func newRunReport(outcome *build.Outcome, publicKey string, measurement, warnings []string) *runReport {
+func newRunReport(outcome *build.Outcome, publicKey string, measurement []string, logged bool, warnings []string) *runReport {
 	r := &runReport{TEE: outcome.TEE, Simulated: outcome.TEE == attest.TEESim, Bundle: outcome.BundlePath,
 		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, PublicKey: publicKey,
 		SimRoot: outcome.SimRootPath, DurationMillis: outcome.Duration.Milliseconds(), Warnings: warnings}
@@ -313,20 +329,41 @@ func newRunReport(outcome *build.Outcome, publicKey string, measurement, warning
 		r.Artifacts = append(r.Artifacts, runArtifact{Path: p, SHA256: a.SHA256, Size: a.Size})
 		r.Verify = append(r.Verify, p)
 	}
-	quoted := make([]string, len(r.Verify))
-	for i, a := range r.Verify {
+	r.VerifyCommand = shellLine(r.Verify)
+	if len(r.Artifacts) > 0 {
+		r.CosignVerify = cosignVerify(outcome.BundlePath, publicKey, r.Artifacts[0].Path, logged)
+		r.CosignVerifyCommand = shellLine(r.CosignVerify)
+	}
+	return r
+}
+
+// cosignVerify is the cosign v3 command that verifies a key-signed bundle and one artifact.
+// A bundle without a transparency-log entry (cloche run without --rekor-url, or through the
+// agent) verifies only with --insecure-ignore-tlog: it carries no log entry or timestamp, and
+// the key is what is trusted.
+func cosignVerify(bundle, publicKey, artifact string, logged bool) []string {
+	args := []string{"cosign", "verify-blob-attestation", "--bundle", bundle, "--key", publicKey}
+	if !logged {
+		args = append(args, "--insecure-ignore-tlog")
+	}
+	return append(args, "--type", "slsaprovenance1", artifact)
+}
+
+// shellLine joins argv into one line a POSIX shell reads back as the same words.
+func shellLine(argv []string) string {
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
 		quoted[i] = shellQuote(a)
 	}
-	r.VerifyCommand = strings.Join(quoted, " ")
-	return r
+	return strings.Join(quoted, " ")
 }
 
 // reportOutcome reports a successful build, the same way for a local build and one run by
 // the agent (cloche run --agent): the JSON document on stdout with --json, else lines on
 // stderr. measurement holds the verify flags that name a trusted source of the launch
 // measurement.
-func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey string, measurement, warnings []string) error {
-	r := newRunReport(outcome, publicKey, measurement, warnings)
+func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey string, measurement []string, logged bool, warnings []string) error {
+	r := newRunReport(outcome, publicKey, measurement, logged, warnings)
 	if asJSON {
 		return printJSON(g, r)
 	}
@@ -340,6 +377,17 @@ func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey st
 		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", a.Path, a.SHA256, a.Size)
 	}
 	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", r.Bundle, r.Measurement, r.SourceTree, r.PublicKey)
+	// The cloche verify command stays the last line: it is the one that checks everything.
+	if r.CosignVerifyCommand != "" {
+		how := "offline: the bundle has no transparency-log entry, so cosign needs --insecure-ignore-tlog"
+		if logged {
+			how = "the bundle carries its Rekor entry; add --trusted-root for a Rekor other than Sigstore's public-good instance"
+		}
+		fmt.Fprintf(w, "signature and digest only (not the TEE evidence), with cosign v3 (%s; docs/interop.md for other tools):\n  %s\n", how, r.CosignVerifyCommand)
+	}
+	if logged {
+		fmt.Fprintf(w, "the bundle's Rekor entry is checked with --trusted-root FILE, a Sigstore trusted root listing that log\n")
+	}
 	fmt.Fprintf(w, "verify with:\n  %s\n", r.VerifyCommand)
 	return nil
 }

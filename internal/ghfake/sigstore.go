@@ -82,6 +82,8 @@ type Sigstore struct {
 	interKey  *ecdsa.PrivateKey
 	rekorKey  *ecdsa.PrivateKey
 	rekorID   []byte // SHA-256 of the Rekor key's PKIX encoding
+	treeID    int64  // the Rekor log's tree, named in its checkpoint origin as Rekor v1 does
+	ct        *ctLog
 	created   time.Time
 
 	// RequestToken is what the job must present to the token endpoint
@@ -133,6 +135,14 @@ func NewSigstore(t testing.TB, claims Claims) *Sigstore {
 	}
 	sum := sha256.Sum256(der)
 	s.rekorID = sum[:]
+	s.treeID = new(big.Int).SetBytes(sum[:7]).Int64()
+	ctKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ct, err = newCTLog(ctKey); err != nil {
+		t.Fatal(err)
+	}
 
 	s.Issuer = httptest.NewServer(http.HandlerFunc(s.serveToken))
 	s.Fulcio = httptest.NewServer(http.HandlerFunc(s.serveFulcio))
@@ -159,7 +169,8 @@ func (s *Sigstore) Counts() (certs, entries int) {
 	return s.certRecs, s.rekorRecs
 }
 
-// TrustedRoot is the trusted root of this deployment: the Fulcio CA and the Rekor log.
+// TrustedRoot is the trusted root of this deployment: the Fulcio CA, its CT log and the
+// Rekor log.
 func (s *Sigstore) TrustedRoot() *root.TrustedRoot {
 	s.t.Helper()
 	ca := &root.FulcioCertificateAuthority{
@@ -170,7 +181,14 @@ func (s *Sigstore) TrustedRoot() *root.TrustedRoot {
 		BaseURL: s.Rekor.URL, ID: s.rekorID, ValidityPeriodStart: s.created.Add(-time.Hour),
 		HashFunc: crypto.SHA256, PublicKey: &s.rekorKey.PublicKey, SignatureHashFunc: crypto.SHA256,
 	}
-	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{ca}, nil, nil,
+	// The CT log is not served: Fulcio talks to it in-process, as the real one talks to CTFE
+	// behind its own API. Its URL says where it lives.
+	ctl := &root.TransparencyLog{
+		BaseURL: s.Fulcio.URL + "/ct", ID: s.ct.id[:], ValidityPeriodStart: s.created.Add(-time.Hour),
+		HashFunc: crypto.SHA256, PublicKey: &s.ct.key.PublicKey, SignatureHashFunc: crypto.SHA256,
+	}
+	tr, err := root.NewTrustedRoot(root.TrustedRootMediaType01, []root.CertificateAuthority{ca},
+		map[string]*root.TransparencyLog{hex.EncodeToString(s.ct.id[:]): ctl}, nil,
 		map[string]*root.TransparencyLog{hex.EncodeToString(s.rekorID): tl})
 	if err != nil {
 		s.t.Fatal(err)
@@ -178,14 +196,21 @@ func (s *Sigstore) TrustedRoot() *root.TrustedRoot {
 	return tr
 }
 
-// WriteTrustedRoot writes the trusted root JSON (what `--trusted-root FILE` reads) to path.
+// WriteTrustedRoot writes the trusted root JSON (what `--trusted-root FILE` reads) to path:
+// one line ending in a newline, as gh's `--custom-trusted-root` reads a JSON-lines file and
+// drops a last line without one.
 func (s *Sigstore) WriteTrustedRoot(path string) {
 	s.t.Helper()
 	b, err := s.TrustedRoot().MarshalJSON()
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
+	var line bytes.Buffer
+	if err := json.Compact(&line, b); err != nil {
+		s.t.Fatal(err)
+	}
+	line.WriteByte('\n')
+	if err := os.WriteFile(path, line.Bytes(), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 }
@@ -358,11 +383,15 @@ func (s *Sigstore) serveFulcio(w http.ResponseWriter, r *http.Request) {
 		utf8Ext(certificate.OIDSourceRepositoryVisibilityAtSigning, str("repository_visibility")),
 	}
 	now := time.Now()
-	leaf := mustCert(s.t, &x509.Certificate{
+	leaf, err := s.ct.issueWithSCT(&x509.Certificate{
 		SerialNumber: big.NewInt(now.UnixNano()), NotBefore: now.Add(-time.Minute), NotAfter: now.Add(10 * time.Minute),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
 		URIs: []*url.URL{san}, ExtraExtensions: ext,
-	}, s.interCert, ecPub, s.interKey)
+	}, s.interCert, ecPub, s.interKey, now)
+	if err != nil {
+		http.Error(w, `{"message":"`+jsonEscape(err.Error())+`"}`, http.StatusInternalServerError)
+		return
+	}
 	s.mu.Lock()
 	s.certRecs++
 	s.mu.Unlock()
@@ -438,7 +467,14 @@ func (s *Sigstore) serveRekor(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
 	}
-	checkpoint, err := rekorutil.CreateAndSignCheckpoint(ctx, "ghfake-rekor", 1, uint64(size), treeHash(leaves), sv)
+	// Rekor names its checkpoints "<hostname> - <tree ID>" and signs them as <hostname>;
+	// verifiers find the log by matching that name against the log's URL.
+	host, err := url.Parse(s.Rekor.URL)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	checkpoint, err := rekorutil.CreateAndSignCheckpoint(ctx, host.Hostname(), s.treeID, uint64(size), treeHash(leaves), sv)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusInternalServerError)
 		return
@@ -503,18 +539,23 @@ func utf8Ext(oid asn1.ObjectIdentifier, v string) pkix.Extension {
 
 func mustCert(t testing.TB, tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) *x509.Certificate {
 	t.Helper()
+	c, err := createCert(tmpl, parent, pub, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// createCert signs tmpl with signer under parent (tmpl itself when nil: self-signed).
+func createCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecdsa.PrivateKey) (*x509.Certificate, error) {
 	if parent == nil {
 		parent = tmpl
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return x509.ParseCertificate(der)
 }
 
 func pemCert(c *x509.Certificate) string {
