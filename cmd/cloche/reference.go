@@ -162,7 +162,7 @@ func (r *referenceVerifyFlags) apply(o *verify.Options) error {
 		}
 	}
 	if err := ro.Check(); err != nil {
-		return err
+		return errors.New(flagWords(err.Error()))
 	}
 	o.Reference = ro
 	return nil

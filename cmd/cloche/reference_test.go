@@ -216,7 +216,7 @@ func TestReferenceValuesEndToEnd(t *testing.T) {
 		wantFailed(t, append(base, "--reference-values", shipped, "--reference-key", otherPub), "reference-values", "signature")
 	})
 	t.Run("provenance bundle given as reference values", func(t *testing.T) {
-		wantFailed(t, append(base, "--reference-values", bundle, "--reference-key", filepath.Join(state, "signing-key.pem.pub")), "reference-values", "predicateType")
+		wantFailed(t, append(base, "--reference-values", bundle, "--reference-key", filepath.Join(state, "signing-key.pem.pub")), "reference-values", "the provenance signing key")
 	})
 	t.Run("reference values without a key", func(t *testing.T) {
 		code, _, stderr := cli(t, append(base, "--reference-values", shipped)...)

@@ -231,6 +231,9 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 var optionFlags = strings.NewReplacer(
 	"Reference.BundlePath", "--reference-values FILE --reference-key FILE",
 	"Reference.GuestImageDir", "--guest-image DIR",
+	"Reference.Key", "--reference-key FILE",
+	"Reference.Firmware, VCPUType and GuestFeatures", "--snp-firmware, --tdx-firmware, --vcpu-type and --guest-features",
+	"Reference.Firmware", "--snp-firmware or --tdx-firmware",
 	"ExpectedMeasurements", "--measurement HEX",
 	"InsecureSkipMeasurement", "--insecure-skip-measurement",
 	"AllowSimulated", "--allow-simulated",
