@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // APIVersion is the path prefix of every endpoint; a client and an agent of different
@@ -91,7 +92,9 @@ type JobSpec struct {
 	InvocationID    string `json:"invocationId,omitempty"`
 	Repository      string `json:"repository,omitempty"`
 	Ref             string `json:"ref,omitempty"`
-	Commit          string `json:"commit,omitempty"`
+	// Git are the git objects naming the source (build.Options.Git), read by the client
+	// from its checkout.
+	Git *source.GitObjects `json:"git,omitempty"`
 	// Source names the archive that follows in the "source" part; the agent checks both.
 	Source job.Digest `json:"source"`
 	// WallClockSeconds limits the whole job from launch to the end (default: the build

@@ -52,6 +52,7 @@ const (
 	CheckSourceCommit     = "source.commit"
 	CheckSourceRepository = "source.repository"
 	CheckSourceRef        = "source.ref"
+	CheckSourceTag        = "source.tag"
 	CheckBuilderID        = "builder.id"
 	CheckPinToolchain     = "pin.toolchain"
 	CheckPinCommand       = "pin.command"
@@ -66,7 +67,7 @@ var CheckNames = []string{
 	CheckRevocation, CheckCollateral, CheckUnsupported, CheckPlatform, CheckMeasurement,
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
 	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckSourceTree,
-	CheckSourceCommit, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
+	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
 	CheckPinToolchain, CheckPinCommand, CheckPinEnv,
 }
 

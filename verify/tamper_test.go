@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
@@ -217,6 +219,10 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		{"source repository", at("source", "repository"), "https://github.com/evil/hello"},
 		{"source ref", at("source", "ref"), "refs/tags/v2"},
 		{"source commit", at("source", "commit"), "0000000000000000000000000000000000000000"},
+		{"source commit removed", at("source", "commit"), ""},
+		{"source tag", at("source", "tag"), "v2"},
+		{"source tag removed", at("source", "tag"), ""},
+		{"source path", at("source", "path"), "sub"},
 		{"source tree", at("source", "tree"), "0000000000000000000000000000000000000000"},
 		{"toolchain name", at("toolchain", "name"), "evil"},
 		{"toolchain image", at("toolchain", "imageSha256"), "0000000000000000000000000000000000000000000000000000000000000000"},
@@ -233,8 +239,13 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		{"subject name", []any{"subject", 0, "name"}, "other"},
 	} {
 		want := CheckConsistency
-		if e.name == "subject digest" {
+		switch {
+		case e.name == "subject digest":
 			want = CheckSubject
+		case strings.HasPrefix(e.name, "source commit"):
+			want = CheckSourceCommit
+		case strings.HasPrefix(e.name, "source tag"):
+			want = CheckSourceTag
 		}
 		add("statement "+e.name, want, statementEdit(e.v, e.path...), nil)
 	}
@@ -256,6 +267,11 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	} {
 		add("statement "+e.name, CheckStatement, statementEdit(e.v, e.path...), nil)
 	}
+	// The source dependency names the attested commit, and the attested tag in its uri.
+	dep := []any{"predicate", "buildDefinition", "resolvedDependencies", 0}
+	add("statement source dependency gitCommit", CheckSourceCommit, statementEdit(hex64x("0")[:40], append(dep, "digest", "gitCommit")...), nil)
+	add("statement source dependency gitCommit removed", CheckSourceCommit, statementDelete(append(dep, "digest", "gitCommit")...), nil)
+	add("statement source dependency uri names another tag", CheckConsistency, statementEdit("git+https://github.com/example/hello@refs/tags/v2", append(dep, "uri")...), nil)
 	add("statement not JSON", CheckStatement, verifytest.Hooks{Statement: func(b []byte) []byte { return b[:len(b)-1] }}, nil)
 	add("statement subjects missing", CheckStatement, statementDelete("subject"), nil)
 	add("statement byproducts missing", CheckStatement, statementDelete("predicate", "runDetails", "byproducts"), nil)
@@ -291,6 +307,14 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		"build failed":                  {func(r *job.Result) { r.ExitCode = 2 }, CheckResultStatus},
 		"build error":                   {func(r *job.Result) { r.Error = "oom" }, CheckResultStatus},
 		"result names another manifest": {func(r *job.Result) { r.ManifestSHA256 = hex64x("9") }, CheckResultManifest},
+		// The guest computes the commit and tag ids from the manifest's objects; a result
+		// record that names others was not written by it.
+		"result names another commit":     {func(r *job.Result) { r.SourceCommit = hex64x("1")[:40] }, CheckSourceCommit},
+		"result names no commit":          {func(r *job.Result) { r.SourceCommit, r.SourceTag, r.SourceTagObject = "", "", "" }, CheckSourceCommit},
+		"result names another tree":       {func(r *job.Result) { r.SourceTree = hex64x("2")[:40] }, CheckSourceCommit},
+		"result names another tag":        {func(r *job.Result) { r.SourceTag = "v2" }, CheckSourceTag},
+		"result names another tag object": {func(r *job.Result) { r.SourceTagObject = hex64x("3")[:40] }, CheckSourceTag},
+		"result names no tag":             {func(r *job.Result) { r.SourceTag, r.SourceTagObject = "", "" }, CheckSourceTag},
 	} {
 		_, rb, err := verifytest.Documents(verifytest.Hooks{Result: c.edit})
 		if err != nil {
@@ -301,6 +325,26 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 			Report:    func(r []byte) { copy(r[0x50:0x90], rd[:]) },
 			Statement: byproductEdit(1, func([]byte) []byte { return rb }),
 		}, nil)
+	}
+	// Manifests whose git objects do not name the attested source, launched by a lying
+	// secure processor (HOST_DATA and the result record's manifest digest set to match).
+	for name, c := range map[string]struct {
+		edit func(*job.Manifest)
+		want string
+	}{
+		"manifest commit object of another tree": {func(m *job.Manifest) {
+			m.Source.CommitObject = bytes.Replace(m.Source.CommitObject, []byte(verifytest.SourceTree), []byte(hex64x("4")[:40]), 1)
+		}, CheckSourceCommit},
+		"manifest commit object with another message": {func(m *job.Manifest) {
+			m.Source.CommitObject = append(bytes.Clone(m.Source.CommitObject), "backdoor\n"...)
+		}, CheckSourceCommit},
+		"manifest without a commit object": {func(m *job.Manifest) { m.Source.CommitObject, m.Source.TagObject = nil, nil }, CheckSourceCommit},
+		"manifest tag object of another tag": {func(m *job.Manifest) {
+			m.Source.TagObject = bytes.Replace(m.Source.TagObject, []byte("tag v1"), []byte("tag v2"), 1)
+		}, CheckSourceTag},
+		"manifest without a tag object": {func(m *job.Manifest) { m.Source.TagObject = nil }, CheckSourceTag},
+	} {
+		add(name, c.want, verifytest.Hooks{Manifest: c.edit}, nil)
 	}
 	add("manifest TEE snp", CheckEvidenceTEE, verifytest.Hooks{Manifest: func(m *job.Manifest) { m.TEE = "snp" }}, nil)
 
@@ -461,8 +505,14 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		o.Identity = &Identity{SourceURI: "github.com/example/hello", SignerWorkflow: "example/hello/.github/workflows/r.yml@v1"}
 	})
 	opt("source repository", CheckSourceRepository, func(o *Options, f *verifytest.Fixture) { o.Identity = &Identity{SourceURI: "github.com/evil/hello"} })
-	opt("source tag", CheckSourceRef, func(o *Options, f *verifytest.Fixture) {
-		o.Identity = &Identity{SourceURI: "github.com/example/hello", SourceTag: "v2"}
+	// A key-signed bundle binds no repository: the manifest's own is refused too.
+	opt("source repository of a key-signed bundle", CheckSourceRepository, func(o *Options, f *verifytest.Fixture) {
+		o.Identity = &Identity{SourceURI: "github.com/example/hello"}
+	})
+	opt("source tag", CheckSourceTag, func(o *Options, f *verifytest.Fixture) { o.ExpectedSourceTag = "v2" })
+	opt("source tag case", CheckSourceTag, func(o *Options, f *verifytest.Fixture) { o.ExpectedSourceTag = "V1" })
+	opt("source commit of another tree", CheckSourceCommit, func(o *Options, f *verifytest.Fixture) {
+		o.ExpectedSourceCommit = source.FormatSHA1.ObjectID("commit", bytes.Replace(verifytest.CommitObject, []byte(verifytest.SourceTree), []byte(hex64x("4")[:40]), 1))
 	})
 	opt("embedded references without the measurement", CheckMeasurement, func(o *Options, f *verifytest.Fixture) {
 		d := *f.Reference

@@ -73,7 +73,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		MemoryMiB:       in.MemoryMiB,
 		SourceDateEpoch: in.SourceDateEpoch,
 		InvocationID:    in.InvocationID,
-		Repository:      in.Repository, Ref: in.Ref, Commit: in.Commit,
+		Repository:      in.Repository, Ref: in.Ref, Git: in.Git,
 	}
 	rep := g.reporter()
 	console := consoleWriter(g.stderr, f.quiet)

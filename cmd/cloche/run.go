@@ -20,6 +20,7 @@ import (
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/source"
 )
 
 type runFlags struct {
@@ -82,8 +83,8 @@ is an artifact.`,
 	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
 	fl.Int64Var(&f.sourceDateEpoch, "source-date-epoch", 0, "SOURCE_DATE_EPOCH for the build and the archive's file times")
 	fl.StringVar(&f.repository, "repository", "", "source repository URI recorded in the provenance")
-	fl.StringVar(&f.ref, "ref", "", "source ref recorded in the provenance")
-	fl.StringVar(&f.commit, "commit", "", "source commit recorded in the provenance")
+	fl.StringVar(&f.ref, "ref", "", "source ref recorded in the provenance (refs/tags/NAME: its annotated tag object is attested too)")
+	fl.StringVar(&f.commit, "commit", "", "commit (e.g. HEAD) the guest attests: its object is read from --source's git checkout, and its tree must be --source")
 	fl.StringVar(&f.invocationID, "invocation-id", "", "unique id of this run (default: random)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "do not stream the guest console")
 	fl.BoolVar(&f.json, "json", false, "print one JSON document on stdout: artifacts with digests, bundle, TEE, measurement, the verify command, warnings")
@@ -101,7 +102,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 			return err
 		}
 	}
-	in, err := runInput(f, command)
+	in, err := runInput(ctx, f, command)
 	if err != nil {
 		return err
 	}
@@ -198,7 +199,7 @@ func runFlagName(field string) string {
 // runInput checks everything `cloche run` was given that can be checked without the host,
 // locally or through the agent, before any image is built or VM started; errors name the
 // flag and exit with exitUsage.
-func runInput(f *runFlags, command []string) (*build.Options, error) {
+func runInput(ctx context.Context, f *runFlags, command []string) (*build.Options, error) {
 	switch f.tee {
 	case "auto", "snp", "tdx", "sim":
 	default:
@@ -212,7 +213,7 @@ func runInput(f *runFlags, command []string) (*build.Options, error) {
 		SourceDir: f.source, Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
 		OutDir: f.out, Timeout: f.timeout, MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory,
 		Accel: f.accel, SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID,
-		Repository: f.repository, Ref: f.ref, Commit: f.commit,
+		Repository: f.repository, Ref: f.ref,
 	}
 	if f.sourceDateEpoch < 0 {
 		return nil, usageError(fmt.Errorf("--source-date-epoch %d: expected seconds since 1970, not negative", f.sourceDateEpoch))
@@ -220,7 +221,34 @@ func runInput(f *runFlags, command []string) (*build.Options, error) {
 	if err := o.CheckInput(); err != nil {
 		return nil, usageError(flagInputError(err, runFlagName))
 	}
+	if err := readCommit(ctx, f, o); err != nil {
+		return nil, usageError(err)
+	}
 	return o, nil
+}
+
+// readCommit reads --commit's objects (and --ref's annotated tag object) from the git
+// checkout --source is in, and checks them against the source as the guest will.
+func readCommit(ctx context.Context, f *runFlags, o *build.Options) error {
+	if f.commit == "" {
+		if strings.HasPrefix(f.ref, "refs/tags/") {
+			return fmt.Errorf("--ref %s names a tag: give --commit too (the tag object is attested only with its commit)", f.ref)
+		}
+		return nil
+	}
+	var tagRef string
+	if strings.HasPrefix(f.ref, "refs/tags/") {
+		tagRef = f.ref
+	}
+	git, err := source.ReadGitObjects(ctx, f.source, f.commit, tagRef)
+	if err != nil {
+		return fmt.Errorf("--commit %s: %w", f.commit, err)
+	}
+	if err := build.CheckCommit(f.source, f.ref, git); err != nil {
+		return fmt.Errorf("--commit %s: %w", f.commit, err)
+	}
+	o.Git = git
+	return nil
 }
 
 // flagInputError rewrites a build.InputError to name the flag instead of the field.

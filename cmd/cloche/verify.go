@@ -93,7 +93,7 @@ Check names (stable):
 	fl.StringArrayVar(&f.simRoots, "trusted-sim-root", nil, "simulated TEE root certificate to trust (PEM or DER; repeatable)")
 	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted launch measurement, hex: SNP/sim MEASUREMENT (96 digits), TDX MRTD||RTMR0||RTMR1||RTMR2 (384 digits) (repeatable)")
 	fl.StringVar(&f.sourceTree, "source-tree", "", "expected git tree id of the source")
-	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit named in the manifest")
+	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit, as the guest attested it (computed from the commit object, its tree checked against the source)")
 	fl.BoolVar(&f.printProvenance, "print-provenance", false, "print the verified statement JSON on stdout")
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
 	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")

@@ -30,6 +30,7 @@ import (
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // Kit holds what is expensive to make and shared by many fixtures: the simulated secure
@@ -173,6 +174,15 @@ func (k *Kit) resign(bundle, payload []byte) ([]byte, error) {
 	return json.Marshal(doc)
 }
 
+// The fixture's source: a commit object of tree SourceTree, and an annotated tag v1 of it,
+// as a guest that checked them attests them.
+var (
+	SourceTree   = strings.Repeat("e", 40)
+	CommitObject = []byte("tree " + SourceTree + "\nauthor t <t@example.invalid> 1 +0000\ncommitter t <t@example.invalid> 1 +0000\n\nhello\n")
+	SourceCommit = source.FormatSHA1.ObjectID("commit", CommitObject)
+	TagObject    = []byte("object " + SourceCommit + "\ntype commit\ntag v1\ntagger t <t@example.invalid> 1 +0000\n\nrelease 1\n")
+)
+
 // Documents returns the manifest and result record a fixture built with h carries.
 func Documents(h Hooks) (manifest, result []byte, err error) {
 	return (&Fixture{}).documents(h)
@@ -181,7 +191,8 @@ func Documents(h Hooks) (manifest, result []byte, err error) {
 func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 	sum := sha256.Sum256(ArtifactContent)
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:verifytest", TEE: "sim",
-		Source:    job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", Commit: strings.Repeat("c", 40), ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
+		Source: job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: CommitObject, TagObject: TagObject,
+			ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
 		Toolchain: job.Toolchain{Name: "busybox", ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: strings.Repeat("d", 64), VeritySalt: "00", DataBlocks: 2, HashOffset: 8192},
 		Command:   []string{"make"}, Workdir: ".", Env: map[string]string{"CC": "gcc"}, Artifacts: []string{}, TimeoutSeconds: 60, MaxOutputBytes: 1 << 20}
 	if h.Manifest != nil {
@@ -192,7 +203,8 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 		return nil, nil, err
 	}
 	md := job.ManifestDigest(mb)
-	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: strings.Repeat("e", 40),
+	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: SourceTree,
+		SourceCommit: SourceCommit, SourceTag: "v1", SourceTagObject: source.FormatSHA1.ObjectID("tag", TagObject),
 		Artifacts: []job.Artifact{{Path: "hello", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(ArtifactContent))}},
 		Log:       job.Digest{SHA256: strings.Repeat("f", 64), Size: 3}, DurationMillis: 5}
 	if h.Result != nil {
