@@ -504,7 +504,8 @@ func CheckCommit(dir, ref string, git *source.GitObjects) error {
 	}
 	a, err := source.AttestCommit(*git, tree)
 	if err != nil {
-		return fmt.Errorf("%w: the source directory %s is not the commit's tree (build a clean checkout: untracked or modified files would be built but not named by the commit): %w", ErrInput, dir, err)
+		return fmt.Errorf("%w: the source directory %s differs from commit %s (build a clean checkout: untracked or modified files would be built but not named by the commit): %w",
+			ErrInput, dir, git.Format.ObjectID("commit", git.Commit), err)
 	}
 	if err := source.CheckTagRef(ref, a.Tag); err != nil {
 		return fmt.Errorf("%w: %w", ErrInput, err)

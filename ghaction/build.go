@@ -160,6 +160,10 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		tagRef = wc.ref
 	}
 	gitObjects, err := source.ReadGitObjects(ctx, srcDir, wc.sha, tagRef)
+	if errors.Is(err, source.ErrNoTag) {
+		a.Warningf("the tag %s is not in the checkout (fetch it, e.g. actions/checkout with fetch-tags): the build attests the commit only, and only the signing certificate's ref names the tag", tagRef)
+		gitObjects, err = source.ReadGitObjects(ctx, srcDir, wc.sha, "")
+	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %v", ErrInput, srcDir, wc.sha, err)
 	}

@@ -9,8 +9,14 @@ import (
 	"strings"
 )
 
-// ErrNotGit: the source directory is not inside a git checkout, or the revision is not in it.
-var ErrNotGit = errors.New("not a git checkout")
+// Sentinel errors of ReadGitObjects.
+var (
+	// ErrNotGit: the source directory is not inside a git checkout, or the revision is not
+	// in it.
+	ErrNotGit = errors.New("not a git checkout")
+	// ErrNoTag: the tag is not in the checkout (a shallow clone may lack it).
+	ErrNoTag = errors.New("tag not in the checkout")
+)
 
 // ReadGitObjects reads, from the git checkout dir is in, the raw objects that name dir at
 // commit rev: the commit object, the tree objects from its root down to dir (when dir is a
@@ -70,7 +76,7 @@ func ReadGitObjects(ctx context.Context, dir, rev, tagRef string) (*GitObjects, 
 		ref := "refs/tags/" + strings.TrimPrefix(tagRef, "refs/tags/")
 		typ, err := line("cat-file", "-t", ref)
 		if err != nil {
-			return nil, fmt.Errorf("%w: tag %s is not in the checkout of %s: %v", ErrNotGit, ref, dir, err)
+			return nil, fmt.Errorf("%w: %s in %s: %v", ErrNoTag, ref, dir, err)
 		}
 		if typ == "tag" {
 			if o.Tag, err = git("cat-file", "tag", ref); err != nil {

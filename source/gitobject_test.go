@@ -166,8 +166,8 @@ func TestReadGitObjectsOutsideACheckout(t *testing.T) {
 	if _, err := ReadGitObjects(context.Background(), repo, "0123456789012345678901234567890123456789", ""); !errors.Is(err, ErrNotGit) {
 		t.Fatalf("unknown commit: got %v, want ErrNotGit", err)
 	}
-	if _, err := ReadGitObjects(context.Background(), repo, "HEAD", "nope"); !errors.Is(err, ErrNotGit) {
-		t.Fatalf("unknown tag: got %v, want ErrNotGit", err)
+	if _, err := ReadGitObjects(context.Background(), repo, "HEAD", "nope"); !errors.Is(err, ErrNoTag) {
+		t.Fatalf("unknown tag: got %v, want ErrNoTag", err)
 	}
 }
 

@@ -161,8 +161,15 @@ func (r *Result) Summary() string {
 	default:
 		meas += " pinned"
 	}
-	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; source tree %s; command %q",
-		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, short(r.SourceTree), strings.Join(r.Command, " "))
+	src := "source tree " + short(r.SourceTree)
+	if r.SourceCommit != "" {
+		src += ", commit " + r.SourceCommit
+	}
+	if r.SourceTag != "" {
+		src += ", tag " + r.SourceTag
+	}
+	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; %s; command %q",
+		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, src, strings.Join(r.Command, " "))
 	if r.Signer != "" {
 		s += "; signed by " + r.Signer
 	}

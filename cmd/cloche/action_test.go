@@ -38,6 +38,7 @@ func gitCheckout(t *testing.T, files map[string]string) (string, string) {
 	git("init", "-q")
 	git("add", "-A")
 	git("commit", "-q", "-m", "release")
+	git("tag", "-a", "-m", "release", "v1.0.0")
 	return dir, git("rev-parse", "HEAD")
 }
 
@@ -218,6 +219,16 @@ func TestActionBuildPublishVerify(t *testing.T) {
 			"--signer-workflow", "acme/widget/.github/workflows/release.yml", "--builder-id", "https://cloche.dev/builders/sim")
 		if code != 0 || !strings.Contains(stderr, "PASSED:") || !strings.Contains(stderr, "signed by https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0") {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
+		}
+		// The commit and the annotated tag, as the guest attested them.
+		if !strings.Contains(stderr, "commit "+sha+", tag v1.0.0") {
+			t.Errorf("PASSED line does not name the attested commit and tag:\n%s", stderr)
+		}
+		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t),
+			"--source-commit", strings.Repeat("0", 40))
+		if code != exitFailed || !strings.Contains(stderr, "FAILED: source.commit:") {
+			t.Fatalf("another commit expected: exit %d\n%s", code, stderr)
 		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
 			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--builder-id", "https://cloche.dev/builders/snp")

@@ -303,15 +303,18 @@ func consoleWriter(w io.Writer, quiet bool) io.Writer {
 
 // runReport is `cloche run --json`'s document on stdout.
 type runReport struct {
-	TEE            attest.TEE    `json:"tee"`
-	Simulated      bool          `json:"simulated"`
-	Artifacts      []runArtifact `json:"artifacts"`
-	Bundle         string        `json:"bundle"`
-	Measurement    string        `json:"measurement"`
-	SourceTree     string        `json:"sourceTree"`
-	PublicKey      string        `json:"publicKey"`
-	SimRoot        string        `json:"simRoot,omitempty"`
-	DurationMillis int64         `json:"durationMillis"`
+	TEE         attest.TEE    `json:"tee"`
+	Simulated   bool          `json:"simulated"`
+	Artifacts   []runArtifact `json:"artifacts"`
+	Bundle      string        `json:"bundle"`
+	Measurement string        `json:"measurement"`
+	SourceTree  string        `json:"sourceTree"`
+	// SourceCommit and SourceTag are what the guest attested (--commit, --ref).
+	SourceCommit   string `json:"sourceCommit,omitempty"`
+	SourceTag      string `json:"sourceTag,omitempty"`
+	PublicKey      string `json:"publicKey"`
+	SimRoot        string `json:"simRoot,omitempty"`
+	DurationMillis int64  `json:"durationMillis"`
 	// Verify is the command that verifies these artifacts, as argv and as one shell line.
 	Verify        []string `json:"verify"`
 	VerifyCommand string   `json:"verifyCommand"`
@@ -326,7 +329,7 @@ type runArtifact struct {
 
 func newRunReport(outcome *build.Outcome, publicKey string, measurement, warnings []string) *runReport {
 	r := &runReport{TEE: outcome.TEE, Simulated: outcome.TEE == attest.TEESim, Bundle: outcome.BundlePath,
-		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, PublicKey: publicKey,
+		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, SourceCommit: outcome.Commit, SourceTag: outcome.Tag, PublicKey: publicKey,
 		SimRoot: outcome.SimRootPath, DurationMillis: outcome.Duration.Milliseconds(), Warnings: warnings}
 	if r.Warnings == nil {
 		r.Warnings = []string{}
@@ -334,6 +337,13 @@ func newRunReport(outcome *build.Outcome, publicKey string, measurement, warning
 	r.Verify = append([]string{"cloche", "verify", "--bundle", outcome.BundlePath, "--key", publicKey}, measurement...)
 	if r.Simulated {
 		r.Verify = append(r.Verify, "--allow-simulated", "--trusted-sim-root", outcome.SimRootPath)
+	}
+	// What the guest attested of the commit, pinned.
+	if r.SourceCommit != "" {
+		r.Verify = append(r.Verify, "--source-commit", r.SourceCommit)
+	}
+	if r.SourceTag != "" {
+		r.Verify = append(r.Verify, "--source-tag", r.SourceTag)
 	}
 	r.Artifacts = []runArtifact{}
 	for _, a := range outcome.Artifacts {
@@ -367,7 +377,14 @@ func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey st
 	for _, a := range r.Artifacts {
 		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", a.Path, a.SHA256, a.Size)
 	}
-	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", r.Bundle, r.Measurement, r.SourceTree, r.PublicKey)
+	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n", r.Bundle, r.Measurement, r.SourceTree)
+	if r.SourceCommit != "" {
+		fmt.Fprintf(w, "  commit:      %s\n", r.SourceCommit)
+	}
+	if r.SourceTag != "" {
+		fmt.Fprintf(w, "  tag:         %s\n", r.SourceTag)
+	}
+	fmt.Fprintf(w, "  public key:  %s\n", r.PublicKey)
 	fmt.Fprintf(w, "verify with:\n  %s\n", r.VerifyCommand)
 	return nil
 }

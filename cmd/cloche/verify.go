@@ -164,6 +164,9 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	var pub crypto.PublicKey
 	var err error
 	if f.key != "" {
+		if err := f.github.checkKeyFlags(); err != nil {
+			return nil, err
+		}
 		if pub, err = provenance.LoadPublicKey(f.key); err != nil {
 			return nil, fmt.Errorf("--key: %w", err)
 		}
