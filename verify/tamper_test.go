@@ -246,6 +246,8 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 			want = CheckSourceCommit
 		case strings.HasPrefix(e.name, "source tag"):
 			want = CheckSourceTag
+		case strings.HasPrefix(e.name, "builder id"):
+			want = CheckBuilderID
 		}
 		add("statement "+e.name, want, statementEdit(e.v, e.path...), nil)
 	}
@@ -272,6 +274,12 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	add("statement source dependency gitCommit", CheckSourceCommit, statementEdit(hex64x("0")[:40], append(dep, "digest", "gitCommit")...), nil)
 	add("statement source dependency gitCommit removed", CheckSourceCommit, statementDelete(append(dep, "digest", "gitCommit")...), nil)
 	add("statement source dependency uri names another tag", CheckConsistency, statementEdit("git+https://github.com/example/hello@refs/tags/v2", append(dep, "uri")...), nil)
+	// The host claims another release consistently (id and version): the reference values
+	// that list the measurement bind the release, so builder.id fails.
+	add("statement builder id and version of another release", CheckBuilderID, verifytest.Hooks{Statement: func(b []byte) []byte {
+		b = editJSON([]any{"predicate", "runDetails", "builder", "id"}, "https://cloche.dev/builders/sim@v9.9.9", false)(b)
+		return editJSON([]any{"predicate", "runDetails", "builder", "version"}, map[string]any{"cloche": "9.9.9"}, false)(b)
+	}}, nil)
 	add("statement not JSON", CheckStatement, verifytest.Hooks{Statement: func(b []byte) []byte { return b[:len(b)-1] }}, nil)
 	add("statement subjects missing", CheckStatement, statementDelete("subject"), nil)
 	add("statement byproducts missing", CheckStatement, statementDelete("predicate", "runDetails", "byproducts"), nil)
@@ -624,4 +632,40 @@ func TestTamperCorpus(t *testing.T) {
 		})
 	}
 	t.Logf("%d mutations, %d accepted", len(corpus), accepted)
+}
+
+// TestStatementBuilderVersionUnbound: with only a pinned measurement nothing binds the
+// release, so a statement claiming any version passes with that version listed as unbound
+// and absent from the verified builder; the statement's TEE is still checked.
+func TestStatementBuilderVersionUnbound(t *testing.T) {
+	k := testKit(t)
+	claim := verifytest.Hooks{Statement: func(b []byte) []byte {
+		b = editJSON([]any{"predicate", "runDetails", "builder", "id"}, "https://cloche.dev/builders/sim@v9.9.9", false)(b)
+		return editJSON([]any{"predicate", "runDetails", "builder", "version"}, map[string]any{"cloche": "9.9.9"}, false)(b)
+	}}
+	f, err := k.Build(t.TempDir(), claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := kitOptions(k, f)
+	o.Reference = ReferenceOptions{}
+	o.ExpectedMeasurements = [][]byte{f.Measurement[:]}
+	res, err := Verify(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if res.BuilderID != "https://cloche.dev/builders/sim" || res.StatementBuilderID != "https://cloche.dev/builders/sim@v9.9.9" {
+		t.Errorf("builder %q, statement's %q", res.BuilderID, res.StatementBuilderID)
+	}
+	found := false
+	for _, u := range res.Unbound {
+		found = found || strings.HasPrefix(u, "runDetails.builder.id version")
+	}
+	if !found {
+		t.Errorf("the statement's builder version is not listed as unbound: %v", res.Unbound)
+	}
+	o.ExpectedBuilderID = "https://cloche.dev/builders/sim@v9.9.9"
+	if _, err := Verify(context.Background(), o); err == nil {
+		t.Fatal("an unbound builder version was accepted as pinned")
+	}
 }

@@ -336,6 +336,11 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	if err := checkAttestedSource(p, m, r); err != nil {
 		return err
 	}
+	unboundBuilder, err := checkStatementBuilder(p, m.TEE, match)
+	if err != nil {
+		return err
+	}
+	res.Unbound = append(res.Unbound, unboundBuilder...)
 	if err := checkStatementFields(p, m, r, claims); err != nil {
 		return err
 	}
@@ -591,6 +596,24 @@ func checkSource(o *Options, res *Result, r *job.Result) error {
 		res.Pinned = append(res.Pinned, c.what)
 	}
 	return nil
+}
+
+// checkStatementBuilder: the statement's runDetails.builder.id names the manifest's TEE,
+// and the guest release's version when trusted reference values bound one; without such
+// values the statement's version is the host's word and is returned as unbound.
+func checkStatementBuilder(p *provenance.Parsed, tee string, match *refMatch) ([]string, error) {
+	bound := boundBuilderID(tee, match)
+	name, version, _ := strings.Cut(p.BuilderID, "@")
+	boundName, boundVersion, versionBound := strings.Cut(bound, "@")
+	switch {
+	case name != boundName:
+		return nil, fail(CheckBuilderID, fmt.Errorf("%w: the statement's builder is %s, but the manifest the evidence binds asked for TEE %s (%s)", ErrMismatchBuilderID, p.BuilderID, tee, boundName))
+	case versionBound && version != boundVersion:
+		return nil, fail(CheckBuilderID, fmt.Errorf("%w: the statement's builder is %s, but the trusted reference values that list the measurement are of release %s", ErrMismatchBuilderID, p.BuilderID, bound))
+	case !versionBound:
+		return []string{"runDetails.builder.id version (no trusted reference values bound the release)"}, nil
+	}
+	return nil, nil
 }
 
 // boundBuilderID is the builder as the verifier can vouch for it: the TEE kind, and the
