@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/cloche-dev/cloche/internal/strictjson"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -183,7 +184,8 @@ func ManifestDigest(manifestBytes []byte) [32]byte { return sha256.Sum256(manife
 // ReportData is SHA-512 over the result record bytes: the value of REPORT_DATA.
 func ReportData(resultBytes []byte) [64]byte { return sha512.Sum512(resultBytes) }
 
-// ParseManifest decodes and validates manifest bytes strictly (unknown fields rejected).
+// ParseManifest decodes and validates manifest bytes strictly (unknown, duplicate and
+// case-variant keys rejected).
 func ParseManifest(b []byte) (*Manifest, error) {
 	if len(b) > MaxManifestSize {
 		return nil, fmt.Errorf("%w: manifest is %d bytes, limit %d", ErrInvalid, len(b), MaxManifestSize)
@@ -213,17 +215,9 @@ func ParseResult(b []byte) (*Result, error) {
 	return &r, nil
 }
 
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON document")
-	}
-	return nil
-}
+// strictUnmarshal decodes a document from outside with internal/strictjson: unknown,
+// duplicate and case-variant keys are refused, so every reader sees the same document.
+func strictUnmarshal(b []byte, v any) error { return strictjson.Decode(b, v) }
 
 var (
 	hex64    = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -135,6 +135,8 @@ func TestParseManifestStrict(t *testing.T) {
 		"trailing data": string(b) + `{}`,
 		"not json":      "nope",
 		"oversized":     `{"_type":"` + strings.Repeat("a", MaxManifestSize) + `"}`,
+		"duplicate key": strings.Replace(string(b), `"tee":"sim"`, `"tee":"snp","tee":"sim"`, 1),
+		"case-variant":  strings.Replace(string(b), `"workdir"`, `"Workdir"`, 1),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := ParseManifest([]byte(in)); !errors.Is(err, ErrInvalid) {
@@ -181,5 +183,14 @@ func TestResultValidation(t *testing.T) {
 	b, _ := Marshal(validResult())
 	if _, err := ParseResult(append(b, 'x')); !errors.Is(err, ErrInvalid) {
 		t.Errorf("trailing data accepted: %v", err)
+	}
+	for name, in := range map[string]string{
+		"duplicate key": strings.Replace(string(b), `"exitCode":0`, `"exitCode":1,"exitCode":0`, 1),
+		"case-variant":  strings.Replace(string(b), `"exitCode"`, `"ExitCode"`, 1),
+		"unknown key":   strings.Replace(string(b), `"exitCode"`, `"extra":1,"exitCode"`, 1),
+	} {
+		if _, err := ParseResult([]byte(in)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s accepted: %v", name, err)
+		}
 	}
 }

@@ -438,6 +438,50 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		add(fmt.Sprintf("report byte 0x%x flipped after signing", off), CheckEvidenceSignature, verifytest.Hooks{ReportAfterSigning: flipByte(off)}, nil)
 	}
 
+	// The manifest, result record and reference values are read strictly: a duplicate,
+	// case-variant or unknown key is refused even where a lenient reader would agree.
+	appendKey := func(kv string) func([]byte) []byte {
+		return func(b []byte) []byte { return append(bytes.TrimSuffix(b, []byte("}")), []byte(","+kv+"}")...) }
+	}
+	renameKey := func(from, to string) func([]byte) []byte {
+		return func(b []byte) []byte { return bytes.Replace(b, []byte(`"`+from+`":`), []byte(`"`+to+`":`), 1) }
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate _type", appendKey(`"_type":"` + job.ManifestType + `"`)},
+		{"duplicate tee", appendKey(`"tee":"sim"`)},
+		{"case-variant key", renameKey("workdir", "Workdir")},
+		{"unknown key", appendKey(`"extra":1`)},
+	} {
+		add("manifest.json "+e.name, CheckManifest, verifytest.Hooks{Statement: byproductEdit(0, e.edit)}, nil)
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate exitCode", appendKey(`"exitCode":0`)},
+		{"duplicate sourceCommit", appendKey(`"sourceCommit":"` + verifytest.SourceCommit + `"`)},
+		{"case-variant key", renameKey("exitCode", "ExitCode")},
+		{"unknown key", appendKey(`"extra":1`)},
+	} {
+		add("result.json "+e.name, CheckResult, verifytest.Hooks{Statement: byproductEdit(1, e.edit)}, nil)
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate predicateType", appendKey(`"predicateType":"` + reference.PredicateType + `"`)},
+		{"case-variant key", renameKey("subject", "Subject")},
+		{"unknown key", appendKey(`"extra":1`)},
+		{"duplicate toolVersion", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"toolVersion":`), []byte(`"toolVersion":"9.9.9","toolVersion":`), 1)
+		}},
+	} {
+		add("reference-values statement "+e.name, CheckReference, verifytest.Hooks{ReferenceStatement: e.edit}, nil)
+	}
+
 	// Reference values documents.
 	ref := func(name, want string, edit func(d *reference.Document)) {
 		add("reference values "+name, want, verifytest.Hooks{Reference: edit}, nil)

@@ -42,6 +42,7 @@ type Kit struct {
 	Host, Release       *provenance.KeySigner
 	HostKey, ReleaseKey crypto.PublicKey
 	HostKeyPath         string
+	ReleaseKeyPath      string
 	dir                 string
 }
 
@@ -55,7 +56,7 @@ func NewKit(dir string) (*Kit, error) {
 	if k.Host, k.HostKey, k.HostKeyPath, err = newKey(dir, "host"); err != nil {
 		return nil, err
 	}
-	if k.Release, k.ReleaseKey, _, err = newKey(dir, "release"); err != nil {
+	if k.Release, k.ReleaseKey, k.ReleaseKeyPath, err = newKey(dir, "release"); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -92,8 +93,10 @@ type Hooks struct {
 	Input        func(*provenance.Input)
 	// Statement edits the statement JSON before the host signs it.
 	Statement func([]byte) []byte
-	// Reference edits the reference values document before the release key signs it.
-	Reference func(*reference.Document)
+	// Reference edits the reference values document before the release key signs it;
+	// ReferenceStatement edits its statement JSON (then signed with the release key as is).
+	Reference          func(*reference.Document)
+	ReferenceStatement func([]byte) []byte
 	// Bundle edits the signed bundle bytes.
 	Bundle func([]byte) []byte
 }
@@ -142,7 +145,13 @@ func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
 // resign replaces the bundle's DSSE payload and signs it with the host key, as a host
 // that holds the key can.
 func (k *Kit) resign(bundle, payload []byte) ([]byte, error) {
-	b, err := os.ReadFile(strings.TrimSuffix(k.HostKeyPath, ".pub"))
+	return resignWith(k.HostKeyPath, bundle, payload)
+}
+
+// resignWith replaces the bundle's DSSE payload and signs it with the key whose public
+// half is at pubPath.
+func resignWith(pubPath string, bundle, payload []byte) ([]byte, error) {
+	b, err := os.ReadFile(strings.TrimSuffix(pubPath, ".pub"))
 	if err != nil {
 		return nil, err
 	}
@@ -286,6 +295,15 @@ func (k *Kit) referenceValues(f *Fixture, h Hooks) error {
 	b, err := reference.Sign(context.Background(), k.Release, d)
 	if err != nil {
 		return err
+	}
+	if h.ReferenceStatement != nil {
+		stmt, err := d.Statement()
+		if err != nil {
+			return err
+		}
+		if b, err = resignWith(k.ReleaseKeyPath, b, h.ReferenceStatement(stmt)); err != nil {
+			return err
+		}
 	}
 	return os.WriteFile(f.ReferencePath, b, 0o644)
 }
