@@ -37,7 +37,7 @@ const APIVersion = "v1"
 // Limits on what a client sends.
 const (
 	// MaxSpecBytes caps the "job" part of a submission.
-	MaxSpecBytes = 64 << 10
+	MaxSpecBytes = job.MaxManifestSize // the spec carries what the manifest will, git objects included
 	// MaxHeaderBytes caps a request's HTTP header.
 	MaxHeaderBytes = 32 << 10
 )
@@ -142,6 +142,9 @@ type JobResult struct {
 	Bundle      string         `json:"bundle"` // file name in the archive
 	Measurement string         `json:"measurement"`
 	SourceTree  string         `json:"sourceTree"`
+	// SourceCommit and SourceTag are what the guest attested (JobSpec.Git).
+	SourceCommit string `json:"sourceCommit,omitempty"`
+	SourceTag    string `json:"sourceTag,omitempty"`
 	// SimRootPath and PublicKeyPath name files on the agent's host: the simulated TEE's
 	// root certificate and the signing key's public half, for `cloche verify`.
 	SimRootPath    string `json:"simRootPath,omitempty"`

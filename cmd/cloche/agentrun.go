@@ -130,6 +130,8 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		BundlePath:  filepath.Join(f.out, r.Bundle),
 		Measurement: r.Measurement,
 		SourceTree:  r.SourceTree,
+		Commit:      r.SourceCommit,
+		Tag:         r.SourceTag,
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,

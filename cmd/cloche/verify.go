@@ -76,9 +76,14 @@ Check names (stable):
   statement.fields      the statement differs from the manifest, result record or evidence
   statement.time        finishedOn is before startedOn
   statement.guest-image the guest-image annotations differ from the matching reference value
-  source.tree, source.commit, source.repository, source.ref   a source expectation differs
+  source.tree, source.commit, source.tag   the attested tree, commit or annotated tag
+                        differs from --source-tree/--source-commit/--source-tag, or the
+                        statement names another commit or tag than the guest attested
+  source.repository, source.ref   keyless: the repository or ref differs; with --key:
+                        asked for (a key-signed bundle does not bind them)
   builder.id            --builder-id differs from the verified builder (a version needs
-                        trusted reference values)
+                        trusted reference values), or the statement's builder id names
+                        another TEE or release than the evidence and reference values
   pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
 `,
 		Args: cobra.ArbitraryArgs,
