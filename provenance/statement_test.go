@@ -189,7 +189,7 @@ func TestNewStatementRejectsBadInput(t *testing.T) {
 		{"manifest not JSON", func(t *testing.T, f *fixture) { f.in.Manifest = []byte("{") }, "manifest"},
 		{"result unknown field", func(t *testing.T, f *fixture) {
 			f.in.Result = append(bytes.TrimSuffix(f.in.Result, []byte("}")), []byte(`,"extra":1}`)...)
-		}, "unknown field"},
+		}, `unknown key "extra"`},
 		{"evidence not JSON", func(t *testing.T, f *fixture) { f.in.Evidence = []byte("report") }, "evidence"},
 		{"evidence missing", func(t *testing.T, f *fixture) { f.in.Evidence = nil }, "evidence"},
 		{"short measurement", func(t *testing.T, f *fixture) { f.in.Guest.Measurement = f.in.Guest.Measurement[:64] }, "measurement"},
