@@ -79,9 +79,14 @@ type Options struct {
 	QEMU            string
 	SourceDateEpoch int64
 	InvocationID    string // default: a random local id
-	Repository      string
-	Ref             string
-	Commit          string
+	// Repository and Ref are recorded as the host's word (a keyless signer's certificate
+	// binds them).
+	Repository string
+	Ref        string
+	// Git are the raw git objects naming the source (source.ReadGitObjects): the guest
+	// checks the commit's tree against what it unpacked and attests the commit id, and the
+	// tag's, in the result record. Nil: no commit is attested.
+	Git *source.GitObjects
 
 	// Console receives the guest's serial console (the build log) live.
 	Console io.Writer
@@ -95,8 +100,10 @@ type Options struct {
 	OnStage func(Stage)
 
 	// beforeLaunch lets this package's tests play a hostile host that alters the input disk
-	// after the manifest digest was bound.
-	beforeLaunch func(inputDisk string) error
+	// after the manifest digest was bound; alterManifest one that writes a manifest the
+	// host-side checks would have refused.
+	beforeLaunch  func(inputDisk string) error
+	alterManifest func(m *job.Manifest)
 }
 
 // Stage is a point a build reaches, reported through Options.OnStage.
@@ -122,7 +129,10 @@ type Outcome struct {
 	BundlePath  string
 	Measurement string // hex
 	SourceTree  string
-	TEE         attest.TEE
+	// Commit and Tag are what the guest attested ("" when no commit object was sent).
+	Commit string
+	Tag    string
+	TEE    attest.TEE
 	// SimRootPath is the simulated TEE's root certificate, for --trusted-sim-root; empty
 	// for hardware TEEs.
 	SimRootPath string
@@ -258,7 +268,11 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	}
 	defer os.RemoveAll(work)
 
-	// 1. Source archive and manifest.
+	// 1. Source archive and manifest. The commit is checked here too, although the guest
+	// checks it again: a checkout that differs from its commit fails before the VM starts.
+	if err := CheckCommit(o.SourceDir, o.Ref, o.Git); err != nil {
+		return nil, err
+	}
 	archivePath := filepath.Join(work, "source.tar")
 	archiveSHA, archiveSize, err := source.PackFile(ctx, o.SourceDir, o.SourceDateEpoch, archivePath)
 	if err != nil {
@@ -273,7 +287,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		Type:            job.ManifestType,
 		InvocationID:    invocation,
 		TEE:             string(o.TEE),
-		Source:          job.Source{Repository: o.Repository, Ref: o.Ref, Commit: o.Commit, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize},
+		Source:          job.Source{Repository: o.Repository, Ref: o.Ref, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize},
 		Toolchain:       *tc,
 		Command:         o.Command,
 		Workdir:         o.Workdir,
@@ -282,6 +296,10 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		SourceDateEpoch: o.SourceDateEpoch,
 		TimeoutSeconds:  int64((o.Timeout + time.Second - 1) / time.Second),
 		MaxOutputBytes:  o.MaxOutputBytes,
+	}
+	m.Source.SetGitObjects(o.Git)
+	if o.alterManifest != nil {
+		o.alterManifest(m)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInput, err)
@@ -466,10 +484,34 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		BundlePath:  bundlePath,
 		Measurement: hex.EncodeToString(claims.Measurement),
 		SourceTree:  res.SourceTree,
+		Commit:      res.SourceCommit,
+		Tag:         res.SourceTag,
 		TEE:         o.TEE,
 		SimRootPath: ht.simRootPath(),
 		Duration:    time.Since(start),
 	}, nil
+}
+
+// CheckCommit ties git objects (Options.Git) to the source directory, as the guest will,
+// so that a checkout that is not its commit fails before anything is packed or launched.
+// Nil objects attest nothing and pass.
+func CheckCommit(dir, ref string, git *source.GitObjects) error {
+	if git == nil {
+		return nil
+	}
+	tree, err := source.TreeIDFormat(dir, git.Format)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInput, err)
+	}
+	a, err := source.AttestCommit(*git, tree)
+	if err != nil {
+		return fmt.Errorf("%w: the source directory %s differs from commit %s (build a clean checkout: untracked or modified files would be built but not named by the commit): %w",
+			ErrInput, dir, git.Format.ObjectID("commit", git.Commit), err)
+	}
+	if err := source.CheckTagRef(ref, a.Tag); err != nil {
+		return fmt.Errorf("%w: %w", ErrInput, err)
+	}
+	return nil
 }
 
 // checkFile re-hashes an extracted artifact against the result record: the output disk's

@@ -20,6 +20,7 @@ import (
 type env struct {
 	guestImage, toolchain, simDir string
 	signer                        provenance.Signer
+	publicKey                     string // the signer's public key file
 }
 
 func newEnv(t *testing.T) *env {
@@ -39,6 +40,7 @@ func newEnv(t *testing.T) *env {
 		toolchain:  testfixture.BusyboxToolchain(t),
 		simDir:     filepath.Join(testfixture.CacheDir(t), "sim-tee"),
 		signer:     signer,
+		publicKey:  key + ".pub",
 	}
 }
 

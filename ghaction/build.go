@@ -1,7 +1,6 @@
 package ghaction
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -158,16 +156,22 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		}
 	}
 
-	// The source must be exactly the checked-out commit's tree: the guest computes the
-	// tree id of what it builds, and the provenance names this commit.
-	wantTree, err := commitTree(ctx, srcDir, wc.sha)
-	if err != nil {
-		return nil, err
+	// The commit's objects go to the guest, which attests the commit only if its tree is
+	// exactly the source it builds (build.Run checks that first, before the VM starts).
+	var tagRef string
+	if strings.HasPrefix(wc.ref, "refs/tags/") {
+		tagRef = wc.ref
 	}
-	if got, err := source.TreeID(srcDir); err != nil {
-		return nil, fmt.Errorf("hashing the source: %w", err)
-	} else if got != wantTree {
-		return nil, fmt.Errorf("%w: the source directory %s (tree %s) differs from commit %s (tree %s): build a clean checkout; untracked or modified files would be built but not named by the commit", ErrInput, srcDir, got, wc.sha, wantTree)
+	gitObjects, err := source.ReadGitObjects(ctx, srcDir, wc.sha, tagRef)
+	if errors.Is(err, source.ErrNoTag) {
+		a.Warningf("the tag %s is not in the checkout (fetch it, e.g. actions/checkout with fetch-tags): the build attests the commit only, and only the signing certificate's ref names the tag", tagRef)
+		gitObjects, err = source.ReadGitObjects(ctx, srcDir, wc.sha, "")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %v", ErrInput, srcDir, wc.sha, err)
+	}
+	if err := build.CheckCommit(srcDir, wc.ref, gitObjects); err != nil {
+		return nil, err
 	}
 
 	guestDir, err := setup.ResolveGuestImage(ctx, input(a, "guest-image"))
@@ -203,7 +207,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		InvocationID:   wc.invocation(),
 		Repository:     wc.repoURL(),
 		Ref:            wc.ref,
-		Commit:         wc.sha,
+		Git:            gitObjects,
 		Console:        r.Stdout,
 		Logger:         log,
 		Version:        setup.Version,
@@ -213,8 +217,8 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	if berr != nil {
 		return nil, berr
 	}
-	if outcome.SourceTree != wantTree {
-		return nil, fmt.Errorf("the guest built tree %s, but commit %s has tree %s", outcome.SourceTree, wc.sha, wantTree)
+	if outcome.Commit != wc.sha {
+		return nil, fmt.Errorf("the guest attested commit %q, but the workflow runs for commit %s", outcome.Commit, wc.sha)
 	}
 	res := &BuildResult{Outcome: outcome, Invocation: wc.invocation()}
 
@@ -420,33 +424,6 @@ func transportOf(r Runner) http.RoundTripper {
 		return r.HTTPClient.Transport
 	}
 	return nil
-}
-
-// commitTree is the git tree id of dir within commit sha, from the checkout's own git.
-func commitTree(ctx context.Context, dir, sha string) (string, error) {
-	git := func(args ...string) (string, error) {
-		cmd := exec.CommandContext(ctx, "git", append([]string{"-C", dir}, args...)...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("git %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	prefix, err := git("rev-parse", "--show-prefix")
-	if err != nil {
-		return "", fmt.Errorf("%w: the source %s is not in a git checkout (actions/checkout first): %v", ErrInput, dir, err)
-	}
-	spec := sha + "^{tree}"
-	if prefix != "" {
-		spec = sha + ":" + strings.TrimSuffix(prefix, "/")
-	}
-	tree, err := git("rev-parse", "--verify", spec)
-	if err != nil {
-		return "", fmt.Errorf("%w: commit %s is not in the checkout of %s: %v", ErrInput, sha, dir, err)
-	}
-	return tree, nil
 }
 
 func buildSummary(wc *workflowContext, o *build.Outcome, res *BuildResult) string {

@@ -181,6 +181,12 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 			return nil, fmt.Errorf("%w: input key: %v", ErrInput, err)
 		}
 		o.PublicKey = pub
+		// A key-signed bundle binds no repository, branch or workflow (docs/design.md);
+		// the tag is checked as the guest attested it.
+		if input(a, "source-uri") != "" || o.Identity.SourceBranch != "" || o.Identity.SignerWorkflow != "" {
+			return nil, fmt.Errorf("%w: inputs source-uri, source-branch and signer-workflow need keyless verification (no input key): a key-signed bundle does not bind them, the runner host writes them", ErrInput)
+		}
+		o.ExpectedSourceTag, o.Identity = o.Identity.SourceTag, nil
 	} else {
 		tm, err := verify.LoadTrustedRoot(input(a, "trusted-root"), setup.TUFCacheDir)
 		if err != nil {

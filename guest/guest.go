@@ -299,6 +299,19 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 	}
 	a.update(func(st *buildState) { st.result.SourceTree = tree })
 	a.log.Info("source unpacked", "tree", tree)
+	if err := step("checking the commit object against the unpacked tree", func() error {
+		att, err := attestSource(m, tree)
+		if err != nil || att == nil {
+			return err
+		}
+		a.update(func(st *buildState) {
+			st.result.SourceCommit, st.result.SourceTag, st.result.SourceTagObject = att.Commit, att.Tag, att.TagObject
+		})
+		a.log.Info("source commit attested", "commit", att.Commit, "tag", att.Tag)
+		return nil
+	}); err != nil {
+		return st, err
+	}
 
 	a.setStep("running the command")
 	res, err := RunCommand(ctx, CommandSpec{
@@ -379,7 +392,7 @@ func unpackSource(ctx context.Context, in *disk.Input, m *job.Manifest, root *Bu
 	if err := source.Unpack(ctx, in.Archive, m.Source.ArchiveSHA256, m.Source.ArchiveSize, root.Src, source.DefaultLimits(), BuildUID, BuildGID, true); err != nil {
 		return "", nil, err
 	}
-	tree, err = source.TreeID(root.Src)
+	tree, err = source.TreeIDFormat(root.Src, m.Source.ObjectFormat)
 	if err != nil {
 		return "", nil, err
 	}
@@ -389,6 +402,23 @@ func unpackSource(ctx context.Context, in *disk.Input, m *job.Manifest, root *Bu
 		}
 	}
 	return tree, before, nil
+}
+
+// attestSource computes the commit (and tag) ids from the manifest's git objects once
+// their tree is the one unpacked; nil without a commit object. The host's checkout may say
+// anything: only ids computed here reach the result record.
+func attestSource(m *job.Manifest, tree string) (*source.Attested, error) {
+	if m.Source.CommitObject == nil {
+		return nil, nil
+	}
+	att, err := source.AttestCommit(m.Source.GitObjects(), tree)
+	if err != nil {
+		return nil, err
+	}
+	if err := source.CheckTagRef(m.Source.Ref, att.Tag); err != nil {
+		return nil, err
+	}
+	return att, nil
 }
 
 // openProvider prefers configfs-tsm (real SNP/TDX), then the guest drivers' devices

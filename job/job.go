@@ -20,6 +20,9 @@ import (
 	"path"
 	"regexp"
 	"strings"
+
+	"github.com/cloche-dev/cloche/internal/strictjson"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // Type URIs identify the document kind and version; a reader rejects any other value.
@@ -31,7 +34,8 @@ const (
 // Limits on documents read from outside. The manifest is bound by digest, but the guest
 // still parses it before it can check anything else, so its size is capped.
 const (
-	MaxManifestSize = 256 << 10
+	// MaxManifestSize leaves room for the git objects that name the source (base64).
+	MaxManifestSize = 4 << 20
 	MaxResultSize   = 4 << 20
 	MaxArtifacts    = 1024
 	MaxCommandArgs  = 256
@@ -69,17 +73,43 @@ type Manifest struct {
 	MaxOutputBytes int64 `json:"maxOutputBytes"`
 }
 
-// Source describes the source input: a deterministic tar archive (see package source).
+// Source describes the source input: a deterministic tar archive (see package source), and
+// the raw git objects that name it.
 type Source struct {
-	// Repository, Ref and Commit are informational context from the host (e.g. the GitHub
-	// checkout). The guest computes the tree id itself; a verifier ties Commit to that tree.
+	// Repository and Ref are the host's word (e.g. the GitHub checkout): no git object
+	// names a repository or a branch. A keyless signing certificate binds both
+	// (docs/design.md, "What binds each statement field").
 	Repository string `json:"repository,omitempty"`
 	Ref        string `json:"ref,omitempty"`
-	Commit     string `json:"commit,omitempty"`
+	// ObjectFormat is the repository's object format (empty: sha1); the guest computes the
+	// tree, commit and tag ids in it.
+	ObjectFormat source.ObjectFormat `json:"objectFormat,omitempty"`
+	// CommitObject is the raw commit object (`git cat-file commit`), TagObject the
+	// annotated tag object when the build is of a tag. The guest checks that the commit's
+	// tree (followed down Path through TreeObjects, for a subdirectory of the commit) is the
+	// tree it unpacked, and attests the ids it computes in the result record; the bytes
+	// alone prove nothing.
+	CommitObject []byte   `json:"commitObject,omitempty"`
+	TagObject    []byte   `json:"tagObject,omitempty"`
+	Path         string   `json:"path,omitempty"`
+	TreeObjects  [][]byte `json:"treeObjects,omitempty"`
 	// ArchiveSHA256 and ArchiveSize identify the archive on the input disk; the guest checks
 	// both while unpacking.
 	ArchiveSHA256 string `json:"archiveSha256"`
 	ArchiveSize   int64  `json:"archiveSize"`
+}
+
+// GitObjects returns the git objects the source carries (none: a zero Commit).
+func (s *Source) GitObjects() source.GitObjects {
+	return source.GitObjects{Format: s.ObjectFormat, Commit: s.CommitObject, Tag: s.TagObject, Path: s.Path, Trees: s.TreeObjects}
+}
+
+// SetGitObjects records git objects read from the host's checkout.
+func (s *Source) SetGitObjects(o *source.GitObjects) {
+	if o == nil {
+		return
+	}
+	s.ObjectFormat, s.CommitObject, s.TagObject, s.Path, s.TreeObjects = o.Format, o.Commit, o.Tag, o.Path, o.Trees
 }
 
 // Toolchain identifies the read-only root filesystem image the build runs in. The guest
@@ -105,8 +135,15 @@ type Result struct {
 	// ManifestSHA256 is the launch-bound digest the guest read from its own report and
 	// checked the manifest against.
 	ManifestSHA256 string `json:"manifestSha256"`
-	// SourceTree is the git tree id (SHA-1, hex) of the unpacked source.
+	// SourceTree is the git tree id (hex, in the manifest's object format) of the unpacked
+	// source.
 	SourceTree string `json:"sourceTree"`
+	// SourceCommit is the id the guest computed over the manifest's commit object, after
+	// checking that its tree is SourceTree; SourceTag and SourceTagObject the name and id
+	// of the annotated tag object that points at it. Empty when the host sent none.
+	SourceCommit    string `json:"sourceCommit,omitempty"`
+	SourceTag       string `json:"sourceTag,omitempty"`
+	SourceTagObject string `json:"sourceTagObject,omitempty"`
 	// ExitCode of the command; -1 when it did not run to an exit (timeout, signal, error).
 	ExitCode  int        `json:"exitCode"`
 	Error     string     `json:"error,omitempty"`
@@ -147,7 +184,8 @@ func ManifestDigest(manifestBytes []byte) [32]byte { return sha256.Sum256(manife
 // ReportData is SHA-512 over the result record bytes: the value of REPORT_DATA.
 func ReportData(resultBytes []byte) [64]byte { return sha512.Sum512(resultBytes) }
 
-// ParseManifest decodes and validates manifest bytes strictly (unknown fields rejected).
+// ParseManifest decodes and validates manifest bytes strictly (unknown, duplicate and
+// case-variant keys rejected).
 func ParseManifest(b []byte) (*Manifest, error) {
 	if len(b) > MaxManifestSize {
 		return nil, fmt.Errorf("%w: manifest is %d bytes, limit %d", ErrInvalid, len(b), MaxManifestSize)
@@ -177,17 +215,9 @@ func ParseResult(b []byte) (*Result, error) {
 	return &r, nil
 }
 
-func strictUnmarshal(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data after the JSON document")
-	}
-	return nil
-}
+// strictUnmarshal decodes a document from outside with internal/strictjson: unknown,
+// duplicate and case-variant keys are refused, so every reader sees the same document.
+func strictUnmarshal(b []byte, v any) error { return strictjson.Decode(b, v) }
 
 var (
 	hex64    = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -214,6 +244,16 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest source.archiveSha256 must be 64 lowercase hex digits")
 	case m.Source.ArchiveSize <= 0:
 		return invalidf("manifest source.archiveSize must be positive")
+	case m.Source.ObjectFormat.Check() != nil:
+		return invalidf("manifest source.objectFormat: %v", m.Source.ObjectFormat.Check())
+	case len(m.Source.CommitObject) > source.MaxObjectSize || len(m.Source.TagObject) > source.MaxObjectSize:
+		return invalidf("manifest source.commitObject and tagObject must be at most %d bytes each", source.MaxObjectSize)
+	case m.Source.CommitObject == nil && (m.Source.TagObject != nil || m.Source.Path != "" || m.Source.TreeObjects != nil):
+		return invalidf("manifest source.tagObject, path and treeObjects need a commitObject")
+	case len(m.Source.TreeObjects) > source.MaxTreePath:
+		return invalidf("manifest source.treeObjects lists %d objects, limit %d", len(m.Source.TreeObjects), source.MaxTreePath)
+	case m.Source.Path != "" && !isRelPath(m.Source.Path, false):
+		return invalidf("manifest source.path %q must be a clean relative path", m.Source.Path)
 	case !hex64.MatchString(m.Toolchain.ImageSHA256):
 		return invalidf("manifest toolchain.imageSha256 must be 64 lowercase hex digits")
 	case !hex64.MatchString(m.Toolchain.VerityRootHash):
@@ -286,8 +326,12 @@ func (r *Result) Validate() error {
 		return invalidf("result record _type is %q, expected %q", r.Type, ResultType)
 	case !hex64.MatchString(r.ManifestSHA256):
 		return invalidf("result record manifestSha256 must be 64 lowercase hex digits")
-	case r.SourceTree != "" && !hex40.MatchString(r.SourceTree):
-		return invalidf("result record sourceTree must be 40 lowercase hex digits")
+	case r.SourceTree != "" && !hex40.MatchString(r.SourceTree) && !hex64.MatchString(r.SourceTree):
+		return invalidf("result record sourceTree must be 40 (sha1) or 64 (sha256) lowercase hex digits")
+	case r.SourceCommit != "" && (len(r.SourceCommit) != len(r.SourceTree) || !hexEven.MatchString(r.SourceCommit)):
+		return invalidf("result record sourceCommit must be lowercase hex of the source tree id's length")
+	case (r.SourceTag != "" || r.SourceTagObject != "") && (r.SourceCommit == "" || r.SourceTag == "" || len(r.SourceTagObject) != len(r.SourceCommit) || !hexEven.MatchString(r.SourceTagObject)):
+		return invalidf("result record sourceTag and sourceTagObject go together, with a sourceCommit, and the tag object id in its format")
 	case len(r.Artifacts) > MaxArtifacts:
 		return invalidf("result record lists %d artifacts, limit %d", len(r.Artifacts), MaxArtifacts)
 	case r.Log.SHA256 != "" && !hex64.MatchString(r.Log.SHA256):

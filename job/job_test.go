@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/cloche-dev/cloche/source"
 )
 
 func validManifest() *Manifest {
@@ -91,6 +93,16 @@ func TestManifestValidation(t *testing.T) {
 		"no output cap":        func(m *Manifest) { m.MaxOutputBytes = 0 },
 		"negative date epoch":  func(m *Manifest) { m.SourceDateEpoch = -1 },
 		"too many env entries": func(m *Manifest) { m.Env = bigEnv() },
+		"object format":        func(m *Manifest) { m.Source.ObjectFormat = "md5" },
+		"oversized commit":     func(m *Manifest) { m.Source.CommitObject = make([]byte, source.MaxObjectSize+1) },
+		"tag without commit":   func(m *Manifest) { m.Source.TagObject = []byte("object x") },
+		"path without commit":  func(m *Manifest) { m.Source.Path = "sub" },
+		"unclean path": func(m *Manifest) {
+			m.Source.CommitObject, m.Source.Path = []byte("tree x"), "sub/../x"
+		},
+		"too many trees": func(m *Manifest) {
+			m.Source.CommitObject, m.Source.TreeObjects = []byte("tree x"), make([][]byte, source.MaxTreePath+1)
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -123,6 +135,8 @@ func TestParseManifestStrict(t *testing.T) {
 		"trailing data": string(b) + `{}`,
 		"not json":      "nope",
 		"oversized":     `{"_type":"` + strings.Repeat("a", MaxManifestSize) + `"}`,
+		"duplicate key": strings.Replace(string(b), `"tee":"sim"`, `"tee":"snp","tee":"sim"`, 1),
+		"case-variant":  strings.Replace(string(b), `"workdir"`, `"Workdir"`, 1),
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := ParseManifest([]byte(in)); !errors.Is(err, ErrInvalid) {
@@ -145,6 +159,11 @@ func TestResultValidation(t *testing.T) {
 		"negative size":      func(r *Result) { r.Artifacts[0].Size = -1 },
 		"duplicate artifact": func(r *Result) { r.Artifacts = append(r.Artifacts, r.Artifacts[0]) },
 		"log digest":         func(r *Result) { r.Log.SHA256 = "zz" },
+		"commit length":      func(r *Result) { r.SourceCommit = strings.Repeat("a", 64) },
+		"commit not hex":     func(r *Result) { r.SourceCommit = strings.Repeat("A", 40) },
+		"tag without commit": func(r *Result) { r.SourceTag, r.SourceTagObject = "v1", strings.Repeat("a", 40) },
+		"tag without object": func(r *Result) { r.SourceCommit, r.SourceTag = strings.Repeat("a", 40), "v1" },
+		"tag object only":    func(r *Result) { r.SourceCommit, r.SourceTagObject = strings.Repeat("a", 40), strings.Repeat("b", 40) },
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -155,8 +174,23 @@ func TestResultValidation(t *testing.T) {
 			}
 		})
 	}
+	sha256Tag := validResult()
+	sha256Tag.SourceTree, sha256Tag.SourceCommit = strings.Repeat("e", 64), strings.Repeat("a", 64)
+	sha256Tag.SourceTag, sha256Tag.SourceTagObject = "v1", strings.Repeat("b", 64)
+	if err := sha256Tag.Validate(); err != nil {
+		t.Errorf("a sha256 commit and tag were rejected: %v", err)
+	}
 	b, _ := Marshal(validResult())
 	if _, err := ParseResult(append(b, 'x')); !errors.Is(err, ErrInvalid) {
 		t.Errorf("trailing data accepted: %v", err)
+	}
+	for name, in := range map[string]string{
+		"duplicate key": strings.Replace(string(b), `"exitCode":0`, `"exitCode":1,"exitCode":0`, 1),
+		"case-variant":  strings.Replace(string(b), `"exitCode"`, `"ExitCode"`, 1),
+		"unknown key":   strings.Replace(string(b), `"exitCode"`, `"extra":1,"exitCode"`, 1),
+	} {
+		if _, err := ParseResult([]byte(in)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s accepted: %v", name, err)
+		}
 	}
 }

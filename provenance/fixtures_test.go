@@ -91,6 +91,7 @@ func newFixture(t testing.TB) *fixture {
 	archive := bytes.Repeat([]byte("deterministic source archive "), 100)
 	commit := sha1.Sum([]byte("commit"))
 	tree := sha1.Sum([]byte("tree"))
+	tagObject := sha1.Sum([]byte("tag"))
 	image := bytes.Repeat([]byte{0x5a}, 4096)
 	root := sha256.Sum256([]byte("verity root"))
 
@@ -101,7 +102,6 @@ func newFixture(t testing.TB) *fixture {
 		Source: job.Source{
 			Repository:    "https://github.com/cloche-dev/hello",
 			Ref:           "refs/tags/v1.0.0",
-			Commit:        hex.EncodeToString(commit[:]),
 			ArchiveSHA256: sha256Hex(archive),
 			ArchiveSize:   int64(len(archive)),
 		},
@@ -128,12 +128,15 @@ func newFixture(t testing.TB) *fixture {
 	}
 	log := []byte("make: Entering directory 'src'\n")
 	r := &job.Result{
-		Type:           job.ResultType,
-		ManifestSHA256: sha256Hex(manifest),
-		SourceTree:     hex.EncodeToString(tree[:]),
-		Artifacts:      artifacts,
-		Log:            job.Digest{SHA256: sha256Hex(log), Size: int64(len(log))},
-		DurationMillis: 1234,
+		Type:            job.ResultType,
+		ManifestSHA256:  sha256Hex(manifest),
+		SourceTree:      hex.EncodeToString(tree[:]),
+		SourceCommit:    hex.EncodeToString(commit[:]),
+		SourceTag:       "v1.0.0",
+		SourceTagObject: hex.EncodeToString(tagObject[:]),
+		Artifacts:       artifacts,
+		Log:             job.Digest{SHA256: sha256Hex(log), Size: int64(len(log))},
+		DurationMillis:  1234,
 	}
 	result, err := job.Marshal(r)
 	if err != nil {

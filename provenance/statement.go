@@ -145,11 +145,16 @@ type ExternalParameters struct {
 	TimeoutSeconds  int64               `json:"timeoutSeconds"`
 }
 
-// SourceParameters is externalParameters.source.
+// SourceParameters is externalParameters.source. Repository and Ref are the manifest's
+// (the host's word, bound by a keyless signer's certificate); Commit, Tag and Tree are what
+// the guest computed and attested in the result record.
 type SourceParameters struct {
 	Repository string `json:"repository"`
 	Ref        string `json:"ref"`
 	Commit     string `json:"commit"`
+	Tag        string `json:"tag,omitempty"`
+	// Path is the source's directory inside the commit, when not its root.
+	Path string `json:"path,omitempty"`
 	// Tree is the git tree id the guest computed over the unpacked source.
 	Tree string `json:"tree"`
 }
@@ -377,7 +382,9 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 		Source: SourceParameters{
 			Repository: m.Source.Repository,
 			Ref:        m.Source.Ref,
-			Commit:     m.Source.Commit,
+			Commit:     r.SourceCommit,
+			Tag:        r.SourceTag,
+			Path:       m.Source.Path,
 			Tree:       r.SourceTree,
 		},
 		Toolchain: ToolchainParameters{
@@ -392,22 +399,36 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 }
 
 // expectedSourceDependency is the source dependency as the manifest and result record state
-// it.
+// it: the commit and tree only as the guest attested them, the ref as the attested tag when
+// there is one.
 func expectedSourceDependency(m *job.Manifest, r *job.Result) *Dependency {
 	d := &Dependency{Digest: map[string]string{"sha256": m.Source.ArchiveSHA256}}
 	if m.Source.Repository != "" {
 		d.URI = "git+" + m.Source.Repository
-		if m.Source.Ref != "" {
-			d.URI += "@" + m.Source.Ref
+		ref := m.Source.Ref
+		if r.SourceTag != "" {
+			ref = "refs/tags/" + r.SourceTag
+		}
+		if ref != "" {
+			d.URI += "@" + ref
 		}
 	}
-	if m.Source.Commit != "" {
-		d.Digest["gitCommit"] = m.Source.Commit
+	if r.SourceCommit != "" {
+		d.Digest[gitDigestKey("gitCommit", r.SourceCommit)] = r.SourceCommit
 	}
 	if r.SourceTree != "" {
-		d.Digest["gitTree"] = r.SourceTree
+		d.Digest[gitDigestKey("gitTree", r.SourceTree)] = r.SourceTree
 	}
 	return d
+}
+
+// gitDigestKey names a git object id in a digest set: in-toto's gitCommit and gitTree
+// are SHA-1 ids, so a SHA-256 repository's ids go under gitCommitSha256 / gitTreeSha256.
+func gitDigestKey(base, id string) string {
+	if len(id) == 64 {
+		return base + "Sha256"
+	}
+	return base
 }
 
 // expectedToolchainDependency is the toolchain dependency as the manifest states it; the

@@ -46,7 +46,7 @@ func TestStatementRoundTrip(t *testing.T) {
 		Env:       f.m.Env,
 		Artifacts: f.m.Artifacts,
 		Source: SourceParameters{Repository: f.m.Source.Repository, Ref: f.m.Source.Ref,
-			Commit: f.m.Source.Commit, Tree: f.r.SourceTree},
+			Commit: f.r.SourceCommit, Tag: "v1.0.0", Tree: f.r.SourceTree},
 		Toolchain: ToolchainParameters{Name: f.m.Toolchain.Name, ImageSHA256: f.m.Toolchain.ImageSHA256,
 			VerityRootHash: f.m.Toolchain.VerityRootHash},
 		TEE:             "sim",
@@ -66,7 +66,7 @@ func TestStatementRoundTrip(t *testing.T) {
 	if want := "git+https://github.com/cloche-dev/hello@refs/tags/v1.0.0"; src.URI != want {
 		t.Errorf("source uri = %q, want %q", src.URI, want)
 	}
-	wantDigest := map[string]string{"gitCommit": f.m.Source.Commit, "gitTree": f.r.SourceTree, "sha256": f.m.Source.ArchiveSHA256}
+	wantDigest := map[string]string{"gitCommit": f.r.SourceCommit, "gitTree": f.r.SourceTree, "sha256": f.m.Source.ArchiveSHA256}
 	if !reflect.DeepEqual(src.Digest, wantDigest) {
 		t.Errorf("source digest = %v, want %v", src.Digest, wantDigest)
 	}
@@ -189,7 +189,7 @@ func TestNewStatementRejectsBadInput(t *testing.T) {
 		{"manifest not JSON", func(t *testing.T, f *fixture) { f.in.Manifest = []byte("{") }, "manifest"},
 		{"result unknown field", func(t *testing.T, f *fixture) {
 			f.in.Result = append(bytes.TrimSuffix(f.in.Result, []byte("}")), []byte(`,"extra":1}`)...)
-		}, "unknown field"},
+		}, `unknown key "extra"`},
 		{"evidence not JSON", func(t *testing.T, f *fixture) { f.in.Evidence = []byte("report") }, "evidence"},
 		{"evidence missing", func(t *testing.T, f *fixture) { f.in.Evidence = nil }, "evidence"},
 		{"short measurement", func(t *testing.T, f *fixture) { f.in.Guest.Measurement = f.in.Guest.Measurement[:64] }, "measurement"},
@@ -384,6 +384,12 @@ func TestCheckAgainstManifestMismatch(t *testing.T) {
 		}, "resolvedDependencies[source].uri"},
 		{"source archive digest", setDigest(SourceDependency, "sha256", otherHex), "resolvedDependencies[source].digest.sha256"},
 		{"source git tree digest", setDigest(SourceDependency, "gitTree", strings.Repeat("3", 40)), "resolvedDependencies[source].digest.gitTree"},
+		{"source git commit digest", setDigest(SourceDependency, "gitCommit", strings.Repeat("4", 40)), "resolvedDependencies[source].digest.gitCommit"},
+		{"source tag", func(st map[string]any) { obj(external(st), "source")["tag"] = "v9.9.9" }, "externalParameters.source.tag"},
+		{"source path", func(st map[string]any) { obj(external(st), "source")["path"] = "sub" }, "externalParameters.source.path"},
+		{"source uri names the manifest's ref, not the attested tag", func(st map[string]any) {
+			named(arr(buildDef(st), "resolvedDependencies"), SourceDependency)["uri"] = "git+https://github.com/cloche-dev/hello@refs/tags/v9.9.9"
+		}, "resolvedDependencies[source].uri"},
 		{"source extra digest", setDigest(SourceDependency, "sha512", strings.Repeat("ab", 64)), "resolvedDependencies[source].digest keys"},
 		{"toolchain digest", setDigest(ToolchainDependency, "sha256", otherHex), "resolvedDependencies[toolchain].digest.sha256"},
 		{"toolchain salt", func(st map[string]any) {
@@ -452,15 +458,51 @@ func TestCheckAgainstManifestOtherDocuments(t *testing.T) {
 	}
 }
 
+// The commit and tag in the statement are the result record's: a result record that names
+// another commit (what the guest attested) fails a statement that names the host's, and a
+// SHA-256 repository's ids go under their own digest keys.
+func TestStatementSourceFromResultRecord(t *testing.T) {
+	f := newFixture(t)
+	p, err := ParseStatement(f.statement(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := *f.r
+	r.SourceCommit = strings.Repeat("5", 40)
+	if err := p.CheckAgainstManifest(f.m, &r); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "externalParameters.source.commit") {
+		t.Fatalf("other attested commit: error = %v", err)
+	}
+	r = *f.r
+	r.SourceTag, r.SourceTagObject = "", ""
+	if err := p.CheckAgainstManifest(f.m, &r); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), "externalParameters.source.tag") {
+		t.Fatalf("no attested tag: error = %v", err)
+	}
+
+	r = *f.r
+	r.SourceTree, r.SourceCommit, r.SourceTagObject = strings.Repeat("6", 64), strings.Repeat("7", 64), strings.Repeat("8", 64)
+	f.in.Result = mustMarshal(t, &r)
+	p, err = ParseStatement(f.statement(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckAgainstManifest(f.m, &r); err != nil {
+		t.Fatalf("sha256 repository: %v", err)
+	}
+	want := map[string]string{"gitCommitSha256": r.SourceCommit, "gitTreeSha256": r.SourceTree, "sha256": f.m.Source.ArchiveSHA256}
+	if got := p.Dependencies[SourceDependency].Digest; !reflect.DeepEqual(got, want) {
+		t.Fatalf("sha256 source digest = %v, want %v", got, want)
+	}
+}
+
 // A manifest without repository, ref, commit, env or source tree still round-trips, and the
 // source dependency then has no uri.
 func TestStatementMinimalManifest(t *testing.T) {
 	f := newFixture(t)
 	m := *f.m
-	m.Source.Repository, m.Source.Ref, m.Source.Commit, m.Env, m.Toolchain.Name = "", "", "", nil, ""
+	m.Source.Repository, m.Source.Ref, m.Env, m.Toolchain.Name = "", "", nil, ""
 	f.in.Manifest = mustMarshal(t, &m)
 	r := *f.r
-	r.ManifestSHA256, r.SourceTree = sha256Hex(f.in.Manifest), ""
+	r.ManifestSHA256, r.SourceTree, r.SourceCommit, r.SourceTag, r.SourceTagObject = sha256Hex(f.in.Manifest), "", "", "", ""
 	f.in.Result = mustMarshal(t, &r)
 	p, err := ParseStatement(f.statement(t))
 	if err != nil {

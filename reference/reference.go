@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cloche-dev/cloche/internal/strictjson"
 	"github.com/cloche-dev/cloche/provenance"
 )
 
@@ -330,14 +331,10 @@ func ParseStatement(stmt []byte) (*Document, error) {
 	if head.PredicateType != PredicateType {
 		return nil, docErrorf("predicateType is %q, expected %q", head.PredicateType, PredicateType)
 	}
+	// Strictly: unknown, duplicate and case-variant keys refused, one document only.
 	var st statement
-	dec := json.NewDecoder(bytes.NewReader(stmt))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&st); err != nil {
+	if err := strictjson.Decode(stmt, &st); err != nil {
 		return nil, docErrorf("decoding statement: %v", err)
-	}
-	if dec.More() {
-		return nil, docErrorf("trailing data after the statement")
 	}
 	if st.Predicate == nil {
 		return nil, docErrorf("predicate is missing")

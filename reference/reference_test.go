@@ -204,7 +204,17 @@ func TestParseStatementStrict(t *testing.T) {
 			return strings.Replace(s, `"tee":"sim"`, `"tee":"sim","vcpuType":"EPYC-v4"`, 1)
 		},
 		"trailing data": func(s string) string { return s + "{}" },
-		"no values":     func(s string) string { return s[:strings.Index(s, `"values"`)] + `"values":[]}}` },
+		// Duplicate and case-variant keys: a lenient reader takes the last or matches any
+		// case, so two readers could see different values.
+		"duplicate key": func(s string) string {
+			return strings.Replace(s, `"toolVersion":`, `"toolVersion":"9.9.9","toolVersion":`, 1)
+		},
+		"duplicate measurement": func(s string) string {
+			return strings.Replace(s, `"measurement":`, `"measurement":"`+strings.Repeat("22", 48)+`","measurement":`, 1)
+		},
+		"case-variant key": func(s string) string { return strings.Replace(s, `"toolVersion":`, `"ToolVersion":`, 1) },
+		"case-variant tee": func(s string) string { return strings.Replace(s, `"tee":"sim"`, `"TEE":"sim"`, 1) },
+		"no values":        func(s string) string { return s[:strings.Index(s, `"values"`)] + `"values":[]}}` },
 	} {
 		if _, err := ParseStatement([]byte(mutate(string(good)))); !errors.Is(err, ErrDocument) {
 			t.Errorf("%s: error = %v, want ErrDocument", name, err)

@@ -522,6 +522,8 @@ func (a *Agent) packResult(ctx context.Context, j *jobEntry, st JobStatus, o *bu
 		Bundle:         filepath.Base(o.BundlePath),
 		Measurement:    o.Measurement,
 		SourceTree:     o.SourceTree,
+		SourceCommit:   o.Commit,
+		SourceTag:      o.Tag,
 		SimRootPath:    o.SimRootPath,
 		PublicKeyPath:  a.publicKeyPath,
 		DurationMillis: o.Duration.Milliseconds(),

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // TestFiftyJobsBudgetTwo: 50 jobs submitted at once over the real socket against a budget
@@ -297,6 +298,8 @@ func TestSpecRejected(t *testing.T) {
 		{runner.JobSpec{Command: []string{"x"}, Artifacts: []string{"/abs"}}, "artifact pattern"},
 		{runner.JobSpec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}, "output cap"},
 		{runner.JobSpec{Command: []string{"x"}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
+		{runner.JobSpec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}, "source.objectFormat"},
+		{runner.JobSpec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}, "source.commitObject"},
 	} {
 		_, err := ta.client.Submit(context.Background(), c.spec, src, nil)
 		if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), c.want) {

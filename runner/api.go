@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // APIVersion is the path prefix of every endpoint; a client and an agent of different
@@ -36,7 +37,7 @@ const APIVersion = "v1"
 // Limits on what a client sends.
 const (
 	// MaxSpecBytes caps the "job" part of a submission.
-	MaxSpecBytes = 64 << 10
+	MaxSpecBytes = job.MaxManifestSize // the spec carries what the manifest will, git objects included
 	// MaxHeaderBytes caps a request's HTTP header.
 	MaxHeaderBytes = 32 << 10
 )
@@ -91,7 +92,9 @@ type JobSpec struct {
 	InvocationID    string `json:"invocationId,omitempty"`
 	Repository      string `json:"repository,omitempty"`
 	Ref             string `json:"ref,omitempty"`
-	Commit          string `json:"commit,omitempty"`
+	// Git are the git objects naming the source (build.Options.Git), read by the client
+	// from its checkout.
+	Git *source.GitObjects `json:"git,omitempty"`
 	// Source names the archive that follows in the "source" part; the agent checks both.
 	Source job.Digest `json:"source"`
 	// WallClockSeconds limits the whole job from launch to the end (default: the build
@@ -139,6 +142,9 @@ type JobResult struct {
 	Bundle      string         `json:"bundle"` // file name in the archive
 	Measurement string         `json:"measurement"`
 	SourceTree  string         `json:"sourceTree"`
+	// SourceCommit and SourceTag are what the guest attested (JobSpec.Git).
+	SourceCommit string `json:"sourceCommit,omitempty"`
+	SourceTag    string `json:"sourceTag,omitempty"`
 	// SimRootPath and PublicKeyPath name files on the agent's host: the simulated TEE's
 	// root certificate and the signing key's public half, for `cloche verify`.
 	SimRootPath    string `json:"simRootPath,omitempty"`

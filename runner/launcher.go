@@ -90,7 +90,7 @@ func (b *BuildLauncher) Launch(ctx context.Context, req LaunchRequest) (*build.O
 		InvocationID:    s.InvocationID,
 		Repository:      s.Repository,
 		Ref:             s.Ref,
-		Commit:          s.Commit,
+		Git:             s.Git,
 		Console:         req.Console,
 		Logger:          req.Logger,
 		Version:         b.Version,

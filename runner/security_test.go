@@ -181,7 +181,7 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 		{"header too large", "431 Request Header Fields Too Large", "", fmt.Appendf(nil, "GET /v1/status HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", bytes.Repeat([]byte("b"), 2*runner.MaxHeaderBytes))},
 		{"unknown version", "404 Not Found", "this agent speaks API v1", []byte("GET /v2/status HTTP/1.1\r\nHost: a\r\n\r\n")},
 		{"not multipart", "400 Bad Request", "multipart/form-data", post(sock, "application/json", []byte(`{}`))},
-		{"spec too large", "413 Request Entity Too Large", "the job spec is over 65536 bytes", post(sock, ct, huge)},
+		{"spec too large", "413 Request Entity Too Large", fmt.Sprintf("the job spec is over %d bytes", runner.MaxSpecBytes), post(sock, ct, huge)},
 		{"spec not JSON", "400 Bad Request", "not valid JSON", post(sock, ct2, notJSON)},
 		{"unknown field", "400 Bad Request", `unknown field \"colour\"`, post(sock, ct3, unknown)},
 		{"source too large", "413 Request Entity Too Large", "the source archive is 2097152 bytes, this agent accepts at most 1048576", post(sock, ct4, bigSource)},

@@ -1,7 +1,6 @@
 package source
 
 import (
-	"crypto/sha1"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -13,7 +12,11 @@ import (
 	"syscall"
 )
 
-// TreeID computes the git tree object id (SHA-1, hex) that `git add -A && git write-tree`
+// TreeID computes the git tree object id in the SHA-1 object format: TreeIDFormat(dir,
+// FormatSHA1).
+func TreeID(dir string) (string, error) { return TreeIDFormat(dir, FormatSHA1) }
+
+// TreeIDFormat computes the git tree object id (hex, in the object format f) that `git add -A && git write-tree`
 // would give for dir's content: regular files as blobs with mode 100755 when the owner's
 // exec bit is set and 100644 otherwise, symlinks as mode 120000 with the target as blob,
 // directories as mode 40000 (recursively; directories with nothing in them, even
@@ -21,7 +24,10 @@ import (
 // as its name followed by "/"). The top-level ".git" is skipped. Any other file type is an
 // error naming the path. Files ignored by .gitignore are not special: TreeID hashes what
 // is there.
-func TreeID(dir string) (string, error) {
+func TreeIDFormat(dir string, f ObjectFormat) (string, error) {
+	if err := f.Check(); err != nil {
+		return "", fmt.Errorf("tree id: %w", err)
+	}
 	st, err := os.Stat(dir)
 	if err != nil {
 		return "", fmt.Errorf("tree id: %w", err)
@@ -29,7 +35,7 @@ func TreeID(dir string) (string, error) {
 	if !st.IsDir() {
 		return "", fmt.Errorf("tree id: %s is not a directory", dir)
 	}
-	id, _, err := treeOf(dir, true)
+	id, _, err := treeOf(f, dir, true)
 	if err != nil {
 		return "", fmt.Errorf("tree id: %w", err)
 	}
@@ -45,7 +51,7 @@ type treeEntry struct {
 
 // treeOf hashes the tree object of dir; empty reports that it has no entries, in which
 // case the parent leaves it out. An empty top-level tree still has an id (git's empty tree).
-func treeOf(dir string, top bool) (id []byte, empty bool, err error) {
+func treeOf(f ObjectFormat, dir string, top bool) (id []byte, empty bool, err error) {
 	des, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, false, err
@@ -60,7 +66,7 @@ func treeOf(dir string, top bool) (id []byte, empty bool, err error) {
 		var e treeEntry
 		switch de.Type() {
 		case fs.ModeDir:
-			sub, subEmpty, err := treeOf(full, false)
+			sub, subEmpty, err := treeOf(f, full, false)
 			if err != nil {
 				return nil, false, err
 			}
@@ -73,9 +79,9 @@ func treeOf(dir string, top bool) (id []byte, empty bool, err error) {
 			if err != nil {
 				return nil, false, err
 			}
-			e = treeEntry{mode: "120000", name: name, sortKey: name, id: blobID([]byte(target))}
+			e = treeEntry{mode: "120000", name: name, sortKey: name, id: f.objectID("blob", []byte(target))}
 		case 0:
-			fid, exec, err := fileBlobID(full)
+			fid, exec, err := fileBlobID(f, full)
 			if err != nil {
 				return nil, false, err
 			}
@@ -99,22 +105,12 @@ func treeOf(dir string, top bool) (id []byte, empty bool, err error) {
 		body = append(body, 0)
 		body = append(body, e.id...)
 	}
-	h := sha1.New()
-	h.Write([]byte("tree " + strconv.Itoa(len(body)) + "\x00"))
-	h.Write(body)
-	return h.Sum(nil), len(entries) == 0, nil
-}
-
-func blobID(content []byte) []byte {
-	h := sha1.New()
-	h.Write([]byte("blob " + strconv.Itoa(len(content)) + "\x00"))
-	h.Write(content)
-	return h.Sum(nil)
+	return f.objectID("tree", body), len(entries) == 0, nil
 }
 
 // fileBlobID hashes a regular file as a git blob, streaming it; size and exec bit come
 // from the open file so that they describe the bytes hashed.
-func fileBlobID(p string) (id []byte, exec bool, err error) {
+func fileBlobID(format ObjectFormat, p string) (id []byte, exec bool, err error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, false, err
@@ -127,7 +123,7 @@ func fileBlobID(p string) (id []byte, exec bool, err error) {
 	if !st.Mode().IsRegular() {
 		return nil, false, fmt.Errorf("%s changed type while hashing", p)
 	}
-	h := sha1.New()
+	h := format.newHash()
 	h.Write([]byte("blob " + strconv.FormatInt(st.Size(), 10) + "\x00"))
 	n, err := io.Copy(h, io.LimitReader(f, st.Size()))
 	if err != nil {

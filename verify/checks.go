@@ -53,6 +53,7 @@ const (
 	CheckSourceCommit     = "source.commit"
 	CheckSourceRepository = "source.repository"
 	CheckSourceRef        = "source.ref"
+	CheckSourceTag        = "source.tag"
 	CheckBuilderID        = "builder.id"
 	CheckPinToolchain     = "pin.toolchain"
 	CheckPinCommand       = "pin.command"
@@ -67,7 +68,7 @@ var CheckNames = []string{
 	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
 	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckSourceTree,
-	CheckSourceCommit, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
+	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
 	CheckPinToolchain, CheckPinCommand, CheckPinEnv,
 }
 

@@ -29,8 +29,10 @@ var (
 
 // Identity is what a verifier expects of who built and signed, in slsa-verifier's terms.
 // For a keyless bundle the signing certificate must say it (Fulcio wrote it from the
-// workflow's OIDC token), and the hardware-bound job manifest must say the same; for a
-// key-signed bundle only the manifest can be checked.
+// workflow's OIDC token), and the hardware-bound documents must say the same. A key-signed
+// bundle binds no repository or branch (the manifest's are the host's word), so an
+// Identity fails with it; Options.ExpectedSourceCommit and ExpectedSourceTag check what
+// the guest attested in either case.
 type Identity struct {
 	// SourceURI is the source repository, "github.com/OWNER/REPO" (a scheme is accepted).
 	// Required for keyless bundles: a certificate from a public Fulcio proves nothing until
@@ -218,20 +220,32 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 	return vb.Statement, vb.Certificate, nil
 }
 
-// checkIdentity runs after the hardware bindings, when the manifest is known to be the one
-// the guest ran: the manifest's source must be the expected one, and for a keyless bundle
-// exactly the repository, ref, commit and workflow run the certificate names. The last
-// ties the evidence to the very run that signed, so evidence from another run (another
-// command, another commit) cannot be published under this run's identity.
+// errUnboundRepository: nothing in a key-signed bundle binds the repository or the branch.
+// No git object names them; the manifest's values are the runner host's word.
+var errUnboundRepository = fmt.Errorf("%w: a key-signed bundle does not bind the source repository or branch: the manifest's are the runner host's word (docs/design.md, \"What binds each statement field\"); verify keyless, where the signing certificate names them, or pin what the guest attests (--source-commit, --source-tag of an annotated tag)", ErrMismatchSource)
+
+// checkIdentity runs after the hardware bindings, when the manifest and result record are
+// known to be the ones the guest ran and wrote. For a keyless bundle the manifest's
+// repository and ref must be the expected ones and exactly the certificate's, the attested
+// commit the certificate's commit, and the invocation the certificate's workflow run. The
+// last ties the evidence to the very run that signed, so evidence from another run
+// (another command, another commit) cannot be published under this run's identity. A
+// key-signed bundle binds no repository: an expected one fails.
 //
 // builderID is the builder as the verifier established it (boundBuilderID): its version
 // only when trusted reference values bound it.
-func checkIdentity(o *Options, cert *certificate.Summary, m *job.Manifest, builderID string) error {
+func checkIdentity(o *Options, cert *certificate.Summary, m *job.Manifest, r *job.Result, builderID string) error {
 	if o.ExpectedBuilderID != "" && !builderIDMatches(o.ExpectedBuilderID, builderID) {
 		if strings.Contains(o.ExpectedBuilderID, "@") && !strings.Contains(builderID, "@") {
 			return fail(CheckBuilderID, fmt.Errorf("%w: expected %s, but no trusted reference values bound the builder's version (the statement's version is the host's word); the verified builder is %s", ErrMismatchBuilderID, o.ExpectedBuilderID, builderID))
 		}
 		return fail(CheckBuilderID, fmt.Errorf("%w: verified builder is %s, expected %s", ErrMismatchBuilderID, builderID, o.ExpectedBuilderID))
+	}
+	if cert == nil {
+		if o.Identity != nil {
+			return fail(CheckSourceRepository, errUnboundRepository)
+		}
+		return nil
 	}
 	if o.Identity != nil {
 		repo, err := repoURL(o.Identity.SourceURI)
@@ -245,17 +259,17 @@ func checkIdentity(o *Options, cert *certificate.Summary, m *job.Manifest, build
 			return fail(CheckSourceRef, fmt.Errorf("%w: the attested manifest names ref %q, expected %s", ErrMismatchSource, m.Source.Ref, ref))
 		}
 	}
-	if cert == nil {
-		return nil
+	if r.SourceCommit == "" {
+		return fail(CheckSourceCommit, fmt.Errorf("%w: the signing certificate names commit %s, but the guest attested no commit (the host sent no commit object)", ErrMismatchSource, cert.SourceRepositoryDigest))
 	}
-	for _, c := range []struct{ field, manifest, cert string }{
+	for _, c := range []struct{ field, attested, cert string }{
 		{"repository", m.Source.Repository, cert.SourceRepositoryURI},
 		{"ref", m.Source.Ref, cert.SourceRepositoryRef},
-		{"commit", m.Source.Commit, cert.SourceRepositoryDigest},
+		{"commit", r.SourceCommit, cert.SourceRepositoryDigest},
 		{"invocation (workflow run)", m.InvocationID, cert.RunInvocationURI},
 	} {
-		if c.manifest != c.cert {
-			return fail(CheckIdentity, fmt.Errorf("%w: the attested manifest names %s %q, the signing certificate %q", ErrMismatchIdentity, c.field, c.manifest, c.cert))
+		if c.attested != c.cert {
+			return fail(CheckIdentity, fmt.Errorf("%w: the attested documents name %s %q, the signing certificate %q", ErrMismatchIdentity, c.field, c.attested, c.cert))
 		}
 	}
 	return nil

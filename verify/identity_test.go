@@ -101,11 +101,12 @@ func TestSignatureOptions(t *testing.T) {
 
 func TestCheckIdentity(t *testing.T) {
 	m := &job.Manifest{InvocationID: "https://github.com/acme/widget/actions/runs/1/attempts/1",
-		Source: job.Source{Repository: "https://github.com/acme/widget", Ref: "refs/tags/v1", Commit: strings.Repeat("a", 40)}}
+		Source: job.Source{Repository: "https://github.com/acme/widget", Ref: "refs/tags/v1"}}
+	r := &job.Result{SourceCommit: strings.Repeat("a", 40), SourceTag: "v1"}
 	cert := &certificate.Summary{Extensions: certificate.Extensions{SourceRepositoryURI: "https://github.com/acme/widget",
 		SourceRepositoryRef: "refs/tags/v1", SourceRepositoryDigest: strings.Repeat("a", 40), RunInvocationURI: m.InvocationID}}
 	ok := &Options{Identity: &Identity{SourceURI: "github.com/acme/widget", SourceTag: "v1"}}
-	if err := checkIdentity(ok, cert, m, "https://cloche.dev/builders/sim@v1"); err != nil {
+	if err := checkIdentity(ok, cert, m, r, "https://cloche.dev/builders/sim@v1"); err != nil {
 		t.Fatalf("checkIdentity: %v", err)
 	}
 	mutate := func(f func(c *certificate.Summary)) *certificate.Summary { c := *cert; f(&c); return &c }
@@ -115,8 +116,10 @@ func TestCheckIdentity(t *testing.T) {
 		cert  *certificate.Summary
 		check string
 	}{
-		{"manifest names another repository", &Options{Identity: &Identity{SourceURI: "github.com/acme/gadget"}}, nil, CheckSourceRepository},
-		{"manifest names another tag", &Options{Identity: &Identity{SourceURI: "github.com/acme/widget", SourceTag: "v2"}}, nil, CheckSourceRef},
+		{"manifest names another repository", &Options{Identity: &Identity{SourceURI: "github.com/acme/gadget"}}, cert, CheckSourceRepository},
+		{"manifest names another tag", &Options{Identity: &Identity{SourceURI: "github.com/acme/widget", SourceTag: "v2"}}, cert, CheckSourceRef},
+		// A key-signed bundle binds no repository: even the right one is refused.
+		{"key-signed, repository expected", ok, nil, CheckSourceRepository},
 		{"certificate from another run", ok, mutate(func(c *certificate.Summary) {
 			c.RunInvocationURI = "https://github.com/acme/widget/actions/runs/2/attempts/1"
 		}), CheckIdentity},
@@ -128,16 +131,23 @@ func TestCheckIdentity(t *testing.T) {
 	}
 	// The statement says v9.9.9, but no trusted reference values bound a version: the
 	// verified builder has none, and a pinned version fails.
-	if err := checkIdentity(&Options{ExpectedBuilderID: "https://cloche.dev/builders/sim@v9.9.9"}, nil, m, "https://cloche.dev/builders/sim"); err == nil || !strings.Contains(err.Error(), "no trusted reference values bound") {
+	if err := checkIdentity(&Options{ExpectedBuilderID: "https://cloche.dev/builders/sim@v9.9.9"}, nil, m, r, "https://cloche.dev/builders/sim"); err == nil || !strings.Contains(err.Error(), "no trusted reference values bound") {
 		t.Fatalf("unbound builder version: %v", err)
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			err := checkIdentity(c.o, c.cert, m, "https://cloche.dev/builders/sim@v1")
+			err := checkIdentity(c.o, c.cert, m, r, "https://cloche.dev/builders/sim@v1")
 			var ve *Error
 			if !errors.As(err, &ve) || ve.Check != c.check {
 				t.Fatalf("error = %v, want check %q", err, c.check)
 			}
 		})
+	}
+	// The certificate's commit is compared with the attested one, never the host's: with
+	// no commit attested, a keyless bundle fails.
+	err := checkIdentity(ok, cert, m, &job.Result{}, "https://cloche.dev/builders/sim@v1")
+	var ve *Error
+	if !errors.As(err, &ve) || ve.Check != CheckSourceCommit {
+		t.Fatalf("no attested commit: error = %v, want check %q", err, CheckSourceCommit)
 	}
 }

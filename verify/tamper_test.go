@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
@@ -220,6 +222,10 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		{"source repository", at("source", "repository"), "https://github.com/evil/hello"},
 		{"source ref", at("source", "ref"), "refs/tags/v2"},
 		{"source commit", at("source", "commit"), "0000000000000000000000000000000000000000"},
+		{"source commit removed", at("source", "commit"), ""},
+		{"source tag", at("source", "tag"), "v2"},
+		{"source tag removed", at("source", "tag"), ""},
+		{"source path", at("source", "path"), "sub"},
 		{"source tree", at("source", "tree"), "0000000000000000000000000000000000000000"},
 		{"toolchain name", at("toolchain", "name"), "evil"},
 		{"toolchain image", at("toolchain", "imageSha256"), "0000000000000000000000000000000000000000000000000000000000000000"},
@@ -236,8 +242,15 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		{"subject name", []any{"subject", 0, "name"}, "other"},
 	} {
 		want := CheckConsistency
-		if e.name == "subject digest" {
+		switch {
+		case e.name == "subject digest":
 			want = CheckSubject
+		case strings.HasPrefix(e.name, "source commit"):
+			want = CheckSourceCommit
+		case strings.HasPrefix(e.name, "source tag"):
+			want = CheckSourceTag
+		case strings.HasPrefix(e.name, "builder id"):
+			want = CheckBuilderID
 		}
 		add("statement "+e.name, want, statementEdit(e.v, e.path...), nil)
 	}
@@ -259,6 +272,17 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	} {
 		add("statement "+e.name, CheckStatement, statementEdit(e.v, e.path...), nil)
 	}
+	// The source dependency names the attested commit, and the attested tag in its uri.
+	dep := []any{"predicate", "buildDefinition", "resolvedDependencies", 0}
+	add("statement source dependency gitCommit", CheckSourceCommit, statementEdit(hex64x("0")[:40], append(dep, "digest", "gitCommit")...), nil)
+	add("statement source dependency gitCommit removed", CheckSourceCommit, statementDelete(append(dep, "digest", "gitCommit")...), nil)
+	add("statement source dependency uri names another tag", CheckConsistency, statementEdit("git+https://github.com/example/hello@refs/tags/v2", append(dep, "uri")...), nil)
+	// The host claims another release consistently (id and version): the reference values
+	// that list the measurement bind the release, so builder.id fails.
+	add("statement builder id and version of another release", CheckBuilderID, verifytest.Hooks{Statement: func(b []byte) []byte {
+		b = editJSON([]any{"predicate", "runDetails", "builder", "id"}, "https://cloche.dev/builders/sim@v9.9.9", false)(b)
+		return editJSON([]any{"predicate", "runDetails", "builder", "version"}, map[string]any{"cloche": "9.9.9"}, false)(b)
+	}}, nil)
 	add("statement not JSON", CheckStatement, verifytest.Hooks{Statement: func(b []byte) []byte { return b[:len(b)-1] }}, nil)
 	add("statement subjects missing", CheckStatement, statementDelete("subject"), nil)
 	add("statement byproducts missing", CheckStatement, statementDelete("predicate", "runDetails", "byproducts"), nil)
@@ -294,6 +318,14 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		"build failed":                  {func(r *job.Result) { r.ExitCode = 2 }, CheckResultStatus},
 		"build error":                   {func(r *job.Result) { r.Error = "oom" }, CheckResultStatus},
 		"result names another manifest": {func(r *job.Result) { r.ManifestSHA256 = hex64x("9") }, CheckResultManifest},
+		// The guest computes the commit and tag ids from the manifest's objects; a result
+		// record that names others was not written by it.
+		"result names another commit":     {func(r *job.Result) { r.SourceCommit = hex64x("1")[:40] }, CheckSourceCommit},
+		"result names no commit":          {func(r *job.Result) { r.SourceCommit, r.SourceTag, r.SourceTagObject = "", "", "" }, CheckSourceCommit},
+		"result names another tree":       {func(r *job.Result) { r.SourceTree = hex64x("2")[:40] }, CheckSourceCommit},
+		"result names another tag":        {func(r *job.Result) { r.SourceTag = "v2" }, CheckSourceTag},
+		"result names another tag object": {func(r *job.Result) { r.SourceTagObject = hex64x("3")[:40] }, CheckSourceTag},
+		"result names no tag":             {func(r *job.Result) { r.SourceTag, r.SourceTagObject = "", "" }, CheckSourceTag},
 	} {
 		_, rb, err := verifytest.Documents(verifytest.Hooks{Result: c.edit})
 		if err != nil {
@@ -304,6 +336,26 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 			Report:    func(r []byte) { copy(r[0x50:0x90], rd[:]) },
 			Statement: byproductEdit(1, func([]byte) []byte { return rb }),
 		}, nil)
+	}
+	// Manifests whose git objects do not name the attested source, launched by a lying
+	// secure processor (HOST_DATA and the result record's manifest digest set to match).
+	for name, c := range map[string]struct {
+		edit func(*job.Manifest)
+		want string
+	}{
+		"manifest commit object of another tree": {func(m *job.Manifest) {
+			m.Source.CommitObject = bytes.Replace(m.Source.CommitObject, []byte(verifytest.SourceTree), []byte(hex64x("4")[:40]), 1)
+		}, CheckSourceCommit},
+		"manifest commit object with another message": {func(m *job.Manifest) {
+			m.Source.CommitObject = append(bytes.Clone(m.Source.CommitObject), "backdoor\n"...)
+		}, CheckSourceCommit},
+		"manifest without a commit object": {func(m *job.Manifest) { m.Source.CommitObject, m.Source.TagObject = nil, nil }, CheckSourceCommit},
+		"manifest tag object of another tag": {func(m *job.Manifest) {
+			m.Source.TagObject = bytes.Replace(m.Source.TagObject, []byte("tag v1"), []byte("tag v2"), 1)
+		}, CheckSourceTag},
+		"manifest without a tag object": {func(m *job.Manifest) { m.Source.TagObject = nil }, CheckSourceTag},
+	} {
+		add(name, c.want, verifytest.Hooks{Manifest: c.edit}, nil)
 	}
 	add("manifest TEE snp", CheckEvidenceTEE, verifytest.Hooks{Manifest: func(m *job.Manifest) { m.TEE = "snp" }}, nil)
 
@@ -387,6 +439,50 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	}
 	for _, off := range []int{0x08, 0x30, 0x34, 0x38, 0x50, 0x90, 0xC0, 0x180, 0x1E0, 0x1F0} {
 		add(fmt.Sprintf("report byte 0x%x flipped after signing", off), CheckEvidenceSignature, verifytest.Hooks{ReportAfterSigning: flipByte(off)}, nil)
+	}
+
+	// The manifest, result record and reference values are read strictly: a duplicate,
+	// case-variant or unknown key is refused even where a lenient reader would agree.
+	appendKey := func(kv string) func([]byte) []byte {
+		return func(b []byte) []byte { return append(bytes.TrimSuffix(b, []byte("}")), []byte(","+kv+"}")...) }
+	}
+	renameKey := func(from, to string) func([]byte) []byte {
+		return func(b []byte) []byte { return bytes.Replace(b, []byte(`"`+from+`":`), []byte(`"`+to+`":`), 1) }
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate _type", appendKey(`"_type":"` + job.ManifestType + `"`)},
+		{"duplicate tee", appendKey(`"tee":"sim"`)},
+		{"case-variant key", renameKey("workdir", "Workdir")},
+		{"unknown key", appendKey(`"extra":1`)},
+	} {
+		add("manifest.json "+e.name, CheckManifest, verifytest.Hooks{Statement: byproductEdit(0, e.edit)}, nil)
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate exitCode", appendKey(`"exitCode":0`)},
+		{"duplicate sourceCommit", appendKey(`"sourceCommit":"` + verifytest.SourceCommit + `"`)},
+		{"case-variant key", renameKey("exitCode", "ExitCode")},
+		{"unknown key", appendKey(`"extra":1`)},
+	} {
+		add("result.json "+e.name, CheckResult, verifytest.Hooks{Statement: byproductEdit(1, e.edit)}, nil)
+	}
+	for _, e := range []struct {
+		name string
+		edit func([]byte) []byte
+	}{
+		{"duplicate predicateType", appendKey(`"predicateType":"` + reference.PredicateType + `"`)},
+		{"case-variant key", renameKey("subject", "Subject")},
+		{"unknown key", appendKey(`"extra":1`)},
+		{"duplicate toolVersion", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"toolVersion":`), []byte(`"toolVersion":"9.9.9","toolVersion":`), 1)
+		}},
+	} {
+		add("reference-values statement "+e.name, CheckReference, verifytest.Hooks{ReferenceStatement: e.edit}, nil)
 	}
 
 	// Reference values documents.
@@ -481,8 +577,14 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		o.Identity = &Identity{SourceURI: "github.com/example/hello", SignerWorkflow: "example/hello/.github/workflows/r.yml@v1"}
 	})
 	opt("source repository", CheckSourceRepository, func(o *Options, f *verifytest.Fixture) { o.Identity = &Identity{SourceURI: "github.com/evil/hello"} })
-	opt("source tag", CheckSourceRef, func(o *Options, f *verifytest.Fixture) {
-		o.Identity = &Identity{SourceURI: "github.com/example/hello", SourceTag: "v2"}
+	// A key-signed bundle binds no repository: the manifest's own is refused too.
+	opt("source repository of a key-signed bundle", CheckSourceRepository, func(o *Options, f *verifytest.Fixture) {
+		o.Identity = &Identity{SourceURI: "github.com/example/hello"}
+	})
+	opt("source tag", CheckSourceTag, func(o *Options, f *verifytest.Fixture) { o.ExpectedSourceTag = "v2" })
+	opt("source tag case", CheckSourceTag, func(o *Options, f *verifytest.Fixture) { o.ExpectedSourceTag = "V1" })
+	opt("source commit of another tree", CheckSourceCommit, func(o *Options, f *verifytest.Fixture) {
+		o.ExpectedSourceCommit = source.FormatSHA1.ObjectID("commit", bytes.Replace(verifytest.CommitObject, []byte(verifytest.SourceTree), []byte(hex64x("4")[:40]), 1))
 	})
 	opt("embedded references: only a nil entry", CheckMeasurement, func(o *Options, f *verifytest.Fixture) {
 		o.Reference = ReferenceOptions{}
@@ -598,4 +700,40 @@ func TestTamperCorpus(t *testing.T) {
 		})
 	}
 	t.Logf("%d mutations, %d accepted", len(corpus), accepted)
+}
+
+// TestStatementBuilderVersionUnbound: with only a pinned measurement nothing binds the
+// release, so a statement claiming any version passes with that version listed as unbound
+// and absent from the verified builder; the statement's TEE is still checked.
+func TestStatementBuilderVersionUnbound(t *testing.T) {
+	k := testKit(t)
+	claim := verifytest.Hooks{Statement: func(b []byte) []byte {
+		b = editJSON([]any{"predicate", "runDetails", "builder", "id"}, "https://cloche.dev/builders/sim@v9.9.9", false)(b)
+		return editJSON([]any{"predicate", "runDetails", "builder", "version"}, map[string]any{"cloche": "9.9.9"}, false)(b)
+	}}
+	f, err := k.Build(t.TempDir(), claim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := kitOptions(k, f)
+	o.Reference = ReferenceOptions{}
+	o.ExpectedMeasurements = [][]byte{f.Measurement[:]}
+	res, err := Verify(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if res.BuilderID != "https://cloche.dev/builders/sim" || res.StatementBuilderID != "https://cloche.dev/builders/sim@v9.9.9" {
+		t.Errorf("builder %q, statement's %q", res.BuilderID, res.StatementBuilderID)
+	}
+	found := false
+	for _, u := range res.Unbound {
+		found = found || strings.HasPrefix(u, "runDetails.builder.id version")
+	}
+	if !found {
+		t.Errorf("the statement's builder version is not listed as unbound: %v", res.Unbound)
+	}
+	o.ExpectedBuilderID = "https://cloche.dev/builders/sim@v9.9.9"
+	if _, err := Verify(context.Background(), o); err == nil {
+		t.Fatal("an unbound builder version was accepted as pinned")
+	}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // Sentinel errors, wrapped in every *Error this package returns.
@@ -82,10 +83,13 @@ type Options struct {
 	// warning and its summary says "measurement NOT checked".
 	InsecureSkipMeasurement bool
 
-	// ExpectedSourceTree / ExpectedSourceCommit, when set, must equal the attested tree
-	// id and commit.
+	// ExpectedSourceTree / ExpectedSourceCommit / ExpectedSourceTag, when set, must equal
+	// the tree id, commit id and annotated tag name the guest attested in the result record
+	// (computed from the git objects, never the host's strings). A lightweight tag has no
+	// object: only a keyless signer's ref (Identity.SourceTag) can name it.
 	ExpectedSourceTree   string
 	ExpectedSourceCommit string
+	ExpectedSourceTag    string
 
 	// Pins on what the host chose and the evidence attests faithfully (pins.go).
 	Pins Pins
@@ -121,6 +125,7 @@ type Result struct {
 	ReferenceMatch string   `json:"referenceMatch,omitempty"`
 	SourceTree     string   `json:"sourceTree,omitempty"`
 	SourceCommit   string   `json:"sourceCommit,omitempty"`
+	SourceTag      string   `json:"sourceTag,omitempty"`
 	Command        []string `json:"command,omitempty"`
 	InvocationID   string   `json:"invocationId,omitempty"`
 	// Signer is the signing workflow (certificate SAN) of a keyless bundle.
@@ -156,8 +161,15 @@ func (r *Result) Summary() string {
 	default:
 		meas += " pinned"
 	}
-	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; source tree %s; command %q",
-		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, short(r.SourceTree), strings.Join(r.Command, " "))
+	src := "source tree " + short(r.SourceTree)
+	if r.SourceCommit != "" {
+		src += ", commit " + r.SourceCommit
+	}
+	if r.SourceTag != "" {
+		src += ", tag " + r.SourceTag
+	}
+	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; %s; command %q",
+		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, src, strings.Join(r.Command, " "))
 	if r.Signer != "" {
 		s += "; signed by " + r.Signer
 	}
@@ -219,6 +231,9 @@ func (o *Options) checkOptions() error {
 	}
 	if err := o.Pins.check(); err != nil {
 		return fail(CheckOptions, err)
+	}
+	if o.Identity != nil && o.TrustedMaterial == nil {
+		return fail(CheckSourceRepository, errUnboundRepository)
 	}
 	if o.Reference.Key != nil && o.PublicKey != nil && sameKey(o.Reference.Key, o.PublicKey) {
 		return fail(CheckReference, errors.New("Reference.Key is the provenance signing key: the host holds that key, so reference values signed with it are the host's own word (use the guest image release's key)"))
@@ -319,7 +334,16 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		return fail(CheckResultStatus, fmt.Errorf("%w: exit code %d %s", ErrBuildNotSucceded, r.ExitCode, r.Error))
 	}
 
-	// 8. The statement says exactly what the attested documents say.
+	// 8. The statement says exactly what the attested documents say; its commit and tag
+	// first, under their own names.
+	if err := checkAttestedSource(p, m, r); err != nil {
+		return err
+	}
+	unboundBuilder, err := checkStatementBuilder(p, m.TEE, match)
+	if err != nil {
+		return err
+	}
+	res.Unbound = append(res.Unbound, unboundBuilder...)
 	if err := checkStatementFields(p, m, r, claims); err != nil {
 		return err
 	}
@@ -336,13 +360,13 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	res.BuilderID = boundBuilderID(m.TEE, match)
 
 	// 10. Optional source expectations.
-	if err := checkSource(o, res, m, r); err != nil {
+	if err := checkSource(o, res, r); err != nil {
 		return err
 	}
 
 	// 11. Who built and signed: builder id, source repository and ref, and for keyless
 	// bundles the certificate's run (identity.go).
-	if err := checkIdentity(o, cert, m, res.BuilderID); err != nil {
+	if err := checkIdentity(o, cert, m, r, res.BuilderID); err != nil {
 		return err
 	}
 	if o.ExpectedBuilderID != "" {
@@ -363,7 +387,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	}
 
 	res.Artifacts = verifiedArtifacts(r, locals)
-	res.SourceTree, res.SourceCommit = r.SourceTree, m.Source.Commit
+	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
 	res.Command, res.InvocationID = m.Command, m.InvocationID
 	return nil
 }
@@ -510,8 +534,43 @@ func checkStatementFields(p *provenance.Parsed, m *job.Manifest, r *job.Result, 
 	return nil
 }
 
+// checkAttestedSource checks the source commit and tag: the result record's must be the
+// ids of the manifest's git objects (the guest computed them so; recomputing costs
+// nothing), and the statement must name exactly those, in its parameters and in its source
+// dependency. The statement's are the host's words: only the result record's count.
+func checkAttestedSource(p *provenance.Parsed, m *job.Manifest, r *job.Result) error {
+	var att source.Attested
+	if m.Source.CommitObject != nil {
+		a, err := source.AttestCommit(m.Source.GitObjects(), r.SourceTree)
+		if err != nil {
+			return fail(CheckSourceCommit, fmt.Errorf("%w: the manifest's git objects do not name the attested tree: %v", ErrMismatchBinding, err))
+		}
+		att = *a
+	}
+	switch {
+	case att.Commit != r.SourceCommit:
+		return fail(CheckSourceCommit, fmt.Errorf("%w: the result record names commit %q, the manifest's commit object is %q", ErrMismatchBinding, r.SourceCommit, att.Commit))
+	case att.Tag != r.SourceTag || att.TagObject != r.SourceTagObject:
+		return fail(CheckSourceTag, fmt.Errorf("%w: the result record names tag %q (object %q), the manifest's tag object is %q (%q)", ErrMismatchBinding, r.SourceTag, r.SourceTagObject, att.Tag, att.TagObject))
+	}
+	dep := p.Dependencies[provenance.SourceDependency]
+	var depCommit string
+	if dep != nil {
+		depCommit = dep.Digest["gitCommit"] + dep.Digest["gitCommitSha256"]
+	}
+	switch {
+	case p.External.Source.Commit != r.SourceCommit:
+		return fail(CheckSourceCommit, fmt.Errorf("%w: externalParameters.source.commit is %q, the guest attested %q", ErrMismatchBinding, p.External.Source.Commit, r.SourceCommit))
+	case depCommit != r.SourceCommit:
+		return fail(CheckSourceCommit, fmt.Errorf("%w: resolvedDependencies[source] names commit %q, the guest attested %q", ErrMismatchBinding, depCommit, r.SourceCommit))
+	case p.External.Source.Tag != r.SourceTag:
+		return fail(CheckSourceTag, fmt.Errorf("%w: externalParameters.source.tag is %q, the guest attested %q", ErrMismatchBinding, p.External.Source.Tag, r.SourceTag))
+	}
+	return nil
+}
+
 // checkSource compares the optional source expectations with the attested values.
-func checkSource(o *Options, res *Result, m *job.Manifest, r *job.Result) error {
+func checkSource(o *Options, res *Result, r *job.Result) error {
 	if o.ExpectedSourceTree != "" {
 		if !strings.EqualFold(o.ExpectedSourceTree, r.SourceTree) {
 			return fail(CheckSourceTree, fmt.Errorf("%w: attested source tree is %s, expected %s", ErrMismatchSource, r.SourceTree, o.ExpectedSourceTree))
@@ -521,16 +580,47 @@ func checkSource(o *Options, res *Result, m *job.Manifest, r *job.Result) error 
 	} else {
 		res.Reported = append(res.Reported, "source tree")
 	}
-	if o.ExpectedSourceCommit != "" {
-		if !strings.EqualFold(o.ExpectedSourceCommit, m.Source.Commit) {
-			return fail(CheckSourceCommit, fmt.Errorf("%w: manifest names commit %q, expected %s", ErrMismatchSource, m.Source.Commit, o.ExpectedSourceCommit))
+	for _, c := range []struct {
+		check, what, expected, attested, none string
+		fold                                  bool // hex ids compare case-insensitively, tag names do not
+	}{
+		{CheckSourceCommit, "source commit", o.ExpectedSourceCommit, r.SourceCommit, "the host sent no commit object", true},
+		{CheckSourceTag, "source tag", strings.TrimPrefix(o.ExpectedSourceTag, "refs/tags/"), r.SourceTag, "the host sent no annotated tag object (a lightweight tag has none: only a keyless signer's ref names it)", false},
+	} {
+		if c.expected == "" {
+			if c.attested != "" {
+				res.Reported = append(res.Reported, c.what)
+			}
+			continue
 		}
-		res.record(CheckSourceCommit, Passed, "%s", m.Source.Commit)
-		res.Pinned = append(res.Pinned, "source commit")
-	} else {
-		res.Reported = append(res.Reported, "source commit")
+		switch {
+		case c.attested == "":
+			return fail(c.check, fmt.Errorf("%w: expected %s %s, but the guest attested none: %s", ErrMismatchSource, c.what, c.expected, c.none))
+		case c.expected != c.attested && !(c.fold && strings.EqualFold(c.expected, c.attested)):
+			return fail(c.check, fmt.Errorf("%w: the guest attested %s %s, expected %s", ErrMismatchSource, c.what, c.attested, c.expected))
+		}
+		res.record(c.check, Passed, "%s", c.attested)
+		res.Pinned = append(res.Pinned, c.what)
 	}
 	return nil
+}
+
+// checkStatementBuilder: the statement's runDetails.builder.id names the manifest's TEE,
+// and the guest release's version when trusted reference values bound one; without such
+// values the statement's version is the host's word and is returned as unbound.
+func checkStatementBuilder(p *provenance.Parsed, tee string, match *refMatch) ([]string, error) {
+	bound := boundBuilderID(tee, match)
+	name, version, _ := strings.Cut(p.BuilderID, "@")
+	boundName, boundVersion, versionBound := strings.Cut(bound, "@")
+	switch {
+	case name != boundName:
+		return nil, fail(CheckBuilderID, fmt.Errorf("%w: the statement's builder is %s, but the manifest the evidence binds asked for TEE %s (%s)", ErrMismatchBuilderID, p.BuilderID, tee, boundName))
+	case versionBound && version != boundVersion:
+		return nil, fail(CheckBuilderID, fmt.Errorf("%w: the statement's builder is %s, but the trusted reference values that list the measurement are of release %s", ErrMismatchBuilderID, p.BuilderID, bound))
+	case !versionBound:
+		return []string{"runDetails.builder.id version (no trusted reference values bound the release)"}, nil
+	}
+	return nil, nil
 }
 
 // boundBuilderID is the builder as the verifier can vouch for it: the TEE kind, and the

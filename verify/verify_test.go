@@ -16,6 +16,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
 // One simulated secure processor per test binary: generating its RSA chain takes seconds.
@@ -76,7 +77,7 @@ func newFixture(t *testing.T, tw tweak) *fixture {
 	sum := sha256.Sum256(content)
 
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:" + t.Name(), TEE: "sim",
-		Source:    job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", Commit: strings.Repeat("c", 40), ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
+		Source:    job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: verifytest.CommitObject, ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
 		Toolchain: job.Toolchain{Name: "busybox", ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: strings.Repeat("d", 64), VeritySalt: "00", DataBlocks: 2, HashOffset: 8192},
 		Command:   []string{"make"}, Workdir: ".", Artifacts: []string{}, TimeoutSeconds: 60, MaxOutputBytes: 1 << 20}
 	if tw.manifest != nil {
@@ -87,7 +88,7 @@ func newFixture(t *testing.T, tw tweak) *fixture {
 		t.Fatal(err)
 	}
 	md := job.ManifestDigest(mb)
-	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: strings.Repeat("e", 40),
+	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: verifytest.SourceTree, SourceCommit: verifytest.SourceCommit,
 		Artifacts: []job.Artifact{{Path: "hello", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(content))}},
 		Log:       job.Digest{SHA256: strings.Repeat("f", 64), Size: 3}, DurationMillis: 5}
 	if tw.result != nil {
@@ -235,7 +236,9 @@ func TestVerifyRejects(t *testing.T) {
 		}, check: CheckChain, sentinel: attest.ErrCertChain},
 		{name: "measurement not allowed", opts: func(f *fixture, o *Options) { o.ExpectedMeasurements = [][]byte{make([]byte, 48)} }, check: CheckMeasurement, sentinel: attest.ErrMeasurement},
 		{name: "source tree differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceTree = strings.Repeat("0", 40) }, check: CheckSourceTree, sentinel: ErrMismatchSource, text: strings.Repeat("e", 40)},
-		{name: "source commit differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceCommit = strings.Repeat("0", 40) }, check: CheckSourceCommit, sentinel: ErrMismatchSource},
+		{name: "source commit differs", opts: func(f *fixture, o *Options) { o.ExpectedSourceCommit = strings.Repeat("0", 40) }, check: CheckSourceCommit, sentinel: ErrMismatchSource, text: verifytest.SourceCommit},
+		{name: "no commit attested", tw: tweak{manifest: func(m *job.Manifest) { m.Source.CommitObject = nil }, result: func(r *job.Result) { r.SourceCommit = "" }}, opts: func(f *fixture, o *Options) { o.ExpectedSourceCommit = verifytest.SourceCommit }, check: CheckSourceCommit, sentinel: ErrMismatchSource, text: "attested none"},
+		{name: "no tag attested", opts: func(f *fixture, o *Options) { o.ExpectedSourceTag = "v1" }, check: CheckSourceTag, sentinel: ErrMismatchSource, text: "lightweight"},
 		{name: "guest-image dependency names another measurement", tw: tweak{guestMeas: strings.Repeat("ab", 48)}, check: CheckConsistency, sentinel: ErrMismatchBinding, text: "guest-image"},
 		{name: "manifest claims snp for simulated evidence", tw: tweak{manifest: func(m *job.Manifest) { m.TEE = "snp" }}, check: CheckEvidenceTEE, sentinel: ErrMismatchBinding, text: `"snp"`},
 		{name: "simulated report relabelled snp", tw: tweak{reportLabel: attest.TEESNP}, check: CheckChain, sentinel: attest.ErrCertChain},

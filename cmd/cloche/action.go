@@ -116,7 +116,7 @@ type githubVerifyFlags struct {
 
 func (f *githubVerifyFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.sourceURI, "source-uri", "", "expected source repository, github.com/OWNER/REPO (enables keyless verification without --key)")
-	fl.StringVar(&f.sourceTag, "source-tag", "", "expected git tag the build ran for")
+	fl.StringVar(&f.sourceTag, "source-tag", "", "expected git tag the build ran for (keyless: the signer's ref; with --key: the annotated tag the guest attested)")
 	fl.StringVar(&f.sourceBranch, "source-branch", "", "expected git branch the build ran for")
 	fl.StringVar(&f.builderID, "builder-id", "", "expected builder id (without @version: any version)")
 	fl.StringVar(&f.signerWorkflow, "signer-workflow", "", "expected signing workflow, [github.com/]OWNER/REPO/.github/workflows/FILE")
@@ -163,9 +163,34 @@ func (f *githubVerifyFlags) fetchRelease(ctx context.Context, g *globals, bundle
 	return got.Artifacts, cleanup, nil
 }
 
+// applyKey is apply for a key-signed bundle: it binds no repository, branch or signer
+// workflow (docs/design.md), so asking for one is refused; --source-tag checks the tag the
+// guest attested.
+func (f *githubVerifyFlags) applyKey(o *verify.Options) error {
+	if err := f.checkKeyFlags(); err != nil {
+		return err
+	}
+	o.ExpectedSourceTag = f.sourceTag
+	return nil
+}
+
+// checkKeyFlags refuses the flags a key-signed bundle cannot honour.
+func (f *githubVerifyFlags) checkKeyFlags() error {
+	switch {
+	case f.trustedRoot != "":
+		return errors.New("--key and --trusted-root are exclusive: a bundle is signed with a key or keyless")
+	case f.sourceURI != "" || f.sourceBranch != "" || f.signerWorkflow != "":
+		return errors.New("--source-uri, --source-branch and --signer-workflow need keyless verification (drop --key): a key-signed bundle does not bind the repository, branch or workflow, the runner host writes them; --source-commit and --source-tag check what the guest attested")
+	}
+	return nil
+}
+
 // apply adds the identity expectations to o, and the trusted root unless a key was given.
 func (f *githubVerifyFlags) apply(o *verify.Options, haveKey bool) error {
 	o.ExpectedBuilderID = f.builderID
+	if haveKey {
+		return f.applyKey(o)
+	}
 	sourceURI := f.sourceURI
 	if sourceURI == "" && f.repo != "" {
 		sourceURI = "github.com/" + f.repo

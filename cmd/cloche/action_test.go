@@ -9,6 +9,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/provenance"
 )
 
 // gitCheckout makes a git repository with one commit, as actions/checkout leaves it, and
@@ -38,6 +39,7 @@ func gitCheckout(t *testing.T, files map[string]string) (string, string) {
 	git("init", "-q")
 	git("add", "-A")
 	git("commit", "-q", "-m", "release")
+	git("tag", "-a", "-m", "release", "v1.0.0")
 	return dir, git("rev-parse", "HEAD")
 }
 
@@ -219,6 +221,16 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		if code != 0 || !strings.Contains(stderr, "PASSED:") || !strings.Contains(stderr, "signed by https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0") {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
 		}
+		// The commit and the annotated tag, as the guest attested them.
+		if !strings.Contains(stderr, "commit "+sha+", tag v1.0.0") {
+			t.Errorf("PASSED line does not name the attested commit and tag:\n%s", stderr)
+		}
+		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t),
+			"--source-commit", strings.Repeat("0", 40))
+		if code != exitFailed || !strings.Contains(stderr, "FAILED: source.commit:") {
+			t.Fatalf("another commit expected: exit %d\n%s", code, stderr)
+		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
 			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--builder-id", "https://cloche.dev/builders/snp")
 		if code != exitFailed || !strings.Contains(stderr, "FAILED: builder.id:") {
@@ -315,6 +327,34 @@ func TestActionInputErrors(t *testing.T) {
 			code, stdout, stderr := cli(t, "action", "build", "--state-dir", t.TempDir())
 			if code == 0 || !strings.Contains(stdout+stderr, c.want) {
 				t.Fatalf("exit %d, want an error naming %q\n%s\n%s", code, c.want, stdout, stderr)
+			}
+		})
+	}
+}
+
+// TestActionVerifyKeyRefusesUnboundInputs: with input key, the repository, branch and
+// workflow inputs are refused (a key-signed bundle binds none of them) before anything is
+// downloaded.
+func TestActionVerifyKeyRefusesUnboundInputs(t *testing.T) {
+	ss := ghfake.NewSigstore(t, ghfake.Claims{})
+	gh := ghfake.NewGitHub(t, "acme/widget")
+	dir := t.TempDir()
+	if err := provenance.GenerateKey(filepath.Join(dir, "k.pem"), filepath.Join(dir, "k.pub")); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{"source-uri", "source-branch", "signer-workflow"} {
+		t.Run(in, func(t *testing.T) {
+			jobEnv(t, ss, gh, strings.Repeat("a", 40))
+			setInputs(t, map[string]string{"key": filepath.Join(dir, "k.pub"), "tag": "v1.0.0", "github-token": gh.Token, "measurement": strings.Repeat("00", 48),
+				"source-uri": "", "source-branch": "", "signer-workflow": ""})
+			value := map[string]string{"source-uri": "github.com/acme/widget", "source-branch": "main", "signer-workflow": "acme/widget/.github/workflows/r.yml"}[in]
+			setInputs(t, map[string]string{in: value})
+			code, stdout, _ := cli(t, "action", "verify", "--state-dir", t.TempDir())
+			if code == 0 || !strings.Contains(stdout, "::error::") || !strings.Contains(stdout, "need keyless verification") {
+				t.Fatalf("exit %d\n%s", code, stdout)
+			}
+			if n := len(gh.Requests()); n != 0 {
+				t.Errorf("%d API requests before the inputs were refused", n)
 			}
 		})
 	}

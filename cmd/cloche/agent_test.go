@@ -58,9 +58,10 @@ func TestRunThroughAgent(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	src := t.TempDir()
-	os.WriteFile(filepath.Join(src, "build.sh"), []byte("mkdir -p dist\necho agent-built > dist/hello.txt\n"), 0o644)
-	common := []string{"--source", src, "--tee", "sim", "--vcpus", "1", "--memory", "512", "--invocation-id", "test:same-inputs", "--source-date-epoch", "1700000000"}
+	// A git checkout: the commit goes to the agent with the job and is attested there too.
+	src, sha := gitCheckout(t, map[string]string{"build.sh": "mkdir -p dist\necho agent-built > dist/hello.txt\n"})
+	common := []string{"--source", src, "--tee", "sim", "--vcpus", "1", "--memory", "512", "--invocation-id", "test:same-inputs", "--source-date-epoch", "1700000000",
+		"--commit", "HEAD"}
 
 	viaAgent := filepath.Join(t.TempDir(), "out")
 	code, stdout, stderr := cli(t, append(append([]string{"run", "--agent", socket, "--out", viaAgent}, common...), "--", "sh", "build.sh")...)
@@ -70,7 +71,7 @@ func TestRunThroughAgent(t *testing.T) {
 	if stdout != "" {
 		t.Errorf("cloche run --agent wrote to stdout: %q", stdout)
 	}
-	for _, want := range []string{"accepted the job", "SIMULATED TEE", "build succeeded in", filepath.Join(viaAgent, "dist/hello.txt") + "  sha256:", "verify with:\n  cloche verify --bundle " + filepath.Join(viaAgent, "provenance.sigstore.json")} {
+	for _, want := range []string{"accepted the job", "SIMULATED TEE", "build succeeded in", "commit:      " + sha, "--source-commit " + sha, filepath.Join(viaAgent, "dist/hello.txt") + "  sha256:", "verify with:\n  cloche verify --bundle " + filepath.Join(viaAgent, "provenance.sigstore.json")} {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("cloche run --agent output lacks %q:\n%s", want, stderr)
 		}

@@ -73,7 +73,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		MemoryMiB:       in.MemoryMiB,
 		SourceDateEpoch: in.SourceDateEpoch,
 		InvocationID:    in.InvocationID,
-		Repository:      in.Repository, Ref: in.Ref, Commit: in.Commit,
+		Repository:      in.Repository, Ref: in.Ref, Git: in.Git,
 	}
 	rep := g.reporter()
 	console := consoleWriter(g.stderr, f.quiet)
@@ -130,6 +130,8 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		BundlePath:  filepath.Join(f.out, r.Bundle),
 		Measurement: r.Measurement,
 		SourceTree:  r.SourceTree,
+		Commit:      r.SourceCommit,
+		Tag:         r.SourceTag,
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,

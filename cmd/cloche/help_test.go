@@ -59,6 +59,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"evidence", "show"}, exitUsage, "accepts 1 arg(s), received 0"},
 		{[]string{"measure", "--tee", "sim", "--vcpus", "0", "--kernel", "k", "--initrd", "i", "--cmdline", ""}, exitUsage, "--vcpus 0"},
 		{[]string{"verify", "--bundle", "b"}, exitUsage, "--key is required"},
+		{[]string{"verify", "--bundle", "b", "--key", "k.pub", "--source-uri", "github.com/a/b", "x"}, exitUsage, "--source-uri, --source-branch and --signer-workflow need keyless verification"},
 		{[]string{"doctor", "--require", "sgx"}, exitUsage, "expected snp or tdx"},
 		{[]string{"agent", "--state-dir", state, "--tee", "sgx"}, exitUsage, `tee "sgx"`},
 		{[]string{"agent", "status", "--socket", state + "/none.sock"}, exitHost, "no cloche agent is listening at " + state + "/none.sock: start it with `systemctl start cloche-agent`"},

@@ -46,6 +46,8 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"no command", []string{"--"}, "no build command: expected cloche run [flags] -- COMMAND [ARGS...]"},
 		{"accel", []string{"--accel", "hvf"}, `--accel "hvf": expected auto, kvm or tcg`},
 		{"rekor-url", []string{"--rekor-url", "rekor.example"}, `--rekor-url: transparency log URL "rekor.example": expected an http(s) URL`},
+		{"commit outside a checkout", []string{"--commit", "HEAD"}, "--commit HEAD: not a git checkout"},
+		{"tag ref without a commit", []string{"--ref", "refs/tags/v1"}, "--ref refs/tags/v1 names a tag: give --commit too"},
 	} {
 		for _, path := range []string{"local", "agent"} {
 			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url") {
@@ -106,5 +108,32 @@ func TestRunRekorURLRefusedOnAgent(t *testing.T) {
 		"--rekor-url", "https://rekor.example", "--", "true")
 	if code != exitUsage || !strings.Contains(stderr, "--rekor-url is set by the agent's configuration") {
 		t.Errorf("exit %d, stderr %q; want exit %d refusing --rekor-url", code, stderr, exitUsage)
+	}
+}
+
+// TestRunCommitChecked: --commit reads the commit from --source's checkout and refuses a
+// checkout that is not its commit, or a --ref of another tag, before anything is prepared.
+func TestRunCommitChecked(t *testing.T) {
+	src, sha := gitCheckout(t, map[string]string{"README": "x\n"})
+	if err := os.WriteFile(filepath.Join(src, "untracked"), []byte("y"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--commit", "HEAD"}, "differs from commit " + sha},
+		{[]string{"--commit", "nope"}, `--commit nope: not a git checkout: commit "nope" is not in the checkout`},
+		{[]string{"--commit", "HEAD", "--ref", "refs/tags/v9"}, "--commit HEAD: tag not in the checkout: refs/tags/v9"},
+	} {
+		state := t.TempDir()
+		args := append([]string{"run", "--state-dir", state, "--source", src, "--out", filepath.Join(t.TempDir(), "out"), "--tee", "sim"}, tc.args...)
+		code, _, stderr := cli(t, append(args, "--", "make")...)
+		if code != exitUsage || !strings.Contains(stderr, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, exitUsage, tc.want)
+		}
+		if entries, _ := os.ReadDir(state); len(entries) != 0 {
+			t.Errorf("%v: the state directory got %v", tc.args, names(entries))
+		}
 	}
 }

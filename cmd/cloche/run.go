@@ -21,6 +21,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/source"
 )
 
 type runFlags struct {
@@ -86,8 +87,8 @@ is an artifact.`,
 	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
 	fl.Int64Var(&f.sourceDateEpoch, "source-date-epoch", 0, "SOURCE_DATE_EPOCH for the build and the archive's file times")
 	fl.StringVar(&f.repository, "repository", "", "source repository URI recorded in the provenance")
-	fl.StringVar(&f.ref, "ref", "", "source ref recorded in the provenance")
-	fl.StringVar(&f.commit, "commit", "", "source commit recorded in the provenance")
+	fl.StringVar(&f.ref, "ref", "", "source ref recorded in the provenance (refs/tags/NAME: its annotated tag object is attested too)")
+	fl.StringVar(&f.commit, "commit", "", "commit (e.g. HEAD) the guest attests: its object is read from --source's git checkout, and its tree must be --source")
 	fl.StringVar(&f.invocationID, "invocation-id", "", "unique id of this run (default: random)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "do not stream the guest console")
 	fl.BoolVar(&f.json, "json", false, "print one JSON document on stdout: artifacts with digests, bundle, TEE, measurement, the verify command, warnings")
@@ -106,7 +107,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 			return err
 		}
 	}
-	in, err := runInput(f, command)
+	in, err := runInput(ctx, f, command)
 	if err != nil {
 		return err
 	}
@@ -205,7 +206,7 @@ func runFlagName(field string) string {
 // runInput checks everything `cloche run` was given that can be checked without the host,
 // locally or through the agent, before any image is built or VM started; errors name the
 // flag and exit with exitUsage.
-func runInput(f *runFlags, command []string) (*build.Options, error) {
+func runInput(ctx context.Context, f *runFlags, command []string) (*build.Options, error) {
 	switch f.tee {
 	case "auto", "snp", "tdx", "sim":
 	default:
@@ -224,7 +225,7 @@ func runInput(f *runFlags, command []string) (*build.Options, error) {
 		SourceDir: f.source, Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
 		OutDir: f.out, Timeout: f.timeout, MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory,
 		Accel: f.accel, SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID,
-		Repository: f.repository, Ref: f.ref, Commit: f.commit,
+		Repository: f.repository, Ref: f.ref,
 	}
 	if f.sourceDateEpoch < 0 {
 		return nil, usageError(fmt.Errorf("--source-date-epoch %d: expected seconds since 1970, not negative", f.sourceDateEpoch))
@@ -232,7 +233,34 @@ func runInput(f *runFlags, command []string) (*build.Options, error) {
 	if err := o.CheckInput(); err != nil {
 		return nil, usageError(flagInputError(err, runFlagName))
 	}
+	if err := readCommit(ctx, f, o); err != nil {
+		return nil, usageError(err)
+	}
 	return o, nil
+}
+
+// readCommit reads --commit's objects (and --ref's annotated tag object) from the git
+// checkout --source is in, and checks them against the source as the guest will.
+func readCommit(ctx context.Context, f *runFlags, o *build.Options) error {
+	if f.commit == "" {
+		if strings.HasPrefix(f.ref, "refs/tags/") {
+			return fmt.Errorf("--ref %s names a tag: give --commit too (the tag object is attested only with its commit)", f.ref)
+		}
+		return nil
+	}
+	var tagRef string
+	if strings.HasPrefix(f.ref, "refs/tags/") {
+		tagRef = f.ref
+	}
+	git, err := source.ReadGitObjects(ctx, f.source, f.commit, tagRef)
+	if err != nil {
+		return fmt.Errorf("--commit %s: %w", f.commit, err)
+	}
+	if err := build.CheckCommit(f.source, f.ref, git); err != nil {
+		return fmt.Errorf("--commit %s: %w", f.commit, err)
+	}
+	o.Git = git
+	return nil
 }
 
 // flagInputError rewrites a build.InputError to name the flag instead of the field.
@@ -287,15 +315,18 @@ func consoleWriter(w io.Writer, quiet bool) io.Writer {
 
 // runReport is `cloche run --json`'s document on stdout.
 type runReport struct {
-	TEE            attest.TEE    `json:"tee"`
-	Simulated      bool          `json:"simulated"`
-	Artifacts      []runArtifact `json:"artifacts"`
-	Bundle         string        `json:"bundle"`
-	Measurement    string        `json:"measurement"`
-	SourceTree     string        `json:"sourceTree"`
-	PublicKey      string        `json:"publicKey"`
-	SimRoot        string        `json:"simRoot,omitempty"`
-	DurationMillis int64         `json:"durationMillis"`
+	TEE         attest.TEE    `json:"tee"`
+	Simulated   bool          `json:"simulated"`
+	Artifacts   []runArtifact `json:"artifacts"`
+	Bundle      string        `json:"bundle"`
+	Measurement string        `json:"measurement"`
+	SourceTree  string        `json:"sourceTree"`
+	// SourceCommit and SourceTag are what the guest attested (--commit, --ref).
+	SourceCommit   string `json:"sourceCommit,omitempty"`
+	SourceTag      string `json:"sourceTag,omitempty"`
+	PublicKey      string `json:"publicKey"`
+	SimRoot        string `json:"simRoot,omitempty"`
+	DurationMillis int64  `json:"durationMillis"`
 	// Verify is the command that verifies these artifacts, as argv and as one shell line.
 	Verify        []string `json:"verify"`
 	VerifyCommand string   `json:"verifyCommand"`
@@ -314,7 +345,7 @@ type runArtifact struct {
 
 func newRunReport(outcome *build.Outcome, publicKey string, measurement []string, logged bool, warnings []string) *runReport {
 	r := &runReport{TEE: outcome.TEE, Simulated: outcome.TEE == attest.TEESim, Bundle: outcome.BundlePath,
-		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, PublicKey: publicKey,
+		Measurement: outcome.Measurement, SourceTree: outcome.SourceTree, SourceCommit: outcome.Commit, SourceTag: outcome.Tag, PublicKey: publicKey,
 		SimRoot: outcome.SimRootPath, DurationMillis: outcome.Duration.Milliseconds(), Warnings: warnings}
 	if r.Warnings == nil {
 		r.Warnings = []string{}
@@ -322,6 +353,13 @@ func newRunReport(outcome *build.Outcome, publicKey string, measurement []string
 	r.Verify = append([]string{"cloche", "verify", "--bundle", outcome.BundlePath, "--key", publicKey}, measurement...)
 	if r.Simulated {
 		r.Verify = append(r.Verify, "--allow-simulated", "--trusted-sim-root", outcome.SimRootPath)
+	}
+	// What the guest attested of the commit, pinned.
+	if r.SourceCommit != "" {
+		r.Verify = append(r.Verify, "--source-commit", r.SourceCommit)
+	}
+	if r.SourceTag != "" {
+		r.Verify = append(r.Verify, "--source-tag", r.SourceTag)
 	}
 	r.Artifacts = []runArtifact{}
 	for _, a := range outcome.Artifacts {
@@ -376,7 +414,14 @@ func reportOutcome(g *globals, asJSON bool, outcome *build.Outcome, publicKey st
 	for _, a := range r.Artifacts {
 		fmt.Fprintf(w, "  %s  sha256:%s  %d bytes\n", a.Path, a.SHA256, a.Size)
 	}
-	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n  public key:  %s\n", r.Bundle, r.Measurement, r.SourceTree, r.PublicKey)
+	fmt.Fprintf(w, "  provenance:  %s\n  measurement: %s\n  source tree: %s\n", r.Bundle, r.Measurement, r.SourceTree)
+	if r.SourceCommit != "" {
+		fmt.Fprintf(w, "  commit:      %s\n", r.SourceCommit)
+	}
+	if r.SourceTag != "" {
+		fmt.Fprintf(w, "  tag:         %s\n", r.SourceTag)
+	}
+	fmt.Fprintf(w, "  public key:  %s\n", r.PublicKey)
 	// The cloche verify command stays the last line: it is the one that checks everything.
 	if r.CosignVerifyCommand != "" {
 		how := "offline: the bundle has no transparency-log entry, so cosign needs --insecure-ignore-tlog"

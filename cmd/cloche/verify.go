@@ -76,9 +76,14 @@ Check names (stable):
   statement.fields      the statement differs from the manifest, result record or evidence
   statement.time        finishedOn is before startedOn
   statement.guest-image the guest-image annotations differ from the matching reference value
-  source.tree, source.commit, source.repository, source.ref   a source expectation differs
+  source.tree, source.commit, source.tag   the attested tree, commit or annotated tag
+                        differs from --source-tree/--source-commit/--source-tag, or the
+                        statement names another commit or tag than the guest attested
+  source.repository, source.ref   keyless: the repository or ref differs; with --key:
+                        asked for (a key-signed bundle does not bind them)
   builder.id            --builder-id differs from the verified builder (a version needs
-                        trusted reference values)
+                        trusted reference values), or the statement's builder id names
+                        another TEE or release than the evidence and reference values
   pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
 `,
 		Args: cobra.ArbitraryArgs,
@@ -93,7 +98,7 @@ Check names (stable):
 	fl.StringArrayVar(&f.simRoots, "trusted-sim-root", nil, "simulated TEE root certificate to trust (PEM or DER; repeatable)")
 	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted launch measurement, hex: SNP/sim MEASUREMENT (96 digits), TDX MRTD||RTMR0||RTMR1||RTMR2 (384 digits) (repeatable)")
 	fl.StringVar(&f.sourceTree, "source-tree", "", "expected git tree id of the source")
-	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit named in the manifest")
+	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit, as the guest attested it (computed from the commit object, its tree checked against the source)")
 	fl.BoolVar(&f.printProvenance, "print-provenance", false, "print the verified statement JSON on stdout")
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
 	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")
@@ -164,6 +169,9 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	var pub crypto.PublicKey
 	var err error
 	if f.key != "" {
+		if err := f.github.checkKeyFlags(); err != nil {
+			return nil, err
+		}
 		if pub, err = provenance.LoadPublicKey(f.key); err != nil {
 			return nil, fmt.Errorf("--key: %w", err)
 		}

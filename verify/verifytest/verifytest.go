@@ -30,6 +30,7 @@ import (
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 )
 
 // Kit holds what is expensive to make and shared by many fixtures: the simulated secure
@@ -41,6 +42,7 @@ type Kit struct {
 	Host, Release       *provenance.KeySigner
 	HostKey, ReleaseKey crypto.PublicKey
 	HostKeyPath         string
+	ReleaseKeyPath      string
 	dir                 string
 }
 
@@ -54,7 +56,7 @@ func NewKit(dir string) (*Kit, error) {
 	if k.Host, k.HostKey, k.HostKeyPath, err = newKey(dir, "host"); err != nil {
 		return nil, err
 	}
-	if k.Release, k.ReleaseKey, _, err = newKey(dir, "release"); err != nil {
+	if k.Release, k.ReleaseKey, k.ReleaseKeyPath, err = newKey(dir, "release"); err != nil {
 		return nil, err
 	}
 	return k, nil
@@ -91,8 +93,10 @@ type Hooks struct {
 	Input        func(*provenance.Input)
 	// Statement edits the statement JSON before the host signs it.
 	Statement func([]byte) []byte
-	// Reference edits the reference values document before the release key signs it.
-	Reference func(*reference.Document)
+	// Reference edits the reference values document before the release key signs it;
+	// ReferenceStatement edits its statement JSON (then signed with the release key as is).
+	Reference          func(*reference.Document)
+	ReferenceStatement func([]byte) []byte
 	// Bundle edits the signed bundle bytes.
 	Bundle func([]byte) []byte
 }
@@ -141,7 +145,13 @@ func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
 // resign replaces the bundle's DSSE payload and signs it with the host key, as a host
 // that holds the key can.
 func (k *Kit) resign(bundle, payload []byte) ([]byte, error) {
-	b, err := os.ReadFile(strings.TrimSuffix(k.HostKeyPath, ".pub"))
+	return resignWith(k.HostKeyPath, bundle, payload)
+}
+
+// resignWith replaces the bundle's DSSE payload and signs it with the key whose public
+// half is at pubPath.
+func resignWith(pubPath string, bundle, payload []byte) ([]byte, error) {
+	b, err := os.ReadFile(strings.TrimSuffix(pubPath, ".pub"))
 	if err != nil {
 		return nil, err
 	}
@@ -173,6 +183,15 @@ func (k *Kit) resign(bundle, payload []byte) ([]byte, error) {
 	return json.Marshal(doc)
 }
 
+// The fixture's source: a commit object of tree SourceTree, and an annotated tag v1 of it,
+// as a guest that checked them attests them.
+var (
+	SourceTree   = strings.Repeat("e", 40)
+	CommitObject = []byte("tree " + SourceTree + "\nauthor t <t@example.invalid> 1 +0000\ncommitter t <t@example.invalid> 1 +0000\n\nhello\n")
+	SourceCommit = source.FormatSHA1.ObjectID("commit", CommitObject)
+	TagObject    = []byte("object " + SourceCommit + "\ntype commit\ntag v1\ntagger t <t@example.invalid> 1 +0000\n\nrelease 1\n")
+)
+
 // Documents returns the manifest and result record a fixture built with h carries.
 func Documents(h Hooks) (manifest, result []byte, err error) {
 	return (&Fixture{}).documents(h)
@@ -181,7 +200,8 @@ func Documents(h Hooks) (manifest, result []byte, err error) {
 func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 	sum := sha256.Sum256(ArtifactContent)
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:verifytest", TEE: "sim",
-		Source:    job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", Commit: strings.Repeat("c", 40), ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
+		Source: job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: CommitObject, TagObject: TagObject,
+			ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
 		Toolchain: job.Toolchain{Name: "busybox", ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: strings.Repeat("d", 64), VeritySalt: "00", DataBlocks: 2, HashOffset: 8192},
 		Command:   []string{"make"}, Workdir: ".", Env: map[string]string{"CC": "gcc"}, Artifacts: []string{}, TimeoutSeconds: 60, MaxOutputBytes: 1 << 20}
 	if h.Manifest != nil {
@@ -192,7 +212,8 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 		return nil, nil, err
 	}
 	md := job.ManifestDigest(mb)
-	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: strings.Repeat("e", 40),
+	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: SourceTree,
+		SourceCommit: SourceCommit, SourceTag: "v1", SourceTagObject: source.FormatSHA1.ObjectID("tag", TagObject),
 		Artifacts: []job.Artifact{{Path: "hello", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(ArtifactContent))}},
 		Log:       job.Digest{SHA256: strings.Repeat("f", 64), Size: 3}, DurationMillis: 5}
 	if h.Result != nil {
@@ -274,6 +295,15 @@ func (k *Kit) referenceValues(f *Fixture, h Hooks) error {
 	b, err := reference.Sign(context.Background(), k.Release, d)
 	if err != nil {
 		return err
+	}
+	if h.ReferenceStatement != nil {
+		stmt, err := d.Statement()
+		if err != nil {
+			return err
+		}
+		if b, err = resignWith(k.ReleaseKeyPath, b, h.ReferenceStatement(stmt)); err != nil {
+			return err
+		}
 	}
 	return os.WriteFile(f.ReferencePath, b, 0o644)
 }
