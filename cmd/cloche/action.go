@@ -165,20 +165,20 @@ func (f *githubVerifyFlags) fetchRelease(ctx context.Context, g *globals, bundle
 
 // applyKey is apply for a key-signed bundle: it binds no repository, branch or signer
 // workflow (docs/design.md), so asking for one is refused; --source-tag checks the tag the
-// guest attested.
+// guest attested; --trusted-root, when given, checks a transparency-log entry.
 func (f *githubVerifyFlags) applyKey(o *verify.Options) error {
 	if err := f.checkKeyFlags(); err != nil {
 		return err
 	}
 	o.ExpectedSourceTag = f.sourceTag
-	return nil
+	// --trusted-root with --key checks the log entry of a bundle `cloche run --rekor-url`
+	// entered in Rekor.
+	return f.loadTrustedRoot(o, true)
 }
 
 // checkKeyFlags refuses the flags a key-signed bundle cannot honour.
 func (f *githubVerifyFlags) checkKeyFlags() error {
 	switch {
-	case f.trustedRoot != "":
-		return errors.New("--key and --trusted-root are exclusive: a bundle is signed with a key or keyless")
 	case f.sourceURI != "" || f.sourceBranch != "" || f.signerWorkflow != "":
 		return errors.New("--source-uri, --source-branch and --signer-workflow need keyless verification (drop --key): a key-signed bundle does not bind the repository, branch or workflow, the runner host writes them; --source-commit and --source-tag check what the guest attested")
 	}
