@@ -266,6 +266,12 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 	a.outMu.Lock()
 	a.state = st
 	a.outMu.Unlock()
+	if err := step("digesting the ACPI tables the host gave", func() (err error) {
+		st.result.ACPITablesSHA256, err = ACPITablesDigest(filepath.Join(cfg.SysRoot, "firmware", "acpi", "tables"))
+		return err
+	}); err != nil {
+		return st, err
+	}
 	wd.Reset(time.Duration(m.TimeoutSeconds)*time.Second + DeadlineMargin)
 	a.log.Info("manifest verified", "invocation", m.InvocationID, "command", strings.Join(m.Command, " "))
 

@@ -151,6 +151,11 @@ type Result struct {
 	Log       Digest     `json:"log"`
 	// DurationMillis is how long the command ran, as the guest measured it.
 	DurationMillis int64 `json:"durationMillis"`
+	// ACPITablesSHA256 digests the ACPI tables the host's VMM gave the guest, as the guest
+	// kernel read them (/sys/firmware/acpi/tables; guest.ACPITablesDigest): on SEV-SNP no
+	// measurement covers them, so this is how a verifier can pin them. Empty when the
+	// guest has no ACPI tables.
+	ACPITablesSHA256 string `json:"acpiTablesSha256,omitempty"`
 }
 
 // Artifact is one output file.
@@ -334,6 +339,8 @@ func (r *Result) Validate() error {
 		return invalidf("result record sourceTag and sourceTagObject go together, with a sourceCommit, and the tag object id in its format")
 	case len(r.Artifacts) > MaxArtifacts:
 		return invalidf("result record lists %d artifacts, limit %d", len(r.Artifacts), MaxArtifacts)
+	case r.ACPITablesSHA256 != "" && !hex64.MatchString(r.ACPITablesSHA256):
+		return invalidf("result record acpiTablesSha256 must be 64 lowercase hex digits")
 	case r.Log.SHA256 != "" && !hex64.MatchString(r.Log.SHA256):
 		return invalidf("result record log.sha256 must be 64 lowercase hex digits")
 	}

@@ -58,6 +58,7 @@ const (
 	CheckPinToolchain     = "pin.toolchain"
 	CheckPinCommand       = "pin.command"
 	CheckPinEnv           = "pin.env"
+	CheckPinACPI          = "pin.acpi-tables"
 )
 
 // CheckNames lists every check name in the order Verify runs them.
@@ -69,7 +70,7 @@ var CheckNames = []string{
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
 	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckSourceTree,
 	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
-	CheckPinToolchain, CheckPinCommand, CheckPinEnv,
+	CheckPinToolchain, CheckPinCommand, CheckPinEnv, CheckPinACPI,
 }
 
 // Outcome is what became of one check.

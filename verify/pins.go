@@ -13,9 +13,12 @@ import (
 // Pins are expectations on what the host chose for the build. The manifest the hardware
 // binds says faithfully what the host chose; only a pin makes it a requirement.
 type Pins struct {
-	// ToolchainDigest is the toolchain image's verity root hash or its image SHA-256
-	// (64 lowercase hex digits); either must match.
+	// ToolchainDigest is the toolchain image's dm-verity root hash (64 lowercase hex
+	// digits).
 	ToolchainDigest string
+	// ACPITables is the digest of the ACPI tables the guest was given (the result record's
+	// acpiTablesSha256, which the guest computed): on SEV-SNP nothing else binds them.
+	ACPITables string
 	// Command is the exact argv; nil means not pinned.
 	Command []string
 	// Env maps variables to their required values; EnvExact also refuses variables the
@@ -30,6 +33,9 @@ func (p *Pins) check() error {
 	if p.ToolchainDigest != "" && !hex64.MatchString(p.ToolchainDigest) {
 		return fmt.Errorf("Pins.ToolchainDigest %q: expected 64 lowercase hex digits (the toolchain's dm-verity root hash)", p.ToolchainDigest)
 	}
+	if p.ACPITables != "" && !hex64.MatchString(p.ACPITables) {
+		return fmt.Errorf("Pins.ACPITables %q: expected 64 lowercase hex digits (a result record's acpiTablesSha256)", p.ACPITables)
+	}
 	if p.Command != nil && len(p.Command) == 0 {
 		return errors.New("Pins.Command is empty: pin at least the program")
 	}
@@ -41,7 +47,16 @@ func (p *Pins) check() error {
 
 // apply compares the pins with the attested manifest and records what was pinned and
 // what was only reported.
-func (p *Pins) apply(res *Result, m *job.Manifest) error {
+func (p *Pins) apply(res *Result, m *job.Manifest, r *job.Result) error {
+	if p.ACPITables != "" {
+		if p.ACPITables != r.ACPITablesSHA256 {
+			return fail(CheckPinACPI, fmt.Errorf("the guest was given ACPI tables with digest %q, expected %s", r.ACPITablesSHA256, p.ACPITables))
+		}
+		res.record(CheckPinACPI, Passed, "%s", p.ACPITables)
+		res.Pinned = append(res.Pinned, "acpi-tables")
+	} else if r.ACPITablesSHA256 != "" {
+		res.Reported = append(res.Reported, "acpi-tables")
+	}
 	// Only the verity root hash pins the toolchain: the guest mounts the image through
 	// dm-verity with the manifest's root hash, so that is what bounds the bytes it ran.
 	// The image's SHA-256 is a claim the host wrote beside it, which nothing in the guest

@@ -560,6 +560,8 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("toolchain pin on the host-claimed image SHA-256", CheckPinToolchain, func(o *Options, f *verifytest.Fixture) {
 		o.Pins.ToolchainDigest = f.Manifest.Toolchain.ImageSHA256
 	})
+	opt("ACPI tables pin", CheckPinACPI, func(o *Options, f *verifytest.Fixture) { o.Pins.ACPITables = hex64x("a") })
+	opt("ACPI tables pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.ACPITables = "abc" })
 	opt("toolchain pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.ToolchainDigest = "xyz" })
 	opt("command pin", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"make", "all"} })
 	opt("command pin prefix", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"mak"} })

@@ -122,12 +122,14 @@ type Result struct {
 	// MeasurementChecked is false only with InsecureSkipMeasurement.
 	MeasurementChecked bool `json:"measurementChecked"`
 	// ReferenceMatch says which reference value the measurement matched, when one did.
-	ReferenceMatch string   `json:"referenceMatch,omitempty"`
-	SourceTree     string   `json:"sourceTree,omitempty"`
-	SourceCommit   string   `json:"sourceCommit,omitempty"`
-	SourceTag      string   `json:"sourceTag,omitempty"`
-	Command        []string `json:"command,omitempty"`
-	InvocationID   string   `json:"invocationId,omitempty"`
+	ReferenceMatch string `json:"referenceMatch,omitempty"`
+	SourceTree     string `json:"sourceTree,omitempty"`
+	SourceCommit   string `json:"sourceCommit,omitempty"`
+	SourceTag      string `json:"sourceTag,omitempty"`
+	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
+	ACPITables   string   `json:"acpiTables,omitempty"`
+	Command      []string `json:"command,omitempty"`
+	InvocationID string   `json:"invocationId,omitempty"`
 	// Signer is the signing workflow (certificate SAN) of a keyless bundle.
 	Signer string `json:"signer,omitempty"`
 	// Pinned names what the verifier's options pinned; Reported what was only reported
@@ -379,7 +381,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	}
 
 	// 12. Pins on what the host chose.
-	if err := o.Pins.apply(res, m); err != nil {
+	if err := o.Pins.apply(res, m, r); err != nil {
 		return err
 	}
 	if o.InsecureSkipMeasurement {
@@ -388,6 +390,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 
 	res.Artifacts = verifiedArtifacts(r, locals)
 	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
+	res.ACPITables = r.ACPITablesSHA256
 	res.Command, res.InvocationID = m.Command, m.InvocationID
 	return nil
 }

@@ -27,6 +27,7 @@ type verifyFlags struct {
 	asJSON          bool
 	skipMeasurement bool
 	toolchainDigest string
+	acpiTables      string
 	command         []string
 	env             []string
 	envExact        bool
@@ -103,6 +104,7 @@ Check names (stable):
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
 	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")
 	fl.BoolVar(&f.skipMeasurement, "insecure-skip-measurement", false, "accept ANY launch measurement (the guest may be the host's own): prints a WARNING")
+	fl.StringVar(&f.acpiTables, "acpi-tables", "", "pin the ACPI tables the host's VMM gave the guest: the digest the guest computed (64 hex digits; verify --json shows it as acpiTables); on SEV-SNP nothing else binds them")
 	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its dm-verity root hash (64 hex digits; cloche image toolchain prints it as verityRootHash)")
 	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
 	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
@@ -199,7 +201,7 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
 	}
 	o.InsecureSkipMeasurement = f.skipMeasurement
-	o.Pins = verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), EnvExact: f.envExact}
+	o.Pins = verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
 	if len(f.command) > 0 {
 		o.Pins.Command = f.command
 	}
@@ -247,6 +249,7 @@ var optionFlags = strings.NewReplacer(
 	"AllowSimulated", "--allow-simulated",
 	"SimRoots", "--trusted-sim-root",
 	"Pins.ToolchainDigest", "--toolchain-digest",
+	"Pins.ACPITables", "--acpi-tables",
 	"Pins.Command", "--command",
 	"Pins.EnvExact", "--env-exact",
 	"Pins.Env", "--env",
