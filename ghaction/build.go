@@ -115,9 +115,9 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	if srcDir == "" {
 		srcDir = "."
 	}
-	timeout := 10 * time.Minute
+	timeout := build.DefaultTimeout
 	if v := input(a, "timeout"); v != "" {
-		if timeout, err = time.ParseDuration(v); err != nil || timeout < time.Second {
+		if timeout, err = time.ParseDuration(v); err != nil || timeout < build.MinTimeout {
 			return nil, fmt.Errorf("%w: input timeout is %q, expected a duration such as 10m", ErrInput, v)
 		}
 	}
