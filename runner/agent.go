@@ -427,6 +427,8 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 		var sc stopCause
 		if errors.As(context.Cause(ctx), &sc) {
 			state, reason = sc.state, sc.reason
+		} else if full := a.diskFull(); full != "" {
+			reason = full + ": " + reason
 		}
 		var be *build.BuildError
 		if errors.As(err, &be) {
@@ -455,6 +457,19 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	a.pruneLocked()
 	a.mu.Unlock()
 	a.kickDispatch()
+}
+
+// diskFullBytes: with less free space than this in the state directory, a failed job is
+// put down to the full disk (the VM's writes to its output disk there failed).
+const diskFullBytes = 1 << 20
+
+// diskFull names a full state disk as the likely reason a job failed, or says "".
+func (a *Agent) diskFull() string {
+	free, err := freeDisk(a.cfg.StateDir)
+	if err != nil || free >= diskFullBytes {
+		return ""
+	}
+	return fmt.Sprintf("output disk full: the file system of the agent's state directory %s has %d bytes free, so the VM could not write its output", a.cfg.StateDir, free)
 }
 
 // launch prepares the job's directories and calls the launcher.
