@@ -474,9 +474,18 @@ func (a *agent) finish(ctx context.Context, st *buildState) {
 		return
 	}
 	err := a.writeResult(ctx, st, nil)
-	if errors.Is(err, disk.ErrOutputTooLarge) {
-		// Nothing is trusted from a half-written disk: rewrite it as a failure.
-		err = a.writeFailureResult(ctx, st, fmt.Errorf("writing the output disk: %w", err))
+	if err != nil {
+		// Nothing is trusted from a half-written disk: rewrite it as a failure. After a
+		// device write error (the host's disk is full) the rewrite is small and lands on
+		// blocks already written, so it usually succeeds; else error.txt alone may.
+		cause := fmt.Errorf("writing the output disk: %w", err)
+		if err = a.writeFailureResult(ctx, st, cause); err != nil {
+			if eerr := a.writeErrorOnly(cause); eerr != nil {
+				err = errors.Join(err, eerr)
+			} else {
+				err = nil
+			}
+		}
 	}
 	if err != nil {
 		a.log.Error("could not write the output disk", "err", err)

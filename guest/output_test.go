@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -164,6 +165,50 @@ func TestFinishRewritesAsFailureWhenOutputDiskTooSmall(t *testing.T) {
 	out, res, _ := readBack(t, outPath, sp, launch)
 	if res == nil || res.ExitCode != -1 || len(res.Artifacts) != 0 || !strings.Contains(res.Error, "writing the output disk") ||
 		!strings.Contains(res.Error, "output too large") || !strings.Contains(out.Error, res.Error) || len(out.Artifacts) != 0 {
+		t.Errorf("result %+v, error.txt %q, artifacts %v", res, out.Error, out.Artifacts)
+	}
+}
+
+// TestFinishRewritesAsFailureOnWriteError: the output disk's backing file lives on a
+// full file system (as when the host's state disk fills during a build), so writing the
+// artifact fails with a device error; the guest rewrites the disk as a failure naming the
+// write error instead of leaving no result.
+func TestFinishRewritesAsFailureOnWriteError(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	a, launch, sp, _, _ := testAgent(t, 4<<20)
+	mnt := t.TempDir()
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=256k"); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
+	outPath := filepath.Join(mnt, "output.img")
+	f, err := os.Create(outPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if err := f.Truncate(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	a.out = f
+	st := testState(t, launch, "log\n")
+	art := filepath.Join(t.TempDir(), "big")
+	big := bytes.Repeat([]byte("x"), 1<<20)
+	if err := os.WriteFile(art, big, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(big)
+	st.artifacts = []ArtifactFile{{Artifact: job.Artifact{Path: "big", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(big))}, HostPath: art}}
+	st.result.Artifacts = []job.Artifact{st.artifacts[0].Artifact}
+	a.finish(context.Background(), st)
+	if !a.done {
+		t.Fatal("finish did not record the failure on the output disk")
+	}
+	out, res, _ := readBack(t, outPath, sp, launch)
+	if res == nil || res.ExitCode != -1 || len(res.Artifacts) != 0 || !strings.Contains(res.Error, "writing the output disk") ||
+		!strings.Contains(res.Error, "no space left on device") || len(out.Artifacts) != 0 {
 		t.Errorf("result %+v, error.txt %q, artifacts %v", res, out.Error, out.Artifacts)
 	}
 }

@@ -65,7 +65,7 @@ type Agent struct {
 	runCtx    context.Context // parent of every job's context; set by Serve
 	jobs      map[string]*jobEntry
 	queue     fairQueue
-	receiving int // submissions whose source is still arriving: they count toward the queue limit
+	receiving map[int]int // by uid: submissions whose source is still arriving (they count toward the queue limits)
 	inUse     Usage
 	stopping  bool
 }
@@ -115,6 +115,7 @@ func New(o Options) (*Agent, error) {
 		kick:          make(chan struct{}, 1),
 		jobs:          map[string]*jobEntry{},
 		queue:         newFairQueue(),
+		receiving:     map[int]int{},
 	}
 	if err := os.MkdirAll(a.jobsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state directory: %w", err)
@@ -270,12 +271,13 @@ func (a *Agent) Serve(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           a.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Duration(a.cfg.IdleTimeout),
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext:       withPeerCred,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 2)
-	go func() { errc <- srv.Serve(a.listener) }()
+	go func() { errc <- srv.Serve(newUIDListener(a.listener, a.cfg.UserConnections, a.log)) }()
 	var msrv *http.Server
 	if a.metricsListener != nil {
 		mux := http.NewServeMux()
@@ -427,6 +429,8 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 		var sc stopCause
 		if errors.As(context.Cause(ctx), &sc) {
 			state, reason = sc.state, sc.reason
+		} else if full := a.diskFull(); full != "" {
+			reason = full + ": " + reason
 		}
 		var be *build.BuildError
 		if errors.As(err, &be) {
@@ -455,6 +459,19 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	a.pruneLocked()
 	a.mu.Unlock()
 	a.kickDispatch()
+}
+
+// diskFullBytes: with less free space than this in the state directory, a failed job is
+// put down to the full disk (the VM's writes to its output disk there failed).
+const diskFullBytes = 1 << 20
+
+// diskFull names a full state disk as the likely reason a job failed, or says "".
+func (a *Agent) diskFull() string {
+	free, err := freeDisk(a.cfg.StateDir)
+	if err != nil || free >= diskFullBytes {
+		return ""
+	}
+	return fmt.Sprintf("output disk full: the file system of the agent's state directory %s has %d bytes free, so the VM could not write its output", a.cfg.StateDir, free)
 }
 
 // launch prepares the job's directories and calls the launcher.

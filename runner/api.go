@@ -190,16 +190,18 @@ type Usage struct {
 
 // AgentStatus is the answer to GET /v1/status.
 type AgentStatus struct {
-	Version       string        `json:"version"`
-	APIVersion    string        `json:"apiVersion"`
-	TEE           string        `json:"tee"`
-	Budget        Budget        `json:"budget"`
-	InUse         Usage         `json:"inUse"`
-	FreeDiskBytes int64         `json:"freeDiskBytes"`
-	QueueLimit    int           `json:"queueLimit"`
-	Counts        map[State]int `json:"counts"`
-	Queued        []JobStatus   `json:"queued"`
-	Running       []JobStatus   `json:"running"`
+	Version       string `json:"version"`
+	APIVersion    string `json:"apiVersion"`
+	TEE           string `json:"tee"`
+	Budget        Budget `json:"budget"`
+	InUse         Usage  `json:"inUse"`
+	FreeDiskBytes int64  `json:"freeDiskBytes"`
+	QueueLimit    int    `json:"queueLimit"`
+	// Uploading counts submissions whose source is still arriving (they hold a queue place).
+	Uploading int           `json:"uploading"`
+	Counts    map[State]int `json:"counts"`
+	Queued    []JobStatus   `json:"queued"`
+	Running   []JobStatus   `json:"running"`
 }
 
 // Error codes of API errors.

@@ -41,8 +41,21 @@ type Config struct {
 	TEE string `json:"tee,omitempty"`
 
 	Budget Budget `json:"budget"`
-	// QueueLimit caps jobs waiting for the budget; one more gets a "busy" error.
+	// QueueLimit caps jobs waiting for the budget (queued, or their source still
+	// arriving) from all users together; one more gets a "busy" error.
 	QueueLimit int `json:"queueLimit,omitempty"`
+	// UserQueueLimit caps one user's waiting jobs (default 16), so that one user cannot
+	// take the whole queue; UserUploads caps one user's sources arriving at once (default 4).
+	UserQueueLimit int `json:"userQueueLimit,omitempty"`
+	UserUploads    int `json:"userUploads,omitempty"`
+	// UserConnections caps one uid's open connections (default 64); more are answered
+	// "busy" and closed.
+	UserConnections int `json:"userConnections,omitempty"`
+	// UploadIdleTimeout is the longest a submission's body may pause before the agent
+	// drops it (default 30s); IdleTimeout closes keep-alive connections idle that long
+	// (default 60s).
+	UploadIdleTimeout Duration `json:"uploadIdleTimeout,omitempty"`
+	IdleTimeout       Duration `json:"idleTimeout,omitempty"`
 	// DefaultVCPUs and DefaultMemoryMiB size a job that does not say (defaults 2, 2048).
 	DefaultVCPUs     int `json:"defaultVcpus,omitempty"`
 	DefaultMemoryMiB int `json:"defaultMemoryMiB,omitempty"`
@@ -211,6 +224,21 @@ func (c Config) WithDefaults(host HostResources) Config {
 	if c.QueueLimit == 0 {
 		c.QueueLimit = 64
 	}
+	if c.UserQueueLimit == 0 {
+		c.UserQueueLimit = min(16, c.QueueLimit)
+	}
+	if c.UserUploads == 0 {
+		c.UserUploads = min(4, c.UserQueueLimit)
+	}
+	if c.UserConnections == 0 {
+		c.UserConnections = 64
+	}
+	if c.UploadIdleTimeout == 0 {
+		c.UploadIdleTimeout = Duration(30 * time.Second)
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = Duration(time.Minute)
+	}
 	if c.DefaultTimeout == 0 {
 		c.DefaultTimeout = Duration(build.DefaultTimeout)
 	}
@@ -259,6 +287,12 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent configuration: budget %+v needs at least %d vCPU, %d MiB, 1 VM and a non-negative disk reserve", c.Budget, build.MinVCPUs, build.MinMemoryMiB)
 	case c.QueueLimit < 1:
 		return fmt.Errorf("agent configuration: queueLimit %d must be at least 1", c.QueueLimit)
+	case c.UserQueueLimit < 1 || c.UserUploads < 1:
+		return fmt.Errorf("agent configuration: userQueueLimit %d and userUploads %d must be at least 1", c.UserQueueLimit, c.UserUploads)
+	case c.UserConnections < 2:
+		return fmt.Errorf("agent configuration: userConnections %d must be at least 2 (a submission and a status request)", c.UserConnections)
+	case c.UploadIdleTimeout < Duration(100*time.Millisecond) || c.IdleTimeout < Duration(100*time.Millisecond):
+		return errors.New("agent configuration: uploadIdleTimeout and idleTimeout must be at least 100ms")
 	case c.DefaultVCPUs < build.MinVCPUs || c.DefaultVCPUs > c.MaxJobVCPUs():
 		return fmt.Errorf("agent configuration: defaultVcpus %d must be %d..%d (the budget and a VM's limit)", c.DefaultVCPUs, build.MinVCPUs, c.MaxJobVCPUs())
 	case c.DefaultMemoryMiB < build.MinMemoryMiB || c.DefaultMemoryMiB > c.MaxJobMemoryMiB():

@@ -86,6 +86,9 @@ func (a *Agent) Status() *AgentStatus {
 		Budget: a.cfg.Budget, InUse: a.inUse, FreeDiskBytes: free, QueueLimit: a.cfg.QueueLimit,
 		Counts: map[State]int{}, Queued: []JobStatus{}, Running: []JobStatus{},
 	}
+	for _, n := range a.receiving {
+		s.Uploading += n
+	}
 	for i, j := range a.queue.launchOrder() {
 		st := j.status
 		st.QueuePosition = i + 1
@@ -200,6 +203,9 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "a submission is a multipart/form-data body with the parts \"job\" (JSON) and \"source\" (the archive)")
 		return
 	}
+	// A body that pauses longer than the upload timeout is dropped: a stalled upload must
+	// not hold a place in the queue.
+	r.Body = &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: time.Duration(a.cfg.UploadIdleTimeout)}
 	mr, err := r.MultipartReader()
 	if err != nil {
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the submission: %v", err))
@@ -245,18 +251,18 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, http.StatusServiceUnavailable, CodeBusy, "the agent is stopping; retry with the next agent")
 		return
 	}
-	if waiting := a.queue.len() + a.receiving; waiting >= a.cfg.QueueLimit {
+	if msg := a.admitLocked(peer.UID); msg != "" {
 		a.mu.Unlock()
-		a.fail(w, r, http.StatusTooManyRequests, CodeBusy, fmt.Sprintf("agent busy: %d jobs are waiting, the queue limit is %d; retry later", waiting, a.cfg.QueueLimit))
+		a.fail(w, r, http.StatusTooManyRequests, CodeBusy, msg)
 		return
 	}
-	a.receiving++
+	a.receiving[peer.UID]++
 	a.mu.Unlock()
 	received := false
 	defer func() {
 		if !received {
 			a.mu.Lock()
-			a.receiving--
+			a.doneReceivingLocked(peer.UID)
 			a.mu.Unlock()
 		}
 	}()
@@ -275,6 +281,10 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	part, err = mr.NextPart()
+	if isTimeout(err) {
+		a.uploadStalled(w, r, peer)
+		return
+	}
 	if err != nil || part.FormName() != "source" {
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's second part must be \"source\" (the source archive)")
 		return
@@ -286,6 +296,10 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 			a.log.Info("submission abandoned while the source arrived", "peer_uid", peer.UID)
 			return
 		}
+		if isTimeout(err) {
+			a.uploadStalled(w, r, peer)
+			return
+		}
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the source archive was rejected: %v", err))
 		return
 	}
@@ -295,6 +309,8 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 	// Read the body to its end so the server notices when the client goes away.
 	io.Copy(io.Discard, io.LimitReader(r.Body, 4096))
+	// From here the connection only streams the job's events: no read deadline.
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
 
 	j := &jobEntry{
 		dir:     dir,
@@ -316,7 +332,7 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	keep, received = true, true
-	a.receiving--
+	a.doneReceivingLocked(peer.UID)
 	a.jobs[id] = j
 	a.queue.push(j)
 	a.metrics.add(func(m *metrics) { m.submitted++ })
@@ -348,6 +364,56 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		a.cancelJob(j, stopCause{StateCancelled, ReasonDisconnected})
 	}
 }
+
+// admitLocked says why a new submission from uid must wait ("" when it may come in): the
+// queue is full for everyone, or for this user (uploads arriving or jobs waiting).
+func (a *Agent) admitLocked(uid int) string {
+	arriving := 0
+	for _, n := range a.receiving {
+		arriving += n
+	}
+	if waiting := a.queue.len() + arriving; waiting >= a.cfg.QueueLimit {
+		return fmt.Sprintf("agent busy: %d jobs are waiting, the queue limit is %d; retry later (%d queued, %d still uploading)", waiting, a.cfg.QueueLimit, a.queue.len(), arriving)
+	}
+	if n := a.receiving[uid]; n >= a.cfg.UserUploads {
+		return fmt.Sprintf("agent busy for uid %d: %d of its submissions are still uploading, the limit per user is %d; retry when one has arrived", uid, n, a.cfg.UserUploads)
+	}
+	if waiting := a.queue.lenOf(uid) + a.receiving[uid]; waiting >= a.cfg.UserQueueLimit {
+		return fmt.Sprintf("agent busy: the queue of uid %d is full: %d of its jobs are waiting, the limit per user is %d; retry later (other users are not affected)", uid, waiting, a.cfg.UserQueueLimit)
+	}
+	return ""
+}
+
+func (a *Agent) doneReceivingLocked(uid int) {
+	if a.receiving[uid]--; a.receiving[uid] <= 0 {
+		delete(a.receiving, uid)
+	}
+}
+
+// uploadStalled answers a submission whose body paused past the upload timeout.
+func (a *Agent) uploadStalled(w http.ResponseWriter, r *http.Request, peer Submitter) {
+	a.log.Info("dropped a stalled submission", "peer_uid", peer.UID, "idle", time.Duration(a.cfg.UploadIdleTimeout))
+	a.fail(w, r, http.StatusRequestTimeout, CodeBadRequest, fmt.Sprintf("the submission's body paused for more than %s; send it without pauses", time.Duration(a.cfg.UploadIdleTimeout)))
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// idleReader moves the connection's read deadline on before every read, so a body that
+// keeps arriving may take as long as it needs but one that stops is cut off.
+type idleReader struct {
+	r    io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	if err := i.rc.SetReadDeadline(time.Now().Add(i.idle)); err != nil {
+		return 0, fmt.Errorf("setting the upload's read deadline: %w", err)
+	}
+	return i.r.Read(p)
+}
+
+func (i *idleReader) Close() error { return i.r.Close() }
 
 // follow streams a job's log and state changes from the start until the job has ended
 // and its whole log was sent, or ctx ends, or a callback fails.

@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childAgent())
 	case "status":
 		os.Exit(childStatus())
+	case "hog":
+		os.Exit(childHog())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", childEnv, os.Getenv(childEnv))
 		os.Exit(2)

@@ -2,10 +2,14 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -44,8 +48,93 @@ type credResult struct {
 }
 
 func withPeerCred(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*peerConn); ok {
+		return context.WithValue(ctx, credKey{}, pc.cred)
+	}
 	p, err := peerCred(c)
 	return context.WithValue(ctx, credKey{}, credResult{p, err})
+}
+
+// uidListener caps the connections each uid holds open, so one user's idle or stalled
+// connections cannot use up the agent's file descriptors and lock others out. A
+// connection over the cap is answered 429 at once and closed.
+type uidListener struct {
+	net.Listener
+	max int
+	log *slog.Logger
+
+	mu   sync.Mutex
+	open map[int]int // by uid; connections without credentials count under -1
+}
+
+func newUIDListener(l net.Listener, max int, log *slog.Logger) *uidListener {
+	return &uidListener{Listener: l, max: max, log: log, open: map[int]int{}}
+}
+
+// peerConn is an accepted connection with its peer's credentials, read once.
+type peerConn struct {
+	net.Conn
+	cred    credResult
+	release sync.Once
+	l       *uidListener
+}
+
+func (c *peerConn) Close() error {
+	c.release.Do(func() { c.l.done(c.cred.uid()) })
+	return c.Conn.Close()
+}
+
+func (r credResult) uid() int {
+	if r.err != nil {
+		return -1
+	}
+	return r.peer.UID
+}
+
+// Accept returns the next connection within its uid's cap.
+func (l *uidListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		p, perr := peerCred(c)
+		cred := credResult{p, perr}
+		if n, ok := l.take(cred.uid()); !ok {
+			l.log.Debug("refused a connection over its uid's cap", "uid", cred.uid(), "open", n)
+			refuseConn(c, fmt.Sprintf("agent busy: uid %d already has %d connections open to the agent, the limit per user is %d; close some and retry", cred.uid(), n, l.max))
+			continue
+		}
+		return &peerConn{Conn: c, cred: cred, l: l}, nil
+	}
+}
+
+func (l *uidListener) take(uid int) (int, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.open[uid]
+	if n >= l.max {
+		return n, false
+	}
+	l.open[uid] = n + 1
+	return n, true
+}
+
+func (l *uidListener) done(uid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open[uid]--; l.open[uid] <= 0 {
+		delete(l.open, uid)
+	}
+}
+
+// refuseConn answers a connection the agent will not serve with a 429 and closes it,
+// without waiting for the request (a full socket buffer must not hold up Accept).
+func refuseConn(c net.Conn, msg string) {
+	body, _ := json.Marshal(&APIError{Code: CodeBusy, Message: msg})
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	fmt.Fprintf(c, "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	c.Close()
 }
 
 // authorize says whether the request's peer may use the agent, with an error that names

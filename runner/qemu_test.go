@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -327,5 +328,68 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	second.cmd.Process.Signal(syscall.SIGTERM)
 	if err := second.cmd.Wait(); err != nil {
 		t.Errorf("the restarted agent did not stop cleanly on SIGTERM: %v\n%s", err, second.stderr)
+	}
+}
+
+// mountTmpfs mounts a tmpfs of the given size (e.g. "96m") on a new short directory.
+func mountTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := shortDir(t)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size="+size+",mode=0700"); err != nil {
+		t.Skipf("mounting a tmpfs: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
+}
+
+// fillDisk writes a file in dir until its file system has no space left.
+func fillDisk(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 1<<20)
+	for len(chunk) >= 512 {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			chunk = chunk[:len(chunk)/2]
+		}
+	}
+	return path
+}
+
+// TestRealOutputDiskFull: the state directory's file system fills while a real VM runs
+// its build. QEMU reports the failing writes to the guest instead of pausing it, and the
+// job fails within seconds of the build's end, naming the full disk, long before its
+// wall-clock limit.
+func TestRealOutputDiskFull(t *testing.T) {
+	e := newVMEnv(t)
+	ta := startAgent(t, testConfig(mountTmpfs(t, "96m")), e.launcher())
+	ctx := context.Background()
+	spec := vmSpec("echo build-started", "sleep 4", "head -c 800000 /dev/zero > big.bin")
+	spec.Artifacts = []string{"big.bin"}
+	spec.WallClockSeconds = 120
+	sub := submitAsync(ctx, ta.client, spec, writeSource(t, map[string]string{"input.txt": "x"}))
+	id := sub.jobID(t)
+	waitFor(t, 4*time.Minute, "the build command to start in the guest", func() bool {
+		var log bytes.Buffer
+		ta.client.Log(ctx, id, false, &log)
+		return strings.Contains(log.String(), "build-started")
+	})
+	fillDisk(t, ta.cfg.StateDir)
+	filled := time.Now()
+	st := sub.wait(t)
+	took := time.Since(filled)
+	t.Logf("job ended %s after the disk filled: %s (%s)", took.Round(time.Millisecond), st.State, st.Reason)
+	if st.State != runner.StateFailed || !strings.Contains(st.Reason, "output disk full") {
+		t.Fatalf("job on a full disk: %s (%s), want failed naming the output disk full", st.State, st.Reason)
+	}
+	if took > 60*time.Second {
+		t.Errorf("the job took %s to fail after the disk filled, want seconds", took)
 	}
 }

@@ -75,6 +75,8 @@ func (q *fairQueue) remove(j *jobEntry) bool {
 	return true
 }
 
+func (q *fairQueue) lenOf(uid int) int { return len(q.queues[uid]) }
+
 func (q *fairQueue) len() int {
 	n := 0
 	for _, js := range q.queues {

@@ -42,6 +42,23 @@ func exposedAgent(t *testing.T, allowUIDs, allowGIDs []int) *testAgent {
 // runAsNobody runs this test binary as uid/gid 65534 in "status" child mode.
 func runAsNobody(t *testing.T, socket, jobID string) (int, string) {
 	t.Helper()
+	cmd := childAsNobody(t, "status", "CLOCHE_RUNNER_TEST_SOCKET="+socket, "CLOCHE_RUNNER_TEST_JOB="+jobID)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("child as uid 65534: %v", err)
+	}
+	if errOut.Len() > 0 {
+		t.Logf("child stderr: %s", errOut.String())
+	}
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+// childAsNobody prepares this test binary to run as uid/gid 65534 in the given child mode.
+func childAsNobody(t *testing.T, mode string, env ...string) *exec.Cmd {
+	t.Helper()
 	// The go test binary lives in a 0700 directory: give the child its own copy.
 	dir := shortDir(t)
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -61,19 +78,9 @@ func runAsNobody(t *testing.T, socket, jobID string) (int, string) {
 	}
 	cmd := exec.Command(bin)
 	cmd.Dir = dir
-	cmd.Env = []string{childEnv + "=status", "CLOCHE_RUNNER_TEST_SOCKET=" + socket, "CLOCHE_RUNNER_TEST_JOB=" + jobID, "HOME=/"}
+	cmd.Env = append([]string{childEnv + "=" + mode, "HOME=/"}, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	var out, errOut bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err = cmd.Run()
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		t.Fatalf("child as uid 65534: %v", err)
-	}
-	if errOut.Len() > 0 {
-		t.Logf("child stderr: %s", errOut.String())
-	}
-	return cmd.ProcessState.ExitCode(), out.String()
+	return cmd
 }
 
 // TestRefusesUnknownUser: a user outside the allowed lists is refused with an error that

@@ -200,8 +200,12 @@ func Args(cfg Config, accel string, simSocket string) ([]string, error) {
 		if d.readOnly {
 			ro = "on"
 		}
+		// werror/rerror=report: a host write or read error (ENOSPC on a full state disk)
+		// reaches the guest as an I/O error, which it records as a failure. QEMU's default
+		// for writes (enospc: pause the VM) would leave a running job hung until its
+		// wall-clock limit, with nothing in the log.
 		args = append(args,
-			"-drive", "file="+qemuEscape(d.path)+",if=none,id="+d.id+",format=raw,readonly="+ro+",cache=writeback",
+			"-drive", "file="+qemuEscape(d.path)+",if=none,id="+d.id+",format=raw,readonly="+ro+",cache=writeback,werror=report,rerror=report",
 			"-device", "virtio-blk-pci,drive="+d.id+",serial="+d.serial+backend.deviceOptions(),
 		)
 	}

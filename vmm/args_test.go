@@ -54,10 +54,10 @@ func TestArgsSimConfig(t *testing.T) {
 	}
 	drives := argAfter(args, "-drive")
 	wantDrives := []string{
-		"file=/d/in.img,if=none,id=input,format=raw,readonly=on,cache=writeback",
+		"file=/d/in.img,if=none,id=input,format=raw,readonly=on,cache=writeback,werror=report,rerror=report",
 		// A comma in a path is doubled, or QEMU would read the rest as another option.
-		"file=/d/tool,,chain.img,if=none,id=toolchain,format=raw,readonly=on,cache=writeback",
-		"file=/d/out.img,if=none,id=output,format=raw,readonly=off,cache=writeback",
+		"file=/d/tool,,chain.img,if=none,id=toolchain,format=raw,readonly=on,cache=writeback,werror=report,rerror=report",
+		"file=/d/out.img,if=none,id=output,format=raw,readonly=off,cache=writeback,werror=report,rerror=report",
 	}
 	if !slices.Equal(drives, wantDrives) {
 		t.Errorf("drives = %q, want %q", drives, wantDrives)
