@@ -408,7 +408,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	g.reporter().Info("building the guest image", "dir", dir)
 	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
 	if err != nil {
-		return fmt.Errorf("guest kernel: %w", err)
+		return fmt.Errorf("guest kernel: %w", kernelFetchError(err))
 	}
 	if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
 		return fmt.Errorf("building the guest image: %w", err)
