@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 
@@ -41,8 +42,10 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 			}
 			if deb == "" {
 				if deb, err = guestimage.FetchKernelDeb(cmd.Context(), kernelCacheDir(state)); err != nil {
-					return err
+					return kernelFetchError(err)
 				}
+			} else if err := guestimage.CheckKernelDeb(deb, guestimage.KernelPin()); err != nil {
+				return fmt.Errorf("--kernel-deb: %w", err)
 			}
 			img, err := guestimage.Build(cmd.Context(), guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: out})
 			if err != nil {
@@ -52,9 +55,18 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "", "output directory (default: the state directory's guest-image)")
-	cmd.Flags().StringVar(&deb, "kernel-deb", "", "kernel package (.deb) to use instead of fetching linux-image-cloud-amd64 from bookworm-backports")
+	cmd.Flags().StringVar(&deb, "kernel-deb", "", "the pinned kernel package (.deb, checked against its pinned SHA-256) when apt no longer serves it")
 	cmd.Flags().StringVar(&agent, "guest-agent", "", "static guest agent binary (default: cloche-guest beside this executable)")
 	return cmd
+}
+
+// kernelFetchError says how to go on when the archive no longer serves the pinned kernel.
+func kernelFetchError(err error) error {
+	if errors.Is(err, guestimage.ErrKernelUnavailable) {
+		pin := guestimage.KernelPin()
+		return fmt.Errorf("%w; download %s and supply it with --kernel-deb FILE", err, pin.FileName())
+	}
+	return err
 }
 
 func newImageToolchainCmd(g *globals) *cobra.Command {

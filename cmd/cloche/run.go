@@ -535,7 +535,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	phase.Step("kernel package")
 	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
 	if err != nil {
-		err = fmt.Errorf("guest kernel: %w", err)
+		err = fmt.Errorf("guest kernel: %w", kernelFetchError(err))
 		phase.Fail(err)
 		return err
 	}

@@ -1,5 +1,5 @@
-// Package guest builds the cloche guest image: the kernel from Debian's backports cloud
-// kernel package and an initramfs holding the guest agent as PID 1 plus the kernel modules it
+// Package guest builds the cloche guest image: the kernel from the pinned Debian backports
+// cloud kernel package (KernelPin) and an initramfs holding the guest agent as PID 1 plus the kernel modules it
 // loads. The image is what the launch measurement identifies (docs/design.md, "one measurement per
 // guest release"), so building it twice from the same inputs gives identical bytes.
 package guest
@@ -21,6 +21,7 @@ import (
 
 	"github.com/cloche-dev/cloche/image/internal/staticelf"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
 // DefaultCmdline is the guest kernel command line. It is part of the launch measurement
@@ -88,11 +89,15 @@ type File struct {
 
 // Image describes a built guest image (the content of guest-image.json).
 type Image struct {
-	KernelVersion    string   `json:"kernelVersion"`
-	KernelPackage    string   `json:"kernelPackage"` // name_version of the .deb
-	Kernel           File     `json:"kernel"`
-	Initrd           File     `json:"initrd"`
-	Cmdline          string   `json:"cmdline"`
+	KernelVersion string `json:"kernelVersion"`
+	KernelPackage string `json:"kernelPackage"` // name_version of the .deb
+	Kernel        File   `json:"kernel"`
+	Initrd        File   `json:"initrd"`
+	Cmdline       string `json:"cmdline"`
+	// KernelDebSHA256 is the SHA-256 of the kernel package the image was built from;
+	// KernelPinned says it is KernelPin's, which a released image always is.
+	KernelDebSHA256  string   `json:"kernelDebSha256,omitempty"`
+	KernelPinned     bool     `json:"kernelPinned,omitempty"`
 	GuestAgentSHA256 string   `json:"guestAgentSha256"`
 	Modules          []string `json:"modules"` // load order, dependencies first
 	// Recipe digests what the image was built from (see RecipeDigest), so a cached image
@@ -155,6 +160,10 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: kernel package: %w", err)
 	}
+	debSHA256, _, err := fileio.SHA256(opts.KernelDeb)
+	if err != nil {
+		return nil, fmt.Errorf("build guest image: kernel package: %w", err)
+	}
 	tmp, err := os.MkdirTemp("", "cloche-kernel-")
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: %w", err)
@@ -202,6 +211,8 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		Kernel:           fileOf(KernelFile, vmlinuz),
 		Initrd:           fileOf(InitrdFile, initrd.Bytes()),
 		Cmdline:          cmdline,
+		KernelDebSHA256:  debSHA256,
+		KernelPinned:     debSHA256 == KernelPin().SHA256,
 		GuestAgentSHA256: sha256Hex(agent),
 		Modules:          order,
 		Recipe:           RecipeDigest(sha256Hex(agent), pkgName+"_"+pkgVersion, modules, cmdline),

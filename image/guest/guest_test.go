@@ -370,3 +370,26 @@ func TestUpToDate(t *testing.T) {
 		t.Error("an image with a different cmdline counts as up to date")
 	}
 }
+
+// A pin the archive does not serve fails at once with ErrKernelUnavailable, and a cached
+// file with other bytes than the pin's is refused.
+func TestFetchKernelDebPin(t *testing.T) {
+	gone := KernelPackagePin{Name: KernelPin().Name, Version: "0.0.1-gone", SHA256: strings.Repeat("0", 64)}
+	start := time.Now()
+	if _, err := fetchKernelDeb(context.Background(), t.TempDir(), gone); !errors.Is(err, ErrKernelUnavailable) {
+		t.Fatalf("unserved pin: error = %v, want ErrKernelUnavailable", err)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("unserved pin took %v", d)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, gone.FileName()), []byte("not a deb"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fetchKernelDeb(context.Background(), dir, gone); !errors.Is(err, ErrKernelPin) {
+		t.Fatalf("cached file with other bytes: error = %v, want ErrKernelPin", err)
+	}
+	if err := CheckKernelDeb(kernelDeb(t), KernelPin()); err != nil {
+		t.Fatalf("the fetched kernel is not the pinned one: %v", err)
+	}
+}

@@ -11,18 +11,102 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
-// KernelPackage is the metapackage whose dependency names the kernel image the guest boots:
-// bookworm-backports' cloud kernel (6.12) has the SEV-SNP and TDX guest drivers and
-// configfs-tsm as modules, Debian 12's own kernel does not.
-const KernelPackage = "linux-image-cloud-amd64"
+// KernelPin is the kernel image package every guest image is built from, by name, version
+// and the SHA-256 of the .deb: the kernel is part of the launch measurement, so two hosts
+// building the same cloche must boot the same kernel bytes (docs/design.md, "one
+// measurement per guest release"). It is bookworm-backports' cloud kernel (6.12), which has
+// the SEV-SNP and TDX guest drivers and configfs-tsm as modules; Debian 12's own kernel
+// does not. Moving to a new kernel is a change of these three values.
+func KernelPin() KernelPackagePin {
+	return KernelPackagePin{
+		Name:    "linux-image-6.12.95+deb12-cloud-amd64",
+		Version: "6.12.95-1~bpo12+1",
+		SHA256:  "69c92f43b23821de79576fa4d7c86e2924ae2c1b247a47cc5ed9339e220fbcb7",
+	}
+}
 
-// KernelSuite is the apt release KernelPackage is taken from.
-const KernelSuite = "bookworm-backports"
+// KernelPackagePin names one exact kernel image package.
+type KernelPackagePin struct {
+	Name, Version string
+	SHA256        string // of the .deb file
+}
+
+// FileName is the name apt-get download gives the .deb (':' in the version escaped as %3a).
+func (p KernelPackagePin) FileName() string {
+	return fmt.Sprintf("%s_%s_amd64.deb", p.Name, strings.ReplaceAll(p.Version, ":", "%3a"))
+}
+
+// ErrKernelUnavailable is wrapped when the pinned kernel package is neither cached nor
+// served by this machine's apt sources (the archive dropped the version): the caller
+// then has to supply the .deb itself.
+var ErrKernelUnavailable = errors.New("the pinned kernel package is not available from apt")
+
+// ErrKernelPin is wrapped when a kernel package is not the pinned one.
+var ErrKernelPin = errors.New("kernel package does not match the pin")
+
+// FetchKernelDeb returns the path of the pinned kernel package (KernelPin()) in cacheDir,
+// downloading it with apt-get when it is not cached. Both the cached and the downloaded
+// file must have the pinned SHA-256, so the result does not depend on what the archive
+// serves today.
+func FetchKernelDeb(ctx context.Context, cacheDir string) (string, error) {
+	return fetchKernelDeb(ctx, cacheDir, KernelPin())
+}
+
+func fetchKernelDeb(ctx context.Context, cacheDir string, pin KernelPackagePin) (string, error) {
+	if cacheDir == "" {
+		return "", errors.New("fetch kernel package: empty cache directory")
+	}
+	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
+		return "", fmt.Errorf("fetch kernel package: %w", err)
+	}
+	want := filepath.Join(cacheDir, pin.FileName())
+	if _, err := os.Stat(want); err == nil {
+		if err := CheckKernelDeb(want, pin); err != nil {
+			return "", fmt.Errorf("cached kernel package: %w (remove it to download it again)", err)
+		}
+		return want, nil
+	}
+
+	tmp, err := os.MkdirTemp(cacheDir, ".download-")
+	if err != nil {
+		return "", fmt.Errorf("fetch kernel package: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+	slog.InfoContext(ctx, "downloading kernel package", "package", pin.Name, "version", pin.Version)
+	cmd := exec.CommandContext(ctx, "apt-get", "-q", "download", pin.Name+"="+pin.Version)
+	cmd.Dir = tmp
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("%w: apt-get download %s=%s: %v: %s (the kernel package with SHA-256 %s is needed)",
+			ErrKernelUnavailable, pin.Name, pin.Version, err, tail(out), pin.SHA256)
+	}
+	got := filepath.Join(tmp, pin.FileName())
+	if err := CheckKernelDeb(got, pin); err != nil {
+		return "", fmt.Errorf("downloaded kernel package: %w", err)
+	}
+	if err := os.Rename(got, want); err != nil {
+		return "", fmt.Errorf("fetch kernel package: %w", err)
+	}
+	return want, nil
+}
+
+// CheckKernelDeb checks that deb is the pinned package: its SHA-256 equals the pin's
+// (which fixes name and version too).
+func CheckKernelDeb(deb string, pin KernelPackagePin) error {
+	sum, _, err := fileio.SHA256(deb)
+	if err != nil {
+		return fmt.Errorf("kernel package: %w", err)
+	}
+	if sum != pin.SHA256 {
+		return fmt.Errorf("%w: %s has SHA-256 %s, the pinned %s %s has %s", ErrKernelPin, deb, sum, pin.Name, pin.Version, pin.SHA256)
+	}
+	return nil
+}
 
 // Limits on what is read from the kernel package and from tools' output.
 const (
@@ -33,92 +117,6 @@ const (
 	maxModuleCount  = 64
 	maxModinfoDepth = 16
 )
-
-// debName matches the versioned image package that KernelPackage depends on, with its exact
-// version: "linux-image-6.12.95+deb12-cloud-amd64 (= 6.12.95-1~bpo12+1)".
-var debDependency = regexp.MustCompile(`^(linux-image-[a-z0-9.+~-]+) \(= ([A-Za-z0-9.+~:-]+)\)$`)
-
-// FetchKernelDeb downloads the versioned kernel image package that KernelPackage from
-// KernelSuite depends on into cacheDir and returns its path. A cached .deb of the wanted
-// version is reused without touching the network. apt checks the download against the
-// signed package index, so the cached file is as trustworthy as the host's apt keyring.
-func FetchKernelDeb(ctx context.Context, cacheDir string) (string, error) {
-	if cacheDir == "" {
-		return "", errors.New("fetch kernel package: empty cache directory")
-	}
-	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-		return "", fmt.Errorf("fetch kernel package: %w", err)
-	}
-	name, version, err := resolveKernelPackage(ctx)
-	if err != nil {
-		// Without apt metadata (offline host, suite not configured) a single cached
-		// kernel package is still usable: its name and version are read from the file.
-		cached, _ := filepath.Glob(filepath.Join(cacheDir, "linux-image-*-cloud-amd64_*.deb"))
-		if len(cached) == 1 {
-			slog.WarnContext(ctx, "cannot resolve the kernel package with apt; using the cached one",
-				"err", err, "deb", cached[0])
-			return cached[0], nil
-		}
-		return "", fmt.Errorf("fetch kernel package: %w", err)
-	}
-	// apt-get download names files name_version_arch.deb with ':' escaped as %3a.
-	want := filepath.Join(cacheDir, fmt.Sprintf("%s_%s_amd64.deb", name, strings.ReplaceAll(version, ":", "%3a")))
-	if _, err := os.Stat(want); err == nil {
-		if err := checkDebIdentity(ctx, want, name, version); err != nil {
-			return "", fmt.Errorf("cached kernel package: %w", err)
-		}
-		return want, nil
-	}
-
-	tmp, err := os.MkdirTemp(cacheDir, ".download-")
-	if err != nil {
-		return "", fmt.Errorf("fetch kernel package: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	slog.InfoContext(ctx, "downloading kernel package", "package", name, "version", version)
-	cmd := exec.CommandContext(ctx, "apt-get", "-q", "download", name+"="+version)
-	cmd.Dir = tmp
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("apt-get download %s=%s: %w: %s", name, version, err, tail(out))
-	}
-	got, _ := filepath.Glob(filepath.Join(tmp, "*.deb"))
-	if len(got) != 1 {
-		return "", fmt.Errorf("apt-get download %s=%s left %d .deb files, expected 1", name, version, len(got))
-	}
-	if err := checkDebIdentity(ctx, got[0], name, version); err != nil {
-		return "", fmt.Errorf("downloaded kernel package: %w", err)
-	}
-	if err := os.Rename(got[0], want); err != nil {
-		return "", fmt.Errorf("fetch kernel package: %w", err)
-	}
-	return want, nil
-}
-
-// resolveKernelPackage reads (from the local apt cache, no network) which versioned image
-// package KernelPackage in KernelSuite depends on.
-func resolveKernelPackage(ctx context.Context) (name, version string, err error) {
-	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", KernelPackage+"/"+KernelSuite).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return "", "", fmt.Errorf("apt-cache show %s/%s: %w: %s (is %s configured? run scripts/install-deps.sh)",
-				KernelPackage, KernelSuite, err, tail(ee.Stderr), KernelSuite)
-		}
-		return "", "", fmt.Errorf("apt-cache show %s/%s: %w", KernelPackage, KernelSuite, err)
-	}
-	for line := range strings.SplitSeq(string(out), "\n") {
-		deps, ok := strings.CutPrefix(line, "Depends:")
-		if !ok {
-			continue
-		}
-		for dep := range strings.SplitSeq(deps, ",") {
-			if m := debDependency.FindStringSubmatch(strings.TrimSpace(dep)); m != nil {
-				return m[1], m[2], nil
-			}
-		}
-	}
-	return "", "", fmt.Errorf("apt-cache show %s/%s: no \"linux-image-* (= version)\" dependency found", KernelPackage, KernelSuite)
-}
 
 // debFields reads the Package and Version control fields of a .deb.
 func debFields(ctx context.Context, deb string) (name, version string, err error) {
@@ -131,17 +129,6 @@ func debFields(ctx context.Context, deb string) (name, version string, err error
 		return "", "", fmt.Errorf("dpkg-deb --show %s: unexpected output %q", deb, tail(out))
 	}
 	return fields[0], fields[1], nil
-}
-
-func checkDebIdentity(ctx context.Context, deb, name, version string) error {
-	gotName, gotVersion, err := debFields(ctx, deb)
-	if err != nil {
-		return err
-	}
-	if gotName != name || gotVersion != version {
-		return fmt.Errorf("%s is %s %s, expected %s %s", deb, gotName, gotVersion, name, version)
-	}
-	return nil
 }
 
 // extractedKernel is an unpacked kernel image package.

@@ -77,7 +77,7 @@ func repoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// GuestAgent builds cmd/cloche-guest statically, as the Makefile does.
+// GuestAgent builds cmd/cloche-guest with scripts/build-guest-agent.sh, as the Makefile does.
 func GuestAgent(tb testing.TB) string {
 	tb.Helper()
 	p, err := agentOnce.get(func() (string, error) {
@@ -86,9 +86,7 @@ func GuestAgent(tb testing.TB) string {
 			return "", err
 		}
 		out := filepath.Join(dir, "cloche-guest")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -buildid=", "-o", out, "./cmd/cloche-guest")
-		cmd.Dir = repoRoot()
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false")
+		cmd := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-guest-agent.sh"), out)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("building the guest agent: %v\n%s", err, b)
 		}
