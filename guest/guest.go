@@ -256,10 +256,11 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 	st := &buildState{
 		manifest: m,
 		result: job.Result{
-			Type:           job.ResultType,
-			ManifestSHA256: launchHex,
-			ExitCode:       -1,
-			Artifacts:      []job.Artifact{},
+			Type:            job.ResultType,
+			ManifestSHA256:  launchHex,
+			ExitCode:        -1,
+			Artifacts:       []job.Artifact{},
+			GuestClockStart: time.Now().UTC().Format(time.RFC3339Nano),
 		},
 		logPath: filepath.Join(cfg.RunDir, "log.txt"),
 	}

@@ -156,6 +156,12 @@ type Result struct {
 	// measurement covers them, so this is how a verifier can pin them. Empty when the
 	// guest has no ACPI tables.
 	ACPITablesSHA256 string `json:"acpiTablesSha256,omitempty"`
+	// GuestClockStart is the guest's wall clock (RFC 3339, UTC) when it accepted the
+	// manifest. The host controls that clock on every TEE (kvmclock, the RTC), so it is no
+	// trusted time: it is recorded so a verifier sees the clock the build saw (a host that
+	// moves it to steer make's timestamp checks shows here), while unpacked files take
+	// their times from the archive (SourceDateEpoch), not from this clock.
+	GuestClockStart string `json:"guestClockStart,omitempty"`
 }
 
 // Artifact is one output file.

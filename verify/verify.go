@@ -127,9 +127,12 @@ type Result struct {
 	SourceCommit   string `json:"sourceCommit,omitempty"`
 	SourceTag      string `json:"sourceTag,omitempty"`
 	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
-	ACPITables   string   `json:"acpiTables,omitempty"`
-	Command      []string `json:"command,omitempty"`
-	InvocationID string   `json:"invocationId,omitempty"`
+	ACPITables string `json:"acpiTables,omitempty"`
+	// GuestClockStart is the guest's wall clock when it accepted the manifest: bound by
+	// REPORT_DATA, but the host sets that clock, so it says what the build saw, not when.
+	GuestClockStart string   `json:"guestClockStart,omitempty"`
+	Command         []string `json:"command,omitempty"`
+	InvocationID    string   `json:"invocationId,omitempty"`
 	// Signer is the signing workflow (certificate SAN) of a keyless bundle.
 	Signer string `json:"signer,omitempty"`
 	// Pinned names what the verifier's options pinned; Reported what was only reported
@@ -391,6 +394,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	res.Artifacts = verifiedArtifacts(r, locals)
 	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
 	res.ACPITables = r.ACPITablesSHA256
+	res.GuestClockStart = r.GuestClockStart
 	res.Command, res.InvocationID = m.Command, m.InvocationID
 	return nil
 }

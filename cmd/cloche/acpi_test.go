@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
@@ -34,12 +35,17 @@ func TestACPITablesPinned(t *testing.T) {
 			"--guest-image", gimg, "--allow-simulated", "--trusted-sim-root", strings.TrimSpace(root)}
 		code, stdout, stderr := cli(t, append(append([]string{}, args...), "--json", filepath.Join(out, "o"))...)
 		var res struct {
-			ACPITables string `json:"acpiTables"`
+			ACPITables      string `json:"acpiTables"`
+			GuestClockStart string `json:"guestClockStart"`
 		}
 		if code != 0 || json.Unmarshal([]byte(stdout), &res) != nil || len(res.ACPITables) != 64 {
 			t.Fatalf("verify --json: exit %d, acpiTables %q\n%s", code, res.ACPITables, stderr)
 		}
 		digests = append(digests, res.ACPITables)
+		// The guest's clock (set by the host: here QEMU takes it from the host) is recorded.
+		if at, err := time.Parse(time.RFC3339Nano, res.GuestClockStart); err != nil || time.Since(at).Abs() > 10*time.Minute {
+			t.Errorf("guestClockStart %q: not the guest's clock at the start of this run (%v)", res.GuestClockStart, err)
+		}
 		if i == 1 {
 			if code, _, stderr := cli(t, append(append([]string{}, args...), "--acpi-tables", digests[0], filepath.Join(out, "o"))...); code != 0 || !strings.Contains(stderr, "acpi-tables") {
 				t.Errorf("pinned to the first launch's tables: exit %d %s", code, stderr)
