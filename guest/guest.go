@@ -325,6 +325,7 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 		Root: root.Dir, Dir: path.Join("/src", m.Workdir), Argv: m.Command, Env: BuildEnv(m),
 		UID: BuildUID, GID: BuildGID, Timeout: time.Duration(m.TimeoutSeconds) * time.Second,
 		Console: cfg.Console, LogPath: st.logPath, LogCap: m.MaxOutputBytes, SelfExe: cfg.SelfExe,
+		Rlimits: m.Rlimits,
 	})
 	if err != nil {
 		return st, &stepError{step: "running the command", err: err}

@@ -70,6 +70,8 @@ type CommandSpec struct {
 	LogCap  int64
 	// SelfExe is the binary to re-execute as the sandbox helper.
 	SelfExe string
+	// Rlimits are the manifest's limits (zero fields: job.DefaultRlimits).
+	Rlimits job.Rlimits
 }
 
 // CommandResult is what happened.
@@ -94,6 +96,8 @@ type sandboxConfig struct {
 	Env  []string `json:"env"`
 	UID  int      `json:"uid"`
 	GID  int      `json:"gid"`
+	// Rlimits as set on the helper before it execs the command.
+	Rlimits job.Rlimits `json:"rlimits"`
 }
 
 // sandboxStatus is the helper's answer on its status pipe.
@@ -178,7 +182,7 @@ func RunCommand(ctx context.Context, spec CommandSpec) (*CommandResult, error) {
 	}
 	cfg, err := json.Marshal(sandboxConfig{
 		Root: spec.Root, Dir: spec.Dir, Path: prog, Argv: spec.Argv, Env: spec.Env,
-		UID: spec.UID, GID: spec.GID,
+		UID: spec.UID, GID: spec.GID, Rlimits: spec.Rlimits,
 	})
 	if err != nil {
 		return nil, err
@@ -398,7 +402,7 @@ func runSandbox() sandboxStatus {
 	if err := installSeccomp(); err != nil {
 		return fail("%v", err)
 	}
-	if err := setSandboxRlimits(); err != nil {
+	if err := setSandboxRlimits(sandboxRlimits(cfg.Rlimits)); err != nil {
 		return fail("%v", err)
 	}
 	unix.Umask(0o022)

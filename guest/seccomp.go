@@ -6,6 +6,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloche-dev/cloche/job"
 )
 
 // deniedSyscalls are the system calls the build may not make: large kernel attack surfaces
@@ -68,24 +70,33 @@ func installSeccomp() error {
 	return nil
 }
 
-// sandboxRlimits bound what one build can take from the guest kernel. The guest runs only
-// this build, so these are guards against runaway builds, not quotas: no core dumps (they
-// would land in the build tree as artifacts), a process cap against fork bombs, and a file
-// descriptor cap high enough for parallel builds.
-var sandboxRlimits = []struct {
+// rlimit is one resource limit set on the build (soft and hard).
+type rlimit struct {
 	resource int
 	limit    uint64
-}{
-	{unix.RLIMIT_CORE, 0},
-	{unix.RLIMIT_NPROC, 16384},
-	{unix.RLIMIT_NOFILE, 65536},
 }
 
-// setSandboxRlimits applies sandboxRlimits (soft and hard) to this process; the build
+// sandboxRlimits are the manifest's limits (job.Rlimits, defaults filled in) as setrlimit
+// calls; core dumps are always off.
+func sandboxRlimits(r job.Rlimits) []rlimit {
+	r = r.Effective()
+	fsize := r.FileSizeBytes
+	if fsize == 0 {
+		fsize = unix.RLIM_INFINITY
+	}
+	return []rlimit{
+		{unix.RLIMIT_CORE, 0},
+		{unix.RLIMIT_NPROC, r.Processes},
+		{unix.RLIMIT_NOFILE, r.OpenFiles},
+		{unix.RLIMIT_FSIZE, fsize},
+	}
+}
+
+// setSandboxRlimits applies limits (soft and hard) to this process; the build
 // inherits them. A limit above the current hard limit needs CAP_SYS_RESOURCE, which the
 // guest's PID 1 has; without it the limit stays at the current hard one.
-func setSandboxRlimits() error {
-	for _, r := range sandboxRlimits {
+func setSandboxRlimits(limits []rlimit) error {
+	for _, r := range limits {
 		err := unix.Setrlimit(r.resource, &unix.Rlimit{Cur: r.limit, Max: r.limit})
 		if errors.Is(err, unix.EPERM) {
 			var cur unix.Rlimit

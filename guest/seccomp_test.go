@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cloche-dev/cloche/job"
 )
 
 // seccompChildEnv makes the test binary, re-executed, be a process under the build's
@@ -75,41 +78,76 @@ func TestSeccompFilter(t *testing.T) {
 	}
 }
 
-// The rlimits the build inherits: each one set, soft and hard; without CAP_SYS_RESOURCE
-// (a container; the guest's PID 1 has it) a limit is not raised past the hard one.
+// The rlimits the build inherits, from the manifest (defaults for zero fields): each one
+// set, soft and hard; without CAP_SYS_RESOURCE (a container; the guest's PID 1 has it) a
+// limit is not raised past the hard one. A file-size limit makes a larger write fail.
 func TestSandboxRlimits(t *testing.T) {
-	if os.Getenv(seccompChildEnv) == "rlimit" {
-		hard := map[int]uint64{}
-		var r unix.Rlimit
-		for _, l := range sandboxRlimits {
-			unix.Getrlimit(l.resource, &r)
-			hard[l.resource] = r.Max
-		}
-		if err := setSandboxRlimits(); err != nil {
+	if v, ok := strings.CutPrefix(os.Getenv(seccompChildEnv), "rlimit:"); ok {
+		var r job.Rlimits
+		if err := json.Unmarshal([]byte(v), &r); err != nil {
 			os.Stdout.WriteString(err.Error())
 			os.Exit(2)
 		}
-		for _, l := range sandboxRlimits {
-			want := l.limit
-			if !capSysResource() {
-				want = min(l.limit, hard[l.resource])
-			}
-			if err := unix.Getrlimit(l.resource, &r); err != nil || r.Cur != want || r.Max != want {
-				os.Stdout.WriteString(fmt.Sprintf("rlimit %d is %d/%d, want %d", l.resource, r.Cur, r.Max, want))
-				os.Exit(2)
-			}
-		}
-		os.Exit(0)
+		checkRlimitsChild(r)
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^TestSandboxRlimits$")
-	cmd.Env = append(os.Environ(), seccompChildEnv+"=rlimit")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("%v: %s", err, out)
+	for _, r := range []job.Rlimits{{}, {Processes: 100, OpenFiles: 64, FileSizeBytes: 1 << 20}} {
+		b, _ := json.Marshal(r)
+		cmd := exec.Command(exe, "-test.run=^TestSandboxRlimits$")
+		cmd.Env = append(os.Environ(), seccompChildEnv+"=rlimit:"+string(b))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("limits %s: %v: %s", b, err, out)
+		}
 	}
+}
+
+// checkRlimitsChild sets r in this (child) process, checks every limit and exits.
+func checkRlimitsChild(r job.Rlimits) {
+	fail := func(format string, a ...any) {
+		os.Stdout.WriteString(fmt.Sprintf(format, a...))
+		os.Exit(2)
+	}
+	limits := sandboxRlimits(r)
+	hard := map[int]uint64{}
+	var cur unix.Rlimit
+	for _, l := range limits {
+		unix.Getrlimit(l.resource, &cur)
+		hard[l.resource] = cur.Max
+	}
+	if err := setSandboxRlimits(limits); err != nil {
+		fail("%v", err)
+	}
+	want := map[int]uint64{unix.RLIMIT_CORE: 0, unix.RLIMIT_NPROC: r.Effective().Processes,
+		unix.RLIMIT_NOFILE: r.Effective().OpenFiles, unix.RLIMIT_FSIZE: unix.RLIM_INFINITY}
+	if r.FileSizeBytes != 0 {
+		want[unix.RLIMIT_FSIZE] = r.FileSizeBytes
+	}
+	if len(limits) != len(want) {
+		fail("%d limits set, want %d", len(limits), len(want))
+	}
+	for res, w := range want {
+		if !capSysResource() {
+			w = min(w, hard[res])
+		}
+		if err := unix.Getrlimit(res, &cur); err != nil || cur.Cur != w || cur.Max != w {
+			fail("rlimit %d is %d/%d, want %d", res, cur.Cur, cur.Max, w)
+		}
+	}
+	if r.FileSizeBytes != 0 {
+		// Go ignores SIGXFSZ, so the write past the limit fails with EFBIG.
+		f, err := os.CreateTemp("", "fsize")
+		if err != nil {
+			fail("%v", err)
+		}
+		defer os.Remove(f.Name())
+		if _, err := f.Write(make([]byte, r.FileSizeBytes+1)); !errors.Is(err, unix.EFBIG) {
+			fail("writing past RLIMIT_FSIZE: %v, want EFBIG", err)
+		}
+	}
+	os.Exit(0)
 }
 
 // capSysResource reports whether this process may raise hard limits.

@@ -71,6 +71,46 @@ type Manifest struct {
 	TimeoutSeconds  int64    `json:"timeoutSeconds"`
 	// MaxOutputBytes caps the total size of what the guest writes back (artifacts + log).
 	MaxOutputBytes int64 `json:"maxOutputBytes"`
+	// Rlimits are the resource limits the build's processes run under; zero fields take
+	// DefaultRlimits. They are in the manifest so the launch binds them and a verifier sees
+	// what the build ran under.
+	Rlimits Rlimits `json:"rlimits,omitzero"`
+}
+
+// Rlimits bound what one build can take from the guest kernel (soft and hard limit alike).
+// The guest runs only this build, so they guard against runaway builds rather than share
+// a machine. Core dumps are always off (they would land in the build tree as artifacts).
+type Rlimits struct {
+	// Processes is RLIMIT_NPROC: a cap against fork bombs.
+	Processes uint64 `json:"processes,omitempty"`
+	// OpenFiles is RLIMIT_NOFILE.
+	OpenFiles uint64 `json:"openFiles,omitempty"`
+	// FileSizeBytes is RLIMIT_FSIZE, the largest file the build may write (0: no limit
+	// beyond the disks and MaxOutputBytes).
+	FileSizeBytes uint64 `json:"fileSizeBytes,omitempty"`
+}
+
+// Limits on Rlimits: the kernel's own ceilings for processes (pid_max) and open files
+// (nr_open's default).
+const (
+	MaxRlimitProcesses = 1 << 22
+	MaxRlimitOpenFiles = 1 << 20
+)
+
+// DefaultRlimits are the limits a build runs under when the manifest sets none: high
+// enough for parallel builds.
+func DefaultRlimits() Rlimits { return Rlimits{Processes: 16384, OpenFiles: 65536} }
+
+// Effective returns r with its zero fields taken from DefaultRlimits.
+func (r Rlimits) Effective() Rlimits {
+	d := DefaultRlimits()
+	if r.Processes == 0 {
+		r.Processes = d.Processes
+	}
+	if r.OpenFiles == 0 {
+		r.OpenFiles = d.OpenFiles
+	}
+	return r
 }
 
 // Source describes the source input: a deterministic tar archive (see package source), and
@@ -289,6 +329,12 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest maxOutputBytes must be positive")
 	case m.SourceDateEpoch < 0:
 		return invalidf("manifest sourceDateEpoch must not be negative")
+	case m.Rlimits.Processes > MaxRlimitProcesses:
+		return invalidf("manifest rlimits.processes is %d, limit %d", m.Rlimits.Processes, MaxRlimitProcesses)
+	case m.Rlimits.OpenFiles > MaxRlimitOpenFiles:
+		return invalidf("manifest rlimits.openFiles is %d, limit %d", m.Rlimits.OpenFiles, MaxRlimitOpenFiles)
+	case m.Rlimits.OpenFiles != 0 && m.Rlimits.OpenFiles < 16:
+		return invalidf("manifest rlimits.openFiles is %d: at least 16 (a shell needs a few)", m.Rlimits.OpenFiles)
 	}
 	if err := checkRelPath("workdir", m.Workdir, true); err != nil {
 		return err

@@ -92,6 +92,9 @@ func TestManifestValidation(t *testing.T) {
 		"no timeout":           func(m *Manifest) { m.TimeoutSeconds = 0 },
 		"no output cap":        func(m *Manifest) { m.MaxOutputBytes = 0 },
 		"negative date epoch":  func(m *Manifest) { m.SourceDateEpoch = -1 },
+		"rlimit processes":     func(m *Manifest) { m.Rlimits.Processes = MaxRlimitProcesses + 1 },
+		"rlimit open files":    func(m *Manifest) { m.Rlimits.OpenFiles = MaxRlimitOpenFiles + 1 },
+		"rlimit few files":     func(m *Manifest) { m.Rlimits.OpenFiles = 3 },
 		"too many env entries": func(m *Manifest) { m.Env = bigEnv() },
 		"object format":        func(m *Manifest) { m.Source.ObjectFormat = "md5" },
 		"oversized commit":     func(m *Manifest) { m.Source.CommitObject = make([]byte, source.MaxObjectSize+1) },
@@ -117,6 +120,26 @@ func TestManifestValidation(t *testing.T) {
 	empty.Artifacts = []string{}
 	if err := empty.Validate(); err != nil {
 		t.Errorf("an empty artifact list (every changed file) was rejected: %v", err)
+	}
+	limited := validManifest()
+	limited.Rlimits = Rlimits{Processes: 64, OpenFiles: 16, FileSizeBytes: 1}
+	if err := limited.Validate(); err != nil {
+		t.Errorf("limits within bounds were rejected: %v", err)
+	}
+}
+
+// A manifest without limits marshals without the field (old manifests keep their digest)
+// and runs under the defaults.
+func TestRlimitsDefaults(t *testing.T) {
+	b, err := Marshal(validManifest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), "rlimits") {
+		t.Errorf("a manifest with no limits names them: %s", b)
+	}
+	if got := (Rlimits{OpenFiles: 100}).Effective(); got.Processes != DefaultRlimits().Processes || got.OpenFiles != 100 || got.FileSizeBytes != 0 {
+		t.Errorf("Effective = %+v", got)
 	}
 }
 
