@@ -143,8 +143,10 @@ type Result struct {
 	// what this result vouches for.
 	Unbound []string `json:"unbound,omitempty"`
 	// Warnings name limitations of a passed verification (e.g. revocation without a CRL).
-	Warnings  []string `json:"warnings,omitempty"`
-	Statement []byte   `json:"-"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Policy is the policy a verification summary (NewVSA) digested, once one was made.
+	Policy    *VSAPolicy `json:"policy,omitempty"`
+	Statement []byte     `json:"-"`
 }
 
 // Summary is the text after "PASSED: ".

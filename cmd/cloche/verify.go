@@ -35,6 +35,7 @@ type verifyFlags struct {
 	policy          policyFlags
 	github          githubVerifyFlags
 	reference       referenceVerifyFlags
+	vsa             vsaFlags
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -86,6 +87,7 @@ Check names (stable):
                         trusted reference values), or the statement's builder id names
                         another TEE or release than the evidence and reference values
   pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
+  vsa                   --vsa: the verification summary could not be made, signed or written
 `,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -112,6 +114,7 @@ Check names (stable):
 	f.policy.register(fl)
 	f.github.register(fl)
 	f.reference.register(fl)
+	f.vsa.register(fl)
 	return cmd
 }
 
@@ -128,7 +131,18 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 		rep.Failed(verify.CheckOptions, err)
 		return &exitError{code: exitUsage}
 	}
+	if err := f.vsa.prepare(opts.PublicKey); err != nil {
+		rep.Failed(verify.CheckOptions, err)
+		return &exitError{code: exitUsage}
+	}
 	res, err := verify.Verify(cmd.Context(), *opts)
+	if err == nil {
+		// Written before the JSON result, which then carries the policy it digested.
+		if verr := f.vsa.write(cmd.Context(), opts, res); verr != nil {
+			rep.Failed("vsa", verr)
+			return &exitError{code: exitFailed}
+		}
+	}
 	if f.asJSON {
 		b, jerr := json.MarshalIndent(res, "", "  ")
 		if jerr != nil {
