@@ -142,8 +142,8 @@ func tamperBundle(t *testing.T, src, dst string, edit func(env map[string]any)) 
 	}
 }
 
-// alterStatement changes the statement in a way that leaves it a valid SLSA statement with
-// the same subjects, under the original signature.
+// alterStatement changes the statement in a way that leaves it a valid SLSA statement (or
+// summary) with the same subjects, under the original signature.
 func alterStatement(t *testing.T) func(env map[string]any) {
 	return func(env map[string]any) {
 		p, err := base64.StdEncoding.DecodeString(env["payload"].(string))
@@ -154,7 +154,12 @@ func alterStatement(t *testing.T) func(env map[string]any) {
 		if err := json.Unmarshal(p, &s); err != nil {
 			t.Fatal(err)
 		}
-		s["predicate"].(map[string]any)["buildDefinition"].(map[string]any)["buildType"] = "https://example.com/tampered"
+		pred := s["predicate"].(map[string]any)
+		if bd, ok := pred["buildDefinition"].(map[string]any); ok {
+			bd["buildType"] = "https://example.com/tampered"
+		} else {
+			pred["verificationResult"] = "FAILED" // a verification summary
+		}
 		p, err = json.Marshal(s)
 		if err != nil {
 			t.Fatal(err)
@@ -266,9 +271,23 @@ func TestInterop(t *testing.T) {
 		}
 	})
 
-	bundles := map[string]string{"key": plain.Bundle, "key-logged": logged.Bundle, "keyless": keyless}
-	artifacts := map[string]string{"key": artifact, "key-logged": logged.Artifacts[0].Path, "keyless": artifact}
-	for _, kind := range []string{"key", "key-logged", "keyless"} {
+	// A verification summary of the plain build, signed by a verifier's own key.
+	vsa := filepath.Join(dir, "vsa.sigstore.json")
+	verifierKey := filepath.Join(dir, "verifier-key.pem")
+	if err := provenance.GenerateKey(verifierKey, verifierKey+".pub"); err != nil {
+		t.Fatal(err)
+	}
+	vsaArgs := slices.Concat(plain.Verify[1:len(plain.Verify)-1],
+		[]string{"--vsa", vsa, "--vsa-key", verifierKey, "--vsa-resource-uri", "git+https://github.com/acme/widget@refs/tags/v1.0.0"},
+		plain.Verify[len(plain.Verify)-1:])
+	if code, _, stderr := cli(t, vsaArgs...); code != 0 {
+		t.Fatalf("cloche verify --vsa: exit %d: %s", code, stderr)
+	}
+
+	bundles := map[string]string{"key": plain.Bundle, "key-logged": logged.Bundle, "keyless": keyless, "vsa": vsa}
+	artifacts := map[string]string{"key": artifact, "key-logged": logged.Artifacts[0].Path, "keyless": artifact, "vsa": artifact}
+	keys := map[string]string{"vsa": verifierKey + ".pub"}
+	for _, kind := range []string{"key", "key-logged", "keyless", "vsa"} {
 		for _, tool := range tools {
 			script, ok := cmds[tool.name+":"+kind]
 			if !ok {
@@ -278,8 +297,12 @@ func TestInterop(t *testing.T) {
 				t.Fatalf("docs/interop.md has no block interop:%s:%s", tool.name, kind)
 			}
 			t.Run(tool.name+"/"+kind, func(t *testing.T) {
+				key := plain.PublicKey
+				if k, ok := keys[kind]; ok {
+					key = k
+				}
 				interopCase(t, tool, script, kind, bundles[kind], artifacts[kind], otherArtifact, map[string]string{
-					"KEY": plain.PublicKey, "TRUSTED_ROOT": trustedRoot,
+					"KEY": key, "TRUSTED_ROOT": trustedRoot,
 					"REF": "refs/tags/v1.0.0", "WORKFLOW": ".github/workflows/release.yml",
 				})
 			})
