@@ -19,8 +19,11 @@ const (
 	CheckIdentity       = "signer.identity"
 	CheckStatement      = "statement.parse"
 	CheckSubject        = "subject"
-	CheckManifest       = "manifest.parse"
-	CheckResult         = "result.parse"
+	// CheckChecksums: a file a checksums file (itself a subject) lists is missing or
+	// differs.
+	CheckChecksums = "checksums"
+	CheckManifest  = "manifest.parse"
+	CheckResult    = "result.parse"
 	// Evidence checks, one per attest sentinel (EvidenceCheck).
 	CheckEvidenceParse     = "evidence.parse"
 	CheckSimulated         = "evidence.simulated"
@@ -64,7 +67,7 @@ const (
 // CheckNames lists every check name in the order Verify runs them.
 var CheckNames = []string{
 	CheckOptions, CheckArtifact, CheckBundle, CheckBundleMaterial, CheckSignature, CheckIdentity,
-	CheckStatement, CheckSubject, CheckManifest, CheckResult, CheckEvidenceParse, CheckSimulated,
+	CheckStatement, CheckSubject, CheckChecksums, CheckManifest, CheckResult, CheckEvidenceParse, CheckSimulated,
 	CheckChain, CheckEvidenceSignature, CheckPolicy, CheckFirmware, CheckChipID, CheckTCB,
 	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -64,6 +65,10 @@ type Options struct {
 	// Artifacts are the files to check; each must be a subject of the statement, a
 	// regular file, and given once.
 	Artifacts []string
+	// Checksums are checksums files (sha256sum's format, e.g. goreleaser's): each is
+	// checked as an artifact, and every file it lists, beside it, must have the listed
+	// SHA-256. Artifacts may then be empty.
+	Checksums []string
 
 	// AllowSimulated accepts evidence from the simulated TEE, verified only against
 	// SimRoots (self-signed CA certificates). Both are required.
@@ -215,7 +220,7 @@ func (o *Options) checkOptions() error {
 	switch {
 	case o.BundlePath == "":
 		return fail(CheckOptions, errors.New("no bundle given (expected Options.BundlePath)"))
-	case len(o.Artifacts) == 0:
+	case len(o.Artifacts) == 0 && len(o.Checksums) == 0:
 		return fail(CheckOptions, errors.New("no artifacts given (expected one or more files to verify)"))
 	case o.AllowSimulated && len(o.SimRoots) == 0:
 		return fail(CheckOptions, errors.New("AllowSimulated needs SimRoots: the opt-in alone trusts nothing"))
@@ -262,7 +267,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	res.record(CheckOptions, Passed, "")
 
 	// 1. The artifacts' digests, first, as slsa-verifier does.
-	locals, err := hashArtifacts(ctx, o.Artifacts)
+	locals, err := hashArtifacts(ctx, slices.Concat(o.Artifacts, o.Checksums))
 	if err != nil {
 		return err
 	}
@@ -293,6 +298,13 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		return err
 	}
 	res.record(CheckSubject, Passed, "")
+	listed, err := checkChecksums(ctx, o.Checksums)
+	if err != nil {
+		return err
+	}
+	if len(o.Checksums) > 0 {
+		res.record(CheckChecksums, Passed, "%d file(s) listed", len(listed))
+	}
 
 	// 5. The documents the evidence binds.
 	m, err := job.ParseManifest(p.Manifest)
@@ -393,7 +405,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		res.Warnings = append(res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")
 	}
 
-	res.Artifacts = verifiedArtifacts(r, locals)
+	res.Artifacts = append(verifiedArtifacts(r, locals), listed...)
 	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
 	res.ACPITables = r.ACPITablesSHA256
 	res.GuestClockStart = r.GuestClockStart

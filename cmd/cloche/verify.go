@@ -36,6 +36,7 @@ type verifyFlags struct {
 	github          githubVerifyFlags
 	reference       referenceVerifyFlags
 	vsa             vsaFlags
+	checksums       []string
 }
 
 func newVerifyCmd(g *globals) *cobra.Command {
@@ -70,6 +71,7 @@ Check names (stable):
   signer.identity       keyless: the certificate names another signer
   statement.parse       the signed statement is malformed
   subject               an artifact's digest is not a subject
+  checksums             a file a --checksums file lists is missing or has another digest
   manifest.parse, result.parse   the byproducts are malformed
 ` + evidenceCheckHelp + `  reference-values      the reference values cannot be read or are not signed by --reference-key
   evidence.tee          the evidence is from another TEE than the manifest asks for
@@ -115,6 +117,7 @@ Check names (stable):
 	f.github.register(fl)
 	f.reference.register(fl)
 	f.vsa.register(fl)
+	fl.StringArrayVar(&f.checksums, "checksums", nil, "a checksums `FILE` (sha256sum's format, e.g. goreleaser's) that is a subject: every file it lists, beside it, is verified too (repeatable; ARTIFACTs may then be left out)")
 	return cmd
 }
 
@@ -179,8 +182,8 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	if f.key == "" && !f.github.keyless() {
 		return nil, errors.New("--key is required, unless the bundle is verified keyless: --source-uri github.com/OWNER/REPO (or --repo), with --trusted-root FILE or Sigstore's public-good root")
 	}
-	if len(artifacts) == 0 {
-		return nil, errors.New("name at least one artifact to verify")
+	if len(artifacts) == 0 && len(f.checksums) == 0 {
+		return nil, errors.New("name at least one artifact to verify (or --checksums FILE)")
 	}
 	var pub crypto.PublicKey
 	var err error
@@ -192,7 +195,7 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 			return nil, fmt.Errorf("--key: %w", err)
 		}
 	}
-	o := &verify.Options{BundlePath: f.bundle, PublicKey: pub, Artifacts: artifacts, AllowSimulated: f.allowSimulated,
+	o := &verify.Options{BundlePath: f.bundle, PublicKey: pub, Artifacts: artifacts, Checksums: f.checksums, AllowSimulated: f.allowSimulated,
 		ExpectedSourceTree: f.sourceTree, ExpectedSourceCommit: f.sourceCommit}
 	if len(f.simRoots) > 0 && !f.allowSimulated {
 		return nil, errors.New("--trusted-sim-root given without --allow-simulated: both are needed to accept simulated evidence")

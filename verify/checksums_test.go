@@ -1,0 +1,109 @@
+package verify
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/verify/verifytest"
+)
+
+func hexSum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// checksumsFixture is a build whose subject is a checksums file listing the fixture's
+// artifact and one more file, both beside it.
+func checksumsFixture(t *testing.T, k *verifytest.Kit) (*verifytest.Fixture, string, string) {
+	t.Helper()
+	dir := t.TempDir()
+	other := []byte("a second release file\n")
+	if err := os.WriteFile(filepath.Join(dir, "other.tar.gz"), other, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sums := []byte(fmt.Sprintf("%s  hello\n%s *other.tar.gz\n", hexSum(verifytest.ArtifactContent), hexSum(other)))
+	sumsPath := filepath.Join(dir, "checksums.txt")
+	if err := os.WriteFile(sumsPath, sums, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := k.Build(dir, verifytest.Hooks{Result: func(r *job.Result) {
+		r.Artifacts = append(r.Artifacts, job.Artifact{Path: "checksums.txt", SHA256: hexSum(sums), Size: int64(len(sums))})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, sumsPath, filepath.Join(dir, "other.tar.gz")
+}
+
+func TestChecksums(t *testing.T) {
+	k := testKit(t)
+	f, sums, other := checksumsFixture(t, k)
+	o := kitOptions(k, f)
+	o.Artifacts, o.Checksums = nil, []string{sums}
+	res, err := Verify(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	var names []string
+	for _, a := range res.Artifacts {
+		names = append(names, a.Path)
+	}
+	if strings.Join(names, ",") != "checksums.txt,hello,other.tar.gz" {
+		t.Errorf("verified artifacts %v", names)
+	}
+
+	// A listed file that differs, or is missing, fails; so does a checksums file that is no
+	// subject.
+	if err := os.WriteFile(other, []byte("swapped\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(context.Background(), o); !isCheck(err, CheckChecksums) || !strings.Contains(err.Error(), "other.tar.gz") {
+		t.Errorf("a swapped listed file: %v, want %s naming it", err, CheckChecksums)
+	}
+	os.Remove(other)
+	if _, err := Verify(context.Background(), o); !isCheck(err, CheckChecksums) {
+		t.Errorf("a missing listed file: %v, want %s", err, CheckChecksums)
+	}
+	forged := filepath.Join(t.TempDir(), "checksums.txt")
+	os.WriteFile(forged, []byte(hexSum([]byte("x"))+"  hello\n"), 0o644)
+	o.Checksums = []string{forged}
+	if _, err := Verify(context.Background(), o); !isCheck(err, CheckSubject) {
+		t.Errorf("a checksums file that is no subject: %v, want %s", err, CheckSubject)
+	}
+}
+
+func isCheck(err error, name string) bool {
+	var ve *Error
+	return errors.As(err, &ve) && ve.Check == name
+}
+
+func TestParseChecksums(t *testing.T) {
+	h := strings.Repeat("a", 64)
+	for name, in := range map[string]string{
+		"empty":      "",
+		"bad digest": "abc  x\n",
+		"one space":  h + " x\n",
+		"absolute":   h + "  /etc/passwd\n",
+		"dotdot":     h + "  ../x\n",
+		"unclean":    h + "  a//b\n",
+		"twice":      h + "  x\n" + h + "  x\n",
+		"sha512":     strings.Repeat("a", 128) + "  x\n",
+		"backslash":  h + "  a\\b\n",
+	} {
+		if _, err := parseChecksums([]byte(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	got, err := parseChecksums([]byte(strings.ToUpper(h) + "  dist/x.tar.gz\r\n\n" + h + " *y\n"))
+	if err != nil || len(got) != 2 || got[0].name != "dist/x.tar.gz" || got[0].sha256 != h || got[1].name != "y" {
+		t.Errorf("parseChecksums = %v, %v", got, err)
+	}
+}
