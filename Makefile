@@ -92,8 +92,10 @@ FUZZTIME ?= 10s
 fuzz:
 	bash scripts/fuzz.sh $(FUZZTIME)
 
+# One table (metric, cloche, baseline, ratio, goal): scripts/bench.sh runs each benchmark long
+# enough to be stable and compares it with a baseline run in the same command.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./...
+	bash scripts/bench.sh $(call explain,scripts/bench.sh)
 
 clean:
 	rm -rf $(BIN) out

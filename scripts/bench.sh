@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# bench.sh is `make bench`: it runs each benchmark long enough to be stable (whole-VM boots a
+# fixed number of paired runs, in-process ones for a fixed time), keeps the raw output in
+# $BENCH_OUT (default bench.out), and prints one table: metric, cloche, baseline, ratio
+# (median of paired runs, with its spread), goal (bench/goals.tsv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+GO=${GO:-go}
+out=${BENCH_OUT:-bench.out}
+: >"$out"
+
+# bench PACKAGE REGEXP BENCHTIME
+bench() {
+	echo "bench: $1 $2 (-benchtime $3)" >&2
+	"$GO" test -run '^$' -bench "$2" -benchtime "$3" -benchmem "$1" | tee -a "$out" | grep -E '^(Benchmark|FAIL|ok)' >&2 ||
+		{ echo "bench: go test $1 -bench $2 failed (the output is in $out)" >&2; exit 1; }
+}
+
+bench ./build 'BenchmarkBootToWorkload$' 5x
+bench ./vmm 'BenchmarkBootToPoweroff$' 3x
+bench ./image/toolchain 'BenchmarkLoad$' 5x
+bench ./attest 'BenchmarkVerify' 3s
+bench ./measure '.' 2s
+bench ./provenance '.' 2s
+bench ./source '.' 2s
+bench ./build 'BenchmarkHostOverhead$' 5x
+bench ./runner '.' 2s
+
+echo
+"$GO" run ./internal/benchpair/cmd/benchtable bench/goals.tsv <"$out"
