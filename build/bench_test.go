@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync"
@@ -84,6 +85,7 @@ func BenchmarkBootToWorkload(b *testing.B) {
 			Accel: "tcg", Kernel: filepath.Join(img.Dir, img.Kernel.Path), Initrd: floorInitrd,
 			Cmdline: "console=ttyS0 quiet panic=-1", VCPUs: 2, MemoryMiB: 2048,
 			TEE: "", Console: fc, Timeout: 2 * time.Minute, RunDir: b.TempDir(),
+			Log: slog.New(slog.DiscardHandler), // log lines would split the benchmark's result line
 		})
 		if err != nil || fc.seen == 0 {
 			b.Fatalf("busybox floor boot: %v (marker seen after %s)", err, fc.seen)
