@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -19,8 +21,72 @@ func newReferenceCmd(g *globals) *cobra.Command {
 		Use:   "reference",
 		Short: "Publish signed reference values (expected launch measurements) for a guest image",
 	}
-	cmd.AddCommand(newReferenceCreateCmd(g))
+	cmd.AddCommand(newReferenceCreateCmd(g), newReferenceListCmd(g))
 	return cmd
+}
+
+// embeddedReferences returns the reference values built into this cloche.
+func embeddedReferences() ([]*reference.Document, error) {
+	embedded, err := reference.EmbeddedDocuments()
+	if err != nil {
+		return nil, err
+	}
+	docs := make([]*reference.Document, len(embedded))
+	for i, e := range embedded {
+		docs[i] = e.Document
+	}
+	return docs, nil
+}
+
+func newReferenceListCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "Show the reference values built into this cloche (the guest images its release published)",
+		Long: `List prints the reference values embedded in this cloche at release time: for each
+document, the cloche release that computed it, the guest image's kernel and initrd digests,
+and every launch measurement it lists per TEE, vCPU count and memory size. 'cloche verify'
+accepts a build's measurement when one of them lists it, with no measurement flag. A
+development build embeds none.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			embedded, err := reference.EmbeddedDocuments()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				b, err := json.MarshalIndent(embedded, "", "  ")
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, string(b))
+				return nil
+			}
+			printEmbedded(g.stdout, embedded)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the embedded documents as JSON")
+	return cmd
+}
+
+func printEmbedded(w io.Writer, embedded []reference.Embedded) {
+	if len(embedded) == 0 {
+		fmt.Fprintln(w, "no reference values are embedded in this cloche (a development build): verify needs --reference-values, --guest-image or --measurement")
+		return
+	}
+	for _, e := range embedded {
+		d := e.Document
+		fmt.Fprintf(w, "%s (statement sha256 %s)\n  cloche %s; kernel %s sha256 %s; initrd %s sha256 %s\n", e.Name, e.SHA256,
+			d.ToolVersion, d.GuestImage.Kernel.Name, d.GuestImage.Kernel.SHA256, d.GuestImage.Initrd.Name, d.GuestImage.Initrd.SHA256)
+		for _, v := range d.Values {
+			mem := "any memory"
+			if v.MemoryMiB != 0 {
+				mem = fmt.Sprintf("%d MiB", v.MemoryMiB)
+			}
+			fmt.Fprintf(w, "  %-4s %2d vCPUs %-10s %s\n", v.TEE, v.VCPUs, mem, v.Measurement)
+		}
+	}
 }
 
 type referenceCreateFlags struct {

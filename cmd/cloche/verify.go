@@ -218,6 +218,13 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
 	}
 	o.InsecureSkipMeasurement = f.skipMeasurement
+	if !f.skipMeasurement {
+		// The guest images this cloche's release published: a build made with one verifies
+		// with no measurement flag.
+		if o.EmbeddedReferences, err = embeddedReferences(); err != nil {
+			return nil, err
+		}
+	}
 	o.Pins = verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
 	if len(f.command) > 0 {
 		o.Pins.Command = f.command

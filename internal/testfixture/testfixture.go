@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -180,4 +181,32 @@ func GCCToolchain(tb testing.TB) string {
 		tb.Fatalf("gcc toolchain: %v", err)
 	}
 	return p
+}
+
+// CopyRepo copies the repository's files (tracked and new, as git lists them) into dst, so
+// a test can build a variant of cloche (e.g. with reference values embedded, as a release
+// does) without touching this checkout.
+func CopyRepo(tb testing.TB, dst string) {
+	tb.Helper()
+	root := repoRoot()
+	out, err := exec.Command("git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
+	if err != nil {
+		tb.Fatalf("git ls-files: %v", err)
+	}
+	for _, rel := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
+		b, err := os.ReadFile(filepath.Join(root, rel))
+		if os.IsNotExist(err) {
+			continue // deleted in the work tree
+		}
+		if err != nil {
+			tb.Fatal(err)
+		}
+		p := filepath.Join(dst, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }

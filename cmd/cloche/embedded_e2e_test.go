@@ -1,0 +1,83 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
+)
+
+// A cloche built as a release builds it, with its guest image's reference values embedded,
+// verifies a build made with that guest image with no measurement flag, lists the values,
+// and refuses a launch they do not list; a development cloche (none embedded) refuses to
+// verify without a measurement source.
+func TestEmbeddedReferenceValues(t *testing.T) {
+	testfixture.RequireQEMU(t)
+	dir := t.TempDir()
+	gimg := testfixture.GuestImage(t)
+	releaseKey := filepath.Join(dir, "release-key.pem")
+	if err := provenance.GenerateKey(releaseKey, releaseKey+".pub"); err != nil {
+		t.Fatal(err)
+	}
+	refs := filepath.Join(dir, "reference-values.sigstore.json")
+	if code, _, stderr := cli(t, "reference", "create", "--guest-image", gimg, "--key", releaseKey, "--out", refs, "--vcpus", "2"); code != 0 {
+		t.Fatalf("reference create: exit %d: %s", code, stderr)
+	}
+	released := buildWithEmbedded(t, refs, filepath.Join(dir, "cloche"))
+
+	out, err := exec.Command(released, "reference", "list").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "sim   2 vCPUs") || !strings.Contains(string(out), "reference-values.sigstore.json") {
+		t.Fatalf("reference list: %v\n%s", err, out)
+	}
+	if code, stdout, _ := cli(t, "reference", "list"); code != 0 || !strings.Contains(stdout, "no reference values are embedded") {
+		t.Errorf("a development cloche lists embedded values: %s", stdout)
+	}
+
+	state := t.TempDir()
+	verifyArgs := func(r *runReport) []string {
+		return []string{"verify", "--bundle", r.Bundle, "--key", r.PublicKey, "--allow-simulated", "--trusted-sim-root", r.SimRoot, r.Artifacts[0].Path}
+	}
+	r := interopBuild(t, state, "--vcpus", "2")
+	cmd := exec.Command(released, verifyArgs(r)...)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "PASSED") || !strings.Contains(string(out), "embedded reference values") {
+		t.Fatalf("the released cloche does not verify with its embedded values: %v\n%s", err, out)
+	}
+	if code, _, stderr := cli(t, verifyArgs(r)...); code == 0 || !strings.Contains(stderr, "measurement") {
+		t.Errorf("a development cloche verified with no measurement source: exit %d %s", code, stderr)
+	}
+	// Another launch (1 vCPU) has a measurement the embedded values do not list.
+	r1 := interopBuild(t, state, "--vcpus", "1")
+	if out, err := exec.Command(released, verifyArgs(r1)...).CombinedOutput(); err == nil || !strings.Contains(string(out), "FAILED: measurement") {
+		t.Errorf("a launch the embedded values do not list: %v\n%s", err, out)
+	}
+}
+
+// buildWithEmbedded builds cloche from a copy of this tree with refs embedded, as the
+// release workflow does before its attested build.
+func buildWithEmbedded(t *testing.T, refs, out string) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "src")
+	testfixture.CopyRepo(t, src)
+	b, err := os.ReadFile(refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "reference", "embedded", filepath.Base(refs)), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(refs, reference.EmbeddedBundleSuffix) {
+		t.Fatalf("%s is not named *%s", refs, reference.EmbeddedBundleSuffix)
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/cloche")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-buildvcs=false", "GOTOOLCHAIN=local")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build with embedded reference values: %v\n%s", err, b)
+	}
+	return out
+}
