@@ -434,6 +434,17 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		log.Warn("not recording the guest image's reference values", "err", err)
 	}
+	// Which release the image is (release.json, written when a release was fetched and
+	// checked), or a local build: the host's word, which the verifier checks against the
+	// reference values that list the measurement.
+	rel, err := guestimage.LoadRelease(gimg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("guest image release: %w", err)
+	}
+	var release, repository string
+	if rel != nil {
+		release, repository = rel.Tag, rel.Repository
+	}
 	stmt, err := provenance.NewStatement(provenance.Input{
 		Manifest: manifest,
 		Result:   out.Result,
@@ -447,6 +458,8 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 			MemoryMiB:       o.MemoryMiB,
 			Recipe:          gimg.Recipe,
 			ReferenceValues: refValues,
+			Release:         release,
+			Repository:      repository,
 		},
 		BuilderVersion: o.Version,
 		StartedOn:      started,

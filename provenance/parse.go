@@ -221,14 +221,17 @@ func parseGuest(d *Dependency) (GuestImage, error) {
 	fail := func(format string, a ...any) (GuestImage, error) {
 		return GuestImage{}, statementErrorf("resolved dependency %q: %s", GuestImageDependency, fmt.Sprintf(format, a...))
 	}
-	if d.URI != "" {
-		return fail("uri must be empty")
+	if len(d.Digest) != 0 {
+		return fail("digest must be empty (the launch measurement is annotation launchMeasurement), got %v", d.Digest)
 	}
-	if len(d.Digest) != 1 || !hex96Pattern.MatchString(d.Digest["sha384"]) {
-		return fail("digest must be exactly {\"sha384\": <96 lowercase hex digits>}, got %v", d.Digest)
+	if err := parseGuestRelease(d, &g); err != nil {
+		return fail("%v", err)
 	}
-	g.Measurement = d.Digest["sha384"]
-	want := []string{"cmdline", "initrdSha256", "kernelSha256", "memoryMiB", "vcpus"}
+	var ok bool
+	if g.Measurement, ok = d.Annotations["launchMeasurement"].(string); !ok || !hex96Pattern.MatchString(g.Measurement) {
+		return fail("annotation launchMeasurement must be 96 lowercase hex digits")
+	}
+	want := []string{"cmdline", "initrdSha256", "kernelSha256", "launchMeasurement", "memoryMiB", "release", "vcpus"}
 	// recipe and referenceValuesSha256 are optional (guest images without a recipe or
 	// without shipped reference values); nothing else may appear.
 	required := map[string]bool{}
@@ -252,7 +255,6 @@ func parseGuest(d *Dependency) (GuestImage, error) {
 		}
 		*field = s
 	}
-	var ok bool
 	if g.Cmdline, ok = d.Annotations["cmdline"].(string); !ok {
 		return fail("annotation cmdline must be a string")
 	}
@@ -322,4 +324,24 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// parseGuestRelease reads the release annotation and the uri that must go with it: a
+// release's page for a tag, LocalGuestImageURI for "local".
+func parseGuestRelease(d *Dependency, g *GuestImage) error {
+	release, _ := d.Annotations["release"].(string)
+	if release == LocalGuestImageRelease {
+		if d.URI != LocalGuestImageURI {
+			return fmt.Errorf("uri of a local build must be %s, got %q", LocalGuestImageURI, d.URI)
+		}
+		return nil
+	}
+	rest, ok := strings.CutPrefix(d.URI, "https://github.com/")
+	repo, tag, ok2 := strings.Cut(rest, "/releases/tag/")
+	if !ok || !ok2 || tag != release || !releaseTag.MatchString(tag) || !repositoryName.MatchString(repo) {
+		return fmt.Errorf("annotation release %q and uri %q: expected %q with uri %s, or a tag with uri %s", release, d.URI,
+			LocalGuestImageRelease, LocalGuestImageURI, GuestReleaseURI("OWNER/NAME", "TAG"))
+	}
+	g.Release, g.Repository = tag, repo
+	return nil
 }

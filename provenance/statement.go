@@ -113,6 +113,24 @@ type GuestImage struct {
 	// with the guest image (package reference), when there was one. Optional: annotation
 	// "referenceValuesSha256".
 	ReferenceValues string `json:"referenceValues,omitempty"`
+	// Release is the guest image release (its tag, vX.Y.Z) the host says it launched, and
+	// Repository the GitHub repository (OWNER/NAME) that published it; both empty for a
+	// local build. In the statement: the dependency's uri (GuestReleaseURI, or
+	// LocalGuestImageURI) and annotation "release" (the tag, or "local").
+	Release    string `json:"release,omitempty"`
+	Repository string `json:"repository,omitempty"`
+}
+
+// LocalGuestImageURI is the guest-image dependency's uri when the host built the image
+// itself rather than launching a published release.
+const LocalGuestImageURI = "urn:cloche:guest-image:local-build"
+
+// LocalGuestImageRelease is the "release" annotation of a local build.
+const LocalGuestImageRelease = "local"
+
+// GuestReleaseURI is the page of a guest image release, the dependency's uri.
+func GuestReleaseURI(repository, tag string) string {
+	return "https://github.com/" + repository + "/releases/tag/" + tag
 }
 
 // Input is everything NewStatement describes.
@@ -357,6 +375,10 @@ func checkGuest(g GuestImage) error {
 		return fmt.Errorf("guest image vcpus is %d, expected 1..4096", g.VCPUs)
 	case g.MemoryMiB <= 0 || g.MemoryMiB > 1<<24:
 		return fmt.Errorf("guest image memoryMiB is %d, expected 1..%d", g.MemoryMiB, 1<<24)
+	case (g.Release == "") != (g.Repository == ""):
+		return fmt.Errorf("guest image release %q and repository %q: both or neither", g.Release, g.Repository)
+	case g.Release != "" && (!releaseTag.MatchString(g.Release) || !repositoryName.MatchString(g.Repository)):
+		return fmt.Errorf("guest image release %q of %q: expected vX.Y.Z of OWNER/NAME", g.Release, g.Repository)
 	case len(g.Cmdline) > 4096:
 		return fmt.Errorf("guest image cmdline is %d bytes, limit 4096", len(g.Cmdline))
 	case g.Recipe != "" && !hex64Pattern.MatchString(g.Recipe):
@@ -447,14 +469,23 @@ func expectedToolchainDependency(m *job.Manifest) *Dependency {
 }
 
 func guestDependency(g GuestImage) *Dependency {
+	// The launch measurement is no file's digest, so it is an annotation: a policy engine
+	// matching digests must not take it for one. The file digests are the kernel's and the
+	// initrd's annotations; the uri names the release (or says local build).
+	uri, release := LocalGuestImageURI, LocalGuestImageRelease
+	if g.Release != "" {
+		uri, release = GuestReleaseURI(g.Repository, g.Release), g.Release
+	}
 	d := &Dependency{
-		Digest: map[string]string{"sha384": g.Measurement},
+		URI: uri,
 		Annotations: map[string]any{
-			"kernelSha256": g.KernelSHA256,
-			"initrdSha256": g.InitrdSHA256,
-			"cmdline":      g.Cmdline,
-			"vcpus":        float64(g.VCPUs),
-			"memoryMiB":    float64(g.MemoryMiB),
+			"kernelSha256":      g.KernelSHA256,
+			"initrdSha256":      g.InitrdSHA256,
+			"cmdline":           g.Cmdline,
+			"launchMeasurement": g.Measurement,
+			"release":           release,
+			"vcpus":             float64(g.VCPUs),
+			"memoryMiB":         float64(g.MemoryMiB),
 		},
 	}
 	if g.Recipe != "" {
@@ -491,3 +522,8 @@ func toStruct(v any) (*structpb.Struct, error) {
 	}
 	return s, nil
 }
+
+var (
+	releaseTag     = regexp.MustCompile(`^v[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$`)
+	repositoryName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$`)
+)

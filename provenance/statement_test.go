@@ -197,6 +197,8 @@ func TestNewStatementRejectsBadInput(t *testing.T) {
 			f.in.Guest.KernelSHA256 = strings.ToUpper(f.in.Guest.KernelSHA256)
 		}, "kernelSha256"},
 		{"no vcpus", func(t *testing.T, f *fixture) { f.in.Guest.VCPUs = 0 }, "vcpus"},
+		{"release without repository", func(t *testing.T, f *fixture) { f.in.Guest.Release = "v1.0.0" }, "both or neither"},
+		{"release not a tag", func(t *testing.T, f *fixture) { f.in.Guest.Release, f.in.Guest.Repository = "main", "acme/cloche" }, "vX.Y.Z"},
 		{"empty version", func(t *testing.T, f *fixture) { f.in.BuilderVersion = "" }, "builder version"},
 		{"version with slash", func(t *testing.T, f *fixture) { f.in.BuilderVersion = "1.0/evil" }, "builder version"},
 		{"finished before started", func(t *testing.T, f *fixture) {
@@ -299,9 +301,23 @@ func TestParseStatementRejects(t *testing.T) {
 			bd["resolvedDependencies"] = append(arr(bd, "resolvedDependencies"),
 				map[string]any{"name": "network", "uri": "https://example.invalid/pkg.tar"})
 		}, "network"},
-		{"guest measurement digest", func(st map[string]any) {
-			named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency)["digest"] = map[string]any{"sha256": strings.Repeat("00", 32)}
-		}, "sha384"},
+		{"guest measurement as a digest", func(st map[string]any) {
+			named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency)["digest"] = map[string]any{"sha384": strings.Repeat("00", 48)}
+		}, "launchMeasurement"},
+		{"guest release claimed with the local uri", func(st map[string]any) {
+			obj(named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency), "annotations")["release"] = "v1.0.0"
+		}, "annotation release"},
+		{"guest release uri of another tag", func(st map[string]any) {
+			d := named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency)
+			obj(d, "annotations")["release"] = "v1.0.0"
+			d["uri"] = "https://github.com/acme/cloche/releases/tag/v1.0.1"
+		}, "annotation release"},
+		{"guest local with a release uri", func(st map[string]any) {
+			named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency)["uri"] = "https://github.com/acme/cloche/releases/tag/v1.0.0"
+		}, "local build"},
+		{"guest measurement missing", func(st map[string]any) {
+			delete(obj(named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency), "annotations"), "launchMeasurement")
+		}, "launchMeasurement"},
 		{"guest annotation extra", func(st map[string]any) {
 			obj(named(arr(buildDef(st), "resolvedDependencies"), GuestImageDependency), "annotations")["debug"] = true
 		}, "annotations"},
@@ -540,4 +556,23 @@ func FuzzParseStatement(f *testing.F) {
 		// Whatever parses can be checked without panicking.
 		_ = p.CheckAgainstManifest(fx.m, fx.r)
 	})
+}
+
+// A released guest image round-trips: uri of the release page and annotation release; a
+// local build has the local uri.
+func TestGuestReleaseRoundTrip(t *testing.T) {
+	f := newFixture(t)
+	p, err := ParseStatement(f.statement(t))
+	if err != nil || p.Guest.Release != "" || p.Dependencies[GuestImageDependency].URI != LocalGuestImageURI {
+		t.Fatalf("local build: %v %+v", err, p.Dependencies[GuestImageDependency])
+	}
+	f.in.Guest.Release, f.in.Guest.Repository = "v1.2.3", "acme/cloche"
+	p, err = ParseStatement(f.statement(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := p.Dependencies[GuestImageDependency]
+	if p.Guest.Release != "v1.2.3" || p.Guest.Repository != "acme/cloche" || d.URI != "https://github.com/acme/cloche/releases/tag/v1.2.3" || len(d.Digest) != 0 {
+		t.Errorf("release: %+v, dependency %+v", p.Guest, d)
+	}
 }

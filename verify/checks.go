@@ -50,7 +50,10 @@ const (
 	// CheckTime the build times.
 	CheckConsistency = "statement.fields"
 	CheckGuestImage  = "statement.guest-image"
-	CheckTime        = "statement.time"
+	// CheckGuestRelease: the guest image release the statement names differs from the
+	// release whose reference values list the measurement.
+	CheckGuestRelease = "statement.guest-release"
+	CheckTime         = "statement.time"
 	// Expectations and pins.
 	CheckSourceTree       = "source.tree"
 	CheckSourceCommit     = "source.commit"
@@ -71,7 +74,7 @@ var CheckNames = []string{
 	CheckChain, CheckEvidenceSignature, CheckPolicy, CheckFirmware, CheckChipID, CheckTCB,
 	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,
 	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
-	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckSourceTree,
+	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckGuestRelease, CheckSourceTree,
 	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
 	CheckPinToolchain, CheckPinCommand, CheckPinEnv, CheckPinACPI,
 }

@@ -197,6 +197,29 @@ func checkGuestBinding(g provenance.GuestImage, m *refMatch) ([]string, error) {
 	return unbound, nil
 }
 
+// checkGuestRelease compares the release the statement says was launched with the release
+// whose signed or embedded reference values list the measurement: a host that names a
+// release it did not launch fails. A local build whose bytes are a release's passes (it is
+// honest about being local). The repository in the uri, and any release claim no
+// release's values bind (pinned or computed measurements), are reported unbound.
+func checkGuestRelease(g provenance.GuestImage, m *refMatch) (string, []string, error) {
+	if m == nil || !m.releaseSigned {
+		if g.Release == "" {
+			return "local build", nil, nil
+		}
+		return "release " + g.Release + " not bound", []string{"release", "repository"}, nil
+	}
+	want := "v" + strings.TrimPrefix(m.doc.ToolVersion, "v")
+	switch g.Release {
+	case "":
+		return "local build, the bytes of release " + want, nil, nil
+	case want:
+		return "release " + want, []string{"repository"}, nil
+	}
+	return "", nil, fail(CheckGuestRelease, fmt.Errorf("%w: the statement says guest image release %s was launched, the reference values that list the measurement are release %s's",
+		ErrMismatchBinding, g.Release, want))
+}
+
 // computeReference computes the values of the launch shape the statement names from the
 // guest image files. The statement is untrusted, but a shape it lies about yields a value
 // the evidence does not have.

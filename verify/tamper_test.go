@@ -291,7 +291,17 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	gi := func(v any, p ...any) verifytest.Hooks {
 		return verifytest.Hooks{Statement: guestEdit(v, p...)}
 	}
-	add("guest-image measurement", CheckConsistency, gi("00"+hex96[2:], "digest", "sha384"), nil)
+	add("guest-image measurement", CheckConsistency, gi("00"+hex96[2:], "annotations", "launchMeasurement"), nil)
+	add("guest-image measurement as a digest", CheckStatement, gi(map[string]any{"sha384": hex96}, "digest"), nil)
+	// The guest image release: the kit's reference values are release v0.1.0's.
+	claim := func(tag, uri string) verifytest.Hooks {
+		return verifytest.Hooks{Statement: func(b []byte) []byte {
+			return guestEdit(uri, "uri")(guestEdit(tag, "annotations", "release")(b))
+		}}
+	}
+	add("guest-image release another release", CheckGuestRelease, claim("v9.9.9", "https://github.com/cloche-dev/cloche/releases/tag/v9.9.9"), nil)
+	add("guest-image release uri of another tag", CheckStatement, claim("v0.1.0", "https://github.com/cloche-dev/cloche/releases/tag/v9.9.9"), nil)
+	add("guest-image release with the local uri", CheckStatement, claim("v0.1.0", "urn:cloche:guest-image:local-build"), nil)
 	add("guest-image kernelSha256", CheckGuestImage, gi(hex64x("4"), "annotations", "kernelSha256"), nil)
 	add("guest-image initrdSha256", CheckGuestImage, gi(hex64x("5"), "annotations", "initrdSha256"), nil)
 	add("guest-image cmdline", CheckGuestImage, gi("console=ttyS0 init=/evil", "annotations", "cmdline"), nil)

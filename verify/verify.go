@@ -133,6 +133,9 @@ type Result struct {
 	SourceTag      string `json:"sourceTag,omitempty"`
 	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
 	ACPITables string `json:"acpiTables,omitempty"`
+	// GuestImageRelease says which guest image release was launched, as far as the
+	// reference values bind it ("release vX", "local build", "... not bound").
+	GuestImageRelease string `json:"guestImageRelease,omitempty"`
 	// GuestClockStart is the guest's wall clock when it accepted the manifest: bound by
 	// REPORT_DATA, but the host sets that clock, so it says what the build saw, not when.
 	GuestClockStart string   `json:"guestClockStart,omitempty"`
@@ -376,6 +379,15 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		res.Unbound = append(res.Unbound, "guest-image "+u)
 	}
 	res.record(CheckGuestImage, Passed, "unbound: %s", listOrNone(unbound))
+	released, unboundRelease, err := checkGuestRelease(p.Guest, match)
+	if err != nil {
+		return err
+	}
+	for _, u := range unboundRelease {
+		res.Unbound = append(res.Unbound, "guest-image "+u)
+	}
+	res.GuestImageRelease = released
+	res.record(CheckGuestRelease, Passed, "%s", released)
 	res.BuilderID = boundBuilderID(m.TEE, match)
 
 	// 10. Optional source expectations.

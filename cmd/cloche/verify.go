@@ -80,6 +80,8 @@ Check names (stable):
   statement.fields      the statement differs from the manifest, result record or evidence
   statement.time        finishedOn is before startedOn
   statement.guest-image the guest-image annotations differ from the matching reference value
+  statement.guest-release  the statement names another guest image release than the one
+                        whose reference values list the measurement
   source.tree, source.commit, source.tag   the attested tree, commit or annotated tag
                         differs from --source-tree/--source-commit/--source-tag, or the
                         statement names another commit or tag than the guest attested
