@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 
+	"github.com/sethvargo/go-githubactions"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
@@ -91,6 +94,8 @@ func printEmbedded(w io.Writer, embedded []reference.Embedded) {
 
 type referenceCreateFlags struct {
 	guestImage, key, out          string
+	keyless                       bool
+	fulcioURL, rekorURL           string
 	vcpus, memory                 []int
 	noSim                         bool
 	snpFirmware, tdxFirmware      string
@@ -120,6 +125,9 @@ signed statement is printed on stdout. A verifier uses it with
 	fl := cmd.Flags()
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image `DIR` (from 'cloche image guest')")
 	fl.StringVar(&f.key, "key", "", "ECDSA P-256 private key (PEM) of the guest image release")
+	fl.BoolVar(&f.keyless, "keyless", false, "sign keyless instead of --key: a Fulcio certificate for the GitHub Actions workflow's OIDC identity (the release workflow's), logged in Rekor")
+	fl.StringVar(&f.fulcioURL, "fulcio-url", "", "with --keyless: the Fulcio URL (default Sigstore's public-good instance)")
+	fl.StringVar(&f.rekorURL, "rekor-url", "", "with --keyless: the Rekor URL (default Sigstore's public-good instance)")
 	fl.StringVar(&f.out, "out", "", "where to write the signed bundle (default: DIR/"+reference.BundleFileName+")")
 	fl.IntSliceVar(&f.vcpus, "vcpus", []int{1, 2, 4, 8}, "vCPU counts to list")
 	fl.IntSliceVar(&f.memory, "memory", []int{2048}, "guest memory sizes in MiB (sim and tdx values depend on it)")
@@ -136,12 +144,9 @@ func runReferenceCreate(cmd *cobra.Command, g *globals, f *referenceCreateFlags)
 	if f.guestImage == "" {
 		return errors.New("--guest-image is required")
 	}
-	if f.key == "" {
-		return errors.New("--key is required: the reference values are signed by the guest image's release key")
-	}
-	signer, err := provenance.LoadKeySigner(f.key)
+	signer, err := referenceSigner(f)
 	if err != nil {
-		return fmt.Errorf("--key: %w", err)
+		return err
 	}
 	o := reference.CreateOptions{GuestImageDir: f.guestImage, ToolVersion: version, VCPUs: f.vcpus, MemoryMiB: f.memory,
 		NoSim: f.noSim, SNPFirmware: f.snpFirmware, VCPUTypes: f.vcpuTypes, TDXFirmware: f.tdxFirmware}
@@ -181,6 +186,34 @@ func runReferenceCreate(cmd *cobra.Command, g *globals, f *referenceCreateFlags)
 	fmt.Fprintln(g.stdout, string(stmt))
 	g.reporter().Info("wrote the reference values", "count", len(doc.Values), "guest_image", f.guestImage, "bundle", out)
 	return nil
+}
+
+// referenceSigner is the release's key (--key) or, in the release workflow, a keyless
+// signer for the workflow's own OIDC identity (--keyless), which is what `cloche image
+// guest --release` then requires of the bundle.
+func referenceSigner(f *referenceCreateFlags) (provenance.Signer, error) {
+	switch {
+	case f.key != "" && f.keyless:
+		return nil, errors.New("--key and --keyless: give one")
+	case f.keyless:
+		a := githubactions.New()
+		if os.Getenv("ACTIONS_ID_TOKEN_REQUEST_URL") == "" || os.Getenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN") == "" {
+			return nil, errors.New("--keyless needs a GitHub Actions OIDC token: run it in a workflow job with `permissions: id-token: write`")
+		}
+		s, err := provenance.NewKeylessSigner(provenance.KeylessOptions{FulcioURL: f.fulcioURL, RekorURL: f.rekorURL,
+			Token: func(ctx context.Context, audience string) (string, error) { return a.GetIDToken(ctx, audience) }})
+		if err != nil {
+			return nil, fmt.Errorf("--keyless: %w", err)
+		}
+		return s, nil
+	case f.key == "":
+		return nil, errors.New("--key or --keyless is required: the reference values are signed by the guest image's release")
+	}
+	s, err := provenance.LoadKeySigner(f.key)
+	if err != nil {
+		return nil, fmt.Errorf("--key: %w", err)
+	}
+	return s, nil
 }
 
 // referenceVerifyFlags are `cloche verify`'s reference-values flags.

@@ -10,9 +10,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sigstore/sigstore-go/pkg/verify"
+
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
 )
 
 const snpVectors = "../../measure/testdata/snp-measure"
@@ -230,4 +234,40 @@ func TestReferenceValuesEndToEnd(t *testing.T) {
 			t.Fatalf("reference create stdout: %v %v", err, v["predicateType"])
 		}
 	})
+}
+
+// The release workflow signs its guest image's reference values keyless: the bundle
+// carries a Fulcio certificate for the workflow's identity and a Rekor entry, and verifies
+// against the trusted root with that identity; outside a job --keyless says what is missing.
+func TestReferenceCreateKeyless(t *testing.T) {
+	testfixture.RequireQEMU(t)
+	gimg := testfixture.GuestImage(t)
+	out := filepath.Join(t.TempDir(), "refs.sigstore.json")
+	t.Setenv("ACTIONS_ID_TOKEN_REQUEST_URL", "")
+	if code, _, stderr := cli(t, "reference", "create", "--guest-image", gimg, "--keyless", "--out", out); code == 0 || !strings.Contains(stderr, "id-token: write") {
+		t.Errorf("--keyless outside a job: exit %d %s", code, stderr)
+	}
+	ss := ghfake.NewSigstore(t, interopClaims())
+	t.Setenv("ACTIONS_ID_TOKEN_REQUEST_URL", ss.TokenURL())
+	t.Setenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN", ss.RequestToken)
+	code, _, stderr := cli(t, "reference", "create", "--guest-image", gimg, "--keyless", "--fulcio-url", ss.Fulcio.URL, "--rekor-url", ss.Rekor.URL,
+		"--vcpus", "2", "--out", out)
+	if code != 0 {
+		t.Fatalf("reference create --keyless: exit %d %s", code, stderr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := verify.NewShortCertificateIdentity(ghfake.GitHubIssuer, "", "", "^https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0$")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vb, err := provenance.VerifyBundleSigner(b, provenance.VerifyOptions{TrustedMaterial: ss.TrustedRoot(), Identities: []verify.CertificateIdentity{id}})
+	if err != nil {
+		t.Fatalf("the keyless reference values do not verify with the release workflow's identity: %v", err)
+	}
+	if d, err := reference.ParseStatement(vb.Statement); err != nil || len(d.Values) == 0 {
+		t.Errorf("signed statement: %v", err)
+	}
 }
