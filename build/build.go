@@ -24,6 +24,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/disk"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
@@ -417,7 +418,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
-	claims, err := attest.Verify(ev, verifyOpts)
+	claims, err := verifier.Verify(ev, verifyOpts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
@@ -83,14 +82,14 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 	}
 
 	if !o.NoSim {
-		in, err := attest.LaunchInputsFromFiles(kernel, initrd, img.Cmdline, 1, 1)
+		in, err := measure.LaunchInputsFromFiles(kernel, initrd, img.Cmdline, 1, 1)
 		if err != nil {
 			return nil, fmt.Errorf("reference values: sim: %w", err)
 		}
 		for _, n := range o.VCPUs {
 			for _, mem := range o.MemoryMiB {
 				in.VCPUs, in.MemoryMiB = uint32(n), uint64(mem)
-				m := attest.SimMeasurement(in)
+				m := measure.SimMeasurement(in)
 				d.Values = append(d.Values, Value{TEE: TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
 			}
 		}

@@ -14,7 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 )
 
@@ -301,7 +301,7 @@ func (c *Config) Validate() error {
 		return errors.New("agent configuration: defaultTimeout and maxWallClock must be at least 1s, wallClockSlack not negative")
 	case c.MaxSourceBytes < 1 || c.MaxOutputBytes < 1 || c.MaxLogBytes < 1 || c.KeepFinished < 1:
 		return errors.New("agent configuration: maxSourceBytes, maxOutputBytes, maxLogBytes and keepFinished must be positive")
-	case c.Launch.SNPProduct != "" && c.Launch.SNPProduct != attest.ProductMilan && c.Launch.SNPProduct != attest.ProductGenoa:
+	case c.Launch.SNPProduct != "" && c.Launch.SNPProduct != verifier.ProductMilan && c.Launch.SNPProduct != verifier.ProductGenoa:
 		return fmt.Errorf("agent configuration: launch.snpProduct %q, expected Milan or Genoa", c.Launch.SNPProduct)
 	}
 	if _, err := c.socketMode(); err != nil {

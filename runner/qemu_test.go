@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
@@ -46,7 +46,7 @@ func newVMEnv(t *testing.T) *vmEnv {
 		t.Fatal(err)
 	}
 	simDir := filepath.Join(testfixture.CacheDir(t), "sim-tee")
-	sp, err := attest.LoadOrCreateSimSP(simDir)
+	sp, err := simsp.LoadOrCreate(simDir)
 	if err != nil {
 		t.Fatal(err)
 	}

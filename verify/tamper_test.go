@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/reference"
 	"github.com/cloche-dev/cloche/source"
@@ -572,7 +573,7 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		o.EvidencePolicy.AllowedPlatforms = []string{hex64x("0") + hex64x("0")}
 	})
 	opt("minimum TCB above", CheckTCB, func(o *Options, f *verifytest.Fixture) {
-		o.EvidencePolicy.MinimumTCB = &attest.SNPTCB{Microcode: 255}
+		o.EvidencePolicy.MinimumTCB = &verifier.SNPTCB{Microcode: 255}
 	})
 	opt("reference values and guest image", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Reference.GuestImageDir = f.Dir })
 	opt("signer workflow short ref", CheckOptions, func(o *Options, f *verifytest.Fixture) {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
@@ -297,7 +298,7 @@ func (s *selftest) verify(ctx context.Context, outcome *build.Outcome, pub, gdir
 		Artifacts: []string{filepath.Join(outcome.ArtifactDir, "selftest.txt")},
 		Reference: verify.ReferenceOptions{GuestImageDir: gdir, Firmware: firmware}}
 	if outcome.TEE == attest.TEESim {
-		roots, err := attest.LoadCertificatePEM(outcome.SimRootPath)
+		roots, err := verifier.LoadCertificatePEM(outcome.SimRootPath)
 		if err != nil {
 			return err
 		}

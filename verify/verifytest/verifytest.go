@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
@@ -37,7 +38,7 @@ import (
 // processor (RSA-4096 chain), the host's signing key and the release key that signs
 // reference values.
 type Kit struct {
-	SP *attest.SimSP
+	SP *simsp.SP
 	// Host signs provenance; Release signs reference values.
 	Host, Release       *provenance.KeySigner
 	HostKey, ReleaseKey crypto.PublicKey
@@ -48,7 +49,7 @@ type Kit struct {
 
 // NewKit creates a kit with its state in dir.
 func NewKit(dir string) (*Kit, error) {
-	sp, err := attest.LoadOrCreateSimSP(filepath.Join(dir, "sim"))
+	sp, err := simsp.LoadOrCreate(filepath.Join(dir, "sim"))
 	if err != nil {
 		return nil, err
 	}
@@ -224,7 +225,7 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 }
 
 func (k *Kit) evidence(f *Fixture, h Hooks, mb, rb []byte) ([]byte, error) {
-	report, err := k.SP.Report(attest.SimLaunch{Measurement: f.Measurement, HostData: job.ManifestDigest(mb)}, job.ReportData(rb))
+	report, err := k.SP.Report(simsp.Launch{Measurement: f.Measurement, HostData: job.ManifestDigest(mb)}, job.ReportData(rb))
 	if err != nil {
 		return nil, err
 	}

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Field is one named value of a report or quote, formatted for people (hex for byte
@@ -22,11 +24,11 @@ type Field struct {
 // Describe lists the fields of the evidence's report or quote in layout order, then the
 // certificates it carries. It parses strictly but checks no signature: it is for looking
 // at evidence, not for trusting it.
-func Describe(ev *Evidence) ([]Field, error) {
+func Describe(ev *attest.Evidence) ([]Field, error) {
 	if ev == nil {
-		return nil, fmt.Errorf("%w: nil evidence", ErrMalformed)
+		return nil, fmt.Errorf("%w: nil evidence", attest.ErrMalformed)
 	}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return nil, err
 	}
 	var fields []Field
@@ -35,8 +37,8 @@ func Describe(ev *Evidence) ([]Field, error) {
 	}
 	add("TEE", "%s", teeLabel(ev.TEE))
 	switch ev.TEE {
-	case TEETDX:
-		q, err := parseTDXQuote(ev.Report)
+	case attest.TEETDX:
+		q, err := attest.ParseTDXQuote(ev.Report)
 		if err != nil {
 			return nil, err
 		}
@@ -75,7 +77,7 @@ func Describe(ev *Evidence) ([]Field, error) {
 	default:
 		r, err := abi.ReportToProto(bytes.Clone(ev.Report))
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s report: %v", ErrMalformed, ev.TEE, err)
+			return nil, fmt.Errorf("%w: %s report: %v", attest.ErrMalformed, ev.TEE, err)
 		}
 		add("VERSION", "%d", r.GetVersion())
 		var vcek []byte
@@ -100,7 +102,7 @@ func Describe(ev *Evidence) ([]Field, error) {
 		add("PLATFORM_INFO", "0x%x", r.GetPlatformInfo())
 		si, err := abi.ParseSignerInfo(r.GetSignerInfo())
 		if err != nil {
-			return nil, fmt.Errorf("%w: SIGNER_INFO: %v", ErrMalformed, err)
+			return nil, fmt.Errorf("%w: SIGNER_INFO: %v", attest.ErrMalformed, err)
 		}
 		add("SIGNER_INFO", "0x%x (signing key %v, mask chip key %v, author key %v)", r.GetSignerInfo(), si.SigningKey, si.MaskChipKey, si.AuthorKeyEn)
 		add("REPORT_DATA", "%x", r.GetReportData())
@@ -126,7 +128,7 @@ func Describe(ev *Evidence) ([]Field, error) {
 		add("SIGNATURE_R", "%x", reverse(ev.Report[0x2A0:0x2A0+72]))
 		add("SIGNATURE_S", "%x", reverse(ev.Report[0x2E8:0x2E8+72]))
 		if len(ev.CertTable) > 0 {
-			table, err := parseCertTable(ev.CertTable)
+			table, err := attest.ParseCertTable(ev.CertTable)
 			if err != nil {
 				return nil, err
 			}
@@ -155,8 +157,8 @@ func FormatFields(fields []Field) string {
 	return b.String()
 }
 
-func teeLabel(t TEE) string {
-	if t == TEESim {
+func teeLabel(t attest.TEE) string {
+	if t == attest.TEESim {
 		return "sim (SIMULATED TEE: no hardware guarantee)"
 	}
 	return string(t)

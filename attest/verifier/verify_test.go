@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -11,33 +11,24 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	"github.com/google/go-sev-guest/kds"
 	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
-)
 
-// simEvidence returns completed sim evidence for testLaunch/testReportData.
-func simEvidence(t *testing.T, sp *SimSP) *Evidence {
-	t.Helper()
-	rep, err := sp.Report(testLaunch(), testReportData())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev := &Evidence{TEE: TEESim, Report: rep}
-	if err := sp.Complete(ev); err != nil {
-		t.Fatal(err)
-	}
-	return ev
-}
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/attest/simsp"
+)
 
 // simOpts opts in to simulated evidence trusting sp's root as read from its RootPath, and
 // expects exactly testLaunch/testReportData.
-func simOpts(t *testing.T, sp *SimSP) VerifyOptions {
+func simOpts(t *testing.T, sp *simsp.SP) Options {
 	t.Helper()
 	roots, err := LoadCertificatePEM(sp.RootPath())
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, rd := testLaunch(), testReportData()
-	return VerifyOptions{
+	l, rd := simtest.Launch(), simtest.ReportData()
+	return Options{
 		AllowSimulated:       true,
 		SimRoots:             roots,
 		ExpectedMeasurements: [][]byte{bytes.Repeat([]byte{7}, 48), l.Measurement[:]},
@@ -47,25 +38,28 @@ func simOpts(t *testing.T, sp *SimSP) VerifyOptions {
 }
 
 // signedVariant signs a sim report after edit changed its unsigned form.
-func signedVariant(t *testing.T, sp *SimSP, edit func(r []byte)) *Evidence {
+func signedVariant(t *testing.T, sp *simsp.SP, edit func(r []byte)) *attest.Evidence {
 	t.Helper()
-	r := sp.unsignedReport(testLaunch(), testReportData())
-	edit(r)
-	if err := sp.sign(r); err != nil {
+	r, err := sp.Report(simtest.Launch(), simtest.ReportData())
+	if err != nil {
 		t.Fatal(err)
 	}
-	return &Evidence{TEE: TEESim, Report: r, Certs: sp.Chain()}
+	edit(r)
+	if err := sp.Resign(r); err != nil {
+		t.Fatal(err)
+	}
+	return &attest.Evidence{TEE: attest.TEESim, Report: r, Certs: sp.Chain()}
 }
 
 func TestVerifySimPasses(t *testing.T) {
-	sp, _ := testSPs(t)
-	ev := simEvidence(t, sp)
+	sp, _ := simtest.SPs(t)
+	ev := simtest.Evidence(t, sp)
 	claims, err := Verify(ev, simOpts(t, sp))
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	l, rd := testLaunch(), testReportData()
-	if claims.TEE != TEESim || !claims.Simulated {
+	l, rd := simtest.Launch(), simtest.ReportData()
+	if claims.TEE != attest.TEESim || !claims.Simulated {
 		t.Errorf("claims TEE %q simulated %v, want sim, true", claims.TEE, claims.Simulated)
 	}
 	if !bytes.Equal(claims.Measurement, l.Measurement[:]) || !bytes.Equal(claims.HostData, l.HostData[:]) || !bytes.Equal(claims.ReportData, rd[:]) {
@@ -77,7 +71,15 @@ func TestVerifySimPasses(t *testing.T) {
 	if claims.Policy != 0x30000 || claims.VMPL != 0 {
 		t.Errorf("claims policy 0x%x VMPL %d, want 0x30000, 0", claims.Policy, claims.VMPL)
 	}
-	if !bytes.Equal(claims.ChipID, sp.hwid[:]) || claims.ReportedTCB != sp.tcb {
+	vcek, err := x509.ParseCertificate(sp.Chain().VCEK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exts, err := kds.VcekCertificateExtensions(vcek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(claims.ChipID, exts.HWID) || claims.ReportedTCB != uint64(exts.TCBVersion) {
 		t.Errorf("claims chip id / TCB differ from the VCEK's")
 	}
 	// The report carries the sim markers and the Milan FMS.
@@ -97,185 +99,185 @@ func TestVerifySimPasses(t *testing.T) {
 	}
 
 	// The certificate table alone (as the guest received it) is enough too.
-	ev2 := &Evidence{TEE: TEESim, Report: ev.Report, CertTable: sp.certTable}
+	ev2 := &attest.Evidence{TEE: attest.TEESim, Report: ev.Report, CertTable: sp.CertTable()}
 	if _, err := Verify(ev2, simOpts(t, sp)); err != nil {
 		t.Fatalf("Verify from the certificate table: %v", err)
 	}
 }
 
 func TestVerifySimRejectedWithoutOptIn(t *testing.T) {
-	sp, _ := testSPs(t)
-	ev := simEvidence(t, sp)
+	sp, _ := simtest.SPs(t)
+	ev := simtest.Evidence(t, sp)
 	opts := simOpts(t, sp)
 	opts.AllowSimulated = false
 	_, err := Verify(ev, opts)
-	wantErr(t, err, ErrSimulatedNotAllowed, "SIMULATED", hex.EncodeToString(SimFamilyID[:]))
+	simtest.WantErr(t, err, attest.ErrSimulatedNotAllowed, "SIMULATED", hex.EncodeToString(attest.SimFamilyID[:]))
 
 	opts = simOpts(t, sp)
 	opts.SimRoots = nil
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrSimulatedNotAllowed, "no trusted simulated root")
+	simtest.WantErr(t, err, attest.ErrSimulatedNotAllowed, "no trusted simulated root")
 }
 
 func TestVerifySimWrongRoot(t *testing.T) {
-	sp, other := testSPs(t)
+	sp, other := simtest.SPs(t)
 	if sp.Root().Equal(other.Root()) {
 		t.Fatal("two state directories produced the same root")
 	}
 	opts := simOpts(t, sp)
 	opts.SimRoots = []*x509.Certificate{other.Root()}
-	_, err := Verify(simEvidence(t, sp), opts)
-	wantErr(t, err, ErrCertChain, "simulated root")
+	_, err := Verify(simtest.Evidence(t, sp), opts)
+	simtest.WantErr(t, err, attest.ErrCertChain, "simulated root")
 
 	// The other SP's ASK in the evidence does not help: it chains to the other root only.
-	ev := simEvidence(t, sp)
+	ev := simtest.Evidence(t, sp)
 	ev.Certs.ASK = other.Chain().ASK
 	_, err = Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrCertChain)
+	simtest.WantErr(t, err, attest.ErrCertChain)
 }
 
 func TestVerifySimFlippedByte(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	for _, off := range []int{0x090, 0x0C0, 0x050, 0x2A0} { // MEASUREMENT, HOST_DATA, REPORT_DATA, signature R
-		ev := simEvidence(t, sp)
+		ev := simtest.Evidence(t, sp)
 		ev.Report[off] ^= 0x01
 		opts := simOpts(t, sp)
 		opts.ExpectedMeasurements, opts.ExpectedHostData, opts.ExpectedReportData = nil, nil, nil
 		_, err := Verify(ev, opts)
-		wantErr(t, err, ErrSignature, "signature")
+		simtest.WantErr(t, err, attest.ErrSignature, "signature")
 	}
 }
 
 func TestVerifySimBindingMismatch(t *testing.T) {
-	sp, _ := testSPs(t)
-	l, rd := testLaunch(), testReportData()
-	ev := simEvidence(t, sp)
+	sp, _ := simtest.SPs(t)
+	l, rd := simtest.Launch(), simtest.ReportData()
+	ev := simtest.Evidence(t, sp)
 
 	opts := simOpts(t, sp)
 	other := bytes.Repeat([]byte{0xAB}, 48)
 	opts.ExpectedMeasurements = [][]byte{other}
 	_, err := Verify(ev, opts)
-	wantErr(t, err, ErrMeasurement, hex.EncodeToString(l.Measurement[:]), hex.EncodeToString(other))
+	simtest.WantErr(t, err, attest.ErrMeasurement, hex.EncodeToString(l.Measurement[:]), hex.EncodeToString(other))
 
 	opts = simOpts(t, sp)
 	opts.ExpectedHostData = bytes.Repeat([]byte{0xCD}, 32)
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrHostData, hex.EncodeToString(l.HostData[:]), hex.EncodeToString(opts.ExpectedHostData))
+	simtest.WantErr(t, err, attest.ErrHostData, hex.EncodeToString(l.HostData[:]), hex.EncodeToString(opts.ExpectedHostData))
 
 	opts = simOpts(t, sp)
 	opts.ExpectedHostData = l.HostData[:16]
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrHostData, "16 bytes")
+	simtest.WantErr(t, err, attest.ErrHostData, "16 bytes")
 
 	opts = simOpts(t, sp)
 	opts.ExpectedReportData = bytes.Repeat([]byte{0xEF}, 64)
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrReportData, hex.EncodeToString(rd[:]), hex.EncodeToString(opts.ExpectedReportData))
+	simtest.WantErr(t, err, attest.ErrReportData, hex.EncodeToString(rd[:]), hex.EncodeToString(opts.ExpectedReportData))
 }
 
 func TestVerifySimDebugPolicy(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ev := signedVariant(t, sp, func(r []byte) {
 		binary.LittleEndian.PutUint64(r[0x08:], abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true, Debug: true}))
 	})
 	_, err := Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrPolicy, "debug", "POLICY 0xb0000")
+	simtest.WantErr(t, err, attest.ErrPolicy, "debug", "POLICY 0xb0000")
 }
 
 func TestVerifySimMigrationAgentPolicy(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ev := signedVariant(t, sp, func(r []byte) {
 		binary.LittleEndian.PutUint64(r[0x08:], abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true, MigrateMA: true}))
 	})
 	_, err := Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrPolicy, "migration agent")
+	simtest.WantErr(t, err, attest.ErrPolicy, "migration agent")
 }
 
 func TestVerifySimVMPL1(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ev := signedVariant(t, sp, func(r []byte) { binary.LittleEndian.PutUint32(r[0x30:], 1) })
 	_, err := Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrPolicy, "VMPL 1")
+	simtest.WantErr(t, err, attest.ErrPolicy, "VMPL 1")
 }
 
 func TestVerifySimTCBInconsistent(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ev := signedVariant(t, sp, func(r []byte) { r[0x180]++ }) // REPORTED_TCB.BL_SPL above the VCEK's
 	_, err := Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrPolicy)
+	simtest.WantErr(t, err, attest.ErrPolicy)
 }
 
 func TestVerifyTruncatedAndMalformed(t *testing.T) {
-	sp, _ := testSPs(t)
-	ev := simEvidence(t, sp)
+	sp, _ := simtest.SPs(t)
+	ev := simtest.Evidence(t, sp)
 	short := *ev
 	short.Report = ev.Report[:len(ev.Report)-1]
 	_, err := Verify(&short, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "1183", "1184")
+	simtest.WantErr(t, err, attest.ErrMalformed, "1183", "1184")
 
 	long := *ev
 	long.Report = append(bytes.Clone(ev.Report), 0)
 	_, err = Verify(&long, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "1185")
+	simtest.WantErr(t, err, attest.ErrMalformed, "1185")
 
 	badVersion := signedVariant(t, sp, func(r []byte) { binary.LittleEndian.PutUint32(r, 1) })
 	_, err = Verify(badVersion, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "VERSION 1")
+	simtest.WantErr(t, err, attest.ErrMalformed, "VERSION 1")
 
 	noReserved := signedVariant(t, sp, func(r []byte) { binary.LittleEndian.PutUint64(r[0x08:], 1<<16) })
 	_, err = Verify(noReserved, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "policy")
+	simtest.WantErr(t, err, attest.ErrMalformed, "policy")
 
-	_, err = Verify(&Evidence{TEE: "sgx", Report: ev.Report}, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, `"sgx"`)
+	_, err = Verify(&attest.Evidence{TEE: "sgx", Report: ev.Report}, simOpts(t, sp))
+	simtest.WantErr(t, err, attest.ErrMalformed, `"sgx"`)
 
 	_, err = Verify(nil, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed)
+	simtest.WantErr(t, err, attest.ErrMalformed)
 
 	// A sim label on a report without the sim FAMILY_ID is not a sim report.
 	noMarker := signedVariant(t, sp, func(r []byte) { copy(r[0x10:0x20], make([]byte, 16)) })
 	_, err = Verify(noMarker, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "FAMILY_ID")
+	simtest.WantErr(t, err, attest.ErrMalformed, "FAMILY_ID")
 
 	// No certificates at all.
-	_, err = Verify(&Evidence{TEE: TEESim, Report: ev.Report}, simOpts(t, sp))
-	wantErr(t, err, ErrCertChain, "neither a VCEK nor a VLEK")
+	_, err = Verify(&attest.Evidence{TEE: attest.TEESim, Report: ev.Report}, simOpts(t, sp))
+	simtest.WantErr(t, err, attest.ErrCertChain, "neither a VCEK nor a VLEK")
 
 	// A hostile certificate table whose offset+length wraps 32 bits.
 	table := make([]byte, 3*certTableEntrySize)
 	copy(table, vcekGUIDBytes(t))
 	binary.LittleEndian.PutUint32(table[16:], 0xFFFFFFF0)
 	binary.LittleEndian.PutUint32(table[20:], 0x20)
-	_, err = Verify(&Evidence{TEE: TEESim, Report: ev.Report, CertTable: table}, simOpts(t, sp))
-	wantErr(t, err, ErrMalformed, "outside")
+	_, err = Verify(&attest.Evidence{TEE: attest.TEESim, Report: ev.Report, CertTable: table}, simOpts(t, sp))
+	simtest.WantErr(t, err, attest.ErrMalformed, "outside")
 }
 
 // A TDX-sized blob that is no quote fails at the layout parser.
 func TestVerifyTDXNotAQuote(t *testing.T) {
-	_, err := Verify(&Evidence{TEE: TEETDX, Report: make([]byte, 0x400)}, VerifyOptions{})
-	wantErr(t, err, ErrMalformed, "tdx quote TEE type is 0x0")
+	_, err := Verify(&attest.Evidence{TEE: attest.TEETDX, Report: make([]byte, 0x400)}, Options{})
+	simtest.WantErr(t, err, attest.ErrMalformed, "tdx quote TEE type is 0x0")
 }
 
 // A sim report relabelled "snp" is checked against AMD's roots only, and fails there.
 func TestVerifySimRelabelledSNP(t *testing.T) {
-	sp, _ := testSPs(t)
-	ev := simEvidence(t, sp)
-	ev.TEE = TEESNP
+	sp, _ := simtest.SPs(t)
+	ev := simtest.Evidence(t, sp)
+	ev.TEE = attest.TEESNP
 	_, err := Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrCertChain, "AMD's embedded roots")
+	simtest.WantErr(t, err, attest.ErrCertChain, "AMD's embedded roots")
 
 	opts := simOpts(t, sp)
 	opts.AllowSimulated = false
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrSimulatedNotAllowed)
+	simtest.WantErr(t, err, attest.ErrSimulatedNotAllowed)
 }
 
 // realMilanEvidence is go-sev-guest's real Milan report with its VCEK from AMD's KDS.
-func realMilanEvidence() *Evidence {
-	return &Evidence{
-		TEE:    TEESNP,
+func realMilanEvidence() *attest.Evidence {
+	return &attest.Evidence{
+		TEE:    attest.TEESNP,
 		Report: bytes.Clone(sevtestdata.AttestationBytes),
-		Certs:  &CertChain{VCEK: bytes.Clone(sevtestdata.VcekBytes)},
+		Certs:  &attest.CertChain{VCEK: bytes.Clone(sevtestdata.VcekBytes)},
 	}
 }
 
@@ -286,32 +288,32 @@ func TestVerifyRealMilan(t *testing.T) {
 	// The report's POLICY is 0xb0000: SMT, the reserved bit and DEBUG. Chain and signature
 	// pass against AMD's embedded roots (reaching the policy step proves it); the policy step
 	// then rejects the debug guest.
-	_, err := Verify(realMilanEvidence(), VerifyOptions{Now: realMilanNow})
-	wantErr(t, err, ErrPolicy, "found unauthorized debug capability", "POLICY 0xb0000")
+	_, err := Verify(realMilanEvidence(), Options{Now: realMilanNow})
+	simtest.WantErr(t, err, attest.ErrPolicy, "found unauthorized debug capability", "POLICY 0xb0000")
 
 	// The same report with one signed byte flipped fails the signature under the real VCEK.
 	ev := realMilanEvidence()
 	ev.Report[0x90] ^= 0x80
-	_, err = Verify(ev, VerifyOptions{Now: realMilanNow})
-	wantErr(t, err, ErrSignature)
+	_, err = Verify(ev, Options{Now: realMilanNow})
+	simtest.WantErr(t, err, attest.ErrSignature)
 
 	// After the VCEK's validity (7 years) the chain no longer verifies.
-	_, err = Verify(realMilanEvidence(), VerifyOptions{Now: realMilanNow.AddDate(30, 0, 0)})
-	wantErr(t, err, ErrCertChain, "expired")
+	_, err = Verify(realMilanEvidence(), Options{Now: realMilanNow.AddDate(30, 0, 0)})
+	simtest.WantErr(t, err, attest.ErrCertChain, "expired")
 
 	// A real report relabelled "sim" never passes as simulated, even with a sim root.
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ev = realMilanEvidence()
-	ev.TEE = TEESim
+	ev.TEE = attest.TEESim
 	opts := simOpts(t, sp)
 	opts.Now = realMilanNow
 	_, err = Verify(ev, opts)
-	wantErr(t, err, ErrMalformed, "FAMILY_ID")
+	simtest.WantErr(t, err, attest.ErrMalformed, "FAMILY_ID")
 
 }
 
 func TestLoadCertificatePEM(t *testing.T) {
-	sp, other := testSPs(t)
+	sp, other := simtest.SPs(t)
 	dir := t.TempDir()
 
 	der := filepath.Join(dir, "root.der")

@@ -1,4 +1,15 @@
-package attest
+// Package verifier checks hardware evidence (attest.Evidence) offline and fails closed:
+// SEV-SNP reports against AMD's roots embedded in go-sev-guest, TDX quotes against Intel's
+// SGX root, simulated reports against the sim roots the caller trusts, each under a Policy
+// (debug, migration, VMPL, TCB minimums, revocation, collateral, platform allow-list).
+// Every error wraps one of attest's sentinels, so callers branch on the check that failed.
+// It also describes evidence for people (Describe) and reads the verifier's inputs (CRLs,
+// TDX collateral, certificate files).
+//
+// Nothing in the guest imports it: the verifier and its vendor libraries (go-sev-guest's
+// verify and validate, go-tdx-guest's verify, validate and pcs) stay out of the measured
+// guest agent.
+package verifier
 
 import (
 	"bytes"
@@ -19,10 +30,12 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/cloche-dev/cloche/internal/fileio"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
-// VerifyOptions says what Verify trusts and expects.
-type VerifyOptions struct {
+// Options says what Verify trusts and expects.
+type Options struct {
 	// AllowSimulated admits simulated evidence; it is rejected unless this is true AND
 	// SimRoots is non-empty.
 	AllowSimulated bool
@@ -54,7 +67,7 @@ type VerifyOptions struct {
 
 // Claims are the facts a verified piece of evidence establishes.
 type Claims struct {
-	TEE TEE
+	TEE attest.TEE
 	// Simulated is true for evidence from the simulated TEE: it proves nothing about the host.
 	Simulated bool
 	// Measurement is the launch measurement: SNP MEASUREMENT, TDX MRTD (see Rtmrs).
@@ -105,64 +118,64 @@ var simProductLines = []string{"Milan", "Genoa", "Turin"}
 // MRSIGNERSEAM, MROWNER, MROWNERCONFIG (ErrPolicy); 5. minimum TEE_TCB_SVN (ErrTCB);
 // 6. MRTD and RTMR0..2, MRCONFIGID, REPORT_DATA (ErrMeasurement, ErrHostData, ErrReportData);
 // a warning when MRTD was compared but an RTMR was not.
-func Verify(ev *Evidence, opts VerifyOptions) (*Claims, error) {
+func Verify(ev *attest.Evidence, opts Options) (*Claims, error) {
 	if ev == nil {
-		return nil, fmt.Errorf("%w: nil evidence", ErrMalformed)
+		return nil, fmt.Errorf("%w: nil evidence", attest.ErrMalformed)
 	}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return nil, err
 	}
 	now := opts.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
-	if ev.TEE == TEETDX {
+	if ev.TEE == attest.TEETDX {
 		if opts.Policy.AMDCRL != nil || opts.Policy.MinimumTCB != nil || opts.Policy.SNPGuestPolicy != nil {
-			return nil, fmt.Errorf("%w: an SNP policy (AMD CRL, minimum TCB or guest policy) was given for tdx evidence", ErrUnsupported)
+			return nil, fmt.Errorf("%w: an SNP policy (AMD CRL, minimum TCB or guest policy) was given for tdx evidence", attest.ErrUnsupported)
 		}
 		return verifyTDX(ev, opts, now)
 	}
 	if opts.Policy.TDXCollateral != nil || opts.Policy.TDX.MinimumTeeTcbSvn != nil {
-		return nil, fmt.Errorf("%w: a TDX policy (collateral or minimum TEE_TCB_SVN) was given for %s evidence", ErrUnsupported, ev.TEE)
+		return nil, fmt.Errorf("%w: a TDX policy (collateral or minimum TEE_TCB_SVN) was given for %s evidence", attest.ErrUnsupported, ev.TEE)
 	}
 	return verifySNP(ev, opts, now)
 }
 
 // verifySNP checks SEV-SNP and simulated evidence (see Verify).
-func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error) {
+func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error) {
 	// 1. Parse.
 	raw := bytes.Clone(ev.Report)
 	version := binary.LittleEndian.Uint32(raw[snpOffVersion:])
 	if err := abi.ValidateReportFormat(raw); err != nil {
-		return nil, fmt.Errorf("%w: %s report VERSION %d: %v", ErrMalformed, ev.TEE, version, err)
+		return nil, fmt.Errorf("%w: %s report VERSION %d: %v", attest.ErrMalformed, ev.TEE, version, err)
 	}
 	report, err := abi.ReportToProto(raw)
 	if err != nil {
 		// Reserved ranges depend on VERSION: name it, since a changed VERSION is what
 		// usually moves a set field into a range that must be zero.
-		return nil, fmt.Errorf("%w: %s report does not have the layout of its VERSION %d: %v", ErrMalformed, ev.TEE, version, err)
+		return nil, fmt.Errorf("%w: %s report does not have the layout of its VERSION %d: %v", attest.ErrMalformed, ev.TEE, version, err)
 	}
 
 	// 2. Simulated gate.
-	simFamily := bytes.Equal(report.GetFamilyId(), SimFamilyID[:])
-	if ev.TEE == TEESim || simFamily {
+	simFamily := bytes.Equal(report.GetFamilyId(), attest.SimFamilyID[:])
+	if ev.TEE == attest.TEESim || simFamily {
 		switch {
 		case !opts.AllowSimulated:
-			return nil, fmt.Errorf("%w: evidence comes from the SIMULATED TEE (tee %q, FAMILY_ID %x); it proves nothing about the host and needs an explicit opt-in and a trusted simulated root", ErrSimulatedNotAllowed, ev.TEE, report.GetFamilyId())
+			return nil, fmt.Errorf("%w: evidence comes from the SIMULATED TEE (tee %q, FAMILY_ID %x); it proves nothing about the host and needs an explicit opt-in and a trusted simulated root", attest.ErrSimulatedNotAllowed, ev.TEE, report.GetFamilyId())
 		case len(opts.SimRoots) == 0:
-			return nil, fmt.Errorf("%w: simulated evidence was allowed but no trusted simulated root was given", ErrSimulatedNotAllowed)
+			return nil, fmt.Errorf("%w: simulated evidence was allowed but no trusted simulated root was given", attest.ErrSimulatedNotAllowed)
 		}
 	}
-	if ev.TEE == TEESim && !simFamily {
-		return nil, fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", ErrMalformed, report.GetFamilyId(), SimFamilyID[:])
+	if ev.TEE == attest.TEESim && !simFamily {
+		return nil, fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", attest.ErrMalformed, report.GetFamilyId(), attest.SimFamilyID[:])
 	}
-	if ev.TEE == TEESim && version != simReportVersion {
-		return nil, fmt.Errorf("%w: sim report VERSION is %d, the simulated secure processor writes %d", ErrMalformed, version, simReportVersion)
+	if ev.TEE == attest.TEESim && version != attest.SimReportVersion {
+		return nil, fmt.Errorf("%w: sim report VERSION is %d, the simulated secure processor writes %d", attest.ErrMalformed, version, attest.SimReportVersion)
 	}
 
 	// 3. Signature algorithm, revocation, chain and signature.
 	if algo := report.GetSignatureAlgo(); algo != snpSigAlgoECDSAP384 {
-		return nil, fmt.Errorf("%w: %s report SIGNATURE_ALGO is %d, expected %d (ECDSA P-384 with SHA-384)", ErrSignature, ev.TEE, algo, snpSigAlgoECDSAP384)
+		return nil, fmt.Errorf("%w: %s report SIGNATURE_ALGO is %d, expected %d (ECDSA P-384 with SHA-384)", attest.ErrSignature, ev.TEE, algo, snpSigAlgoECDSAP384)
 	}
 	chain, err := certificateChain(ev)
 	if err != nil {
@@ -178,7 +191,7 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 			return nil, err
 		}
 	}
-	if ev.TEE == TEESim {
+	if ev.TEE == attest.TEESim {
 		for i, r := range opts.SimRoots {
 			if err := CheckSimRoot(r); err != nil {
 				return nil, fmt.Errorf("trusted simulated root %d: %w", i+1, err)
@@ -187,7 +200,7 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	}
 	att := &spb.Attestation{Report: report, CertificateChain: chain}
 	var roots map[string][]*trust.AMDRootCerts
-	if ev.TEE == TEESim {
+	if ev.TEE == attest.TEESim {
 		roots, err = simTrustedRoots(opts.SimRoots, chain.GetAskCert())
 	} else if opts.fakeAMDRoots != nil {
 		roots = opts.fakeAMDRoots()
@@ -211,34 +224,34 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 			}
 		}
 		vopts.CheckRevocations = true
-	} else if ev.TEE != TEESim {
+	} else if ev.TEE != attest.TEESim {
 		// Simulated roots are local keys: nobody publishes a CRL for them.
 		warnings = append(warnings, "revocation not checked: no AMD CRL given (--amd-crl FILE)")
 	}
 	if err := verify.SnpAttestation(att, vopts); err != nil {
 		switch {
 		case isSignatureStage(err):
-			return nil, fmt.Errorf("%w: %s report: %v", ErrSignature, ev.TEE, err)
+			return nil, fmt.Errorf("%w: %s report: %v", attest.ErrSignature, ev.TEE, err)
 		case vopts.CheckRevocations && isRevocationStage(err):
-			return nil, fmt.Errorf("%w: %s report against the given AMD CRL: %v", ErrRevoked, ev.TEE, err)
+			return nil, fmt.Errorf("%w: %s report against the given AMD CRL: %v", attest.ErrRevoked, ev.TEE, err)
 		}
 		rootsDesc := "AMD's embedded roots"
-		if ev.TEE == TEESim {
+		if ev.TEE == attest.TEESim {
 			rootsDesc = fmt.Sprintf("the %d trusted simulated root(s)", len(opts.SimRoots))
 		}
-		return nil, fmt.Errorf("%w: %s report against %s: %v", ErrCertChain, ev.TEE, rootsDesc, err)
+		return nil, fmt.Errorf("%w: %s report against %s: %v", attest.ErrCertChain, ev.TEE, rootsDesc, err)
 	}
 
 	// 4. Policy.
 	pol, err := abi.ParseSnpPolicy(report.GetPolicy())
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s report POLICY 0x%x: %v", ErrMalformed, ev.TEE, report.GetPolicy(), err)
+		return nil, fmt.Errorf("%w: %s report POLICY 0x%x: %v", attest.ErrMalformed, ev.TEE, report.GetPolicy(), err)
 	}
 	if pol.Debug && !opts.Policy.AllowDebug {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) has DEBUG set: found unauthorized debug capability, the host can read and change a debug guest", ErrPolicy, ev.TEE, report.GetPolicy())
+		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) has DEBUG set: found unauthorized debug capability, the host can read and change a debug guest", attest.ErrPolicy, ev.TEE, report.GetPolicy())
 	}
 	if want := opts.Policy.SNPGuestPolicy; want != nil && report.GetPolicy() != *want {
-		return nil, fmt.Errorf("%w: %s report POLICY is 0x%x, expected exactly 0x%x", ErrPolicy, ev.TEE, report.GetPolicy(), *want)
+		return nil, fmt.Errorf("%w: %s report POLICY is 0x%x, expected exactly 0x%x", attest.ErrPolicy, ev.TEE, report.GetPolicy(), *want)
 	}
 	vmpl := 0
 	vo := &validate.Options{
@@ -260,10 +273,10 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	}
 	vo.PermitProvisionalFirmware = true
 	if pol.MigrateMA {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", ErrPolicy, ev.TEE, report.GetPolicy())
+		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", attest.ErrPolicy, ev.TEE, report.GetPolicy())
 	}
 	if report.GetVmpl() != 0 {
-		return nil, fmt.Errorf("%w: %s report was requested at VMPL %d, expected VMPL 0", ErrPolicy, ev.TEE, report.GetVmpl())
+		return nil, fmt.Errorf("%w: %s report was requested at VMPL %d, expected VMPL 0", attest.ErrPolicy, ev.TEE, report.GetVmpl())
 	}
 
 	// 5. Minimum TCB, checked here first so that the error names the component.
@@ -276,7 +289,7 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 		}
 	}
 	if err := validate.SnpAttestation(att, vo); err != nil {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x, VMPL %d): %v", ErrPolicy, ev.TEE, report.GetPolicy(), report.GetVmpl(), err)
+		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x, VMPL %d): %v", attest.ErrPolicy, ev.TEE, report.GetPolicy(), report.GetVmpl(), err)
 	}
 
 	// 6. Bindings.
@@ -288,13 +301,13 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 			want = append(want, hex.EncodeToString(m))
 		}
 		if !ok {
-			return nil, fmt.Errorf("%w: MEASUREMENT is %x, expected one of [%s]", ErrMeasurement, report.GetMeasurement(), strings.Join(want, ", "))
+			return nil, fmt.Errorf("%w: MEASUREMENT is %x, expected one of [%s]", attest.ErrMeasurement, report.GetMeasurement(), strings.Join(want, ", "))
 		}
 	}
-	if err := checkExact(ErrHostData, "HOST_DATA", report.GetHostData(), opts.ExpectedHostData); err != nil {
+	if err := checkExact(attest.ErrHostData, "HOST_DATA", report.GetHostData(), opts.ExpectedHostData); err != nil {
 		return nil, err
 	}
-	if err := checkExact(ErrReportData, "REPORT_DATA", report.GetReportData(), opts.ExpectedReportData); err != nil {
+	if err := checkExact(attest.ErrReportData, "REPORT_DATA", report.GetReportData(), opts.ExpectedReportData); err != nil {
 		return nil, err
 	}
 	if err := checkPlatform(opts.Policy.AllowedPlatforms, "CHIP_ID", hex.EncodeToString(report.GetChipId())); err != nil {
@@ -304,7 +317,7 @@ func verifySNP(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 		ProductLine: product,
 		PlatformID:  hex.EncodeToString(report.GetChipId()),
 		TEE:         ev.TEE,
-		Simulated:   ev.TEE == TEESim,
+		Simulated:   ev.TEE == attest.TEESim,
 		Measurement: report.GetMeasurement(),
 		HostData:    report.GetHostData(),
 		ReportData:  report.GetReportData(),
@@ -355,8 +368,8 @@ func isSignatureStage(err error) bool {
 
 // certificateChain builds the go-sev-guest certificate chain from ev.Certs, falling back to
 // the certificate table for anything ev.Certs lacks.
-func certificateChain(ev *Evidence) (*spb.CertificateChain, error) {
-	table, err := parseCertTable(ev.CertTable)
+func certificateChain(ev *attest.Evidence) (*spb.CertificateChain, error) {
+	table, err := attest.ParseCertTable(ev.CertTable)
 	if err != nil {
 		return nil, err
 	}
@@ -379,7 +392,7 @@ func certificateChain(ev *Evidence) (*spb.CertificateChain, error) {
 		pick(&c.VlekCert, ev.Certs.VLEK)
 	}
 	if len(c.VcekCert) == 0 && len(c.VlekCert) == 0 {
-		return nil, fmt.Errorf("%w: %s evidence carries neither a VCEK nor a VLEK certificate (the host completes the evidence)", ErrCertChain, ev.TEE)
+		return nil, fmt.Errorf("%w: %s evidence carries neither a VCEK nor a VLEK certificate (the host completes the evidence)", attest.ErrCertChain, ev.TEE)
 	}
 	return c, nil
 }
@@ -388,11 +401,11 @@ func certificateChain(ev *Evidence) (*spb.CertificateChain, error) {
 // only an intermediate: x509 verification still has to chain it to one of the trusted ARKs.
 func simTrustedRoots(arks []*x509.Certificate, askDER []byte) (map[string][]*trust.AMDRootCerts, error) {
 	if len(askDER) == 0 {
-		return nil, fmt.Errorf("%w: sim evidence carries no ASK certificate", ErrCertChain)
+		return nil, fmt.Errorf("%w: sim evidence carries no ASK certificate", attest.ErrCertChain)
 	}
 	ask, err := x509.ParseCertificate(askDER)
 	if err != nil {
-		return nil, fmt.Errorf("%w: sim ASK certificate: %v", ErrCertChain, err)
+		return nil, fmt.Errorf("%w: sim ASK certificate: %v", attest.ErrCertChain, err)
 	}
 	roots := map[string][]*trust.AMDRootCerts{}
 	for _, line := range simProductLines {
@@ -443,6 +456,21 @@ func amdTrustedRoots() (map[string][]*trust.AMDRootCerts, error) {
 
 // maxRootFileSize caps a --trusted-sim-root file.
 const maxRootFileSize = 1 << 20
+
+// pemCertificate is the PEM block type of a certificate.
+const pemCertificate = "CERTIFICATE"
+
+// snpOffVersion is the VERSION field of an SNP report.
+const snpOffVersion = 0x000
+
+func allZero(b []byte) bool {
+	for _, x := range b {
+		if x != 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // LoadCertificatePEM reads certificates from a file (one or more PEM CERTIFICATE blocks, or
 // a single DER certificate), e.g. for --trusted-sim-root.
@@ -496,7 +524,7 @@ func minimumTCB(p Policy, product string) (*SNPTCB, error) {
 	}
 	t, ok := DefaultMinimumTCB(product)
 	if !ok {
-		return nil, fmt.Errorf("%w: no embedded minimum TCB for SNP product line %q; give a minimum TCB explicitly", ErrTCB, product)
+		return nil, fmt.Errorf("%w: no embedded minimum TCB for SNP product line %q; give a minimum TCB explicitly", attest.ErrTCB, product)
 	}
 	return &t, nil
 }
@@ -511,5 +539,5 @@ func checkPlatform(allowed []string, field, id string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s %s is not among the %d allowed platform(s)", ErrPlatform, field, id, len(allowed))
+	return fmt.Errorf("%w: %s %s is not among the %d allowed platform(s)", attest.ErrPlatform, field, id, len(allowed))
 }

@@ -1,10 +1,12 @@
-package attest
+package verifier
 
 import (
 	"crypto/x509"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Policy is what a verifier demands of hardware evidence beyond a valid signature chain and
@@ -128,7 +130,7 @@ func checkMinimumTCB(field string, got, min SNPTCB) error {
 	for i := range g {
 		if g[i] < m[i] {
 			return fmt.Errorf("%w: %s %s SPL is %d, minimum %d (short by %d); %s is %s, minimum %s",
-				ErrTCB, field, snpTCBComponents[i], g[i], m[i], m[i]-g[i], field, got, min)
+				attest.ErrTCB, field, snpTCBComponents[i], g[i], m[i], m[i]-g[i], field, got, min)
 		}
 	}
 	return nil
@@ -153,12 +155,12 @@ func tdxTCBComponentName(i int) string {
 // checkMinimumTeeTcbSvn compares TEE_TCB_SVN component-wise.
 func checkMinimumTeeTcbSvn(got, min []byte) error {
 	if len(min) != len(got) {
-		return fmt.Errorf("%w: minimum TEE_TCB_SVN is %d bytes, must be %d", ErrTCB, len(min), len(got))
+		return fmt.Errorf("%w: minimum TEE_TCB_SVN is %d bytes, must be %d", attest.ErrTCB, len(min), len(got))
 	}
 	for i := range got {
 		if got[i] < min[i] {
 			return fmt.Errorf("%w: %s is %d, minimum %d (short by %d); TEE_TCB_SVN is %x, minimum %x",
-				ErrTCB, tdxTCBComponentName(i), got[i], min[i], min[i]-got[i], got, min)
+				attest.ErrTCB, tdxTCBComponentName(i), got[i], min[i], min[i]-got[i], got, min)
 		}
 	}
 	return nil

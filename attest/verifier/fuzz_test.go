@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 
 	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Run with -fuzzminimizetime=2s or so: FuzzParseEvidence verifies what it accepts, so
@@ -14,10 +16,10 @@ import (
 // FuzzParseEvidence: whatever evidence.json holds, parsing neither panics nor accepts a shape
 // that the rest of the package cannot handle, and accepted evidence re-encodes stably.
 func FuzzParseEvidence(f *testing.F) {
-	for _, ev := range []*Evidence{
+	for _, ev := range []*attest.Evidence{
 		realMilanEvidence(),
-		{TEE: TEETDX, Report: tdxtestdata.RawQuote},
-		{TEE: TEESim, Report: make([]byte, snpReportSize), CertTable: []byte{1, 2, 3}, Certs: &CertChain{ARK: []byte{1}}},
+		{TEE: attest.TEETDX, Report: tdxtestdata.RawQuote},
+		{TEE: attest.TEESim, Report: make([]byte, attest.SNPReportSize), CertTable: []byte{1, 2, 3}, Certs: &attest.CertChain{ARK: []byte{1}}},
 	} {
 		b, err := ev.Marshal()
 		if err != nil {
@@ -28,21 +30,21 @@ func FuzzParseEvidence(f *testing.F) {
 	f.Add([]byte(`{"tee":"sim","report":"","extra":1}`))
 	f.Add([]byte(`{}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := ParseEvidence(b)
+		ev, err := attest.ParseEvidence(b)
 		if err != nil {
 			return
 		}
 		// Accepted evidence goes through the layout parsers without panicking.
-		_, _ = LaunchDigest(ev)
-		_, _ = Verify(ev, VerifyOptions{})
-		if ev.TEE == TEESNP {
-			_ = CompleteSNPFromCertTable(ev)
+		_, _ = attest.LaunchDigest(ev)
+		_, _ = Verify(ev, Options{})
+		if ev.TEE == attest.TEESNP {
+			_ = attest.CompleteSNPFromCertTable(ev)
 		}
 		enc, err := ev.Marshal()
 		if err != nil {
 			t.Fatalf("accepted evidence does not re-encode: %v", err)
 		}
-		again, err := ParseEvidence(enc)
+		again, err := attest.ParseEvidence(enc)
 		if err != nil {
 			t.Fatalf("re-encoded evidence is rejected: %v", err)
 		}
@@ -53,37 +55,13 @@ func FuzzParseEvidence(f *testing.F) {
 	})
 }
 
-// FuzzSimResponse: the guest's parser of host responses never panics, never allocates beyond
-// its limits and only returns a report of the exact SNP size.
-func FuzzSimResponse(f *testing.F) {
-	f.Add(simResponse(0, simOKBody(sevtestdata.AttestationBytes, nil)))
-	f.Add(simResponse(0, simOKBody(sevtestdata.AttestationBytes, []byte{1, 2, 3})))
-	f.Add(simResponse(1, []byte("bad request")))
-	f.Add([]byte(simRspMagic))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		report, table, err := readSimResponse(bytes.NewReader(b))
-		if err != nil {
-			return
-		}
-		if len(report) != snpReportSize {
-			t.Fatalf("accepted a %d-byte report", len(report))
-		}
-		if len(table) > MaxCertTableSize {
-			t.Fatalf("accepted a %d-byte table", len(table))
-		}
-		if len(b) < simRspHdrSize+4+snpReportSize+4+len(table) {
-			t.Fatal("returned more bytes than it read")
-		}
-	})
-}
-
 // FuzzCertTable: the host-side certificate table parser never panics and only returns
 // certificates that lie inside the table.
 func FuzzCertTable(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, certTableEntrySize))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		tab, err := parseCertTable(b)
+		tab, err := attest.ParseCertTable(b)
 		if err != nil {
 			return
 		}
@@ -105,7 +83,7 @@ func FuzzTDXQuote(f *testing.F) {
 	f.Add(tdxtestdata.RawQuoteV5)
 	f.Add(tdxtestdata.RawQuote[:tdxMinQuoteSize])
 	f.Fuzz(func(t *testing.T, b []byte) {
-		q, err := parseTDXQuote(b)
+		q, err := attest.ParseTDXQuote(b)
 		if err != nil {
 			return
 		}
@@ -115,10 +93,10 @@ func FuzzTDXQuote(f *testing.F) {
 		if len(q.MrTd) != 48 || len(q.ReportData) != 64 || len(q.MrConfigID) != 48 {
 			t.Fatal("field sizes wrong")
 		}
-		ev := &Evidence{TEE: TEETDX, Report: b}
-		_, _ = LaunchDigest(ev)
+		ev := &attest.Evidence{TEE: attest.TEETDX, Report: b}
+		_, _ = attest.LaunchDigest(ev)
 		_, _ = Describe(ev)
-		_, _ = Verify(ev, VerifyOptions{Now: tdxNow})
+		_, _ = Verify(ev, Options{Now: tdxNow})
 	})
 }
 
@@ -131,15 +109,15 @@ func FuzzEvidenceFile(f *testing.F) {
 	f.Add(js)
 	f.Add(append(bytes.Clone(sevtestdata.AttestationBytes), make([]byte, certTableEntrySize)...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		ev, err := ParseEvidenceFile(b, "")
+		ev, err := attest.ParseEvidenceFile(b, "")
 		if err != nil {
 			return
 		}
-		if err := ev.checkShape(); err != nil {
+		if err := ev.CheckShape(); err != nil {
 			t.Fatalf("accepted evidence fails its shape check: %v", err)
 		}
 		_, _ = Describe(ev)
-		_, _ = Verify(ev, VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
+		_, _ = Verify(ev, Options{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
 	})
 }
 
@@ -155,7 +133,7 @@ func FuzzTDXCollateral(f *testing.F) {
 		}
 		g := offlineTDXGetter{c}
 		_, _, _ = g.Get("https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc=00")
-		_, _ = Verify(&Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, VerifyOptions{Now: tdxNow, Policy: Policy{TDXCollateral: c}})
+		_, _ = Verify(&attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, Options{Now: tdxNow, Policy: Policy{TDXCollateral: c}})
 	})
 }
 

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -24,7 +24,7 @@ import (
 
 func BenchmarkVerifySNP(b *testing.B) {
 	b.Run("cloche", func(b *testing.B) {
-		opts := VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}}
+		opts := Options{Now: realMilanNow, Policy: Policy{AllowDebug: true}}
 		for i := 0; i < b.N; i++ {
 			if _, err := Verify(realMilanEvidence(), opts); err != nil {
 				b.Fatal(err)

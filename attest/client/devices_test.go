@@ -1,4 +1,4 @@
-package attest
+package client
 
 import (
 	"bytes"
@@ -8,58 +8,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/google/go-sev-guest/abi"
-	labi "github.com/google/go-sev-guest/client/linuxabi"
-	sevtest "github.com/google/go-sev-guest/testing"
 	tdxclient "github.com/google/go-tdx-guest/client"
 	tdxtest "github.com/google/go-tdx-guest/testing"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
-
-// The /dev/sev-guest provider over go-sev-guest's fake device, which signs each report
-// with the test-only chain: the evidence verifies, and a report for other data is refused.
-func TestSEVGuestDeviceProvider(t *testing.T) {
-	var rd, other [64]byte
-	copy(rd[:], fakeRD)
-	other[0] = 1
-	var good, wrong [abi.ReportSize]byte
-	copy(good[:], fakeSNPReport(t, abi.VcekReportSigner, nil))
-	copy(wrong[:], good[:]) // answers `other` with a report for fakeRD
-	dev, err := sevtest.TcDevice([]sevtest.TestCase{{Name: "good", Input: rd, Output: toRespArray(good)}, {Name: "wrong", Input: other, Output: toRespArray(wrong)}},
-		&sevtest.DeviceOptions{Signer: testAMDSigner(t), Now: fakeNow, Product: abi.DefaultSevProduct()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := NewSEVGuestProvider(dev)
-	if p.TEE() != TEESNP {
-		t.Fatalf("TEE %q", p.TEE())
-	}
-	ev, err := p.GetEvidence(context.Background(), rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if d, err := LaunchDigest(ev); err != nil || !bytes.Equal(d[:], fakeHost) {
-		t.Fatalf("LaunchDigest %x, %v", d, err)
-	}
-	s := testAMDSigner(t)
-	ev.Certs = &CertChain{VCEK: s.Vcek.Raw}
-	if _, err := Verify(ev, fakeSNPOpts(t)); err != nil {
-		t.Fatalf("device evidence does not verify: %v", err)
-	}
-	_, err = p.GetEvidence(context.Background(), other)
-	wantErr(t, err, ErrMalformed, "REPORT_DATA", "expected the requested")
-
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := p.GetEvidence(ctx, rd); err == nil {
-		t.Error("cancelled context: no error")
-	}
-}
-
-func toRespArray(r [abi.ReportSize]byte) (out [labi.SnpReportRespReportSize]byte) {
-	copy(out[:], r[:])
-	return out
-}
 
 // The TDREPORT through go-tdx-guest's fake device: its REPORTDATA must answer the request,
 // and its MRCONFIGID is the launch digest. (go-tdx-guest's report.dat sample is not a
@@ -86,11 +41,11 @@ func TestReadTDReport(t *testing.T) {
 	if !bytes.Equal(r, report[:]) {
 		t.Fatal("TDREPORT differs from the device's")
 	}
-	if d, err := TDReportLaunchDigest(r); err != nil || d != want {
+	if d, err := attest.TDReportLaunchDigest(r); err != nil || d != want {
 		t.Fatalf("launch digest %x, %v; want MRCONFIGID[0:32] %x", d, err, want)
 	}
 	_, err = ReadTDReport(dev, other)
-	wantErr(t, err, ErrMalformed, "REPORTDATA")
+	simtest.WantErr(t, err, attest.ErrMalformed, "REPORTDATA")
 }
 
 // tdReportFor lays out a TDX 1.5 TDREPORT_STRUCT with reportData and MRCONFIGID digest‖0.
@@ -108,7 +63,7 @@ func TestTDReportLaunchDigest(t *testing.T) {
 	good[0] = tdReportTypeTDX
 	want := [32]byte{1, 2, 3}
 	copy(good[tdReportOffMrConfig:], want[:])
-	if d, err := TDReportLaunchDigest(good); err != nil || d != want {
+	if d, err := attest.TDReportLaunchDigest(good); err != nil || d != want {
 		t.Fatalf("%x, %v", d, err)
 	}
 	for name, mutate := range map[string]func([]byte) []byte{
@@ -118,7 +73,7 @@ func TestTDReportLaunchDigest(t *testing.T) {
 		"padding not 0": func(b []byte) []byte { b[tdReportOffMrConfig+40] = 1; return b },
 	} {
 		b := mutate(bytes.Clone(good))
-		if _, err := TDReportLaunchDigest(b); !errors.Is(err, ErrMalformed) {
+		if _, err := attest.TDReportLaunchDigest(b); !errors.Is(err, attest.ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
 		}
 	}
@@ -136,12 +91,12 @@ func TestGuestLaunchDigestPrefersTheTDReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := &tdxReportDigester{Provider: lyingQuoteProvider{}, open: func() (tdxclient.Device, error) { return dev, nil }}
-	got, err := GuestLaunchDigest(context.Background(), p, probe)
+	got, err := attest.GuestLaunchDigest(context.Background(), p, probe)
 	if err != nil || got != want {
 		t.Fatalf("GuestLaunchDigest = %x, %v; want the TDREPORT's %x", got, err, want)
 	}
 	// Without the TDREPORT reader, the quote's value would have been taken.
-	q, _ := GuestLaunchDigest(context.Background(), lyingQuoteProvider{}, [64]byte{})
+	q, _ := attest.GuestLaunchDigest(context.Background(), lyingQuoteProvider{}, [64]byte{})
 	if q == want {
 		t.Fatal("the lying quote names the same digest; the test proves nothing")
 	}
@@ -151,9 +106,9 @@ func TestGuestLaunchDigestPrefersTheTDReport(t *testing.T) {
 // asked for.
 type lyingQuoteProvider struct{}
 
-func (lyingQuoteProvider) TEE() TEE { return TEETDX }
-func (lyingQuoteProvider) GetEvidence(context.Context, [64]byte) (*Evidence, error) {
-	return &Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, nil
+func (lyingQuoteProvider) TEE() attest.TEE { return attest.TEETDX }
+func (lyingQuoteProvider) GetEvidence(context.Context, [64]byte) (*attest.Evidence, error) {
+	return &attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, nil
 }
 
 // Without the devices, OpenGuestDeviceProvider says what it looked for; a regular file in
@@ -161,7 +116,7 @@ func (lyingQuoteProvider) GetEvidence(context.Context, [64]byte) (*Evidence, err
 func TestOpenGuestDeviceProviderMissing(t *testing.T) {
 	dir := t.TempDir()
 	_, _, err := OpenGuestDeviceProvider(dir)
-	wantErr(t, err, ErrNoGuestDevice, filepath.Join(dir, SEVGuestDevice), filepath.Join(dir, TDXGuestDevice))
+	simtest.WantErr(t, err, ErrNoGuestDevice, filepath.Join(dir, SEVGuestDevice), filepath.Join(dir, TDXGuestDevice))
 
 	// A TDX guest without configfs-tsm is told why there is no fallback.
 	tdxDir := t.TempDir()
@@ -169,7 +124,7 @@ func TestOpenGuestDeviceProviderMissing(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = OpenGuestDeviceProvider(tdxDir)
-	wantErr(t, err, ErrNoGuestDevice, "TDX quotes need configfs-tsm", "TDX_CMD_GET_QUOTE ioctl is not in upstream Linux")
+	simtest.WantErr(t, err, ErrNoGuestDevice, "TDX quotes need configfs-tsm", "TDX_CMD_GET_QUOTE ioctl is not in upstream Linux")
 
 	if err := os.WriteFile(filepath.Join(dir, SEVGuestDevice), nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -179,7 +134,7 @@ func TestOpenGuestDeviceProviderMissing(t *testing.T) {
 		t.Fatalf("opening a stand-in file: %v", err)
 	}
 	defer c.Close()
-	if p.TEE() != TEESNP {
+	if p.TEE() != attest.TEESNP {
 		t.Fatalf("TEE %q", p.TEE())
 	}
 	if _, err := p.GetEvidence(context.Background(), [64]byte{}); err == nil {

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -13,12 +13,14 @@ import (
 	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	tdxvalidate "github.com/google/go-tdx-guest/validate"
 	tdxverify "github.com/google/go-tdx-guest/verify"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // verifyTDX checks a TDX quote offline, in the order documented on Verify.
-func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error) {
+func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error) {
 	// 1. Parse: cloche's own strict layout parser, then go-tdx-guest's.
-	q, err := parseTDXQuote(ev.Report)
+	q, err := attest.ParseTDXQuote(ev.Report)
 	if err != nil {
 		return nil, err
 	}
@@ -32,7 +34,7 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	}
 	if ev.CertTable != nil || ev.Certs != nil {
 		// A TDX quote carries its own PCK chain; anything else is a confused producer.
-		return nil, fmt.Errorf("%w: tdx evidence carries an SNP certificate table or chain", ErrMalformed)
+		return nil, fmt.Errorf("%w: tdx evidence carries an SNP certificate table or chain", attest.ErrMalformed)
 	}
 
 	// 2. PCK chain to Intel's root and the quote signature, without collateral.
@@ -48,9 +50,9 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 	times := &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now}
 	if err := tdxverify.TdxQuote(quote, &tdxverify.Options{Now: times, TrustedRoots: roots, Getter: offlineTDXGetter{}}); err != nil {
 		if isTDXSignatureStage(err) {
-			return nil, fmt.Errorf("%w: tdx quote: %v", ErrSignature, err)
+			return nil, fmt.Errorf("%w: tdx quote: %v", attest.ErrSignature, err)
 		}
-		return nil, fmt.Errorf("%w: tdx quote PCK chain against Intel's SGX root CA: %v", ErrCertChain, err)
+		return nil, fmt.Errorf("%w: tdx quote PCK chain against Intel's SGX root CA: %v", attest.ErrCertChain, err)
 	}
 
 	// The enclave that signed the quote must be Intel's TD quoting enclave, with or without
@@ -68,9 +70,9 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 		})
 		if err != nil {
 			if strings.Contains(err.Error(), "revoked") {
-				return nil, fmt.Errorf("%w: tdx PCK chain: %v", ErrRevoked, err)
+				return nil, fmt.Errorf("%w: tdx PCK chain: %v", attest.ErrRevoked, err)
 			}
-			return nil, fmt.Errorf("%w: tdx quote against the given Intel collateral: %v", ErrCollateral, err)
+			return nil, fmt.Errorf("%w: tdx quote against the given Intel collateral: %v", attest.ErrCollateral, err)
 		}
 		if !c.HasCRLs() {
 			warnings = append(warnings, "revocation not checked: the TDX collateral carries no Intel CRLs (PCK CRL and root CA CRL)")
@@ -94,7 +96,7 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 		warnings = append(warnings, fmt.Sprintf("only MRTD (the firmware) was compared with a reference value; %s not checked: the kernel, command line and initrd are not bound", strings.Join(open, ", ")))
 	}
 	return &Claims{
-		TEE:         TEETDX,
+		TEE:         attest.TEETDX,
 		PlatformID:  ppid,
 		Measurement: bytes.Clone(q.MrTd),
 		HostData:    bytes.Clone(q.MrConfigID),
@@ -107,7 +109,7 @@ func verifyTDX(ev *Evidence, opts VerifyOptions, now time.Time) (*Claims, error)
 
 // checkTDXValues checks the quote's fields once its signatures are known to be good:
 // policy (ErrPolicy), minimum TEE_TCB_SVN (ErrTCB), then the bindings.
-func checkTDXValues(q *tdxQuote, quote any, opts VerifyOptions) error {
+func checkTDXValues(q *attest.TDXQuote, quote any, opts Options) error {
 	if err := checkTDXPolicy(q, quote, opts.Policy); err != nil {
 		return err
 	}
@@ -121,50 +123,50 @@ func checkTDXValues(q *tdxQuote, quote any, opts VerifyOptions) error {
 	}
 	if want := opts.ExpectedHostData; want != nil {
 		if len(want) != 32 {
-			return fmt.Errorf("%w: expected launch digest is %d bytes, must be 32 (it is compared with MRCONFIGID[0:32])", ErrHostData, len(want))
+			return fmt.Errorf("%w: expected launch digest is %d bytes, must be 32 (it is compared with MRCONFIGID[0:32])", attest.ErrHostData, len(want))
 		}
 		if !bytes.Equal(q.MrConfigID[:32], want) {
-			return fmt.Errorf("%w: MRCONFIGID[0:32] is %x, expected %x", ErrHostData, q.MrConfigID[:32], want)
+			return fmt.Errorf("%w: MRCONFIGID[0:32] is %x, expected %x", attest.ErrHostData, q.MrConfigID[:32], want)
 		}
 		if !allZero(q.MrConfigID[32:]) {
-			return fmt.Errorf("%w: MRCONFIGID padding [32:48] is %x, expected 16 zero bytes", ErrHostData, q.MrConfigID[32:])
+			return fmt.Errorf("%w: MRCONFIGID padding [32:48] is %x, expected 16 zero bytes", attest.ErrHostData, q.MrConfigID[32:])
 		}
 	}
-	return checkExact(ErrReportData, "REPORT_DATA", q.ReportData, opts.ExpectedReportData)
+	return checkExact(attest.ErrReportData, "REPORT_DATA", q.ReportData, opts.ExpectedReportData)
 }
 
 // checkTDXPolicy checks the TD and TDX module attributes and the owner fields.
-func checkTDXPolicy(q *tdxQuote, quote any, p Policy) error {
+func checkTDXPolicy(q *attest.TDXQuote, quote any, p Policy) error {
 	if q.TdAttributes&tdAttrDebug != 0 && !p.AllowDebug {
-		return fmt.Errorf("%w: TDATTRIBUTES 0x%016x has DEBUG set: the host can read and change a debug TD", ErrPolicy, q.TdAttributes)
+		return fmt.Errorf("%w: TDATTRIBUTES 0x%016x has DEBUG set: the host can read and change a debug TD", attest.ErrPolicy, q.TdAttributes)
 	}
 	if extra := q.TdAttributes &^ tdAttrAllowed; extra != 0 {
-		return fmt.Errorf("%w: TDATTRIBUTES 0x%016x has bits 0x%x set, only DEBUG, SEPT_VE_DISABLE, PKS and PERFMON are accepted", ErrPolicy, q.TdAttributes, extra)
+		return fmt.Errorf("%w: TDATTRIBUTES 0x%016x has bits 0x%x set, only DEBUG, SEPT_VE_DISABLE, PKS and PERFMON are accepted", attest.ErrPolicy, q.TdAttributes, extra)
 	}
 	if q.Xfam&xfamFixed1 != xfamFixed1 || q.Xfam&^xfamFixed0 != 0 {
-		return fmt.Errorf("%w: XFAM 0x%016x violates the fixed bits (must have 0x%x, may only have 0x%x)", ErrPolicy, q.Xfam, xfamFixed1, xfamFixed0)
+		return fmt.Errorf("%w: XFAM 0x%016x violates the fixed bits (must have 0x%x, may only have 0x%x)", attest.ErrPolicy, q.Xfam, xfamFixed1, xfamFixed0)
 	}
 	if p.TDX.Xfam != nil && q.Xfam != *p.TDX.Xfam {
-		return fmt.Errorf("%w: XFAM is 0x%016x, expected 0x%016x", ErrPolicy, q.Xfam, *p.TDX.Xfam)
+		return fmt.Errorf("%w: XFAM is 0x%016x, expected 0x%016x", attest.ErrPolicy, q.Xfam, *p.TDX.Xfam)
 	}
 	wantSeamAttr := uint64(0)
 	if p.TDX.SeamAttributes != nil {
 		wantSeamAttr = *p.TDX.SeamAttributes
 	}
 	if q.SeamAttributes != wantSeamAttr {
-		return fmt.Errorf("%w: SEAMATTRIBUTES is 0x%016x, expected 0x%016x (non-zero marks a debug TDX module)", ErrPolicy, q.SeamAttributes, wantSeamAttr)
+		return fmt.Errorf("%w: SEAMATTRIBUTES is 0x%016x, expected 0x%016x (non-zero marks a debug TDX module)", attest.ErrPolicy, q.SeamAttributes, wantSeamAttr)
 	}
 	wantSigner := p.TDX.MrSignerSeam
 	if wantSigner == nil {
 		wantSigner = make([]byte, 48)
 	}
-	if err := checkExact(ErrPolicy, "MRSIGNERSEAM", q.MrSignerSeam, wantSigner); err != nil {
+	if err := checkExact(attest.ErrPolicy, "MRSIGNERSEAM", q.MrSignerSeam, wantSigner); err != nil {
 		return err
 	}
-	if err := checkExact(ErrPolicy, "MROWNER", q.MrOwner, p.TDX.MrOwner); err != nil {
+	if err := checkExact(attest.ErrPolicy, "MROWNER", q.MrOwner, p.TDX.MrOwner); err != nil {
 		return err
 	}
-	if err := checkExact(ErrPolicy, "MROWNERCONFIG", q.MrOwnerConfig, p.TDX.MrOwnerConfig); err != nil {
+	if err := checkExact(attest.ErrPolicy, "MROWNERCONFIG", q.MrOwnerConfig, p.TDX.MrOwnerConfig); err != nil {
 		return err
 	}
 	// go-tdx-guest's own validation as a second opinion, for the v4 quotes it supports (v5
@@ -172,7 +174,7 @@ func checkTDXPolicy(q *tdxQuote, quote any, p Policy) error {
 	// TdAttributes) the library accepts a debug TD.
 	if v4, ok := quote.(*tdxpb.QuoteV4); ok {
 		if err := tdxvalidate.TdxQuote(v4, &tdxvalidate.Options{TdQuoteBodyOptions: tdxvalidate.TdQuoteBodyOptions{EnableTdDebugCheck: !p.AllowDebug}}); err != nil {
-			return fmt.Errorf("%w: tdx quote: %v", ErrPolicy, err)
+			return fmt.Errorf("%w: tdx quote: %v", attest.ErrPolicy, err)
 		}
 	}
 	return nil
@@ -181,9 +183,9 @@ func checkTDXPolicy(q *tdxQuote, quote any, p Policy) error {
 // checkTDXMeasurement compares the launch registers with the reference values: each is
 // either 48 bytes (MRTD, what the provenance and the reference values name as the TDX
 // measurement) or 192 bytes (MRTD || RTMR0 || RTMR1 || RTMR2). Then each expected RTMR.
-func checkTDXMeasurement(q *tdxQuote, refs [][]byte, rtmrs [3][]byte) error {
+func checkTDXMeasurement(q *attest.TDXQuote, refs [][]byte, rtmrs [3][]byte) error {
 	if len(refs) > 0 {
-		long := q.launchRegisters()
+		long := q.LaunchRegisters()
 		var diffs []string
 		ok := false
 		for _, ref := range refs {
@@ -205,7 +207,7 @@ func checkTDXMeasurement(q *tdxQuote, refs [][]byte, rtmrs [3][]byte) error {
 				}
 				diffs = append(diffs, "differs in "+strings.Join(names, ", "))
 			default:
-				return fmt.Errorf("%w: a TDX reference value is %d bytes, expected 48 (MRTD) or 192 (MRTD||RTMR0||RTMR1||RTMR2)", ErrMeasurement, len(ref))
+				return fmt.Errorf("%w: a TDX reference value is %d bytes, expected 48 (MRTD) or 192 (MRTD||RTMR0||RTMR1||RTMR2)", attest.ErrMeasurement, len(ref))
 			}
 			if ok {
 				break
@@ -213,14 +215,14 @@ func checkTDXMeasurement(q *tdxQuote, refs [][]byte, rtmrs [3][]byte) error {
 		}
 		if !ok {
 			return fmt.Errorf("%w: MRTD %x, RTMR0 %x, RTMR1 %x, RTMR2 %x match none of the %d reference value(s): %s",
-				ErrMeasurement, q.MrTd, q.Rtmrs[0], q.Rtmrs[1], q.Rtmrs[2], len(refs), strings.Join(diffs, "; "))
+				attest.ErrMeasurement, q.MrTd, q.Rtmrs[0], q.Rtmrs[1], q.Rtmrs[2], len(refs), strings.Join(diffs, "; "))
 		}
 	}
 	for i, want := range rtmrs {
 		if want == nil {
 			continue
 		}
-		if err := checkExact(ErrMeasurement, fmt.Sprintf("RTMR%d", i), q.Rtmrs[i], want); err != nil {
+		if err := checkExact(attest.ErrMeasurement, fmt.Sprintf("RTMR%d", i), q.Rtmrs[i], want); err != nil {
 			return err
 		}
 	}
@@ -267,11 +269,11 @@ func isTDXSignatureStage(err error) bool {
 func tdxPPID(quote any) (string, error) {
 	chain, err := tdxverify.ExtractChainFromQuote(quote)
 	if err != nil {
-		return "", fmt.Errorf("%w: tdx PCK chain: %v", ErrCertChain, err)
+		return "", fmt.Errorf("%w: tdx PCK chain: %v", attest.ErrCertChain, err)
 	}
 	ext, err := pcs.PckCertificateExtensions(chain.PCKCertificate)
 	if err != nil {
-		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %v", ErrCertChain, err)
+		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %v", attest.ErrCertChain, err)
 	}
 	return strings.ToLower(ext.PPID), nil
 }
@@ -303,24 +305,24 @@ func checkQEIdentity(quote any) error {
 		r = q.GetSignedData().GetCertificationData().GetQeReportCertificationData().GetQeReport()
 	}
 	if r == nil {
-		return fmt.Errorf("%w: the quote carries no QE report", ErrQEIdentity)
+		return fmt.Errorf("%w: the quote carries no QE report", attest.ErrQEIdentity)
 	}
 	if !bytes.Equal(r.GetMrSigner(), tdQEMrSigner) {
-		return fmt.Errorf("%w: QE MRSIGNER is %x, expected Intel's %x", ErrQEIdentity, r.GetMrSigner(), tdQEMrSigner)
+		return fmt.Errorf("%w: QE MRSIGNER is %x, expected Intel's %x", attest.ErrQEIdentity, r.GetMrSigner(), tdQEMrSigner)
 	}
 	if r.GetIsvProdId() != tdQEIsvProdID {
-		return fmt.Errorf("%w: QE ISVPRODID is %d, expected %d (the TD QE)", ErrQEIdentity, r.GetIsvProdId(), tdQEIsvProdID)
+		return fmt.Errorf("%w: QE ISVPRODID is %d, expected %d (the TD QE)", attest.ErrQEIdentity, r.GetIsvProdId(), tdQEIsvProdID)
 	}
 	if r.GetMiscSelect()&tdQEMiscSelectMask != tdQEMiscSelect {
-		return fmt.Errorf("%w: QE MISCSELECT is 0x%08x, expected 0x%08x under mask 0x%08x", ErrQEIdentity, r.GetMiscSelect(), tdQEMiscSelect, tdQEMiscSelectMask)
+		return fmt.Errorf("%w: QE MISCSELECT is 0x%08x, expected 0x%08x under mask 0x%08x", attest.ErrQEIdentity, r.GetMiscSelect(), tdQEMiscSelect, tdQEMiscSelectMask)
 	}
 	attr := r.GetAttributes()
 	if len(attr) != len(tdQEAttributes) {
-		return fmt.Errorf("%w: QE ATTRIBUTES are %d bytes, expected %d", ErrQEIdentity, len(attr), len(tdQEAttributes))
+		return fmt.Errorf("%w: QE ATTRIBUTES are %d bytes, expected %d", attest.ErrQEIdentity, len(attr), len(tdQEAttributes))
 	}
 	for i := range attr {
 		if attr[i]&tdQEAttributesMask[i] != tdQEAttributes[i] {
-			return fmt.Errorf("%w: QE ATTRIBUTES %x do not match Intel's %x under mask %x (a debug or other enclave)", ErrQEIdentity, attr, tdQEAttributes, tdQEAttributesMask)
+			return fmt.Errorf("%w: QE ATTRIBUTES %x do not match Intel's %x under mask %x (a debug or other enclave)", attest.ErrQEIdentity, attr, tdQEAttributes, tdQEAttributesMask)
 		}
 	}
 	return nil

@@ -1,4 +1,4 @@
-package attest
+package measure
 
 import (
 	"crypto/sha256"
@@ -6,17 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 )
 
 // simMeasurementDomain separates the simulated measurement from any other SHA-384 use.
 const simMeasurementDomain = "cloche-sim-measurement-v1\x00"
 
-// maxLaunchFileSize caps the kernel and initrd hashed for a simulated launch.
-const maxLaunchFileSize = 2 << 30
-
-// LaunchInputs are what the simulated secure processor "measures" at launch: the guest image
+// LaunchInputs are what the simulated secure processor (attest/simsp) "measures" at launch: the guest image
 // (kernel, initrd, command line) and the VM shape.
 type LaunchInputs struct {
 	KernelSHA256, InitrdSHA256 [32]byte
@@ -49,7 +44,7 @@ func SimMeasurement(in LaunchInputs) [48]byte {
 	return m
 }
 
-// LaunchInputsFromFiles hashes the kernel and initrd files. An empty initrd path means no
+// LaunchInputsFromFiles hashes the kernel and initrd files (each capped at MaxBootFileSize). An empty initrd path means no
 // initrd, which is measured as the SHA-256 of empty input.
 func LaunchInputsFromFiles(kernel, initrd, cmdline string, vcpus uint32, memoryMiB uint64) (LaunchInputs, error) {
 	in := LaunchInputs{Cmdline: cmdline, VCPUs: vcpus, MemoryMiB: memoryMiB}
@@ -69,23 +64,4 @@ func LaunchInputsFromFiles(kernel, initrd, cmdline string, vcpus uint32, memoryM
 		return in, fmt.Errorf("launch inputs: initrd: %w", err)
 	}
 	return in, nil
-}
-
-func sha256File(path string) ([32]byte, error) {
-	var sum [32]byte
-	f, err := os.Open(path)
-	if err != nil {
-		return sum, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, io.LimitReader(f, maxLaunchFileSize+1))
-	if err != nil {
-		return sum, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if n > maxLaunchFileSize {
-		return sum, fmt.Errorf("%s is larger than %d bytes", path, int64(maxLaunchFileSize))
-	}
-	copy(sum[:], h.Sum(nil))
-	return sum, nil
 }

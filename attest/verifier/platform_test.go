@@ -1,9 +1,12 @@
-package attest
+package verifier
 
 import (
 	"encoding/hex"
 	"strings"
 	"testing"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 // Acceptance with go-sev-guest's own fake AMD chain (not the simulated secure processor):
@@ -22,7 +25,7 @@ func TestVerifyFakeSNPProvisionalFirmware(t *testing.T) {
 	}
 	// Committed above current is never a state a genuine host reports.
 	_, err := Verify(fakeSNPEvidence(t, func(r []byte) { r[0x1E0+7]++ }), fakeSNPOpts(t))
-	wantErr(t, err, ErrFirmware, "COMMITTED_TCB")
+	simtest.WantErr(t, err, attest.ErrFirmware, "COMMITTED_TCB")
 }
 
 // The platform allow-list on go-sev-guest's fake SNP chain (CHIP_ID) and on a real Intel TDX
@@ -40,7 +43,7 @@ func TestVerifyAllowedPlatforms(t *testing.T) {
 	}
 	snp.Policy.AllowedPlatforms = []string{strings.Repeat("00", 64)}
 	_, err = Verify(fakeSNPEvidence(t, nil), snp)
-	wantErr(t, err, ErrPlatform, "CHIP_ID "+hex.EncodeToString(fakeHWID), "1 allowed platform")
+	simtest.WantErr(t, err, attest.ErrPlatform, "CHIP_ID "+hex.EncodeToString(fakeHWID), "1 allowed platform")
 
 	claims, err = Verify(realTDXEvidence(), tdxOpts())
 	if err != nil {
@@ -57,5 +60,5 @@ func TestVerifyAllowedPlatforms(t *testing.T) {
 	}
 	tdx.Policy.AllowedPlatforms = []string{strings.Repeat("ab", 16)}
 	_, err = Verify(realTDXEvidence(), tdx)
-	wantErr(t, err, ErrPlatform, "PPID "+ppid)
+	simtest.WantErr(t, err, attest.ErrPlatform, "PPID "+ppid)
 }

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -10,6 +10,10 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/configfs/faketsm"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/client"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 // fakeTSM returns a faketsm client whose report subsystem answers provider, outblob and
@@ -32,46 +36,46 @@ func fakeTSM(provider *atomic.Value, outblob func(inblob []byte) ([]byte, error)
 }
 
 func TestTSMProviderSNP(t *testing.T) {
-	sp, _ := testSPs(t)
-	launch := testLaunch()
+	sp, _ := simtest.SPs(t)
+	launch := simtest.Launch()
 	var provider atomic.Value
 	provider.Store("sev_guest\n")
 	// The fake secure processor signs a report over the inblob, and hands out its
 	// certificate table as the auxblob, as the sev_guest driver does.
-	client := fakeTSM(&provider, func(inblob []byte) ([]byte, error) {
+	tsm := fakeTSM(&provider, func(inblob []byte) ([]byte, error) {
 		var rd [64]byte
 		if len(inblob) != 64 {
 			return nil, errors.New("inblob is not 64 bytes")
 		}
 		copy(rd[:], inblob)
 		return sp.Report(launch, rd)
-	}, func() ([]byte, error) { return bytes.Clone(sp.certTable), nil })
+	}, func() ([]byte, error) { return bytes.Clone(sp.CertTable()), nil })
 
-	p, err := NewTSMProvider(client)
+	p, err := client.NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.TEE() != TEESNP {
+	if p.TEE() != attest.TEESNP {
 		t.Fatalf("TEE %q, want snp", p.TEE())
 	}
-	rd := testReportData()
+	rd := simtest.ReportData()
 	ev, err := p.GetEvidence(context.Background(), rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.TEE != TEESNP || !bytes.Equal(ev.CertTable, sp.certTable) {
+	if ev.TEE != attest.TEESNP || !bytes.Equal(ev.CertTable, sp.CertTable()) {
 		t.Fatalf("evidence TEE %q, table %d bytes", ev.TEE, len(ev.CertTable))
 	}
-	if d, err := LaunchDigest(ev); err != nil || d != launch.HostData {
+	if d, err := attest.LaunchDigest(ev); err != nil || d != launch.HostData {
 		t.Fatalf("LaunchDigest %x, %v", d, err)
 	}
-	if err := CompleteSNPFromCertTable(ev); err != nil {
+	if err := attest.CompleteSNPFromCertTable(ev); err != nil {
 		t.Fatal(err)
 	}
 	// Signed by the simulated processor, so it verifies as sim evidence only.
 	_, err = Verify(ev, simOpts(t, sp))
-	wantErr(t, err, ErrCertChain)
-	ev.TEE = TEESim
+	simtest.WantErr(t, err, attest.ErrCertChain)
+	ev.TEE = attest.TEESim
 	if _, err := Verify(ev, simOpts(t, sp)); err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
@@ -79,7 +83,7 @@ func TestTSMProviderSNP(t *testing.T) {
 	// The provider must not change under the guest's feet.
 	provider.Store("tdx_guest\n")
 	_, err = p.GetEvidence(context.Background(), rd)
-	wantErr(t, err, ErrMalformed, "provider changed")
+	simtest.WantErr(t, err, attest.ErrMalformed, "provider changed")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -89,42 +93,42 @@ func TestTSMProviderSNP(t *testing.T) {
 }
 
 func TestTSMProviderSNPWrongReportData(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	var provider atomic.Value
 	provider.Store("sev_guest\n")
-	client := fakeTSM(&provider, func([]byte) ([]byte, error) {
-		return sp.Report(testLaunch(), [64]byte{}) // ignores the inblob
+	tsm := fakeTSM(&provider, func([]byte) ([]byte, error) {
+		return sp.Report(simtest.Launch(), [64]byte{}) // ignores the inblob
 	}, func() ([]byte, error) { return nil, nil })
-	p, err := NewTSMProvider(client)
+	p, err := client.NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.GetEvidence(context.Background(), testReportData())
-	wantErr(t, err, ErrMalformed, "REPORT_DATA")
+	_, err = p.GetEvidence(context.Background(), simtest.ReportData())
+	simtest.WantErr(t, err, attest.ErrMalformed, "REPORT_DATA")
 
 	short := fakeTSM(&provider, func([]byte) ([]byte, error) { return make([]byte, 100), nil }, func() ([]byte, error) { return nil, nil })
-	p, err = NewTSMProvider(short)
+	p, err = client.NewTSMProvider(short)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = p.GetEvidence(context.Background(), testReportData())
-	wantErr(t, err, ErrMalformed, "100 bytes")
+	_, err = p.GetEvidence(context.Background(), simtest.ReportData())
+	simtest.WantErr(t, err, attest.ErrMalformed, "100 bytes")
 }
 
 func TestTSMProviderTDX(t *testing.T) {
 	var provider atomic.Value
 	provider.Store("tdx_guest\n")
-	client := fakeTSM(&provider,
+	tsm := fakeTSM(&provider,
 		func([]byte) ([]byte, error) { return bytes.Clone(tdxtestdata.RawQuote), nil },
 		func() ([]byte, error) {
 			t.Error("auxblob read for TDX")
 			return nil, errors.New("no auxblob")
 		})
-	p, err := NewTSMProvider(client)
+	p, err := client.NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.TEE() != TEETDX {
+	if p.TEE() != attest.TEETDX {
 		t.Fatalf("TEE %q, want tdx", p.TEE())
 	}
 	// The sample quote's REPORTDATA, as if the guest had asked for it.
@@ -134,22 +138,22 @@ func TestTSMProviderTDX(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ev.TEE != TEETDX || !bytes.Equal(ev.Report, tdxtestdata.RawQuote) || ev.CertTable != nil {
+	if ev.TEE != attest.TEETDX || !bytes.Equal(ev.Report, tdxtestdata.RawQuote) || ev.CertTable != nil {
 		t.Fatal("TDX evidence differs from the quote")
 	}
-	_, err = p.GetEvidence(context.Background(), testReportData())
-	wantErr(t, err, ErrMalformed, "REPORT_DATA")
+	_, err = p.GetEvidence(context.Background(), simtest.ReportData())
+	simtest.WantErr(t, err, attest.ErrMalformed, "REPORT_DATA")
 }
 
 func TestTSMProviderUnsupported(t *testing.T) {
 	// faketsm's default provider is "fake".
-	_, err := NewTSMProvider(fakeTSM(nil, nil, nil))
-	wantErr(t, err, ErrNoTSMProvider, `"fake"`)
+	_, err := client.NewTSMProvider(fakeTSM(nil, nil, nil))
+	simtest.WantErr(t, err, client.ErrNoTSMProvider, `"fake"`)
 
 	// No report subsystem at all (configfs-tsm missing).
-	_, err = NewTSMProvider(&faketsm.Client{})
-	wantErr(t, err, ErrNoTSMProvider)
+	_, err = client.NewTSMProvider(&faketsm.Client{})
+	simtest.WantErr(t, err, client.ErrNoTSMProvider)
 
-	_, err = NewTSMProvider(nil)
-	wantErr(t, err, ErrNoTSMProvider)
+	_, err = client.NewTSMProvider(nil)
+	simtest.WantErr(t, err, client.ErrNoTSMProvider)
 }

@@ -1,4 +1,8 @@
-package attest
+// Package simsp is the host side of the simulated TEE: SP plays AMD's secure processor for
+// guests launched with TEE "sim", signing SNP-format reports with a locally generated chain
+// and answering the guest's requests over the protocol of attest/internal/simwire.
+// docs/design.md ("Simulated TEE") says what it proves: nothing about the host.
+package simsp
 
 import (
 	"bytes"
@@ -25,16 +29,11 @@ import (
 	sevtesting "github.com/google/go-sev-guest/testing"
 	"github.com/google/uuid"
 
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simwire"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
 )
-
-// SimFamilyID marks every simulated report (FAMILY_ID at 0x10). A verifier treats any report
-// carrying it as simulated, whatever its TEE label says.
-var SimFamilyID = [16]byte{'C', 'L', 'O', 'C', 'H', 'E', '-', 'S', 'I', 'M', 'U', 'L', 'A', 'T', 'E', 'D'}
-
-// SimImageID is the IMAGE_ID (0x20) of every simulated report, a second visible marker.
-var SimImageID = [16]byte{'C', 'L', 'O', 'C', 'H', 'E', '-', 'S', 'I', 'M', '-', 'I', 'M', 'A', 'G', 'E'}
 
 // Files of the simulated secure processor's state directory.
 const (
@@ -58,8 +57,7 @@ const (
 	simFirmwareMinor = 55
 	simFirmwareBuild = 21
 	// simPlatformInfo sets SMT_EN: the simulated host has SMT enabled, like most hosts.
-	simPlatformInfo  = 0x1
-	simReportVersion = 3
+	simPlatformInfo = 0x1
 )
 
 var simTCB = kds.TCBParts{BlSpl: 4, TeeSpl: 0, SnpSpl: 22, UcodeSpl: 213}
@@ -71,11 +69,11 @@ const (
 	pemRoleHeader  = "Role"
 )
 
-// SimSP is the host playing AMD's secure processor for the simulated TEE (docs/design.md,
+// SP is the host playing AMD's secure processor for the simulated TEE (docs/design.md,
 // "Simulated TEE"). It signs SNP-format reports with a locally generated VCEK whose chain
 // (ARK -> ASK -> VCEK) is shaped like AMD's, so go-sev-guest's verifier accepts it when, and
 // only when, the sim ARK is passed as the trusted root.
-type SimSP struct {
+type SP struct {
 	dir       string
 	ark, ask  *x509.Certificate
 	vcek      *x509.Certificate
@@ -85,9 +83,9 @@ type SimSP struct {
 	certTable []byte
 }
 
-// LoadOrCreateSimSP loads the simulated secure processor's chain from dir, or creates and
+// LoadOrCreate loads the simulated secure processor's chain from dir, or creates and
 // persists a fresh one (keys 0600, files written atomically) when dir holds none yet.
-func LoadOrCreateSimSP(dir string) (*SimSP, error) {
+func LoadOrCreate(dir string) (*SP, error) {
 	if dir == "" {
 		return nil, errors.New("simulated TEE: state directory is empty")
 	}
@@ -207,8 +205,8 @@ func newSimState(now time.Time) ([]byte, error) {
 }
 
 // parseSimState reads the state file and checks that it is one consistent chain.
-func parseSimState(state []byte, now time.Time) (*SimSP, error) {
-	sp := &SimSP{}
+func parseSimState(state []byte, now time.Time) (*SP, error) {
+	sp := &SP{}
 	rest := state
 	for {
 		var blk *pem.Block
@@ -275,22 +273,26 @@ func parseSimState(state []byte, now time.Time) (*SimSP, error) {
 }
 
 // RootPath is the PEM file of the sim ARK, what a verifier passes as --trusted-sim-root.
-func (sp *SimSP) RootPath() string { return filepath.Join(sp.dir, simRootFile) }
+func (sp *SP) RootPath() string { return filepath.Join(sp.dir, simRootFile) }
 
 // Root returns the sim ARK certificate.
-func (sp *SimSP) Root() *x509.Certificate { return sp.ark }
+func (sp *SP) Root() *x509.Certificate { return sp.ark }
 
 // Chain returns a copy of the DER certificates of the simulated chain.
-func (sp *SimSP) Chain() *CertChain {
-	return &CertChain{
+func (sp *SP) Chain() *attest.CertChain {
+	return &attest.CertChain{
 		ARK:  bytes.Clone(sp.ark.Raw),
 		ASK:  bytes.Clone(sp.ask.Raw),
 		VCEK: bytes.Clone(sp.vcek.Raw),
 	}
 }
 
-// SimLaunch is what the host "measured" and set at launch for one VM.
-type SimLaunch struct {
+// CertTable returns a copy of the GHCB certificate table (ARK, ASK, VCEK) the SP hands the
+// guest with every report.
+func (sp *SP) CertTable() []byte { return bytes.Clone(sp.certTable) }
+
+// Launch is what the host "measured" and set at launch for one VM.
+type Launch struct {
 	Measurement [48]byte
 	HostData    [32]byte
 }
@@ -299,7 +301,7 @@ type SimLaunch struct {
 // and the reserved bit, VMPL 0, ECDSA P-384, TCB fields equal to the VCEK's, FAMILY_ID =
 // SimFamilyID, IMAGE_ID = SimImageID, MEASUREMENT and HOST_DATA from launch, REPORT_DATA from
 // the request).
-func (sp *SimSP) Report(launch SimLaunch, reportData [64]byte) ([]byte, error) {
+func (sp *SP) Report(launch Launch, reportData [64]byte) ([]byte, error) {
 	r := sp.unsignedReport(launch, reportData)
 	if err := sp.sign(r); err != nil {
 		return nil, err
@@ -307,14 +309,14 @@ func (sp *SimSP) Report(launch SimLaunch, reportData [64]byte) ([]byte, error) {
 	return r, nil
 }
 
-func (sp *SimSP) unsignedReport(launch SimLaunch, reportData [64]byte) []byte {
-	r := make([]byte, snpReportSize)
+func (sp *SP) unsignedReport(launch Launch, reportData [64]byte) []byte {
+	r := make([]byte, attest.SNPReportSize)
 	le := binary.LittleEndian
-	le.PutUint32(r[0x000:], simReportVersion)
+	le.PutUint32(r[0x000:], attest.SimReportVersion)
 	le.PutUint32(r[0x004:], 0) // GUEST_SVN
 	le.PutUint64(r[0x008:], abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true}))
-	copy(r[0x010:0x020], SimFamilyID[:])
-	copy(r[0x020:0x030], SimImageID[:])
+	copy(r[0x010:0x020], attest.SimFamilyID[:])
+	copy(r[0x020:0x030], attest.SimImageID[:])
 	le.PutUint32(r[0x030:], 0) // VMPL
 	le.PutUint32(r[0x034:], abi.SignEcdsaP384Sha384)
 	le.PutUint64(r[0x038:], sp.tcb) // CURRENT_TCB
@@ -343,15 +345,15 @@ func (sp *SimSP) unsignedReport(launch SimLaunch, reportData [64]byte) []byte {
 // Resign signs report (an SNP-format report of any content) in place with the simulated
 // VCEK, as a lying secure processor would: the test kit uses it to check that a verifier
 // refuses what the signature cannot vouch against (wrong measurement, policy, TCB...).
-func (sp *SimSP) Resign(report []byte) error {
-	if len(report) != snpReportSize {
-		return fmt.Errorf("%w: report is %d bytes, expected %d", ErrMalformed, len(report), snpReportSize)
+func (sp *SP) Resign(report []byte) error {
+	if len(report) != attest.SNPReportSize {
+		return fmt.Errorf("%w: report is %d bytes, expected %d", attest.ErrMalformed, len(report), attest.SNPReportSize)
 	}
 	return sp.sign(report)
 }
 
 // sign writes the VCEK's ECDSA P-384/SHA-384 signature over report[0:0x2A0] into the report.
-func (sp *SimSP) sign(r []byte) error {
+func (sp *SP) sign(r []byte) error {
 	digest := sha512.Sum384(abi.SignedComponent(r))
 	R, S, err := ecdsa.Sign(rand.Reader, sp.vcekKey, digest[:])
 	if err != nil {
@@ -360,70 +362,66 @@ func (sp *SimSP) sign(r []byte) error {
 	return abi.SetSignature(R, S, r)
 }
 
-// MaxSimRequests bounds how many reports one guest may ask for over one connection. The
-// guest needs one; a few more allow retries.
-const MaxSimRequests = 64
-
 // Serve answers report requests from one guest on conn until EOF or ctx is done, following
 // the protocol documented at SimPortName. A clean EOF between requests returns nil. A bad
 // request gets an error response and ends the session, since the stream cannot be trusted to
 // be in step any more.
-func (sp *SimSP) Serve(ctx context.Context, conn io.ReadWriter, launch SimLaunch) error {
-	stop := bindDeadline(ctx, conn)
+func (sp *SP) Serve(ctx context.Context, conn io.ReadWriter, launch Launch) error {
+	stop := simwire.BindDeadline(ctx, conn)
 	defer stop()
-	var req [simReqSize]byte
+	var req [simwire.ReqSize]byte
 	for n := 0; ; n++ {
 		if _, err := io.ReadFull(conn, req[:]); err != nil {
 			if errors.Is(err, io.EOF) && ctx.Err() == nil {
 				return nil
 			}
-			return fmt.Errorf("simulated TEE: reading request: %w", ctxErrOr(ctx, err))
+			return fmt.Errorf("simulated TEE: reading request: %w", simwire.CtxErrOr(ctx, err))
 		}
-		if string(req[:8]) != simReqMagic {
-			err := fmt.Errorf("%w: request magic is %q, expected %q", ErrSimProtocol, printable(req[:8]), simReqMagic)
-			_ = writeSimError(conn, simStatusBadRequest, err.Error())
+		if string(req[:8]) != simwire.ReqMagic {
+			err := fmt.Errorf("%w: request magic is %q, expected %q", attest.ErrSimProtocol, simwire.Printable(req[:8]), simwire.ReqMagic)
+			_ = simwire.WriteError(conn, simwire.StatusBadRequest, err.Error())
 			return err
 		}
-		if n >= MaxSimRequests {
-			err := fmt.Errorf("%w: more than %d report requests on one connection", ErrSimProtocol, MaxSimRequests)
-			_ = writeSimError(conn, simStatusBadRequest, err.Error())
+		if n >= simwire.MaxRequests {
+			err := fmt.Errorf("%w: more than %d report requests on one connection", attest.ErrSimProtocol, simwire.MaxRequests)
+			_ = simwire.WriteError(conn, simwire.StatusBadRequest, err.Error())
 			return err
 		}
 		var rd [64]byte
 		copy(rd[:], req[8:])
 		report, err := sp.Report(launch, rd)
 		if err != nil {
-			_ = writeSimError(conn, simStatusInternal, "report signing failed")
+			_ = simwire.WriteError(conn, simwire.StatusInternal, "report signing failed")
 			return err
 		}
-		if err := writeSimResponse(conn, report, sp.certTable); err != nil {
-			return fmt.Errorf("simulated TEE: writing response: %w", ctxErrOr(ctx, err))
+		if err := simwire.WriteResponse(conn, report, sp.certTable); err != nil {
+			return fmt.Errorf("simulated TEE: writing response: %w", simwire.CtxErrOr(ctx, err))
 		}
 	}
 }
 
-// Complete fills ev.Certs on the host: for sim evidence with this SimSP's chain (after
+// Complete fills ev.Certs on the host: for sim evidence with this SP's chain (after
 // checking the report carries this SP's chip id), for SNP from the evidence's certificate
 // table (CompleteSNPFromCertTable).
-func (sp *SimSP) Complete(ev *Evidence) error {
+func (sp *SP) Complete(ev *attest.Evidence) error {
 	if ev == nil {
-		return fmt.Errorf("%w: nil evidence", ErrMalformed)
+		return fmt.Errorf("%w: nil evidence", attest.ErrMalformed)
 	}
 	switch ev.TEE {
-	case TEESim:
-		if err := ev.checkShape(); err != nil {
+	case attest.TEESim:
+		if err := ev.CheckShape(); err != nil {
 			return err
 		}
 		if chip := ev.Report[0x1A0:0x1E0]; !bytes.Equal(chip, sp.hwid[:]) {
-			return fmt.Errorf("%w: sim report CHIP_ID %x is not this simulated processor's %x", ErrCertChain, chip, sp.hwid[:])
+			return fmt.Errorf("%w: sim report CHIP_ID %x is not this simulated processor's %x", attest.ErrCertChain, chip, sp.hwid[:])
 		}
 		ev.Certs = sp.Chain()
 		return nil
-	case TEESNP:
-		return CompleteSNPFromCertTable(ev)
-	case TEETDX:
-		return fmt.Errorf("%w: completing tdx evidence (quote collateral) is not implemented yet", ErrUnsupported)
+	case attest.TEESNP:
+		return attest.CompleteSNPFromCertTable(ev)
+	case attest.TEETDX:
+		return fmt.Errorf("%w: completing tdx evidence (quote collateral) is not implemented yet", attest.ErrUnsupported)
 	default:
-		return ev.checkShape()
+		return ev.CheckShape()
 	}
 }

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -17,6 +17,9 @@ import (
 
 	tdxabi "github.com/google/go-tdx-guest/abi"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 // Offsets in the QE report (an SGX REPORT body, 384 bytes) and in the TDX signed data.
@@ -31,7 +34,7 @@ const (
 
 // qeForgery is a host that runs an enclave of its own, has the platform's PCK certify it,
 // and signs a TDX quote of its choosing with it. The PCK chain is a test chain under a test
-// root (Intel's PCK key is not ours), passed as VerifyOptions.fakeIntelRoot.
+// root (Intel's PCK key is not ours), passed as Options.fakeIntelRoot.
 type qeForgery struct {
 	mrSigner []byte
 	prodID   uint16
@@ -73,7 +76,7 @@ func rawECDSA(t *testing.T, k *ecdsa.PrivateKey, msg []byte) []byte {
 func (f qeForgery) forge(t *testing.T) ([]byte, *x509.Certificate) {
 	t.Helper()
 	q := bytes.Clone(tdxtestdata.RawQuote)
-	pq, err := parseTDXQuote(q)
+	pq, err := attest.ParseTDXQuote(q)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,12 +176,12 @@ func TestTDXQuoteFromAForeignQuotingEnclave(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			q, root := tc.f.forge(t)
-			_, err := Verify(&Evidence{TEE: TEETDX, Report: q}, VerifyOptions{Now: tdxNow, fakeIntelRoot: root})
-			wantErr(t, err, ErrQEIdentity, tc.want)
+			_, err := Verify(&attest.Evidence{TEE: attest.TEETDX, Report: q}, Options{Now: tdxNow, fakeIntelRoot: root})
+			simtest.WantErr(t, err, attest.ErrQEIdentity, tc.want)
 		})
 	}
 	q, root := intel.forge(t)
-	if _, err := Verify(&Evidence{TEE: TEETDX, Report: q}, VerifyOptions{Now: tdxNow, fakeIntelRoot: root}); err != nil {
+	if _, err := Verify(&attest.Evidence{TEE: attest.TEETDX, Report: q}, Options{Now: tdxNow, fakeIntelRoot: root}); err != nil {
 		t.Fatalf("the forgery with Intel's QE identity under the test root: %v (the test's quote construction is broken)", err)
 	}
 	// Intel's real quote passes the identity check.

@@ -1,4 +1,4 @@
-package attest
+package client
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	sevclient "github.com/google/go-sev-guest/client"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // The guest's character devices, the fallback for kernels without configfs-tsm reports.
@@ -32,13 +34,13 @@ type sevDeviceProvider struct {
 
 // NewSEVGuestProvider returns a provider over an open go-sev-guest device (the Linux
 // /dev/sev-guest, or a fake in tests).
-func NewSEVGuestProvider(dev sevclient.Device) Provider { return &sevDeviceProvider{dev: dev} }
+func NewSEVGuestProvider(dev sevclient.Device) attest.Provider { return &sevDeviceProvider{dev: dev} }
 
-func (p *sevDeviceProvider) TEE() TEE { return TEESNP }
+func (p *sevDeviceProvider) TEE() attest.TEE { return attest.TEESNP }
 
 // GetEvidence issues SNP_GET_REPORT at VMPL 0. The ioctl cannot be interrupted; ctx is
 // checked before and after. go-sev-guest's Linux device spaces requests 2 s apart.
-func (p *sevDeviceProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*Evidence, error) {
+func (p *sevDeviceProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*attest.Evidence, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := ctx.Err(); err != nil {
@@ -51,20 +53,20 @@ func (p *sevDeviceProvider) GetEvidence(ctx context.Context, reportData [64]byte
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return checkDeviceEvidence(&Evidence{TEE: TEESNP, Report: bytes.Clone(raw)}, reportData, SEVGuestDevice)
+	return checkDeviceEvidence(&attest.Evidence{TEE: attest.TEESNP, Report: bytes.Clone(raw)}, reportData, SEVGuestDevice)
 }
 
 // checkDeviceEvidence bounds what a device returned and checks it answers this request.
-func checkDeviceEvidence(ev *Evidence, reportData [64]byte, dev string) (*Evidence, error) {
-	if err := ev.checkShape(); err != nil {
+func checkDeviceEvidence(ev *attest.Evidence, reportData [64]byte, dev string) (*attest.Evidence, error) {
+	if err := ev.CheckShape(); err != nil {
 		return nil, fmt.Errorf("/dev/%s: %w", dev, err)
 	}
-	got, err := reportDataOf(ev.TEE, ev.Report)
+	got, err := attest.ReportDataOf(ev.TEE, ev.Report)
 	if err != nil {
 		return nil, fmt.Errorf("/dev/%s: %w", dev, err)
 	}
 	if !bytes.Equal(got, reportData[:]) {
-		return nil, fmt.Errorf("%w: /dev/%s %s REPORT_DATA is %x, expected the requested %x", ErrMalformed, dev, ev.TEE, got, reportData[:])
+		return nil, fmt.Errorf("%w: /dev/%s %s REPORT_DATA is %x, expected the requested %x", attest.ErrMalformed, dev, ev.TEE, got, reportData[:])
 	}
 	return ev, nil
 }
@@ -74,7 +76,7 @@ func checkDeviceEvidence(ev *Evidence, reportData [64]byte, dev string) (*Eviden
 // quotes only through configfs-tsm, and /dev/tdx_guest's TDX_CMD_GET_QUOTE exists only in
 // some downstream kernels; so a TDX guest without configfs-tsm gets an error saying so.
 // (/dev/tdx_guest still serves the TDREPORT: WithTDReportLaunchDigest.)
-func OpenGuestDeviceProvider(devRoot string) (Provider, io.Closer, error) {
+func OpenGuestDeviceProvider(devRoot string) (attest.Provider, io.Closer, error) {
 	sevPath := filepath.Join(devRoot, SEVGuestDevice)
 	tdxPath := filepath.Join(devRoot, TDXGuestDevice)
 	_, err := os.Stat(sevPath)

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -8,6 +8,10 @@ import (
 	"testing"
 
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/client"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 // FuzzTSMEvidence drives the configfs-tsm path end to end with a faketsm kernel that
@@ -15,8 +19,8 @@ import (
 // auxblob. The provider must never panic, and evidence it returns must have passed the shape
 // and REPORT_DATA checks: it answers the request, and LaunchDigest reads it.
 func FuzzTSMEvidence(f *testing.F) {
-	rd := testReportData()
-	snp := make([]byte, snpReportSize)
+	rd := simtest.ReportData()
+	snp := make([]byte, attest.SNPReportSize)
 	copy(snp[snpOffReportData:], rd[:])
 	f.Add("sev_guest\n", snp, []byte{})
 	f.Add("tdx_guest\n", bytes.Clone(tdxtestdata.RawQuote), []byte{})
@@ -25,11 +29,11 @@ func FuzzTSMEvidence(f *testing.F) {
 	f.Fuzz(func(t *testing.T, provider string, outblob, auxblob []byte) {
 		var pv atomic.Value
 		pv.Store(provider)
-		client := fakeTSM(&pv, func([]byte) ([]byte, error) { return bytes.Clone(outblob), nil },
+		tsm := fakeTSM(&pv, func([]byte) ([]byte, error) { return bytes.Clone(outblob), nil },
 			func() ([]byte, error) { return bytes.Clone(auxblob), nil })
-		p, err := NewTSMProvider(client)
+		p, err := client.NewTSMProvider(tsm)
 		if err != nil {
-			if !errors.Is(err, ErrNoTSMProvider) {
+			if !errors.Is(err, client.ErrNoTSMProvider) {
 				t.Fatalf("NewTSMProvider error %v is not ErrNoTSMProvider", err)
 			}
 			return
@@ -41,11 +45,11 @@ func FuzzTSMEvidence(f *testing.F) {
 		if ev.TEE != p.TEE() {
 			t.Fatalf("evidence of %q from a %q provider", ev.TEE, p.TEE())
 		}
-		got, err := reportDataOf(ev.TEE, ev.Report)
+		got, err := attest.ReportDataOf(ev.TEE, ev.Report)
 		if err != nil || !bytes.Equal(got, rd[:]) {
 			t.Fatalf("accepted evidence whose REPORT_DATA is %x (%v), not the request", got, err)
 		}
-		_, _ = LaunchDigest(ev) // must not panic; its errors are the padding rule
+		_, _ = attest.LaunchDigest(ev) // must not panic; its errors are the padding rule
 	})
 }
 
@@ -58,7 +62,7 @@ func FuzzTDReport(f *testing.F) {
 	f.Add(r[:512])
 	f.Add(bytes.Clone(tdxtestdata.RawReport))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		d, err := TDReportLaunchDigest(b)
+		d, err := attest.TDReportLaunchDigest(b)
 		if err != nil {
 			return
 		}

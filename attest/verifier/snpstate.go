@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -8,6 +8,8 @@ import (
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	spb "github.com/google/go-sev-guest/proto/sevsnp"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // SNP product lines as go-sev-guest and AMD's KDS name them.
@@ -33,7 +35,7 @@ func DefaultMinimumTCB(productLine string) (SNPTCB, bool) {
 }
 
 // errTurin says why this build refuses Turin evidence instead of calling it a forgery.
-var errTurin = fmt.Errorf("%w: Turin is not supported by this build, because go-sev-guest v0.15.0 cannot parse Turin VCEK certificates (Turin's TCB_VERSION puts FMC_SPL in byte 0 and its HWID is 8 bytes, so the certificate's extensions and the chain to AMD's Turin ARK cannot be checked)", ErrUnsupported)
+var errTurin = fmt.Errorf("%w: Turin is not supported by this build, because go-sev-guest v0.15.0 cannot parse Turin VCEK certificates (Turin's TCB_VERSION puts FMC_SPL in byte 0 and its HWID is 8 bytes, so the certificate's extensions and the chain to AMD's Turin ARK cannot be checked)", attest.ErrUnsupported)
 
 // SNPProductLineOf names the SNP product line of an AMD CPU family and model ("" when
 // unknown): Milan is family 19h models 00h-0Fh, Genoa 19h models 10h-1Fh and, for Bergamo
@@ -86,7 +88,7 @@ func checkChipID(report *spb.Report, vcekDER []byte) error {
 		return nil
 	}
 	if !bytes.Equal(ext.HWID, report.GetChipId()) {
-		return fmt.Errorf("%w: the VCEK certificate is chip %x's, the report's CHIP_ID is %x", ErrChipID, ext.HWID, report.GetChipId())
+		return fmt.Errorf("%w: the VCEK certificate is chip %x's, the report's CHIP_ID is %x", attest.ErrChipID, ext.HWID, report.GetChipId())
 	}
 	return nil
 }
@@ -99,16 +101,16 @@ func checkChipID(report *spb.Report, vcekDER []byte) error {
 func checkFirmwareState(r *spb.Report) error {
 	current, committed, reported := snpTCBFromVersion(r.GetCurrentTcb()), snpTCBFromVersion(r.GetCommittedTcb()), snpTCBFromVersion(r.GetReportedTcb())
 	if err := checkMinimumTCB("CURRENT_TCB", current, committed); err != nil {
-		return fmt.Errorf("%w: COMMITTED_TCB %s is above CURRENT_TCB %s: a firmware cannot run below what it committed", ErrFirmware, committed, current)
+		return fmt.Errorf("%w: COMMITTED_TCB %s is above CURRENT_TCB %s: a firmware cannot run below what it committed", attest.ErrFirmware, committed, current)
 	}
 	curVer := uint32(r.GetCurrentMajor())<<16 | uint32(r.GetCurrentMinor())<<8 | uint32(r.GetCurrentBuild())
 	comVer := uint32(r.GetCommittedMajor())<<16 | uint32(r.GetCommittedMinor())<<8 | uint32(r.GetCommittedBuild())
 	if comVer > curVer {
-		return fmt.Errorf("%w: committed firmware %d.%d build %d is above the current %d.%d build %d", ErrFirmware,
+		return fmt.Errorf("%w: committed firmware %d.%d build %d is above the current %d.%d build %d", attest.ErrFirmware,
 			r.GetCommittedMajor(), r.GetCommittedMinor(), r.GetCommittedBuild(), r.GetCurrentMajor(), r.GetCurrentMinor(), r.GetCurrentBuild())
 	}
 	if (current != committed || curVer != comVer) && reported != committed {
-		return fmt.Errorf("%w: provisional firmware (CURRENT_TCB %s, COMMITTED_TCB %s) must report the committed TCB, REPORTED_TCB is %s", ErrFirmware, current, committed, reported)
+		return fmt.Errorf("%w: provisional firmware (CURRENT_TCB %s, COMMITTED_TCB %s) must report the committed TCB, REPORTED_TCB is %s", attest.ErrFirmware, current, committed, reported)
 	}
 	return nil
 }
@@ -118,11 +120,11 @@ func checkFirmwareState(r *spb.Report) error {
 func CheckSimRoot(c *x509.Certificate) error {
 	switch {
 	case c == nil:
-		return fmt.Errorf("%w: no certificate", ErrCertChain)
+		return fmt.Errorf("%w: no certificate", attest.ErrCertChain)
 	case !c.BasicConstraintsValid || !c.IsCA:
-		return fmt.Errorf("%w: simulated root %q is not a CA certificate (expected the sim ARK, a self-signed CA)", ErrCertChain, c.Subject)
+		return fmt.Errorf("%w: simulated root %q is not a CA certificate (expected the sim ARK, a self-signed CA)", attest.ErrCertChain, c.Subject)
 	case !bytes.Equal(c.RawSubject, c.RawIssuer) || c.CheckSignatureFrom(c) != nil:
-		return fmt.Errorf("%w: simulated root %q is not self-signed (issuer %q; expected the sim ARK)", ErrCertChain, c.Subject, c.Issuer)
+		return fmt.Errorf("%w: simulated root %q is not self-signed (issuer %q; expected the sim ARK)", attest.ErrCertChain, c.Subject, c.Issuer)
 	}
 	return nil
 }

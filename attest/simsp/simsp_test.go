@@ -1,10 +1,11 @@
-package attest
+package simsp_test
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -16,7 +17,16 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
+	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
 	"github.com/google/uuid"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/client"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/attest/internal/simwire"
+	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/attest/verifier"
+	"github.com/cloche-dev/cloche/measure"
 )
 
 func vcekGUIDBytes(t *testing.T) []byte {
@@ -27,11 +37,11 @@ func vcekGUIDBytes(t *testing.T) []byte {
 
 func TestSimSPPersistAndReload(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
-	sp, err := LoadOrCreateSimSP(dir)
+	sp, err := simsp.LoadOrCreate(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := os.Stat(filepath.Join(dir, simStateFile))
+	st, err := os.Stat(filepath.Join(dir, simsp.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +51,7 @@ func TestSimSPPersistAndReload(t *testing.T) {
 	if st, err := os.Stat(dir); err != nil || st.Mode().Perm() != 0o700 {
 		t.Errorf("state dir: %v, mode %v, want 0700", err, st.Mode().Perm())
 	}
-	if sp.RootPath() != filepath.Join(dir, simRootFile) {
+	if sp.RootPath() != filepath.Join(dir, simsp.RootFile) {
 		t.Errorf("RootPath %q", sp.RootPath())
 	}
 	// No temporary files are left behind.
@@ -50,45 +60,45 @@ func TestSimSPPersistAndReload(t *testing.T) {
 		t.Errorf("state dir holds %d entries, want 2 (state and root)", len(entries))
 	}
 	// The state file holds the VCEK key only, never the ARK or ASK private keys.
-	state, _ := os.ReadFile(filepath.Join(dir, simStateFile))
+	state, _ := os.ReadFile(filepath.Join(dir, simsp.StateFile))
 	if n := bytes.Count(state, []byte("PRIVATE KEY-----\nRole")); n != 1 {
 		t.Errorf("state file holds %d private keys, want 1", n)
 	}
 
 	// The chain is shaped like AMD's: names, algorithms, extensions.
 	c := sp.Chain()
-	if sp.ark.Subject.CommonName != "ARK-Milan" || sp.ask.Subject.CommonName != "SEV-Milan" || sp.vcek.Subject.CommonName != "SEV-VCEK" {
-		t.Errorf("chain names %q, %q, %q", sp.ark.Subject.CommonName, sp.ask.Subject.CommonName, sp.vcek.Subject.CommonName)
+	if arkOf(sp).Subject.CommonName != "ARK-Milan" || askOf(sp).Subject.CommonName != "SEV-Milan" || vcekOf(sp).Subject.CommonName != "SEV-VCEK" {
+		t.Errorf("chain names %q, %q, %q", arkOf(sp).Subject.CommonName, askOf(sp).Subject.CommonName, vcekOf(sp).Subject.CommonName)
 	}
-	exts, err := kds.VcekCertificateExtensions(sp.vcek)
+	exts, err := kds.VcekCertificateExtensions(vcekOf(sp))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if exts.ProductName != "Milan-B0" || kds.DecomposeTCBVersion(exts.TCBVersion) != simTCB || allZero(exts.HWID) {
+	if exts.ProductName != "Milan-B0" || kds.DecomposeTCBVersion(exts.TCBVersion) != simsp.SimTCB || allZero(exts.HWID) {
 		t.Errorf("VCEK extensions: product %q, TCB %+v, HWID %x", exts.ProductName, kds.DecomposeTCBVersion(exts.TCBVersion), exts.HWID)
 	}
 
-	again, err := LoadOrCreateSimSP(dir)
+	again, err := simsp.LoadOrCreate(dir)
 	if err != nil {
 		t.Fatalf("reload: %v", err)
 	}
 	if !again.Root().Equal(sp.Root()) || !bytes.Equal(again.Chain().VCEK, c.VCEK) || !bytes.Equal(again.Chain().ASK, c.ASK) {
 		t.Fatal("reloaded chain differs")
 	}
-	roots, err := LoadCertificatePEM(again.RootPath())
+	roots, err := verifier.LoadCertificatePEM(again.RootPath())
 	if err != nil || len(roots) != 1 || !roots[0].Equal(sp.Root()) {
 		t.Fatalf("root file: %v", err)
 	}
 	// A report of the reloaded SP verifies under the root file written at creation.
-	rep, err := again.Report(testLaunch(), testReportData())
+	rep, err := again.Report(simtest.Launch(), simtest.ReportData())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := &Evidence{TEE: TEESim, Report: rep}
+	ev := &attest.Evidence{TEE: attest.TEESim, Report: rep}
 	if err := again.Complete(ev); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Verify(ev, VerifyOptions{AllowSimulated: true, SimRoots: roots}); err != nil {
+	if _, err := verifier.Verify(ev, verifier.Options{AllowSimulated: true, SimRoots: roots}); err != nil {
 		t.Fatalf("Verify after reload: %v", err)
 	}
 
@@ -96,21 +106,21 @@ func TestSimSPPersistAndReload(t *testing.T) {
 	if err := os.WriteFile(again.RootPath(), []byte("junk"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateSimSP(dir); err != nil {
+	if _, err := simsp.LoadOrCreate(dir); err != nil {
 		t.Fatal(err)
 	}
-	if roots, err := LoadCertificatePEM(sp.RootPath()); err != nil || !roots[0].Equal(sp.Root()) {
+	if roots, err := verifier.LoadCertificatePEM(sp.RootPath()); err != nil || !roots[0].Equal(sp.Root()) {
 		t.Fatalf("root file not restored: %v", err)
 	}
 }
 
 func TestSimSPCorruptState(t *testing.T) {
-	sp, other := testSPs(t)
-	good, err := os.ReadFile(filepath.Join(sp.dir, simStateFile))
+	sp, other := simtest.SPs(t)
+	good, err := os.ReadFile(filepath.Join(simsp.Dir(sp), simsp.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	otherState, err := os.ReadFile(filepath.Join(other.dir, simStateFile))
+	otherState, err := os.ReadFile(filepath.Join(simsp.Dir(other), simsp.StateFile))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,21 +137,21 @@ func TestSimSPCorruptState(t *testing.T) {
 		"duplicate": append(bytes.Clone(good), good[certStart:]...),
 	} {
 		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, simStateFile), state, 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, simsp.StateFile), state, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := LoadOrCreateSimSP(dir); err == nil {
+		if _, err := simsp.LoadOrCreate(dir); err == nil {
 			t.Errorf("%s: loaded without error", name)
 		}
 	}
 	loose := t.TempDir()
-	if err := os.WriteFile(filepath.Join(loose, simStateFile), good, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(loose, simsp.StateFile), good, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateSimSP(loose); err == nil || !bytes.Contains([]byte(err.Error()), []byte("0600")) {
+	if _, err := simsp.LoadOrCreate(loose); err == nil || !bytes.Contains([]byte(err.Error()), []byte("0600")) {
 		t.Errorf("world-readable state file: %v, want an error naming the mode", err)
 	}
-	if _, err := LoadOrCreateSimSP(""); err == nil {
+	if _, err := simsp.LoadOrCreate(""); err == nil {
 		t.Error("empty dir: no error")
 	}
 }
@@ -155,7 +165,7 @@ func TestSimMeasurement(t *testing.T) {
 	if err := os.WriteFile(initrd, []byte("initrd bytes"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	in, err := LaunchInputsFromFiles(kernel, initrd, "console=hvc0", 4, 8192)
+	in, err := measure.LaunchInputsFromFiles(kernel, initrd, "console=hvc0", 4, 8192)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,39 +183,39 @@ func TestSimMeasurement(t *testing.T) {
 	msg = append(msg, "console=hvc0"...)
 	msg = append(msg, 4, 0, 0, 0)
 	msg = append(msg, 0x00, 0x20, 0, 0, 0, 0, 0, 0)
-	if got, want := SimMeasurement(in), sha512.Sum384(msg); got != want {
+	if got, want := measure.SimMeasurement(in), sha512.Sum384(msg); got != want {
 		t.Fatalf("SimMeasurement %x, want %x", got, want)
 	}
 	// Every input changes the measurement.
-	base := SimMeasurement(in)
-	for name, mod := range map[string]func(*LaunchInputs){
-		"kernel":  func(l *LaunchInputs) { l.KernelSHA256[0] ^= 1 },
-		"initrd":  func(l *LaunchInputs) { l.InitrdSHA256[0] ^= 1 },
-		"cmdline": func(l *LaunchInputs) { l.Cmdline += " " },
-		"vcpus":   func(l *LaunchInputs) { l.VCPUs++ },
-		"memory":  func(l *LaunchInputs) { l.MemoryMiB++ },
+	base := measure.SimMeasurement(in)
+	for name, mod := range map[string]func(*measure.LaunchInputs){
+		"kernel":  func(l *measure.LaunchInputs) { l.KernelSHA256[0] ^= 1 },
+		"initrd":  func(l *measure.LaunchInputs) { l.InitrdSHA256[0] ^= 1 },
+		"cmdline": func(l *measure.LaunchInputs) { l.Cmdline += " " },
+		"vcpus":   func(l *measure.LaunchInputs) { l.VCPUs++ },
+		"memory":  func(l *measure.LaunchInputs) { l.MemoryMiB++ },
 	} {
 		l := in
 		mod(&l)
-		if SimMeasurement(l) == base {
+		if measure.SimMeasurement(l) == base {
 			t.Errorf("changing %s leaves the measurement unchanged", name)
 		}
 	}
 
-	noInitrd, err := LaunchInputsFromFiles(kernel, "", "", 1, 512)
+	noInitrd, err := measure.LaunchInputsFromFiles(kernel, "", "", 1, 512)
 	if err != nil || noInitrd.InitrdSHA256 != sha256.Sum256(nil) {
 		t.Fatalf("no initrd: %v", err)
 	}
-	if _, err := LaunchInputsFromFiles(filepath.Join(dir, "missing"), "", "", 1, 512); err == nil {
+	if _, err := measure.LaunchInputsFromFiles(filepath.Join(dir, "missing"), "", "", 1, 512); err == nil {
 		t.Error("missing kernel: no error")
 	}
-	if _, err := LaunchInputsFromFiles(kernel, "", "", 0, 512); err == nil {
+	if _, err := measure.LaunchInputsFromFiles(kernel, "", "", 0, 512); err == nil {
 		t.Error("zero vcpus: no error")
 	}
 }
 
 // serve runs sp.Serve on one end of a pipe and returns the guest end and Serve's result.
-func serve(t *testing.T, ctx context.Context, sp *SimSP, launch SimLaunch) (net.Conn, <-chan error) {
+func serve(t *testing.T, ctx context.Context, sp *simsp.SP, launch simsp.Launch) (net.Conn, <-chan error) {
 	t.Helper()
 	host, guest := net.Pipe()
 	done := make(chan error, 1)
@@ -218,24 +228,24 @@ func serve(t *testing.T, ctx context.Context, sp *SimSP, launch SimLaunch) (net.
 }
 
 func TestServeAndSimProviderRoundTrip(t *testing.T) {
-	sp, _ := testSPs(t)
-	launch := testLaunch()
+	sp, _ := simtest.SPs(t)
+	launch := simtest.Launch()
 	guest, done := serve(t, context.Background(), sp, launch)
 
-	p := NewSimProvider(guest)
-	if p.TEE() != TEESim {
+	p := client.NewSimProvider(guest)
+	if p.TEE() != attest.TEESim {
 		t.Fatalf("TEE %q", p.TEE())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for n := 0; n < 2; n++ {
-		rd := testReportData()
+		rd := simtest.ReportData()
 		rd[0] = byte(n)
 		ev, err := p.GetEvidence(ctx, rd)
 		if err != nil {
 			t.Fatalf("GetEvidence %d: %v", n, err)
 		}
-		d, err := LaunchDigest(ev)
+		d, err := attest.LaunchDigest(ev)
 		if err != nil || d != launch.HostData {
 			t.Fatalf("LaunchDigest %x, %v; want %x", d, err, launch.HostData)
 		}
@@ -244,15 +254,15 @@ func TestServeAndSimProviderRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ev, err = ParseEvidence(b)
+		ev, err = attest.ParseEvidence(b)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := sp.Complete(ev); err != nil {
 			t.Fatal(err)
 		}
-		roots, _ := LoadCertificatePEM(sp.RootPath())
-		if _, err := Verify(ev, VerifyOptions{
+		roots, _ := verifier.LoadCertificatePEM(sp.RootPath())
+		if _, err := verifier.Verify(ev, verifier.Options{
 			AllowSimulated:       true,
 			SimRoots:             roots,
 			ExpectedMeasurements: [][]byte{launch.Measurement[:]},
@@ -269,9 +279,9 @@ func TestServeAndSimProviderRoundTrip(t *testing.T) {
 }
 
 func TestServeStopsOnContext(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	_, done := serve(t, ctx, sp, testLaunch())
+	_, done := serve(t, ctx, sp, simtest.Launch())
 	cancel()
 	select {
 	case err := <-done:
@@ -284,29 +294,29 @@ func TestServeStopsOnContext(t *testing.T) {
 }
 
 func TestServeRejectsBadRequest(t *testing.T) {
-	sp, _ := testSPs(t)
-	guest, done := serve(t, context.Background(), sp, testLaunch())
+	sp, _ := simtest.SPs(t)
+	guest, done := serve(t, context.Background(), sp, simtest.Launch())
 	go guest.Write(append([]byte("GARBAGE!"), make([]byte, 64)...))
-	_, _, err := readSimResponse(guest)
-	wantErr(t, err, ErrSimProtocol, "status 1", "request magic")
-	wantErr(t, <-done, ErrSimProtocol, "GARBAGE!")
+	_, _, err := simwire.ReadResponse(guest)
+	simtest.WantErr(t, err, attest.ErrSimProtocol, "status 1", "request magic")
+	simtest.WantErr(t, <-done, attest.ErrSimProtocol, "GARBAGE!")
 }
 
 func TestServeRequestLimit(t *testing.T) {
-	sp, _ := testSPs(t)
-	guest, done := serve(t, context.Background(), sp, testLaunch())
-	p := NewSimProvider(guest)
+	sp, _ := simtest.SPs(t)
+	guest, done := serve(t, context.Background(), sp, simtest.Launch())
+	p := client.NewSimProvider(guest)
 	ctx := context.Background()
 	var err error
 	n := 0
-	for ; n <= MaxSimRequests && err == nil; n++ {
-		_, err = p.GetEvidence(ctx, testReportData())
+	for ; n <= simwire.MaxRequests && err == nil; n++ {
+		_, err = p.GetEvidence(ctx, simtest.ReportData())
 	}
-	if n != MaxSimRequests+1 {
-		t.Fatalf("request %d failed first, want %d", n, MaxSimRequests+1)
+	if n != simwire.MaxRequests+1 {
+		t.Fatalf("request %d failed first, want %d", n, simwire.MaxRequests+1)
 	}
-	wantErr(t, err, ErrSimProtocol, "more than")
-	wantErr(t, <-done, ErrSimProtocol)
+	simtest.WantErr(t, err, attest.ErrSimProtocol, "more than")
+	simtest.WantErr(t, <-done, attest.ErrSimProtocol)
 }
 
 func TestSimProviderContext(t *testing.T) {
@@ -317,18 +327,18 @@ func TestSimProviderContext(t *testing.T) {
 	go io.Copy(io.Discard, host)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
-	_, err := NewSimProvider(guest).GetEvidence(ctx, testReportData())
-	wantErr(t, err, context.DeadlineExceeded)
+	_, err := client.NewSimProvider(guest).GetEvidence(ctx, simtest.ReportData())
+	simtest.WantErr(t, err, context.DeadlineExceeded)
 
 	done, cancel2 := context.WithCancel(context.Background())
 	cancel2()
-	_, err = NewSimProvider(guest).GetEvidence(done, testReportData())
-	wantErr(t, err, context.Canceled)
+	_, err = client.NewSimProvider(guest).GetEvidence(done, simtest.ReportData())
+	simtest.WantErr(t, err, context.Canceled)
 }
 
 // simResponse builds a raw response for the parser tests.
 func simResponse(status uint32, body []byte) []byte {
-	b := []byte(simRspMagic)
+	b := []byte(simwire.RspMagic)
 	b = binary.LittleEndian.AppendUint32(b, status)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(body)))
 	return append(b, body...)
@@ -342,14 +352,14 @@ func simOKBody(report, table []byte) []byte {
 }
 
 func TestReadSimResponse(t *testing.T) {
-	sp, _ := testSPs(t)
-	rep, err := sp.Report(testLaunch(), testReportData())
+	sp, _ := simtest.SPs(t)
+	rep, err := sp.Report(simtest.Launch(), simtest.ReportData())
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := simResponse(0, simOKBody(rep, sp.certTable))
-	r, table, err := readSimResponse(bytes.NewReader(good))
-	if err != nil || !bytes.Equal(r, rep) || !bytes.Equal(table, sp.certTable) {
+	good := simResponse(0, simOKBody(rep, sp.CertTable()))
+	r, table, err := simwire.ReadResponse(bytes.NewReader(good))
+	if err != nil || !bytes.Equal(r, rep) || !bytes.Equal(table, sp.CertTable()) {
 		t.Fatalf("good response: %v", err)
 	}
 
@@ -372,10 +382,10 @@ func TestReadSimResponse(t *testing.T) {
 		"trailing":       {simResponse(0, trailing), "remain"},
 		"old version":    {simResponse(0, simOKBody(oldVersion, nil)), "VERSION is 1"},
 		"host error":     {simResponse(2, []byte("no\x00way")), "status 2: no?way"},
-		"long error":     {simResponse(2, make([]byte, maxSimErrorLen+1)), "message"},
+		"long error":     {simResponse(2, make([]byte, simwire.MaxErrorLen+1)), "message"},
 	} {
-		_, _, err := readSimResponse(bytes.NewReader(tc.in))
-		if !errors.Is(err, ErrSimProtocol) {
+		_, _, err := simwire.ReadResponse(bytes.NewReader(tc.in))
+		if !errors.Is(err, attest.ErrSimProtocol) {
 			t.Errorf("%s: got %v, want ErrSimProtocol", name, err)
 			continue
 		}
@@ -383,86 +393,86 @@ func TestReadSimResponse(t *testing.T) {
 			t.Errorf("%s: error %q does not mention %q", name, err, tc.want)
 		}
 	}
-	if _, _, err := readSimResponse(bytes.NewReader(good[:len(good)-1])); !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, _, err := simwire.ReadResponse(bytes.NewReader(good[:len(good)-1])); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("truncated: got %v, want unexpected EOF", err)
 	}
 }
 
 func TestSimProviderRejectsWrongReportData(t *testing.T) {
-	sp, _ := testSPs(t)
+	sp, _ := simtest.SPs(t)
 	host, guest := net.Pipe()
 	defer host.Close()
 	defer guest.Close()
 	go func() {
-		var req [simReqSize]byte
+		var req [simwire.ReqSize]byte
 		if _, err := io.ReadFull(host, req[:]); err != nil {
 			return
 		}
 		var other [64]byte // a report for some other request
-		rep, _ := sp.Report(testLaunch(), other)
-		writeSimResponse(host, rep, nil)
+		rep, _ := sp.Report(simtest.Launch(), other)
+		simwire.WriteResponse(host, rep, nil)
 	}()
-	_, err := NewSimProvider(guest).GetEvidence(context.Background(), testReportData())
-	wantErr(t, err, ErrSimProtocol, "REPORT_DATA")
+	_, err := client.NewSimProvider(guest).GetEvidence(context.Background(), simtest.ReportData())
+	simtest.WantErr(t, err, attest.ErrSimProtocol, "REPORT_DATA")
 }
 
 func TestCompleteSim(t *testing.T) {
-	sp, other := testSPs(t)
-	rep, _ := sp.Report(testLaunch(), testReportData())
-	ev := &Evidence{TEE: TEESim, Report: rep}
-	if err := other.Complete(ev); !errors.Is(err, ErrCertChain) {
-		t.Fatalf("completing with another SP: %v, want ErrCertChain", err)
+	sp, other := simtest.SPs(t)
+	rep, _ := sp.Report(simtest.Launch(), simtest.ReportData())
+	ev := &attest.Evidence{TEE: attest.TEESim, Report: rep}
+	if err := other.Complete(ev); !errors.Is(err, attest.ErrCertChain) {
+		t.Fatalf("completing with another simsp.SP: %v, want ErrCertChain", err)
 	}
-	if err := sp.Complete(ev); err != nil || !bytes.Equal(ev.Certs.VCEK, sp.vcek.Raw) {
+	if err := sp.Complete(ev); err != nil || !bytes.Equal(ev.Certs.VCEK, vcekOf(sp).Raw) {
 		t.Fatalf("Complete: %v", err)
 	}
-	if err := sp.Complete(&Evidence{TEE: TEETDX, Report: make([]byte, 0x400)}); !errors.Is(err, ErrUnsupported) {
+	if err := sp.Complete(&attest.Evidence{TEE: attest.TEETDX, Report: make([]byte, 0x400)}); !errors.Is(err, attest.ErrUnsupported) {
 		t.Fatalf("tdx: %v", err)
 	}
-	if err := sp.Complete(&Evidence{TEE: TEESim, Report: rep[:10]}); !errors.Is(err, ErrMalformed) {
+	if err := sp.Complete(&attest.Evidence{TEE: attest.TEESim, Report: rep[:10]}); !errors.Is(err, attest.ErrMalformed) {
 		t.Fatalf("short: %v", err)
 	}
 }
 
 func TestCompleteSNPFromCertTable(t *testing.T) {
-	sp, _ := testSPs(t)
-	rep, _ := sp.Report(testLaunch(), testReportData())
-	ev := &Evidence{TEE: TEESNP, Report: rep, CertTable: sp.certTable}
-	if err := CompleteSNPFromCertTable(ev); err != nil {
+	sp, _ := simtest.SPs(t)
+	rep, _ := sp.Report(simtest.Launch(), simtest.ReportData())
+	ev := &attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()}
+	if err := attest.CompleteSNPFromCertTable(ev); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(ev.Certs.ARK, sp.ark.Raw) || !bytes.Equal(ev.Certs.ASK, sp.ask.Raw) || !bytes.Equal(ev.Certs.VCEK, sp.vcek.Raw) || ev.Certs.VLEK != nil {
+	if !bytes.Equal(ev.Certs.ARK, arkOf(sp).Raw) || !bytes.Equal(ev.Certs.ASK, askOf(sp).Raw) || !bytes.Equal(ev.Certs.VCEK, vcekOf(sp).Raw) || ev.Certs.VLEK != nil {
 		t.Fatal("certificates not taken from the table")
 	}
 	// Through SimSP.Complete too.
-	ev = &Evidence{TEE: TEESNP, Report: rep, CertTable: sp.certTable}
+	ev = &attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()}
 	if err := sp.Complete(ev); err != nil || ev.Certs == nil {
 		t.Fatalf("Complete snp: %v", err)
 	}
 
 	// Upstream KVM hands out an empty table: the VCEK is then missing.
-	err := CompleteSNPFromCertTable(&Evidence{TEE: TEESNP, Report: rep})
-	wantErr(t, err, ErrCertChain, "VCEK", "not implemented")
+	err := attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: rep})
+	simtest.WantErr(t, err, attest.ErrCertChain, "VCEK", "not implemented")
 
 	// A VLEK-signed report needs the VLEK.
 	vlek := bytes.Clone(rep)
 	binary.LittleEndian.PutUint32(vlek[0x48:], abi.ComposeSignerInfo(abi.SignerInfo{SigningKey: abi.VlekReportSigner}))
-	err = CompleteSNPFromCertTable(&Evidence{TEE: TEESNP, Report: vlek, CertTable: sp.certTable})
-	wantErr(t, err, ErrCertChain, "VLEK")
+	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: vlek, CertTable: sp.CertTable()})
+	simtest.WantErr(t, err, attest.ErrCertChain, "VLEK")
 
-	err = CompleteSNPFromCertTable(&Evidence{TEE: TEESim, Report: rep})
-	wantErr(t, err, ErrUnsupported)
-	err = CompleteSNPFromCertTable(&Evidence{TEE: TEESNP, Report: rep, CertTable: sp.certTable[:30]})
-	wantErr(t, err, ErrMalformed)
+	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESim, Report: rep})
+	simtest.WantErr(t, err, attest.ErrUnsupported)
+	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()[:30]})
+	simtest.WantErr(t, err, attest.ErrMalformed)
 }
 
 func TestParseCertTable(t *testing.T) {
-	sp, _ := testSPs(t)
-	tab, err := parseCertTable(sp.certTable)
-	if err != nil || len(tab) != 3 || !bytes.Equal(tab[abi.VcekGUID], sp.vcek.Raw) {
+	sp, _ := simtest.SPs(t)
+	tab, err := attest.ParseCertTable(sp.CertTable())
+	if err != nil || len(tab) != 3 || !bytes.Equal(tab[abi.VcekGUID], vcekOf(sp).Raw) {
 		t.Fatalf("parse: %v, %d entries", err, len(tab))
 	}
-	if tab, err := parseCertTable(nil); err != nil || len(tab) != 0 {
+	if tab, err := attest.ParseCertTable(nil); err != nil || len(tab) != 0 {
 		t.Fatalf("empty: %v", err)
 	}
 	entry := func(guid []byte, off, length uint32) []byte {
@@ -483,11 +493,47 @@ func TestParseCertTable(t *testing.T) {
 		"past end":      {append(append(entry(g, 48, 100), zero...), make([]byte, 64)...), "outside"},
 		"duplicate":     {append(append(append(entry(g, 72, 1), entry(g, 72, 1)...), zero...), 1), "twice"},
 		"too many":      {bytes.Repeat(entry(g, 0, 0), maxCertTableEntries+2), "more than"},
-		"oversize":      {make([]byte, MaxCertTableSize+1), "limit"},
+		"oversize":      {make([]byte, attest.MaxCertTableSize+1), "limit"},
 	} {
-		_, err := parseCertTable(tc.in)
-		if !errors.Is(err, ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+		_, err := attest.ParseCertTable(tc.in)
+		if !errors.Is(err, attest.ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
 			t.Errorf("%s: got %v, want ErrMalformed mentioning %q", name, err, tc.want)
 		}
 	}
 }
+
+// FuzzSimResponse: the guest's parser of host responses never panics, never allocates beyond
+// its limits and only returns a report of the exact SNP size.
+func FuzzSimResponse(f *testing.F) {
+	f.Add(simResponse(0, simOKBody(sevtestdata.AttestationBytes, nil)))
+	f.Add(simResponse(0, simOKBody(sevtestdata.AttestationBytes, []byte{1, 2, 3})))
+	f.Add(simResponse(1, []byte("bad request")))
+	f.Add([]byte(simwire.RspMagic))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		report, table, err := simwire.ReadResponse(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if len(report) != attest.SNPReportSize {
+			t.Fatalf("accepted a %d-byte report", len(report))
+		}
+		if len(table) > attest.MaxCertTableSize {
+			t.Fatalf("accepted a %d-byte table", len(table))
+		}
+		if len(b) < simwire.RspHdrSize+4+attest.SNPReportSize+4+len(table) {
+			t.Fatal("returned more bytes than it read")
+		}
+	})
+}
+
+// The certificate table layout (GHCB specification), written down again for the tests.
+const (
+	certTableEntrySize  = 24
+	maxCertTableEntries = 32
+)
+
+func allZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }
+
+func arkOf(sp *simsp.SP) *x509.Certificate  { a, _, _ := simsp.Certs(sp); return a }
+func askOf(sp *simsp.SP) *x509.Certificate  { _, a, _ := simsp.Certs(sp); return a }
+func vcekOf(sp *simsp.SP) *x509.Certificate { _, _, v := simsp.Certs(sp); return v }

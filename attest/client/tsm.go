@@ -1,4 +1,4 @@
-package attest
+package client
 
 import (
 	"bytes"
@@ -9,6 +9,9 @@ import (
 
 	"github.com/google/go-configfs-tsm/configfs/configfsi"
 	"github.com/google/go-configfs-tsm/report"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simwire"
 )
 
 // configfs-tsm provider names (the "provider" attribute of a report entry, newline-terminated).
@@ -23,14 +26,14 @@ var ErrNoTSMProvider = errors.New("no supported configfs-tsm report provider")
 // tsmProvider asks the kernel's configfs-tsm report interface for evidence.
 type tsmProvider struct {
 	client   configfsi.Client
-	tee      TEE
+	tee      attest.TEE
 	provider string
 }
 
 // NewTSMProvider returns the guest-side provider for real hardware. It reads the "provider"
 // attribute of a fresh report entry to tell sev_guest (SEV-SNP) from tdx_guest (TDX). The
 // client is normally linuxtsm.MakeClient(); tests pass a faketsm client.
-func NewTSMProvider(client configfsi.Client) (Provider, error) {
+func NewTSMProvider(client configfsi.Client) (attest.Provider, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: nil configfs client", ErrNoTSMProvider)
 	}
@@ -56,26 +59,26 @@ func NewTSMProvider(client configfsi.Client) (Provider, error) {
 	name := strings.TrimSuffix(string(raw), "\n")
 	switch name {
 	case tsmProviderSNP:
-		return &tsmProvider{client: client, tee: TEESNP, provider: name}, nil
+		return &tsmProvider{client: client, tee: attest.TEESNP, provider: name}, nil
 	case tsmProviderTDX:
-		return &tsmProvider{client: client, tee: TEETDX, provider: name}, nil
+		return &tsmProvider{client: client, tee: attest.TEETDX, provider: name}, nil
 	default:
-		return nil, fmt.Errorf("%w: provider is %q, expected %q or %q", ErrNoTSMProvider, printable([]byte(name)), tsmProviderSNP, tsmProviderTDX)
+		return nil, fmt.Errorf("%w: provider is %q, expected %q or %q", ErrNoTSMProvider, simwire.Printable([]byte(name)), tsmProviderSNP, tsmProviderTDX)
 	}
 }
 
-func (p *tsmProvider) TEE() TEE { return p.tee }
+func (p *tsmProvider) TEE() attest.TEE { return p.tee }
 
 // GetEvidence writes reportData as the inblob and reads the report (SNP, with the certificate
 // table as auxblob) or the quote (TDX). The configfs write/read sequence does not block on
 // the host for SNP; TDX quote generation may, but configfs offers no way to interrupt it, so
 // ctx is checked before and after.
-func (p *tsmProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*Evidence, error) {
+func (p *tsmProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*attest.Evidence, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	rd := reportData // report.Request keeps a reference to InBlob
-	resp, err := report.Get(p.client, &report.Request{InBlob: rd[:], GetAuxBlob: p.tee == TEESNP})
+	resp, err := report.Get(p.client, &report.Request{InBlob: rd[:], GetAuxBlob: p.tee == attest.TEESNP})
 	if err != nil {
 		return nil, fmt.Errorf("configfs-tsm %s report: %w", p.provider, err)
 	}
@@ -83,21 +86,21 @@ func (p *tsmProvider) GetEvidence(ctx context.Context, reportData [64]byte) (*Ev
 		return nil, err
 	}
 	if got := strings.TrimSuffix(resp.Provider, "\n"); got != p.provider {
-		return nil, fmt.Errorf("%w: configfs-tsm provider changed from %q to %q", ErrMalformed, p.provider, printable([]byte(got)))
+		return nil, fmt.Errorf("%w: configfs-tsm provider changed from %q to %q", attest.ErrMalformed, p.provider, simwire.Printable([]byte(got)))
 	}
-	ev := &Evidence{TEE: p.tee, Report: resp.OutBlob}
-	if p.tee == TEESNP && len(resp.AuxBlob) > 0 {
+	ev := &attest.Evidence{TEE: p.tee, Report: resp.OutBlob}
+	if p.tee == attest.TEESNP && len(resp.AuxBlob) > 0 {
 		ev.CertTable = resp.AuxBlob
 	}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return nil, fmt.Errorf("configfs-tsm %s outblob: %w", p.provider, err)
 	}
-	got, err := reportDataOf(ev.TEE, ev.Report)
+	got, err := attest.ReportDataOf(ev.TEE, ev.Report)
 	if err != nil {
 		return nil, err
 	}
 	if !bytes.Equal(got, reportData[:]) {
-		return nil, fmt.Errorf("%w: %s REPORT_DATA is %x, expected the requested %x", ErrMalformed, ev.TEE, got, reportData[:])
+		return nil, fmt.Errorf("%w: %s REPORT_DATA is %x, expected the requested %x", attest.ErrMalformed, ev.TEE, got, reportData[:])
 	}
 	return ev, nil
 }

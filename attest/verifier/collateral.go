@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -15,6 +15,8 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/strictjson"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Revocation material and Intel collateral, read from files so that verification needs no
@@ -72,11 +74,11 @@ func (c *TDXCollateral) HasCRLs() bool {
 // ParseTDXCollateral decodes a collateral file strictly.
 func ParseTDXCollateral(b []byte) (*TDXCollateral, error) {
 	if len(b) > maxCollateralFileSize {
-		return nil, fmt.Errorf("%w: TDX collateral is %d bytes, limit %d", ErrMalformed, len(b), maxCollateralFileSize)
+		return nil, fmt.Errorf("%w: TDX collateral is %d bytes, limit %d", attest.ErrMalformed, len(b), maxCollateralFileSize)
 	}
 	var c TDXCollateral
 	if err := strictjson.Decode(b, &c); err != nil {
-		return nil, fmt.Errorf("%w: TDX collateral JSON: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: TDX collateral JSON: %v", attest.ErrMalformed, err)
 	}
 	for _, it := range []struct {
 		name string
@@ -86,11 +88,11 @@ func ParseTDXCollateral(b []byte) (*TDXCollateral, error) {
 			continue
 		}
 		if len(it.item.Body) == 0 || !strings.Contains(it.item.IssuerChain, "-----BEGIN CERTIFICATE-----") {
-			return nil, fmt.Errorf("%w: TDX collateral %s needs a body and a PEM issuerChain", ErrMalformed, it.name)
+			return nil, fmt.Errorf("%w: TDX collateral %s needs a body and a PEM issuerChain", attest.ErrMalformed, it.name)
 		}
 	}
 	if (c.PCKCRL == nil) != (len(c.RootCACRL) == 0) {
-		return nil, fmt.Errorf("%w: TDX collateral has only one of pckCrl and rootCaCrl; revocation needs both", ErrMalformed)
+		return nil, fmt.Errorf("%w: TDX collateral has only one of pckCrl and rootCaCrl; revocation needs both", attest.ErrMalformed)
 	}
 	return &c, nil
 }
@@ -175,10 +177,10 @@ func LoadCRL(path string) (*x509.RevocationList, error) {
 // revocations made since.
 func crlCurrent(name string, crl *x509.RevocationList, now time.Time) error {
 	if now.Before(crl.ThisUpdate) {
-		return fmt.Errorf("%w: %s was issued at %s, after the verification time %s", ErrRevoked, name, crl.ThisUpdate.Format(time.RFC3339), now.Format(time.RFC3339))
+		return fmt.Errorf("%w: %s was issued at %s, after the verification time %s", attest.ErrRevoked, name, crl.ThisUpdate.Format(time.RFC3339), now.Format(time.RFC3339))
 	}
 	if !crl.NextUpdate.IsZero() && now.After(crl.NextUpdate) {
-		return fmt.Errorf("%w: %s expired at %s (next update), before the verification time %s; get a current one", ErrRevoked, name, crl.NextUpdate.Format(time.RFC3339), now.Format(time.RFC3339))
+		return fmt.Errorf("%w: %s expired at %s (next update), before the verification time %s; get a current one", attest.ErrRevoked, name, crl.NextUpdate.Format(time.RFC3339), now.Format(time.RFC3339))
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package attest
+package verifier
 
 import (
 	"bytes"
@@ -25,6 +25,9 @@ import (
 	tdxabi "github.com/google/go-tdx-guest/abi"
 	tdxtest "github.com/google/go-tdx-guest/testing"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 // Fake SEV-SNP evidence from go-sev-guest's test-only AMD chain, with a VCEK and a VLEK
@@ -104,15 +107,15 @@ func signSNP(t testing.TB, r []byte) {
 	}
 }
 
-func fakeSNPEvidence(t testing.TB, edit func(r []byte)) *Evidence {
+func fakeSNPEvidence(t testing.TB, edit func(r []byte)) *attest.Evidence {
 	s := testAMDSigner(t)
-	return &Evidence{TEE: TEESNP, Report: fakeSNPReport(t, abi.VcekReportSigner, edit), Certs: &CertChain{VCEK: s.Vcek.Raw, ASK: s.Ask.Raw, ARK: s.Ark.Raw}}
+	return &attest.Evidence{TEE: attest.TEESNP, Report: fakeSNPReport(t, abi.VcekReportSigner, edit), Certs: &attest.CertChain{VCEK: s.Vcek.Raw, ASK: s.Ask.Raw, ARK: s.Ark.Raw}}
 }
 
 // fakeSNPOpts trusts the test-only ARK in place of AMD's and expects the fake values.
-func fakeSNPOpts(t testing.TB) VerifyOptions {
+func fakeSNPOpts(t testing.TB) Options {
 	s := testAMDSigner(t)
-	return VerifyOptions{
+	return Options{
 		Now:                  fakeNow,
 		ExpectedMeasurements: [][]byte{fakeMeas},
 		ExpectedHostData:     fakeHost,
@@ -154,13 +157,13 @@ var (
 	tdxV5Now = time.Date(2026, time.February, 3, 1, 0, 0, 0, time.UTC)
 )
 
-func realTDXEvidence() *Evidence {
-	return &Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}
+func realTDXEvidence() *attest.Evidence {
+	return &attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}
 }
 
-func realTDXQuote(t testing.TB) *tdxQuote {
+func realTDXQuote(t testing.TB) *attest.TDXQuote {
 	t.Helper()
-	q, err := parseTDXQuote(tdxtestdata.RawQuote)
+	q, err := attest.ParseTDXQuote(tdxtestdata.RawQuote)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,10 +202,10 @@ func sampleTDXCollateral(t testing.TB) *TDXCollateral {
 	return c
 }
 
-func tdxOpts() VerifyOptions { return VerifyOptions{Now: tdxNow} }
+func tdxOpts() Options { return Options{Now: tdxNow} }
 
 // withEdit returns a copy of the real quote with edit applied to its bytes.
-func tdxEdited(edit func(q []byte)) *Evidence {
+func tdxEdited(edit func(q []byte)) *attest.Evidence {
 	ev := realTDXEvidence()
 	edit(ev.Report)
 	return ev
@@ -239,7 +242,7 @@ func TestVerifyFakeSNPPasses(t *testing.T) {
 
 	// A VLEK-signed report verifies through the ASVK.
 	s := testAMDSigner(t)
-	ev := &Evidence{TEE: TEESNP, Report: fakeSNPReport(t, abi.VlekReportSigner, nil), Certs: &CertChain{VLEK: s.Vlek.Raw}}
+	ev := &attest.Evidence{TEE: attest.TEESNP, Report: fakeSNPReport(t, abi.VlekReportSigner, nil), Certs: &attest.CertChain{VLEK: s.Vlek.Raw}}
 	if _, err := Verify(ev, fakeSNPOpts(t)); err != nil {
 		t.Fatalf("Verify VLEK: %v", err)
 	}
@@ -249,9 +252,9 @@ func TestVerifyFakeSNPPasses(t *testing.T) {
 func TestVerifyRealVendorEvidence(t *testing.T) {
 	ev := realMilanEvidence()
 	// The sample's firmware (2022) is below the embedded Milan minimum: refused by default.
-	_, err := Verify(ev, VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
-	wantErr(t, err, ErrTCB, "REPORTED_TCB bootloader SPL is 2, minimum 3")
-	opts := VerifyOptions{Now: realMilanNow, Policy: Policy{AllowDebug: true, NoDefaultMinimumTCB: true}}
+	_, err := Verify(ev, Options{Now: realMilanNow, Policy: Policy{AllowDebug: true}})
+	simtest.WantErr(t, err, attest.ErrTCB, "REPORTED_TCB bootloader SPL is 2, minimum 3")
+	opts := Options{Now: realMilanNow, Policy: Policy{AllowDebug: true, NoDefaultMinimumTCB: true}}
 	claims, err := Verify(ev, opts)
 	if err != nil {
 		t.Fatalf("real Milan report with --allow-debug: %v", err)
@@ -276,7 +279,7 @@ func TestVerifyRealVendorEvidence(t *testing.T) {
 	}
 	// The exact expectations from the quote itself pass, in both reference value forms.
 	opts = tdxOpts()
-	opts.ExpectedMeasurements = [][]byte{q.launchRegisters()}
+	opts.ExpectedMeasurements = [][]byte{q.LaunchRegisters()}
 	opts.ExpectedReportData = q.ReportData
 	opts.ExpectedHostData = make([]byte, 32)
 	opts.Policy.TDX = TDXPolicy{MrOwner: make([]byte, 48), MrOwnerConfig: make([]byte, 48), Xfam: &q.Xfam, MinimumTeeTcbSvn: q.TeeTcbSvn}
@@ -302,8 +305,8 @@ func TestVerifyRealVendorEvidence(t *testing.T) {
 		t.Fatalf("MRTD + RTMRs: %v, %q", err, claims.Warnings)
 	}
 
-	v5 := &Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuoteV5)}
-	if _, err := Verify(v5, VerifyOptions{Now: tdxV5Now}); err != nil {
+	v5 := &attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuoteV5)}
+	if _, err := Verify(v5, Options{Now: tdxV5Now}); err != nil {
 		t.Fatalf("real TDX v5 quote: %v", err)
 	}
 }
@@ -322,8 +325,8 @@ func TestIntelRootIsIntels(t *testing.T) {
 
 type rejectCase struct {
 	name     string
-	ev       func(t *testing.T) *Evidence
-	opts     func(t *testing.T) VerifyOptions
+	ev       func(t *testing.T) *attest.Evidence
+	opts     func(t *testing.T) Options
 	sentinel error
 	want     []string // substrings of the message
 }
@@ -332,11 +335,11 @@ type rejectCase struct {
 // message. SNP cases use go-sev-guest's test-only chain (and the real Milan report where
 // noted); TDX cases use the real production quote, hand-mutated.
 func TestVerifyRejects(t *testing.T) {
-	snp := func(edit func(r []byte)) func(t *testing.T) *Evidence {
-		return func(t *testing.T) *Evidence { return fakeSNPEvidence(t, edit) }
+	snp := func(edit func(r []byte)) func(t *testing.T) *attest.Evidence {
+		return func(t *testing.T) *attest.Evidence { return fakeSNPEvidence(t, edit) }
 	}
-	snpOpts := func(edit func(o *VerifyOptions)) func(t *testing.T) VerifyOptions {
-		return func(t *testing.T) VerifyOptions {
+	snpOpts := func(edit func(o *Options)) func(t *testing.T) Options {
+		return func(t *testing.T) Options {
 			o := fakeSNPOpts(t)
 			if edit != nil {
 				edit(&o)
@@ -344,11 +347,11 @@ func TestVerifyRejects(t *testing.T) {
 			return o
 		}
 	}
-	tdx := func(edit func(q []byte)) func(t *testing.T) *Evidence {
-		return func(t *testing.T) *Evidence { return tdxEdited(edit) }
+	tdx := func(edit func(q []byte)) func(t *testing.T) *attest.Evidence {
+		return func(t *testing.T) *attest.Evidence { return tdxEdited(edit) }
 	}
-	tdxO := func(edit func(o *VerifyOptions)) func(t *testing.T) VerifyOptions {
-		return func(t *testing.T) VerifyOptions {
+	tdxO := func(edit func(o *Options)) func(t *testing.T) Options {
+		return func(t *testing.T) Options {
 			o := tdxOpts()
 			if edit != nil {
 				edit(&o)
@@ -356,8 +359,8 @@ func TestVerifyRejects(t *testing.T) {
 			return o
 		}
 	}
-	minTCB := func(c int) func(o *VerifyOptions) {
-		return func(o *VerifyOptions) {
+	minTCB := func(c int) func(o *Options) {
+		return func(o *Options) {
 			m := SNPTCB{Bootloader: fakeTCB.BlSpl, TEE: fakeTCB.TeeSpl, SNP: fakeTCB.SnpSpl, Microcode: fakeTCB.UcodeSpl}
 			switch c {
 			case 0:
@@ -374,7 +377,7 @@ func TestVerifyRejects(t *testing.T) {
 	}
 	q := realTDXQuote(t)
 	regs := func(i int) []byte {
-		r := q.launchRegisters()
+		r := q.LaunchRegisters()
 		r[48*i] ^= 0xff
 		return r
 	}
@@ -386,132 +389,132 @@ func TestVerifyRejects(t *testing.T) {
 
 	cases := []rejectCase{
 		// --- SEV-SNP ---
-		{"snp signature byte", func(t *testing.T) *Evidence {
+		{"snp signature byte", func(t *testing.T) *attest.Evidence {
 			ev := fakeSNPEvidence(t, nil)
 			ev.Report[0x2A0+3] ^= 0x10
 			return ev
-		}, snpOpts(nil), ErrSignature, []string{"signature"}},
-		{"snp signature reserved bytes non-zero", func(t *testing.T) *Evidence {
+		}, snpOpts(nil), attest.ErrSignature, []string{"signature"}},
+		{"snp signature reserved bytes non-zero", func(t *testing.T) *attest.Evidence {
 			ev := fakeSNPEvidence(t, nil)
 			ev.Report[0x2A0+200] = 1
 			return ev
-		}, snpOpts(nil), ErrMalformed, []string{"snp report"}},
-		{"snp wrong root (AMD's real roots for a test-only chain)", snp(nil), snpOpts(func(o *VerifyOptions) { o.fakeAMDRoots = nil }), ErrCertChain, []string{"AMD's embedded roots"}},
+		}, snpOpts(nil), attest.ErrMalformed, []string{"snp report"}},
+		{"snp wrong root (AMD's real roots for a test-only chain)", snp(nil), snpOpts(func(o *Options) { o.fakeAMDRoots = nil }), attest.ErrCertChain, []string{"AMD's embedded roots"}},
 		{"snp debug policy", snp(func(r []byte) {
 			binary.LittleEndian.PutUint64(r[0x08:], abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true, Debug: true, SingleSocket: true}))
-		}), snpOpts(nil), ErrPolicy, []string{"(POLICY 0x1b0000) has DEBUG set"}},
+		}), snpOpts(nil), attest.ErrPolicy, []string{"(POLICY 0x1b0000) has DEBUG set"}},
 		{"snp migration agent", snp(func(r []byte) {
 			binary.LittleEndian.PutUint64(r[0x08:], abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true, MigrateMA: true}))
-		}), snpOpts(nil), ErrPolicy, []string{"migration agent"}},
-		{"snp policy not the exact expected", snp(nil), snpOpts(func(o *VerifyOptions) {
+		}), snpOpts(nil), attest.ErrPolicy, []string{"migration agent"}},
+		{"snp policy not the exact expected", snp(nil), snpOpts(func(o *Options) {
 			p := abi.SnpPolicyToBytes(abi.SnpPolicy{SMT: true, SingleSocket: true})
 			o.Policy.SNPGuestPolicy = &p
-		}), ErrPolicy, []string{"POLICY is 0x30000, expected exactly 0x130000"}},
-		{"snp VMPL 1", snp(func(r []byte) { binary.LittleEndian.PutUint32(r[0x30:], 1) }), snpOpts(nil), ErrPolicy, []string{"VMPL 1"}},
-		{"snp signature algorithm", snp(func(r []byte) { binary.LittleEndian.PutUint32(r[0x34:], 2) }), snpOpts(nil), ErrSignature, []string{"SIGNATURE_ALGO is 2"}},
-		{"snp TCB bootloader short", snp(nil), snpOpts(minTCB(0)), ErrTCB, []string{"bootloader SPL is 4, minimum 6 (short by 2)"}},
-		{"snp TCB tee short", snp(nil), snpOpts(minTCB(1)), ErrTCB, []string{"tee SPL is 1, minimum 2 (short by 1)"}},
-		{"snp TCB snp short", snp(nil), snpOpts(minTCB(2)), ErrTCB, []string{"snp SPL is 22, minimum 27 (short by 5)"}},
-		{"snp TCB microcode short", snp(nil), snpOpts(minTCB(3)), ErrTCB, []string{"microcode SPL is 213, minimum 216 (short by 3)"}},
-		{"snp REPORTED_TCB differs from the VCEK", snp(func(r []byte) { r[0x180+6]++ }), snpOpts(nil), ErrPolicy, []string{"REPORTED_TCB"}},
-		{"snp CHIP_ID differs from the VCEK", snp(func(r []byte) { r[0x1A0] ^= 0xff }), snpOpts(nil), ErrChipID, []string{"CHIP_ID", "VCEK certificate is chip"}},
-		{"snp measurement not in reference values", snp(nil), snpOpts(func(o *VerifyOptions) {
+		}), attest.ErrPolicy, []string{"POLICY is 0x30000, expected exactly 0x130000"}},
+		{"snp VMPL 1", snp(func(r []byte) { binary.LittleEndian.PutUint32(r[0x30:], 1) }), snpOpts(nil), attest.ErrPolicy, []string{"VMPL 1"}},
+		{"snp signature algorithm", snp(func(r []byte) { binary.LittleEndian.PutUint32(r[0x34:], 2) }), snpOpts(nil), attest.ErrSignature, []string{"SIGNATURE_ALGO is 2"}},
+		{"snp TCB bootloader short", snp(nil), snpOpts(minTCB(0)), attest.ErrTCB, []string{"bootloader SPL is 4, minimum 6 (short by 2)"}},
+		{"snp TCB tee short", snp(nil), snpOpts(minTCB(1)), attest.ErrTCB, []string{"tee SPL is 1, minimum 2 (short by 1)"}},
+		{"snp TCB snp short", snp(nil), snpOpts(minTCB(2)), attest.ErrTCB, []string{"snp SPL is 22, minimum 27 (short by 5)"}},
+		{"snp TCB microcode short", snp(nil), snpOpts(minTCB(3)), attest.ErrTCB, []string{"microcode SPL is 213, minimum 216 (short by 3)"}},
+		{"snp REPORTED_TCB differs from the VCEK", snp(func(r []byte) { r[0x180+6]++ }), snpOpts(nil), attest.ErrPolicy, []string{"REPORTED_TCB"}},
+		{"snp CHIP_ID differs from the VCEK", snp(func(r []byte) { r[0x1A0] ^= 0xff }), snpOpts(nil), attest.ErrChipID, []string{"CHIP_ID", "VCEK certificate is chip"}},
+		{"snp measurement not in reference values", snp(nil), snpOpts(func(o *Options) {
 			o.ExpectedMeasurements = [][]byte{bytes.Repeat([]byte{1}, 48), bytes.Repeat([]byte{2}, 48)}
-		}), ErrMeasurement, []string{"MEASUREMENT is 3c3c", "expected one of [0101"}},
-		{"snp HOST_DATA mismatch", snp(nil), snpOpts(func(o *VerifyOptions) { o.ExpectedHostData = bytes.Repeat([]byte{9}, 32) }), ErrHostData, []string{"HOST_DATA is 4d4d"}},
-		{"snp REPORT_DATA mismatch", snp(nil), snpOpts(func(o *VerifyOptions) { o.ExpectedReportData = bytes.Repeat([]byte{8}, 64) }), ErrReportData, []string{"REPORT_DATA is 6e6e"}},
-		{"snp truncated report", func(t *testing.T) *Evidence {
+		}), attest.ErrMeasurement, []string{"MEASUREMENT is 3c3c", "expected one of [0101"}},
+		{"snp HOST_DATA mismatch", snp(nil), snpOpts(func(o *Options) { o.ExpectedHostData = bytes.Repeat([]byte{9}, 32) }), attest.ErrHostData, []string{"HOST_DATA is 4d4d"}},
+		{"snp REPORT_DATA mismatch", snp(nil), snpOpts(func(o *Options) { o.ExpectedReportData = bytes.Repeat([]byte{8}, 64) }), attest.ErrReportData, []string{"REPORT_DATA is 6e6e"}},
+		{"snp truncated report", func(t *testing.T) *attest.Evidence {
 			ev := fakeSNPEvidence(t, nil)
 			ev.Report = ev.Report[:1000]
 			return ev
-		}, snpOpts(nil), ErrMalformed, []string{"1000 bytes, expected 1184"}},
-		{"snp oversized report", func(t *testing.T) *Evidence {
+		}, snpOpts(nil), attest.ErrMalformed, []string{"1000 bytes, expected 1184"}},
+		{"snp oversized report", func(t *testing.T) *attest.Evidence {
 			ev := fakeSNPEvidence(t, nil)
 			ev.Report = append(ev.Report, make([]byte, 4096)...)
 			return ev
-		}, snpOpts(nil), ErrMalformed, []string{"5280 bytes"}},
-		{"snp unknown version", snp(func(r []byte) { binary.LittleEndian.PutUint32(r, 9) }), snpOpts(nil), ErrMalformed, []string{"version"}},
-		{"snp VLEK-signed without a VLEK", func(t *testing.T) *Evidence {
+		}, snpOpts(nil), attest.ErrMalformed, []string{"5280 bytes"}},
+		{"snp unknown version", snp(func(r []byte) { binary.LittleEndian.PutUint32(r, 9) }), snpOpts(nil), attest.ErrMalformed, []string{"version"}},
+		{"snp VLEK-signed without a VLEK", func(t *testing.T) *attest.Evidence {
 			s := testAMDSigner(t)
-			return &Evidence{TEE: TEESNP, Report: fakeSNPReport(t, abi.VlekReportSigner, nil), Certs: &CertChain{VCEK: s.Vcek.Raw}}
-		}, snpOpts(nil), ErrCertChain, []string{"VLEK"}},
-		{"snp VCEK expired", snp(nil), snpOpts(func(o *VerifyOptions) { o.Now = fakeNow.AddDate(9, 0, 0) }), ErrCertChain, []string{"expired"}},
-		{"snp ASK revoked by the AMD CRL", snp(nil), snpOpts(func(o *VerifyOptions) {
+			return &attest.Evidence{TEE: attest.TEESNP, Report: fakeSNPReport(t, abi.VlekReportSigner, nil), Certs: &attest.CertChain{VCEK: s.Vcek.Raw}}
+		}, snpOpts(nil), attest.ErrCertChain, []string{"VLEK"}},
+		{"snp VCEK expired", snp(nil), snpOpts(func(o *Options) { o.Now = fakeNow.AddDate(9, 0, 0) }), attest.ErrCertChain, []string{"expired"}},
+		{"snp ASK revoked by the AMD CRL", snp(nil), snpOpts(func(o *Options) {
 			o.Policy.AMDCRL = amdCRL(t, nil, fakeNow.Add(-time.Hour), fakeNow.Add(time.Hour), askSerial())
-		}), ErrRevoked, []string{"ASK was revoked"}},
-		{"snp AMD CRL not signed by the ARK", snp(nil), snpOpts(func(o *VerifyOptions) {
+		}), attest.ErrRevoked, []string{"ASK was revoked"}},
+		{"snp AMD CRL not signed by the ARK", snp(nil), snpOpts(func(o *Options) {
 			o.Policy.AMDCRL = amdCRL(t, otherKey, fakeNow.Add(-time.Hour), fakeNow.Add(time.Hour))
-		}), ErrRevoked, []string{"CRL is not signed by ARK"}},
-		{"snp AMD CRL stale", snp(nil), snpOpts(func(o *VerifyOptions) {
+		}), attest.ErrRevoked, []string{"CRL is not signed by ARK"}},
+		{"snp AMD CRL stale", snp(nil), snpOpts(func(o *Options) {
 			o.Policy.AMDCRL = amdCRL(t, nil, fakeNow.Add(-48*time.Hour), fakeNow.Add(-24*time.Hour))
-		}), ErrRevoked, []string{"expired at"}},
-		{"snp real Milan report is a debug guest", func(t *testing.T) *Evidence { return realMilanEvidence() },
-			func(t *testing.T) VerifyOptions { return VerifyOptions{Now: realMilanNow} }, ErrPolicy, []string{"POLICY 0xb0000) has DEBUG set"}},
-		{"snp TDX policy for SNP evidence", snp(nil), snpOpts(func(o *VerifyOptions) { o.Policy.TDX.MinimumTeeTcbSvn = make([]byte, 16) }), ErrUnsupported, []string{"TDX policy"}},
+		}), attest.ErrRevoked, []string{"expired at"}},
+		{"snp real Milan report is a debug guest", func(t *testing.T) *attest.Evidence { return realMilanEvidence() },
+			func(t *testing.T) Options { return Options{Now: realMilanNow} }, attest.ErrPolicy, []string{"POLICY 0xb0000) has DEBUG set"}},
+		{"snp TDX policy for SNP evidence", snp(nil), snpOpts(func(o *Options) { o.Policy.TDX.MinimumTeeTcbSvn = make([]byte, 16) }), attest.ErrUnsupported, []string{"TDX policy"}},
 
 		// --- TDX, through Verify on the real quote ---
-		{"tdx body byte flipped", tdx(func(b []byte) { b[tdxBodyOff(tdxBodyOffMrTd)] ^= 1 }), tdxO(nil), ErrSignature, []string{"unable to verify message digest"}},
+		{"tdx body byte flipped", tdx(func(b []byte) { b[tdxBodyOff(tdxBodyOffMrTd)] ^= 1 }), tdxO(nil), attest.ErrSignature, []string{"unable to verify message digest"}},
 		{"tdx QE report signature byte", tdx(func(b []byte) {
 			// The QE report signature follows the ECDSA signature, key, cert data header and QE report.
 			b[tdxHeaderSize+tdxBodySizeV10+4+64+64+6+384+5] ^= 1
-		}), tdxO(nil), ErrSignature, []string{"QE report signature"}},
-		{"tdx PCK chain not yet valid", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Now = time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC) }), ErrCertChain, []string{"not yet valid"}},
-		{"tdx PCK chain expired", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Now = time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC) }), ErrCertChain, []string{"expired", "Intel's SGX root CA"}},
+		}), tdxO(nil), attest.ErrSignature, []string{"QE report signature"}},
+		{"tdx PCK chain not yet valid", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Now = time.Date(2021, 1, 1, 0, 0, 0, 0, time.UTC) }), attest.ErrCertChain, []string{"not yet valid"}},
+		{"tdx PCK chain expired", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Now = time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC) }), attest.ErrCertChain, []string{"expired", "Intel's SGX root CA"}},
 		{"tdx PCK certificate corrupted", tdx(func(b []byte) {
 			i := bytes.Index(b, []byte("-----BEGIN CERTIFICATE-----\n")) + 100
 			b[i] ^= 0x01
-		}), tdxO(nil), ErrCertChain, []string{"PCK"}},
-		{"tdx truncated quote", func(t *testing.T) *Evidence {
-			return &Evidence{TEE: TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote[:3000])}
-		}, tdxO(nil), ErrMalformed, []string{"shorter than the"}},
-		{"tdx oversized quote", func(t *testing.T) *Evidence {
-			return &Evidence{TEE: TEETDX, Report: append(bytes.Clone(tdxtestdata.RawQuote), make([]byte, MaxQuoteSize)...)}
-		}, tdxO(nil), ErrMalformed, []string{"expected 1020..65536"}},
+		}), tdxO(nil), attest.ErrCertChain, []string{"PCK"}},
+		{"tdx truncated quote", func(t *testing.T) *attest.Evidence {
+			return &attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote[:3000])}
+		}, tdxO(nil), attest.ErrMalformed, []string{"shorter than the"}},
+		{"tdx oversized quote", func(t *testing.T) *attest.Evidence {
+			return &attest.Evidence{TEE: attest.TEETDX, Report: append(bytes.Clone(tdxtestdata.RawQuote), make([]byte, attest.MaxQuoteSize)...)}
+		}, tdxO(nil), attest.ErrMalformed, []string{"expected 1020..65536"}},
 		{"tdx QE auth data size past the end", tdx(func(b []byte) {
 			binary.LittleEndian.PutUint16(b[tdxHeaderSize+tdxBodySizeV10+4+tdxSDQEAuthSize:], 0xffff)
-		}), tdxO(nil), ErrMalformed, []string{"QE auth data size 65535 runs past"}},
+		}), tdxO(nil), attest.ErrMalformed, []string{"QE auth data size 65535 runs past"}},
 		{"tdx PCK chain size wrong", tdx(func(b []byte) {
 			sd := tdxHeaderSize + tdxBodySizeV10 + 4
 			auth := int(binary.LittleEndian.Uint16(b[sd+tdxSDQEAuthSize:]))
 			binary.LittleEndian.PutUint32(b[sd+tdxSDQEAuthData+auth+2:], 100)
-		}), tdxO(nil), ErrMalformed, []string{"PCK chain size is 100"}},
-		{"tdx unknown version", tdx(func(b []byte) { binary.LittleEndian.PutUint16(b, 3) }), tdxO(nil), ErrMalformed, []string{"version is 3"}},
-		{"tdx TEE type SGX", tdx(func(b []byte) { binary.LittleEndian.PutUint32(b[4:], 0) }), tdxO(nil), ErrMalformed, []string{"TEE type is 0x0"}},
-		{"tdx attestation key type", tdx(func(b []byte) { binary.LittleEndian.PutUint16(b[2:], 3) }), tdxO(nil), ErrMalformed, []string{"attestation key type is 3"}},
-		{"tdx measurement not in reference values", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), tdxO(nil), attest.ErrMalformed, []string{"PCK chain size is 100"}},
+		{"tdx unknown version", tdx(func(b []byte) { binary.LittleEndian.PutUint16(b, 3) }), tdxO(nil), attest.ErrMalformed, []string{"version is 3"}},
+		{"tdx TEE type SGX", tdx(func(b []byte) { binary.LittleEndian.PutUint32(b[4:], 0) }), tdxO(nil), attest.ErrMalformed, []string{"TEE type is 0x0"}},
+		{"tdx attestation key type", tdx(func(b []byte) { binary.LittleEndian.PutUint16(b[2:], 3) }), tdxO(nil), attest.ErrMalformed, []string{"attestation key type is 3"}},
+		{"tdx measurement not in reference values", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			o.ExpectedMeasurements = [][]byte{bytes.Repeat([]byte{7}, 48)}
-		}), ErrMeasurement, []string{"MRTD 0707"}},
-		{"tdx RTMR1 not the expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), attest.ErrMeasurement, []string{"MRTD 0707"}},
+		{"tdx RTMR1 not the expected", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			o.Policy.TDX.RTMR[1] = bytes.Repeat([]byte{0x11}, 48)
-		}), ErrMeasurement, []string{"RTMR1 is 2c700b8b", "expected 1111"}},
-		{"tdx MRTD mismatch", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.ExpectedMeasurements = [][]byte{regs(0)} }), ErrMeasurement, []string{"differs in MRTD (expected 9c63"}},
-		{"tdx RTMR1 mismatch", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.ExpectedMeasurements = [][]byte{regs(2)} }), ErrMeasurement, []string{"differs in RTMR1 (expected d370"}},
-		{"tdx RTMR2 mismatch", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.ExpectedMeasurements = [][]byte{regs(3)} }), ErrMeasurement, []string{"differs in RTMR2 (expected 7952"}},
-		{"tdx MRCONFIGID mismatch", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.ExpectedHostData = bytes.Repeat([]byte{0xaa}, 32) }), ErrHostData, []string{"MRCONFIGID[0:32] is 0000"}},
-		{"tdx REPORT_DATA mismatch", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.ExpectedReportData = bytes.Repeat([]byte{0xbb}, 64) }), ErrReportData, []string{"REPORT_DATA is 6c62dec1"}},
-		{"tdx TEE_TCB_SVN below minimum", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), attest.ErrMeasurement, []string{"RTMR1 is 2c700b8b", "expected 1111"}},
+		{"tdx MRTD mismatch", tdx(func([]byte) {}), tdxO(func(o *Options) { o.ExpectedMeasurements = [][]byte{regs(0)} }), attest.ErrMeasurement, []string{"differs in MRTD (expected 9c63"}},
+		{"tdx RTMR1 mismatch", tdx(func([]byte) {}), tdxO(func(o *Options) { o.ExpectedMeasurements = [][]byte{regs(2)} }), attest.ErrMeasurement, []string{"differs in RTMR1 (expected d370"}},
+		{"tdx RTMR2 mismatch", tdx(func([]byte) {}), tdxO(func(o *Options) { o.ExpectedMeasurements = [][]byte{regs(3)} }), attest.ErrMeasurement, []string{"differs in RTMR2 (expected 7952"}},
+		{"tdx MRCONFIGID mismatch", tdx(func([]byte) {}), tdxO(func(o *Options) { o.ExpectedHostData = bytes.Repeat([]byte{0xaa}, 32) }), attest.ErrHostData, []string{"MRCONFIGID[0:32] is 0000"}},
+		{"tdx REPORT_DATA mismatch", tdx(func([]byte) {}), tdxO(func(o *Options) { o.ExpectedReportData = bytes.Repeat([]byte{0xbb}, 64) }), attest.ErrReportData, []string{"REPORT_DATA is 6c62dec1"}},
+		{"tdx TEE_TCB_SVN below minimum", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			m := bytes.Clone(q.TeeTcbSvn)
 			m[0] += 2
 			o.Policy.TDX.MinimumTeeTcbSvn = m
-		}), ErrTCB, []string{"TEE_TCB_SVN[0] (TDX module SVN) is 3, minimum 5 (short by 2)"}},
-		{"tdx MROWNER not as expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Policy.TDX.MrOwner = bytes.Repeat([]byte{1}, 48) }), ErrPolicy, []string{"MROWNER is 0000"}},
-		{"tdx MROWNERCONFIG not as expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Policy.TDX.MrOwnerConfig = bytes.Repeat([]byte{2}, 48) }), ErrPolicy, []string{"MROWNERCONFIG is 0000"}},
-		{"tdx XFAM not as expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { x := uint64(0xe7); o.Policy.TDX.Xfam = &x }), ErrPolicy, []string{"XFAM is 0x0000000000061ae7, expected 0x00000000000000e7"}},
-		{"tdx SEAMATTRIBUTES not as expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { x := uint64(1); o.Policy.TDX.SeamAttributes = &x }), ErrPolicy, []string{"SEAMATTRIBUTES is 0x0000000000000000, expected 0x0000000000000001"}},
-		{"tdx MRSIGNERSEAM not as expected", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Policy.TDX.MrSignerSeam = bytes.Repeat([]byte{3}, 48) }), ErrPolicy, []string{"MRSIGNERSEAM is 0000"}},
-		{"tdx collateral TCB status", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) { o.Policy.TDXCollateral = sampleTDXCollateral(t) }), ErrCollateral, []string{"no matching TCB level found"}},
-		{"tdx collateral tampered", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), attest.ErrTCB, []string{"TEE_TCB_SVN[0] (TDX module SVN) is 3, minimum 5 (short by 2)"}},
+		{"tdx MROWNER not as expected", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Policy.TDX.MrOwner = bytes.Repeat([]byte{1}, 48) }), attest.ErrPolicy, []string{"MROWNER is 0000"}},
+		{"tdx MROWNERCONFIG not as expected", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Policy.TDX.MrOwnerConfig = bytes.Repeat([]byte{2}, 48) }), attest.ErrPolicy, []string{"MROWNERCONFIG is 0000"}},
+		{"tdx XFAM not as expected", tdx(func([]byte) {}), tdxO(func(o *Options) { x := uint64(0xe7); o.Policy.TDX.Xfam = &x }), attest.ErrPolicy, []string{"XFAM is 0x0000000000061ae7, expected 0x00000000000000e7"}},
+		{"tdx SEAMATTRIBUTES not as expected", tdx(func([]byte) {}), tdxO(func(o *Options) { x := uint64(1); o.Policy.TDX.SeamAttributes = &x }), attest.ErrPolicy, []string{"SEAMATTRIBUTES is 0x0000000000000000, expected 0x0000000000000001"}},
+		{"tdx MRSIGNERSEAM not as expected", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Policy.TDX.MrSignerSeam = bytes.Repeat([]byte{3}, 48) }), attest.ErrPolicy, []string{"MRSIGNERSEAM is 0000"}},
+		{"tdx collateral TCB status", tdx(func([]byte) {}), tdxO(func(o *Options) { o.Policy.TDXCollateral = sampleTDXCollateral(t) }), attest.ErrCollateral, []string{"no matching TCB level found"}},
+		{"tdx collateral tampered", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			c := sampleTDXCollateral(t)
 			c.TCBInfo.Body = bytes.Replace(c.TCBInfo.Body, []byte(`"tcbEvaluationDataNumber":`), []byte(`"tcbEvaluationDataNumber": `), 1)
 			o.Policy.TDXCollateral = c
-		}), ErrCollateral, []string{"given Intel collateral", "tcbInfo response verification failed"}},
-		{"tdx collateral expired", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), attest.ErrCollateral, []string{"given Intel collateral", "tcbInfo response verification failed"}},
+		{"tdx collateral expired", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			o.Policy.TDXCollateral = sampleTDXCollateral(t)
 			o.Now = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-		}), ErrCollateral, []string{"tcbInfo has expired"}},
-		{"tdx AMD CRL for TDX evidence", tdx(func([]byte) {}), tdxO(func(o *VerifyOptions) {
+		}), attest.ErrCollateral, []string{"tcbInfo has expired"}},
+		{"tdx AMD CRL for TDX evidence", tdx(func([]byte) {}), tdxO(func(o *Options) {
 			o.Policy.AMDCRL = amdCRL(t, nil, fakeNow, fakeNow.Add(time.Hour))
-		}), ErrUnsupported, []string{"SNP policy"}},
+		}), attest.ErrUnsupported, []string{"SNP policy"}},
 	}
 	if len(cases) < 30 {
 		t.Fatalf("only %d rejection cases", len(cases))
@@ -520,7 +523,7 @@ func TestVerifyRejects(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := Verify(c.ev(t), c.opts(t))
-			wantErr(t, err, c.sentinel, c.want...)
+			simtest.WantErr(t, err, c.sentinel, c.want...)
 			if err == nil {
 				return
 			}
@@ -539,25 +542,25 @@ func TestTDXValueChecksOnMutatedQuotes(t *testing.T) {
 	cases := []struct {
 		name     string
 		edit     func(b []byte)
-		opts     VerifyOptions
+		opts     Options
 		sentinel error
 		want     string
 	}{
-		{"debug TD", func(b []byte) { b[tdxBodyOff(tdxBodyOffTdAttr)] |= 1 }, VerifyOptions{}, ErrPolicy, "TDATTRIBUTES 0x0000000040000001 has DEBUG set"},
-		{"unknown TD attribute", func(b []byte) { b[tdxBodyOff(tdxBodyOffTdAttr)+1] |= 1 }, VerifyOptions{}, ErrPolicy, "has bits 0x100 set"},
-		{"XFAM fixed bits", func(b []byte) { b[tdxBodyOff(tdxBodyOffXfam)] &^= 1 }, VerifyOptions{}, ErrPolicy, "violates the fixed bits"},
-		{"debug TDX module", func(b []byte) { b[tdxBodyOff(tdxBodyOffSeamAttr)] = 1 }, VerifyOptions{}, ErrPolicy, "non-zero marks a debug TDX module"},
-		{"non-Intel TDX module signer", func(b []byte) { b[tdxBodyOff(tdxBodyOffMrSignerSeam)] = 1 }, VerifyOptions{}, ErrPolicy, "MRSIGNERSEAM is 01"},
+		{"debug TD", func(b []byte) { b[tdxBodyOff(tdxBodyOffTdAttr)] |= 1 }, Options{}, attest.ErrPolicy, "TDATTRIBUTES 0x0000000040000001 has DEBUG set"},
+		{"unknown TD attribute", func(b []byte) { b[tdxBodyOff(tdxBodyOffTdAttr)+1] |= 1 }, Options{}, attest.ErrPolicy, "has bits 0x100 set"},
+		{"XFAM fixed bits", func(b []byte) { b[tdxBodyOff(tdxBodyOffXfam)] &^= 1 }, Options{}, attest.ErrPolicy, "violates the fixed bits"},
+		{"debug TDX module", func(b []byte) { b[tdxBodyOff(tdxBodyOffSeamAttr)] = 1 }, Options{}, attest.ErrPolicy, "non-zero marks a debug TDX module"},
+		{"non-Intel TDX module signer", func(b []byte) { b[tdxBodyOff(tdxBodyOffMrSignerSeam)] = 1 }, Options{}, attest.ErrPolicy, "MRSIGNERSEAM is 01"},
 		{"MRCONFIGID padding non-zero", func(b []byte) {
 			copy(b[tdxBodyOff(tdxBodyOffMrConfig):], bytes.Repeat([]byte{0xcd}, 32))
 			b[tdxBodyOff(tdxBodyOffMrConfig)+40] = 1
-		}, VerifyOptions{ExpectedHostData: bytes.Repeat([]byte{0xcd}, 32)}, ErrHostData, "MRCONFIGID padding [32:48] is 0000000000000000010000"},
+		}, Options{ExpectedHostData: bytes.Repeat([]byte{0xcd}, 32)}, attest.ErrHostData, "MRCONFIGID padding [32:48] is 0000000000000000010000"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			b := bytes.Clone(tdxtestdata.RawQuote)
 			c.edit(b)
-			q, err := parseTDXQuote(b)
+			q, err := attest.ParseTDXQuote(b)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -565,18 +568,18 @@ func TestTDXValueChecksOnMutatedQuotes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantErr(t, checkTDXValues(q, quote, c.opts), c.sentinel, c.want)
+			simtest.WantErr(t, checkTDXValues(q, quote, c.opts), c.sentinel, c.want)
 			// The same mutation through Verify fails earlier, at the signature.
-			_, err = Verify(&Evidence{TEE: TEETDX, Report: b}, VerifyOptions{Now: tdxNow})
-			wantErr(t, err, ErrSignature)
+			_, err = Verify(&attest.Evidence{TEE: attest.TEETDX, Report: b}, Options{Now: tdxNow})
+			simtest.WantErr(t, err, attest.ErrSignature)
 		})
 	}
 	// The debug check passes when debug is allowed (test samples), on both checkers.
 	b := bytes.Clone(tdxtestdata.RawQuote)
 	b[tdxBodyOff(tdxBodyOffTdAttr)] |= 1
-	q, _ := parseTDXQuote(b)
+	q, _ := attest.ParseTDXQuote(b)
 	quote, _ := tdxabi.QuoteToProto(b[:q.Len])
-	if err := checkTDXValues(q, quote, VerifyOptions{Policy: Policy{AllowDebug: true}}); err != nil {
+	if err := checkTDXValues(q, quote, Options{Policy: Policy{AllowDebug: true}}); err != nil {
 		t.Fatalf("debug TD with AllowDebug: %v", err)
 	}
 	// And go-tdx-guest's own validation, which cloche enables, catches DEBUG too.
@@ -603,12 +606,12 @@ func TestParseSNPTCB(t *testing.T) {
 
 func TestParseEvidenceFileAndCertificates(t *testing.T) {
 	// Raw TDX quote, raw SNP report, SNP report followed by its certificate table, JSON.
-	ev, err := ParseEvidenceFile(tdxtestdata.RawQuote, "")
-	if err != nil || ev.TEE != TEETDX {
+	ev, err := attest.ParseEvidenceFile(tdxtestdata.RawQuote, "")
+	if err != nil || ev.TEE != attest.TEETDX {
 		t.Fatalf("raw quote: %v", err)
 	}
-	ev, err = ParseEvidenceFile(realMilanEvidence().Report, "")
-	if err != nil || ev.TEE != TEESNP || ev.CertTable != nil {
+	ev, err = attest.ParseEvidenceFile(realMilanEvidence().Report, "")
+	if err != nil || ev.TEE != attest.TEESNP || ev.CertTable != nil {
 		t.Fatalf("raw report: %v", err)
 	}
 	table, err := testAMDSigner(t).CertTableBytes()
@@ -616,7 +619,7 @@ func TestParseEvidenceFileAndCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	withTable := append(fakeSNPReport(t, abi.VcekReportSigner, nil), table...)
-	ev, err = ParseEvidenceFile(withTable, TEESNP)
+	ev, err = attest.ParseEvidenceFile(withTable, attest.TEESNP)
 	if err != nil || !bytes.Equal(ev.CertTable, table) {
 		t.Fatalf("report || table: %v", err)
 	}
@@ -624,25 +627,25 @@ func TestParseEvidenceFileAndCertificates(t *testing.T) {
 		t.Fatalf("report || table verifies: %v", err)
 	}
 	js, _ := fakeSNPEvidence(t, nil).Marshal()
-	if ev, err = ParseEvidenceFile(js, ""); err != nil || ev.TEE != TEESNP {
+	if ev, err = attest.ParseEvidenceFile(js, ""); err != nil || ev.TEE != attest.TEESNP {
 		t.Fatalf("json: %v", err)
 	}
-	if _, err := ParseEvidenceFile(js, TEETDX); err == nil {
+	if _, err := attest.ParseEvidenceFile(js, attest.TEETDX); err == nil {
 		t.Error("json snp evidence accepted as tdx")
 	}
 	for name, b := range map[string][]byte{"garbage": []byte("hello"), "zeros": make([]byte, 2000)} {
-		if _, err := ParseEvidenceFile(b, ""); err == nil {
+		if _, err := attest.ParseEvidenceFile(b, ""); err == nil {
 			t.Errorf("%s accepted", name)
 		}
 	}
-	if _, err := ParseEvidenceFile(realMilanEvidence().Report, TEESim); err == nil {
+	if _, err := attest.ParseEvidenceFile(realMilanEvidence().Report, attest.TEESim); err == nil {
 		t.Error("raw bytes accepted as sim")
 	}
 
 	// Certificates go where their names say; the evidence then verifies.
 	s := testAMDSigner(t)
-	ev = &Evidence{TEE: TEESNP, Report: fakeSNPReport(t, abi.VcekReportSigner, nil)}
-	if err := AttachCertificates(ev, []*x509.Certificate{s.Ark, s.Ask, s.Vcek}); err != nil {
+	ev = &attest.Evidence{TEE: attest.TEESNP, Report: fakeSNPReport(t, abi.VcekReportSigner, nil)}
+	if err := attest.AttachCertificates(ev, []*x509.Certificate{s.Ark, s.Ask, s.Vcek}); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(ev.Certs.ARK, s.Ark.Raw) || !bytes.Equal(ev.Certs.ASK, s.Ask.Raw) || !bytes.Equal(ev.Certs.VCEK, s.Vcek.Raw) {
@@ -651,7 +654,7 @@ func TestParseEvidenceFileAndCertificates(t *testing.T) {
 	if _, err := Verify(ev, fakeSNPOpts(t)); err != nil {
 		t.Fatal(err)
 	}
-	if err := AttachCertificates(realTDXEvidence(), []*x509.Certificate{s.Ark}); err == nil {
+	if err := attest.AttachCertificates(realTDXEvidence(), []*x509.Certificate{s.Ark}); err == nil {
 		t.Error("certificates attached to a TDX quote")
 	}
 }
@@ -677,11 +680,11 @@ func TestDescribe(t *testing.T) {
 			t.Errorf("SNP description lacks %q:\n%s", want, text)
 		}
 	}
-	v5, err := Describe(&Evidence{TEE: TEETDX, Report: tdxtestdata.RawQuoteV5})
+	v5, err := Describe(&attest.Evidence{TEE: attest.TEETDX, Report: tdxtestdata.RawQuoteV5})
 	if err != nil || !strings.Contains(FormatFields(v5), "BODY_TYPE: ") {
 		t.Fatalf("v5: %v", err)
 	}
-	if _, err := Describe(&Evidence{TEE: TEETDX, Report: tdxtestdata.RawQuote[:2000]}); err == nil {
+	if _, err := Describe(&attest.Evidence{TEE: attest.TEETDX, Report: tdxtestdata.RawQuote[:2000]}); err == nil {
 		t.Error("truncated quote described")
 	}
 }
@@ -747,5 +750,5 @@ func TestLoadCRL(t *testing.T) {
 	}
 	// A CRL issued after the verification time is refused as well as a stale one.
 	err := crlCurrent("the AMD CRL", crl, fakeNow.Add(-time.Minute))
-	wantErr(t, err, ErrRevoked, "issued at")
+	simtest.WantErr(t, err, attest.ErrRevoked, "issued at")
 }
