@@ -39,6 +39,9 @@ const (
 	TEESim TEE = "sim"
 )
 
+// Valid says whether t is one of the supported kinds.
+func (t TEE) Valid() bool { return t == TEESNP || t == TEETDX || t == TEESim }
+
 // Limits on evidence read from outside (output disk, provenance, host responses).
 const (
 	// MaxEvidenceSize caps evidence.json. A report or quote with its certificates is a few

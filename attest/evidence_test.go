@@ -190,3 +190,18 @@ func TestLaunchDigestSNPAndSim(t *testing.T) {
 		t.Errorf("nil: %v", err)
 	}
 }
+
+// Only the three kinds evidence.json, manifests and reference values use are valid; the
+// check is exact (no case folding, no "auto").
+func TestTEEValid(t *testing.T) {
+	for _, tee := range []attest.TEE{attest.TEESNP, attest.TEETDX, attest.TEESim} {
+		if !tee.Valid() {
+			t.Errorf("%q not valid", tee)
+		}
+	}
+	for _, tee := range []attest.TEE{"", "auto", "SNP", "sgx", "sim "} {
+		if tee.Valid() {
+			t.Errorf("%q valid", tee)
+		}
+	}
+}

@@ -430,7 +430,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	// 6. Provenance.
 	// The guest release, and the reference values it shipped with when they list this
 	// launch (the verifier checks their signature; the host only records which they were).
-	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: string(o.TEE), VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: o.TEE, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
 		KernelSHA256: gimg.Kernel.SHA256, InitrdSHA256: gimg.Initrd.SHA256, Measurement: claims.Measurement})
 	if err != nil {
 		log.Warn("not recording the guest image's reference values", "err", err)

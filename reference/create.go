@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
@@ -90,7 +91,7 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 			for _, mem := range o.MemoryMiB {
 				in.VCPUs, in.MemoryMiB = uint32(n), uint64(mem)
 				m := measure.SimMeasurement(in)
-				d.Values = append(d.Values, Value{TEE: TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
+				d.Values = append(d.Values, Value{TEE: attest.TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
 			}
 		}
 	}
@@ -118,7 +119,7 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 					if err != nil {
 						return nil, fmt.Errorf("reference values: snp: %w", err)
 					}
-					d.Values = append(d.Values, Value{TEE: TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
+					d.Values = append(d.Values, Value{TEE: attest.TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
 						GuestFeatures: fmt.Sprintf("%#x", feat), Measurement: hex.EncodeToString(ld[:])})
 				}
 			}
@@ -144,7 +145,7 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 					return nil, fmt.Errorf("reference values: tdx: %w", err)
 				}
 				for _, n := range o.VCPUs {
-					d.Values = append(d.Values, Value{TEE: TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
+					d.Values = append(d.Values, Value{TEE: attest.TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
 						Measurement: hex.EncodeToString(v.MRTD[:]), RTMR1: hex.EncodeToString(v.RTMR1[:]), RTMR2: hex.EncodeToString(v.RTMR2[:]),
 						Assumptions: v.Assumptions})
 				}

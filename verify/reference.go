@@ -134,7 +134,7 @@ func checkReference(ctx context.Context, o *Options, tee attest.TEE, guest prove
 	var names []string
 	for _, src := range sources {
 		names = append(names, src.summary)
-		for _, v := range src.doc.Lookup(string(tee), measurement) {
+		for _, v := range src.doc.Lookup(tee, measurement) {
 			if v.VCPUs != guest.VCPUs || (v.MemoryMiB != 0 && v.MemoryMiB != guest.MemoryMiB) {
 				continue
 			}
@@ -209,7 +209,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 		VCPUs: []int{guest.VCPUs}, MemoryMiB: []int{guest.MemoryMiB}}
 	switch tee {
 	case attest.TEESim:
-	case attest.TEE(reference.TEESNP):
+	case attest.TEESNP:
 		if r.Firmware == "" {
 			return nil, errors.New("ReferenceOptions.Firmware: SNP values need the OVMF AmdSev build the guest was launched with (expected a file)")
 		}
@@ -217,7 +217,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 		if r.VCPUType != "" {
 			o.VCPUTypes = []string{r.VCPUType}
 		}
-	case attest.TEE(reference.TEETDX):
+	case attest.TEETDX:
 		if r.Firmware == "" {
 			return nil, errors.New("ReferenceOptions.Firmware: TDX values need the TDVF the guest was launched with (expected a file)")
 		}
@@ -241,7 +241,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 // checkRTMRs compares a listed TDX value's RTMR1 and RTMR2 with the quote's. A TDX value
 // without RTMRs is refused: MRTD alone would accept any kernel, initrd and cmdline.
 func checkRTMRs(v reference.Value, claims *verifier.Claims) error {
-	if v.TEE != reference.TEETDX {
+	if v.TEE != attest.TEETDX {
 		return nil
 	}
 	if v.RTMR1 == "" || v.RTMR2 == "" {

@@ -494,7 +494,7 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	ref("list another vCPU count", CheckMeasurement, func(d *reference.Document) { d.Values[0].VCPUs = 4 })
 	ref("list another memory size", CheckMeasurement, func(d *reference.Document) { d.Values[0].MemoryMiB = 4096 })
 	ref("list the measurement for snp only", CheckMeasurement, func(d *reference.Document) {
-		d.Values[0] = reference.Value{TEE: reference.TEESNP, VCPUs: 2, Measurement: d.Values[0].Measurement, VCPUType: "EPYC-v4", GuestFeatures: "0x1",
+		d.Values[0] = reference.Value{TEE: attest.TEESNP, VCPUs: 2, Measurement: d.Values[0].Measurement, VCPUType: "EPYC-v4", GuestFeatures: "0x1",
 			Firmware: &reference.File{Name: "OVMF.fd", SHA256: hex64x("8"), Size: 1}}
 	})
 	ref("name another kernel", CheckGuestImage, func(d *reference.Document) { d.GuestImage.Kernel.SHA256 = hex64x("a") })

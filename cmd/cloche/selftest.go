@@ -129,9 +129,7 @@ func runSelftest(ctx context.Context, g *globals, f *selftestFlags) error {
 
 // selftestInput checks the flags before anything is started.
 func selftestInput(f *selftestFlags) (attest.TEE, error) {
-	switch f.tee {
-	case "snp", "tdx", "sim":
-	default:
+	if !attest.TEE(f.tee).Valid() {
 		return "", usageError(fmt.Errorf("--tee %q: expected snp, tdx or sim", f.tee))
 	}
 	switch f.accel {

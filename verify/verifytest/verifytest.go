@@ -288,7 +288,7 @@ func (k *Kit) referenceValues(f *Fixture, h Hooks) error {
 		GuestImage: reference.GuestImage{Kernel: reference.File{Name: "vmlinuz", SHA256: Guest.KernelSHA256, Size: 1},
 			Initrd: reference.File{Name: "initrd.img", SHA256: Guest.InitrdSHA256, Size: 1}, Cmdline: Guest.Cmdline,
 			KernelPackage: "linux-image-test", Recipe: Guest.Recipe},
-		Values: []reference.Value{{TEE: reference.TEESim, VCPUs: Guest.VCPUs, MemoryMiB: Guest.MemoryMiB, Measurement: hex.EncodeToString(f.Measurement[:])}}}
+		Values: []reference.Value{{TEE: attest.TEESim, VCPUs: Guest.VCPUs, MemoryMiB: Guest.MemoryMiB, Measurement: hex.EncodeToString(f.Measurement[:])}}}
 	if h.Reference != nil {
 		h.Reference(d)
 	}
