@@ -1,11 +1,20 @@
-// Package verifytest builds complete cloche provenance in-process, without QEMU: a job
-// manifest, a result record, a simulated-TEE report signed by a local secure processor,
-// the SLSA statement, a key-signed bundle and signed reference values listing the
-// measurement. Each step has a hook, so a test can play the attacker at any point: the
-// runner host (which writes the manifest and statement and holds the signing key) or a
-// lying secure processor (which signs whatever report it is given).
+// Package verifytest is cloche's test kit for code that consumes cloche provenance, in the
+// spirit of sigstore-go's VirtualSigstore and go-sev-guest's testing package: it builds a
+// complete, valid provenance in-process, without QEMU or hardware, so a program's own tests
+// can run it through package verify (or attest/verifier) and through their own policy.
 //
-// It is the seed of a public test kit for verifiers of cloche provenance.
+// A Kit holds the expensive, reusable parts: a simulated secure processor (attest/simsp)
+// with its own RSA-4096 chain, the host's signing key and the release key that signs
+// reference values. Kit.Build writes one Fixture: an artifact, the job manifest and result
+// record, a simulated-TEE report over them signed by the kit's processor, the SLSA statement
+// in a key-signed Sigstore bundle, and signed reference values listing the measurement. A
+// verifier trusts it with the kit's keys and sim root (see Kit.Trust and the example).
+//
+// Each step has a hook, so a test can play the attacker at any point: the runner host
+// (which writes the manifest and statement and holds the signing key) or a lying secure
+// processor (which signs whatever report it is given). Evidence from the kit is simulated:
+// it passes only a verifier that explicitly allows simulated evidence and trusts the kit's
+// sim root, never one that demands hardware.
 package verifytest
 
 import (
@@ -47,7 +56,8 @@ type Kit struct {
 	dir                 string
 }
 
-// NewKit creates a kit with its state in dir.
+// NewKit creates a kit with its state (keys, the simulated processor's chain) in dir. It
+// takes a few seconds (RSA-4096 keys): share one kit across a test binary.
 func NewKit(dir string) (*Kit, error) {
 	sp, err := simsp.LoadOrCreate(filepath.Join(dir, "sim"))
 	if err != nil {
@@ -104,11 +114,31 @@ type Hooks struct {
 
 // Fixture is one complete provenance on disk.
 type Fixture struct {
+	// Dir holds the files: Artifact (named "hello", content ArtifactContent), BundlePath
+	// (the signed provenance) and ReferencePath (the signed reference values).
 	Dir, Artifact, BundlePath, ReferencePath string
 	Manifest                                 *job.Manifest
 	Measurement                              [48]byte
-	Statement                                []byte
-	Reference                                *reference.Document
+	// Statement is the signed in-toto statement; Evidence the evidence.json it carries.
+	Statement []byte
+	Evidence  []byte
+	Reference *reference.Document
+}
+
+// Trust is what a verifier of the kit's fixtures trusts: the host's provenance key, the
+// release key of the reference values and the simulated TEE's root, in memory and as the
+// files the CLI takes (--key, --reference-key, --trusted-sim-root).
+type Trust struct {
+	HostKey, ReleaseKey         crypto.PublicKey
+	HostKeyPath, ReleaseKeyPath string
+	SimRoot                     *x509.Certificate
+	SimRootPath                 string
+}
+
+// Trust returns the kit's trust anchors.
+func (k *Kit) Trust() Trust {
+	return Trust{HostKey: k.HostKey, ReleaseKey: k.ReleaseKey, HostKeyPath: k.HostKeyPath, ReleaseKeyPath: k.ReleaseKeyPath,
+		SimRoot: k.SP.Root(), SimRootPath: k.SP.RootPath()}
 }
 
 // Guest is the guest image the fixtures claim.
@@ -249,6 +279,7 @@ func (k *Kit) evidence(f *Fixture, h Hooks, mb, rb []byte) ([]byte, error) {
 	if h.EvidenceJSON != nil {
 		evb = h.EvidenceJSON(evb)
 	}
+	f.Evidence = evb
 	return evb, nil
 }
 
