@@ -3,8 +3,6 @@ package simsp_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"crypto/sha512"
 	"crypto/x509"
 	"encoding/binary"
 	"errors"
@@ -15,10 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
 	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
-	"github.com/google/uuid"
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/client"
@@ -26,14 +22,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/internal/simwire"
 	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/attest/verifier"
-	"github.com/cloche-dev/cloche/measure"
 )
-
-func vcekGUIDBytes(t *testing.T) []byte {
-	t.Helper()
-	g := uuid.MustParse(abi.VcekGUID)
-	return g[:]
-}
 
 func TestSimSPPersistAndReload(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
@@ -153,64 +142,6 @@ func TestSimSPCorruptState(t *testing.T) {
 	}
 	if _, err := simsp.LoadOrCreate(""); err == nil {
 		t.Error("empty dir: no error")
-	}
-}
-
-func TestSimMeasurement(t *testing.T) {
-	dir := t.TempDir()
-	kernel, initrd := filepath.Join(dir, "vmlinuz"), filepath.Join(dir, "initrd")
-	if err := os.WriteFile(kernel, []byte("kernel bytes"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(initrd, []byte("initrd bytes"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	in, err := measure.LaunchInputsFromFiles(kernel, initrd, "console=hvc0", 4, 8192)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if in.KernelSHA256 != sha256.Sum256([]byte("kernel bytes")) || in.InitrdSHA256 != sha256.Sum256([]byte("initrd bytes")) {
-		t.Fatal("file digests differ")
-	}
-	// The documented formula, spelled out byte by byte.
-	k, i := sha256.Sum256([]byte("kernel bytes")), sha256.Sum256([]byte("initrd bytes"))
-	var msg []byte
-	msg = append(msg, "cloche-sim-measurement-v1"...)
-	msg = append(msg, 0)
-	msg = append(msg, k[:]...)
-	msg = append(msg, i[:]...)
-	msg = append(msg, 12, 0, 0, 0)
-	msg = append(msg, "console=hvc0"...)
-	msg = append(msg, 4, 0, 0, 0)
-	msg = append(msg, 0x00, 0x20, 0, 0, 0, 0, 0, 0)
-	if got, want := measure.SimMeasurement(in), sha512.Sum384(msg); got != want {
-		t.Fatalf("SimMeasurement %x, want %x", got, want)
-	}
-	// Every input changes the measurement.
-	base := measure.SimMeasurement(in)
-	for name, mod := range map[string]func(*measure.LaunchInputs){
-		"kernel":  func(l *measure.LaunchInputs) { l.KernelSHA256[0] ^= 1 },
-		"initrd":  func(l *measure.LaunchInputs) { l.InitrdSHA256[0] ^= 1 },
-		"cmdline": func(l *measure.LaunchInputs) { l.Cmdline += " " },
-		"vcpus":   func(l *measure.LaunchInputs) { l.VCPUs++ },
-		"memory":  func(l *measure.LaunchInputs) { l.MemoryMiB++ },
-	} {
-		l := in
-		mod(&l)
-		if measure.SimMeasurement(l) == base {
-			t.Errorf("changing %s leaves the measurement unchanged", name)
-		}
-	}
-
-	noInitrd, err := measure.LaunchInputsFromFiles(kernel, "", "", 1, 512)
-	if err != nil || noInitrd.InitrdSHA256 != sha256.Sum256(nil) {
-		t.Fatalf("no initrd: %v", err)
-	}
-	if _, err := measure.LaunchInputsFromFiles(filepath.Join(dir, "missing"), "", "", 1, 512); err == nil {
-		t.Error("missing kernel: no error")
-	}
-	if _, err := measure.LaunchInputsFromFiles(kernel, "", "", 0, 512); err == nil {
-		t.Error("zero vcpus: no error")
 	}
 }
 
@@ -434,74 +365,6 @@ func TestCompleteSim(t *testing.T) {
 	}
 }
 
-func TestCompleteSNPFromCertTable(t *testing.T) {
-	sp, _ := simtest.SPs(t)
-	rep, _ := sp.Report(simtest.Launch(), simtest.ReportData())
-	ev := &attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()}
-	if err := attest.CompleteSNPFromCertTable(ev); err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(ev.Certs.ARK, arkOf(sp).Raw) || !bytes.Equal(ev.Certs.ASK, askOf(sp).Raw) || !bytes.Equal(ev.Certs.VCEK, vcekOf(sp).Raw) || ev.Certs.VLEK != nil {
-		t.Fatal("certificates not taken from the table")
-	}
-	// Through SimSP.Complete too.
-	ev = &attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()}
-	if err := sp.Complete(ev); err != nil || ev.Certs == nil {
-		t.Fatalf("Complete snp: %v", err)
-	}
-
-	// Upstream KVM hands out an empty table: the VCEK is then missing.
-	err := attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: rep})
-	simtest.WantErr(t, err, attest.ErrCertChain, "VCEK", "not implemented")
-
-	// A VLEK-signed report needs the VLEK.
-	vlek := bytes.Clone(rep)
-	binary.LittleEndian.PutUint32(vlek[0x48:], abi.ComposeSignerInfo(abi.SignerInfo{SigningKey: abi.VlekReportSigner}))
-	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: vlek, CertTable: sp.CertTable()})
-	simtest.WantErr(t, err, attest.ErrCertChain, "VLEK")
-
-	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESim, Report: rep})
-	simtest.WantErr(t, err, attest.ErrUnsupported)
-	err = attest.CompleteSNPFromCertTable(&attest.Evidence{TEE: attest.TEESNP, Report: rep, CertTable: sp.CertTable()[:30]})
-	simtest.WantErr(t, err, attest.ErrMalformed)
-}
-
-func TestParseCertTable(t *testing.T) {
-	sp, _ := simtest.SPs(t)
-	tab, err := attest.ParseCertTable(sp.CertTable())
-	if err != nil || len(tab) != 3 || !bytes.Equal(tab[abi.VcekGUID], vcekOf(sp).Raw) {
-		t.Fatalf("parse: %v, %d entries", err, len(tab))
-	}
-	if tab, err := attest.ParseCertTable(nil); err != nil || len(tab) != 0 {
-		t.Fatalf("empty: %v", err)
-	}
-	entry := func(guid []byte, off, length uint32) []byte {
-		e := append(bytes.Clone(guid), make([]byte, 8)...)
-		binary.LittleEndian.PutUint32(e[16:], off)
-		binary.LittleEndian.PutUint32(e[20:], length)
-		return e
-	}
-	g := vcekGUIDBytes(t)
-	zero := make([]byte, certTableEntrySize)
-	for name, tc := range map[string]struct {
-		in   []byte
-		want string
-	}{
-		"no terminator": {entry(g, 24, 0), "terminating"},
-		"wrap":          {append(append(entry(g, 0xFFFFFFF0, 0x20), zero...), make([]byte, 64)...), "outside"},
-		"into header":   {append(append(entry(g, 0, 8), zero...), make([]byte, 64)...), "outside"},
-		"past end":      {append(append(entry(g, 48, 100), zero...), make([]byte, 64)...), "outside"},
-		"duplicate":     {append(append(append(entry(g, 72, 1), entry(g, 72, 1)...), zero...), 1), "twice"},
-		"too many":      {bytes.Repeat(entry(g, 0, 0), maxCertTableEntries+2), "more than"},
-		"oversize":      {make([]byte, attest.MaxCertTableSize+1), "limit"},
-	} {
-		_, err := attest.ParseCertTable(tc.in)
-		if !errors.Is(err, attest.ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
-			t.Errorf("%s: got %v, want ErrMalformed mentioning %q", name, err, tc.want)
-		}
-	}
-}
-
 // FuzzSimResponse: the guest's parser of host responses never panics, never allocates beyond
 // its limits and only returns a report of the exact SNP size.
 func FuzzSimResponse(f *testing.F) {
@@ -525,12 +388,6 @@ func FuzzSimResponse(f *testing.F) {
 		}
 	})
 }
-
-// The certificate table layout (GHCB specification), written down again for the tests.
-const (
-	certTableEntrySize  = 24
-	maxCertTableEntries = 32
-)
 
 func allZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }
 
