@@ -52,9 +52,10 @@ func testKit(t *testing.T) *verifytest.Kit {
 // kitOptions verifies a kit fixture the default way: key, sim root, signed reference
 // values as the measurement source.
 func kitOptions(k *verifytest.Kit, f *verifytest.Fixture) Options {
-	return Options{BundlePath: f.BundlePath, PublicKey: k.HostKey, Artifacts: []string{f.Artifact},
-		AllowSimulated: true, SimRoots: []*x509.Certificate{k.SimRoot()},
-		Reference: ReferenceOptions{BundlePath: f.ReferencePath, Key: k.ReleaseKey}}
+	trust := k.Trust()
+	return Options{BundlePath: f.BundlePath, PublicKey: trust.HostKey, Artifacts: []string{f.Artifact},
+		AllowSimulated: true, SimRoots: []*x509.Certificate{trust.SimRoot},
+		Reference: ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey}}
 }
 
 // tamper is one mutation of the corpus and the check that must catch it.
