@@ -31,7 +31,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -114,9 +116,10 @@ type Hooks struct {
 
 // Fixture is one complete provenance on disk.
 type Fixture struct {
-	// Dir holds the files: Artifact (named "hello", content ArtifactContent), BundlePath
-	// (the signed provenance) and ReferencePath (the signed reference values).
+	// Dir holds the files: the artifacts (Artifacts, in name order; Artifact is the first),
+	// BundlePath (the signed provenance) and ReferencePath (the signed reference values).
 	Dir, Artifact, BundlePath, ReferencePath string
+	Artifacts                                []string
 	Manifest                                 *job.Manifest
 	Measurement                              [48]byte
 	// Statement is the signed in-toto statement; Evidence the evidence.json it carries.
@@ -148,18 +151,30 @@ var Guest = provenance.GuestImage{KernelSHA256: strings.Repeat("1", 64), InitrdS
 // ArtifactContent is the content of the fixture's artifact "hello".
 var ArtifactContent = []byte("#!/bin/true\nhello\n")
 
-// Build writes a fixture into dir (created), with the hooks applied.
+// Build writes a fixture into dir (created), with the hooks applied. Its build produced one
+// artifact, "hello" (ArtifactContent).
 func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
+	return k.BuildArtifacts(dir, map[string][]byte{"hello": ArtifactContent}, h)
+}
+
+// BuildArtifacts writes a fixture whose build produced artifacts (slash-separated path
+// relative to the source tree, to content), written under dir as the verifier is given
+// them, with the hooks applied.
+func (k *Kit) BuildArtifacts(dir string, artifacts map[string][]byte, h Hooks) (*Fixture, error) {
+	arts, err := artifactList(artifacts)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	f := &Fixture{Dir: dir, Artifact: filepath.Join(dir, "hello"), BundlePath: filepath.Join(dir, "provenance.sigstore.json"),
+	f := &Fixture{Dir: dir, BundlePath: filepath.Join(dir, "provenance.sigstore.json"),
 		ReferencePath: filepath.Join(dir, reference.BundleFileName)}
 	copy(f.Measurement[:], "cloche verify test measurement, 48 bytes long!!!")
-	if err := os.WriteFile(f.Artifact, ArtifactContent, 0o755); err != nil {
+	if err := f.writeArtifacts(arts); err != nil {
 		return nil, err
 	}
-	mb, rb, err := f.documents(h)
+	mb, rb, err := f.documents(h, arts)
 	if err != nil {
 		return nil, err
 	}
@@ -171,6 +186,44 @@ func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
 		return nil, err
 	}
 	return f, k.referenceValues(f, h)
+}
+
+// artifact is one file the fixture's build produced.
+type artifact struct {
+	name    string
+	content []byte
+}
+
+// artifactList checks the names and orders the artifacts by name, as the guest lists them.
+func artifactList(artifacts map[string][]byte) ([]artifact, error) {
+	if len(artifacts) == 0 {
+		return nil, errors.New("verifytest: no artifacts")
+	}
+	arts := make([]artifact, 0, len(artifacts))
+	for name, content := range artifacts {
+		if !filepath.IsLocal(filepath.FromSlash(name)) || path.Clean(name) != name {
+			return nil, fmt.Errorf("verifytest: artifact name %q: expected a clean relative path inside the source tree", name)
+		}
+		arts = append(arts, artifact{name: name, content: content})
+	}
+	sort.Slice(arts, func(i, j int) bool { return arts[i].name < arts[j].name })
+	return arts, nil
+}
+
+// writeArtifacts writes the artifacts under f.Dir and records their paths.
+func (f *Fixture) writeArtifacts(arts []artifact) error {
+	for _, a := range arts {
+		p := filepath.Join(f.Dir, filepath.FromSlash(a.name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, a.content, 0o755); err != nil {
+			return err
+		}
+		f.Artifacts = append(f.Artifacts, p)
+	}
+	f.Artifact = f.Artifacts[0]
+	return nil
 }
 
 // resign replaces the bundle's DSSE payload and signs it with the host key, as a host
@@ -225,11 +278,15 @@ var (
 
 // Documents returns the manifest and result record a fixture built with h carries.
 func Documents(h Hooks) (manifest, result []byte, err error) {
-	return (&Fixture{}).documents(h)
+	return (&Fixture{}).documents(h, []artifact{{name: "hello", content: ArtifactContent}})
 }
 
-func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
-	sum := sha256.Sum256(ArtifactContent)
+func (f *Fixture) documents(h Hooks, arts []artifact) (mb, rb []byte, err error) {
+	results := make([]job.Artifact, len(arts))
+	for i, a := range arts {
+		sum := sha256.Sum256(a.content)
+		results[i] = job.Artifact{Path: a.name, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(a.content))}
+	}
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:verifytest", TEE: "sim",
 		Source: job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: CommitObject, TagObject: TagObject,
 			ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
@@ -245,7 +302,7 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 	md := job.ManifestDigest(mb)
 	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: SourceTree,
 		SourceCommit: SourceCommit, SourceTag: "v1", SourceTagObject: source.FormatSHA1.ObjectID("tag", TagObject),
-		Artifacts: []job.Artifact{{Path: "hello", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(ArtifactContent))}},
+		Artifacts: results,
 		Log:       job.Digest{SHA256: strings.Repeat("f", 64), Size: 3}, DurationMillis: 5}
 	if h.Result != nil {
 		h.Result(r)
