@@ -1,4 +1,4 @@
-package verifier
+package client
 
 import (
 	"bytes"
@@ -10,7 +10,6 @@ import (
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/client"
 	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
@@ -31,9 +30,9 @@ func FuzzTSMEvidence(f *testing.F) {
 		pv.Store(provider)
 		tsm := fakeTSM(&pv, func([]byte) ([]byte, error) { return bytes.Clone(outblob), nil },
 			func() ([]byte, error) { return bytes.Clone(auxblob), nil })
-		p, err := client.NewTSMProvider(tsm)
+		p, err := NewTSMProvider(tsm)
 		if err != nil {
-			if !errors.Is(err, client.ErrNoTSMProvider) {
+			if !errors.Is(err, ErrNoTSMProvider) {
 				t.Fatalf("NewTSMProvider error %v is not ErrNoTSMProvider", err)
 			}
 			return

@@ -1,8 +1,9 @@
-package verifier
+package client
 
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -12,8 +13,9 @@ import (
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/client"
 	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
 // fakeTSM returns a faketsm client whose report subsystem answers provider, outblob and
@@ -51,7 +53,7 @@ func TestTSMProviderSNP(t *testing.T) {
 		return sp.Report(launch, rd)
 	}, func() ([]byte, error) { return bytes.Clone(sp.CertTable()), nil })
 
-	p, err := client.NewTSMProvider(tsm)
+	p, err := NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,10 +75,10 @@ func TestTSMProviderSNP(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Signed by the simulated processor, so it verifies as sim evidence only.
-	_, err = Verify(ev, simOpts(t, sp))
+	_, err = verifier.Verify(ev, simOpts(t, sp))
 	simtest.WantErr(t, err, attest.ErrCertChain)
 	ev.TEE = attest.TEESim
-	if _, err := Verify(ev, simOpts(t, sp)); err != nil {
+	if _, err := verifier.Verify(ev, simOpts(t, sp)); err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
 
@@ -99,7 +101,7 @@ func TestTSMProviderSNPWrongReportData(t *testing.T) {
 	tsm := fakeTSM(&provider, func([]byte) ([]byte, error) {
 		return sp.Report(simtest.Launch(), [64]byte{}) // ignores the inblob
 	}, func() ([]byte, error) { return nil, nil })
-	p, err := client.NewTSMProvider(tsm)
+	p, err := NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +109,7 @@ func TestTSMProviderSNPWrongReportData(t *testing.T) {
 	simtest.WantErr(t, err, attest.ErrMalformed, "REPORT_DATA")
 
 	short := fakeTSM(&provider, func([]byte) ([]byte, error) { return make([]byte, 100), nil }, func() ([]byte, error) { return nil, nil })
-	p, err = client.NewTSMProvider(short)
+	p, err = NewTSMProvider(short)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +126,7 @@ func TestTSMProviderTDX(t *testing.T) {
 			t.Error("auxblob read for TDX")
 			return nil, errors.New("no auxblob")
 		})
-	p, err := client.NewTSMProvider(tsm)
+	p, err := NewTSMProvider(tsm)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,13 +149,23 @@ func TestTSMProviderTDX(t *testing.T) {
 
 func TestTSMProviderUnsupported(t *testing.T) {
 	// faketsm's default provider is "fake".
-	_, err := client.NewTSMProvider(fakeTSM(nil, nil, nil))
-	simtest.WantErr(t, err, client.ErrNoTSMProvider, `"fake"`)
+	_, err := NewTSMProvider(fakeTSM(nil, nil, nil))
+	simtest.WantErr(t, err, ErrNoTSMProvider, `"fake"`)
 
 	// No report subsystem at all (configfs-tsm missing).
-	_, err = client.NewTSMProvider(&faketsm.Client{})
-	simtest.WantErr(t, err, client.ErrNoTSMProvider)
+	_, err = NewTSMProvider(&faketsm.Client{})
+	simtest.WantErr(t, err, ErrNoTSMProvider)
 
-	_, err = client.NewTSMProvider(nil)
-	simtest.WantErr(t, err, client.ErrNoTSMProvider)
+	_, err = NewTSMProvider(nil)
+	simtest.WantErr(t, err, ErrNoTSMProvider)
 }
+
+// simOpts opts in to simulated evidence from sp and expects the simtest launch.
+func simOpts(t *testing.T, sp *simsp.SP) verifier.Options {
+	t.Helper()
+	l, rd := simtest.Launch(), simtest.ReportData()
+	return verifier.Options{AllowSimulated: true, SimRoots: []*x509.Certificate{sp.Root()},
+		ExpectedMeasurements: [][]byte{l.Measurement[:]}, ExpectedHostData: l.HostData[:], ExpectedReportData: rd[:]}
+}
+
+func allZero(b []byte) bool { return bytes.Count(b, []byte{0}) == len(b) }
