@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 
-	"github.com/google/go-sev-guest/abi"
 	"github.com/google/uuid"
 )
 
@@ -20,12 +19,21 @@ const (
 	maxCertTableEntries = 32
 )
 
-// certTable maps a GUID string to its certificate bytes.
-type certTable map[string][]byte
+// The GUIDs of the certificate table entries (AMD's GHCB specification; go-sev-guest's
+// ARKGUID and so on).
+const (
+	ARKGUID  = "c0b406a4-a803-4952-9743-3fb6014cd0ae"
+	ASKGUID  = "4ab7b379-bbac-4fe4-a02f-05aef327c782"
+	VCEKGUID = "63da758d-e664-4564-adc5-f4b93be8accd"
+	VLEKGUID = "a8074bc2-a25a-483e-aae6-39c045a0b8a1"
+)
 
-// parseCertTable parses a GHCB certificate table strictly. An empty table is valid.
-func parseCertTable(t []byte) (certTable, error) {
-	out := certTable{}
+// CertTable maps a GUID string to its certificate bytes.
+type CertTable map[string][]byte
+
+// ParseCertTable parses a GHCB certificate table strictly. An empty table is valid.
+func ParseCertTable(t []byte) (CertTable, error) {
+	out := CertTable{}
 	if len(t) == 0 {
 		return out, nil
 	}
@@ -73,17 +81,28 @@ func parseCertTable(t []byte) (certTable, error) {
 	return out, nil
 }
 
-// snpSigningKey returns which key signed an SNP report according to SIGNER_INFO.
-func snpSigningKey(report []byte) (abi.ReportSigner, error) {
-	info, err := abi.ReportSignerInfo(report)
-	if err != nil {
-		return 0, fmt.Errorf("%w: %v", ErrMalformed, err)
+// SIGNER_INFO (report offset 0x48): SIGNING_KEY in bits 2..4, bits 5..31 reserved (must be
+// zero); SIGNING_KEY 0 is the VCEK, 1 a VLEK, 7 none, 2..6 reserved (SEV-SNP ABI
+// specification, ATTESTATION_REPORT; go-sev-guest's abi.ParseSignerInfo).
+const (
+	snpOffSignerInfo = 0x048
+	snpSignerVCEK    = 0
+	snpSignerVLEK    = 1
+	snpSignerNone    = 7
+)
+
+// snpSigningKey returns which key signed an SNP report (of SNPReportSize bytes) according
+// to SIGNER_INFO.
+func snpSigningKey(report []byte) (uint32, error) {
+	info := binary.LittleEndian.Uint32(report[snpOffSignerInfo:])
+	if info>>5 != 0 {
+		return 0, fmt.Errorf("%w: SIGNER_INFO 0x%x has reserved bits 5..31 set", ErrMalformed, info)
 	}
-	si, err := abi.ParseSignerInfo(info)
-	if err != nil {
-		return 0, fmt.Errorf("%w: SIGNER_INFO: %v", ErrMalformed, err)
+	key := (info >> 2) & 7
+	if key > snpSignerVLEK && key < snpSignerNone {
+		return 0, fmt.Errorf("%w: SIGNER_INFO: signing key values 2-6 are reserved, got %d", ErrMalformed, key)
 	}
-	return si.SigningKey, nil
+	return key, nil
 }
 
 // CompleteSNPFromCertTable fills ev.Certs from the certificate table the guest received with
@@ -97,14 +116,14 @@ func CompleteSNPFromCertTable(ev *Evidence) error {
 	if ev.TEE != TEESNP {
 		return fmt.Errorf("%w: CompleteSNPFromCertTable needs %q evidence, got %q", ErrUnsupported, TEESNP, ev.TEE)
 	}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return err
 	}
 	key, err := snpSigningKey(ev.Report)
 	if err != nil {
 		return err
 	}
-	table, err := parseCertTable(ev.CertTable)
+	table, err := ParseCertTable(ev.CertTable)
 	if err != nil {
 		return err
 	}
@@ -117,21 +136,21 @@ func CompleteSNPFromCertTable(ev *Evidence) error {
 			*dst = table[guid]
 		}
 	}
-	fill(&certs.ARK, abi.ArkGUID)
-	fill(&certs.ASK, abi.AskGUID)
-	fill(&certs.VCEK, abi.VcekGUID)
-	fill(&certs.VLEK, abi.VlekGUID)
+	fill(&certs.ARK, ARKGUID)
+	fill(&certs.ASK, ASKGUID)
+	fill(&certs.VCEK, VCEKGUID)
+	fill(&certs.VLEK, VLEKGUID)
 	switch key {
-	case abi.VcekReportSigner:
+	case snpSignerVCEK:
 		if len(certs.VCEK) == 0 {
 			return fmt.Errorf("%w: report is signed by the VCEK but neither the certificate table nor the evidence carries it (fetching it from AMD's key distribution service is not implemented yet)", ErrCertChain)
 		}
-	case abi.VlekReportSigner:
+	case snpSignerVLEK:
 		if len(certs.VLEK) == 0 {
 			return fmt.Errorf("%w: report is signed by a VLEK but neither the certificate table nor the evidence carries it (the cloud provider must supply it)", ErrCertChain)
 		}
 	default:
-		return fmt.Errorf("%w: report SIGNER_INFO names signing key %v, expected VCEK or VLEK", ErrCertChain, key)
+		return fmt.Errorf("%w: report SIGNER_INFO names signing key %d (none), expected VCEK or VLEK", ErrCertChain, key)
 	}
 	ev.Certs = certs
 	return nil

@@ -1,10 +1,20 @@
-// Package attest produces and checks the hardware evidence that binds a cloche build to its
-// inputs: the in-guest providers that ask the TEE for a report (configfs-tsm for SEV-SNP and
-// TDX, a virtio-serial channel for the simulated TEE), the host side of the simulated TEE
-// (SimSP, a local stand-in for AMD's secure processor) and the offline verifier.
+// Package attest holds the hardware evidence that binds a cloche build to its inputs, in the
+// vendor's own format (an SEV-SNP attestation report, a TDX quote), and its strict parsing:
+// the TEE kinds, the evidence.json document, the layout of reports and quotes, the launch
+// digest a guest reads from them, and the sentinel errors every check wraps.
 //
-// Evidence is always in the vendor's own format (an SEV-SNP attestation report, a TDX quote);
-// the simulated TEE produces SNP-format reports signed by a locally generated chain, so that
+// It is the leaf of the attestation packages and imports no vendor library, so that the
+// guest agent (PID 1 of the measured initramfs) links no verifier. The roles live beside it,
+// following go-sev-guest's client / verify / testing split:
+//
+//   - attest/client: the in-guest providers that ask the TEE for a report (configfs-tsm for
+//     SEV-SNP and TDX, /dev/sev-guest, the TDREPORT, the simulated TEE's virtio-serial port);
+//   - attest/simsp: the host side of the simulated TEE, a local stand-in for AMD's secure
+//     processor;
+//   - attest/verifier: the offline verifier and its policies;
+//   - attest/kds: the host's completion of SNP evidence with AMD's certificates.
+//
+// The simulated TEE produces SNP-format reports signed by a locally generated chain, so that
 // the same parser and verifier code path handles both, and only the root of trust differs.
 package attest
 
@@ -29,6 +39,9 @@ const (
 	TEESim TEE = "sim"
 )
 
+// Valid says whether t is one of the supported kinds.
+func (t TEE) Valid() bool { return t == TEESNP || t == TEETDX || t == TEESim }
+
 // Limits on evidence read from outside (output disk, provenance, host responses).
 const (
 	// MaxEvidenceSize caps evidence.json. A report or quote with its certificates is a few
@@ -43,8 +56,8 @@ const (
 	maxCertSize = 16 << 10
 )
 
-// snpReportSize is the size of an SEV-SNP ATTESTATION_REPORT (abi.ReportSize).
-const snpReportSize = 0x4A0
+// SNPReportSize is the size of an SEV-SNP ATTESTATION_REPORT (abi.ReportSize).
+const SNPReportSize = 0x4A0
 
 // SNP report offsets used without the full parser (see the abi layout in the notes).
 const (
@@ -92,6 +105,8 @@ var (
 	// ErrQEIdentity: the TDX quote was signed by an enclave that is not Intel's TD quoting
 	// enclave.
 	ErrQEIdentity = errors.New("TDX quoting enclave identity check failed")
+	// ErrSimProtocol is wrapped by errors about malformed simulated-TEE messages.
+	ErrSimProtocol = errors.New("simulated TEE protocol error")
 )
 
 // Evidence leaves the guest in the output disk (evidence.json) and, after host completion,
@@ -134,18 +149,18 @@ func ParseEvidence(b []byte) (*Evidence, error) {
 	if err := strictjson.Decode(b, &ev); err != nil {
 		return nil, fmt.Errorf("%w: evidence JSON: %v", ErrMalformed, err)
 	}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return nil, err
 	}
 	return &ev, nil
 }
 
-// checkShape validates sizes and the TEE kind without any cryptography.
-func (e *Evidence) checkShape() error {
+// CheckShape validates sizes and the TEE kind without any cryptography.
+func (e *Evidence) CheckShape() error {
 	switch e.TEE {
 	case TEESNP, TEESim:
-		if len(e.Report) != snpReportSize {
-			return fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, e.TEE, len(e.Report), snpReportSize)
+		if len(e.Report) != SNPReportSize {
+			return fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, e.TEE, len(e.Report), SNPReportSize)
 		}
 	case TEETDX:
 		if len(e.Report) < tdxMinQuoteSize || len(e.Report) > MaxQuoteSize {
@@ -170,7 +185,7 @@ func (e *Evidence) checkShape() error {
 	return nil
 }
 
-// Provider gets evidence inside the guest.
+// Provider gets evidence inside the guest (attest/client has the implementations).
 type Provider interface {
 	TEE() TEE
 	GetEvidence(ctx context.Context, reportData [64]byte) (*Evidence, error)
@@ -190,8 +205,8 @@ func LaunchDigest(ev *Evidence) ([32]byte, error) {
 	}
 	switch ev.TEE {
 	case TEESNP, TEESim:
-		if len(ev.Report) != snpReportSize {
-			return d, fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, ev.TEE, len(ev.Report), snpReportSize)
+		if len(ev.Report) != SNPReportSize {
+			return d, fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, ev.TEE, len(ev.Report), SNPReportSize)
 		}
 		copy(d[:], ev.Report[snpOffHostData:snpOffHostData+32])
 		return d, nil
@@ -250,12 +265,12 @@ func tdxQuoteBody(q []byte) ([]byte, error) {
 	}
 }
 
-// reportDataOf returns the REPORT_DATA field of SNP/sim reports and TDX quotes.
-func reportDataOf(tee TEE, report []byte) ([]byte, error) {
+// ReportDataOf returns the REPORT_DATA field of SNP/sim reports and TDX quotes.
+func ReportDataOf(tee TEE, report []byte) ([]byte, error) {
 	switch tee {
 	case TEESNP, TEESim:
-		if len(report) != snpReportSize {
-			return nil, fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, tee, len(report), snpReportSize)
+		if len(report) != SNPReportSize {
+			return nil, fmt.Errorf("%w: %s report is %d bytes, expected %d", ErrMalformed, tee, len(report), SNPReportSize)
 		}
 		return report[snpOffReportData : snpOffReportData+64], nil
 	case TEETDX:

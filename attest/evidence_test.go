@@ -1,4 +1,4 @@
-package attest
+package attest_test
 
 import (
 	"bytes"
@@ -10,12 +10,15 @@ import (
 	tdxabi "github.com/google/go-tdx-guest/abi"
 	tdxpb "github.com/google/go-tdx-guest/proto/tdx"
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/internal/simtest"
 )
 
 func TestEvidenceMarshalParse(t *testing.T) {
-	sp, _ := testSPs(t)
-	ev := simEvidence(t, sp)
-	ev.CertTable = sp.certTable
+	sp, _ := simtest.SPs(t)
+	ev := simtest.Evidence(t, sp)
+	ev.CertTable = sp.CertTable()
 	b, err := ev.Marshal()
 	if err != nil {
 		t.Fatal(err)
@@ -31,7 +34,7 @@ func TestEvidenceMarshalParse(t *testing.T) {
 	if _, ok := certs["vlek"]; ok {
 		t.Error("empty vlek is encoded")
 	}
-	back, err := ParseEvidence(b)
+	back, err := attest.ParseEvidence(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,18 +43,18 @@ func TestEvidenceMarshalParse(t *testing.T) {
 		t.Fatal("round trip changed the encoding")
 	}
 
-	tdx := &Evidence{TEE: TEETDX, Report: tdxtestdata.RawQuote}
+	tdx := &attest.Evidence{TEE: attest.TEETDX, Report: tdxtestdata.RawQuote}
 	b, _ = tdx.Marshal()
-	if _, err := ParseEvidence(b); err != nil {
+	if _, err := attest.ParseEvidence(b); err != nil {
 		t.Fatalf("tdx evidence: %v", err)
 	}
 
 	good, _ := ev.Marshal()
-	short := &Evidence{TEE: TEESim, Report: ev.Report[:100]}
+	short := &attest.Evidence{TEE: attest.TEESim, Report: ev.Report[:100]}
 	shortJSON, _ := short.Marshal()
-	bigTable := &Evidence{TEE: TEESNP, Report: ev.Report, CertTable: make([]byte, MaxCertTableSize+1)}
+	bigTable := &attest.Evidence{TEE: attest.TEESNP, Report: ev.Report, CertTable: make([]byte, attest.MaxCertTableSize+1)}
 	bigTableJSON, _ := bigTable.Marshal()
-	bigCert := &Evidence{TEE: TEESNP, Report: ev.Report, Certs: &CertChain{VCEK: make([]byte, maxCertSize+1)}}
+	bigCert := &attest.Evidence{TEE: attest.TEESNP, Report: ev.Report, Certs: &attest.CertChain{VCEK: make([]byte, 16<<10+1)}}
 	bigCertJSON, _ := bigCert.Marshal()
 	for name, tc := range map[string]struct {
 		in   []byte
@@ -59,7 +62,7 @@ func TestEvidenceMarshalParse(t *testing.T) {
 	}{
 		"unknown key":  {append(bytes.Clone(good[:len(good)-1]), `,"extra":1}`...), "unknown key"},
 		"trailing":     {append(bytes.Clone(good), `{}`...), "trailing"},
-		"oversize":     {make([]byte, MaxEvidenceSize+1), "limit"},
+		"oversize":     {make([]byte, attest.MaxEvidenceSize+1), "limit"},
 		"bad tee":      {[]byte(`{"tee":"sgx","report":""}`), `"sgx"`},
 		"no tee":       {[]byte(`{"report":""}`), `""`},
 		"short report": {shortJSON, "100 bytes"},
@@ -69,19 +72,19 @@ func TestEvidenceMarshalParse(t *testing.T) {
 		"not json":     {[]byte("report"), "JSON"},
 		"bad base64":   {[]byte(`{"tee":"sim","report":"!!"}`), "JSON"},
 	} {
-		_, err := ParseEvidence(tc.in)
-		if !errors.Is(err, ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
-			t.Errorf("%s: got %v, want ErrMalformed mentioning %q", name, err, tc.want)
+		_, err := attest.ParseEvidence(tc.in)
+		if !errors.Is(err, attest.ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+			t.Errorf("%s: got %v, want attest.ErrMalformed mentioning %q", name, err, tc.want)
 		}
 	}
-	var nilEv *Evidence
-	if _, err := nilEv.Marshal(); !errors.Is(err, ErrMalformed) {
+	var nilEv *attest.Evidence
+	if _, err := nilEv.Marshal(); !errors.Is(err, attest.ErrMalformed) {
 		t.Errorf("nil Marshal: %v", err)
 	}
 }
 
 // tdxMrConfigID reads MRCONFIGID through go-tdx-guest's own parser, the oracle for the
-// offsets LaunchDigest uses.
+// offsets attest.LaunchDigest uses.
 func tdxMrConfigID(t *testing.T, quote []byte) []byte {
 	t.Helper()
 	q, err := tdxabi.QuoteToProto(quote)
@@ -110,7 +113,7 @@ func TestLaunchDigestTDX(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			// The production sample as it is: its MRCONFIGID (all zero) is the digest.
 			quote := bytes.Clone(sample.quote)
-			d, err := LaunchDigest(&Evidence{TEE: TEETDX, Report: quote})
+			d, err := attest.LaunchDigest(&attest.Evidence{TEE: attest.TEETDX, Report: quote})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,15 +130,15 @@ func TestLaunchDigestTDX(t *testing.T) {
 			if mr := tdxMrConfigID(t, quote); !bytes.Equal(mr[:32], want[:]) {
 				t.Fatalf("go-tdx-guest sees MRCONFIGID %x after writing at 0x%x", mr, sample.offset)
 			}
-			d, err = LaunchDigest(&Evidence{TEE: TEETDX, Report: quote})
+			d, err = attest.LaunchDigest(&attest.Evidence{TEE: attest.TEETDX, Report: quote})
 			if err != nil || d != want {
-				t.Fatalf("LaunchDigest %x, %v; want %x", d, err, want)
+				t.Fatalf("attest.LaunchDigest %x, %v; want %x", d, err, want)
 			}
 
 			// The last 16 bytes must be zero.
 			quote[sample.offset+40] = 1
-			_, err = LaunchDigest(&Evidence{TEE: TEETDX, Report: quote})
-			wantErr(t, err, ErrMalformed, "MRCONFIGID[32:48]")
+			_, err = attest.LaunchDigest(&attest.Evidence{TEE: attest.TEETDX, Report: quote})
+			simtest.WantErr(t, err, attest.ErrMalformed, "MRCONFIGID[32:48]")
 		})
 	}
 
@@ -158,32 +161,47 @@ func TestLaunchDigestTDX(t *testing.T) {
 			binary.LittleEndian.PutUint32(q[0x32:], 1000)
 		}), "body size is 1000"},
 	} {
-		_, err := LaunchDigest(&Evidence{TEE: TEETDX, Report: tc.quote})
-		if !errors.Is(err, ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
-			t.Errorf("%s: got %v, want ErrMalformed mentioning %q", name, err, tc.want)
+		_, err := attest.LaunchDigest(&attest.Evidence{TEE: attest.TEETDX, Report: tc.quote})
+		if !errors.Is(err, attest.ErrMalformed) || !bytes.Contains([]byte(err.Error()), []byte(tc.want)) {
+			t.Errorf("%s: got %v, want attest.ErrMalformed mentioning %q", name, err, tc.want)
 		}
 	}
 }
 
 func TestLaunchDigestSNPAndSim(t *testing.T) {
-	sp, _ := testSPs(t)
-	rep, err := sp.Report(testLaunch(), testReportData())
+	sp, _ := simtest.SPs(t)
+	rep, err := sp.Report(simtest.Launch(), simtest.ReportData())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tee := range []TEE{TEESim, TEESNP} {
-		d, err := LaunchDigest(&Evidence{TEE: tee, Report: rep})
-		if err != nil || d != testLaunch().HostData {
+	for _, tee := range []attest.TEE{attest.TEESim, attest.TEESNP} {
+		d, err := attest.LaunchDigest(&attest.Evidence{TEE: tee, Report: rep})
+		if err != nil || d != simtest.Launch().HostData {
 			t.Fatalf("%s: %x, %v", tee, d, err)
 		}
 	}
-	if _, err := LaunchDigest(&Evidence{TEE: TEESim, Report: rep[:0x100]}); !errors.Is(err, ErrMalformed) {
+	if _, err := attest.LaunchDigest(&attest.Evidence{TEE: attest.TEESim, Report: rep[:0x100]}); !errors.Is(err, attest.ErrMalformed) {
 		t.Errorf("short report: %v", err)
 	}
-	if _, err := LaunchDigest(&Evidence{TEE: "x", Report: rep}); !errors.Is(err, ErrMalformed) {
+	if _, err := attest.LaunchDigest(&attest.Evidence{TEE: "x", Report: rep}); !errors.Is(err, attest.ErrMalformed) {
 		t.Errorf("unknown tee: %v", err)
 	}
-	if _, err := LaunchDigest(nil); !errors.Is(err, ErrMalformed) {
+	if _, err := attest.LaunchDigest(nil); !errors.Is(err, attest.ErrMalformed) {
 		t.Errorf("nil: %v", err)
+	}
+}
+
+// Only the three kinds evidence.json, manifests and reference values use are valid; the
+// check is exact (no case folding, no "auto").
+func TestTEEValid(t *testing.T) {
+	for _, tee := range []attest.TEE{attest.TEESNP, attest.TEETDX, attest.TEESim} {
+		if !tee.Valid() {
+			t.Errorf("%q not valid", tee)
+		}
+	}
+	for _, tee := range []attest.TEE{"", "auto", "SNP", "sgx", "sim "} {
+		if tee.Valid() {
+			t.Errorf("%q valid", tee)
+		}
 	}
 }

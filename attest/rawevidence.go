@@ -32,21 +32,21 @@ func ParseEvidenceFile(b []byte, tee TEE) (*Evidence, error) {
 	}
 	switch {
 	case tee == "":
-		return nil, fmt.Errorf("%w: %d bytes are neither evidence JSON, an SNP report (%d bytes, optionally followed by a certificate table) nor a TDX quote (version 4 or 5, TEE type 0x81)", ErrMalformed, len(b), snpReportSize)
+		return nil, fmt.Errorf("%w: %d bytes are neither evidence JSON, an SNP report (%d bytes, optionally followed by a certificate table) nor a TDX quote (version 4 or 5, TEE type 0x81)", ErrMalformed, len(b), SNPReportSize)
 	case tee == TEESim:
 		return nil, fmt.Errorf("%w: simulated evidence is only read from evidence JSON", ErrMalformed)
-	case tee == TEESNP && len(b) > snpReportSize && guess == TEESNP:
-		ev := &Evidence{TEE: TEESNP, Report: bytes.Clone(b[:snpReportSize]), CertTable: bytes.Clone(b[snpReportSize:])}
-		if err := ev.checkShape(); err != nil {
+	case tee == TEESNP && len(b) > SNPReportSize && guess == TEESNP:
+		ev := &Evidence{TEE: TEESNP, Report: bytes.Clone(b[:SNPReportSize]), CertTable: bytes.Clone(b[SNPReportSize:])}
+		if err := ev.CheckShape(); err != nil {
 			return nil, err
 		}
-		if _, err := parseCertTable(ev.CertTable); err != nil {
-			return nil, fmt.Errorf("the bytes after the %d-byte report: %w", snpReportSize, err)
+		if _, err := ParseCertTable(ev.CertTable); err != nil {
+			return nil, fmt.Errorf("the bytes after the %d-byte report: %w", SNPReportSize, err)
 		}
 		return ev, nil
 	}
 	ev := &Evidence{TEE: tee, Report: bytes.Clone(b)}
-	if err := ev.checkShape(); err != nil {
+	if err := ev.CheckShape(); err != nil {
 		return nil, err
 	}
 	return ev, nil
@@ -61,7 +61,7 @@ func rawEvidenceKind(b []byte) TEE {
 			return TEETDX
 		}
 	}
-	if len(b) >= snpReportSize {
+	if len(b) >= SNPReportSize {
 		v := binary.LittleEndian.Uint32(b[snpOffVersion:])
 		if v >= 2 && v <= 5 {
 			return TEESNP
@@ -100,5 +100,5 @@ func AttachCertificates(ev *Evidence, certs []*x509.Certificate) error {
 		}
 	}
 	ev.Certs = c
-	return ev.checkShape()
+	return ev.CheckShape()
 }

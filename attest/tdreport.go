@@ -1,21 +1,15 @@
 package attest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"path/filepath"
-
-	tdxclient "github.com/google/go-tdx-guest/client"
-	labi "github.com/google/go-tdx-guest/client/linuxabi"
 )
 
 // TDREPORT_STRUCT layout (Intel TDX Module ABI specification, "TDREPORT_STRUCT"): a
 // 256-byte REPORTMACSTRUCT, then TEE_TCB_INFO, then TDINFO at byte 512.
 const (
-	tdReportSize         = labi.TdReportSize // 1024
-	tdReportOffType      = 0                 // REPORTTYPE: TYPE, SUBTYPE, VERSION, reserved
-	tdReportOffData      = 128               // REPORTMACSTRUCT.REPORTDATA, 64 bytes
+	tdReportSize         = 1024 // go-tdx-guest linuxabi.TdReportSize
+	tdReportOffType      = 0    // REPORTTYPE: TYPE, SUBTYPE, VERSION, reserved
 	tdReportOffTDInfo    = 512
 	tdReportOffMrConfig  = tdReportOffTDInfo + 8 + 8 + 48 // after ATTRIBUTES, XFAM, MRTD
 	tdReportTypeTDX      = 0x81
@@ -45,27 +39,6 @@ func GuestLaunchDigest(ctx context.Context, p Provider, probe [64]byte) ([32]byt
 	return LaunchDigest(ev)
 }
 
-// ReadTDReport asks the TDX module, through the tdx_guest driver (TDX_CMD_GET_REPORT0,
-// which every kernel with the driver implements), for a TDREPORT with reportData.
-//
-// A TD quote reaches the guest through the host's quote generation service, so a host can
-// hand the guest any quote it likes; the TDREPORT comes from the TDX module (TDG.MR.REPORT)
-// with no host in between, which is why the guest reads its MRCONFIGID from here.
-func ReadTDReport(dev tdxclient.Device, reportData [64]byte) ([]byte, error) {
-	req := labi.TdxReportReq{ReportData: reportData}
-	result, err := dev.Ioctl(labi.IocTdxGetReport, &req)
-	if err != nil {
-		return nil, fmt.Errorf("TDX_CMD_GET_REPORT0: %w", err)
-	}
-	if result != uintptr(labi.TdxAttestSuccess) {
-		return nil, fmt.Errorf("TDX_CMD_GET_REPORT0: result %d", result)
-	}
-	if !bytes.Equal(req.TdReport[tdReportOffData:tdReportOffData+64], reportData[:]) {
-		return nil, fmt.Errorf("%w: TDREPORT REPORTDATA is %x, expected the requested %x", ErrMalformed, req.TdReport[tdReportOffData:tdReportOffData+64], reportData[:])
-	}
-	return bytes.Clone(req.TdReport[:]), nil
-}
-
 // TDReportLaunchDigest extracts MRCONFIGID[0:32] from a TDREPORT_STRUCT, with the same
 // rule as LaunchDigest: MRCONFIGID[32:48] must be zero.
 func TDReportLaunchDigest(tdreport []byte) ([32]byte, error) {
@@ -82,43 +55,4 @@ func TDReportLaunchDigest(tdreport []byte) ([32]byte, error) {
 	}
 	copy(d[:], mr[:32])
 	return d, nil
-}
-
-// tdxReportDigester wraps a TDX Provider: evidence (quotes) from it, the launch digest from
-// the TDREPORT of the device at path.
-type tdxReportDigester struct {
-	Provider
-	open func() (tdxclient.Device, error)
-}
-
-// WithTDReportLaunchDigest makes a TDX provider read the launch digest from the TDREPORT of
-// devRoot/tdx_guest; other providers are returned as they are.
-func WithTDReportLaunchDigest(p Provider, devRoot string) Provider {
-	if p.TEE() != TEETDX {
-		return p
-	}
-	path := filepath.Join(devRoot, TDXGuestDevice)
-	return &tdxReportDigester{Provider: p, open: func() (tdxclient.Device, error) {
-		d := &tdxclient.LinuxDevice{}
-		if err := d.Open(path); err != nil {
-			return nil, fmt.Errorf("opening %s for the TDREPORT: %w", path, err)
-		}
-		return d, nil
-	}}
-}
-
-func (t *tdxReportDigester) LaunchDigest(ctx context.Context, probe [64]byte) ([32]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return [32]byte{}, err
-	}
-	dev, err := t.open()
-	if err != nil {
-		return [32]byte{}, err
-	}
-	defer dev.Close()
-	r, err := ReadTDReport(dev, probe)
-	if err != nil {
-		return [32]byte{}, err
-	}
-	return TDReportLaunchDigest(r)
 }

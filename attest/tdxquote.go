@@ -4,14 +4,12 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-
-	tdxabi "github.com/google/go-tdx-guest/abi"
 )
 
-// tdxQuote is a TDX quote's header and TD quote body, read by cloche's own layout parser
+// TDXQuote is a TDX quote's header and TD quote body, read by cloche's own layout parser
 // (offsets from Intel's DCAP quote format; all integers little-endian). go-tdx-guest parses
 // the quote again for the cryptography; this parser only reads fields, strictly.
-type tdxQuote struct {
+type TDXQuote struct {
 	Version            uint16
 	AttestationKeyType uint16
 	TeeType            uint32
@@ -61,27 +59,14 @@ const (
 	tdxMinSignedData = 64 + 64 + 6 + 384 + 64 + 2 + 6
 )
 
-// TD attributes and XFAM bits (Intel TDX module specification).
-const (
-	tdAttrDebug         = uint64(1) << 0
-	tdAttrSeptVEDisable = uint64(1) << 28
-	tdAttrPKS           = uint64(1) << 30
-	tdAttrPerfmon       = uint64(1) << 63
-	// tdAttrAllowed are the bits a TD cloche accepts may have (besides DEBUG when allowed);
-	// anything else (e.g. a migratable TD) is rejected.
-	tdAttrAllowed = tdAttrDebug | tdAttrSeptVEDisable | tdAttrPKS | tdAttrPerfmon
-	xfamFixed1    = uint64(0x3)
-	xfamFixed0    = uint64(0x6DBE7)
-)
-
-// parseTDXQuote reads a v4 or v5 quote: header, body, u32 signed-data size and that many
+// ParseTDXQuote reads a v4 or v5 quote: header, body, u32 signed-data size and that many
 // bytes. Bytes after that are counted in Trailing; callers must not use them.
-func parseTDXQuote(q []byte) (*tdxQuote, error) {
+func ParseTDXQuote(q []byte) (*TDXQuote, error) {
 	body, err := tdxQuoteBody(q)
 	if err != nil {
 		return nil, err
 	}
-	t := &tdxQuote{
+	t := &TDXQuote{
 		Version:            binary.LittleEndian.Uint16(q[0:2]),
 		AttestationKeyType: binary.LittleEndian.Uint16(q[2:4]),
 		TeeType:            binary.LittleEndian.Uint32(q[4:8]),
@@ -177,25 +162,10 @@ func checkTDXSignedData(sd []byte) error {
 	return nil
 }
 
-// tdxQuoteToProto runs go-tdx-guest's parser on a quote cloche's parser accepted, turning a
-// panic (a parser bug on hostile input) into ErrMalformed: fail closed, never crash.
-func tdxQuoteToProto(b []byte) (quote any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			quote, err = nil, fmt.Errorf("%w: go-tdx-guest could not parse the quote: %v", ErrMalformed, r)
-		}
-	}()
-	quote, err = tdxabi.QuoteToProto(bytes.Clone(b))
-	if err != nil {
-		return nil, fmt.Errorf("%w: tdx quote: %v", ErrMalformed, err)
-	}
-	return quote, nil
-}
-
-// launchRegisters is MRTD || RTMR0 || RTMR1 || RTMR2 (192 bytes), the long form of a TDX
+// LaunchRegisters is MRTD || RTMR0 || RTMR1 || RTMR2 (192 bytes), the long form of a TDX
 // reference value. MRTD covers the firmware alone; RTMR0 the firmware configuration (TD
 // HOB, ACPI tables), RTMR1 the kernel, RTMR2 the command line and initrd. RTMR3 is left to
 // the running guest.
-func (t *tdxQuote) launchRegisters() []byte {
+func (t *TDXQuote) LaunchRegisters() []byte {
 	return bytes.Join([][]byte{t.MrTd, t.Rtmrs[0], t.Rtmrs[1], t.Rtmrs[2]}, nil)
 }

@@ -24,6 +24,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/disk"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
@@ -417,7 +418,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
-	claims, err := attest.Verify(ev, verifyOpts)
+	claims, err := verifier.Verify(ev, verifyOpts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
 	}
@@ -429,7 +430,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	// 6. Provenance.
 	// The guest release, and the reference values it shipped with when they list this
 	// launch (the verifier checks their signature; the host only records which they were).
-	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: string(o.TEE), VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: o.TEE, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
 		KernelSHA256: gimg.Kernel.SHA256, InitrdSHA256: gimg.Initrd.SHA256, Measurement: claims.Measurement})
 	if err != nil {
 		log.Warn("not recording the guest image's reference values", "err", err)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/source"
@@ -69,7 +69,7 @@ func TestBuildAttestsCommitAndTag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := attest.LoadOrCreateSimSP(e.simDir)
+	root, err := simsp.LoadOrCreate(e.simDir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,10 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/vmm"
 )
 
@@ -26,8 +29,8 @@ import (
 //     collateral is a verifier-side option).
 type hostTEE struct {
 	tee    attest.TEE
-	sp     *attest.SimSP
-	launch attest.SimLaunch
+	sp     *simsp.SP
+	launch simsp.Launch
 	kds    *kds.Client
 }
 
@@ -35,7 +38,7 @@ func newHostTEE(o *Options) (*hostTEE, error) {
 	h := &hostTEE{tee: o.TEE, kds: o.KDS}
 	switch o.TEE {
 	case attest.TEESim:
-		sp, err := attest.LoadOrCreateSimSP(o.SimDir)
+		sp, err := simsp.LoadOrCreate(o.SimDir)
 		if err != nil {
 			return nil, fmt.Errorf("simulated TEE: %w", err)
 		}
@@ -54,11 +57,11 @@ func newHostTEE(o *Options) (*hostTEE, error) {
 func (h *hostTEE) configure(cfg *vmm.Config, o *Options, gimg *guestimage.Image, manifestDigest [32]byte) error {
 	switch h.tee {
 	case attest.TEESim:
-		li, err := attest.LaunchInputsFromFiles(filepath.Join(gimg.Dir, gimg.Kernel.Path), filepath.Join(gimg.Dir, gimg.Initrd.Path), gimg.Cmdline, uint32(o.VCPUs), uint64(o.MemoryMiB))
+		li, err := measure.LaunchInputsFromFiles(filepath.Join(gimg.Dir, gimg.Kernel.Path), filepath.Join(gimg.Dir, gimg.Initrd.Path), gimg.Cmdline, uint32(o.VCPUs), uint64(o.MemoryMiB))
 		if err != nil {
 			return fmt.Errorf("measuring launch inputs: %w", err)
 		}
-		h.launch = attest.SimLaunch{Measurement: attest.SimMeasurement(li), HostData: manifestDigest}
+		h.launch = simsp.Launch{Measurement: measure.SimMeasurement(li), HostData: manifestDigest}
 		o.Logger.Info("simulated launch", "measurement", hex.EncodeToString(h.launch.Measurement[:]))
 		cfg.SimService = func(ctx context.Context, conn io.ReadWriter) error {
 			return h.sp.Serve(ctx, conn, h.launch)
@@ -88,8 +91,8 @@ func (h *hostTEE) complete(ctx context.Context, ev *attest.Evidence) error {
 // verifyOptions are the host's own check of the evidence before it signs: the bindings,
 // and for sim the simulated root and the measurement it computed. Hardware measurements are
 // checked by the verifier against its reference values (the host cannot vouch for them).
-func (h *hostTEE) verifyOptions(manifestDigest [32]byte, reportData [64]byte) (attest.VerifyOptions, error) {
-	opts := attest.VerifyOptions{ExpectedHostData: manifestDigest[:], ExpectedReportData: reportData[:]}
+func (h *hostTEE) verifyOptions(manifestDigest [32]byte, reportData [64]byte) (verifier.Options, error) {
+	opts := verifier.Options{ExpectedHostData: manifestDigest[:], ExpectedReportData: reportData[:]}
 	if h.tee == attest.TEESim {
 		root, err := x509.ParseCertificate(h.sp.Chain().ARK)
 		if err != nil {

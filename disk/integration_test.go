@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/disk"
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -15,14 +16,7 @@ import (
 // from the host, and the same git tree id on both sides.
 func TestSourceThroughInputDisk(t *testing.T) {
 	ctx := context.Background()
-	src := t.TempDir()
-	for name, content := range map[string]string{"main.go": "package main\n", "pkg/lib.go": "package pkg\n", "build.sh": "#!/bin/sh\n"} {
-		p := filepath.Join(src, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	src := testfixture.WriteTree(t, map[string]string{"main.go": "package main\n", "pkg/lib.go": "package pkg\n", "build.sh": "#!/bin/sh\n"})
 	os.Chmod(filepath.Join(src, "build.sh"), 0o755)
 	os.Symlink("main.go", filepath.Join(src, "link"))
 

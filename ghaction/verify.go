@@ -11,7 +11,7 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/provenance"
@@ -200,7 +200,7 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 	}
 	o.AllowSimulated = allowSim
 	for _, p := range listInput(a, "trusted-sim-root") {
-		certs, err := attest.LoadCertificatePEM(p)
+		certs, err := verifier.LoadCertificatePEM(p)
 		if err != nil {
 			return nil, fmt.Errorf("%w: input trusted-sim-root %s: %v", ErrInput, p, err)
 		}
@@ -240,21 +240,21 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	}
 	o.InsecureSkipMeasurement = skip
 	if s := input(a, "min-tcb"); s != "" {
-		t, err := attest.ParseSNPTCB(s)
+		t, err := verifier.ParseSNPTCB(s)
 		if err != nil {
 			return fmt.Errorf("%w: input min-tcb: %v", ErrInput, err)
 		}
 		o.EvidencePolicy.MinimumTCB = &t
 	}
 	if s := input(a, "amd-crl"); s != "" {
-		crl, err := attest.LoadCRL(s)
+		crl, err := verifier.LoadCRL(s)
 		if err != nil {
 			return fmt.Errorf("%w: input amd-crl: %v", ErrInput, err)
 		}
 		o.EvidencePolicy.AMDCRL = crl
 	}
 	if s := input(a, "tdx-collateral"); s != "" {
-		c, err := attest.LoadTDXCollateral(s)
+		c, err := verifier.LoadTDXCollateral(s)
 		if err != nil {
 			return fmt.Errorf("%w: input tdx-collateral: %v", ErrInput, err)
 		}

@@ -32,6 +32,7 @@ import (
 	"github.com/google/go-configfs-tsm/configfs/linuxtsm"
 
 	"github.com/cloche-dev/cloche/attest"
+	attestclient "github.com/cloche-dev/cloche/attest/client"
 	"github.com/cloche-dev/cloche/disk"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/source"
@@ -442,16 +443,16 @@ func (a *agent) openProvider() (attest.Provider, error) {
 		client, err := linuxtsm.MakeClient()
 		if err == nil {
 			var p attest.Provider
-			if p, err = attest.NewTSMProvider(client); err == nil {
+			if p, err = attestclient.NewTSMProvider(client); err == nil {
 				// TDX: the launch digest from the TDREPORT, not from a quote the host relayed.
-				return attest.WithTDReportLaunchDigest(p, a.cfg.DevRoot), nil
+				return attestclient.WithTDReportLaunchDigest(p, a.cfg.DevRoot), nil
 			}
 		}
 		tsmErr = err
 	}
 	// Kernels without configfs-tsm reports still have the guest drivers' character devices.
 	// The device stays open for the whole run: the agent powers off when done.
-	p, _, devErr := attest.OpenGuestDeviceProvider(a.cfg.DevRoot)
+	p, _, devErr := attestclient.OpenGuestDeviceProvider(a.cfg.DevRoot)
 	if devErr == nil {
 		a.log.Info("configfs-tsm unavailable, using the guest device", "tee", p.TEE(), "tsm", tsmErr)
 		return p, nil
@@ -465,7 +466,7 @@ func (a *agent) openProvider() (attest.Provider, error) {
 		return nil, fmt.Errorf("opening the simulated TEE port %s: %w", port, err)
 	}
 	a.log.Info("using the SIMULATED TEE: its evidence proves nothing about the host", "port", port, "tsm", tsmErr)
-	return attest.NewSimProvider(f), nil
+	return attestclient.NewSimProvider(f), nil
 }
 
 // finish writes a completed run (or a failed build) to the output disk.

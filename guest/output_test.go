@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	attestclient "github.com/cloche-dev/cloche/attest/client"
+	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/disk"
 	"github.com/cloche-dev/cloche/job"
 )
@@ -25,19 +28,19 @@ import (
 // TestMain removes its directory.
 var (
 	simSPDir    string
-	sharedSimSP = sync.OnceValues(func() (*attest.SimSP, error) {
+	sharedSimSP = sync.OnceValues(func() (*simsp.SP, error) {
 		dir, err := os.MkdirTemp("", "cloche-guest-simsp-")
 		if err != nil {
 			return nil, err
 		}
 		simSPDir = dir
-		return attest.LoadOrCreateSimSP(dir)
+		return simsp.LoadOrCreate(dir)
 	})
 )
 
 // testAgent is an agent with a real simulated TEE (the host's SimSP on the other end of a
 // pipe) and an output disk image file of outSize bytes.
-func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *attest.SimSP, string, *bytes.Buffer) {
+func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *simsp.SP, string, *bytes.Buffer) {
 	t.Helper()
 	sp, err := sharedSimSP()
 	if err != nil {
@@ -46,7 +49,7 @@ func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *attest.SimSP, st
 	launch := sha256.Sum256([]byte("a manifest"))
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { _ = sp.Serve(ctx, hostEnd, attest.SimLaunch{HostData: launch}) }()
+	go func() { _ = sp.Serve(ctx, hostEnd, simsp.Launch{HostData: launch}) }()
 	t.Cleanup(func() { cancel(); guestEnd.Close(); hostEnd.Close() })
 
 	outPath := filepath.Join(t.TempDir(), "output.img")
@@ -61,7 +64,7 @@ func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *attest.SimSP, st
 	var console bytes.Buffer
 	a := newAgent(Config{Console: &console})
 	a.out, a.outSize = f, outSize
-	a.provider = attest.NewSimProvider(guestEnd)
+	a.provider = attestclient.NewSimProvider(guestEnd)
 	return a, launch, sp, outPath, &console
 }
 
@@ -84,7 +87,7 @@ func testState(t *testing.T, launch [32]byte, log string) *buildState {
 }
 
 // readBack reads the output disk as the host does and checks the evidence binds the result.
-func readBack(t *testing.T, outPath string, sp *attest.SimSP, launch [32]byte) (*disk.Output, *job.Result, string) {
+func readBack(t *testing.T, outPath string, sp *simsp.SP, launch [32]byte) (*disk.Output, *job.Result, string) {
 	t.Helper()
 	dest := t.TempDir()
 	out, err := disk.ReadOutput(outPath, dest, 1<<30)
@@ -103,7 +106,7 @@ func readBack(t *testing.T, outPath string, sp *attest.SimSP, launch [32]byte) (
 		t.Fatal(err)
 	}
 	rd := job.ReportData(out.Result)
-	if _, err := attest.Verify(ev, attest.VerifyOptions{
+	if _, err := verifier.Verify(ev, verifier.Options{
 		AllowSimulated: true, SimRoots: []*x509.Certificate{sp.Root()},
 		ExpectedHostData: launch[:], ExpectedReportData: rd[:],
 	}); err != nil {

@@ -23,6 +23,8 @@ import (
 
 	"github.com/cloche-dev/cloche/vmm"
 	"golang.org/x/sys/unix"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Status of one check.
@@ -35,10 +37,10 @@ const (
 	StatusWarn Status = "warn"
 )
 
-// Which TEE a check is for.
+// Which TEE a check is for (the TEE names of attest, as strings).
 const (
-	ForSNP = "snp"
-	ForTDX = "tdx"
+	ForSNP = string(attest.TEESNP)
+	ForTDX = string(attest.TEETDX)
 	ForAll = "all"
 )
 

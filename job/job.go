@@ -21,6 +21,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/internal/strictjson"
 	"github.com/cloche-dev/cloche/source"
 )
@@ -271,11 +272,10 @@ func ParseResult(b []byte) (*Result, error) {
 func strictUnmarshal(b []byte, v any) error { return strictjson.Decode(b, v) }
 
 var (
-	hex64    = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	hex40    = regexp.MustCompile(`^[0-9a-f]{40}$`)
-	hexEven  = regexp.MustCompile(`^([0-9a-f]{2})*$`)
-	envName  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-	validTEE = map[string]bool{"snp": true, "tdx": true, "sim": true}
+	hex64   = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	hex40   = regexp.MustCompile(`^[0-9a-f]{40}$`)
+	hexEven = regexp.MustCompile(`^([0-9a-f]{2})*$`)
+	envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
 func invalidf(format string, a ...any) error {
@@ -289,7 +289,7 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest _type is %q, expected %q", m.Type, ManifestType)
 	case m.InvocationID == "" || len(m.InvocationID) > 512:
 		return invalidf("manifest invocationId must be 1..512 characters")
-	case !validTEE[m.TEE]:
+	case !attest.TEE(m.TEE).Valid():
 		return invalidf("manifest tee is %q, expected snp, tdx or sim", m.TEE)
 	case !hex64.MatchString(m.Source.ArchiveSHA256):
 		return invalidf("manifest source.archiveSha256 must be 64 lowercase hex digits")

@@ -3,8 +3,6 @@ package measure
 import (
 	"crypto/sha512"
 	"fmt"
-
-	"github.com/cloche-dev/cloche/attest"
 )
 
 // RTMR0Unpredictable is said instead of an RTMR0 value: it cannot be predicted from the
@@ -86,7 +84,7 @@ func TDXBootFromFiles(kernel, initrd, cmdline string, memoryMiB uint64) (*TDXBoo
 
 // Sim is the simulated TEE's MEASUREMENT for a guest launched from these files with this
 // shape: exactly what the simulated secure processor puts in its reports
-// (attest.SimMeasurement).
+// (SimMeasurement).
 func Sim(kernel, initrd, cmdline string, vcpus int, memoryMiB int) ([48]byte, error) {
 	if vcpus < 1 || vcpus > MaxVCPUs {
 		return [48]byte{}, fmt.Errorf("%w: %d vCPUs, expected 1..%d", ErrInput, vcpus, MaxVCPUs)
@@ -94,9 +92,9 @@ func Sim(kernel, initrd, cmdline string, vcpus int, memoryMiB int) ([48]byte, er
 	if memoryMiB < 1 {
 		return [48]byte{}, fmt.Errorf("%w: memory %d MiB, expected a positive size", ErrInput, memoryMiB)
 	}
-	in, err := attest.LaunchInputsFromFiles(kernel, initrd, cmdline, uint32(vcpus), uint64(memoryMiB))
+	in, err := LaunchInputsFromFiles(kernel, initrd, cmdline, uint32(vcpus), uint64(memoryMiB))
 	if err != nil {
 		return [48]byte{}, fmt.Errorf("%w: %v", ErrInput, err)
 	}
-	return attest.SimMeasurement(in), nil
+	return SimMeasurement(in), nil
 }

@@ -83,15 +83,15 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 	}
 
 	if !o.NoSim {
-		in, err := attest.LaunchInputsFromFiles(kernel, initrd, img.Cmdline, 1, 1)
+		in, err := measure.LaunchInputsFromFiles(kernel, initrd, img.Cmdline, 1, 1)
 		if err != nil {
 			return nil, fmt.Errorf("reference values: sim: %w", err)
 		}
 		for _, n := range o.VCPUs {
 			for _, mem := range o.MemoryMiB {
 				in.VCPUs, in.MemoryMiB = uint32(n), uint64(mem)
-				m := attest.SimMeasurement(in)
-				d.Values = append(d.Values, Value{TEE: TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
+				m := measure.SimMeasurement(in)
+				d.Values = append(d.Values, Value{TEE: attest.TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
 			}
 		}
 	}
@@ -119,7 +119,7 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 					if err != nil {
 						return nil, fmt.Errorf("reference values: snp: %w", err)
 					}
-					d.Values = append(d.Values, Value{TEE: TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
+					d.Values = append(d.Values, Value{TEE: attest.TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
 						GuestFeatures: fmt.Sprintf("%#x", feat), Measurement: hex.EncodeToString(ld[:])})
 				}
 			}
@@ -145,7 +145,7 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 					return nil, fmt.Errorf("reference values: tdx: %w", err)
 				}
 				for _, n := range o.VCPUs {
-					d.Values = append(d.Values, Value{TEE: TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
+					d.Values = append(d.Values, Value{TEE: attest.TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
 						Measurement: hex.EncodeToString(v.MRTD[:]), RTMR1: hex.EncodeToString(v.RTMR1[:]), RTMR2: hex.EncodeToString(v.RTMR2[:]),
 						Assumptions: v.Assumptions})
 				}

@@ -24,6 +24,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/internal/strictjson"
 	"github.com/cloche-dev/cloche/provenance"
 )
@@ -38,13 +39,6 @@ const (
 // BundleFileName is where `cloche reference create --guest-image DIR` writes the signed
 // document by default, next to the image it describes; `cloche run` records its digest.
 const BundleFileName = "reference-values.sigstore.json"
-
-// TEE names as used in job manifests and evidence.
-const (
-	TEESim = "sim"
-	TEESNP = "snp"
-	TEETDX = "tdx"
-)
 
 // Limits on what is read from outside.
 const (
@@ -81,8 +75,8 @@ type GuestImage struct {
 
 // Value is the expected measurement of one launch configuration.
 type Value struct {
-	TEE   string `json:"tee"`
-	VCPUs int    `json:"vcpus"`
+	TEE   attest.TEE `json:"tee"`
+	VCPUs int        `json:"vcpus"`
 	// MemoryMiB is set where the value depends on it (sim: measured; tdx: RTMR1 places
 	// the initrd by it).
 	MemoryMiB int `json:"memoryMiB,omitempty"`
@@ -195,15 +189,15 @@ func (v *Value) validate() error {
 	snpOnly := v.VCPUType != "" || v.GuestFeatures != ""
 	tdxOnly := v.MRTDOrder != "" || v.RTMR1 != "" || v.RTMR2 != "" || len(v.Assumptions) > 0
 	switch v.TEE {
-	case TEESim:
+	case attest.TEESim:
 		if v.MemoryMiB == 0 || v.Firmware != nil || snpOnly || tdxOnly {
 			return docErrorf("a sim value has vcpus, memoryMiB and measurement only")
 		}
-	case TEESNP:
+	case attest.TEESNP:
 		if v.Firmware == nil || v.VCPUType == "" || !feature.MatchString(v.GuestFeatures) || v.MemoryMiB != 0 || tdxOnly {
 			return docErrorf("an snp value needs firmware, vcpuType and guestFeatures (0x...), and no memoryMiB or TDX fields")
 		}
-	case TEETDX:
+	case attest.TEETDX:
 		if v.Firmware == nil || snpOnly || (v.MRTDOrder != "single-pass" && v.MRTDOrder != "two-pass") {
 			return docErrorf("a tdx value needs firmware and mrtdOrder (single-pass or two-pass), and no SNP fields")
 		}
@@ -233,7 +227,7 @@ func (v *Value) key() string {
 
 // Lookup returns the values for a TEE whose measurement equals m (48 bytes). Several
 // configurations can share a measurement (an SNP launch does not measure its memory size).
-func (d *Document) Lookup(tee string, m []byte) []Value {
+func (d *Document) Lookup(tee attest.TEE, m []byte) []Value {
 	want := hex.EncodeToString(m)
 	var out []Value
 	for _, v := range d.Values {
@@ -245,7 +239,7 @@ func (d *Document) Lookup(tee string, m []byte) []Value {
 }
 
 // Measurements lists the distinct measurements the document accepts for a TEE.
-func (d *Document) Measurements(tee string) [][]byte {
+func (d *Document) Measurements(tee attest.TEE) [][]byte {
 	seen := map[string]bool{}
 	var out [][]byte
 	for _, v := range d.Values {

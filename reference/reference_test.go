@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/measure"
@@ -68,7 +69,7 @@ func TestCreateSignVerify(t *testing.T) {
 	// Each value is what `measure` computes for that configuration.
 	for _, v := range d.Values {
 		switch v.TEE {
-		case TEESim:
+		case attest.TEESim:
 			m, err := measure.Sim(img.KernelPath(), img.InitrdPath(), img.Cmdline, v.VCPUs, v.MemoryMiB)
 			if err != nil {
 				t.Fatal(err)
@@ -76,7 +77,7 @@ func TestCreateSignVerify(t *testing.T) {
 			if v.Measurement != hex.EncodeToString(m[:]) {
 				t.Errorf("sim %d vCPUs: %s, measure.Sim says %x", v.VCPUs, v.Measurement, m)
 			}
-		case TEESNP:
+		case attest.TEESNP:
 			fw, _ := measure.ReadFirmware(amdSevVector)
 			kh, _ := measure.HashBootFiles(img.KernelPath(), img.InitrdPath(), img.Cmdline)
 			sig, _ := measure.VCPUSignature(v.VCPUType)
@@ -88,7 +89,7 @@ func TestCreateSignVerify(t *testing.T) {
 			if v.Measurement != hex.EncodeToString(ld[:]) {
 				t.Errorf("snp %d vCPUs %s: %s, measure says %x", v.VCPUs, v.GuestFeatures, v.Measurement, ld)
 			}
-		case TEETDX:
+		case attest.TEETDX:
 			if v.RTMR1 == "" || len(v.Assumptions) == 0 {
 				t.Errorf("tdx value without RTMR1 or assumptions: %+v", v)
 			}
@@ -108,11 +109,11 @@ func TestCreateSignVerify(t *testing.T) {
 	if again, _ := got.Document.Statement(); !bytes.Equal(again, stmt) {
 		t.Fatal("the verified document does not re-encode to the signed statement")
 	}
-	sim := got.Measurements(TEESim)
-	if len(sim) != 2 || len(got.Lookup(TEESim, sim[1])) != 1 {
+	sim := got.Measurements(attest.TEESim)
+	if len(sim) != 2 || len(got.Lookup(attest.TEESim, sim[1])) != 1 {
 		t.Fatalf("sim measurements %d, lookup failed", len(sim))
 	}
-	if len(got.Lookup(TEESNP, sim[0])) != 0 {
+	if len(got.Lookup(attest.TEESNP, sim[0])) != 0 {
 		t.Fatal("a sim measurement was found among the snp values")
 	}
 	_, digest, err := UnverifiedStatement(bundle)
@@ -177,7 +178,7 @@ func sampleDoc() *Document {
 	return &Document{
 		ToolVersion: "0.1.0",
 		GuestImage:  GuestImage{Kernel: f, Initrd: File{Name: "initrd.img", SHA256: strings.Repeat("cd", 32), Size: 5}, Cmdline: "console=ttyS0"},
-		Values:      []Value{{TEE: TEESim, VCPUs: 2, MemoryMiB: 2048, Measurement: strings.Repeat("11", 48)}},
+		Values:      []Value{{TEE: attest.TEESim, VCPUs: 2, MemoryMiB: 2048, Measurement: strings.Repeat("11", 48)}},
 	}
 }
 

@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // Launch is one launch of a guest image, as the host saw it.
 type Launch struct {
-	TEE          string
+	TEE          attest.TEE
 	VCPUs        int
 	MemoryMiB    int
 	KernelSHA256 string

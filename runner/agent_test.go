@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/source"
 )
@@ -31,7 +32,7 @@ func TestFiftyJobsBudgetTwo(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range subs {
 		input := fmt.Sprintf("input of job %d\n", i)
-		src := writeSource(t, map[string]string{"input.txt": input})
+		src := testfixture.WriteTree(t, map[string]string{"input.txt": input})
 		s := &sub{input: input}
 		subs[i] = s
 		wg.Add(1)
@@ -98,10 +99,10 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	ctx := context.Background()
-	big := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, VCPUs: 2}, writeSource(t, map[string]string{"input.txt": "a"}))
+	big := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, VCPUs: 2}, testfixture.WriteTree(t, map[string]string{"input.txt": "a"}))
 	bigID := big.jobID(t)
 	waitState(t, ta.client, bigID, runner.StateRunning)
-	small := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"small"}, VCPUs: 1}, writeSource(t, map[string]string{"input.txt": "b"}))
+	small := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"small"}, VCPUs: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
 	smallID := small.jobID(t)
 	st := waitState(t, ta.client, smallID, runner.StateQueued)
 	if st.QueuePosition != 1 {
@@ -120,11 +121,11 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 		t.Fatalf("small job: %s (%s)", st.State, st.Reason)
 	}
 
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, VCPUs: 3}, writeSource(t, map[string]string{"input.txt": "c"}), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, VCPUs: 3}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
 	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, expected 1..2 (this agent's budget)") {
 		t.Errorf("a 3-vCPU job on a 2-vCPU budget: %v", err)
 	}
-	_, err = ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, MemoryMiB: 4096}, writeSource(t, map[string]string{"input.txt": "c"}), nil)
+	_, err = ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, MemoryMiB: 4096}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
 	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "4096 MiB") {
 		t.Errorf("a 4 GiB job on a 2 GiB budget: %v", err)
 	}
@@ -139,15 +140,15 @@ func TestQueueLimitBusy(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, writeSource(t, map[string]string{"input.txt": "1"}))
+	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
 	var queued []*submission
 	for i := range 2 {
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q", fmt.Sprint(i)}}, writeSource(t, map[string]string{"input.txt": "q"}))
+		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q", fmt.Sprint(i)}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
 		waitState(t, ta.client, s.jobID(t), runner.StateQueued)
 		queued = append(queued, s)
 	}
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"one-too-many"}}, writeSource(t, map[string]string{"input.txt": "x"}), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"one-too-many"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
 	if !errors.Is(err, runner.ErrBusy) {
 		t.Fatalf("submit beyond the queue limit: %v, want ErrBusy", err)
 	}
@@ -171,10 +172,10 @@ func TestCancel(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	running := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, writeSource(t, map[string]string{"input.txt": "1"}))
+	running := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	runID := running.jobID(t)
 	waitState(t, ta.client, runID, runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, writeSource(t, map[string]string{"input.txt": "2"}))
+	queued := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
 	qID := queued.jobID(t)
 	waitState(t, ta.client, qID, runner.StateQueued)
 
@@ -220,7 +221,7 @@ func TestDisconnect(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	for _, keep := range []bool{false, true} {
 		ctx, cancel := context.WithCancel(context.Background())
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, KeepOnDisconnect: keep}, writeSource(t, map[string]string{"input.txt": "1"}))
+		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, KeepOnDisconnect: keep}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 		id := s.jobID(t)
 		waitState(t, ta.client, id, runner.StateRunning)
 		cancel()
@@ -258,7 +259,7 @@ func TestDisconnect(t *testing.T) {
 func TestWallClockLimit(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"block"}, WallClockSeconds: 1}, writeSource(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"block"}, WallClockSeconds: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +275,7 @@ func TestWallClockLimit(t *testing.T) {
 // code, and has no results.
 func TestBuildFailureRecorded(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"fail"}}, writeSource(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"fail"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +287,7 @@ func TestBuildFailureRecorded(t *testing.T) {
 // TestSpecRejected: bad specs are refused at the door with the reason.
 func TestSpecRejected(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
-	src := writeSource(t, map[string]string{"input.txt": "1"})
+	src := testfixture.WriteTree(t, map[string]string{"input.txt": "1"})
 	for _, c := range []struct {
 		spec runner.JobSpec
 		want string

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 )
 
@@ -281,7 +282,7 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent configuration: stateDir %q is %d bytes, limit %d (the VM's socket path below it must fit in 107 bytes)", c.StateDir, len(c.StateDir), maxStateDirLen)
 	case c.Socket == "" || len(c.Socket) > 107:
 		return fmt.Errorf("agent configuration: socket %q must be a path of 1..107 bytes", c.Socket)
-	case c.TEE != "sim" && c.TEE != "snp" && c.TEE != "tdx":
+	case !attest.TEE(c.TEE).Valid():
 		return fmt.Errorf("agent configuration: tee %q, expected sim, snp or tdx", c.TEE)
 	case c.Budget.VCPUs < build.MinVCPUs || c.Budget.MemoryMiB < build.MinMemoryMiB || c.Budget.VMs < 1 || c.Budget.MinFreeDiskBytes < 0:
 		return fmt.Errorf("agent configuration: budget %+v needs at least %d vCPU, %d MiB, 1 VM and a non-negative disk reserve", c.Budget, build.MinVCPUs, build.MinMemoryMiB)
@@ -301,7 +302,7 @@ func (c *Config) Validate() error {
 		return errors.New("agent configuration: defaultTimeout and maxWallClock must be at least 1s, wallClockSlack not negative")
 	case c.MaxSourceBytes < 1 || c.MaxOutputBytes < 1 || c.MaxLogBytes < 1 || c.KeepFinished < 1:
 		return errors.New("agent configuration: maxSourceBytes, maxOutputBytes, maxLogBytes and keepFinished must be positive")
-	case c.Launch.SNPProduct != "" && c.Launch.SNPProduct != attest.ProductMilan && c.Launch.SNPProduct != attest.ProductGenoa:
+	case c.Launch.SNPProduct != "" && c.Launch.SNPProduct != verifier.ProductMilan && c.Launch.SNPProduct != verifier.ProductGenoa:
 		return fmt.Errorf("agent configuration: launch.snpProduct %q, expected Milan or Genoa", c.Launch.SNPProduct)
 	}
 	if _, err := c.socketMode(); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -81,7 +82,7 @@ func TestMetrics(t *testing.T) {
 	cfg.MetricsListen = "127.0.0.1:0"
 	ta := startAgent(t, cfg, newStandIn(0))
 	ctx := context.Background()
-	src := writeSource(t, map[string]string{"input.txt": "m"})
+	src := testfixture.WriteTree(t, map[string]string{"input.txt": "m"})
 	for range 3 {
 		if st, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"ok"}}, src, nil); err != nil || st.State != runner.StateSucceeded {
 			t.Fatalf("%v %+v", err, st)
@@ -121,7 +122,7 @@ func BenchmarkScheduling(b *testing.B) {
 	b.Run("overhead", func(b *testing.B) {
 		l := newStandIn(0)
 		ta := startAgent(b, testConfig(shortDir(b)), l)
-		src := writeSource(b, map[string]string{"input.txt": "bench", "src/main.c": strings.Repeat("int x;\n", 500)})
+		src := testfixture.WriteTree(b, map[string]string{"input.txt": "bench", "src/main.c": strings.Repeat("int x;\n", 500)})
 		var total time.Duration
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
@@ -140,7 +141,7 @@ func BenchmarkScheduling(b *testing.B) {
 		cfg := testConfig(shortDir(b))
 		cfg.QueueLimit = 1000
 		ta := startAgent(b, cfg, newStandIn(0))
-		src := writeSource(b, map[string]string{"input.txt": "bench"})
+		src := testfixture.WriteTree(b, map[string]string{"input.txt": "bench"})
 		jobs := make(chan int, b.N)
 		for i := 0; i < b.N; i++ {
 			jobs <- i

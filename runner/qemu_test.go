@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
@@ -46,7 +46,7 @@ func newVMEnv(t *testing.T) *vmEnv {
 		t.Fatal(err)
 	}
 	simDir := filepath.Join(testfixture.CacheDir(t), "sim-tee")
-	sp, err := attest.LoadOrCreateSimSP(simDir)
+	sp, err := simsp.LoadOrCreate(simDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 	maxRunning := 0
 	var mu sync.Mutex
 	for i := range n {
-		src := writeSource(t, map[string]string{"input.txt": fmt.Sprintf("input number %d\n", i)})
+		src := testfixture.WriteTree(t, map[string]string{"input.txt": fmt.Sprintf("input number %d\n", i)})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -145,7 +145,7 @@ func TestRealStopPaths(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), e.launcher())
 	jobs := filepath.Join(ta.cfg.StateDir, "jobs")
 	ctx := context.Background()
-	src := writeSource(t, map[string]string{"input.txt": "x"})
+	src := testfixture.WriteTree(t, map[string]string{"input.txt": "x"})
 
 	const limit = 75 // well past a TCG boot under load, so the guest is running its command
 	wall := vmSpec("echo sleeping-forever", "sleep 100000")
@@ -265,7 +265,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	first := startChildAgent(t, cfg, e.simDir)
 	c := client.New(cfg.Socket)
 	defer c.Close()
-	done, err := c.Submit(ctx, vmSpec("mkdir -p dist", "echo finished before the crash > dist/out.txt"), writeSource(t, map[string]string{"input.txt": "1"}), nil)
+	done, err := c.Submit(ctx, vmSpec("mkdir -p dist", "echo finished before the crash > dist/out.txt"), testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil || done.State != runner.StateSucceeded {
 		t.Fatalf("first job: %v %+v\nagent log:\n%s", err, done, first.stderr)
 	}
@@ -274,7 +274,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	spec.KeepOnDisconnect = true
 	subCtx, cancelSub := context.WithCancel(ctx)
 	defer cancelSub()
-	running := submitAsync(subCtx, c, spec, writeSource(t, map[string]string{"input.txt": "2"}))
+	running := submitAsync(subCtx, c, spec, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
 	id := running.jobID(t)
 	waitFor(t, 4*time.Minute, "the build command to start in the guest", func() bool {
 		var log bytes.Buffer
@@ -374,7 +374,7 @@ func TestRealOutputDiskFull(t *testing.T) {
 	spec := vmSpec("echo build-started", "sleep 4", "head -c 800000 /dev/zero > big.bin")
 	spec.Artifacts = []string{"big.bin"}
 	spec.WallClockSeconds = 120
-	sub := submitAsync(ctx, ta.client, spec, writeSource(t, map[string]string{"input.txt": "x"}))
+	sub := submitAsync(ctx, ta.client, spec, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}))
 	id := sub.jobID(t)
 	waitFor(t, 4*time.Minute, "the build command to start in the guest", func() bool {
 		var log bytes.Buffer

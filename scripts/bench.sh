@@ -19,7 +19,8 @@ bench() {
 bench ./build 'BenchmarkBootToWorkload$' 5x
 bench ./vmm 'BenchmarkBootToPoweroff$' 3x
 bench ./image/toolchain 'BenchmarkLoad$' 5x
-bench ./attest 'BenchmarkVerify' 3s
+bench ./attest/verifier 'BenchmarkVerify' 3s
+bench ./cmd/cloche-guest 'BenchmarkGuestFootprint$' 1x
 bench ./measure '.' 2s
 bench ./provenance '.' 2s
 bench ./source '.' 2s

@@ -5,12 +5,13 @@ import (
 	"errors"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
-// evidencePolicy is the policy `cloche verify` hands to attest.Verify: the caller's, with
+// evidencePolicy is the policy `cloche verify` hands to verifier.Verify: the caller's, with
 // debug never allowed (a debug guest proves nothing) and, where the caller left them open,
 // TDX MROWNER and MROWNERCONFIG zero, as cloche's launches leave them.
-func evidencePolicy(p attest.Policy) attest.Policy {
+func evidencePolicy(p verifier.Policy) verifier.Policy {
 	p.AllowDebug = false
 	if p.TDX.MrOwner == nil {
 		p.TDX.MrOwner = make([]byte, 48)
@@ -46,7 +47,7 @@ var evidenceChecks = []struct {
 	{attest.ErrMalformed, CheckEvidenceParse},
 }
 
-// EvidenceCheck names the check an attest.Verify error failed, as FAILED lines show it.
+// EvidenceCheck names the check an verifier.Verify error failed, as FAILED lines show it.
 // `cloche evidence verify` uses the same names as `cloche verify`.
 func EvidenceCheck(err error) string {
 	for _, c := range evidenceChecks {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
 func TestEvidenceCheckNames(t *testing.T) {
@@ -35,7 +36,7 @@ func TestEvidenceCheckNames(t *testing.T) {
 // `cloche verify` never accepts a debug guest, whatever the caller asked, and holds TDX
 // MROWNER/MROWNERCONFIG to zero unless told otherwise.
 func TestEvidencePolicyDefaults(t *testing.T) {
-	p := evidencePolicy(attest.Policy{AllowDebug: true})
+	p := evidencePolicy(verifier.Policy{AllowDebug: true})
 	if p.AllowDebug {
 		t.Error("debug allowed")
 	}
@@ -43,7 +44,7 @@ func TestEvidencePolicyDefaults(t *testing.T) {
 		t.Error("MROWNER/MROWNERCONFIG not zero by default")
 	}
 	owner := bytes.Repeat([]byte{1}, 48)
-	p = evidencePolicy(attest.Policy{TDX: attest.TDXPolicy{MrOwner: owner}})
+	p = evidencePolicy(verifier.Policy{TDX: verifier.TDXPolicy{MrOwner: owner}})
 	if !bytes.Equal(p.TDX.MrOwner, owner) {
 		t.Error("explicit MROWNER replaced")
 	}

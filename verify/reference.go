@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
@@ -120,7 +121,7 @@ func referenceSources(ctx context.Context, o *Options, tee attest.TEE, guest pro
 //
 // For TDX the measurement is MRTD, which covers the firmware alone: a listed value matches
 // only when its RTMR1 (kernel) and RTMR2 (cmdline, initrd) equal the quote's too.
-func checkReference(ctx context.Context, o *Options, tee attest.TEE, guest provenance.GuestImage, claims *attest.Claims) (*refMatch, error) {
+func checkReference(ctx context.Context, o *Options, tee attest.TEE, guest provenance.GuestImage, claims *verifier.Claims) (*refMatch, error) {
 	if err := o.Reference.Check(); err != nil {
 		return nil, fail(CheckOptions, err)
 	}
@@ -133,7 +134,7 @@ func checkReference(ctx context.Context, o *Options, tee attest.TEE, guest prove
 	var names []string
 	for _, src := range sources {
 		names = append(names, src.summary)
-		for _, v := range src.doc.Lookup(string(tee), measurement) {
+		for _, v := range src.doc.Lookup(tee, measurement) {
 			if v.VCPUs != guest.VCPUs || (v.MemoryMiB != 0 && v.MemoryMiB != guest.MemoryMiB) {
 				continue
 			}
@@ -231,7 +232,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 		VCPUs: []int{guest.VCPUs}, MemoryMiB: []int{guest.MemoryMiB}}
 	switch tee {
 	case attest.TEESim:
-	case attest.TEE(reference.TEESNP):
+	case attest.TEESNP:
 		if r.Firmware == "" {
 			return nil, errors.New("ReferenceOptions.Firmware: SNP values need the OVMF AmdSev build the guest was launched with (expected a file)")
 		}
@@ -239,7 +240,7 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 		if r.VCPUType != "" {
 			o.VCPUTypes = []string{r.VCPUType}
 		}
-	case attest.TEE(reference.TEETDX):
+	case attest.TEETDX:
 		if r.Firmware == "" {
 			return nil, errors.New("ReferenceOptions.Firmware: TDX values need the TDVF the guest was launched with (expected a file)")
 		}
@@ -262,8 +263,8 @@ func computeReference(ctx context.Context, r *ReferenceOptions, tee attest.TEE, 
 
 // checkRTMRs compares a listed TDX value's RTMR1 and RTMR2 with the quote's. A TDX value
 // without RTMRs is refused: MRTD alone would accept any kernel, initrd and cmdline.
-func checkRTMRs(v reference.Value, claims *attest.Claims) error {
-	if v.TEE != reference.TEETDX {
+func checkRTMRs(v reference.Value, claims *verifier.Claims) error {
+	if v.TEE != attest.TEETDX {
 		return nil
 	}
 	if v.RTMR1 == "" || v.RTMR2 == "" {

@@ -7,23 +7,24 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/reference"
 )
 
 func TestCheckRTMRs(t *testing.T) {
 	reg := func(b byte) []byte { return bytes.Repeat([]byte{b}, 48) }
-	claims := &attest.Claims{TEE: attest.TEETDX, Rtmrs: [][]byte{reg(0), reg(1), reg(2), reg(3)}}
+	claims := &verifier.Claims{TEE: attest.TEETDX, Rtmrs: [][]byte{reg(0), reg(1), reg(2), reg(3)}}
 	hx := func(b byte) string { return hex.EncodeToString(reg(b)) }
 	cases := []struct {
 		name string
 		v    reference.Value
 		want string // "" = match
 	}{
-		{"matching kernel and cmdline", reference.Value{TEE: reference.TEETDX, RTMR1: hx(1), RTMR2: hx(2)}, ""},
-		{"other kernel", reference.Value{TEE: reference.TEETDX, RTMR1: hx(9), RTMR2: hx(2)}, "RTMR1 is"},
-		{"other cmdline or initrd", reference.Value{TEE: reference.TEETDX, RTMR1: hx(1), RTMR2: hx(9)}, "RTMR2 is"},
-		{"MRTD-only value", reference.Value{TEE: reference.TEETDX}, "MRTD alone"},
-		{"SNP value needs no RTMRs", reference.Value{TEE: reference.TEESNP}, ""},
+		{"matching kernel and cmdline", reference.Value{TEE: attest.TEETDX, RTMR1: hx(1), RTMR2: hx(2)}, ""},
+		{"other kernel", reference.Value{TEE: attest.TEETDX, RTMR1: hx(9), RTMR2: hx(2)}, "RTMR1 is"},
+		{"other cmdline or initrd", reference.Value{TEE: attest.TEETDX, RTMR1: hx(1), RTMR2: hx(9)}, "RTMR2 is"},
+		{"MRTD-only value", reference.Value{TEE: attest.TEETDX}, "MRTD alone"},
+		{"SNP value needs no RTMRs", reference.Value{TEE: attest.TEESNP}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -33,7 +34,7 @@ func TestCheckRTMRs(t *testing.T) {
 			}
 		})
 	}
-	if err := checkRTMRs(reference.Value{TEE: reference.TEETDX, RTMR1: hx(1), RTMR2: hx(2)}, &attest.Claims{TEE: attest.TEETDX}); err == nil {
+	if err := checkRTMRs(reference.Value{TEE: attest.TEETDX, RTMR1: hx(1), RTMR2: hx(2)}, &verifier.Claims{TEE: attest.TEETDX}); err == nil {
 		t.Fatal("a quote without RTMRs matched")
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/reference"
 	"github.com/cloche-dev/cloche/source"
@@ -51,9 +52,10 @@ func testKit(t *testing.T) *verifytest.Kit {
 // kitOptions verifies a kit fixture the default way: key, sim root, signed reference
 // values as the measurement source.
 func kitOptions(k *verifytest.Kit, f *verifytest.Fixture) Options {
-	return Options{BundlePath: f.BundlePath, PublicKey: k.HostKey, Artifacts: []string{f.Artifact},
-		AllowSimulated: true, SimRoots: []*x509.Certificate{k.SimRoot()},
-		Reference: ReferenceOptions{BundlePath: f.ReferencePath, Key: k.ReleaseKey}}
+	trust := k.Trust()
+	return Options{BundlePath: f.BundlePath, PublicKey: trust.HostKey, Artifacts: []string{f.Artifact},
+		AllowSimulated: true, SimRoots: []*x509.Certificate{trust.SimRoot},
+		Reference: ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey}}
 }
 
 // tamper is one mutation of the corpus and the check that must catch it.
@@ -503,7 +505,7 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	ref("list another vCPU count", CheckMeasurement, func(d *reference.Document) { d.Values[0].VCPUs = 4 })
 	ref("list another memory size", CheckMeasurement, func(d *reference.Document) { d.Values[0].MemoryMiB = 4096 })
 	ref("list the measurement for snp only", CheckMeasurement, func(d *reference.Document) {
-		d.Values[0] = reference.Value{TEE: reference.TEESNP, VCPUs: 2, Measurement: d.Values[0].Measurement, VCPUType: "EPYC-v4", GuestFeatures: "0x1",
+		d.Values[0] = reference.Value{TEE: attest.TEESNP, VCPUs: 2, Measurement: d.Values[0].Measurement, VCPUType: "EPYC-v4", GuestFeatures: "0x1",
 			Firmware: &reference.File{Name: "OVMF.fd", SHA256: hex64x("8"), Size: 1}}
 	})
 	ref("name another kernel", CheckGuestImage, func(d *reference.Document) { d.GuestImage.Kernel.SHA256 = hex64x("a") })
@@ -582,7 +584,7 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 		o.EvidencePolicy.AllowedPlatforms = []string{hex64x("0") + hex64x("0")}
 	})
 	opt("minimum TCB above", CheckTCB, func(o *Options, f *verifytest.Fixture) {
-		o.EvidencePolicy.MinimumTCB = &attest.SNPTCB{Microcode: 255}
+		o.EvidencePolicy.MinimumTCB = &verifier.SNPTCB{Microcode: 255}
 	})
 	opt("reference values and guest image", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Reference.GuestImageDir = f.Dir })
 	opt("signer workflow short ref", CheckOptions, func(o *Options, f *verifytest.Fixture) {

@@ -28,6 +28,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
@@ -102,7 +103,7 @@ type Options struct {
 	// EvidencePolicy is what the hardware evidence must satisfy (minimum TCB, TDX module
 	// and owner values, CRLs, collateral, platform allow-list); see evidencePolicy for what
 	// is always enforced.
-	EvidencePolicy attest.Policy
+	EvidencePolicy verifier.Policy
 
 	Now time.Time
 }
@@ -232,7 +233,7 @@ func (o *Options) checkOptions() error {
 		return fail(CheckOptions, err)
 	}
 	for i, r := range o.SimRoots {
-		if err := attest.CheckSimRoot(r); err != nil {
+		if err := verifier.CheckSimRoot(r); err != nil {
 			return fail(CheckOptions, fmt.Errorf("SimRoots[%d]: %w", i, err))
 		}
 	}
@@ -473,14 +474,14 @@ func checkSubjects(p *provenance.Parsed, locals []localArtifact) error {
 
 // verifyEvidence checks the evidence against the vendor (or sim) roots, the policy and
 // the two bindings, with the pinned measurements that fit its TEE.
-func verifyEvidence(o *Options, p *provenance.Parsed, ev *attest.Evidence) (*attest.Claims, error) {
+func verifyEvidence(o *Options, p *provenance.Parsed, ev *attest.Evidence) (*verifier.Claims, error) {
 	manifestDigest := job.ManifestDigest(p.Manifest)
 	reportData := job.ReportData(p.Result)
 	pinned, err := pinnedMeasurements(o.ExpectedMeasurements, ev.TEE)
 	if err != nil {
 		return nil, err
 	}
-	claims, err := attest.Verify(ev, attest.VerifyOptions{
+	claims, err := verifier.Verify(ev, verifier.Options{
 		AllowSimulated:       o.AllowSimulated,
 		SimRoots:             o.SimRoots,
 		Now:                  o.Now,
@@ -523,8 +524,8 @@ func pinnedMeasurements(all [][]byte, tee attest.TEE) ([][]byte, error) {
 }
 
 // checkMeasurement records the measurement check: the evidence matched the pinned values
-// (attest.Verify compared them), and a trusted reference document lists it.
-func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.TEE, guest provenance.GuestImage, claims *attest.Claims) (*refMatch, error) {
+// (verifier.Verify compared them), and a trusted reference document lists it.
+func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.TEE, guest provenance.GuestImage, claims *verifier.Claims) (*refMatch, error) {
 	if o.InsecureSkipMeasurement {
 		res.record(CheckMeasurement, Warning, "NOT checked (InsecureSkipMeasurement)")
 		return nil, nil
@@ -554,7 +555,7 @@ func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.T
 
 // checkStatementFields: the statement says what the manifest and result record say, its
 // guest-image dependency names the evidence's measurement, and its times are in order.
-func checkStatementFields(p *provenance.Parsed, m *job.Manifest, r *job.Result, claims *attest.Claims) error {
+func checkStatementFields(p *provenance.Parsed, m *job.Manifest, r *job.Result, claims *verifier.Claims) error {
 	if err := p.CheckAgainstManifest(m, r); err != nil {
 		return fail(CheckConsistency, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/verify/verifytest"
@@ -23,16 +24,16 @@ import (
 var (
 	spOnce sync.Once
 	spDir  string
-	sp     *attest.SimSP
+	sp     *simsp.SP
 	spErr  error
 )
 
-func simSP(t *testing.T) *attest.SimSP {
+func simSP(t *testing.T) *simsp.SP {
 	t.Helper()
 	spOnce.Do(func() {
 		spDir, spErr = os.MkdirTemp("", "verify-test-sim-")
 		if spErr == nil {
-			sp, spErr = attest.LoadOrCreateSimSP(spDir)
+			sp, spErr = simsp.LoadOrCreate(spDir)
 		}
 	})
 	if spErr != nil {
@@ -100,7 +101,7 @@ func newFixture(t *testing.T, tw tweak) *fixture {
 	}
 	var meas [48]byte
 	copy(meas[:], []byte("cloche verify test measurement, 48 bytes long!!!"))
-	report, err := s.Report(attest.SimLaunch{Measurement: meas, HostData: md}, job.ReportData(rb))
+	report, err := s.Report(simsp.Launch{Measurement: meas, HostData: md}, job.ReportData(rb))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +228,7 @@ func TestVerifyRejects(t *testing.T) {
 		{name: "simulated with a foreign root", opts: func(f *fixture, o *Options) {
 			// The sim ARK of another state directory: generated separately, so it must not verify.
 			d := t.TempDir()
-			sp2, err := attest.LoadOrCreateSimSP(d)
+			sp2, err := simsp.LoadOrCreate(d)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -245,7 +245,7 @@ func (tdxBackend) args(cfg Config, _ string) ([]string, error) {
 func checkFirmwarePath(cfg Config) error {
 	if cfg.Firmware == "" {
 		what := "the AmdSev OVMF build (OvmfPkg/AmdSev/AmdSevX64.dsc)"
-		if cfg.TEE == "tdx" {
+		if cfg.TEE == attest.TEETDX {
 			what = "TDVF (OVMF built with TDX support)"
 		}
 		return fmt.Errorf("vmm: %s launch needs Config.Firmware: %s", cfg.TEE, what)
@@ -272,7 +272,7 @@ func defaultHostPaths() hostPaths {
 // comes from the host (the SNP C-bit). Plain and sim launches need nothing.
 func (h hostPaths) preflight(cfg *Config) error {
 	switch cfg.TEE {
-	case "snp":
+	case attest.TEESNP:
 		if err := checkFirmwareFile(cfg); err != nil {
 			return err
 		}
@@ -298,7 +298,7 @@ func (h hostPaths) preflight(cfg *Config) error {
 		if cfg.SNP.ReducedPhysBits == 0 {
 			cfg.SNP.ReducedPhysBits = SNPReducedPhysBits
 		}
-	case "tdx":
+	case attest.TEETDX:
 		if err := checkFirmwareFile(cfg); err != nil {
 			return err
 		}

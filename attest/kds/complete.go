@@ -12,6 +12,7 @@ import (
 	sevkds "github.com/google/go-sev-guest/kds"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
 // Complete fills ev.Certs of SNP evidence with the certificate chain a verifier needs
@@ -143,7 +144,7 @@ func fill(dst *[]byte, v []byte) {
 // the certificates by role: self-signed = ARK, CN SEV-VCEK / SEV-VLEK = endorsement keys,
 // other CN SEV-* (SEV-Milan, SEV-VLEK-Genoa, ...) = ASK/ASVK.
 func loadChainFile(path string) (*attest.CertChain, error) {
-	certs, err := attest.LoadCertificatePEM(path)
+	certs, err := verifier.LoadCertificatePEM(path)
 	if err != nil {
 		return nil, fmt.Errorf("chain file: %w", err)
 	}
@@ -181,7 +182,7 @@ func loadChainFile(path string) (*attest.CertChain, error) {
 func (c *Client) productLine(fms uint32) (string, error) {
 	if fms != 0 {
 		family, model, _ := abi.FmsFromCpuid1Eax(fms)
-		if line := attest.SNPProductLineOf(uint64(family), uint64(model)); line != "" {
+		if line := verifier.SNPProductLineOf(uint64(family), uint64(model)); line != "" {
 			return line, nil
 		}
 		return sevkds.ProductLineFromFms(fms), nil

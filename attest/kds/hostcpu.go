@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
 // DefaultCPUInfo is where the host's CPU identification is read.
@@ -27,7 +27,7 @@ func HostProductLine(cpuinfo io.Reader) (string, error) {
 	if vendor != "AuthenticAMD" {
 		return "", fmt.Errorf("kds: the host CPU is %q, not an AMD CPU with SEV-SNP", vendor)
 	}
-	if line := attest.SNPProductLineOf(family, model); line != "" {
+	if line := verifier.SNPProductLineOf(family, model); line != "" {
 		return line, nil
 	}
 	return "", fmt.Errorf("kds: AMD CPU family 0x%x model 0x%x is no SEV-SNP product line this build knows (Milan: family 0x19 models 0x00-0x0f; Genoa: 0x19 models 0x10-0x1f and 0xa0-0xaf)", family, model)

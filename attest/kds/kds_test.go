@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-sev-guest/verify/trust"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 )
 
 // fakeKDS is an httptest server answering like AMD's KDS from a go-sev-guest FakeKDS, with
@@ -128,9 +129,9 @@ func TestCompleteRealMilanReportFetchesThenUsesCache(t *testing.T) {
 	// The completed evidence passes attest's chain and signature checks against AMD's
 	// embedded roots (the real sample's VCEK is valid until 2029) and then stops at the
 	// policy check, which comes after them: the sample was taken from a debug guest.
-	_, err := attest.Verify(ev2, attest.VerifyOptions{Now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)})
+	_, err := verifier.Verify(ev2, verifier.Options{Now: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)})
 	if !errors.Is(err, attest.ErrPolicy) || !strings.Contains(err.Error(), "debug") {
-		t.Errorf("attest.Verify of the completed real evidence = %v, want it past the chain and signature, rejected for debug", err)
+		t.Errorf("verifier.Verify of the completed real evidence = %v, want it past the chain and signature, rejected for debug", err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -75,15 +76,15 @@ func newEvidenceShowCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return &exitError{code: exitFailed, err: err}
 			}
-			fields, err := attest.Describe(ev)
+			fields, err := verifier.Describe(ev)
 			if err != nil {
 				return &exitError{code: exitFailed, err: fmt.Errorf("%s: %w", args[0], err)}
 			}
 			if asJSON {
 				out, err := json.MarshalIndent(struct {
-					TEE       attest.TEE     `json:"tee"`
-					Simulated bool           `json:"simulated"`
-					Fields    []attest.Field `json:"fields"`
+					TEE       attest.TEE       `json:"tee"`
+					Simulated bool             `json:"simulated"`
+					Fields    []verifier.Field `json:"fields"`
 				}{ev.TEE, ev.TEE == attest.TEESim, fields}, "", "  ")
 				if err != nil {
 					return err
@@ -91,7 +92,7 @@ func newEvidenceShowCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(g.stdout, string(out))
 				return nil
 			}
-			fmt.Fprint(g.stdout, attest.FormatFields(fields))
+			fmt.Fprint(g.stdout, verifier.FormatFields(fields))
 			return nil
 		},
 	}
@@ -140,8 +141,8 @@ func (p *policyFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&p.platforms, "allow-platform", nil, "accepted platform, hex: SNP CHIP_ID (128 digits) or TDX PPID (32 digits) (repeatable; default any)")
 }
 
-func (p *policyFlags) policy() (attest.Policy, error) {
-	pol := attest.Policy{NoDefaultMinimumTCB: p.noDefaultMinTCB}
+func (p *policyFlags) policy() (verifier.Policy, error) {
+	pol := verifier.Policy{NoDefaultMinimumTCB: p.noDefaultMinTCB}
 	for _, id := range p.platforms {
 		id = strings.ToLower(strings.TrimSpace(id))
 		if b, err := hex.DecodeString(id); err != nil || (len(b) != 64 && len(b) != 16) {
@@ -150,21 +151,21 @@ func (p *policyFlags) policy() (attest.Policy, error) {
 		pol.AllowedPlatforms = append(pol.AllowedPlatforms, id)
 	}
 	if p.minTCB != "" {
-		t, err := attest.ParseSNPTCB(p.minTCB)
+		t, err := verifier.ParseSNPTCB(p.minTCB)
 		if err != nil {
 			return pol, fmt.Errorf("--min-tcb: %w", err)
 		}
 		pol.MinimumTCB = &t
 	}
 	if p.amdCRL != "" {
-		crl, err := attest.LoadCRL(p.amdCRL)
+		crl, err := verifier.LoadCRL(p.amdCRL)
 		if err != nil {
 			return pol, fmt.Errorf("--amd-crl: %w", err)
 		}
 		pol.AMDCRL = crl
 	}
 	if p.tdxCollateral != "" {
-		c, err := attest.LoadTDXCollateral(p.tdxCollateral)
+		c, err := verifier.LoadTDXCollateral(p.tdxCollateral)
 		if err != nil {
 			return pol, fmt.Errorf("--tdx-collateral: %w", err)
 		}
@@ -259,7 +260,7 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 		rep.Failed(verify.CheckEvidenceParse, err)
 		return &exitError{code: exitFailed}
 	}
-	claims, err := attest.Verify(ev, *opts)
+	claims, err := verifier.Verify(ev, *opts)
 	if err != nil {
 		rep.Failed(verify.EvidenceCheck(err), err)
 		return &exitError{code: exitFailed}
@@ -298,7 +299,7 @@ func uncheckedBindings(f *evidenceVerifyFlags) []string {
 func loadCertFlags(paths []string) ([]*x509.Certificate, error) {
 	var all []*x509.Certificate
 	for _, p := range paths {
-		certs, err := attest.LoadCertificatePEM(p)
+		certs, err := verifier.LoadCertificatePEM(p)
 		if err != nil {
 			return nil, fmt.Errorf("--certs %s: %w", p, err)
 		}
@@ -307,7 +308,7 @@ func loadCertFlags(paths []string) ([]*x509.Certificate, error) {
 	return all, nil
 }
 
-func evidenceVerifyOptions(f *evidenceVerifyFlags) (*attest.VerifyOptions, error) {
+func evidenceVerifyOptions(f *evidenceVerifyFlags) (*verifier.Options, error) {
 	tee, err := parseTEEFlag(f.tee, true)
 	if err != nil {
 		return nil, err
@@ -317,7 +318,7 @@ func evidenceVerifyOptions(f *evidenceVerifyFlags) (*attest.VerifyOptions, error
 		return nil, err
 	}
 	pol.AllowDebug = f.allowDebug
-	opts := &attest.VerifyOptions{Policy: pol}
+	opts := &verifier.Options{Policy: pol}
 	if f.at != "" {
 		t, err := time.Parse(time.RFC3339, f.at)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/measure"
 )
@@ -104,8 +105,8 @@ func runMeasure(g *globals, f *measureFlags) error {
 	if f.memory < 64 {
 		return usageError(fmt.Errorf("--memory %d: expected at least 64 MiB", f.memory))
 	}
-	switch f.tee {
-	case "sim":
+	switch attest.TEE(f.tee) {
+	case attest.TEESim:
 		if f.firmware != "" || f.snpFirmware != "" || f.tdxFirmware != "" {
 			return usageError(errors.New("--snp-firmware/--tdx-firmware: the simulated TEE measures no firmware"))
 		}
@@ -119,9 +120,9 @@ func runMeasure(g *globals, f *measureFlags) error {
 		}
 		fmt.Fprintln(g.stdout, hex.EncodeToString(m[:]))
 		return nil
-	case "snp":
+	case attest.TEESNP:
 		return measureSNP(g.stdout, f)
-	case "tdx":
+	case attest.TEETDX:
 		return measureTDX(g.stdout, f)
 	}
 	return usageError(fmt.Errorf("--tee %q: expected sim, snp or tdx", f.tee))

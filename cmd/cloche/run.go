@@ -14,6 +14,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
@@ -213,7 +214,7 @@ func runInput(ctx context.Context, f *runFlags, command []string) (*build.Option
 		return nil, usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", f.tee))
 	}
 	switch f.snpProduct {
-	case "", attest.ProductMilan, attest.ProductGenoa:
+	case "", verifier.ProductMilan, verifier.ProductGenoa:
 	default:
 		return nil, usageError(fmt.Errorf("--snp-product %q: expected Milan or Genoa", f.snpProduct))
 	}

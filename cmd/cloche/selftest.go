@@ -17,6 +17,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
@@ -128,9 +129,7 @@ func runSelftest(ctx context.Context, g *globals, f *selftestFlags) error {
 
 // selftestInput checks the flags before anything is started.
 func selftestInput(f *selftestFlags) (attest.TEE, error) {
-	switch f.tee {
-	case "snp", "tdx", "sim":
-	default:
+	if !attest.TEE(f.tee).Valid() {
 		return "", usageError(fmt.Errorf("--tee %q: expected snp, tdx or sim", f.tee))
 	}
 	switch f.accel {
@@ -297,7 +296,7 @@ func (s *selftest) verify(ctx context.Context, outcome *build.Outcome, pub, gdir
 		Artifacts: []string{filepath.Join(outcome.ArtifactDir, "selftest.txt")},
 		Reference: verify.ReferenceOptions{GuestImageDir: gdir, Firmware: firmware}}
 	if outcome.TEE == attest.TEESim {
-		roots, err := attest.LoadCertificatePEM(outcome.SimRootPath)
+		roots, err := verifier.LoadCertificatePEM(outcome.SimRootPath)
 		if err != nil {
 			return err
 		}

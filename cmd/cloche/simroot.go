@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 )
 
 func newSimRootCmd(g *globals) *cobra.Command {
@@ -22,7 +22,7 @@ directory. Its root is what a verifier passes to --trusted-sim-root, together wi
 			if err != nil {
 				return err
 			}
-			sp, err := attest.LoadOrCreateSimSP(simTEEDir(state))
+			sp, err := simsp.LoadOrCreate(simTEEDir(state))
 			if err != nil {
 				return err
 			}

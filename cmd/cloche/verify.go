@@ -11,7 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/verify"
 )
@@ -203,7 +203,7 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		return nil, errors.New("--trusted-sim-root given without --allow-simulated: both are needed to accept simulated evidence")
 	}
 	for _, p := range f.simRoots {
-		certs, err := attest.LoadCertificatePEM(p)
+		certs, err := verifier.LoadCertificatePEM(p)
 		if err != nil {
 			return nil, fmt.Errorf("--trusted-sim-root %s: %w", p, err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/reference"
@@ -167,11 +168,11 @@ func TestGuestImageReproducible(t *testing.T) {
 	if images[0].GuestAgentSHA256 != images[1].GuestAgentSHA256 {
 		t.Errorf("guest agent differs: %s vs %s", images[0].GuestAgentSHA256, images[1].GuestAgentSHA256)
 	}
-	tees := map[string]bool{}
+	tees := map[attest.TEE]bool{}
 	for _, v := range docs[0].Values {
 		tees[v.TEE] = true
 	}
-	if !tees[reference.TEESim] || !tees[reference.TEESNP] || !tees[reference.TEETDX] {
+	if !tees[attest.TEESim] || !tees[attest.TEESNP] || !tees[attest.TEETDX] {
 		t.Fatalf("measurements cover %v, want sim, snp and tdx", tees)
 	}
 	if !reflect.DeepEqual(docs[0].Values, docs[1].Values) {

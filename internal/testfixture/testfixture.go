@@ -41,6 +41,24 @@ func CacheDir(tb testing.TB) string {
 	return dir
 }
 
+// WriteTree makes a temporary directory holding files (slash-separated relative path to
+// content, mode 0644, parent directories created) and returns its path: a job's source tree,
+// or the files of a result archive.
+func WriteTree(tb testing.TB, files map[string]string) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	for name, content := range files {
+		p := filepath.Join(dir, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return dir
+}
+
 // RequireQEMU skips when QEMU or root is missing; `make test` installs QEMU first, so CI
 // never skips.
 func RequireQEMU(tb testing.TB) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/source"
@@ -39,14 +40,7 @@ func fakeAgent(t *testing.T, archive []byte) string {
 // pack makes a result archive from files.
 func pack(t *testing.T, files map[string]string) ([]byte, job.Digest) {
 	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := testfixture.WriteTree(t, files)
 	var b bytes.Buffer
 	sum, size, err := source.Pack(context.Background(), dir, 0, &b)
 	if err != nil {

@@ -1,11 +1,20 @@
-// Package verifytest builds complete cloche provenance in-process, without QEMU: a job
-// manifest, a result record, a simulated-TEE report signed by a local secure processor,
-// the SLSA statement, a key-signed bundle and signed reference values listing the
-// measurement. Each step has a hook, so a test can play the attacker at any point: the
-// runner host (which writes the manifest and statement and holds the signing key) or a
-// lying secure processor (which signs whatever report it is given).
+// Package verifytest is cloche's test kit for code that consumes cloche provenance, in the
+// spirit of sigstore-go's VirtualSigstore and go-sev-guest's testing package: it builds a
+// complete, valid provenance in-process, without QEMU or hardware, so a program's own tests
+// can run it through package verify (or attest/verifier) and through their own policy.
 //
-// It is the seed of a public test kit for verifiers of cloche provenance.
+// A Kit holds the expensive, reusable parts: a simulated secure processor (attest/simsp)
+// with its own RSA-4096 chain, the host's signing key and the release key that signs
+// reference values. Kit.Build writes one Fixture: an artifact, the job manifest and result
+// record, a simulated-TEE report over them signed by the kit's processor, the SLSA statement
+// in a key-signed Sigstore bundle, and signed reference values listing the measurement. A
+// verifier trusts it with the kit's keys and sim root (see Kit.Trust and the example).
+//
+// Each step has a hook, so a test can play the attacker at any point: the runner host
+// (which writes the manifest and statement and holds the signing key) or a lying secure
+// processor (which signs whatever report it is given). Evidence from the kit is simulated:
+// it passes only a verifier that explicitly allows simulated evidence and trusts the kit's
+// sim root, never one that demands hardware.
 package verifytest
 
 import (
@@ -22,11 +31,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
@@ -37,7 +49,7 @@ import (
 // processor (RSA-4096 chain), the host's signing key and the release key that signs
 // reference values.
 type Kit struct {
-	SP *attest.SimSP
+	SP *simsp.SP
 	// Host signs provenance; Release signs reference values.
 	Host, Release       *provenance.KeySigner
 	HostKey, ReleaseKey crypto.PublicKey
@@ -46,9 +58,10 @@ type Kit struct {
 	dir                 string
 }
 
-// NewKit creates a kit with its state in dir.
+// NewKit creates a kit with its state (keys, the simulated processor's chain) in dir. It
+// takes a few seconds (RSA-4096 keys): share one kit across a test binary.
 func NewKit(dir string) (*Kit, error) {
-	sp, err := attest.LoadOrCreateSimSP(filepath.Join(dir, "sim"))
+	sp, err := simsp.LoadOrCreate(filepath.Join(dir, "sim"))
 	if err != nil {
 		return nil, err
 	}
@@ -103,11 +116,32 @@ type Hooks struct {
 
 // Fixture is one complete provenance on disk.
 type Fixture struct {
+	// Dir holds the files: the artifacts (Artifacts, in name order; Artifact is the first),
+	// BundlePath (the signed provenance) and ReferencePath (the signed reference values).
 	Dir, Artifact, BundlePath, ReferencePath string
+	Artifacts                                []string
 	Manifest                                 *job.Manifest
 	Measurement                              [48]byte
-	Statement                                []byte
-	Reference                                *reference.Document
+	// Statement is the signed in-toto statement; Evidence the evidence.json it carries.
+	Statement []byte
+	Evidence  []byte
+	Reference *reference.Document
+}
+
+// Trust is what a verifier of the kit's fixtures trusts: the host's provenance key, the
+// release key of the reference values and the simulated TEE's root, in memory and as the
+// files the CLI takes (--key, --reference-key, --trusted-sim-root).
+type Trust struct {
+	HostKey, ReleaseKey         crypto.PublicKey
+	HostKeyPath, ReleaseKeyPath string
+	SimRoot                     *x509.Certificate
+	SimRootPath                 string
+}
+
+// Trust returns the kit's trust anchors.
+func (k *Kit) Trust() Trust {
+	return Trust{HostKey: k.HostKey, ReleaseKey: k.ReleaseKey, HostKeyPath: k.HostKeyPath, ReleaseKeyPath: k.ReleaseKeyPath,
+		SimRoot: k.SP.Root(), SimRootPath: k.SP.RootPath()}
 }
 
 // Guest is the guest image the fixtures claim.
@@ -117,18 +151,30 @@ var Guest = provenance.GuestImage{KernelSHA256: strings.Repeat("1", 64), InitrdS
 // ArtifactContent is the content of the fixture's artifact "hello".
 var ArtifactContent = []byte("#!/bin/true\nhello\n")
 
-// Build writes a fixture into dir (created), with the hooks applied.
+// Build writes a fixture into dir (created), with the hooks applied. Its build produced one
+// artifact, "hello" (ArtifactContent).
 func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
+	return k.BuildArtifacts(dir, map[string][]byte{"hello": ArtifactContent}, h)
+}
+
+// BuildArtifacts writes a fixture whose build produced artifacts (slash-separated path
+// relative to the source tree, to content), written under dir as the verifier is given
+// them, with the hooks applied.
+func (k *Kit) BuildArtifacts(dir string, artifacts map[string][]byte, h Hooks) (*Fixture, error) {
+	arts, err := artifactList(artifacts)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	f := &Fixture{Dir: dir, Artifact: filepath.Join(dir, "hello"), BundlePath: filepath.Join(dir, "provenance.sigstore.json"),
+	f := &Fixture{Dir: dir, BundlePath: filepath.Join(dir, "provenance.sigstore.json"),
 		ReferencePath: filepath.Join(dir, reference.BundleFileName)}
 	copy(f.Measurement[:], "cloche verify test measurement, 48 bytes long!!!")
-	if err := os.WriteFile(f.Artifact, ArtifactContent, 0o755); err != nil {
+	if err := f.writeArtifacts(arts); err != nil {
 		return nil, err
 	}
-	mb, rb, err := f.documents(h)
+	mb, rb, err := f.documents(h, arts)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +186,44 @@ func (k *Kit) Build(dir string, h Hooks) (*Fixture, error) {
 		return nil, err
 	}
 	return f, k.referenceValues(f, h)
+}
+
+// artifact is one file the fixture's build produced.
+type artifact struct {
+	name    string
+	content []byte
+}
+
+// artifactList checks the names and orders the artifacts by name, as the guest lists them.
+func artifactList(artifacts map[string][]byte) ([]artifact, error) {
+	if len(artifacts) == 0 {
+		return nil, errors.New("verifytest: no artifacts")
+	}
+	arts := make([]artifact, 0, len(artifacts))
+	for name, content := range artifacts {
+		if !filepath.IsLocal(filepath.FromSlash(name)) || path.Clean(name) != name {
+			return nil, fmt.Errorf("verifytest: artifact name %q: expected a clean relative path inside the source tree", name)
+		}
+		arts = append(arts, artifact{name: name, content: content})
+	}
+	sort.Slice(arts, func(i, j int) bool { return arts[i].name < arts[j].name })
+	return arts, nil
+}
+
+// writeArtifacts writes the artifacts under f.Dir and records their paths.
+func (f *Fixture) writeArtifacts(arts []artifact) error {
+	for _, a := range arts {
+		p := filepath.Join(f.Dir, filepath.FromSlash(a.name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(p, a.content, 0o755); err != nil {
+			return err
+		}
+		f.Artifacts = append(f.Artifacts, p)
+	}
+	f.Artifact = f.Artifacts[0]
+	return nil
 }
 
 // resign replaces the bundle's DSSE payload and signs it with the host key, as a host
@@ -194,11 +278,15 @@ var (
 
 // Documents returns the manifest and result record a fixture built with h carries.
 func Documents(h Hooks) (manifest, result []byte, err error) {
-	return (&Fixture{}).documents(h)
+	return (&Fixture{}).documents(h, []artifact{{name: "hello", content: ArtifactContent}})
 }
 
-func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
-	sum := sha256.Sum256(ArtifactContent)
+func (f *Fixture) documents(h Hooks, arts []artifact) (mb, rb []byte, err error) {
+	results := make([]job.Artifact, len(arts))
+	for i, a := range arts {
+		sum := sha256.Sum256(a.content)
+		results[i] = job.Artifact{Path: a.name, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(a.content))}
+	}
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:verifytest", TEE: "sim",
 		Source: job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: CommitObject, TagObject: TagObject,
 			ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
@@ -214,7 +302,7 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 	md := job.ManifestDigest(mb)
 	r := &job.Result{Type: job.ResultType, ManifestSHA256: hex.EncodeToString(md[:]), SourceTree: SourceTree,
 		SourceCommit: SourceCommit, SourceTag: "v1", SourceTagObject: source.FormatSHA1.ObjectID("tag", TagObject),
-		Artifacts: []job.Artifact{{Path: "hello", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(ArtifactContent))}},
+		Artifacts: results,
 		Log:       job.Digest{SHA256: strings.Repeat("f", 64), Size: 3}, DurationMillis: 5}
 	if h.Result != nil {
 		h.Result(r)
@@ -224,7 +312,7 @@ func (f *Fixture) documents(h Hooks) (mb, rb []byte, err error) {
 }
 
 func (k *Kit) evidence(f *Fixture, h Hooks, mb, rb []byte) ([]byte, error) {
-	report, err := k.SP.Report(attest.SimLaunch{Measurement: f.Measurement, HostData: job.ManifestDigest(mb)}, job.ReportData(rb))
+	report, err := k.SP.Report(simsp.Launch{Measurement: f.Measurement, HostData: job.ManifestDigest(mb)}, job.ReportData(rb))
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +336,7 @@ func (k *Kit) evidence(f *Fixture, h Hooks, mb, rb []byte) ([]byte, error) {
 	if h.EvidenceJSON != nil {
 		evb = h.EvidenceJSON(evb)
 	}
+	f.Evidence = evb
 	return evb, nil
 }
 
@@ -287,7 +376,7 @@ func (k *Kit) referenceValues(f *Fixture, h Hooks) error {
 		GuestImage: reference.GuestImage{Kernel: reference.File{Name: "vmlinuz", SHA256: Guest.KernelSHA256, Size: 1},
 			Initrd: reference.File{Name: "initrd.img", SHA256: Guest.InitrdSHA256, Size: 1}, Cmdline: Guest.Cmdline,
 			KernelPackage: "linux-image-test", Recipe: Guest.Recipe},
-		Values: []reference.Value{{TEE: reference.TEESim, VCPUs: Guest.VCPUs, MemoryMiB: Guest.MemoryMiB, Measurement: hex.EncodeToString(f.Measurement[:])}}}
+		Values: []reference.Value{{TEE: attest.TEESim, VCPUs: Guest.VCPUs, MemoryMiB: Guest.MemoryMiB, Measurement: hex.EncodeToString(f.Measurement[:])}}}
 	if h.Reference != nil {
 		h.Reference(d)
 	}
