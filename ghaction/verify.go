@@ -3,6 +3,7 @@ package ghaction
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
 	"github.com/cloche-dev/cloche/release"
 	"github.com/cloche-dev/cloche/verify"
 )
@@ -108,7 +110,37 @@ func runVerify(ctx context.Context, r Runner, a *githubactions.Action, setup Ver
 		return results, fmt.Errorf("%w: %d of %d artifact(s)", ErrVerifyFailed, failed, len(results))
 	}
 	a.SetOutput("verified", fmt.Sprint(len(results)))
-	return results, nil
+	return results, setVerifyOutputs(a, results)
+}
+
+// setVerifyOutputs gives the next steps what was verified: the subjects (name and SHA-256),
+// and the builder, TEE and measurement every artifact's provenance agreed on.
+func setVerifyOutputs(a *githubactions.Action, results []ArtifactResult) error {
+	type subject struct {
+		Name   string `json:"name"`
+		SHA256 string `json:"sha256"`
+	}
+	var subjects []subject
+	var builder, tee, measurement string
+	for i, r := range results {
+		for _, art := range r.Result.Artifacts {
+			subjects = append(subjects, subject{art.Path, art.SHA256})
+		}
+		if i == 0 {
+			builder, tee, measurement = r.Result.BuilderID, string(r.Result.TEE), r.Result.Measurement
+		} else if builder != r.Result.BuilderID || tee != string(r.Result.TEE) || measurement != r.Result.Measurement {
+			builder, tee, measurement = "mixed", "mixed", "mixed" // artifacts of several builds
+		}
+	}
+	b, err := json.Marshal(subjects)
+	if err != nil {
+		return err
+	}
+	a.SetOutput("subjects", string(b))
+	a.SetOutput("builder-id", builder)
+	a.SetOutput("tee", tee)
+	a.SetOutput("measurement", measurement)
+	return nil
 }
 
 // Downloaded is a release fetched for verification.
@@ -239,6 +271,12 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 		return err
 	}
 	o.InsecureSkipMeasurement = skip
+	if !skip {
+		// The guest images this cloche's release published (reference/embedded).
+		if o.EmbeddedReferences, err = reference.EmbeddedValues(); err != nil {
+			return err
+		}
+	}
 	if s := input(a, "min-tcb"); s != "" {
 		t, err := verifier.ParseSNPTCB(s)
 		if err != nil {

@@ -64,3 +64,17 @@ func documentsIn(fsys fs.FS) ([]Embedded, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
+
+// EmbeddedValues returns just the embedded documents, in EmbeddedDocuments' order: what a
+// verifier takes as its release's trusted measurements (verify.Options.EmbeddedReferences).
+func EmbeddedValues() ([]*Document, error) {
+	embedded, err := EmbeddedDocuments()
+	if err != nil {
+		return nil, err
+	}
+	docs := make([]*Document, len(embedded))
+	for i, e := range embedded {
+		docs[i] = e.Document
+	}
+	return docs, nil
+}

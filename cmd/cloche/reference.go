@@ -28,19 +28,6 @@ func newReferenceCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// embeddedReferences returns the reference values built into this cloche.
-func embeddedReferences() ([]*reference.Document, error) {
-	embedded, err := reference.EmbeddedDocuments()
-	if err != nil {
-		return nil, err
-	}
-	docs := make([]*reference.Document, len(embedded))
-	for i, e := range embedded {
-		docs[i] = e.Document
-	}
-	return docs, nil
-}
-
 func newReferenceListCmd(g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{

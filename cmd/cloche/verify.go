@@ -13,6 +13,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -223,7 +224,7 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 	if !f.skipMeasurement {
 		// The guest images this cloche's release published: a build made with one verifies
 		// with no measurement flag.
-		if o.EmbeddedReferences, err = embeddedReferences(); err != nil {
+		if o.EmbeddedReferences, err = reference.EmbeddedValues(); err != nil {
 			return nil, err
 		}
 	}
