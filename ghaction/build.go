@@ -265,6 +265,10 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 				return nil, err
 			}
 			a.Infof("attestation %d stored in %s", id, wc.repository)
+			// As actions/attest-build-provenance names them.
+			a.SetOutput("attestation-id", fmt.Sprint(id))
+			a.SetOutput("attestation-url", fmt.Sprintf("%s/%s/attestations/%d",
+				strings.TrimSuffix(defaulted(a.Getenv("GITHUB_SERVER_URL"), "https://github.com"), "/"), wc.repository, id))
 		}
 	}
 	a.AddStepSummary(buildSummary(wc, outcome, res))

@@ -131,7 +131,8 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		t.Errorf("job log does not say SIMULATED")
 	}
 	out := readFile(t, outputs)
-	for _, want := range []string{"bundle-path<<", "artifacts<<", "tee<<", "measurement<<", "release-url<<", `"path":`, `"sha256":`} {
+	for _, want := range []string{"bundle-path<<", "artifacts<<", "tee<<", "measurement<<", "release-url<<", `"path":`, `"sha256":`,
+		"attestation-id<<", "/acme/widget/attestations/"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("GITHUB_OUTPUT lacks %q:\n%s", want, out)
 		}
@@ -210,6 +211,11 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		}
 		if !strings.Contains(sum, "| widget.txt |") || !strings.Contains(sum, "PASSED") || !strings.Contains(sum, sha) || !strings.Contains(sum, "SIMULATED") {
 			t.Errorf("summary:\n%s", sum)
+		}
+		for _, want := range []string{"subjects<<", `"name":"dist/widget.txt"`, "builder-id<<", "https://cloche.dev/builders/sim", "tee<<", "measurement<<"} {
+			if !strings.Contains(log, want) {
+				t.Errorf("verify outputs lack %q:\n%s", want, log)
+			}
 		}
 	})
 
