@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 	"time"
@@ -119,6 +120,16 @@ type GuestImage struct {
 	// LocalGuestImageURI) and annotation "release" (the tag, or "local").
 	Release    string `json:"release,omitempty"`
 	Repository string `json:"repository,omitempty"`
+}
+
+// ToolchainURI names a toolchain image in the statement's toolchain dependency: by the
+// name it was built under (the host's label; the verity root hash annotation is what binds
+// its content).
+func ToolchainURI(name string) string {
+	if name == "" {
+		name = "unnamed"
+	}
+	return "urn:cloche:toolchain:" + url.PathEscape(name)
 }
 
 // LocalGuestImageURI is the guest-image dependency's uri when the host built the image
@@ -456,9 +467,14 @@ func gitDigestKey(base, id string) string {
 // expectedToolchainDependency is the toolchain dependency as the manifest states it; the
 // annotations are what a verifier needs to recompute the dm-verity root hash from the image.
 func expectedToolchainDependency(m *job.Manifest) *Dependency {
+	// The guest enforces the dm-verity root hash on every block it reads; the image file's
+	// SHA-256 is the host's statement, which the guest never recomputes (that would re-read
+	// the whole image on every run). So it is an annotation, not the descriptor's digest,
+	// where a policy engine matching digests would take it for a checked one.
 	return &Dependency{
-		Digest: map[string]string{"sha256": m.Toolchain.ImageSHA256},
+		URI: ToolchainURI(m.Toolchain.Name),
 		Annotations: map[string]any{
+			"imageSha256":    m.Toolchain.ImageSHA256,
 			"verityRootHash": m.Toolchain.VerityRootHash,
 			"veritySalt":     m.Toolchain.VeritySalt,
 			"dataBlocks":     float64(m.Toolchain.DataBlocks),

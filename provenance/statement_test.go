@@ -71,7 +71,8 @@ func TestStatementRoundTrip(t *testing.T) {
 		t.Errorf("source digest = %v, want %v", src.Digest, wantDigest)
 	}
 	tc := p.Dependencies[ToolchainDependency]
-	if tc.Digest["sha256"] != f.m.Toolchain.ImageSHA256 || tc.Annotations["veritySalt"] != f.m.Toolchain.VeritySalt ||
+	if len(tc.Digest) != 0 || tc.Annotations["imageSha256"] != f.m.Toolchain.ImageSHA256 || tc.URI != ToolchainURI(f.m.Toolchain.Name) ||
+		tc.Annotations["veritySalt"] != f.m.Toolchain.VeritySalt ||
 		tc.Annotations["hashOffset"] != float64(f.m.Toolchain.HashOffset) {
 		t.Errorf("toolchain dependency = %+v", tc)
 	}
@@ -407,7 +408,15 @@ func TestCheckAgainstManifestMismatch(t *testing.T) {
 			named(arr(buildDef(st), "resolvedDependencies"), SourceDependency)["uri"] = "git+https://github.com/cloche-dev/hello@refs/tags/v9.9.9"
 		}, "resolvedDependencies[source].uri"},
 		{"source extra digest", setDigest(SourceDependency, "sha512", strings.Repeat("ab", 64)), "resolvedDependencies[source].digest keys"},
-		{"toolchain digest", setDigest(ToolchainDependency, "sha256", otherHex), "resolvedDependencies[toolchain].digest.sha256"},
+		{"toolchain image digest", func(st map[string]any) {
+			obj(named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency), "annotations")["imageSha256"] = otherHex
+		}, "resolvedDependencies[toolchain].annotations.imageSha256"},
+		{"toolchain digest added", func(st map[string]any) {
+			named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency)["digest"] = map[string]any{"sha256": otherHex}
+		}, "resolvedDependencies[toolchain].digest keys"},
+		{"toolchain uri", func(st map[string]any) {
+			named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency)["uri"] = "urn:cloche:toolchain:other"
+		}, "resolvedDependencies[toolchain].uri"},
 		{"toolchain salt", func(st map[string]any) {
 			obj(named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency), "annotations")["veritySalt"] = ""
 		}, "resolvedDependencies[toolchain].annotations.veritySalt"},
