@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
@@ -50,6 +52,37 @@ func TestEmbeddedReferenceValues(t *testing.T) {
 	if code, _, stderr := cli(t, verifyArgs(r)...); code == 0 || !strings.Contains(stderr, "measurement") {
 		t.Errorf("a development cloche verified with no measurement source: exit %d %s", code, stderr)
 	}
+	// The host fetches the released guest image (the released cloche trusts it through its
+	// embedded values), builds with it, and the provenance names the release, which the
+	// verifier binds to the embedded values.
+	gh := ghfake.NewGitHub(t, "acme/cloche")
+	assets := map[string][]byte{reference.BundleFileName: []byte(readFile(t, refs))}
+	for _, name := range reference.GuestReleaseAssets()[:3] {
+		assets[name] = []byte(readFile(t, filepath.Join(gimg, name)))
+	}
+	tag := "v" + version
+	gh.AddRelease("acme/cloche", tag, assets)
+	t.Setenv("GITHUB_TOKEN", gh.Token)
+	fetched := filepath.Join(dir, "released-image")
+	if out, err := exec.Command(released, "image", "guest", "--release", tag, "--repo", "acme/cloche", "--github-api-url", gh.URL(), "--out", fetched).CombinedOutput(); err != nil {
+		t.Fatalf("image guest --release: %v\n%s", err, out)
+	}
+	if code, _, stderr := cli(t, "image", "guest", "--release", tag, "--repo", "acme/cloche", "--github-api-url", gh.URL(), "--out", filepath.Join(dir, "dev-fetch")); code == 0 ||
+		!strings.Contains(stderr, "trusted root") {
+		t.Errorf("a development cloche fetched a release with nothing to trust it by: exit %d %s", code, stderr)
+	}
+	if code, _, stderr := cli(t, "image", "guest", "--release", "latest"); code == 0 || !strings.Contains(stderr, "--release") {
+		t.Errorf("--release latest: exit %d %s", code, stderr)
+	}
+	rr := interopBuild(t, state, "--vcpus", "2", "--guest-image", fetched)
+	out, err = exec.Command(released, append(verifyArgs(rr)[:len(verifyArgs(rr))-1], "--json", rr.Artifacts[0].Path)...).Output()
+	var vr struct {
+		GuestImageRelease string `json:"guestImageRelease"`
+	}
+	if err != nil || json.Unmarshal(out, &vr) != nil || vr.GuestImageRelease != "release "+tag {
+		t.Errorf("a build with the released image: %v, guestImageRelease %q\n%s", err, vr.GuestImageRelease, out)
+	}
+
 	// Another launch (1 vCPU) has a measurement the embedded values do not list.
 	r1 := interopBuild(t, state, "--vcpus", "1")
 	if out, err := exec.Command(released, verifyArgs(r1)...).CombinedOutput(); err == nil || !strings.Contains(string(out), "FAILED: measurement") {

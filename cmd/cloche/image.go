@@ -1,15 +1,23 @@
 package main
 
 import (
+	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/release"
+	"github.com/cloche-dev/cloche/verify"
 )
 
 func newImageCmd(g *globals) *cobra.Command {
@@ -23,14 +31,28 @@ func newImageCmd(g *globals) *cobra.Command {
 
 func newImageGuestCmd(g *globals) *cobra.Command {
 	var out, deb, agent string
+	var rel releaseFlags
 	cmd := &cobra.Command{
-		Use:   "guest [--out DIR] [--kernel-deb FILE] [--guest-agent FILE]",
-		Short: "Build the guest image (Debian cloud kernel + initramfs with the guest agent), reproducibly",
-		Args:  cobra.NoArgs,
+		Use:   "guest [--out DIR] [--kernel-deb FILE] [--guest-agent FILE] | --release vX.Y.Z [--repo OWNER/NAME] [--trusted-root FILE]",
+		Short: "Build the guest image (Debian cloud kernel + initramfs with the guest agent), reproducibly, or fetch a released one",
+		Long: `Without --release, guest builds the guest image here from the pinned inputs (a local
+build, labelled as such in the provenance). With --release TAG, it fetches the guest image
+that release published (kernel, initrd, guest-image.json, reference values) into the state
+directory's guest-images/TAG and accepts it only when the files are what trusted reference
+values of that release list: the values embedded in this cloche, or else the release's own,
+signed keyless by the repository's release workflow at that tag (checked against
+--trusted-root). It prints the image directory for --guest-image.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			state, err := g.state()
 			if err != nil {
 				return err
+			}
+			if rel.tag != "" {
+				if deb != "" || agent != "" {
+					return errors.New("--release fetches a published image: --kernel-deb and --guest-agent are for building one")
+				}
+				return fetchGuestRelease(cmd.Context(), g, state, out, rel)
 			}
 			if out == "" {
 				out = guestImageDir(state)
@@ -57,7 +79,59 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&out, "out", "", "output directory (default: the state directory's guest-image)")
 	cmd.Flags().StringVar(&deb, "kernel-deb", "", "the pinned kernel package (.deb, checked against its pinned SHA-256) when apt no longer serves it")
 	cmd.Flags().StringVar(&agent, "guest-agent", "", "static guest agent binary (default: cloche-guest beside this executable)")
+	rel.register(cmd.Flags())
 	return cmd
+}
+
+// releaseFlags name a guest image release to fetch.
+type releaseFlags struct {
+	tag, repo, trustedRoot, apiURL string
+}
+
+func (r *releaseFlags) register(fl *pflag.FlagSet) {
+	fl.StringVar(&r.tag, "release", "", "fetch the guest image of this cloche release (vX.Y.Z) instead of building one")
+	fl.StringVar(&r.repo, "repo", "cloche-dev/cloche", "with --release: the repository that publishes it (OWNER/NAME)")
+	fl.StringVar(&r.trustedRoot, "trusted-root", "", "with --release: Sigstore trusted root to check the release's signed reference values with (needed when this cloche does not embed that release's)")
+	fl.StringVar(&r.apiURL, "github-api-url", "", "with --release: GitHub API URL (default $GITHUB_API_URL or https://api.github.com)")
+}
+
+// fetchGuestRelease is `image guest --release`: flags checked first, then the fetch.
+func fetchGuestRelease(ctx context.Context, g *globals, state, out string, f releaseFlags) error {
+	r := guestimage.Release{Repository: f.repo, Tag: f.tag}
+	if err := r.Validate(); err != nil {
+		return fmt.Errorf("--release/--repo: %w", err)
+	}
+	embedded, err := reference.EmbeddedValues()
+	if err != nil {
+		return err
+	}
+	o := reference.FetchOptions{Release: r, Dir: out, Embedded: embedded}
+	if o.Dir == "" {
+		o.Dir = filepath.Join(state, "guest-images", f.tag)
+	}
+	if f.trustedRoot != "" {
+		tm, err := verify.LoadTrustedRoot(f.trustedRoot, "")
+		if err != nil {
+			return fmt.Errorf("--trusted-root: %w", err)
+		}
+		o.VerifySigned = reference.ReleaseWorkflowSigned(tm)
+	}
+	apiURL := cmp.Or(f.apiURL, os.Getenv("GITHUB_API_URL"), "https://api.github.com")
+	gh, err := release.NewGitHubClient(apiURL, os.Getenv("GITHUB_TOKEN"), &http.Client{})
+	if err != nil {
+		return err
+	}
+	if o.Client, err = release.NewClient(gh, r.Repository, release.Options{Logger: g.logger()}); err != nil {
+		return err
+	}
+	img, err := reference.FetchGuestRelease(ctx, o)
+	if err != nil {
+		return err
+	}
+	return printJSON(g, struct {
+		Dir string `json:"dir"`
+		*guestimage.Image
+	}{img.Dir, img})
 }
 
 // kernelFetchError says how to go on when the archive no longer serves the pinned kernel.
