@@ -29,6 +29,9 @@ import (
 type BuildSetup struct {
 	ResolveTEE        func(input string) (attest.TEE, error)
 	ResolveGuestImage func(ctx context.Context, input string) (string, error)
+	// FetchGuestRelease fetches and checks a published guest image release (input
+	// guest-image-release) and returns its directory.
+	FetchGuestRelease func(ctx context.Context, repo, tag, trustedRoot, token string) (string, error)
 	ResolveToolchain  func(ctx context.Context, input string) (string, error)
 	// Firmware returns the -bios image for a hardware TEE ("" for sim); KDS completes SNP
 	// evidence (nil: build's default).
@@ -174,7 +177,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		return nil, err
 	}
 
-	guestDir, err := setup.ResolveGuestImage(ctx, input(a, "guest-image"))
+	guestDir, err := resolveGuestImage(ctx, a, setup)
 	if err != nil {
 		return nil, fmt.Errorf("guest image: %w", err)
 	}
@@ -462,4 +465,18 @@ func defaulted(v, def string) string {
 		return def
 	}
 	return v
+}
+
+// resolveGuestImage is the guest image to launch: a published release (guest-image-release,
+// fetched and checked), a directory (guest-image), or the host's own build.
+func resolveGuestImage(ctx context.Context, a *githubactions.Action, setup BuildSetup) (string, error) {
+	tag := input(a, "guest-image-release")
+	if tag == "" {
+		return setup.ResolveGuestImage(ctx, input(a, "guest-image"))
+	}
+	if input(a, "guest-image") != "" {
+		return "", fmt.Errorf("%w: inputs guest-image and guest-image-release: give one", ErrInput)
+	}
+	repo := defaulted(input(a, "guest-image-repository"), "cloche-dev/cloche")
+	return setup.FetchGuestRelease(ctx, repo, tag, input(a, "trusted-root"), input(a, "github-token"))
 }

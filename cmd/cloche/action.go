@@ -70,6 +70,13 @@ func runActionBuild(ctx context.Context, g *globals) error {
 			dir := guestImageDir(state)
 			return dir, ensureGuestImage(ctx, g, state, dir, "")
 		},
+		FetchGuestRelease: func(ctx context.Context, repo, tag, trustedRoot, token string) (string, error) {
+			img, err := fetchGuestRelease(ctx, g, state, "", releaseFlags{tag: tag, repo: repo, trustedRoot: trustedRoot}, token)
+			if err != nil {
+				return "", err
+			}
+			return img.Dir, nil
+		},
 		ResolveToolchain: func(ctx context.Context, input string) (string, error) {
 			if input != "" {
 				return input, nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/reference"
 )
 
 // gitCheckout makes a git repository with one commit, as actions/checkout leaves it, and
@@ -97,22 +99,30 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		RunnerEnvironment: "self-hosted", Visibility: "public",
 	}
 	ss := ghfake.NewSigstore(t, claims)
-	gh := ghfake.NewGitHub(t, "acme/widget", "acme/gadget")
+	gh := ghfake.NewGitHub(t, "acme/widget", "acme/gadget", "acme/cloche")
 	state := t.TempDir()
+	// The guest image comes from a published release (acme/cloche v0.9.0), its reference
+	// values signed keyless by that repository's release workflow.
+	trustedRoot := filepath.Join(t.TempDir(), "trusted_root.json")
+	ss.WriteTrustedRoot(trustedRoot)
+	publishGuestRelease(t, ss, gh, "acme/cloche", "v0.9.0")
+	ss.SetClaims(claims)
 	outputs, summary := jobEnv(t, ss, gh, sha)
 	t.Setenv("CLOCHE_ACCEL", "tcg")
 	setInputs(t, map[string]string{
-		"run":              "mkdir -p dist && cp README dist/widget.txt && echo built >> dist/widget.txt && echo '::set-output name=tee::forged'",
-		"source":           src,
-		"artifacts":        "dist/*",
-		"tee":              "sim",
-		"timeout":          "2m",
-		"toolchain":        testfixture.BusyboxToolchain(t),
-		"guest-image":      testfixture.GuestImage(t),
-		"fulcio-url":       ss.Fulcio.URL,
-		"rekor-url":        ss.Rekor.URL,
-		"github-token":     gh.Token,
-		"push-attestation": "true",
+		"run":                    "mkdir -p dist && cp README dist/widget.txt && echo built >> dist/widget.txt && echo '::set-output name=tee::forged'",
+		"source":                 src,
+		"artifacts":              "dist/*",
+		"tee":                    "sim",
+		"timeout":                "2m",
+		"toolchain":              testfixture.BusyboxToolchain(t),
+		"guest-image-release":    "v0.9.0",
+		"guest-image-repository": "acme/cloche",
+		"trusted-root":           trustedRoot,
+		"fulcio-url":             ss.Fulcio.URL,
+		"rekor-url":              ss.Rekor.URL,
+		"github-token":           gh.Token,
+		"push-attestation":       "true",
 	})
 	// The API fails the first upload; the action must retry it.
 	gh.FailNext("POST", "/uploads/", 502, 1)
@@ -159,6 +169,11 @@ func TestActionBuildPublishVerify(t *testing.T) {
 	if !strings.Contains(string(bundle), `"certificate"`) || !strings.Contains(string(bundle), `"tlogEntries"`) {
 		t.Errorf("the published bundle is not a keyless bundle with a log entry: %.300s", bundle)
 	}
+	bundlePath := filepath.Join(t.TempDir(), "provenance.sigstore.json")
+	os.WriteFile(bundlePath, bundle, 0o644)
+	if st := bundlePayload(t, bundlePath); !strings.Contains(string(st), `"uri":"https://github.com/acme/cloche/releases/tag/v0.9.0"`) {
+		t.Errorf("the provenance does not name the guest image release launched: %.2000s", st)
+	}
 	if atts := gh.Attestations("acme/widget"); len(atts) != 1 {
 		t.Errorf("%d attestations pushed, want 1", len(atts))
 	}
@@ -174,13 +189,11 @@ func TestActionBuildPublishVerify(t *testing.T) {
 
 	_, simRoot, _ := cli(t, "sim-root", "--state-dir", state)
 	simRoot = strings.TrimSpace(simRoot)
-	trustedRoot := filepath.Join(t.TempDir(), "trusted_root.json")
-	ss.WriteTrustedRoot(trustedRoot)
 
 	// verifyAction runs the verify action's entry point with the given inputs.
 	verifyAction := func(t *testing.T, inputs map[string]string) (int, string, string) {
 		t.Helper()
-		for _, k := range []string{"run", "source", "artifacts", "tee", "timeout", "toolchain", "guest-image", "fulcio-url", "rekor-url", "push-attestation", "source-tag", "signer-workflow", "repository", "tag"} {
+		for _, k := range []string{"run", "source", "artifacts", "tee", "timeout", "toolchain", "guest-image", "guest-image-release", "guest-image-repository", "fulcio-url", "rekor-url", "push-attestation", "source-tag", "signer-workflow", "repository", "tag"} {
 			t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), "")
 		}
 		in := map[string]string{"trusted-root": trustedRoot, "allow-simulated": "true", "trusted-sim-root": simRoot, "github-token": gh.Token,
@@ -364,4 +377,30 @@ func TestActionVerifyKeyRefusesUnboundInputs(t *testing.T) {
 			}
 		})
 	}
+}
+
+// publishGuestRelease publishes the fixture guest image as repo's release tag does: the
+// image files and its reference values signed keyless by repo's release workflow.
+func publishGuestRelease(t *testing.T, ss *ghfake.Sigstore, gh *ghfake.GitHub, repo, tag string) {
+	t.Helper()
+	img := testfixture.GuestImage(t)
+	doc, err := reference.Create(context.Background(), reference.CreateOptions{GuestImageDir: img, ToolVersion: strings.TrimPrefix(tag, "v"), VCPUs: []int{2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wf := repo + "/.github/workflows/release.yml@refs/tags/" + tag
+	ss.SetClaims(ghfake.Claims{Repository: repo, RepositoryID: "102", RepositoryOwner: strings.Split(repo, "/")[0], RepositoryOwnerID: "7",
+		Ref: "refs/tags/" + tag, SHA: strings.Repeat("cd", 20), EventName: "push", RunID: "1", RunAttempt: "1",
+		WorkflowRef: wf, JobWorkflowRef: wf, RunnerEnvironment: "self-hosted", Visibility: "public"})
+	path := filepath.Join(t.TempDir(), reference.BundleFileName)
+	stmt, err := doc.Statement()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keylessBundle(t, ss, stmt, path)
+	assets := map[string][]byte{reference.BundleFileName: []byte(readFile(t, path))}
+	for _, name := range reference.GuestReleaseAssets()[:3] {
+		assets[name] = []byte(readFile(t, filepath.Join(img, name)))
+	}
+	gh.AddRelease(repo, tag, assets)
 }

@@ -52,7 +52,14 @@ signed keyless by the repository's release workflow at that tag (checked against
 				if deb != "" || agent != "" {
 					return errors.New("--release fetches a published image: --kernel-deb and --guest-agent are for building one")
 				}
-				return fetchGuestRelease(cmd.Context(), g, state, out, rel)
+				img, err := fetchGuestRelease(cmd.Context(), g, state, out, rel, os.Getenv("GITHUB_TOKEN"))
+				if err != nil {
+					return err
+				}
+				return printJSON(g, struct {
+					Dir string `json:"dir"`
+					*guestimage.Image
+				}{img.Dir, img})
 			}
 			if out == "" {
 				out = guestImageDir(state)
@@ -95,15 +102,17 @@ func (r *releaseFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&r.apiURL, "github-api-url", "", "with --release: GitHub API URL (default $GITHUB_API_URL or https://api.github.com)")
 }
 
-// fetchGuestRelease is `image guest --release`: flags checked first, then the fetch.
-func fetchGuestRelease(ctx context.Context, g *globals, state, out string, f releaseFlags) error {
+// fetchGuestRelease is `image guest --release` (and the build action's guest-image-release):
+// flags checked first, then the fetch into out (default: the state directory's
+// guest-images/TAG).
+func fetchGuestRelease(ctx context.Context, g *globals, state, out string, f releaseFlags, token string) (*guestimage.Image, error) {
 	r := guestimage.Release{Repository: f.repo, Tag: f.tag}
 	if err := r.Validate(); err != nil {
-		return fmt.Errorf("--release/--repo: %w", err)
+		return nil, fmt.Errorf("--release/--repo: %w", err)
 	}
 	embedded, err := reference.EmbeddedValues()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	o := reference.FetchOptions{Release: r, Dir: out, Embedded: embedded}
 	if o.Dir == "" {
@@ -112,26 +121,19 @@ func fetchGuestRelease(ctx context.Context, g *globals, state, out string, f rel
 	if f.trustedRoot != "" {
 		tm, err := verify.LoadTrustedRoot(f.trustedRoot, "")
 		if err != nil {
-			return fmt.Errorf("--trusted-root: %w", err)
+			return nil, fmt.Errorf("--trusted-root: %w", err)
 		}
 		o.VerifySigned = reference.ReleaseWorkflowSigned(tm)
 	}
 	apiURL := cmp.Or(f.apiURL, os.Getenv("GITHUB_API_URL"), "https://api.github.com")
-	gh, err := release.NewGitHubClient(apiURL, os.Getenv("GITHUB_TOKEN"), &http.Client{})
+	gh, err := release.NewGitHubClient(apiURL, token, &http.Client{})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if o.Client, err = release.NewClient(gh, r.Repository, release.Options{Logger: g.logger()}); err != nil {
-		return err
+		return nil, err
 	}
-	img, err := reference.FetchGuestRelease(ctx, o)
-	if err != nil {
-		return err
-	}
-	return printJSON(g, struct {
-		Dir string `json:"dir"`
-		*guestimage.Image
-	}{img.Dir, img})
+	return reference.FetchGuestRelease(ctx, o)
 }
 
 // kernelFetchError says how to go on when the archive no longer serves the pinned kernel.
