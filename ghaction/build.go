@@ -18,6 +18,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/build"
+	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/release"
 	"github.com/cloche-dev/cloche/source"
@@ -477,6 +478,6 @@ func resolveGuestImage(ctx context.Context, a *githubactions.Action, setup Build
 	if input(a, "guest-image") != "" {
 		return "", fmt.Errorf("%w: inputs guest-image and guest-image-release: give one", ErrInput)
 	}
-	repo := defaulted(input(a, "guest-image-repository"), "cloche-dev/cloche")
+	repo := defaulted(input(a, "guest-image-repository"), guestimage.DefaultReleaseRepository)
 	return setup.FetchGuestRelease(ctx, repo, tag, input(a, "trusted-root"), input(a, "github-token"))
 }

@@ -91,10 +91,15 @@ type Config struct {
 // LaunchConfig names what the agent builds with.
 type LaunchConfig struct {
 	GuestImage string `json:"guestImage,omitempty"` // directory from `cloche image guest`
-	Toolchain  string `json:"toolchain,omitempty"`  // image from `cloche image toolchain`
-	SigningKey string `json:"signingKey,omitempty"` // ECDSA P-256 PEM
-	Accel      string `json:"accel,omitempty"`      // auto, kvm or tcg
-	QEMU       string `json:"qemu,omitempty"`
+	// GuestImageRelease (vX.Y.Z) of GuestImageRepository (default cloche-dev/cloche): the
+	// published guest image to launch, fetched and checked at start-up instead of a local
+	// build (`cloche image guest --release`).
+	GuestImageRelease    string `json:"guestImageRelease,omitempty"`
+	GuestImageRepository string `json:"guestImageRepository,omitempty"`
+	Toolchain            string `json:"toolchain,omitempty"`  // image from `cloche image toolchain`
+	SigningKey           string `json:"signingKey,omitempty"` // ECDSA P-256 PEM
+	Accel                string `json:"accel,omitempty"`      // auto, kvm or tcg
+	QEMU                 string `json:"qemu,omitempty"`
 	// Hardware TEEs: the firmware each launches with (SNP: AmdSev OVMF; TDX: TDVF), the TDX
 	// quote generation service, and whether SNP evidence may be completed only from the
 	// report, ChainFile and the KDS cache (no network).

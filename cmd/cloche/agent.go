@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest/kds"
+	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
@@ -168,12 +170,13 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	if err != nil {
 		return err
 	}
-	gdir := cfg.Launch.GuestImage
-	if gdir == "" {
-		gdir = guestImageDir(state)
-		if err := ensureGuestImage(ctx, g, state, gdir, f.guestAgent); err != nil {
-			return err
-		}
+	rel := releaseFlags{tag: cfg.Launch.GuestImageRelease, repo: cmp.Or(cfg.Launch.GuestImageRepository, guestimage.DefaultReleaseRepository)}
+	if err := rel.check(cfg.Launch.GuestImage); err != nil {
+		return fmt.Errorf("config launch.guestImageRelease: %w", err)
+	}
+	gdir, err := guestImageFor(ctx, g, state, cfg.Launch.GuestImage, rel, f.guestAgent)
+	if err != nil {
+		return err
 	}
 	tcPath := cfg.Launch.Toolchain
 	if tcPath == "" {

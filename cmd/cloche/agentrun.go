@@ -31,7 +31,7 @@ func agentSocketFor(f *runFlags) string {
 func checkAgentFlags(f *runFlags) error {
 	for _, c := range []struct{ flag, value string }{
 		{"--key", f.key}, {"--guest-image", f.guestImage}, {"--toolchain", f.toolchain},
-		{"--guest-agent", f.guestAgent}, {"--qemu", f.qemu}, {"--rekor-url", f.rekorURL},
+		{"--guest-agent", f.guestAgent}, {"--qemu", f.qemu}, {"--rekor-url", f.rekorURL}, {"--guest-image-release", f.guestRelease.tag},
 	} {
 		if c.value != "" {
 			return usageError(fmt.Errorf("%s is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", c.flag, agentSocketEnv))

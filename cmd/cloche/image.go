@@ -97,9 +97,23 @@ type releaseFlags struct {
 
 func (r *releaseFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&r.tag, "release", "", "fetch the guest image of this cloche release (vX.Y.Z) instead of building one")
-	fl.StringVar(&r.repo, "repo", "cloche-dev/cloche", "with --release: the repository that publishes it (OWNER/NAME)")
+	fl.StringVar(&r.repo, "repo", guestimage.DefaultReleaseRepository, "with --release: the repository that publishes it (OWNER/NAME)")
 	fl.StringVar(&r.trustedRoot, "trusted-root", "", "with --release: Sigstore trusted root to check the release's signed reference values with (needed when this cloche does not embed that release's)")
 	fl.StringVar(&r.apiURL, "github-api-url", "", "with --release: GitHub API URL (default $GITHUB_API_URL or https://api.github.com)")
+}
+
+// check refuses a release given with a directory, or a malformed one, before any work.
+func (r releaseFlags) check(guestImageDir string) error {
+	if r.tag == "" {
+		return nil
+	}
+	if guestImageDir != "" {
+		return errors.New("--guest-image and --guest-image-release: give one")
+	}
+	if err := (guestimage.Release{Repository: r.repo, Tag: r.tag}).Validate(); err != nil {
+		return fmt.Errorf("--guest-image-release/--guest-image-repository: %w", err)
+	}
+	return nil
 }
 
 // fetchGuestRelease is `image guest --release` (and the build action's guest-image-release):

@@ -48,9 +48,11 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"rekor-url", []string{"--rekor-url", "rekor.example"}, `--rekor-url: transparency log URL "rekor.example": expected an http(s) URL`},
 		{"commit outside a checkout", []string{"--commit", "HEAD"}, "--commit HEAD: not a git checkout"},
 		{"tag ref without a commit", []string{"--ref", "refs/tags/v1"}, "--ref refs/tags/v1 names a tag: give --commit too"},
+		{"guest image release not a tag", []string{"--guest-image-release", "latest"}, `--guest-image-release/--guest-image-repository: release tag "latest": expected vX.Y.Z`},
+		{"guest image release and dir", []string{"--guest-image-release", "v1.0.0", "--guest-image", src}, "--guest-image and --guest-image-release: give one"},
 	} {
 		for _, path := range []string{"local", "agent"} {
-			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url") {
+			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url" || strings.HasPrefix(tc.name, "guest image release")) {
 				continue // refused on the agent path for another reason: the agent decides
 			}
 			t.Run(tc.name+"/"+path, func(t *testing.T) {

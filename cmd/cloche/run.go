@@ -34,6 +34,7 @@ type runFlags struct {
 	accel, qemu                string
 	key, guestImage, toolchain string
 	guestAgent                 string
+	guestRelease               releaseFlags
 	sourceDateEpoch            int64
 	repository, ref, commit    string
 	invocationID               string
@@ -85,6 +86,9 @@ is an artifact.`,
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also enter the signature in this Rekor transparency log (e.g. "+provenance.PublicGoodRekorURL+"), so stock Sigstore verifiers need no --insecure-ignore-tlog (default: none, offline)")
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (default: the state directory's, built on first use)")
 	fl.StringVar(&f.toolchain, "toolchain", "", "toolchain image (default: gcc+make+libc6-dev from Debian, built on first use)")
+	fl.StringVar(&f.guestRelease.tag, "guest-image-release", "", "launch the guest image this cloche release published (vX.Y.Z; 'cloche image guest --release'), fetched and checked, instead of a local build")
+	fl.StringVar(&f.guestRelease.repo, "guest-image-repository", guestimage.DefaultReleaseRepository, "with --guest-image-release: the repository that publishes it (OWNER/NAME)")
+	fl.StringVar(&f.guestRelease.trustedRoot, "guest-image-trusted-root", "", "with --guest-image-release: Sigstore trusted root for the release's signed reference values (when this cloche embeds none of that release)")
 	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
 	fl.Int64Var(&f.sourceDateEpoch, "source-date-epoch", 0, "SOURCE_DATE_EPOCH for the build and the archive's file times")
 	fl.StringVar(&f.repository, "repository", "", "source repository URI recorded in the provenance")
@@ -111,6 +115,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	in, err := runInput(ctx, f, command)
 	if err != nil {
 		return err
+	}
+	if err := f.guestRelease.check(f.guestImage); err != nil {
+		return usageError(err)
 	}
 	if f.rekorURL != "" {
 		if err := provenance.CheckRekorURL(f.rekorURL); err != nil {
@@ -148,12 +155,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		}
 	}
 
-	gdir := f.guestImage
-	if gdir == "" {
-		gdir = guestImageDir(state)
-		if err := ensureGuestImage(ctx, g, state, gdir, f.guestAgent); err != nil {
-			return err
-		}
+	gdir, err := guestImageFor(ctx, g, state, f.guestImage, f.guestRelease, f.guestAgent)
+	if err != nil {
+		return err
 	}
 	tcPath := f.toolchain
 	if tcPath == "" {
@@ -513,6 +517,23 @@ func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
 		return tdxFirmwarePath(state)
 	}
 	return ""
+}
+
+// guestImageFor is the guest image a build launches: the given directory, a published
+// release (fetched and checked), or the state directory's local build (built when missing).
+func guestImageFor(ctx context.Context, g *globals, state, dir string, rel releaseFlags, agent string) (string, error) {
+	switch {
+	case dir != "":
+		return dir, nil
+	case rel.tag != "":
+		img, err := fetchGuestRelease(ctx, g, state, "", rel, os.Getenv("GITHUB_TOKEN"))
+		if err != nil {
+			return "", fmt.Errorf("guest image release: %w", err)
+		}
+		return img.Dir, nil
+	}
+	dir = guestImageDir(state)
+	return dir, ensureGuestImage(ctx, g, state, dir, agent)
 }
 
 // ensureGuestImage builds the guest image when it is missing or was built from a different

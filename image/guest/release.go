@@ -14,6 +14,9 @@ import (
 // (fetched and checked by `cloche image guest --release`), not a local build.
 const ReleaseFile = "release.json"
 
+// DefaultReleaseRepository publishes cloche's guest image releases.
+const DefaultReleaseRepository = "cloche-dev/cloche"
+
 // Release names the GitHub release a guest image was published with.
 type Release struct {
 	// Repository is OWNER/NAME; Tag the release's tag (vX.Y.Z).
