@@ -83,6 +83,17 @@ func TestEmbeddedReferenceValues(t *testing.T) {
 		t.Errorf("a build with the released image: %v, guestImageRelease %q\n%s", err, vr.GuestImageRelease, out)
 	}
 
+	// The verify action of the released cloche, given no measurement input, uses its
+	// embedded values too.
+	summary := filepath.Join(dir, "summary.md")
+	action := exec.Command(released, "action", "verify")
+	action.Env = append(os.Environ(), "GITHUB_ACTIONS=true", "GITHUB_STEP_SUMMARY="+summary, "GITHUB_OUTPUT="+filepath.Join(dir, "output"),
+		"RUNNER_TEMP="+dir, "INPUT_ARTIFACTS="+rr.Artifacts[0].Path, "INPUT_BUNDLE="+rr.Bundle, "INPUT_KEY="+rr.PublicKey,
+		"INPUT_ALLOW_SIMULATED=true", "INPUT_TRUSTED_SIM_ROOT="+rr.SimRoot)
+	if out, err := action.CombinedOutput(); err != nil || !strings.Contains(readFile(t, summary), "PASSED") {
+		t.Errorf("the released verify action with no measurement input: %v\n%s\n%s", err, out, readFile(t, summary))
+	}
+
 	// Another launch (1 vCPU) has a measurement the embedded values do not list.
 	r1 := interopBuild(t, state, "--vcpus", "1")
 	if out, err := exec.Command(released, verifyArgs(r1)...).CombinedOutput(); err == nil || !strings.Contains(string(out), "FAILED: measurement") {
