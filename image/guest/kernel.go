@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,7 +77,8 @@ func fetchKernelDeb(ctx context.Context, cacheDir string, pin KernelPackagePin) 
 		return "", fmt.Errorf("fetch kernel package: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	slog.InfoContext(ctx, "downloading kernel package", "package", pin.Name, "version", pin.Version)
+	// No log line here: the caller's progress phase ("kernel package") says what runs,
+	// through the caller's logger (this package has none of its own).
 	cmd := exec.CommandContext(ctx, "apt-get", "-q", "download", pin.Name+"="+pin.Version)
 	cmd.Dir = tmp
 	if out, err := cmd.CombinedOutput(); err != nil {
