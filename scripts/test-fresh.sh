@@ -219,6 +219,19 @@ run_demo() {
 	ROOT_ENV=()
 }
 
+# check_reproduced compares two guest images built on two "machines": the one from this
+# host's binaries (check_guest_image) and the one make demo built in the fresh root from its
+# own guest agent build. The pinned kernel and the pinned Go make them the same bytes.
+check_reproduced() {
+	local here there
+	here=$(in_root "$ROOT" sh -c "cd $STATE_IN_ROOT/guest-image && sha256sum vmlinuz initrd.img")
+	there=$(in_root "$ROOT" sh -c "cd /var/lib/cloche/guest-image && sha256sum vmlinuz initrd.img")
+	local line
+	while read -r line; do echo "   host-built   $line" >&2; done <<<"$here"
+	while read -r line; do echo "   root-built   $line" >&2; done <<<"$there"
+	[[ $here == "$there" ]] || fail "the guest image built in the fresh root differs from the one built from this host's binaries"
+}
+
 main() {
 	set -E
 	trap 'on_failure "$BASH_COMMAND" "$LINENO"' ERR
@@ -263,6 +276,9 @@ main() {
 
 	stage demo
 	run_demo
+
+	stage reproduced
+	check_reproduced
 
 	stage_done
 	say "all checks passed in $((SECONDS - T0))s:"
