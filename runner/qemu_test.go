@@ -124,6 +124,7 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 			BundlePath: filepath.Join(out, build.BundleName), PublicKey: pub,
 			Artifacts:      []string{filepath.Join(out, "dist", "out.txt")},
 			AllowSimulated: true, SimRoots: []*x509.Certificate{e.simRoot},
+			Reference: verify.ReferenceOptions{GuestImageDir: e.guestImage},
 		})
 		if err != nil {
 			t.Errorf("job %d's provenance does not verify: %v", i, err)
