@@ -333,7 +333,7 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.mu.Lock()
-	if err := writeRecord(dir, &j.status); err != nil {
+	if err := writeRecord(dir, &j.status, true); err != nil {
 		a.mu.Unlock()
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
 		return
