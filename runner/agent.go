@@ -65,7 +65,8 @@ type Agent struct {
 	runCtx    context.Context // parent of every job's context; set by Serve
 	jobs      map[string]*jobEntry
 	queue     fairQueue
-	receiving map[int]int // by uid: submissions whose source is still arriving (they count toward the queue limits)
+	receiving map[int]int   // by uid: submissions whose source is still arriving (they count toward the queue limits)
+	arriving  map[int]int64 // by uid: the declared sizes of those sources, not yet on disk
 	inUse     Usage
 	stopping  bool
 }
@@ -116,6 +117,7 @@ func New(o Options) (*Agent, error) {
 		jobs:          map[string]*jobEntry{},
 		queue:         newFairQueue(),
 		receiving:     map[int]int{},
+		arriving:      map[int]int64{},
 	}
 	if err := os.MkdirAll(a.jobsDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state directory: %w", err)
@@ -171,9 +173,10 @@ func (a *Agent) recover() error {
 			j.status.Reason = fmt.Sprintf("%s while the job was %s; its VM is gone", ReasonRestarted, st.State)
 			j.status.FinishedAt = &now
 			j.status.QueuePosition = 0
-			if err := writeRecord(dir, &j.status); err != nil {
-				return fmt.Errorf("agent: %w", err)
-			}
+			// On a full disk this fails: the job is failed in memory and the record is
+			// retried (persistLoop), so the agent still starts instead of exiting into a
+			// restart loop.
+			a.persistLocked(j)
 		}
 		a.jobs[st.ID] = j
 	}
@@ -287,6 +290,8 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	dispatchDone := make(chan struct{})
 	go func() { defer close(dispatchDone); a.dispatchLoop(runCtx) }()
+	persistDone := make(chan struct{})
+	go func() { defer close(persistDone); a.persistLoop(runCtx) }()
 	a.log.Info("agent serving", "socket", a.cfg.Socket, "metrics", a.MetricsAddr(), "budget", a.cfg.Budget, "queue_limit", a.cfg.QueueLimit, "tee", a.cfg.TEE)
 	a.kickDispatch() // nothing is queued after a restart, but keep the invariant simple
 
@@ -310,6 +315,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 	a.running.Wait()
 	stopJobs(errors.New(ReasonStopped))
 	<-dispatchDone
+	<-persistDone
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(shutdownCtx)
@@ -555,14 +561,61 @@ func (a *Agent) setStateLocked(j *jobEntry, s State) {
 	if s != StateQueued {
 		j.status.QueuePosition = 0
 	}
-	if err := writeRecord(j.dir, &j.status); err != nil {
-		// The job goes on; at worst a restart shows an older state and fails it then.
-		a.log.Error("persisting a job's state", "job", j.status.ID, "state", s, "err", err)
-	}
+	a.persistLocked(j)
 	a.notifyLocked(j)
 }
 
+// persistLocked writes the job's record. When that fails (a full disk) the job goes on,
+// its status says the state is not saved (a restart would show an older one), and
+// persistLoop retries.
+func (a *Agent) persistLocked(j *jobEntry) bool {
+	rec := j.status
+	rec.Unsaved = ""
+	// Launching and running are not synced to disk: after a crash, the older synced
+	// record (queued) is just as non-terminal and the job is failed the same way, and
+	// two fsyncs fewer per job keep the agent's per-job cost in milliseconds.
+	durable := rec.State != StateLaunching && rec.State != StateRunning
+	if err := writeRecord(j.dir, &rec, durable); err != nil {
+		a.log.Error("persisting a job's state", "job", j.status.ID, "state", j.status.State, "err", err)
+		j.status.Unsaved = fmt.Sprintf("the agent could not save this state (%v); it retries every %s, and until then a restart would show the job's earlier state", err, persistRetry)
+		return false
+	}
+	j.status.Unsaved = ""
+	return true
+}
+
+// persistRetry is how often records that could not be written are tried again.
+const persistRetry = 2 * time.Second
+
+// persistLoop retries the records that could not be written until ctx ends.
+func (a *Agent) persistLoop(ctx context.Context) {
+	t := time.NewTicker(persistRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		a.mu.Lock()
+		for _, j := range a.jobs {
+			if j.status.Unsaved != "" && a.persistLocked(j) {
+				a.log.Info("saved a job's state after an earlier failure", "job", j.status.ID, "state", j.status.State)
+				a.notifyLocked(j)
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
 func (a *Agent) finishLocked(j *jobEntry, s State, reason string, result *JobResult) {
+	if j.status.LaunchedAt == nil {
+		// Never launched (cancelled while queued, refused at dispatch): its unpacked
+		// source goes now, not when the job is pruned.
+		if err := os.RemoveAll(filepath.Join(j.dir, srcDirName)); err != nil {
+			a.log.Warn("removing a job's source", "job", j.status.ID, "err", err)
+		}
+	}
 	now := time.Now().UTC()
 	j.status.FinishedAt = &now
 	j.status.Reason = reason
@@ -646,15 +699,16 @@ func newJobID() string {
 
 // writeRecord persists a job record atomically: temp file, fsync, rename, fsync of the
 // directory, so a crash leaves the old record or the new one, never a torn one.
-func writeRecord(dir string, st *JobStatus) error {
+// Without durable, the fsyncs are skipped (the rename still replaces the record whole).
+func writeRecord(dir string, st *JobStatus, durable bool) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, recordName), append(b, '\n'), 0o600)
+	return writeFileAtomic(filepath.Join(dir, recordName), append(b, '\n'), 0o600, durable)
 }
 
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -665,7 +719,7 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err == nil {
 		err = f.Chmod(mode)
 	}
-	if err == nil {
+	if err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -677,6 +731,9 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if !durable {
+		return nil
 	}
 	if d, err := os.Open(dir); err == nil {
 		d.Sync()

@@ -110,6 +110,8 @@ type Submitter struct {
 	UID int `json:"uid"`
 	GID int `json:"gid"`
 	PID int `json:"pid"`
+	// Groups are the peer's supplementary groups (SO_PEERGROUPS).
+	Groups []int `json:"groups,omitempty"`
 }
 
 // JobStatus is a job as the agent records it (job.json in its directory) and shows it.
@@ -134,6 +136,9 @@ type JobStatus struct {
 	// ExitCode is the build command's exit code when the guest reported one.
 	ExitCode *int       `json:"exitCode,omitempty"`
 	Result   *JobResult `json:"result,omitempty"`
+	// Unsaved says why the agent could not save this state (it retries); empty when the
+	// state shown is the one on disk.
+	Unsaved string `json:"unsaved,omitempty"`
 }
 
 // JobResult describes a succeeded job's outputs.

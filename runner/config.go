@@ -49,6 +49,9 @@ type Config struct {
 	// take the whole queue; UserUploads caps one user's sources arriving at once (default 4).
 	UserQueueLimit int `json:"userQueueLimit,omitempty"`
 	UserUploads    int `json:"userUploads,omitempty"`
+	// UserQueueBytes caps the source bytes one user's waiting jobs hold on the agent's
+	// disk (default 4 × maxSourceBytes).
+	UserQueueBytes int64 `json:"userQueueBytes,omitempty"`
 	// UserConnections caps one uid's open connections (default 64); more are answered
 	// "busy" and closed.
 	UserConnections int `json:"userConnections,omitempty"`
@@ -257,6 +260,9 @@ func (c Config) WithDefaults(host HostResources) Config {
 	if c.MaxSourceBytes == 0 {
 		c.MaxSourceBytes = 1 << 30
 	}
+	if c.UserQueueBytes == 0 {
+		c.UserQueueBytes = 4 * c.MaxSourceBytes
+	}
 	if c.MaxOutputBytes == 0 {
 		c.MaxOutputBytes = build.DefaultMaxOutputBytes
 	}
@@ -295,6 +301,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("agent configuration: queueLimit %d must be at least 1", c.QueueLimit)
 	case c.UserQueueLimit < 1 || c.UserUploads < 1:
 		return fmt.Errorf("agent configuration: userQueueLimit %d and userUploads %d must be at least 1", c.UserQueueLimit, c.UserUploads)
+	case c.UserQueueBytes < c.MaxSourceBytes:
+		return fmt.Errorf("agent configuration: userQueueBytes %d must be at least maxSourceBytes %d (one job of the largest source)", c.UserQueueBytes, c.MaxSourceBytes)
 	case c.UserConnections < 2:
 		return fmt.Errorf("agent configuration: userConnections %d must be at least 2 (a submission and a status request)", c.UserConnections)
 	case c.UploadIdleTimeout < Duration(100*time.Millisecond) || c.IdleTimeout < Duration(100*time.Millisecond):

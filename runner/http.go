@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cloche-dev/cloche/build"
@@ -64,11 +65,12 @@ func writeJSON(w http.ResponseWriter, v any) {
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	s := a.Status()
 	if peer := r.Context().Value(peerKey{}).(Submitter); peer.UID != a.uid {
-		// Other users' jobs show without their environment (it may carry secrets).
+		// Other users' jobs show without their command line and environment (either may
+		// carry secrets).
 		for _, list := range [][]JobStatus{s.Queued, s.Running} {
 			for i := range list {
 				if list[i].Submitter.UID != peer.UID {
-					list[i].Spec.Env = nil
+					list[i].Spec.Env, list[i].Spec.Command = nil, nil
 				}
 			}
 		}
@@ -251,18 +253,19 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, r, http.StatusServiceUnavailable, CodeBusy, "the agent is stopping; retry with the next agent")
 		return
 	}
-	if msg := a.admitLocked(peer.UID); msg != "" {
+	if status, msg := a.admitLocked(peer.UID, spec.Source.Size); msg != "" {
 		a.mu.Unlock()
-		a.fail(w, r, http.StatusTooManyRequests, CodeBusy, msg)
+		a.fail(w, r, status, CodeBusy, msg)
 		return
 	}
 	a.receiving[peer.UID]++
+	a.arriving[peer.UID] += spec.Source.Size
 	a.mu.Unlock()
 	received := false
 	defer func() {
 		if !received {
 			a.mu.Lock()
-			a.doneReceivingLocked(peer.UID)
+			a.doneReceivingLocked(peer.UID, spec.Source.Size)
 			a.mu.Unlock()
 		}
 	}()
@@ -300,6 +303,11 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 			a.uploadStalled(w, r, peer)
 			return
 		}
+		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+			// The agent's disk, not the client's archive, is at fault.
+			a.fail(w, r, http.StatusInsufficientStorage, CodeInternal, fmt.Sprintf("the agent's state disk (%s) is full: unpacking the source failed: %v; retry later", a.cfg.StateDir, err))
+			return
+		}
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the source archive was rejected: %v", err))
 		return
 	}
@@ -326,13 +334,13 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a.mu.Lock()
-	if err := writeRecord(dir, &j.status); err != nil {
+	if err := writeRecord(dir, &j.status, true); err != nil {
 		a.mu.Unlock()
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
 		return
 	}
 	keep, received = true, true
-	a.doneReceivingLocked(peer.UID)
+	a.doneReceivingLocked(peer.UID, spec.Source.Size)
 	a.jobs[id] = j
 	a.queue.push(j)
 	a.metrics.add(func(m *metrics) { m.submitted++ })
@@ -365,28 +373,56 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// admitLocked says why a new submission from uid must wait ("" when it may come in): the
-// queue is full for everyone, or for this user (uploads arriving or jobs waiting).
-func (a *Agent) admitLocked(uid int) string {
-	arriving := 0
-	for _, n := range a.receiving {
+// admitLocked says why a new submission from uid of a size-byte source must wait (a
+// status and message; "" when it may come in): the queue is full for everyone or for this
+// user (uploads arriving, jobs waiting, bytes stored), or the disk cannot hold the source.
+func (a *Agent) admitLocked(uid int, size int64) (int, string) {
+	busy := http.StatusTooManyRequests
+	arriving, arrivingBytes := 0, int64(0)
+	for u, n := range a.receiving {
 		arriving += n
+		arrivingBytes += a.arriving[u]
 	}
 	if waiting := a.queue.len() + arriving; waiting >= a.cfg.QueueLimit {
-		return fmt.Sprintf("agent busy: %d jobs are waiting, the queue limit is %d; retry later (%d queued, %d still uploading)", waiting, a.cfg.QueueLimit, a.queue.len(), arriving)
+		return busy, fmt.Sprintf("agent busy: %d jobs are waiting, the queue limit is %d; retry later (%d queued, %d still uploading)", waiting, a.cfg.QueueLimit, a.queue.len(), arriving)
 	}
 	if n := a.receiving[uid]; n >= a.cfg.UserUploads {
-		return fmt.Sprintf("agent busy for uid %d: %d of its submissions are still uploading, the limit per user is %d; retry when one has arrived", uid, n, a.cfg.UserUploads)
+		return busy, fmt.Sprintf("agent busy for uid %d: %d of its submissions are still uploading, the limit per user is %d; retry when one has arrived", uid, n, a.cfg.UserUploads)
 	}
 	if waiting := a.queue.lenOf(uid) + a.receiving[uid]; waiting >= a.cfg.UserQueueLimit {
-		return fmt.Sprintf("agent busy: the queue of uid %d is full: %d of its jobs are waiting, the limit per user is %d; retry later (other users are not affected)", uid, waiting, a.cfg.UserQueueLimit)
+		return busy, fmt.Sprintf("agent busy: the queue of uid %d is full: %d of its jobs are waiting, the limit per user is %d; retry later (other users are not affected)", uid, waiting, a.cfg.UserQueueLimit)
 	}
-	return ""
+	if stored := a.queuedBytesLocked(uid); stored+size > a.cfg.UserQueueBytes {
+		return busy, fmt.Sprintf("agent busy: the queue of uid %d is full: its waiting jobs hold %d bytes of sources, this one adds %d, the limit per user is %d bytes; retry later (other users are not affected)", uid, stored, size, a.cfg.UserQueueBytes)
+	}
+	// The unpacked source is at most its archive's size; sources still arriving will take
+	// their share of what is free now.
+	free, err := freeDisk(a.cfg.StateDir)
+	if err != nil {
+		return http.StatusInternalServerError, fmt.Sprintf("checking free disk space: %v", err)
+	}
+	if free-arrivingBytes < a.cfg.Budget.MinFreeDiskBytes+size {
+		return http.StatusInsufficientStorage, fmt.Sprintf("agent busy: not enough free disk space for the source in %s: %d bytes free, %d promised to sources still arriving, the source needs %d and the agent keeps %d free; retry later",
+			a.cfg.StateDir, free, arrivingBytes, size, a.cfg.Budget.MinFreeDiskBytes)
+	}
+	return 0, ""
 }
 
-func (a *Agent) doneReceivingLocked(uid int) {
+// queuedBytesLocked is the source bytes uid's waiting jobs hold (queued and arriving).
+func (a *Agent) queuedBytesLocked(uid int) int64 {
+	n := a.arriving[uid]
+	for _, j := range a.queue.queues[uid] {
+		n += j.status.Spec.Source.Size
+	}
+	return n
+}
+
+func (a *Agent) doneReceivingLocked(uid int, size int64) {
 	if a.receiving[uid]--; a.receiving[uid] <= 0 {
 		delete(a.receiving, uid)
+	}
+	if a.arriving[uid] -= size; a.arriving[uid] <= 0 {
+		delete(a.arriving, uid)
 	}
 }
 

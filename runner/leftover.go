@@ -31,7 +31,14 @@ func KillLeftoverVMs(jobsDir string) ([]int, error) {
 		return nil, err
 	}
 	for _, pid := range pids {
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+		// vmm starts QEMU as the leader of its own process group; killing the group also
+		// kills what QEMU started (helpers, a swtpm). A QEMU in someone else's group is
+		// killed alone: that group may be the agent's own.
+		target := pid
+		if processGroup(pid) == pid {
+			target = -pid
+		}
+		if err := syscall.Kill(target, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 			return pids, fmt.Errorf("killing leftover QEMU %d: %w", pid, err)
 		}
 	}
@@ -78,6 +85,25 @@ func FindVMs(dir string) ([]int, error) {
 		}
 	}
 	return pids, nil
+}
+
+// processGroup is pid's process group (0 when it cannot be read).
+func processGroup(pid int) int {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0
+	}
+	// After the parenthesised command name: state, ppid, pgrp.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 3 {
+		return 0
+	}
+	pgrp, _ := strconv.Atoi(f[2])
+	return pgrp
 }
 
 // alive says whether pid runs and is not a zombie waiting to be reaped.

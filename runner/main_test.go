@@ -85,6 +85,9 @@ func childStatus() int {
 			if len(j.Spec.Env) > 0 {
 				fmt.Println("status: another user's environment is visible")
 			}
+			if len(j.Spec.Command) > 0 {
+				fmt.Println("status: another user's command line is visible:", j.Spec.Command)
+			}
 		}
 	}
 	if id := os.Getenv("CLOCHE_RUNNER_TEST_JOB"); id != "" {

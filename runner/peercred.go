@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -26,16 +27,49 @@ func peerCred(c net.Conn) (Submitter, error) {
 		return Submitter{}, fmt.Errorf("peer credentials: %w", err)
 	}
 	var cred *unix.Ucred
-	var credErr error
+	var groups []int
+	var credErr, groupsErr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		groups, groupsErr = peerGroups(int(fd))
 	}); err != nil {
 		return Submitter{}, fmt.Errorf("peer credentials: %w", err)
 	}
 	if credErr != nil {
 		return Submitter{}, fmt.Errorf("peer credentials: SO_PEERCRED: %w", credErr)
 	}
-	return Submitter{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}, nil
+	if groupsErr != nil {
+		return Submitter{}, fmt.Errorf("peer credentials: SO_PEERGROUPS: %w", groupsErr)
+	}
+	return Submitter{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid), Groups: groups}, nil
+}
+
+// peerGroups reads the peer's supplementary groups with SO_PEERGROUPS. Like SO_PEERCRED,
+// the kernel copies them from the connecting process at connect(2), so the peer cannot
+// forge them. The alternatives can be spoofed or are wrong: /proc/PID/status, found
+// through SO_PEERCRED's pid, is read later, when the peer may have exited and its pid been
+// reused by a more privileged process (or the peer may have exec'd something setgid);
+// getgrouplist(uid) reports the group database, not the process: it grants groups a
+// process dropped (a sandbox's setgroups) and depends on NSS answering.
+func peerGroups(fd int) ([]int, error) {
+	buf := make([]uint32, 64)
+	for {
+		n := uint32(len(buf) * 4)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno == unix.ERANGE && int(n/4) > len(buf) {
+			buf = make([]uint32, n/4) // the kernel said how much it needs
+			continue
+		}
+		if errno != 0 {
+			return nil, errno
+		}
+		groups := make([]int, n/4)
+		for i := range groups {
+			groups[i] = int(buf[i])
+		}
+		return groups, nil
+	}
 }
 
 // credKey carries a connection's peer credentials (or why they are missing) in the
@@ -137,6 +171,11 @@ func refuseConn(c net.Conn, msg string) {
 	c.Close()
 }
 
+// allowedGroup says whether the peer's primary or a supplementary group is allowed.
+func (a *Agent) allowedGroup(p Submitter) bool {
+	return slices.Contains(a.cfg.AllowedGIDs, p.GID) || slices.ContainsFunc(p.Groups, func(g int) bool { return slices.Contains(a.cfg.AllowedGIDs, g) })
+}
+
 // authorize says whether the request's peer may use the agent, with an error that names
 // the peer and what would be accepted.
 func (a *Agent) authorize(ctx context.Context) (Submitter, error) {
@@ -148,9 +187,9 @@ func (a *Agent) authorize(ctx context.Context) (Submitter, error) {
 		return Submitter{}, cr.err
 	}
 	p := cr.peer
-	if p.UID == a.uid || slices.Contains(a.cfg.AllowedUIDs, p.UID) || slices.Contains(a.cfg.AllowedGIDs, p.GID) {
+	if p.UID == a.uid || slices.Contains(a.cfg.AllowedUIDs, p.UID) || a.allowedGroup(p) {
 		return p, nil
 	}
-	return p, fmt.Errorf("uid %d (gid %d, pid %d) is not allowed to use this cloche agent; allowed: uid %d (the agent's own), uids %v, gids %v (set allowedUids/allowedGids in the agent's configuration)",
-		p.UID, p.GID, p.PID, a.uid, a.cfg.AllowedUIDs, a.cfg.AllowedGIDs)
+	return p, fmt.Errorf("uid %d (gid %d, groups %v, pid %d) is not allowed to use this cloche agent; allowed: uid %d (the agent's own), uids %v, gids %v (set allowedUids/allowedGids in the agent's configuration; a user added to a group must log in again, or its service restart, for its processes to hold the group)",
+		p.UID, p.GID, p.Groups, p.PID, a.uid, a.cfg.AllowedUIDs, a.cfg.AllowedGIDs)
 }

@@ -14,7 +14,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -96,7 +98,7 @@ func TestRefusesUnknownUser(t *testing.T) {
 	if code != 3 {
 		t.Fatalf("refused client exited %d, want 3; output %q", code, out)
 	}
-	for _, want := range []string{"status: agent: uid 65534 (gid 65534, pid ", "is not allowed to use this cloche agent", "uids [4242]", "HTTP 403 forbidden"} {
+	for _, want := range []string{"status: agent: uid 65534 (gid 65534, groups [], pid ", "is not allowed to use this cloche agent", "uids [4242]", "HTTP 403 forbidden"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("refusal %q does not contain %q", out, want)
 		}
@@ -209,5 +211,45 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 	entries, _ := os.ReadDir(filepath.Join(ta.cfg.StateDir, "jobs"))
 	if len(entries) != 1 {
 		t.Errorf("the jobs directory has %d entries after one accepted job", len(entries))
+	}
+}
+
+// TestSupplementaryGroupAllowed: a real user whose allowed group is only a supplementary
+// one (usermod -aG, as docs/agent.md says) may use the agent. The client runs through
+// runuser, which sets its groups from the group database as a login does.
+func TestSupplementaryGroupAllowed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to add a user")
+	}
+	name := fmt.Sprintf("clsup%d", os.Getpid()%100000)
+	run := func(args ...string) {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	run("groupadd", name)
+	t.Cleanup(func() { exec.Command("groupdel", name).Run() })
+	run("useradd", "-M", "-N", "-s", "/bin/sh", "-G", name, name)
+	t.Cleanup(func() { exec.Command("userdel", name).Run() })
+	grp, err := user.LookupGroup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Gid == grp.Gid {
+		t.Fatalf("the test user's primary group is %s; the test needs it only supplementary", u.Gid)
+	}
+	gid, _ := strconv.Atoi(grp.Gid)
+	ta := exposedAgent(t, nil, []int{gid})
+	cmd := childAsNobody(t, "status", "CLOCHE_RUNNER_TEST_SOCKET="+ta.cfg.Socket)
+	cmd.SysProcAttr = nil
+	cmd.Args = append([]string{"runuser", "-u", name, "--"}, cmd.Args...)
+	cmd.Path, _ = exec.LookPath("runuser")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("client as %s (primary gid %s, supplementary %d allowed): %v\n%s", name, u.Gid, gid, err, out)
 	}
 }

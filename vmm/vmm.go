@@ -277,10 +277,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if waitErr != nil {
 		var exit *exec.ExitError
 		if errors.As(waitErr, &exit) {
-			if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return nil, fmt.Errorf("%w: killed by signal %s: %s", ErrQEMU, ws.Signal(), stderr.String())
-			}
-			return nil, fmt.Errorf("%w: exit status %d: %s", ErrQEMU, exit.ExitCode(), stderr.String())
+			return nil, qemuExitError(exit, stderr.String())
 		}
 		if errors.Is(waitErr, exec.ErrWaitDelay) {
 			// QEMU exited 0 but the console writer did not drain in time.
@@ -342,4 +339,13 @@ func (c *consoleWriter) Write(p []byte) (int, error) {
 		c.log.Warn("vmm: console writer failed; discarding the rest of the console", "err", err)
 	}
 	return len(p), nil
+}
+
+// qemuExitError describes how QEMU ended: its exit status, or the signal that killed it
+// by name ("SIGKILL"; syscall's own text would read "killed by signal killed").
+func qemuExitError(exit *exec.ExitError, stderr string) error {
+	if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Errorf("%w: QEMU was killed by signal %d (%s): %s", ErrQEMU, int(ws.Signal()), unix.SignalName(ws.Signal()), stderr)
+	}
+	return fmt.Errorf("%w: exit status %d: %s", ErrQEMU, exit.ExitCode(), stderr)
 }
