@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -24,7 +25,7 @@ func BenchmarkAgentThroughput(b *testing.B) {
 	ta := startAgent(b, cfg, newStandIn(0))
 	srcs := make([]string, jobs)
 	for i := range srcs {
-		srcs[i] = writeSource(b, map[string]string{"input.txt": fmt.Sprintf("in%d", i)})
+		srcs[i] = testfixture.WriteTree(b, map[string]string{"input.txt": fmt.Sprintf("in%d", i)})
 	}
 	ctx := context.Background()
 	var total time.Duration

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -20,7 +21,7 @@ func randomSource(t *testing.T, size int) string {
 	t.Helper()
 	b := make([]byte, size)
 	rand.Read(b)
-	return writeSource(t, map[string]string{"input.txt": "x", "blob": string(b)})
+	return testfixture.WriteTree(t, map[string]string{"input.txt": "x", "blob": string(b)})
 }
 
 // TestSourceCountsAgainstDisk: a source that would not fit above the disk reserve is
@@ -155,7 +156,7 @@ func TestUnpackDiskFullIsServerError(t *testing.T) {
 	for i := range 100 {
 		files[fmt.Sprintf("f%03d", i)] = "y"
 	}
-	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"x"}}, writeSource(t, files), nil)
+	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"x"}}, testfixture.WriteTree(t, files), nil)
 	if err == nil || !strings.Contains(err.Error(), "507") || !strings.Contains(err.Error(), "state disk") || strings.Contains(err.Error(), "bad_request") {
 		t.Fatalf("a source that fills the disk while unpacking: %v, want a 507 naming the state disk", err)
 	}
