@@ -49,6 +49,11 @@ func TestEmbeddedReferenceValues(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "PASSED") || !strings.Contains(string(out), "embedded reference values") {
 		t.Fatalf("the released cloche does not verify with its embedded values: %v\n%s", err, out)
 	}
+	// A pinned measurement means that value only: the embedded values do not widen it.
+	pinned := append([]string{"verify", "--measurement", strings.Repeat("00", 48)}, verifyArgs(r)[1:]...)
+	if out, err := exec.Command(released, pinned...).CombinedOutput(); err == nil || !strings.Contains(string(out), "FAILED: measurement") {
+		t.Errorf("a pin the launch does not match passed through the embedded values: %v\n%s", err, out)
+	}
 	if code, _, stderr := cli(t, verifyArgs(r)...); code == 0 || !strings.Contains(stderr, "measurement") {
 		t.Errorf("a development cloche verified with no measurement source: exit %d %s", code, stderr)
 	}
