@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
@@ -156,7 +157,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 
 	keyPath := cfg.Launch.SigningKey
 	if keyPath == "" {
-		keyPath = signingKeyPath(state)
+		keyPath = host.SigningKeyPath(state)
 		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
 			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
 				return fmt.Errorf("creating a signing key: %w", err)
@@ -170,7 +171,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	}
 	gdir := cfg.Launch.GuestImage
 	if gdir == "" {
-		gdir = guestImageDir(state)
+		gdir = host.GuestImageDir(state)
 		if err := ensureGuestImage(ctx, g, state, gdir, f.guestAgent); err != nil {
 			return err
 		}
@@ -187,12 +188,12 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	a, err := runner.New(runner.Options{
 		Config: cfg,
 		Launcher: &runner.BuildLauncher{
-			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: simTEEDir(state), Signer: signer,
+			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: host.SimTEEDir(state), Signer: signer,
 			Accel: cfg.Launch.Accel, QEMU: cfg.Launch.QEMU, Version: version,
-			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, snpFirmwarePath(state)),
-			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, tdxFirmwarePath(state)),
+			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, host.SNPFirmwarePath(state)),
+			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, host.TDXFirmwarePath(state)),
 			QGS:         cfg.Launch.QGS,
-			KDS:         kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
+			KDS:         kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
 		},
 		Logger:        log,
 		Version:       version,

@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 )
@@ -33,7 +34,7 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if out == "" {
-				out = guestImageDir(state)
+				out = host.GuestImageDir(state)
 			}
 			if agent == "" {
 				if agent, err = guestAgentPath(); err != nil {
@@ -41,7 +42,7 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 				}
 			}
 			if deb == "" {
-				if deb, err = guestimage.FetchKernelDeb(cmd.Context(), kernelCacheDir(state)); err != nil {
+				if deb, err = guestimage.FetchKernelDeb(cmd.Context(), host.KernelCacheDir(state)); err != nil {
 					return kernelFetchError(err)
 				}
 			} else if err := guestimage.CheckKernelDeb(deb, guestimage.KernelPin()); err != nil {

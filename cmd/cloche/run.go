@@ -15,6 +15,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
@@ -123,7 +124,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		state, _ := g.state() // an unusable state directory fails right after this
 		gdir := f.guestImage
 		if gdir == "" {
-			gdir = guestImageDir(state)
+			gdir = host.GuestImageDir(state)
 		}
 		return f.teeHost.host(state, f.qemu, gdir)
 	})
@@ -149,7 +150,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 
 	gdir := f.guestImage
 	if gdir == "" {
-		gdir = guestImageDir(state)
+		gdir = host.GuestImageDir(state)
 		if err := ensureGuestImage(ctx, g, state, gdir, f.guestAgent); err != nil {
 			return err
 		}
@@ -170,10 +171,10 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	o.TEE = tee
 	o.GuestImageDir = gdir
 	o.ToolchainImage = tcPath
-	o.SimDir = simTEEDir(state)
+	o.SimDir = host.SimTEEDir(state)
 	o.Firmware = runFirmware(tee, f.teeHost, state)
 	o.QGS = f.teeHost.qgs
-	o.KDS = kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
+	o.KDS = kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
 	o.Signer = signer
 	o.QEMU = f.qemu
 	o.Console = consoleWriter(g.stderr, f.quiet)
@@ -450,7 +451,7 @@ func shellQuote(s string) string {
 func hostSigner(g *globals, state, key string) (*provenance.KeySigner, string, error) {
 	keyPath := key
 	if keyPath == "" {
-		keyPath = signingKeyPath(state)
+		keyPath = host.SigningKeyPath(state)
 		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
 			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
 				return nil, "", fmt.Errorf("creating a signing key: %w", err)
@@ -505,11 +506,11 @@ func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
 	case tee == attest.TEESNP && t.snpFirmware != "":
 		return t.snpFirmware
 	case tee == attest.TEESNP:
-		return snpFirmwarePath(state)
+		return host.SNPFirmwarePath(state)
 	case tee == attest.TEETDX && t.tdxFirmware != "":
 		return t.tdxFirmware
 	case tee == attest.TEETDX:
-		return tdxFirmwarePath(state)
+		return host.TDXFirmwarePath(state)
 	}
 	return ""
 }
@@ -533,7 +534,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 		return nil
 	}
 	phase.Step("kernel package")
-	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
+	deb, err := guestimage.FetchKernelDeb(ctx, host.KernelCacheDir(state))
 	if err != nil {
 		err = fmt.Errorf("guest kernel: %w", kernelFetchError(err))
 		phase.Fail(err)
@@ -549,14 +550,13 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	return nil
 }
 
-// defaultToolchainName is the name the default toolchain image is recorded under.
-const defaultToolchainName = "debian-bookworm-gcc"
+// host.DefaultToolchainName is the name the default toolchain image is recorded under.
 
 // defaultToolchain returns the default toolchain image, assembling it the first time
 // (minutes: mmdebstrap downloads and installs the packages).
 func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
 	_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state,
-		Name: defaultToolchainName, Progress: g.progress(), Log: g.logger()})
+		Name: host.DefaultToolchainName, Progress: g.progress(), Log: g.logger()})
 	if err != nil {
 		return "", fmt.Errorf("default toolchain image: %w", err)
 	}
