@@ -8,9 +8,6 @@ import (
 	"path/filepath"
 )
 
-// DefaultToolchainName is the name the default toolchain image is recorded under.
-const DefaultToolchainName = "debian-bookworm-gcc"
-
 // StateDirEnv names the environment variable that sets the state directory.
 const StateDirEnv = "CLOCHE_STATE_DIR"
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
 )
@@ -155,19 +153,12 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	}
 	state := cfg.StateDir
 
-	keyPath := cfg.Launch.SigningKey
-	if keyPath == "" {
-		keyPath = host.SigningKeyPath(state)
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
-				return fmt.Errorf("creating a signing key: %w", err)
-			}
-			log.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-		}
-	}
-	signer, err := provenance.LoadKeySigner(keyPath)
+	signer, keyPath, created, err := host.SigningKey(state, cfg.Launch.SigningKey)
 	if err != nil {
 		return err
+	}
+	if created {
+		log.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
 	}
 	gdir := cfg.Launch.GuestImage
 	if gdir == "" {

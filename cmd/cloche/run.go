@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
-	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/provenance"
@@ -449,19 +447,12 @@ func shellQuote(s string) string {
 // hostSigner loads the signing key at key, or with key empty the state directory's,
 // creating that one on first use. It returns the signer and the key's path.
 func hostSigner(g *globals, state, key string) (*provenance.KeySigner, string, error) {
-	keyPath := key
-	if keyPath == "" {
-		keyPath = host.SigningKeyPath(state)
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
-				return nil, "", fmt.Errorf("creating a signing key: %w", err)
-			}
-			g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-		}
-	}
-	signer, err := provenance.LoadKeySigner(keyPath)
+	signer, keyPath, created, err := host.SigningKey(state, key)
 	if err != nil {
 		return nil, "", fmt.Errorf("--key: %w", err)
+	}
+	if created {
+		g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
 	}
 	return signer, keyPath, nil
 }
@@ -502,17 +493,7 @@ func buildStages(phase *progress.Phase) func(build.Stage) {
 // runFirmware is the firmware a hardware TEE launch uses: the flag, else the state
 // directory's default file.
 func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
-	switch {
-	case tee == attest.TEESNP && t.snpFirmware != "":
-		return t.snpFirmware
-	case tee == attest.TEESNP:
-		return host.SNPFirmwarePath(state)
-	case tee == attest.TEETDX && t.tdxFirmware != "":
-		return t.tdxFirmware
-	case tee == attest.TEETDX:
-		return host.TDXFirmwarePath(state)
-	}
-	return ""
+	return host.Firmware(tee, t.snpFirmware, t.tdxFirmware, state)
 }
 
 // ensureGuestImage builds the guest image when it is missing or was built from a different
@@ -550,15 +531,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	return nil
 }
 
-// host.DefaultToolchainName is the name the default toolchain image is recorded under.
-
-// defaultToolchain returns the default toolchain image, assembling it the first time
-// (minutes: mmdebstrap downloads and installs the packages).
+// defaultToolchain returns the default toolchain image, assembling it the first time.
 func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
-	_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state,
-		Name: host.DefaultToolchainName, Progress: g.progress(), Log: g.logger()})
-	if err != nil {
-		return "", fmt.Errorf("default toolchain image: %w", err)
-	}
-	return p, nil
+	return host.DefaultToolchain(ctx, state, g.progress(), g.logger())
 }

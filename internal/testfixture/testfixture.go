@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
@@ -174,7 +173,7 @@ func GCCToolchain(tb testing.TB) string {
 		defer fixtureLock.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: CacheDir(tb), Name: host.DefaultToolchainName})
+		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: CacheDir(tb), Name: toolchain.DefaultName})
 		return path, err
 	})
 	if err != nil {
