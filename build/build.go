@@ -245,11 +245,11 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 
 	gimg, err := guestimage.Load(o.GuestImageDir)
 	if err != nil {
-		return nil, fmt.Errorf("%w: guest image: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: guest image: %w", ErrInput, err)
 	}
 	tc, err := toolchain.Load(o.ToolchainImage)
 	if err != nil {
-		return nil, fmt.Errorf("%w: toolchain image: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: toolchain image: %w", ErrInput, err)
 	}
 	ht, err := newHostTEE(&o)
 	if err != nil {
@@ -277,7 +277,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	archivePath := filepath.Join(work, "source.tar")
 	archiveSHA, archiveSize, err := source.PackFile(ctx, o.SourceDir, o.SourceDateEpoch, archivePath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: packing source %s: %v", ErrInput, o.SourceDir, err)
+		return nil, fmt.Errorf("%w: packing source %s: %w", ErrInput, o.SourceDir, err)
 	}
 	log.Info("source packed", "sha256", archiveSHA, "bytes", archiveSize)
 	invocation := o.InvocationID
@@ -303,7 +303,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		o.alterManifest(m)
 	}
 	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: %w", ErrInput, err)
 	}
 	manifest, err := job.Marshal(m)
 	if err != nil {
@@ -379,7 +379,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	}
 	out, err := disk.ReadOutput(outputDisk, extract, o.MaxOutputBytes+16<<20)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the output disk: %v", ErrGuest, err)
+		return nil, fmt.Errorf("%w: reading the output disk: %w", ErrGuest, err)
 	}
 	if out.Result == nil {
 		msg := out.Error
@@ -390,7 +390,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	}
 	res, err := job.ParseResult(out.Result)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrGuest, err)
+		return nil, fmt.Errorf("%w: %w", ErrGuest, err)
 	}
 	if res.Error != "" || res.ExitCode != 0 || out.Error != "" {
 		msg := res.Error
@@ -409,18 +409,18 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	// 5. Complete and check the evidence before signing anything.
 	ev, err := attest.ParseEvidence(out.Evidence)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
+		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
 	if err := ht.complete(ctx, ev); err != nil {
-		return nil, fmt.Errorf("%w: completing evidence: %v", ErrEvidence, err)
+		return nil, fmt.Errorf("%w: completing evidence: %w", ErrEvidence, err)
 	}
 	verifyOpts, err := ht.verifyOptions(manifestDigest, job.ReportData(out.Result))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
+		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
 	claims, err := verifier.Verify(ev, verifyOpts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrEvidence, err)
+		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
 	evidence, err := ev.Marshal()
 	if err != nil {
@@ -478,7 +478,7 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	for _, a := range res.Artifacts {
 		src := filepath.Join(extract, "artifacts", filepath.FromSlash(a.Path))
 		if err := checkFile(src, a); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrGuest, err)
+			return nil, fmt.Errorf("%w: %w", ErrGuest, err)
 		}
 		dst := filepath.Join(o.OutDir, filepath.FromSlash(a.Path))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
@@ -515,7 +515,7 @@ func CheckCommit(dir, ref string, git *source.GitObjects) error {
 	}
 	tree, err := source.TreeIDFormat(dir, git.Format)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrInput, err)
+		return fmt.Errorf("%w: %w", ErrInput, err)
 	}
 	a, err := source.AttestCommit(*git, tree)
 	if err != nil {
@@ -534,7 +534,7 @@ func CheckCommit(dir, ref string, git *source.GitObjects) error {
 func checkFile(path string, a job.Artifact) error {
 	sum, size, err := fileio.SHA256(path)
 	if err != nil {
-		return fmt.Errorf("artifact %s: %v", a.Path, err)
+		return fmt.Errorf("artifact %s: %w", a.Path, err)
 	}
 	if size != a.Size || sum != a.SHA256 {
 		return fmt.Errorf("artifact %s on the output disk (sha256 %s, %d bytes) differs from the result record (sha256 %s, %d bytes)", a.Path, sum, size, a.SHA256, a.Size)

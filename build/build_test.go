@@ -278,3 +278,16 @@ type recordingWriter struct{ b strings.Builder }
 
 func (w *recordingWriter) Write(p []byte) (int, error) { return w.b.Write(p) }
 func (w *recordingWriter) String() string              { return w.b.String() }
+
+// The cause of an input error stays inspectable (wrapped, not flattened to text), so a
+// caller can tell a missing guest image from a corrupt one.
+func TestBuildInputErrorKeepsCause(t *testing.T) {
+	e := newEnv(t)
+	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "true")
+	o.GuestImageDir = filepath.Join(t.TempDir(), "no-guest-image")
+	_, err := Run(context.Background(), o)
+	if !errors.Is(err, ErrInput) || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("err = %v, want ErrInput wrapping os.ErrNotExist", err)
+	}
+	assertNoOutput(t, o.OutDir)
+}

@@ -72,7 +72,7 @@ func (w *workflowContext) invocation() string {
 func readWorkflowContext(a *githubactions.Action) (*workflowContext, error) {
 	c, err := a.Context()
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the workflow context: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: reading the workflow context: %w", ErrInput, err)
 	}
 	w := &workflowContext{server: strings.TrimSuffix(c.ServerURL, "/"), repository: c.Repository, ref: c.Ref, sha: c.SHA,
 		workflowRef: a.Getenv("GITHUB_WORKFLOW_REF"), runID: c.RunID, runAttempt: c.RunAttempt}
@@ -127,7 +127,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	}
 	tee, err := setup.ResolveTEE(defaulted(input(a, "tee"), "auto"))
 	if err != nil {
-		return nil, fmt.Errorf("%w: input tee: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: input tee: %w", ErrInput, err)
 	}
 	tag := input(a, "release")
 	if tag == "" {
@@ -172,7 +172,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		gitObjects, err = source.ReadGitObjects(ctx, srcDir, wc.sha, "")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %v", ErrInput, srcDir, wc.sha, err)
+		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %w", ErrInput, srcDir, wc.sha, err)
 	}
 	if err := build.CheckCommit(srcDir, wc.ref, gitObjects); err != nil {
 		return nil, err
@@ -413,7 +413,7 @@ func newSigner(a *githubactions.Action, r Runner, setup BuildSetup) (provenance.
 			Transport: transportOf(r),
 		})
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInput, err)
+			return nil, fmt.Errorf("%w: %w", ErrInput, err)
 		}
 		return s, nil
 	case "key":

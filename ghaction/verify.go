@@ -210,7 +210,7 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 	if key := input(a, "key"); key != "" {
 		pub, err := provenance.LoadPublicKey(key)
 		if err != nil {
-			return nil, fmt.Errorf("%w: input key: %v", ErrInput, err)
+			return nil, fmt.Errorf("%w: input key: %w", ErrInput, err)
 		}
 		o.PublicKey = pub
 		// A key-signed bundle binds no repository, branch or workflow (docs/design.md);
@@ -234,7 +234,7 @@ func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verif
 	for _, p := range listInput(a, "trusted-sim-root") {
 		certs, err := verifier.LoadCertificatePEM(p)
 		if err != nil {
-			return nil, fmt.Errorf("%w: input trusted-sim-root %s: %v", ErrInput, p, err)
+			return nil, fmt.Errorf("%w: input trusted-sim-root %s: %w", ErrInput, p, err)
 		}
 		o.SimRoots = append(o.SimRoots, certs...)
 	}
@@ -262,7 +262,7 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	if k := input(a, "reference-key"); k != "" {
 		pub, err := provenance.LoadPublicKey(k)
 		if err != nil {
-			return fmt.Errorf("%w: input reference-key: %v", ErrInput, err)
+			return fmt.Errorf("%w: input reference-key: %w", ErrInput, err)
 		}
 		o.Reference.Key = pub
 	}
@@ -280,21 +280,21 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	if s := input(a, "min-tcb"); s != "" {
 		t, err := verifier.ParseSNPTCB(s)
 		if err != nil {
-			return fmt.Errorf("%w: input min-tcb: %v", ErrInput, err)
+			return fmt.Errorf("%w: input min-tcb: %w", ErrInput, err)
 		}
 		o.EvidencePolicy.MinimumTCB = &t
 	}
 	if s := input(a, "amd-crl"); s != "" {
 		crl, err := verifier.LoadCRL(s)
 		if err != nil {
-			return fmt.Errorf("%w: input amd-crl: %v", ErrInput, err)
+			return fmt.Errorf("%w: input amd-crl: %w", ErrInput, err)
 		}
 		o.EvidencePolicy.AMDCRL = crl
 	}
 	if s := input(a, "tdx-collateral"); s != "" {
 		c, err := verifier.LoadTDXCollateral(s)
 		if err != nil {
-			return fmt.Errorf("%w: input tdx-collateral: %v", ErrInput, err)
+			return fmt.Errorf("%w: input tdx-collateral: %w", ErrInput, err)
 		}
 		o.EvidencePolicy.TDXCollateral = c
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/ghaction"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	"github.com/cloche-dev/cloche/verify"
 )
@@ -60,14 +61,14 @@ func runActionBuild(ctx context.Context, g *globals) error {
 		ResolveTEE: func(input string) (attest.TEE, error) {
 			// The host's default TEE setup (firmware and QGS at their default paths).
 			return resolveTEE(ctx, input, func() hostcheck.Host {
-				return (&teeHostFlags{}).host(state, "", guestImageDir(state))
+				return (&teeHostFlags{}).host(state, "", host.GuestImageDir(state))
 			})
 		},
 		ResolveGuestImage: func(ctx context.Context, input string) (string, error) {
 			if input != "" {
 				return input, nil
 			}
-			dir := guestImageDir(state)
+			dir := host.GuestImageDir(state)
 			return dir, ensureGuestImage(ctx, g, state, dir, "")
 		},
 		FetchGuestRelease: func(ctx context.Context, repo, tag, trustedRoot, token string) (string, error) {
@@ -86,9 +87,9 @@ func runActionBuild(ctx context.Context, g *globals) error {
 		Firmware: func(tee attest.TEE) string {
 			return runFirmware(tee, teeHostFlags{}, state)
 		},
-		KDS:        kds.New(kds.Options{CacheDir: kdsCacheDir(state), Log: g.logger()}),
-		DefaultKey: signingKeyPath(state),
-		SimDir:     simTEEDir(state),
+		KDS:        kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Log: g.logger()}),
+		DefaultKey: host.SigningKeyPath(state),
+		SimDir:     host.SimTEEDir(state),
 		Version:    version,
 		Accel:      os.Getenv("CLOCHE_ACCEL"),
 		QEMU:       os.Getenv("CLOCHE_QEMU"),

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,8 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
-	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
 )
@@ -156,19 +155,12 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	}
 	state := cfg.StateDir
 
-	keyPath := cfg.Launch.SigningKey
-	if keyPath == "" {
-		keyPath = signingKeyPath(state)
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
-				return fmt.Errorf("creating a signing key: %w", err)
-			}
-			log.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-		}
-	}
-	signer, err := provenance.LoadKeySigner(keyPath)
+	signer, keyPath, created, err := host.SigningKey(state, cfg.Launch.SigningKey)
 	if err != nil {
 		return err
+	}
+	if created {
+		log.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
 	}
 	rel := releaseFlags{tag: cfg.Launch.GuestImageRelease, repo: cmp.Or(cfg.Launch.GuestImageRepository, guestimage.DefaultReleaseRepository)}
 	if err := rel.check(cfg.Launch.GuestImage); err != nil {
@@ -190,12 +182,12 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	a, err := runner.New(runner.Options{
 		Config: cfg,
 		Launcher: &runner.BuildLauncher{
-			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: simTEEDir(state), Signer: signer,
+			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: host.SimTEEDir(state), Signer: signer,
 			Accel: cfg.Launch.Accel, QEMU: cfg.Launch.QEMU, Version: version,
-			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, snpFirmwarePath(state)),
-			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, tdxFirmwarePath(state)),
+			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, host.SNPFirmwarePath(state)),
+			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, host.TDXFirmwarePath(state)),
 			QGS:         cfg.Launch.QGS,
-			KDS:         kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
+			KDS:         kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
 		},
 		Logger:        log,
 		Version:       version,

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 )
@@ -28,21 +29,16 @@ func (t *teeHostFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&t.qgs, "qgs", "", "TDX quote generation service: unix:PATH or vsock:CID:PORT (default unix:/var/run/tdx-qgs/qgs.socket)")
 }
 
-// Layout of the state directory for firmware and the KDS certificate cache.
-func snpFirmwarePath(state string) string { return filepath.Join(state, "firmware", "OVMF.amdsev.fd") }
-func tdxFirmwarePath(state string) string { return filepath.Join(state, "firmware", "TDVF.fd") }
-func kdsCacheDir(state string) string     { return filepath.Join(state, "cache", "kds") }
-
 // host returns the hostcheck.Host for these settings; guestDir is the guest image directory
 // whose kernel and initrd are checked (its absence is only a warning).
 func (t *teeHostFlags) host(state, qemu, guestDir string) hostcheck.Host {
 	h := hostcheck.Default(qemu)
 	h.SNPFirmware, h.TDXFirmware, h.QGS = t.snpFirmware, t.tdxFirmware, t.qgs
 	if h.SNPFirmware == "" {
-		h.SNPFirmware = snpFirmwarePath(state)
+		h.SNPFirmware = host.SNPFirmwarePath(state)
 	}
 	if h.TDXFirmware == "" {
-		h.TDXFirmware = tdxFirmwarePath(state)
+		h.TDXFirmware = host.TDXFirmwarePath(state)
 	}
 	if img, err := guestimage.Load(guestDir); err == nil {
 		h.Kernel = filepath.Join(img.Dir, img.Kernel.Path)
@@ -81,7 +77,7 @@ The exit code is 0 unless --require names a TEE this host cannot run: then 3.`,
 				return err
 			}
 			if guestImage == "" {
-				guestImage = guestImageDir(state)
+				guestImage = host.GuestImageDir(state)
 			}
 			r := tee.host(state, qemu, guestImage).Check(cmd.Context())
 			if asJSON {

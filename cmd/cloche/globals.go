@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/internal/progress"
 )
 
@@ -43,21 +44,10 @@ func (g *globals) logger() *slog.Logger { return g.reporter().logger(g.verbose) 
 
 // stateDirPath is the state directory's path without creating it ("" if there is none).
 func (g *globals) stateDirPath() string {
-	dir := g.stateDir
-	if dir == "" {
-		dir = os.Getenv("CLOCHE_STATE_DIR")
+	if g.stateDir != "" {
+		return g.stateDir
 	}
-	if dir == "" {
-		if os.Geteuid() == 0 {
-			return "/var/lib/cloche"
-		}
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return ""
-		}
-		dir = filepath.Join(home, ".local", "state", "cloche")
-	}
-	return dir
+	return host.DefaultStateDir()
 }
 
 // state returns the state directory, creating it (0700: it holds the signing key and the
@@ -72,12 +62,6 @@ func (g *globals) state() (string, error) {
 	}
 	return dir, nil
 }
-
-// Layout of the state directory.
-func guestImageDir(state string) string  { return filepath.Join(state, "guest-image") }
-func simTEEDir(state string) string      { return filepath.Join(state, "sim-tee") }
-func signingKeyPath(state string) string { return filepath.Join(state, "signing-key.pem") }
-func kernelCacheDir(state string) string { return filepath.Join(state, "cache", "kernel") }
 
 // guestAgentPath finds the static guest agent binary: next to this executable, as the
 // Makefile and release archives place it.

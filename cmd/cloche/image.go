@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/reference"
@@ -62,7 +63,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 				}{img.Dir, img})
 			}
 			if out == "" {
-				out = guestImageDir(state)
+				out = host.GuestImageDir(state)
 			}
 			if agent == "" {
 				if agent, err = guestAgentPath(); err != nil {
@@ -70,7 +71,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 				}
 			}
 			if deb == "" {
-				if deb, err = guestimage.FetchKernelDeb(cmd.Context(), kernelCacheDir(state)); err != nil {
+				if deb, err = guestimage.FetchKernelDeb(cmd.Context(), host.KernelCacheDir(state)); err != nil {
 					return kernelFetchError(err)
 				}
 			} else if err := guestimage.CheckKernelDeb(deb, guestimage.KernelPin()); err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
@@ -24,13 +25,13 @@ func TestProgressPhases(t *testing.T) {
 
 	// A missing guest image is built.
 	state := t.TempDir()
-	if err := os.MkdirAll(filepath.Dir(kernelCacheDir(state)), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(host.KernelCacheDir(state)), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Join(testfixture.CacheDir(t), "kernel"), kernelCacheDir(state)); err != nil {
+	if err := os.Symlink(filepath.Join(testfixture.CacheDir(t), "kernel"), host.KernelCacheDir(state)); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureGuestImage(ctx, g, state, guestImageDir(state), agent); err != nil {
+	if err := ensureGuestImage(ctx, g, state, host.GuestImageDir(state), agent); err != nil {
 		t.Fatal(err)
 	}
 	built := stderr.String()
@@ -46,7 +47,7 @@ func TestProgressPhases(t *testing.T) {
 
 	// The same image again is cached, and nothing is built.
 	stderr.Reset()
-	if err := ensureGuestImage(ctx, g, state, guestImageDir(state), agent); err != nil {
+	if err := ensureGuestImage(ctx, g, state, host.GuestImageDir(state), agent); err != nil {
 		t.Fatal(err)
 	}
 	if got := stderr.String(); !strings.Contains(got, `msg="guest image: cached"`) || strings.Contains(got, "initramfs") {

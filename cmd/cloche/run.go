@@ -16,9 +16,9 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
-	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/provenance"
@@ -131,7 +131,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 		state, _ := g.state() // an unusable state directory fails right after this
 		gdir := f.guestImage
 		if gdir == "" {
-			gdir = guestImageDir(state)
+			gdir = host.GuestImageDir(state)
 		}
 		return f.teeHost.host(state, f.qemu, gdir)
 	})
@@ -175,10 +175,10 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	o.TEE = tee
 	o.GuestImageDir = gdir
 	o.ToolchainImage = tcPath
-	o.SimDir = simTEEDir(state)
+	o.SimDir = host.SimTEEDir(state)
 	o.Firmware = runFirmware(tee, f.teeHost, state)
 	o.QGS = f.teeHost.qgs
-	o.KDS = kds.New(kds.Options{CacheDir: kdsCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
+	o.KDS = kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
 	o.Signer = signer
 	o.QEMU = f.qemu
 	o.Console = consoleWriter(g.stderr, f.quiet)
@@ -453,19 +453,12 @@ func shellQuote(s string) string {
 // hostSigner loads the signing key at key, or with key empty the state directory's,
 // creating that one on first use. It returns the signer and the key's path.
 func hostSigner(g *globals, state, key string) (*provenance.KeySigner, string, error) {
-	keyPath := key
-	if keyPath == "" {
-		keyPath = signingKeyPath(state)
-		if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-			if err := provenance.GenerateKey(keyPath, keyPath+".pub"); err != nil {
-				return nil, "", fmt.Errorf("creating a signing key: %w", err)
-			}
-			g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-		}
-	}
-	signer, err := provenance.LoadKeySigner(keyPath)
+	signer, keyPath, created, err := host.SigningKey(state, key)
 	if err != nil {
 		return nil, "", fmt.Errorf("--key: %w", err)
+	}
+	if created {
+		g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
 	}
 	return signer, keyPath, nil
 }
@@ -506,17 +499,7 @@ func buildStages(phase *progress.Phase) func(build.Stage) {
 // runFirmware is the firmware a hardware TEE launch uses: the flag, else the state
 // directory's default file.
 func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
-	switch {
-	case tee == attest.TEESNP && t.snpFirmware != "":
-		return t.snpFirmware
-	case tee == attest.TEESNP:
-		return snpFirmwarePath(state)
-	case tee == attest.TEETDX && t.tdxFirmware != "":
-		return t.tdxFirmware
-	case tee == attest.TEETDX:
-		return tdxFirmwarePath(state)
-	}
-	return ""
+	return host.Firmware(tee, t.snpFirmware, t.tdxFirmware, state)
 }
 
 // guestImageFor is the guest image a build launches: the given directory, a published
@@ -532,7 +515,7 @@ func guestImageFor(ctx context.Context, g *globals, state, dir string, rel relea
 		}
 		return img.Dir, nil
 	}
-	dir = guestImageDir(state)
+	dir = host.GuestImageDir(state)
 	return dir, ensureGuestImage(ctx, g, state, dir, agent)
 }
 
@@ -555,7 +538,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 		return nil
 	}
 	phase.Step("kernel package")
-	deb, err := guestimage.FetchKernelDeb(ctx, kernelCacheDir(state))
+	deb, err := guestimage.FetchKernelDeb(ctx, host.KernelCacheDir(state))
 	if err != nil {
 		err = fmt.Errorf("guest kernel: %w", kernelFetchError(err))
 		phase.Fail(err)
@@ -571,16 +554,7 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	return nil
 }
 
-// defaultToolchainName is the name the default toolchain image is recorded under.
-const defaultToolchainName = "debian-bookworm-gcc"
-
-// defaultToolchain returns the default toolchain image, assembling it the first time
-// (minutes: mmdebstrap downloads and installs the packages).
+// defaultToolchain returns the default toolchain image, assembling it the first time.
 func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
-	_, p, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: state,
-		Name: defaultToolchainName, Progress: g.progress(), Log: g.logger()})
-	if err != nil {
-		return "", fmt.Errorf("default toolchain image: %w", err)
-	}
-	return p, nil
+	return host.DefaultToolchain(ctx, state, g.progress(), g.logger())
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
@@ -149,7 +150,7 @@ func selftestInput(f *selftestFlags) (attest.TEE, error) {
 func (s *selftest) run(ctx context.Context, tee attest.TEE, state string) error {
 	gdir := s.f.guestImage
 	if gdir == "" {
-		gdir = guestImageDir(state)
+		gdir = host.GuestImageDir(state)
 	}
 	if err := s.phase("doctor", func() error { return s.doctor(ctx, state, gdir, tee) }); err != nil {
 		return err
@@ -276,8 +277,8 @@ func (s *selftest) build(ctx context.Context, tee attest.TEE, state, gdir, tc st
 	o := build.Options{
 		SourceDir: src, Command: []string{"sh", "-c", "cp input.txt selftest.txt && echo selftest-ok"},
 		Artifacts: []string{"selftest.txt"}, OutDir: out, TEE: tee, GuestImageDir: gdir, ToolchainImage: tc,
-		SimDir: simTEEDir(state), Firmware: runFirmware(tee, s.f.teeHost, state), QGS: s.f.teeHost.qgs,
-		KDS:    kds.New(kds.Options{CacheDir: kdsCacheDir(state), Log: s.g.logger()}),
+		SimDir: host.SimTEEDir(state), Firmware: runFirmware(tee, s.f.teeHost, state), QGS: s.f.teeHost.qgs,
+		KDS:    kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Log: s.g.logger()}),
 		Signer: signer, QEMU: s.f.qemu, Accel: s.f.accel, Console: newEscapeStripper(console),
 		Logger: log, Version: version,
 	}

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/host"
 )
 
 func newSimRootCmd(g *globals) *cobra.Command {
@@ -22,7 +23,7 @@ directory. Its root is what a verifier passes to --trusted-sim-root, together wi
 			if err != nil {
 				return err
 			}
-			sp, err := simsp.LoadOrCreate(simTEEDir(state))
+			sp, err := simsp.LoadOrCreate(host.SimTEEDir(state))
 			if err != nil {
 				return err
 			}

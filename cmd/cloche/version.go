@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/measure"
@@ -56,7 +57,7 @@ func guestImageSummary(state string) string {
 	if state == "" {
 		return "unknown (no state directory: set --state-dir or CLOCHE_STATE_DIR)"
 	}
-	dir := guestImageDir(state)
+	dir := host.GuestImageDir(state)
 	img, err := guestimage.Load(dir)
 	if err != nil {
 		return fmt.Sprintf("no guest image built yet in %s; run `cloche image guest`", dir)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
@@ -15,7 +16,7 @@ import (
 func TestVersion(t *testing.T) {
 	state := t.TempDir()
 	code, out, _ := cli(t, "version", "--state-dir", state)
-	for _, want := range []string{"cloche " + version + "\n", "commit: ", "go: " + runtime.Version(), "no guest image built yet in " + guestImageDir(state) + "; run `cloche image guest`"} {
+	for _, want := range []string{"cloche " + version + "\n", "commit: ", "go: " + runtime.Version(), "no guest image built yet in " + host.GuestImageDir(state) + "; run `cloche image guest`"} {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("cloche version (exit %d) lacks %q:\n%s", code, want, out)
 		}
@@ -32,7 +33,7 @@ func TestVersion(t *testing.T) {
 	}
 
 	img := testfixture.GuestImage(t)
-	if err := os.Symlink(img, guestImageDir(state)); err != nil {
+	if err := os.Symlink(img, host.GuestImageDir(state)); err != nil {
 		t.Fatal(err)
 	}
 	_, m, _ := cli(t, "measure", "--tee", "sim", "--guest-image", img, "--vcpus", "2", "--memory", "2048")

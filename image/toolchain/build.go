@@ -23,6 +23,9 @@ import (
 // DefaultPackages make a C toolchain: compiler, make and the C library headers.
 var DefaultPackages = []string{"gcc", "make", "libc6-dev"}
 
+// DefaultName is the name the image of DefaultPackages is recorded under.
+const DefaultName = "debian-bookworm-gcc"
+
 // DefaultSuite is the Debian release toolchains are assembled from.
 const DefaultSuite = "bookworm"
 

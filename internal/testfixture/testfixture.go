@@ -192,7 +192,7 @@ func GCCToolchain(tb testing.TB) string {
 		defer fixtureLock.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 		defer cancel()
-		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: CacheDir(tb), Name: "debian-bookworm-gcc"})
+		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: toolchain.DefaultPackages, StateDir: CacheDir(tb), Name: toolchain.DefaultName})
 		return path, err
 	})
 	if err != nil {
