@@ -47,6 +47,12 @@ func TestLeftoverSweepKillsProcessGroup(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Kill(child, syscall.SIGKILL) })
 	go cmd.Wait()
+	// Until the child has exec'd sleep, it is a fork of the stand-in with the same argv and
+	// would (rightly) be swept as a QEMU too.
+	waitFor(t, 5*time.Second, "the child to exec sleep", func() bool {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(child), "cmdline"))
+		return err == nil && strings.HasPrefix(string(b), "sleep")
+	})
 	killed, err := runner.KillLeftoverVMs(jobs)
 	if err != nil || len(killed) != 1 || killed[0] != cmd.Process.Pid {
 		t.Fatalf("sweep: killed %v, %v; want the stand-in QEMU %d", killed, err, cmd.Process.Pid)
