@@ -33,6 +33,10 @@ const OIDCAudience = "sigstore"
 // so callers can tell "could not get a signature" from a bad statement.
 var ErrKeyless = errors.New("keyless signing failed")
 
+// GitHubActionsIssuer is the OIDC issuer of GitHub Actions tokens, which Fulcio
+// certificates of workflows name.
+const GitHubActionsIssuer = "https://token.actions.githubusercontent.com"
+
 // IDTokenSource returns a fresh OIDC identity token for the given audience. It is called
 // once per signature, right before the certificate request: workflow tokens are short-lived
 // and a build can outlast one.

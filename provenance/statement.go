@@ -543,3 +543,9 @@ var (
 	releaseTag     = regexp.MustCompile(`^v[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$`)
 	repositoryName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$`)
 )
+
+// ValidReleaseTag says whether tag is a release tag (vX.Y.Z) a guest image release may have.
+func ValidReleaseTag(tag string) bool { return releaseTag.MatchString(tag) }
+
+// ValidRepository says whether name is a GitHub repository name, OWNER/NAME.
+func ValidRepository(name string) bool { return repositoryName.MatchString(name) }

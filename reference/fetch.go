@@ -163,17 +163,12 @@ func trustedDocument(o FetchOptions, dir string) (*Document, string, error) {
 	return d, "signed reference values of the release", nil
 }
 
-// githubActionsIssuer is the OIDC issuer of GitHub Actions tokens, which the release
-// workflow's Fulcio certificate names (verify.GitHubActionsIssuer; verify imports this
-// package).
-const githubActionsIssuer = "https://token.actions.githubusercontent.com"
-
 // ReleaseWorkflowSigned returns a FetchOptions.VerifySigned that accepts a keyless bundle
 // signed, per tm, by the release workflow of the release's repository at its tag.
 func ReleaseWorkflowSigned(tm root.TrustedMaterial) func([]byte, guest.Release) ([]byte, error) {
 	return func(bundle []byte, rel guest.Release) ([]byte, error) {
 		san := "https://github.com/" + rel.Repository + "/.github/workflows/release.yml@refs/tags/" + rel.Tag
-		id, err := sigverify.NewShortCertificateIdentity(githubActionsIssuer, "", san, "")
+		id, err := sigverify.NewShortCertificateIdentity(provenance.GitHubActionsIssuer, "", san, "")
 		if err != nil {
 			return nil, err
 		}

@@ -2,8 +2,6 @@ package verify
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -15,11 +13,6 @@ import (
 	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
-func hexSum(b []byte) string {
-	s := sha256.Sum256(b)
-	return hex.EncodeToString(s[:])
-}
-
 // checksumsFixture is a build whose subject is a checksums file listing the fixture's
 // artifact and one more file, both beside it.
 func checksumsFixture(t *testing.T, k *verifytest.Kit) (*verifytest.Fixture, string, string) {
@@ -29,13 +22,13 @@ func checksumsFixture(t *testing.T, k *verifytest.Kit) (*verifytest.Fixture, str
 	if err := os.WriteFile(filepath.Join(dir, "other.tar.gz"), other, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sums := []byte(fmt.Sprintf("%s  hello\n%s *other.tar.gz\n", hexSum(verifytest.ArtifactContent), hexSum(other)))
+	sums := []byte(fmt.Sprintf("%s  hello\n%s *other.tar.gz\n", sha256Hex(verifytest.ArtifactContent), sha256Hex(other)))
 	sumsPath := filepath.Join(dir, "checksums.txt")
 	if err := os.WriteFile(sumsPath, sums, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	f, err := k.Build(dir, verifytest.Hooks{Result: func(r *job.Result) {
-		r.Artifacts = append(r.Artifacts, job.Artifact{Path: "checksums.txt", SHA256: hexSum(sums), Size: int64(len(sums))})
+		r.Artifacts = append(r.Artifacts, job.Artifact{Path: "checksums.txt", SHA256: sha256Hex(sums), Size: int64(len(sums))})
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +66,7 @@ func TestChecksums(t *testing.T) {
 		t.Errorf("a missing listed file: %v, want %s", err, CheckChecksums)
 	}
 	forged := filepath.Join(t.TempDir(), "checksums.txt")
-	os.WriteFile(forged, []byte(hexSum([]byte("x"))+"  hello\n"), 0o644)
+	os.WriteFile(forged, []byte(sha256Hex([]byte("x"))+"  hello\n"), 0o644)
 	o.Checksums = []string{forged}
 	if _, err := Verify(context.Background(), o); !isCheck(err, CheckSubject) {
 		t.Errorf("a checksums file that is no subject: %v, want %s", err, CheckSubject)

@@ -19,7 +19,7 @@ import (
 
 // GitHubActionsIssuer is the OIDC issuer of GitHub Actions workflow tokens: the default
 // issuer a keyless signing certificate must name.
-const GitHubActionsIssuer = "https://token.actions.githubusercontent.com"
+const GitHubActionsIssuer = provenance.GitHubActionsIssuer
 
 // Sentinel errors of the identity checks.
 var (

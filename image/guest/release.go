@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
-	"regexp"
 
 	"github.com/cloche-dev/cloche/internal/strictjson"
+	"github.com/cloche-dev/cloche/provenance"
 )
 
 // ReleaseFile, in a guest image directory, says the image is a published release's
@@ -24,17 +24,12 @@ type Release struct {
 	Tag        string `json:"tag"`
 }
 
-var (
-	repoName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$`)
-	tagName  = regexp.MustCompile(`^v[0-9A-Za-z][0-9A-Za-z.+-]{0,63}$`)
-)
-
 // Validate checks the names are a GitHub repository and a version tag.
 func (r Release) Validate() error {
-	if !repoName.MatchString(r.Repository) {
+	if !provenance.ValidRepository(r.Repository) {
 		return fmt.Errorf("release repository %q: expected OWNER/NAME", r.Repository)
 	}
-	if !tagName.MatchString(r.Tag) {
+	if !provenance.ValidReleaseTag(r.Tag) {
 		return fmt.Errorf("release tag %q: expected vX.Y.Z", r.Tag)
 	}
 	return nil

@@ -27,33 +27,6 @@ func repoRoot(t *testing.T) string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// copySource copies the repository's files (tracked and new, as git lists them) to dst, so
-// a build there shares no path with this checkout.
-func copySource(t *testing.T, dst string) {
-	t.Helper()
-	root := repoRoot(t)
-	out, err := exec.Command("git", "-C", root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
-	if err != nil {
-		t.Fatalf("git ls-files: %v", err)
-	}
-	for _, rel := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
-		b, err := os.ReadFile(filepath.Join(root, rel))
-		if os.IsNotExist(err) {
-			continue // deleted in the work tree
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dst, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // buildHost is one simulated machine: its own checkout path, HOME, TMPDIR and umask, and
 // either this machine's Go build cache or a cold one of its own (gocache ""). Only the module
 // cache (the go.sum-checked module sources and the pinned Go toolchain the proxy served) is
@@ -75,7 +48,7 @@ func newBuildHost(t *testing.T, name string, umask int, coldCache bool) *buildHo
 			t.Fatal(err)
 		}
 	}
-	copySource(t, h.src)
+	testfixture.CopyRepo(t, h.src)
 	return h
 }
 
