@@ -10,6 +10,7 @@
 package build
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -48,21 +49,16 @@ var (
 	ErrEvidence    = errors.New("evidence check failed on the host")
 )
 
-// Options describe one build. Zero values take the documented defaults.
+// Options describe one build: the job as asked for (Spec), where its source and outputs
+// are, and what the host launches it with. Zero values take the documented defaults.
 type Options struct {
+	job.Spec
 	SourceDir string
-	Command   []string
-	Workdir   string // relative to the source root; default "."
-	Env       map[string]string
-	// Artifacts are path.Match patterns relative to the source root; none means every
-	// regular file the command created or changed.
-	Artifacts []string
 	OutDir    string
 
-	TEE            attest.TEE // sim, snp or tdx
-	GuestImageDir  string     // from `cloche image guest`
-	ToolchainImage string     // from `cloche image toolchain`
-	SimDir         string     // simulated secure processor state (keys and chain); sim only
+	GuestImageDir  string // from `cloche image guest`
+	ToolchainImage string // from `cloche image toolchain`
+	SimDir         string // simulated secure processor state (keys and chain); sim only
 	Signer         provenance.Signer
 	// Firmware is the -bios image for snp (AmdSev OVMF) and tdx (TDVF).
 	Firmware string
@@ -72,22 +68,8 @@ type Options struct {
 	// cache.
 	KDS *kds.Client
 
-	Timeout         time.Duration // build command limit inside the guest; default 10 min
-	MaxOutputBytes  int64         // artifacts + log; default 256 MiB
-	VCPUs           int           // default 2
-	MemoryMiB       int           // default 2048
-	Accel           string        // tcg, kvm or auto; default auto
-	QEMU            string
-	SourceDateEpoch int64
-	InvocationID    string // default: a random local id
-	// Repository and Ref are recorded as the host's word (a keyless signer's certificate
-	// binds them).
-	Repository string
-	Ref        string
-	// Git are the raw git objects naming the source (source.ReadGitObjects): the guest
-	// checks the commit's tree against what it unpacked and attests the commit id, and the
-	// tag's, in the result record. Nil: no commit is attested.
-	Git *source.GitObjects
+	Accel string // tcg, kvm or auto; default auto
+	QEMU  string
 
 	// Console receives the guest's serial console (the build log) live.
 	Console io.Writer
@@ -177,8 +159,8 @@ func (o *Options) setDefaults() {
 	if o.TEE == "" {
 		o.TEE = attest.TEESim
 	}
-	if o.Timeout == 0 {
-		o.Timeout = DefaultTimeout
+	if o.TimeoutSeconds == 0 {
+		o.SetTimeout(DefaultTimeout)
 	}
 	if o.MaxOutputBytes == 0 {
 		o.MaxOutputBytes = DefaultMaxOutputBytes
@@ -241,8 +223,64 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		return nil, err
 	}
 	start := time.Now()
-	log := o.Logger
+	r, err := newRun(&o)
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(r.work)
+	if err := r.prepareInput(ctx); err != nil {
+		return nil, err
+	}
+	if err := r.launch(ctx); err != nil {
+		return nil, err
+	}
+	out, res, err := r.collect()
+	if err != nil {
+		return nil, err
+	}
+	measurement, bundle, err := r.attestAndSign(ctx, out)
+	if err != nil {
+		return nil, err
+	}
+	bundlePath, err := r.publish(res, bundle)
+	if err != nil {
+		return nil, err
+	}
+	return &Outcome{
+		Artifacts:   res.Artifacts,
+		ArtifactDir: o.OutDir,
+		BundlePath:  bundlePath,
+		Measurement: hex.EncodeToString(measurement),
+		SourceTree:  res.SourceTree,
+		Commit:      res.SourceCommit,
+		Tag:         res.SourceTag,
+		TEE:         o.TEE,
+		SimRootPath: r.ht.simRootPath(),
+		Duration:    time.Since(start),
+	}, nil
+}
 
+// run is one build's state as it moves through Run's steps.
+type run struct {
+	o    *Options
+	log  *slog.Logger
+	gimg *guestimage.Image
+	tc   *job.Toolchain
+	ht   *hostTEE
+	// work holds the disks and the extracted output while the build runs.
+	work string
+
+	manifest       []byte
+	manifestDigest [32]byte
+	inputDisk      string
+	outputDisk     string
+	// started and finished bracket the VM's run, for the provenance.
+	started, finished time.Time
+}
+
+// newRun loads the images and the TEE's host side, and makes the output and work
+// directories.
+func newRun(o *Options) (*run, error) {
 	gimg, err := guestimage.Load(o.GuestImageDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: guest image: %w", ErrInput, err)
@@ -251,11 +289,10 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: toolchain image: %w", ErrInput, err)
 	}
-	ht, err := newHostTEE(&o)
+	ht, err := newHostTEE(o)
 	if err != nil {
 		return nil, err
 	}
-
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, fmt.Errorf("output directory: %w", err)
 	}
@@ -267,19 +304,38 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, fmt.Errorf("work directory: %w", err)
 	}
-	defer os.RemoveAll(work)
+	return &run{o: o, log: o.Logger, gimg: gimg, tc: tc, ht: ht, work: work}, nil
+}
 
-	// 1. Source archive and manifest. The commit is checked here too, although the guest
-	// checks it again: a checkout that differs from its commit fails before the VM starts.
+// prepareInput is step 1: the source archive, the manifest that names it, and the input
+// and output disks. The commit is checked here too, although the guest checks it again: a
+// checkout that differs from its commit fails before the VM starts.
+func (r *run) prepareInput(ctx context.Context) error {
+	o := r.o
 	if err := CheckCommit(o.SourceDir, o.Ref, o.Git); err != nil {
-		return nil, err
+		return err
 	}
-	archivePath := filepath.Join(work, "source.tar")
+	archivePath := filepath.Join(r.work, "source.tar")
 	archiveSHA, archiveSize, err := source.PackFile(ctx, o.SourceDir, o.SourceDateEpoch, archivePath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: packing source %s: %w", ErrInput, o.SourceDir, err)
+		return fmt.Errorf("%w: packing source %s: %w", ErrInput, o.SourceDir, err)
 	}
-	log.Info("source packed", "sha256", archiveSHA, "bytes", archiveSize)
+	r.log.Info("source packed", "sha256", archiveSHA, "bytes", archiveSize)
+	if err := r.writeManifest(job.Source{Repository: o.Repository, Ref: o.Ref, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize}); err != nil {
+		return err
+	}
+	if err := r.writeDisks(archivePath, archiveSize); err != nil {
+		return err
+	}
+	if o.beforeLaunch != nil {
+		return o.beforeLaunch(r.inputDisk)
+	}
+	return nil
+}
+
+// writeManifest fixes everything the build may depend on; its digest is bound at launch.
+func (r *run) writeManifest(src job.Source) error {
+	o := r.o
 	invocation := o.InvocationID
 	if invocation == "" {
 		invocation = "local:" + randomID()
@@ -288,14 +344,14 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		Type:            job.ManifestType,
 		InvocationID:    invocation,
 		TEE:             string(o.TEE),
-		Source:          job.Source{Repository: o.Repository, Ref: o.Ref, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize},
-		Toolchain:       *tc,
+		Source:          src,
+		Toolchain:       *r.tc,
 		Command:         o.Command,
 		Workdir:         o.Workdir,
 		Env:             o.Env,
 		Artifacts:       o.Artifacts,
 		SourceDateEpoch: o.SourceDateEpoch,
-		TimeoutSeconds:  int64((o.Timeout + time.Second - 1) / time.Second),
+		TimeoutSeconds:  o.TimeoutSeconds,
 		MaxOutputBytes:  o.MaxOutputBytes,
 	}
 	m.Source.SetGitObjects(o.Git)
@@ -303,207 +359,202 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		o.alterManifest(m)
 	}
 	if err := m.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInput, err)
+		return fmt.Errorf("%w: %w", ErrInput, err)
 	}
 	manifest, err := job.Marshal(m)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	manifestDigest := job.ManifestDigest(manifest)
+	r.manifest, r.manifestDigest = manifest, job.ManifestDigest(manifest)
+	return nil
+}
 
-	// 2. Disks.
-	inputDisk := filepath.Join(work, "input.img")
+// writeDisks writes the input disk (manifest and archive) and an empty output disk with
+// room for the payload plus tar headers and the log's framing.
+func (r *run) writeDisks(archivePath string, archiveSize int64) error {
+	r.inputDisk = filepath.Join(r.work, "input.img")
 	af, err := os.Open(archivePath)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	err = disk.WriteInput(inputDisk, manifest, af, archiveSize)
+	err = disk.WriteInput(r.inputDisk, r.manifest, af, archiveSize)
 	af.Close()
 	if err != nil {
-		return nil, fmt.Errorf("writing input disk: %w", err)
+		return fmt.Errorf("writing input disk: %w", err)
 	}
-	outputDisk := filepath.Join(work, "output.img")
-	// Room for the payload plus tar headers and the log's framing.
-	if err := vmm.CreateOutputDisk(outputDisk, o.MaxOutputBytes+16<<20); err != nil {
-		return nil, fmt.Errorf("creating output disk: %w", err)
+	r.outputDisk = filepath.Join(r.work, "output.img")
+	if err := vmm.CreateOutputDisk(r.outputDisk, r.o.MaxOutputBytes+16<<20); err != nil {
+		return fmt.Errorf("creating output disk: %w", err)
 	}
+	return nil
+}
 
-	if o.beforeLaunch != nil {
-		if err := o.beforeLaunch(inputDisk); err != nil {
-			return nil, err
-		}
-	}
-
-	// 3. Launch with the manifest digest bound (SNP HOST_DATA, TDX MRCONFIGID, or the
-	// simulated secure processor's HOST_DATA).
+// launch is step 2: the VM, with the manifest digest bound (SNP HOST_DATA, TDX
+// MRCONFIGID, or the simulated secure processor's HOST_DATA).
+func (r *run) launch(ctx context.Context) error {
+	o := r.o
 	vmCfg := vmm.Config{
-		Log:           log,
+		Log:           r.log,
 		QEMU:          o.QEMU,
 		Accel:         o.Accel,
-		Kernel:        filepath.Join(gimg.Dir, gimg.Kernel.Path),
-		Initrd:        filepath.Join(gimg.Dir, gimg.Initrd.Path),
-		Cmdline:       gimg.Cmdline,
+		Kernel:        filepath.Join(r.gimg.Dir, r.gimg.Kernel.Path),
+		Initrd:        filepath.Join(r.gimg.Dir, r.gimg.Initrd.Path),
+		Cmdline:       r.gimg.Cmdline,
 		VCPUs:         o.VCPUs,
 		MemoryMiB:     o.MemoryMiB,
-		InputDisk:     inputDisk,
+		InputDisk:     r.inputDisk,
 		ToolchainDisk: o.ToolchainImage,
-		OutputDisk:    outputDisk,
+		OutputDisk:    r.outputDisk,
 		TEE:           o.TEE,
 		Console:       o.Console,
-		Timeout:       o.Timeout + vmSlack,
-		RunDir:        work,
+		Timeout:       o.Timeout() + vmSlack,
+		RunDir:        r.work,
 	}
-	if err := ht.configure(&vmCfg, &o, gimg, manifestDigest); err != nil {
-		return nil, err
+	if err := r.ht.configure(&vmCfg, o, r.gimg, r.manifestDigest); err != nil {
+		return err
 	}
-	log.Info("launching guest", "tee", o.TEE, "host_data", hex.EncodeToString(manifestDigest[:]))
+	r.log.Info("launching guest", "tee", o.TEE, "host_data", hex.EncodeToString(r.manifestDigest[:]))
 	o.stage(StageVM)
-	started := time.Now().UTC()
-	_, err = vmm.Run(ctx, vmCfg)
-	finished := time.Now().UTC()
-	if err != nil {
-		if errors.Is(err, vmm.ErrTimeout) {
-			return nil, &BuildError{Err: ErrGuest, FailureDetails: FailureDetails{ExitCode: -1,
-				Error: fmt.Sprintf("the VM did not finish within %s (build limit %s plus %s for boot and output)", o.Timeout+vmSlack, o.Timeout, vmSlack)}}
-		}
+	r.started = time.Now().UTC()
+	_, err := vmm.Run(ctx, vmCfg)
+	r.finished = time.Now().UTC()
+	switch {
+	case errors.Is(err, vmm.ErrTimeout):
+		return &BuildError{Err: ErrGuest, FailureDetails: FailureDetails{ExitCode: -1,
+			Error: fmt.Sprintf("the VM did not finish within %s (build limit %s plus %s for boot and output)", o.Timeout()+vmSlack, o.Timeout(), vmSlack)}}
+	case err != nil:
 		// %w twice: callers tell a host that cannot run the VM (QEMU missing, TEE
 		// unavailable) from a guest that failed.
-		return nil, fmt.Errorf("%w: running the VM: %w", ErrGuest, err)
+		return fmt.Errorf("%w: running the VM: %w", ErrGuest, err)
 	}
+	return nil
+}
 
-	// 4. Output disk, strictly bounded.
-	o.stage(StageCollect)
-	extract := filepath.Join(work, "out")
+// collect is step 3: the output disk, read with strict bounds, and the guest's result.
+func (r *run) collect() (*disk.Output, *job.Result, error) {
+	r.o.stage(StageCollect)
+	extract := filepath.Join(r.work, "out")
 	if err := os.Mkdir(extract, 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out, err := disk.ReadOutput(outputDisk, extract, o.MaxOutputBytes+16<<20)
+	out, err := disk.ReadOutput(r.outputDisk, extract, r.o.MaxOutputBytes+16<<20)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading the output disk: %w", ErrGuest, err)
+		return nil, nil, fmt.Errorf("%w: reading the output disk: %w", ErrGuest, err)
 	}
 	if out.Result == nil {
-		msg := out.Error
-		if msg == "" {
-			msg = "the guest wrote no result record"
-		}
-		return nil, &BuildError{Err: ErrGuest, FailureDetails: FailureDetails{ExitCode: -1, Error: msg, LogTail: tail(out.Log, 20)}}
+		msg := cmp.Or(out.Error, "the guest wrote no result record")
+		return nil, nil, &BuildError{Err: ErrGuest, FailureDetails: FailureDetails{ExitCode: -1, Error: msg, LogTail: tail(out.Log, 20)}}
 	}
 	res, err := job.ParseResult(out.Result)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrGuest, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrGuest, err)
 	}
 	if res.Error != "" || res.ExitCode != 0 || out.Error != "" {
-		msg := res.Error
-		if msg == "" {
-			msg = out.Error
-		}
-		if msg == "" {
-			msg = fmt.Sprintf("the build command exited with code %d", res.ExitCode)
-		}
-		return nil, &BuildError{Err: ErrBuildFailed, FailureDetails: FailureDetails{ExitCode: res.ExitCode, Error: msg, LogTail: tail(out.Log, 20)}}
+		msg := cmp.Or(res.Error, out.Error, fmt.Sprintf("the build command exited with code %d", res.ExitCode))
+		return nil, nil, &BuildError{Err: ErrBuildFailed, FailureDetails: FailureDetails{ExitCode: res.ExitCode, Error: msg, LogTail: tail(out.Log, 20)}}
 	}
 	if out.Evidence == nil {
-		return nil, fmt.Errorf("%w: the guest wrote no evidence", ErrGuest)
+		return nil, nil, fmt.Errorf("%w: the guest wrote no evidence", ErrGuest)
 	}
+	return out, res, nil
+}
 
-	// 5. Complete and check the evidence before signing anything.
+// attestAndSign is step 4: the evidence, completed and checked before anything is signed
+// (never publish what a verifier would reject), then the signed provenance statement. It
+// returns the launch measurement and the bundle.
+func (r *run) attestAndSign(ctx context.Context, out *disk.Output) ([]byte, []byte, error) {
 	ev, err := attest.ParseEvidence(out.Evidence)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
-	if err := ht.complete(ctx, ev); err != nil {
-		return nil, fmt.Errorf("%w: completing evidence: %w", ErrEvidence, err)
+	if err := r.ht.complete(ctx, ev); err != nil {
+		return nil, nil, fmt.Errorf("%w: completing evidence: %w", ErrEvidence, err)
 	}
-	verifyOpts, err := ht.verifyOptions(manifestDigest, job.ReportData(out.Result))
+	verifyOpts, err := r.ht.verifyOptions(r.manifestDigest, job.ReportData(out.Result))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
 	claims, err := verifier.Verify(ev, verifyOpts)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEvidence, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrEvidence, err)
 	}
 	evidence, err := ev.Marshal()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-
-	// 6. Provenance.
-	// The guest release, and the reference values it shipped with when they list this
-	// launch (the verifier checks their signature; the host only records which they were).
-	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: o.TEE, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
-		KernelSHA256: gimg.Kernel.SHA256, InitrdSHA256: gimg.Initrd.SHA256, Measurement: claims.Measurement})
+	guest, err := r.guestImageRecord(claims.Measurement)
 	if err != nil {
-		log.Warn("not recording the guest image's reference values", "err", err)
-	}
-	// Which release the image is (release.json, written when a release was fetched and
-	// checked), or a local build: the host's word, which the verifier checks against the
-	// reference values that list the measurement.
-	rel, err := guestimage.LoadRelease(gimg.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("guest image release: %w", err)
-	}
-	var release, repository string
-	if rel != nil {
-		release, repository = rel.Tag, rel.Repository
+		return nil, nil, err
 	}
 	stmt, err := provenance.NewStatement(provenance.Input{
-		Manifest: manifest,
-		Result:   out.Result,
-		Evidence: evidence,
-		Guest: provenance.GuestImage{
-			KernelSHA256:    gimg.Kernel.SHA256,
-			InitrdSHA256:    gimg.Initrd.SHA256,
-			Cmdline:         gimg.Cmdline,
-			Measurement:     hex.EncodeToString(claims.Measurement),
-			VCPUs:           o.VCPUs,
-			MemoryMiB:       o.MemoryMiB,
-			Recipe:          gimg.Recipe,
-			ReferenceValues: refValues,
-			Release:         release,
-			Repository:      repository,
-		},
-		BuilderVersion: o.Version,
-		StartedOn:      started,
-		FinishedOn:     finished,
+		Manifest: r.manifest, Result: out.Result, Evidence: evidence, Guest: guest,
+		BuilderVersion: r.o.Version, StartedOn: r.started, FinishedOn: r.finished,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("building the provenance statement: %w", err)
+		return nil, nil, fmt.Errorf("building the provenance statement: %w", err)
 	}
-	bundle, err := o.Signer.SignStatement(ctx, stmt)
+	bundle, err := r.o.Signer.SignStatement(ctx, stmt)
 	if err != nil {
-		return nil, fmt.Errorf("signing the provenance: %w", err)
+		return nil, nil, fmt.Errorf("signing the provenance: %w", err)
 	}
+	return claims.Measurement, bundle, nil
+}
 
-	// 7. Publish into OutDir: artifacts first, the bundle last, each by rename.
+// guestImageRecord is what the provenance says of the guest image: its files and launch,
+// the reference values it shipped with when they list this launch (the verifier checks
+// their signature; the host only records which they were), and which release it is
+// (release.json, written when a release was fetched and checked) or a local build: the
+// host's word, which the verifier checks against the reference values that list the
+// measurement.
+func (r *run) guestImageRecord(measurement []byte) (provenance.GuestImage, error) {
+	o, gimg := r.o, r.gimg
+	refValues, err := reference.ShippedWith(gimg.Dir, reference.Launch{TEE: o.TEE, VCPUs: o.VCPUs, MemoryMiB: o.MemoryMiB,
+		KernelSHA256: gimg.Kernel.SHA256, InitrdSHA256: gimg.Initrd.SHA256, Measurement: measurement})
+	if err != nil {
+		r.log.Warn("not recording the guest image's reference values", "err", err)
+	}
+	rel, err := guestimage.LoadRelease(gimg.Dir)
+	if err != nil {
+		return provenance.GuestImage{}, fmt.Errorf("guest image release: %w", err)
+	}
+	g := provenance.GuestImage{
+		KernelSHA256:    gimg.Kernel.SHA256,
+		InitrdSHA256:    gimg.Initrd.SHA256,
+		Cmdline:         gimg.Cmdline,
+		Measurement:     hex.EncodeToString(measurement),
+		VCPUs:           o.VCPUs,
+		MemoryMiB:       o.MemoryMiB,
+		Recipe:          gimg.Recipe,
+		ReferenceValues: refValues,
+	}
+	if rel != nil {
+		g.Release, g.Repository = rel.Tag, rel.Repository
+	}
+	return g, nil
+}
+
+// publish is step 5: the artifacts into OutDir, each checked against the result record
+// and moved by rename, then the bundle last. It returns the bundle's path.
+func (r *run) publish(res *job.Result, bundle []byte) (string, error) {
+	extract := filepath.Join(r.work, "out")
 	for _, a := range res.Artifacts {
 		src := filepath.Join(extract, "artifacts", filepath.FromSlash(a.Path))
 		if err := checkFile(src, a); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrGuest, err)
+			return "", fmt.Errorf("%w: %w", ErrGuest, err)
 		}
-		dst := filepath.Join(o.OutDir, filepath.FromSlash(a.Path))
+		dst := filepath.Join(r.o.OutDir, filepath.FromSlash(a.Path))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return nil, err
+			return "", err
 		}
 		if err := moveFile(src, dst); err != nil {
-			return nil, err
+			return "", err
 		}
 	}
-	bundlePath := filepath.Join(o.OutDir, BundleName)
+	bundlePath := filepath.Join(r.o.OutDir, BundleName)
 	if err := atomicfile.WriteFile(bundlePath, bundle, 0o644); err != nil {
-		return nil, err
+		return "", err
 	}
-	return &Outcome{
-		Artifacts:   res.Artifacts,
-		ArtifactDir: o.OutDir,
-		BundlePath:  bundlePath,
-		Measurement: hex.EncodeToString(claims.Measurement),
-		SourceTree:  res.SourceTree,
-		Commit:      res.SourceCommit,
-		Tag:         res.SourceTag,
-		TEE:         o.TEE,
-		SimRootPath: ht.simRootPath(),
-		Duration:    time.Since(start),
-	}, nil
+	return bundlePath, nil
 }
 
 // CheckCommit ties git objects (Options.Git) to the source directory, as the guest will,

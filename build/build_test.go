@@ -12,6 +12,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/disk"
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 )
 
@@ -46,20 +47,16 @@ func newEnv(t *testing.T) *env {
 
 func (e *env) options(t *testing.T, src string, command ...string) Options {
 	return Options{
+		Spec:           job.Spec{Command: command, TEE: attest.TEESim, TimeoutSeconds: 60, VCPUs: 1, MemoryMiB: 512},
 		SourceDir:      src,
-		Command:        command,
 		OutDir:         filepath.Join(t.TempDir(), "out"),
-		TEE:            attest.TEESim,
 		GuestImageDir:  e.guestImage,
 		ToolchainImage: e.toolchain,
 		SimDir:         e.simDir,
 		Signer:         e.signer,
 		Version:        "0.1.0-test",
-		Timeout:        time.Minute,
 		Accel:          "tcg",
 		Console:        &testWriter{t: t},
-		VCPUs:          1,
-		MemoryMiB:      512,
 	}
 }
 
@@ -185,7 +182,7 @@ func TestBuildNonZeroExit(t *testing.T) {
 func TestBuildTimeLimit(t *testing.T) {
 	e := newEnv(t)
 	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "sh", "-c", "sleep 300 & sleep 300")
-	o.Timeout = 3 * time.Second
+	o.TimeoutSeconds = 3
 	start := time.Now()
 	_, err := Run(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), "exceeded its time limit") {

@@ -178,8 +178,8 @@ func (o *Options) checkArtifacts() error {
 }
 
 func (o *Options) checkTimeout() error {
-	if o.Timeout < MinTimeout {
-		return inputErr("Timeout", o.Timeout.String(), "expected a duration of at least %s, such as 10m", MinTimeout)
+	if o.Timeout() < MinTimeout {
+		return inputErr("TimeoutSeconds", o.Timeout().String(), "expected a duration of at least %s, such as 10m", MinTimeout)
 	}
 	return nil
 }

@@ -11,12 +11,13 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/vmm"
 )
 
 func TestOptionsCheckTEE(t *testing.T) {
 	src := t.TempDir()
-	base := Options{SourceDir: src, Command: []string{"true"}, OutDir: filepath.Join(t.TempDir(), "out"),
+	base := Options{Spec: job.Spec{Command: []string{"true"}}, SourceDir: src, OutDir: filepath.Join(t.TempDir(), "out"),
 		Signer: nil, Version: "test"}
 	for _, tc := range []struct {
 		name   string
@@ -81,7 +82,7 @@ func TestHardwareTEEBuildFailsFastWithoutHardware(t *testing.T) {
 
 func TestHostTEEForHardware(t *testing.T) {
 	for _, tee := range []attest.TEE{attest.TEESNP, attest.TEETDX} {
-		o := &Options{TEE: tee, Firmware: "/fw", QGS: "vsock:2:4050"}
+		o := &Options{Spec: job.Spec{TEE: tee}, Firmware: "/fw", QGS: "vsock:2:4050"}
 		o.setDefaults()
 		h, err := newHostTEE(o)
 		if err != nil {
@@ -112,13 +113,13 @@ func TestHostTEEForHardware(t *testing.T) {
 		}
 	}
 	// TDX evidence needs nothing from the host: complete leaves it as it was.
-	h, _ := newHostTEE(&Options{TEE: attest.TEETDX})
+	h, _ := newHostTEE(&Options{Spec: job.Spec{TEE: attest.TEETDX}})
 	ev := &attest.Evidence{TEE: attest.TEETDX, Report: []byte("quote")}
 	if err := h.complete(context.Background(), ev); err != nil || ev.Certs != nil {
 		t.Errorf("tdx complete = %v, certs %+v", err, ev.Certs)
 	}
 	// SNP evidence goes through KDS completion, which refuses a malformed report.
-	h, _ = newHostTEE(&Options{TEE: attest.TEESNP, KDS: kds.New(kds.Options{Offline: true})})
+	h, _ = newHostTEE(&Options{Spec: job.Spec{TEE: attest.TEESNP}, KDS: kds.New(kds.Options{Offline: true})})
 	if err := h.complete(context.Background(), &attest.Evidence{TEE: attest.TEESNP, Report: make([]byte, 10)}); !errors.Is(err, attest.ErrMalformed) {
 		t.Errorf("snp complete of a truncated report = %v", err)
 	}

@@ -16,36 +16,19 @@ import (
 	"github.com/sethvargo/go-githubactions"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/build"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/host"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/release"
 	"github.com/cloche-dev/cloche/source"
 )
 
-// BuildSetup is what the CLI resolves on the runner host for the build action: the TEE,
-// the guest and toolchain images (inputs may name them; defaults come from cloche's state
-// directory) and the signing key for `signing: key`.
+// BuildSetup is the runner host as the CLI configures it for the build action: the state
+// directory, accelerator, QEMU, version and logger. The action's inputs (tee, guest-image,
+// guest-image-release, toolchain, signing, key) fill in the rest before host.New.
 type BuildSetup struct {
-	ResolveTEE        func(input string) (attest.TEE, error)
-	ResolveGuestImage func(ctx context.Context, input string) (string, error)
-	// FetchGuestRelease fetches and checks a published guest image release (input
-	// guest-image-release) and returns its directory.
-	FetchGuestRelease func(ctx context.Context, repo, tag, trustedRoot, token string) (string, error)
-	ResolveToolchain  func(ctx context.Context, input string) (string, error)
-	// Firmware returns the -bios image for a hardware TEE ("" for sim); KDS completes SNP
-	// evidence (nil: build's default).
-	Firmware func(attest.TEE) string
-	KDS      *kds.Client
-	// DefaultKey is the key used for `signing: key` without a `key` input.
-	DefaultKey string
-	SimDir     string
-	Version    string
-	Accel      string
-	// QEMU is the QEMU binary (empty: vmm.DefaultQEMU from PATH); TDX needs QEMU 10.1 or
-	// later, which hosts often install outside PATH.
-	QEMU string
+	Host host.Config
 }
 
 // BuildResult is what the build action produced.
@@ -100,8 +83,51 @@ func Build(ctx context.Context, r Runner, setup BuildSetup) (*BuildResult, error
 	return res, err
 }
 
+// buildInputs are the build action's inputs, read and checked before anything runs.
+type buildInputs struct {
+	wc              *workflowContext
+	spec            job.Spec
+	srcDir, outDir  string
+	tag, token      string
+	pushAttestation bool
+	replace         bool
+}
+
 func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup BuildSetup) (*BuildResult, error) {
-	log := r.logger()
+	in, err := readBuildInputs(a)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := newSigner(a, r)
+	if err != nil {
+		return nil, err
+	}
+	if in.spec.Git, err = readCommit(ctx, a, in); err != nil {
+		return nil, err
+	}
+	h, err := newHost(ctx, a, setup, signer)
+	if err != nil {
+		return nil, err
+	}
+	outcome, err := buildInVM(ctx, r, a, h, in)
+	if err != nil {
+		return nil, err
+	}
+	res := &BuildResult{Outcome: outcome, Invocation: in.wc.invocation()}
+	// Outputs before publishing, so a failed upload still leaves them to later steps.
+	if err := setBuildOutputs(a, outcome); err != nil {
+		return nil, err
+	}
+	if err := publishBuild(ctx, r, a, in, res); err != nil {
+		return nil, err
+	}
+	a.AddStepSummary(buildSummary(in.wc, outcome, res))
+	return res, nil
+}
+
+// readBuildInputs reads the workflow context and the inputs that describe the job and its
+// publishing, refusing bad ones before any image is built or VM started.
+func readBuildInputs(a *githubactions.Action) (*buildInputs, error) {
 	if err := requireFileCommands(a); err != nil {
 		return nil, err
 	}
@@ -109,174 +135,193 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	if err != nil {
 		return nil, err
 	}
-
-	// Inputs.
+	in := &buildInputs{wc: wc, srcDir: defaulted(input(a, "source"), "."), tag: input(a, "release"), token: input(a, "github-token")}
 	run := input(a, "run")
 	if run == "" {
 		return nil, fmt.Errorf("%w: input run (the build command) is required", ErrInput)
 	}
-	srcDir := input(a, "source")
-	if srcDir == "" {
-		srcDir = "."
-	}
-	timeout := build.DefaultTimeout
+	in.spec = job.Spec{Command: []string{"sh", "-c", run}, Artifacts: listInput(a, "artifacts"),
+		TEE: attest.TEE(defaulted(input(a, "tee"), "auto")), InvocationID: wc.invocation(), Repository: wc.repoURL(), Ref: wc.ref}
+	in.spec.SetTimeout(build.DefaultTimeout)
 	if v := input(a, "timeout"); v != "" {
-		if timeout, err = time.ParseDuration(v); err != nil || timeout < build.MinTimeout {
+		timeout, err := time.ParseDuration(v)
+		if err != nil || timeout < build.MinTimeout {
 			return nil, fmt.Errorf("%w: input timeout is %q, expected a duration such as 10m", ErrInput, v)
 		}
+		in.spec.SetTimeout(timeout)
 	}
-	tee, err := setup.ResolveTEE(defaulted(input(a, "tee"), "auto"))
-	if err != nil {
-		return nil, fmt.Errorf("%w: input tee: %w", ErrInput, err)
+	if in.tag == "" {
+		in.tag = pushedTag(wc.ref)
 	}
-	tag := input(a, "release")
-	if tag == "" {
-		tag = pushedTag(wc.ref)
-	}
-	pushAttestation, err := boolInput(a, "push-attestation")
-	if err != nil {
+	if in.pushAttestation, err = boolInput(a, "push-attestation"); err != nil {
 		return nil, err
 	}
-	replace, err := boolInput(a, "replace-assets")
-	if err != nil {
+	if in.replace, err = boolInput(a, "replace-assets"); err != nil {
 		return nil, err
 	}
-	token := input(a, "github-token")
-	if token != "" {
-		a.AddMask(token)
+	if in.token != "" {
+		a.AddMask(in.token)
 	}
-	if (tag != "" || pushAttestation) && token == "" {
+	if (in.tag != "" || in.pushAttestation) && in.token == "" {
 		return nil, fmt.Errorf("%w: publishing needs input github-token (default: the job's GITHUB_TOKEN)", ErrInput)
 	}
-	signer, err := newSigner(a, r, setup)
-	if err != nil {
-		return nil, err
-	}
-	outDir := input(a, "out")
-	if outDir == "" {
+	if in.outDir = input(a, "out"); in.outDir == "" {
 		tmp := defaulted(a.Getenv("RUNNER_TEMP"), os.TempDir())
-		if outDir, err = os.MkdirTemp(tmp, "cloche-out-"); err != nil {
+		if in.outDir, err = os.MkdirTemp(tmp, "cloche-out-"); err != nil {
 			return nil, err
 		}
 	}
+	return in, nil
+}
 
-	// The commit's objects go to the guest, which attests the commit only if its tree is
-	// exactly the source it builds (build.Run checks that first, before the VM starts).
+// readCommit reads the commit's objects for the guest, which attests the commit only if
+// its tree is exactly the source it builds (checked here too, before the VM starts).
+func readCommit(ctx context.Context, a *githubactions.Action, in *buildInputs) (*source.GitObjects, error) {
 	var tagRef string
-	if strings.HasPrefix(wc.ref, "refs/tags/") {
-		tagRef = wc.ref
+	if strings.HasPrefix(in.wc.ref, "refs/tags/") {
+		tagRef = in.wc.ref
 	}
-	gitObjects, err := source.ReadGitObjects(ctx, srcDir, wc.sha, tagRef)
+	gitObjects, err := source.ReadGitObjects(ctx, in.srcDir, in.wc.sha, tagRef)
 	if errors.Is(err, source.ErrNoTag) {
 		a.Warningf("the tag %s is not in the checkout (fetch it, e.g. actions/checkout with fetch-tags): the build attests the commit only, and only the signing certificate's ref names the tag", tagRef)
-		gitObjects, err = source.ReadGitObjects(ctx, srcDir, wc.sha, "")
+		gitObjects, err = source.ReadGitObjects(ctx, in.srcDir, in.wc.sha, "")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %w", ErrInput, srcDir, wc.sha, err)
+		return nil, fmt.Errorf("%w: the source %s must be in a checkout of commit %s (actions/checkout first): %w", ErrInput, in.srcDir, in.wc.sha, err)
 	}
-	if err := build.CheckCommit(srcDir, wc.ref, gitObjects); err != nil {
+	if err := build.CheckCommit(in.srcDir, in.wc.ref, gitObjects); err != nil {
 		return nil, err
 	}
+	return gitObjects, nil
+}
 
-	guestDir, err := resolveGuestImage(ctx, a, setup)
-	if err != nil {
-		return nil, fmt.Errorf("guest image: %w", err)
+// newHost configures the runner host from setup and the host inputs: the TEE, the guest
+// image (a directory, a published release, or the host's own build), the toolchain and
+// the signer.
+func newHost(ctx context.Context, a *githubactions.Action, setup BuildSetup, signer provenance.Signer) (*host.Host, error) {
+	c := setup.Host
+	c.TEE = attest.TEE(defaulted(input(a, "tee"), "auto"))
+	c.GuestImage = input(a, "guest-image")
+	c.Toolchain = input(a, "toolchain")
+	if signer != nil {
+		c.Signer = signer
+	} else {
+		c.SigningKey = input(a, "key")
 	}
-	toolchain, err := setup.ResolveToolchain(ctx, input(a, "toolchain"))
-	if err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
+	if tag := input(a, "guest-image-release"); tag != "" {
+		c.GuestRelease = host.GuestRelease{Tag: tag, Repository: input(a, "guest-image-repository"),
+			TrustedRoot: input(a, "trusted-root"), Token: input(a, "github-token"), APIURL: a.Getenv("GITHUB_API_URL")}
 	}
-
-	if tee == attest.TEESim {
+	h, err := host.New(ctx, c)
+	if err != nil {
+		return nil, inputConfigError(err)
+	}
+	if h.TEE() == attest.TEESim {
 		a.Warningf("SIMULATED TEE: the runner host plays the secure processor; this evidence proves nothing about the host")
 	}
-	// The build log, live and grouped, with workflow commands off while it streams.
-	a.Group(fmt.Sprintf("cloche: %s (in a confidential VM, TEE %s)", run, tee))
+	return h, nil
+}
+
+// hostInputs are the inputs that set a host.Config field.
+var hostInputs = map[string]string{
+	"TEE": "tee", "GuestImage": "guest-image", "GuestRelease": "guest-image-release/guest-image-repository",
+	"GuestImage,GuestRelease.Tag": "guest-image and guest-image-release", "GuestRelease.TrustedRoot": "trusted-root",
+	"Toolchain": "toolchain", "SigningKey": "key",
+}
+
+// inputConfigError names the input behind a host configuration error.
+func inputConfigError(err error) error {
+	var ce *host.ConfigError
+	if !errors.As(err, &ce) || hostInputs[ce.Field] == "" {
+		return err
+	}
+	named := ce.Named("input " + hostInputs[ce.Field])
+	if errors.Is(err, host.ErrUnavailable) {
+		return named
+	}
+	return fmt.Errorf("%w: %w", ErrInput, named)
+}
+
+// buildInVM runs the job on h with the build log streaming live and grouped, workflow
+// commands off while it streams, and checks the guest attested the workflow's commit.
+func buildInVM(ctx context.Context, r Runner, a *githubactions.Action, h *host.Host, in *buildInputs) (*build.Outcome, error) {
+	a.Group(fmt.Sprintf("cloche: %s (in a confidential VM, TEE %s)", in.spec.Command[2], h.TEE()))
 	resume := stopCommands(r.Stdout)
-	outcome, berr := build.Run(ctx, build.Options{
-		SourceDir:      srcDir,
-		Command:        []string{"sh", "-c", run},
-		Artifacts:      listInput(a, "artifacts"),
-		OutDir:         outDir,
-		TEE:            tee,
-		GuestImageDir:  guestDir,
-		ToolchainImage: toolchain,
-		SimDir:         setup.SimDir,
-		Firmware:       firmwareFor(setup, tee),
-		KDS:            setup.KDS,
-		Signer:         signer,
-		Timeout:        timeout,
-		Accel:          defaulted(setup.Accel, "auto"),
-		QEMU:           setup.QEMU,
-		InvocationID:   wc.invocation(),
-		Repository:     wc.repoURL(),
-		Ref:            wc.ref,
-		Git:            gitObjects,
-		Console:        r.Stdout,
-		Logger:         log,
-		Version:        setup.Version,
-	})
+	outcome, err := h.Run(ctx, host.Job{Spec: in.spec, SourceDir: in.srcDir, OutDir: in.outDir, Console: r.Stdout, Logger: r.logger()})
 	fmt.Fprint(r.Stdout, resume)
 	a.EndGroup()
-	if berr != nil {
-		return nil, berr
+	if err != nil {
+		return nil, err
 	}
-	if outcome.Commit != wc.sha {
-		return nil, fmt.Errorf("the guest attested commit %q, but the workflow runs for commit %s", outcome.Commit, wc.sha)
+	if outcome.Commit != in.wc.sha {
+		return nil, fmt.Errorf("the guest attested commit %q, but the workflow runs for commit %s", outcome.Commit, in.wc.sha)
 	}
-	res := &BuildResult{Outcome: outcome, Invocation: wc.invocation()}
+	return outcome, nil
+}
 
-	// Outputs before publishing, so a failed upload still leaves them to later steps.
+// setBuildOutputs sets the step's outputs: the bundle, the artifacts with digests, the TEE
+// and the measurement.
+func setBuildOutputs(a *githubactions.Action, outcome *build.Outcome) error {
 	type artifactOut struct {
 		Path   string `json:"path"`
 		SHA256 string `json:"sha256"`
 	}
-	var arts []artifactOut
+	arts := []artifactOut{}
 	for _, x := range outcome.Artifacts {
 		arts = append(arts, artifactOut{Path: filepath.Join(outcome.ArtifactDir, filepath.FromSlash(x.Path)), SHA256: x.SHA256})
 	}
 	artsJSON, err := json.Marshal(arts)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.SetOutput("bundle-path", outcome.BundlePath)
 	a.SetOutput("artifacts", string(artsJSON))
 	a.SetOutput("tee", string(outcome.TEE))
 	a.SetOutput("measurement", outcome.Measurement)
+	return nil
+}
 
-	if tag != "" || pushAttestation {
-		gh, err := release.NewGitHubClient(defaulted(a.Getenv("GITHUB_API_URL"), "https://api.github.com"), token, r.HTTPClient)
-		if err != nil {
-			return nil, err
-		}
-		rc, err := release.NewClient(gh, wc.repository, withLogger(r.Release, log))
-		if err != nil {
-			return nil, err
-		}
-		if tag != "" {
-			if res.Release, res.Published, err = publish(ctx, rc, tag, outcome, replace); err != nil {
-				return nil, err
-			}
-			a.SetOutput("release-url", res.Release.HTMLURL)
-		}
-		if pushAttestation {
-			b, err := os.ReadFile(outcome.BundlePath)
-			if err != nil {
-				return nil, err
-			}
-			id, err := rc.PushAttestation(ctx, b)
-			if err != nil {
-				return nil, err
-			}
-			a.Infof("attestation %d stored in %s", id, wc.repository)
-			// As actions/attest-build-provenance names them.
-			a.SetOutput("attestation-id", fmt.Sprint(id))
-			a.SetOutput("attestation-url", fmt.Sprintf("%s/%s/attestations/%d",
-				strings.TrimSuffix(defaulted(a.Getenv("GITHUB_SERVER_URL"), "https://github.com"), "/"), wc.repository, id))
-		}
+// publishBuild uploads to the release and stores the attestation, as the inputs ask.
+func publishBuild(ctx context.Context, r Runner, a *githubactions.Action, in *buildInputs, res *BuildResult) error {
+	if in.tag == "" && !in.pushAttestation {
+		return nil
 	}
-	a.AddStepSummary(buildSummary(wc, outcome, res))
-	return res, nil
+	gh, err := release.NewGitHubClient(defaulted(a.Getenv("GITHUB_API_URL"), release.DefaultAPIURL), in.token, r.HTTPClient)
+	if err != nil {
+		return err
+	}
+	rc, err := release.NewClient(gh, in.wc.repository, withLogger(r.Release, r.logger()))
+	if err != nil {
+		return err
+	}
+	if in.tag != "" {
+		if res.Release, res.Published, err = publish(ctx, rc, in.tag, res.Outcome, in.replace); err != nil {
+			return err
+		}
+		a.SetOutput("release-url", res.Release.HTMLURL)
+	}
+	if in.pushAttestation {
+		return pushAttestation(ctx, a, rc, in.wc, res.Outcome.BundlePath)
+	}
+	return nil
+}
+
+// pushAttestation stores the bundle with the repository's attestations.
+func pushAttestation(ctx context.Context, a *githubactions.Action, rc *release.Client, wc *workflowContext, bundlePath string) error {
+	b, err := os.ReadFile(bundlePath)
+	if err != nil {
+		return err
+	}
+	id, err := rc.PushAttestation(ctx, b)
+	if err != nil {
+		return err
+	}
+	a.Infof("attestation %d stored in %s", id, wc.repository)
+	// As actions/attest-build-provenance names them.
+	a.SetOutput("attestation-id", fmt.Sprint(id))
+	a.SetOutput("attestation-url", fmt.Sprintf("%s/%s/attestations/%d",
+		strings.TrimSuffix(defaulted(a.Getenv("GITHUB_SERVER_URL"), "https://github.com"), "/"), wc.repository, id))
+	return nil
 }
 
 func withLogger(o release.Options, l *slog.Logger) release.Options {
@@ -384,47 +429,46 @@ func releaseBundleCovers(ctx context.Context, rc *release.Client, rel *release.R
 	return true, nil
 }
 
-func newSigner(a *githubactions.Action, r Runner, setup BuildSetup) (provenance.Signer, error) {
+// newSigner is the keyless signer for `signing: keyless` (the default), or nil for
+// `signing: key`, where the host signs with its key (input key, default the host's).
+func newSigner(a *githubactions.Action, r Runner) (provenance.Signer, error) {
 	switch mode := defaulted(input(a, "signing"), "keyless"); mode {
 	case "keyless":
-		// Fail before the build, not after it: the token is only fetched at signing time.
-		if a.Getenv("ACTIONS_ID_TOKEN_REQUEST_URL") == "" || a.Getenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN") == "" {
-			return nil, fmt.Errorf("%w: the job has no OIDC token: keyless signing needs `permissions: id-token: write` (or use signing: key)", ErrInput)
-		}
-		var tsas []string
-		if u := input(a, "tsa-url"); u != "" {
-			tsas = []string{u}
-		}
-		rekor := input(a, "rekor-url")
-		s, err := provenance.NewKeylessSigner(provenance.KeylessOptions{
-			FulcioURL:         input(a, "fulcio-url"),
-			RekorURL:          rekor,
-			NoTransparencyLog: rekor == "none",
-			TSAURLs:           tsas,
-			Token: func(ctx context.Context, audience string) (string, error) {
-				if a.Getenv("ACTIONS_ID_TOKEN_REQUEST_URL") == "" {
-					return "", errors.New("the job has no OIDC token: keyless signing needs `permissions: id-token: write` (or use signing: key)")
-				}
-				// Not masked with ::add-mask::: this runs while workflow commands are
-				// stopped (the build log streams), where the command would print the
-				// token instead. The token is never written anywhere.
-				return a.GetIDToken(ctx, audience)
-			},
-			Transport: transportOf(r),
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrInput, err)
-		}
-		return s, nil
+		return keylessSigner(a, r)
 	case "key":
-		p := defaulted(input(a, "key"), setup.DefaultKey)
-		if p == "" {
-			return nil, fmt.Errorf("%w: signing: key needs input key (a PEM private key file on the runner host)", ErrInput)
-		}
-		return provenance.LoadKeySigner(p)
+		return nil, nil
 	default:
 		return nil, fmt.Errorf("%w: input signing is %q, expected keyless or key", ErrInput, mode)
 	}
+}
+
+func keylessSigner(a *githubactions.Action, r Runner) (provenance.Signer, error) {
+	// Fail before the build, not after it: the token is only fetched at signing time.
+	if a.Getenv("ACTIONS_ID_TOKEN_REQUEST_URL") == "" || a.Getenv("ACTIONS_ID_TOKEN_REQUEST_TOKEN") == "" {
+		return nil, fmt.Errorf("%w: the job has no OIDC token: keyless signing needs `permissions: id-token: write` (or use signing: key)", ErrInput)
+	}
+	var tsas []string
+	if u := input(a, "tsa-url"); u != "" {
+		tsas = []string{u}
+	}
+	rekor := input(a, "rekor-url")
+	s, err := provenance.NewKeylessSigner(provenance.KeylessOptions{
+		FulcioURL:         input(a, "fulcio-url"),
+		RekorURL:          rekor,
+		NoTransparencyLog: rekor == "none",
+		TSAURLs:           tsas,
+		Token: func(ctx context.Context, audience string) (string, error) {
+			// Not masked with ::add-mask::: this runs while workflow commands are
+			// stopped (the build log streams), where the command would print the
+			// token instead. The token is never written anywhere.
+			return a.GetIDToken(ctx, audience)
+		},
+		Transport: transportOf(r),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInput, err)
+	}
+	return s, nil
 }
 
 func transportOf(r Runner) http.RoundTripper {
@@ -454,30 +498,9 @@ func buildSummary(wc *workflowContext, o *build.Outcome, res *BuildResult) strin
 	return b.String()
 }
 
-func firmwareFor(s BuildSetup, tee attest.TEE) string {
-	if s.Firmware == nil {
-		return ""
-	}
-	return s.Firmware(tee)
-}
-
 func defaulted(v, def string) string {
 	if v == "" {
 		return def
 	}
 	return v
-}
-
-// resolveGuestImage is the guest image to launch: a published release (guest-image-release,
-// fetched and checked), a directory (guest-image), or the host's own build.
-func resolveGuestImage(ctx context.Context, a *githubactions.Action, setup BuildSetup) (string, error) {
-	tag := input(a, "guest-image-release")
-	if tag == "" {
-		return setup.ResolveGuestImage(ctx, input(a, "guest-image"))
-	}
-	if input(a, "guest-image") != "" {
-		return "", fmt.Errorf("%w: inputs guest-image and guest-image-release: give one", ErrInput)
-	}
-	repo := defaulted(input(a, "guest-image-repository"), guestimage.DefaultReleaseRepository)
-	return setup.FetchGuestRelease(ctx, repo, tag, input(a, "trusted-root"), input(a, "github-token"))
 }

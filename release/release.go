@@ -77,6 +77,9 @@ type Client struct {
 	o           Options
 }
 
+// DefaultAPIURL is GitHub's API, where GITHUB_API_URL does not say otherwise.
+const DefaultAPIURL = "https://api.github.com"
+
 // NewGitHubClient returns a go-github client for the API at apiURL (GITHUB_API_URL;
 // default https://api.github.com) authenticated with token (may be empty for public reads).
 func NewGitHubClient(apiURL, token string, hc *http.Client) (*github.Client, error) {

@@ -501,7 +501,6 @@ func (a *Agent) launch(ctx context.Context, j *jobEntry, st JobStatus, log *slog
 		SourceDir: filepath.Join(j.dir, srcDirName),
 		OutDir:    out,
 		WorkDir:   work,
-		Timeout:   time.Duration(st.Spec.TimeoutSeconds) * time.Second,
 		Console:   console,
 		Logger:    log,
 		Stage:     func(s build.Stage) { a.stage(j, s) },

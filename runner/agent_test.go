@@ -13,6 +13,7 @@ import (
 
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/source"
 )
@@ -38,7 +39,7 @@ func TestFiftyJobsBudgetTwo(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"job", fmt.Sprint(i)}}, src, func(ev runner.Event) {
+			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"job", fmt.Sprint(i)}}}, src, func(ev runner.Event) {
 				if ev.Type == runner.EventLog {
 					s.logs.Write(ev.Log)
 				}
@@ -99,10 +100,10 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	ctx := context.Background()
-	big := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, VCPUs: 2}, testfixture.WriteTree(t, map[string]string{"input.txt": "a"}))
+	big := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}, VCPUs: 2}}, testfixture.WriteTree(t, map[string]string{"input.txt": "a"}))
 	bigID := big.jobID(t)
 	waitState(t, ta.client, bigID, runner.StateRunning)
-	small := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"small"}, VCPUs: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
+	small := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"small"}, VCPUs: 1}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
 	smallID := small.jobID(t)
 	st := waitState(t, ta.client, smallID, runner.StateQueued)
 	if st.QueuePosition != 1 {
@@ -121,11 +122,11 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 		t.Fatalf("small job: %s (%s)", st.State, st.Reason)
 	}
 
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, VCPUs: 3}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 3}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
 	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, expected 1..2 (this agent's budget)") {
 		t.Errorf("a 3-vCPU job on a 2-vCPU budget: %v", err)
 	}
-	_, err = ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, MemoryMiB: 4096}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
+	_, err = ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, MemoryMiB: 4096}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
 	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "4096 MiB") {
 		t.Errorf("a 4 GiB job on a 2 GiB budget: %v", err)
 	}
@@ -140,15 +141,15 @@ func TestQueueLimitBusy(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
 	var queued []*submission
 	for i := range 2 {
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q", fmt.Sprint(i)}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
+		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
 		waitState(t, ta.client, s.jobID(t), runner.StateQueued)
 		queued = append(queued, s)
 	}
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"one-too-many"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
 	if !errors.Is(err, runner.ErrBusy) {
 		t.Fatalf("submit beyond the queue limit: %v, want ErrBusy", err)
 	}
@@ -172,10 +173,10 @@ func TestCancel(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	running := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	running := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	runID := running.jobID(t)
 	waitState(t, ta.client, runID, runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
+	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
 	qID := queued.jobID(t)
 	waitState(t, ta.client, qID, runner.StateQueued)
 
@@ -221,7 +222,7 @@ func TestDisconnect(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	for _, keep := range []bool{false, true} {
 		ctx, cancel := context.WithCancel(context.Background())
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}, KeepOnDisconnect: keep}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}, KeepOnDisconnect: keep}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 		id := s.jobID(t)
 		waitState(t, ta.client, id, runner.StateRunning)
 		cancel()
@@ -259,7 +260,7 @@ func TestDisconnect(t *testing.T) {
 func TestWallClockLimit(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"block"}, WallClockSeconds: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}, WallClockSeconds: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -275,7 +276,7 @@ func TestWallClockLimit(t *testing.T) {
 // code, and has no results.
 func TestBuildFailureRecorded(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"fail"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,14 +294,14 @@ func TestSpecRejected(t *testing.T) {
 		want string
 	}{
 		{runner.JobSpec{}, "command"},
-		{runner.JobSpec{Command: []string{"x"}, TEE: "snp"}, `asks for TEE "snp", this agent runs "sim" jobs`},
-		{runner.JobSpec{Command: []string{"x"}, Workdir: "../up"}, "workdir"},
-		{runner.JobSpec{Command: []string{"x"}, Env: map[string]string{"BAD NAME": "1"}}, "env entry"},
-		{runner.JobSpec{Command: []string{"x"}, Artifacts: []string{"/abs"}}, "artifact pattern"},
-		{runner.JobSpec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}, "output cap"},
-		{runner.JobSpec{Command: []string{"x"}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
-		{runner.JobSpec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}, "source.objectFormat"},
-		{runner.JobSpec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}, "source.commitObject"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, TEE: "snp"}}, `asks for TEE "snp", this agent runs "sim" jobs`},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Workdir: "../up"}}, "workdir"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Env: map[string]string{"BAD NAME": "1"}}}, "env entry"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Artifacts: []string{"/abs"}}}, "artifact pattern"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}}, "output cap"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}}, "source.objectFormat"},
+		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}}, "source.commitObject"},
 	} {
 		_, err := ta.client.Submit(context.Background(), c.spec, src, nil)
 		if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), c.want) {

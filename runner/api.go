@@ -27,7 +27,6 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/source"
 )
 
 // APIVersion is the path prefix of every endpoint; a client and an agent of different
@@ -78,23 +77,8 @@ const (
 // image, toolchain, signer and accelerator from its own configuration) and the source
 // archive's identity. Zero values take the agent's defaults.
 type JobSpec struct {
-	Command   []string          `json:"command"`
-	Workdir   string            `json:"workdir,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Artifacts []string          `json:"artifacts,omitempty"`
-	// TEE is "sim", "snp", "tdx", or "" / "auto" for the agent's configured TEE.
-	TEE             string `json:"tee,omitempty"`
-	TimeoutSeconds  int64  `json:"timeoutSeconds,omitempty"`
-	MaxOutputBytes  int64  `json:"maxOutputBytes,omitempty"`
-	VCPUs           int    `json:"vcpus,omitempty"`
-	MemoryMiB       int    `json:"memoryMiB,omitempty"`
-	SourceDateEpoch int64  `json:"sourceDateEpoch,omitempty"`
-	InvocationID    string `json:"invocationId,omitempty"`
-	Repository      string `json:"repository,omitempty"`
-	Ref             string `json:"ref,omitempty"`
-	// Git are the git objects naming the source (build.Options.Git), read by the client
-	// from its checkout.
-	Git *source.GitObjects `json:"git,omitempty"`
+	// Spec is the job as asked for; its TEE "" or "auto" is the agent's configured TEE.
+	job.Spec
 	// Source names the archive that follows in the "source" part; the agent checks both.
 	Source job.Digest `json:"source"`
 	// WallClockSeconds limits the whole job from launch to the end (default: the build

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -58,7 +59,7 @@ func BenchmarkAgentThroughput(b *testing.B) {
 // runOne submits job i, waits for it and checks its result is its own.
 func runOne(ctx context.Context, b *testing.B, ta *testAgent, i int, src string) error {
 	cmd := fmt.Sprintf("job%d", i)
-	st, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{cmd}}, src, nil)
+	st, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{cmd}}}, src, nil)
 	if err != nil {
 		return fmt.Errorf("job %d: %w", i, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -35,7 +36,7 @@ func TestSourceCountsAgainstDisk(t *testing.T) {
 	if err := os.WriteFile(filler, make([]byte, 74<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"x"}}, randomSource(t, 7<<20), nil)
+	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, randomSource(t, 7<<20), nil)
 	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), "not enough free disk space for the source") || !strings.Contains(err.Error(), "507") {
 		t.Fatalf("a source larger than the free disk: %v, want refused naming the disk", err)
 	}
@@ -43,7 +44,7 @@ func TestSourceCountsAgainstDisk(t *testing.T) {
 		t.Errorf("%d entries in the jobs directory after a refused submission", len(entries))
 	}
 	os.Remove(filler)
-	if st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"small"}}, randomSource(t, 1<<10), nil); err != nil || st.State != runner.StateSucceeded {
+	if st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"small"}}}, randomSource(t, 1<<10), nil); err != nil || st.State != runner.StateSucceeded {
 		t.Errorf("a small job after the refusal: %v %+v", err, st)
 	}
 }
@@ -56,11 +57,11 @@ func TestUserQueueBytes(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, randomSource(t, 1<<10))
+	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
 	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q"}}, randomSource(t, 600<<10))
+	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 600<<10))
 	waitState(t, ta.client, queued.jobID(t), runner.StateQueued)
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"more"}}, randomSource(t, 600<<10), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"more"}}}, randomSource(t, 600<<10), nil)
 	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), "bytes of sources") || !strings.Contains(err.Error(), "the limit per user is 1048576 bytes") {
 		t.Errorf("a source beyond the user's queued bytes: %v, want busy naming the byte limit", err)
 	}
@@ -80,9 +81,9 @@ func TestUnlaunchedJobFilesRemoved(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, randomSource(t, 1<<10))
+	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
 	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q"}}, randomSource(t, 1<<10))
+	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 1<<10))
 	id := queued.jobID(t)
 	waitState(t, ta.client, id, runner.StateQueued)
 	src := filepath.Join(cfg.StateDir, "jobs", id, "src")
@@ -108,7 +109,7 @@ func TestRestartOnFullDisk(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	rec := runner.JobStatus{ID: "j-inflight", State: runner.StateRunning, Spec: runner.JobSpec{Command: []string{"x"}}, SubmittedAt: time.Now().UTC()}
+	rec := runner.JobStatus{ID: "j-inflight", State: runner.StateRunning, Spec: runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, SubmittedAt: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
 	if err := os.WriteFile(filepath.Join(dir, "job.json"), b, 0o600); err != nil {
 		t.Fatal(err)
@@ -156,7 +157,7 @@ func TestUnpackDiskFullIsServerError(t *testing.T) {
 	for i := range 100 {
 		files[fmt.Sprintf("f%03d", i)] = "y"
 	}
-	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"x"}}, testfixture.WriteTree(t, files), nil)
+	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, testfixture.WriteTree(t, files), nil)
 	if err == nil || !strings.Contains(err.Error(), "507") || !strings.Contains(err.Error(), "state disk") || strings.Contains(err.Error(), "bad_request") {
 		t.Fatalf("a source that fills the disk while unpacking: %v, want a 507 naming the state disk", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 )
 
 // Config is the agent's configuration: a JSON file (LoadConfig) with flags on top.
@@ -114,6 +115,32 @@ type LaunchConfig struct {
 	// SNPProduct is the SNP product line (Milan, Genoa) whose VCEK a version 2 report needs;
 	// empty means this host's CPU's (kds.Options.ProductLine).
 	SNPProduct string `json:"snpProduct,omitempty"`
+}
+
+// HostConfig is the host the agent runs its jobs on (host.New), from the configuration:
+// its state directory, TEE and launch settings. The caller adds the version, logger and
+// guest agent.
+func (c *Config) HostConfig() host.Config {
+	l := c.Launch
+	hc := host.Config{
+		StateDir: c.StateDir, TEE: attest.TEE(c.TEE), SigningKey: l.SigningKey,
+		GuestImage: l.GuestImage, Toolchain: l.Toolchain,
+		SNPFirmware: l.SNPFirmware, TDXFirmware: l.TDXFirmware, QGS: l.QGS,
+		KDS:   host.KDSConfig{Offline: l.KDSOffline, ChainFile: l.KDSChain, ProductLine: l.SNPProduct},
+		Accel: l.Accel, QEMU: l.QEMU,
+	}
+	if l.GuestImageRelease != "" {
+		hc.GuestRelease = host.GuestRelease{Tag: l.GuestImageRelease, Repository: l.GuestImageRepository}
+	}
+	return hc
+}
+
+// HostConfigFields are the configuration's names for the host.Config fields it sets.
+var HostConfigFields = map[string]string{
+	"StateDir": "stateDir", "TEE": "tee", "SigningKey": "launch.signingKey", "GuestImage": "launch.guestImage",
+	"GuestImage,GuestRelease.Tag": "launch.guestImage and launch.guestImageRelease",
+	"GuestRelease":                "launch.guestImageRelease/launch.guestImageRepository", "Toolchain": "launch.toolchain",
+	"KDS.ProductLine": "launch.snpProduct", "Accel": "launch.accel",
 }
 
 // Duration is a time.Duration written as a Go duration string ("90s", "2h") in JSON.

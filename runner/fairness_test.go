@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -173,7 +174,7 @@ func TestGreedyUserCannotStarveAnother(t *testing.T) {
 		t.Errorf("status shows %d uploads arriving, want A's 4", st.Uploading)
 	}
 	start = time.Now()
-	sub := submitAsync(context.Background(), ta.client, runner.JobSpec{Command: []string{"b"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
+	sub := submitAsync(context.Background(), ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"b"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
 	id := sub.jobID(t)
 	waitFor(t, time.Second, "user B's job to launch", func() bool {
 		l.mu.Lock()
@@ -200,15 +201,15 @@ func TestUserQueueLimit(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"block"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
 	var queued []*submission
 	for i := range 2 {
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Command: []string{"q", fmt.Sprint(i)}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
+		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
 		waitState(t, ta.client, s.jobID(t), runner.StateQueued)
 		queued = append(queued, s)
 	}
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"one-too-many"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
+	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
 	want := fmt.Sprintf("the queue of uid %d is full: 2 of its jobs are waiting, the limit per user is 2", os.Geteuid())
 	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), want) {
 		t.Errorf("submit beyond the user's queue limit: %v, want busy with %q", err, want)

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/source"
@@ -125,10 +126,10 @@ func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
 		return http.StatusBadRequest, fmt.Errorf(format, args...)
 	}
 	c := &a.cfg
-	switch s.TEE {
-	case "", "auto":
-		s.TEE = c.TEE
-	case c.TEE:
+	switch {
+	case s.AutoTEE():
+		s.TEE = attest.TEE(c.TEE)
+	case s.TEE == attest.TEE(c.TEE):
 	default:
 		return bad("the job asks for TEE %q, this agent runs %q jobs", s.TEE, c.TEE)
 	}
@@ -168,7 +169,7 @@ func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
 	// The manifest's own rules check the rest (command, workdir, env, artifact patterns,
 	// source digest), on a manifest with stand-in toolchain values.
 	m := job.Manifest{
-		Type: job.ManifestType, InvocationID: "check", TEE: s.TEE,
+		Type: job.ManifestType, InvocationID: "check", TEE: string(s.TEE),
 		Source:    job.Source{Repository: s.Repository, Ref: s.Ref, ArchiveSHA256: s.Source.SHA256, ArchiveSize: s.Source.Size},
 		Toolchain: job.Toolchain{ImageSHA256: strings.Repeat("0", 64), ImageSize: 8192, VerityRootHash: strings.Repeat("0", 64), DataBlocks: 1, HashOffset: 4096},
 		Command:   s.Command, Workdir: s.Workdir, Env: s.Env, Artifacts: s.Artifacts,
@@ -325,7 +326,7 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 		need:    Usage{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, VMs: 1, DiskBytes: diskNeed(&spec)},
 		changed: make(chan struct{}),
 		status: JobStatus{
-			ID: id, State: StateQueued, Submitter: peer, Spec: spec, TEE: spec.TEE,
+			ID: id, State: StateQueued, Submitter: peer, Spec: spec, TEE: string(spec.TEE),
 			WallClockSeconds: a.wallClock(&spec), SubmittedAt: time.Now().UTC(),
 		},
 	}

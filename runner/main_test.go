@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
 )
@@ -43,17 +43,18 @@ func childAgent() int {
 		fmt.Fprintln(os.Stderr, "child agent config:", err)
 		return 2
 	}
-	host, _ := runner.DetectHost()
-	cfg = cfg.WithDefaults(host)
-	signer, err := provenance.LoadKeySigner(cfg.Launch.SigningKey)
+	res, _ := runner.DetectHost()
+	cfg = cfg.WithDefaults(res)
+	hc := cfg.HostConfig()
+	hc.SimDir, hc.Version = os.Getenv("CLOCHE_RUNNER_TEST_SIMDIR"), "0.1.0-test"
+	h, err := host.New(context.Background(), hc)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
 	a, err := runner.New(runner.Options{
-		Config: cfg,
-		Launcher: &runner.BuildLauncher{GuestImageDir: cfg.Launch.GuestImage, ToolchainImage: cfg.Launch.Toolchain,
-			SimDir: os.Getenv("CLOCHE_RUNNER_TEST_SIMDIR"), Signer: signer, Accel: cfg.Launch.Accel, Version: "0.1.0-test"},
+		Config:        cfg,
+		Launcher:      runner.HostLauncher{Host: h},
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Version:       "0.1.0-test",
 		PublicKeyPath: cfg.Launch.SigningKey + ".pub",

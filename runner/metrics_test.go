@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -84,12 +85,12 @@ func TestMetrics(t *testing.T) {
 	ctx := context.Background()
 	src := testfixture.WriteTree(t, map[string]string{"input.txt": "m"})
 	for range 3 {
-		if st, err := ta.client.Submit(ctx, runner.JobSpec{Command: []string{"ok"}}, src, nil); err != nil || st.State != runner.StateSucceeded {
+		if st, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil); err != nil || st.State != runner.StateSucceeded {
 			t.Fatalf("%v %+v", err, st)
 		}
 	}
-	ta.client.Submit(ctx, runner.JobSpec{Command: []string{"fail"}}, src, nil)
-	ta.client.Submit(ctx, runner.JobSpec{Command: []string{"x"}, VCPUs: 99}, src, nil)
+	ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, src, nil)
+	ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 99}}, src, nil)
 	s := scrape(t, ta.agent.MetricsAddr())
 	for name, want := range map[string]float64{
 		`cloche_agent_jobs{state="succeeded"}`:                     3,
@@ -127,7 +128,7 @@ func BenchmarkScheduling(b *testing.B) {
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
 			start := time.Now()
-			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"ok"}}, src, nil)
+			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil)
 			if err != nil || st.State != runner.StateSucceeded {
 				b.Fatalf("%v %+v", err, st)
 			}
@@ -155,7 +156,7 @@ func BenchmarkScheduling(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				for i := range jobs {
-					st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"ok", fmt.Sprint(i)}}, src, nil)
+					st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok", fmt.Sprint(i)}}}, src, nil)
 					if err != nil || st.State != runner.StateSucceeded {
 						b.Errorf("%v %+v", err, st)
 						return

@@ -17,9 +17,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
@@ -53,20 +56,27 @@ func newVMEnv(t *testing.T) *vmEnv {
 	return &vmEnv{guestImage: testfixture.GuestImage(t), toolchain: testfixture.BusyboxToolchain(t), simDir: simDir, key: key, signer: signer, simRoot: sp.Root()}
 }
 
-func (e *vmEnv) launcher() *runner.BuildLauncher {
-	return &runner.BuildLauncher{GuestImageDir: e.guestImage, ToolchainImage: e.toolchain, SimDir: e.simDir, Signer: e.signer, Accel: "tcg", Version: "0.1.0-test"}
+// launcher runs jobs on a host configured as the agent configures its own (host.New).
+func (e *vmEnv) launcher(t *testing.T) runner.HostLauncher {
+	t.Helper()
+	h, err := host.New(context.Background(), host.Config{StateDir: t.TempDir(), TEE: attest.TEESim, SigningKey: e.key,
+		GuestImage: e.guestImage, Toolchain: e.toolchain, SimDir: e.simDir, Accel: "tcg", Version: "0.1.0-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return runner.HostLauncher{Host: h}
 }
 
 // vmSpec is a small VM job running a shell script from the source.
 func vmSpec(script ...string) runner.JobSpec {
-	return runner.JobSpec{Command: append([]string{"sh", "-c"}, strings.Join(script, "\n")), VCPUs: 1, MemoryMiB: 512, TimeoutSeconds: 300, MaxOutputBytes: 1 << 20}
+	return runner.JobSpec{Spec: job.Spec{Command: append([]string{"sh", "-c"}, strings.Join(script, "\n")), VCPUs: 1, MemoryMiB: 512, TimeoutSeconds: 300, MaxOutputBytes: 1 << 20}}
 }
 
 // TestRealBuildsBudgetTwo: four real VM builds submitted at once against a budget of two
 // complete with their own outputs, and each provenance verifies offline for its artifact.
 func TestRealBuildsBudgetTwo(t *testing.T) {
 	e := newVMEnv(t)
-	ta := startAgent(t, testConfig(shortDir(t)), e.launcher())
+	ta := startAgent(t, testConfig(shortDir(t)), e.launcher(t))
 	const n = 4
 	var wg sync.WaitGroup
 	results := make([]result, n)
@@ -142,7 +152,7 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 // killed at that limit. Both run at once on a budget of two.
 func TestRealStopPaths(t *testing.T) {
 	e := newVMEnv(t)
-	ta := startAgent(t, testConfig(shortDir(t)), e.launcher())
+	ta := startAgent(t, testConfig(shortDir(t)), e.launcher(t))
 	jobs := filepath.Join(ta.cfg.StateDir, "jobs")
 	ctx := context.Background()
 	src := testfixture.WriteTree(t, map[string]string{"input.txt": "x"})
@@ -369,7 +379,7 @@ func fillDisk(t *testing.T, dir string) string {
 // wall-clock limit.
 func TestRealOutputDiskFull(t *testing.T) {
 	e := newVMEnv(t)
-	ta := startAgent(t, testConfig(mountTmpfs(t, "96m")), e.launcher())
+	ta := startAgent(t, testConfig(mountTmpfs(t, "96m")), e.launcher(t))
 	ctx := context.Background()
 	spec := vmSpec("echo build-started", "sleep 4", "head -c 800000 /dev/zero > big.bin")
 	spec.Artifacts = []string{"big.bin"}

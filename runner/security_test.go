@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/runner"
 )
 
@@ -112,7 +113,7 @@ func TestRefusesUnknownUser(t *testing.T) {
 	}
 
 	tb := exposedAgent(t, nil, []int{65534})
-	s := submitAsync(context.Background(), tb.client, runner.JobSpec{Command: []string{"block"}, Env: map[string]string{"TOKEN": "secret"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	s := submitAsync(context.Background(), tb.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}, Env: map[string]string{"TOKEN": "secret"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	id := s.jobID(t)
 	waitState(t, tb.client, id, runner.StateRunning)
 	code, out = runAsNobody(t, tb.cfg.Socket, id)
@@ -204,7 +205,7 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 		}
 	}
 	// Still serving, and nothing half-submitted is left.
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Command: []string{"ok"}}, testfixture.WriteTree(t, map[string]string{"input.txt": "fine"}), nil)
+	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "fine"}), nil)
 	if err != nil || st.State != runner.StateSucceeded {
 		t.Fatalf("a good job after the bad requests: %v %+v", err, st)
 	}

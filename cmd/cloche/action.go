@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,11 +12,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/ghaction"
 	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/hostcheck"
+	"github.com/cloche-dev/cloche/release"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -53,47 +52,9 @@ func actionRunner(g *globals) ghaction.Runner {
 }
 
 func runActionBuild(ctx context.Context, g *globals) error {
-	state, err := g.state()
-	if err != nil {
-		return err
-	}
-	setup := ghaction.BuildSetup{
-		ResolveTEE: func(input string) (attest.TEE, error) {
-			// The host's default TEE setup (firmware and QGS at their default paths).
-			return resolveTEE(ctx, input, func() hostcheck.Host {
-				return (&teeHostFlags{}).host(state, "", host.GuestImageDir(state))
-			})
-		},
-		ResolveGuestImage: func(ctx context.Context, input string) (string, error) {
-			if input != "" {
-				return input, nil
-			}
-			dir := host.GuestImageDir(state)
-			return dir, ensureGuestImage(ctx, g, state, dir, "")
-		},
-		FetchGuestRelease: func(ctx context.Context, repo, tag, trustedRoot, token string) (string, error) {
-			img, err := fetchGuestRelease(ctx, g, state, "", releaseFlags{tag: tag, repo: repo, trustedRoot: trustedRoot}, token)
-			if err != nil {
-				return "", err
-			}
-			return img.Dir, nil
-		},
-		ResolveToolchain: func(ctx context.Context, input string) (string, error) {
-			if input != "" {
-				return input, nil
-			}
-			return defaultToolchain(ctx, g, state)
-		},
-		Firmware: func(tee attest.TEE) string {
-			return runFirmware(tee, teeHostFlags{}, state)
-		},
-		KDS:        kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Log: g.logger()}),
-		DefaultKey: host.SigningKeyPath(state),
-		SimDir:     host.SimTEEDir(state),
-		Version:    version,
-		Accel:      os.Getenv("CLOCHE_ACCEL"),
-		QEMU:       os.Getenv("CLOCHE_QEMU"),
-	}
+	// The inputs set the TEE, images and key; the host's own environment the rest.
+	setup := ghaction.BuildSetup{Host: host.Config{StateDir: g.stateDirPath(), Version: version,
+		Accel: os.Getenv("CLOCHE_ACCEL"), QEMU: os.Getenv("CLOCHE_QEMU"), Logger: g.logger(), Progress: g.progress()}}
 	// The error is in the job log as an annotation already.
 	if _, err := ghaction.Build(ctx, actionRunner(g), setup); err != nil {
 		return &exitError{code: 1}
@@ -154,13 +115,7 @@ func (f *githubVerifyFlags) fetchRelease(ctx context.Context, g *globals, bundle
 		return nil, nil, err
 	}
 	cleanup := func() { os.RemoveAll(dir) }
-	apiURL := f.apiURL
-	if apiURL == "" {
-		apiURL = os.Getenv("GITHUB_API_URL")
-	}
-	if apiURL == "" {
-		apiURL = "https://api.github.com"
-	}
+	apiURL := cmp.Or(f.apiURL, os.Getenv("GITHUB_API_URL"), release.DefaultAPIURL)
 	got, err := ghaction.DownloadRelease(ctx, apiURL, os.Getenv("GITHUB_TOKEN"), f.repo, f.tag, dir, artifacts,
 		ghaction.Runner{HTTPClient: &http.Client{}, Logger: g.logger()})
 	if err != nil {

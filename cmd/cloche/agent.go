@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,9 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest/kds"
+	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/host"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/runner"
 	"github.com/cloche-dev/cloche/runner/client"
 )
@@ -126,11 +124,11 @@ func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, 
 		}
 		cfg.StateDir = state
 	}
-	host, err := runner.DetectHost()
+	res, err := runner.DetectHost()
 	if err != nil {
 		return cfg, err
 	}
-	cfg = cfg.WithDefaults(host)
+	cfg = cfg.WithDefaults(res)
 	if err := cfg.Validate(); err != nil {
 		return cfg, usageError(err)
 	}
@@ -153,45 +151,21 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	} else {
 		log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
 	}
-	state := cfg.StateDir
-
-	signer, keyPath, created, err := host.SigningKey(state, cfg.Launch.SigningKey)
+	hc := cfg.HostConfig()
+	hc.GuestAgent, hc.Version, hc.Logger, hc.Progress = f.guestAgent, version, log, g.progress()
+	h, err := host.New(ctx, hc)
 	if err != nil {
-		return err
+		return hostConfigError(err, configFields(runner.HostConfigFields))
 	}
-	if created {
-		log.Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-	}
-	rel := releaseFlags{tag: cfg.Launch.GuestImageRelease, repo: cmp.Or(cfg.Launch.GuestImageRepository, guestimage.DefaultReleaseRepository)}
-	if err := rel.check(cfg.Launch.GuestImage); err != nil {
-		return fmt.Errorf("config launch.guestImageRelease: %w", err)
-	}
-	gdir, err := guestImageFor(ctx, g, state, cfg.Launch.GuestImage, rel, f.guestAgent)
-	if err != nil {
-		return err
-	}
-	tcPath := cfg.Launch.Toolchain
-	if tcPath == "" {
-		if tcPath, err = defaultToolchain(ctx, g, state); err != nil {
-			return err
-		}
-	}
-	if cfg.TEE == "sim" {
+	if h.TEE() == attest.TEESim {
 		log.Warn("SIMULATED TEE: the host plays the secure processor; the evidence of this agent's builds proves nothing about this host")
 	}
 	a, err := runner.New(runner.Options{
-		Config: cfg,
-		Launcher: &runner.BuildLauncher{
-			GuestImageDir: gdir, ToolchainImage: tcPath, SimDir: host.SimTEEDir(state), Signer: signer,
-			Accel: cfg.Launch.Accel, QEMU: cfg.Launch.QEMU, Version: version,
-			SNPFirmware: orDefault(cfg.Launch.SNPFirmware, host.SNPFirmwarePath(state)),
-			TDXFirmware: orDefault(cfg.Launch.TDXFirmware, host.TDXFirmwarePath(state)),
-			QGS:         cfg.Launch.QGS,
-			KDS:         kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: cfg.Launch.KDSOffline, ChainFile: cfg.Launch.KDSChain, ProductLine: cfg.Launch.SNPProduct, Log: log}),
-		},
+		Config:        cfg,
+		Launcher:      runner.HostLauncher{Host: h},
 		Logger:        log,
 		Version:       version,
-		PublicKeyPath: keyPath + ".pub",
+		PublicKeyPath: h.SigningKeyPath() + ".pub",
 	})
 	if err != nil {
 		return err
@@ -288,9 +262,12 @@ func newAgentCancelCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func orDefault(v, def string) string {
-	if v != "" {
-		return v
+// configFields names each field as the agent's configuration file does ("config
+// launch.guestImage").
+func configFields(names map[string]string) map[string]string {
+	out := make(map[string]string, len(names))
+	for field, name := range names {
+		out[field] = "config " + name
 	}
-	return def
+	return out
 }

@@ -57,23 +57,12 @@ func agentUnreachable(socket string, err error) error {
 // the same deterministic archive, the console streamed back, and the artifacts and bundle
 // written to --out, reported exactly as a local build reports them.
 func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in *build.Options) error {
-	env := in.Env
-	if len(env) == 0 {
-		env = nil
+	spec := runner.JobSpec{Spec: in.Spec}
+	if len(spec.Env) == 0 {
+		spec.Env = nil
 	}
-	tee := f.tee
-	if tee == "auto" {
-		tee = "" // the agent's TEE
-	}
-	spec := runner.JobSpec{
-		Command: in.Command, Workdir: in.Workdir, Env: env, Artifacts: in.Artifacts, TEE: tee,
-		TimeoutSeconds:  int64((in.Timeout + time.Second - 1) / time.Second),
-		MaxOutputBytes:  in.MaxOutputBytes,
-		VCPUs:           in.VCPUs,
-		MemoryMiB:       in.MemoryMiB,
-		SourceDateEpoch: in.SourceDateEpoch,
-		InvocationID:    in.InvocationID,
-		Repository:      in.Repository, Ref: in.Ref, Git: in.Git,
+	if spec.AutoTEE() {
+		spec.TEE = "" // the agent's TEE
 	}
 	rep := g.reporter()
 	console := consoleWriter(g.stderr, f.quiet)

@@ -1,20 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
 )
 
 // teeHostFlags are the host settings a hardware TEE needs, shared by run and doctor.
@@ -32,19 +27,8 @@ func (t *teeHostFlags) register(cmd *cobra.Command) {
 // host returns the hostcheck.Host for these settings; guestDir is the guest image directory
 // whose kernel and initrd are checked (its absence is only a warning).
 func (t *teeHostFlags) host(state, qemu, guestDir string) hostcheck.Host {
-	h := hostcheck.Default(qemu)
-	h.SNPFirmware, h.TDXFirmware, h.QGS = t.snpFirmware, t.tdxFirmware, t.qgs
-	if h.SNPFirmware == "" {
-		h.SNPFirmware = host.SNPFirmwarePath(state)
-	}
-	if h.TDXFirmware == "" {
-		h.TDXFirmware = host.TDXFirmwarePath(state)
-	}
-	if img, err := guestimage.Load(guestDir); err == nil {
-		h.Kernel = filepath.Join(img.Dir, img.Kernel.Path)
-		h.Initrd = filepath.Join(img.Dir, img.Initrd.Path)
-	}
-	return h
+	c := host.Config{StateDir: state, QEMU: qemu, SNPFirmware: t.snpFirmware, TDXFirmware: t.tdxFirmware, QGS: t.qgs}
+	return c.HostCheck(guestDir)
 }
 
 func newDoctorCmd(g *globals) *cobra.Command {
@@ -131,39 +115,5 @@ func requireTEE(r *hostcheck.Report, tee string) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	return hostError(fmt.Errorf("%s is not available on this host: %s", strings.ToUpper(tee), describeMissing(missing)))
-}
-
-func describeMissing(missing []hostcheck.Check) string {
-	parts := make([]string, 0, len(missing))
-	for _, c := range missing {
-		parts = append(parts, fmt.Sprintf("%s: %s (fix: %s)", c.Name, c.Detail, c.Fix))
-	}
-	return strings.Join(parts, "; ")
-}
-
-// resolveTEE turns --tee into the TEE to launch. sim needs nothing; snp and tdx must pass
-// the host checks; auto takes SEV-SNP, then TDX, and otherwise fails (a simulated build is
-// never chosen silently: it proves nothing about the host).
-func resolveTEE(ctx context.Context, s string, host func() hostcheck.Host) (attest.TEE, error) {
-	switch s {
-	case "sim":
-		return attest.TEESim, nil
-	case "snp", "tdx", "auto":
-	default:
-		return "", usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", s))
-	}
-	r := host().Check(ctx)
-	switch {
-	case s == "snp" || s == "tdx":
-		if missing := r.Missing(s); len(missing) > 0 {
-			return "", hostError(fmt.Errorf("--tee %s: this host cannot launch %s guests: %s (see `cloche doctor`)", s, strings.ToUpper(s), describeMissing(missing)))
-		}
-		return attest.TEE(s), nil
-	case r.SNP:
-		return attest.TEESNP, nil
-	case r.TDX:
-		return attest.TEETDX, nil
-	}
-	return "", hostError(errors.New("--tee auto: no SEV-SNP or TDX host support was found (run `cloche doctor` for what is missing); pass --tee sim to run on the simulated TEE (no hardware guarantee)"))
+	return hostError(fmt.Errorf("%s is not available on this host: %s", strings.ToUpper(tee), host.DescribeMissing(missing)))
 }

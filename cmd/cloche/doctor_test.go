@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/vmm"
@@ -114,9 +115,9 @@ func readyHost(t *testing.T) hostcheck.Host {
 func TestResolveTEE(t *testing.T) {
 	h := readyHost(t)
 	probed := 0
-	host := func() hostcheck.Host { probed++; return h }
+	check := func() hostcheck.Host { probed++; return h }
 	for _, tc := range []struct {
-		in   string
+		in   attest.TEE
 		want attest.TEE
 		err  string
 	}{
@@ -126,7 +127,7 @@ func TestResolveTEE(t *testing.T) {
 		{"tdx", "", "tdx-kvm: kernel module kvm_intel is not loaded"},
 		{"sgx", "", "expected auto, snp, tdx or sim"},
 	} {
-		got, err := resolveTEE(context.Background(), tc.in, host)
+		got, err := host.ResolveTEE(context.Background(), tc.in, check)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("resolveTEE(%q) = %q, %v; want error %q", tc.in, got, err, tc.err)

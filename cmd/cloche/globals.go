@@ -6,7 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 
 	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/internal/progress"
@@ -61,18 +60,4 @@ func (g *globals) state() (string, error) {
 		return "", fmt.Errorf("state directory %s: %w", dir, err)
 	}
 	return dir, nil
-}
-
-// guestAgentPath finds the static guest agent binary: next to this executable, as the
-// Makefile and release archives place it.
-func guestAgentPath() (string, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return "", err
-	}
-	p := filepath.Join(filepath.Dir(exe), "cloche-guest")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("guest agent not found at %s (build it with `make build`, or pass --guest-agent): %w", p, err)
-	}
-	return p, nil
 }

@@ -2,11 +2,9 @@ package main
 
 import (
 	"cmp"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 
@@ -16,9 +14,6 @@ import (
 	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
-	"github.com/cloche-dev/cloche/reference"
-	"github.com/cloche-dev/cloche/release"
-	"github.com/cloche-dev/cloche/verify"
 )
 
 func newImageCmd(g *globals) *cobra.Command {
@@ -53,9 +48,11 @@ signed keyless by the repository's release workflow at that tag (checked against
 				if deb != "" || agent != "" {
 					return errors.New("--release fetches a published image: --kernel-deb and --guest-agent are for building one")
 				}
-				img, err := fetchGuestRelease(cmd.Context(), g, state, out, rel, os.Getenv("GITHUB_TOKEN"))
+				c := rel.config()
+				c.Dir = out
+				img, err := host.FetchGuestRelease(cmd.Context(), state, c, g.logger())
 				if err != nil {
-					return err
+					return hostConfigError(err, imageReleaseFlags)
 				}
 				return printJSON(g, struct {
 					Dir string `json:"dir"`
@@ -66,7 +63,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 				out = host.GuestImageDir(state)
 			}
 			if agent == "" {
-				if agent, err = guestAgentPath(); err != nil {
+				if agent, err = host.GuestAgentPath(); err != nil {
 					return err
 				}
 			}
@@ -103,61 +100,25 @@ func (r *releaseFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&r.apiURL, "github-api-url", "", "with --release: GitHub API URL (default $GITHUB_API_URL or https://api.github.com)")
 }
 
-// check refuses a release given with a directory, or a malformed one, before any work.
-func (r releaseFlags) check(guestImageDir string) error {
-	if r.tag == "" {
-		return nil
-	}
-	if guestImageDir != "" {
-		return errors.New("--guest-image and --guest-image-release: give one")
-	}
-	if err := (guestimage.Release{Repository: r.repo, Tag: r.tag}).Validate(); err != nil {
-		return fmt.Errorf("--guest-image-release/--guest-image-repository: %w", err)
-	}
-	return nil
-}
+// imageReleaseFlags are the flags of `image guest --release` behind each field.
+var imageReleaseFlags = map[string]string{"GuestRelease": "--release/--repo", "GuestRelease.TrustedRoot": "--trusted-root"}
 
-// fetchGuestRelease is `image guest --release` (and the build action's guest-image-release):
-// flags checked first, then the fetch into out (default: the state directory's
-// guest-images/TAG).
-func fetchGuestRelease(ctx context.Context, g *globals, state, out string, f releaseFlags, token string) (*guestimage.Image, error) {
-	r := guestimage.Release{Repository: f.repo, Tag: f.tag}
-	if err := r.Validate(); err != nil {
-		return nil, fmt.Errorf("--release/--repo: %w", err)
-	}
-	embedded, err := reference.EmbeddedValues()
-	if err != nil {
-		return nil, err
-	}
-	o := reference.FetchOptions{Release: r, Dir: out, Embedded: embedded}
-	if o.Dir == "" {
-		o.Dir = filepath.Join(state, "guest-images", f.tag)
-	}
-	if f.trustedRoot != "" {
-		tm, err := verify.LoadTrustedRoot(f.trustedRoot, "")
-		if err != nil {
-			return nil, fmt.Errorf("--trusted-root: %w", err)
-		}
-		o.VerifySigned = reference.ReleaseWorkflowSigned(tm)
-	}
-	apiURL := cmp.Or(f.apiURL, os.Getenv("GITHUB_API_URL"), "https://api.github.com")
-	gh, err := release.NewGitHubClient(apiURL, token, &http.Client{})
-	if err != nil {
-		return nil, err
-	}
-	if o.Client, err = release.NewClient(gh, r.Repository, release.Options{Logger: g.logger()}); err != nil {
-		return nil, err
-	}
-	return reference.FetchGuestRelease(ctx, o)
-}
-
-// kernelFetchError says how to go on when the archive no longer serves the pinned kernel.
+// kernelFetchError adds the flag that supplies the kernel package by hand.
 func kernelFetchError(err error) error {
 	if errors.Is(err, guestimage.ErrKernelUnavailable) {
-		pin := guestimage.KernelPin()
-		return fmt.Errorf("%w; download %s and supply it with --kernel-deb FILE", err, pin.FileName())
+		return fmt.Errorf("%w; download %s and supply it with --kernel-deb FILE", err, guestimage.KernelPin().FileName())
 	}
 	return err
+}
+
+// config is the release these flags name, as the host fetches it; none without --release.
+// The token is $GITHUB_TOKEN (public releases need none).
+func (r releaseFlags) config() host.GuestRelease {
+	if r.tag == "" {
+		return host.GuestRelease{}
+	}
+	return host.GuestRelease{Tag: r.tag, Repository: r.repo, TrustedRoot: r.trustedRoot,
+		APIURL: cmp.Or(r.apiURL, os.Getenv("GITHUB_API_URL")), Token: os.Getenv("GITHUB_TOKEN")}
 }
 
 func newImageToolchainCmd(g *globals) *cobra.Command {

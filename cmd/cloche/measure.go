@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -137,7 +138,7 @@ func measureSNP(w io.Writer, f *measureFlags) error {
 	if err != nil {
 		return fmt.Errorf("--guest-features: %w", err)
 	}
-	path := orDefault(f.snpFirmware, f.firmware)
+	path := cmp.Or(f.snpFirmware, f.firmware)
 	if path == "" {
 		return usageError(errors.New("--snp-firmware is required for --tee snp (the OVMF image QEMU loads with -bios)"))
 	}
@@ -180,7 +181,7 @@ func measureTDX(w io.Writer, f *measureFlags) error {
 	if err != nil {
 		return err
 	}
-	path := orDefault(f.tdxFirmware, f.firmware)
+	path := cmp.Or(f.tdxFirmware, f.firmware)
 	if path == "" {
 		return usageError(errors.New("--tdx-firmware is required for --tee tdx (the TDVF image QEMU loads with -bios)"))
 	}

@@ -31,7 +31,7 @@ func TestProgressPhases(t *testing.T) {
 	if err := os.Symlink(filepath.Join(testfixture.CacheDir(t), "kernel"), host.KernelCacheDir(state)); err != nil {
 		t.Fatal(err)
 	}
-	if err := ensureGuestImage(ctx, g, state, host.GuestImageDir(state), agent); err != nil {
+	if err := host.EnsureGuestImage(ctx, state, host.GuestImageDir(state), agent, g.progress()); err != nil {
 		t.Fatal(err)
 	}
 	built := stderr.String()
@@ -47,7 +47,7 @@ func TestProgressPhases(t *testing.T) {
 
 	// The same image again is cached, and nothing is built.
 	stderr.Reset()
-	if err := ensureGuestImage(ctx, g, state, host.GuestImageDir(state), agent); err != nil {
+	if err := host.EnsureGuestImage(ctx, state, host.GuestImageDir(state), agent, g.progress()); err != nil {
 		t.Fatal(err)
 	}
 	if got := stderr.String(); !strings.Contains(got, `msg="guest image: cached"`) || strings.Contains(got, "initramfs") {
@@ -57,7 +57,7 @@ func TestProgressPhases(t *testing.T) {
 	// The warm toolchain cache.
 	testfixture.GCCToolchain(t)
 	stderr.Reset()
-	if _, err := defaultToolchain(ctx, g, testfixture.CacheDir(t)); err != nil {
+	if _, err := host.DefaultToolchain(ctx, testfixture.CacheDir(t), g.progress(), g.logger()); err != nil {
 		t.Fatal(err)
 	}
 	if got := stderr.String(); !strings.Contains(got, `msg="toolchain image: cached"`) || strings.Contains(got, "mmdebstrap") {

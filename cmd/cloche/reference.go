@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -226,7 +227,7 @@ func (r *referenceVerifyFlags) apply(o *verify.Options) error {
 	if r.snpFirmware != "" && r.tdxFirmware != "" {
 		return errors.New("--snp-firmware and --tdx-firmware: give the firmware of the TEE the bundle's evidence comes from")
 	}
-	firmware := orDefault(orDefault(r.snpFirmware, r.tdxFirmware), r.firmware)
+	firmware := cmp.Or(cmp.Or(r.snpFirmware, r.tdxFirmware), r.firmware)
 	ro := verify.ReferenceOptions{BundlePath: r.values, GuestImageDir: r.guestImage, Firmware: firmware, VCPUType: r.vcpuType}
 	if r.key != "" {
 		k, err := provenance.LoadPublicKey(r.key)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -13,14 +12,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/kds"
-	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
-	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/source"
 )
@@ -116,84 +112,67 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	if err := f.guestRelease.check(f.guestImage); err != nil {
-		return usageError(err)
-	}
-	if f.rekorURL != "" {
-		if err := provenance.CheckRekorURL(f.rekorURL); err != nil {
-			return usageError(fmt.Errorf("--rekor-url: %w", err))
-		}
+	cfg := runHostConfig(g, f)
+	if err := cfg.Check(); err != nil {
+		return hostConfigError(err, runHostFlags)
 	}
 	if socket != "" {
 		return runOnAgent(ctx, g, f, socket, in)
 	}
-	tee, err := resolveTEE(ctx, f.tee, func() hostcheck.Host {
-		state, _ := g.state() // an unusable state directory fails right after this
-		gdir := f.guestImage
-		if gdir == "" {
-			gdir = host.GuestImageDir(state)
-		}
-		return f.teeHost.host(state, f.qemu, gdir)
-	})
+	h, err := host.New(ctx, cfg)
 	if err != nil {
-		return err
+		return hostConfigError(err, runHostFlags)
 	}
-	state, err := g.state()
-	if err != nil {
-		return err
-	}
-	rep := g.reporter()
-	log := g.logger()
-
-	signer, keyPath, err := hostSigner(g, state, f.key)
-	if err != nil {
-		return err
-	}
-	if f.rekorURL != "" {
-		if err := signer.LogTo(f.rekorURL, 0); err != nil {
-			return usageError(fmt.Errorf("--rekor-url: %w", err))
-		}
-	}
-
-	gdir, err := guestImageFor(ctx, g, state, f.guestImage, f.guestRelease, f.guestAgent)
-	if err != nil {
-		return err
-	}
-	tcPath := f.toolchain
-	if tcPath == "" {
-		if tcPath, err = defaultToolchain(ctx, g, state); err != nil {
-			return err
-		}
-	}
-
 	var warnings []string
-	if tee == attest.TEESim {
+	if h.TEE() == attest.TEESim {
 		warnings = append(warnings, simWarning)
-		rep.Warning(simWarning)
+		g.reporter().Warning(simWarning)
 	}
-	o := *in
-	o.TEE = tee
-	o.GuestImageDir = gdir
-	o.ToolchainImage = tcPath
-	o.SimDir = host.SimTEEDir(state)
-	o.Firmware = runFirmware(tee, f.teeHost, state)
-	o.QGS = f.teeHost.qgs
-	o.KDS = kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct, Log: log})
-	o.Signer = signer
-	o.QEMU = f.qemu
-	o.Console = consoleWriter(g.stderr, f.quiet)
-	o.Logger = log
-	o.Version = version
-	phase := g.progress().Begin(ctx, "build", "tee", tee)
+	phase := g.progress().Begin(ctx, "build", "tee", h.TEE())
 	phase.Step("packing the source")
-	o.OnStage = buildStages(phase)
-	outcome, err := build.Run(ctx, o)
+	outcome, err := h.Run(ctx, host.Job{Spec: in.Spec, SourceDir: in.SourceDir, OutDir: in.OutDir,
+		Console: consoleWriter(g.stderr, f.quiet), OnStage: buildStages(phase)})
 	if err != nil {
 		phase.Fail(err)
 		return runError(err)
 	}
 	phase.Done()
-	return reportOutcome(g, f.json, outcome, keyPath+".pub", measurementFlags(tee, gdir, o.Firmware), signer.Logged(), warnings)
+	return reportOutcome(g, f.json, outcome, h.SigningKeyPath()+".pub", measurementFlags(h.TEE(), h.GuestImageDir(), h.Firmware()), h.Logged(), warnings)
+}
+
+// runHostConfig is the host `cloche run` builds on, from its flags.
+func runHostConfig(g *globals, f *runFlags) host.Config {
+	return host.Config{
+		StateDir: g.stateDirPath(), TEE: attest.TEE(f.tee), SigningKey: f.key, RekorURL: f.rekorURL,
+		GuestImage: f.guestImage, GuestRelease: f.guestRelease.config(), GuestAgent: f.guestAgent, Toolchain: f.toolchain,
+		SNPFirmware: f.teeHost.snpFirmware, TDXFirmware: f.teeHost.tdxFirmware, QGS: f.teeHost.qgs,
+		KDS:   host.KDSConfig{Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct},
+		Accel: f.accel, QEMU: f.qemu, Version: version, Logger: g.logger(), Progress: g.progress(),
+	}
+}
+
+// runHostFlags are the flags of `cloche run` behind each host.Config field.
+var runHostFlags = map[string]string{
+	"StateDir": "--state-dir", "TEE": "--tee", "SigningKey": "--key", "RekorURL": "--rekor-url",
+	"GuestImage": "--guest-image", "GuestImage,GuestRelease.Tag": "--guest-image and --guest-image-release",
+	"GuestRelease": "--guest-image-release/--guest-image-repository", "GuestRelease.TrustedRoot": "--guest-image-trusted-root",
+	"Toolchain": "--toolchain", "KDS.ProductLine": "--snp-product", "Accel": "--accel",
+}
+
+// hostConfigError names the flag behind a host configuration error, and gives it its
+// exit status: a bad flag is exitUsage, a TEE this machine lacks exitHost.
+func hostConfigError(err error, flags map[string]string) error {
+	var ce *host.ConfigError
+	if errors.As(err, &ce) && flags[ce.Field] != "" {
+		err = ce.Named(flags[ce.Field])
+	}
+	switch {
+	case errors.Is(err, host.ErrUnavailable):
+		return hostError(err)
+	case errors.Is(err, host.ErrConfig):
+		return usageError(err)
+	}
+	return err
 }
 
 // simWarning is said whenever a build runs on the simulated TEE.
@@ -204,7 +183,7 @@ func runFlagName(field string) string {
 	return map[string]string{
 		"SourceDir": "--source", "OutDir": "--out", "Command": "COMMAND", "Workdir": "--workdir",
 		"Env": "--env", "Artifacts": "--artifact", "VCPUs": "--vcpus", "MemoryMiB": "--memory",
-		"Timeout": "--timeout", "MaxOutputBytes": "--max-output", "Accel": "--accel",
+		"TimeoutSeconds": "--timeout", "MaxOutputBytes": "--max-output", "Accel": "--accel",
 	}[field]
 }
 
@@ -212,26 +191,17 @@ func runFlagName(field string) string {
 // locally or through the agent, before any image is built or VM started; errors name the
 // flag and exit with exitUsage.
 func runInput(ctx context.Context, f *runFlags, command []string) (*build.Options, error) {
-	switch f.tee {
-	case "auto", "snp", "tdx", "sim":
-	default:
-		return nil, usageError(fmt.Errorf("--tee %q: expected auto, snp, tdx or sim", f.tee))
-	}
-	switch f.snpProduct {
-	case "", verifier.ProductMilan, verifier.ProductGenoa:
-	default:
-		return nil, usageError(fmt.Errorf("--snp-product %q: expected Milan or Genoa", f.snpProduct))
-	}
 	env, err := parseEnv(f.env)
 	if err != nil {
 		return nil, usageError(err)
 	}
 	o := &build.Options{
-		SourceDir: f.source, Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
-		OutDir: f.out, Timeout: f.timeout, MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory,
-		Accel: f.accel, SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID,
-		Repository: f.repository, Ref: f.ref,
+		Spec: job.Spec{Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
+			MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory, TEE: attest.TEE(f.tee),
+			SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID, Repository: f.repository, Ref: f.ref},
+		SourceDir: f.source, OutDir: f.out, Accel: f.accel,
 	}
+	o.SetTimeout(f.timeout)
 	if f.sourceDateEpoch < 0 {
 		return nil, usageError(fmt.Errorf("--source-date-epoch %d: expected seconds since 1970, not negative", f.sourceDateEpoch))
 	}
@@ -450,19 +420,6 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
-// hostSigner loads the signing key at key, or with key empty the state directory's,
-// creating that one on first use. It returns the signer and the key's path.
-func hostSigner(g *globals, state, key string) (*provenance.KeySigner, string, error) {
-	signer, keyPath, created, err := host.SigningKey(state, key)
-	if err != nil {
-		return nil, "", fmt.Errorf("--key: %w", err)
-	}
-	if created {
-		g.reporter().Info("created a signing key", "key", keyPath, "public_key", keyPath+".pub")
-	}
-	return signer, keyPath, nil
-}
-
 // measurementFlags are the verify flags that check the measurement against the guest
 // image (and, on hardware, the firmware) this run used.
 func measurementFlags(tee attest.TEE, guestImage, firmware string) []string {
@@ -494,67 +451,4 @@ func buildStages(phase *progress.Phase) func(build.Stage) {
 			phase.Step("collecting, checking and signing the output")
 		}
 	}
-}
-
-// runFirmware is the firmware a hardware TEE launch uses: the flag, else the state
-// directory's default file.
-func runFirmware(tee attest.TEE, t teeHostFlags, state string) string {
-	return host.Firmware(tee, t.snpFirmware, t.tdxFirmware, state)
-}
-
-// guestImageFor is the guest image a build launches: the given directory, a published
-// release (fetched and checked), or the state directory's local build (built when missing).
-func guestImageFor(ctx context.Context, g *globals, state, dir string, rel releaseFlags, agent string) (string, error) {
-	switch {
-	case dir != "":
-		return dir, nil
-	case rel.tag != "":
-		img, err := fetchGuestRelease(ctx, g, state, "", rel, os.Getenv("GITHUB_TOKEN"))
-		if err != nil {
-			return "", fmt.Errorf("guest image release: %w", err)
-		}
-		return img.Dir, nil
-	}
-	dir = host.GuestImageDir(state)
-	return dir, ensureGuestImage(ctx, g, state, dir, agent)
-}
-
-// ensureGuestImage builds the guest image when it is missing or was built from a different
-// guest agent binary than the one installed now.
-func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string) error {
-	if agent == "" {
-		var err error
-		if agent, err = guestAgentPath(); err != nil {
-			return err
-		}
-	}
-	agentSum, _, err := fileio.SHA256(agent)
-	if err != nil {
-		return fmt.Errorf("guest agent: %w", err)
-	}
-	phase := g.progress().Begin(ctx, "guest image", "dir", dir)
-	if img, err := guestimage.Load(dir); err == nil && img.UpToDate(agentSum) {
-		phase.Cached()
-		return nil
-	}
-	phase.Step("kernel package")
-	deb, err := guestimage.FetchKernelDeb(ctx, host.KernelCacheDir(state))
-	if err != nil {
-		err = fmt.Errorf("guest kernel: %w", kernelFetchError(err))
-		phase.Fail(err)
-		return err
-	}
-	phase.Step("assembling the initramfs")
-	if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
-		err = fmt.Errorf("building the guest image: %w", err)
-		phase.Fail(err)
-		return err
-	}
-	phase.Done("kernel_deb", filepath.Base(deb))
-	return nil
-}
-
-// defaultToolchain returns the default toolchain image, assembling it the first time.
-func defaultToolchain(ctx context.Context, g *globals, state string) (string, error) {
-	return host.DefaultToolchain(ctx, state, g.progress(), g.logger())
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,13 +17,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/verify"
 )
@@ -148,31 +149,38 @@ func selftestInput(f *selftestFlags) (attest.TEE, error) {
 
 // run performs the phases in order; the first failure ends it.
 func (s *selftest) run(ctx context.Context, tee attest.TEE, state string) error {
-	gdir := s.f.guestImage
-	if gdir == "" {
-		gdir = host.GuestImageDir(state)
-	}
+	gdir := cmp.Or(s.f.guestImage, host.GuestImageDir(state))
 	if err := s.phase("doctor", func() error { return s.doctor(ctx, state, gdir, tee) }); err != nil {
 		return err
 	}
 	s.phase("versions", func() error { s.versions(ctx, tee, state); return nil })
-	if s.f.guestImage == "" {
-		if err := s.phase("guest image", func() error { return ensureGuestImage(ctx, s.g, state, gdir, s.f.guestAgent) }); err != nil {
-			return err
-		}
-	}
 	var tc string
 	if err := s.phase("toolchain image", func() (err error) { tc, err = selftestToolchain(ctx, state); return err }); err != nil {
 		return err
 	}
+	var h *host.Host
+	if err := s.phase("guest image", func() (err error) { h, err = s.host(ctx, tee, state, tc); return err }); err != nil {
+		return err
+	}
 	var outcome *build.Outcome
-	var keyPath string
-	if err := s.phase("build", func() (err error) { outcome, keyPath, err = s.build(ctx, tee, state, gdir, tc); return err }); err != nil {
+	if err := s.phase("build", func() (err error) { outcome, err = s.build(ctx, h); return err }); err != nil {
 		return err
 	}
 	return s.phase("verify", func() error {
-		return s.verify(ctx, outcome, keyPath+".pub", gdir, runFirmware(tee, s.f.teeHost, state))
+		return s.verify(ctx, outcome, h.SigningKeyPath()+".pub", h.GuestImageDir(), h.Firmware())
 	})
+}
+
+// host configures the host for the selftest: the TEE under test, the selftest toolchain,
+// and the guest image (built when missing).
+func (s *selftest) host(ctx context.Context, tee attest.TEE, state, toolchain string) (*host.Host, error) {
+	h, err := host.New(ctx, host.Config{StateDir: state, TEE: tee, GuestImage: s.f.guestImage, GuestAgent: s.f.guestAgent,
+		Toolchain: toolchain, SNPFirmware: s.f.teeHost.snpFirmware, TDXFirmware: s.f.teeHost.tdxFirmware, QGS: s.f.teeHost.qgs,
+		Accel: s.f.accel, QEMU: s.f.qemu, Version: version, Logger: s.g.logger(), Progress: s.g.progress()})
+	if err != nil {
+		return nil, hostConfigError(err, runHostFlags)
+	}
+	return h, nil
 }
 
 // phase runs fn as the named phase, recording its time and error.
@@ -207,14 +215,14 @@ var errSelftestHost = errors.New("host check")
 
 // versions records what the launch depends on: QEMU, the host kernel, the firmware.
 func (s *selftest) versions(ctx context.Context, tee attest.TEE, state string) {
-	qemu := orDefault(s.f.qemu, "qemu-system-x86_64")
+	qemu := cmp.Or(s.f.qemu, "qemu-system-x86_64")
 	if out, err := exec.CommandContext(ctx, qemu, "--version").Output(); err == nil {
 		s.sum.Versions["qemu"] = strings.SplitN(string(out), "\n", 2)[0]
 	}
 	if b, err := os.ReadFile("/proc/version"); err == nil {
 		s.sum.Versions["hostKernel"] = strings.TrimSpace(string(b))
 	}
-	if fw := runFirmware(tee, s.f.teeHost, state); fw != "" {
+	if fw := host.Firmware(tee, s.f.teeHost.snpFirmware, s.f.teeHost.tdxFirmware, state); fw != "" {
 		if sum, size, err := fileio.SHA256(fw); err == nil {
 			s.sum.Versions["firmware"] = map[string]any{"path": fw, "sha256": sum, "size": size}
 		} else {
@@ -246,44 +254,34 @@ func selftestToolchain(ctx context.Context, state string) (string, error) {
 }
 
 // build runs the tiny job, its console going to console.log in the bundle.
-func (s *selftest) build(ctx context.Context, tee attest.TEE, state, gdir, tc string) (*build.Outcome, string, error) {
-	signer, keyPath, err := hostSigner(s.g, state, "")
-	if err != nil {
-		return nil, "", err
-	}
+func (s *selftest) build(ctx context.Context, h *host.Host) (*build.Outcome, error) {
 	src := filepath.Join(s.dir, "source")
 	if err := os.MkdirAll(src, 0o755); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if err := atomicfile.WriteFile(filepath.Join(src, "input.txt"), []byte("cloche selftest\n"), 0o644); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	console, err := os.Create(filepath.Join(s.dir, "console.log"))
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	defer console.Close()
 	// The host side at debug level, QEMU's command line included, for the bundle.
 	hostLog, err := os.Create(filepath.Join(s.dir, "host.log"))
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	defer hostLog.Close()
-	log := slog.New(slog.NewTextHandler(hostLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	out := filepath.Join(s.dir, "out")
 	if err := os.RemoveAll(out); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	o := build.Options{
-		SourceDir: src, Command: []string{"sh", "-c", "cp input.txt selftest.txt && echo selftest-ok"},
-		Artifacts: []string{"selftest.txt"}, OutDir: out, TEE: tee, GuestImageDir: gdir, ToolchainImage: tc,
-		SimDir: host.SimTEEDir(state), Firmware: runFirmware(tee, s.f.teeHost, state), QGS: s.f.teeHost.qgs,
-		KDS:    kds.New(kds.Options{CacheDir: host.KDSCacheDir(state), Log: s.g.logger()}),
-		Signer: signer, QEMU: s.f.qemu, Accel: s.f.accel, Console: newEscapeStripper(console),
-		Logger: log, Version: version,
-	}
-	outcome, err := build.Run(ctx, o)
-	return outcome, keyPath, err
+	return h.Run(ctx, host.Job{
+		Spec:      job.Spec{Command: []string{"sh", "-c", "cp input.txt selftest.txt && echo selftest-ok"}, Artifacts: []string{"selftest.txt"}},
+		SourceDir: src, OutDir: out, Console: newEscapeStripper(console),
+		Logger: slog.New(slog.NewTextHandler(hostLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
 }
 
 // verify checks the result as `cloche verify` would, with the measurement computed from

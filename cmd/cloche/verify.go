@@ -281,6 +281,19 @@ var optionFlags = strings.NewReplacer(
 	"Pins.EnvExact", "--env-exact",
 	"Pins.Env", "--env",
 	"Options.BundlePath", "--bundle",
+	"Options.TrustedMaterial with an Options.Identity for keyless verification", "--source-uri github.com/OWNER/REPO for keyless verification",
+	"Options.Identity with SourceURI", "--source-uri",
+	"Identity.SourceURI", "--source-uri",
+	"Identity.SourceTag", "--source-tag",
+	"Identity.SourceBranch", "--source-branch",
+	"Options.ExpectedSourceCommit", "--source-commit",
+	"ExpectedSourceTag", "--source-tag",
+	"Options.TrustedMaterial", "--trusted-root FILE",
+	"Options.PublicKey", "--key FILE",
+	"VerifyOptions.PublicKey", "--key FILE",
+	"no TDX collateral was given", "no TDX collateral was given (--tdx-collateral FILE)",
+	"no AMD CRL was given", "no AMD CRL was given (--amd-crl FILE)",
+	"give a trusted root file instead", "give --trusted-root FILE",
 )
 
 // flagWords rewrites a library error in terms of this command's flags.

@@ -50,7 +50,7 @@ func pack(t *testing.T, files map[string]string) ([]byte, job.Digest) {
 }
 
 func status(d job.Digest, artifacts ...string) *runner.JobStatus {
-	st := &runner.JobStatus{ID: "j1", State: runner.StateSucceeded, Spec: runner.JobSpec{MaxOutputBytes: 1 << 20},
+	st := &runner.JobStatus{ID: "j1", State: runner.StateSucceeded, Spec: runner.JobSpec{Spec: job.Spec{MaxOutputBytes: 1 << 20}},
 		Result: &runner.JobResult{Bundle: "provenance.sigstore.json", Archive: d}}
 	for _, a := range artifacts {
 		st.Result.Artifacts = append(st.Result.Artifacts, job.Artifact{Path: a})
