@@ -161,7 +161,7 @@ func (h Host) Check(ctx context.Context) *Report {
 	kvm := Check{Name: "kvm", TEE: ForAll, Status: StatusOK, Detail: "KVM runs guests"}
 	if err := h.ProbeKVM(ctx); err != nil {
 		kvm.Status, kvm.Detail = StatusMissing, "KVM cannot run guests: "+err.Error()
-		kvm.Fix = "SEV-SNP and TDX need hardware KVM (kvm_amd or kvm_intel); without it only --tee sim runs (under TCG)"
+		kvm.Fix = "SEV-SNP and TDX need hardware KVM (kvm_amd or kvm_intel); without it only the simulated TEE (sim) runs, under TCG"
 	}
 	add(kvm)
 	add(h.fileCheck("guest-kernel", ForAll, h.Kernel, "run `cloche image guest` (cloche run builds it on first use)"))
@@ -183,14 +183,14 @@ func (h Host) Check(ctx context.Context) *Report {
 		"host kernel 6.11 or later with SEV-SNP; `modprobe kvm_amd sev_snp=1` (or kvm_amd.sev_snp=1 on the kernel command line)"))
 	add(h.deviceCheck("snp-device", ForSNP, "sev", "load the ccp driver (modprobe ccp) with the SEV firmware initialised; see dmesg for SEV-SNP"))
 	add(versionCheck("snp-qemu", ForSNP, qemuVer, MinQEMUSNP, "install QEMU 9.1 or later (Debian: qemu-system-x86 from bookworm-backports)"))
-	add(h.fileCheck("snp-firmware", ForSNP, h.SNPFirmware, "build OVMF from edk2's OvmfPkg/AmdSev/AmdSevX64.dsc (Debian ships none) and pass --snp-firmware"))
+	add(h.fileCheck("snp-firmware", ForSNP, h.SNPFirmware, "build OVMF from edk2's OvmfPkg/AmdSev/AmdSevX64.dsc (Debian ships none) and install it as the state directory's firmware/OVMF.amdsev.fd, or name it as the SNP firmware"))
 
 	// TDX.
 	add(h.paramCheck("tdx-kvm", ForTDX, "kvm_intel", "tdx",
 		"host kernel 6.16 or later with TDX; enable TDX in the BIOS and `modprobe kvm_intel tdx=1`"))
 	add(h.qgsCheck(ctx))
 	add(versionCheck("tdx-qemu", ForTDX, qemuVer, MinQEMUTDX, "install QEMU 10.1 or later"))
-	add(h.fileCheck("tdx-firmware", ForTDX, h.TDXFirmware, "install TDVF (OVMF built with TDX support) and pass --tdx-firmware"))
+	add(h.fileCheck("tdx-firmware", ForTDX, h.TDXFirmware, "install TDVF (OVMF built with TDX support) and install it as the state directory's firmware/TDVF.fd, or name it as the TDX firmware"))
 
 	r.SNP = len(r.Missing(ForSNP)) == 0
 	r.TDX = len(r.Missing(ForTDX)) == 0
@@ -335,7 +335,7 @@ func (h Host) qgsCheck(ctx context.Context) Check {
 	}
 	a, err := vmm.ParseQGSAddress(addr)
 	if err != nil {
-		c.Status, c.Detail, c.Fix = StatusMissing, err.Error(), "pass --qgs unix:PATH or --qgs vsock:CID:PORT"
+		c.Status, c.Detail, c.Fix = StatusMissing, err.Error(), "name the quote generation service as unix:PATH or vsock:CID:PORT"
 		return c
 	}
 	fix := "install and start Intel's quote generation service (qgsd, from the DCAP packages) with a PCCS that holds this platform's PCK certificates"

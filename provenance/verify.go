@@ -114,7 +114,7 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	case vm.GetPublicKey() == nil:
 		return nil, fmt.Errorf("%w: bundle carries neither a certificate nor a public key hint", ErrBundle)
 	case opts.PublicKey == nil:
-		return nil, fmt.Errorf("%w: bundle is signed with a key; verifying it needs the public key (--key)", ErrBundle)
+		return nil, fmt.Errorf("%w: bundle is signed with a key; verifying it needs the public key (VerifyOptions.PublicKey)", ErrBundle)
 	}
 
 	sv, err := signature.LoadECDSAVerifier(opts.PublicKey.(*ecdsa.PublicKey), crypto.SHA256)

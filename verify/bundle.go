@@ -41,7 +41,7 @@ func inspectBundle(bundleJSON []byte, o *Options) (*bundleFacts, error) {
 		}
 	}
 	if n := len(vm.GetTlogEntries()); n > 0 && f.keySigned && (o.TrustedMaterial == nil || len(o.TrustedMaterial.RekorLogs()) == 0) {
-		return nil, fail(CheckBundleMaterial, fmt.Errorf("the key-signed bundle carries %d transparency-log entr(ies), which key verification checks only against a trusted root's Rekor logs (--trusted-root)", n))
+		return nil, fail(CheckBundleMaterial, fmt.Errorf("the key-signed bundle carries %d transparency-log entr(ies), which key verification checks only against the Rekor logs of a given trusted root (Options.TrustedMaterial)", n))
 	}
 	if f.keySigned && o.PublicKey != nil {
 		env := b.GetDsseEnvelope()

@@ -80,10 +80,10 @@ func (id *Identity) expectedRef() string {
 
 func (id *Identity) validate() error {
 	if id.SourceTag != "" && id.SourceBranch != "" {
-		return errors.New("--source-tag and --source-branch are exclusive")
+		return errors.New("Identity.SourceTag and Identity.SourceBranch are exclusive")
 	}
 	if id.SourceURI == "" {
-		return errors.New("no expected source repository given (expected --source-uri github.com/OWNER/REPO)")
+		return errors.New("Identity.SourceURI is empty: expected the source repository, github.com/OWNER/REPO")
 	}
 	if _, err := repoURL(id.SourceURI); err != nil {
 		return err
@@ -174,11 +174,11 @@ func (id *Identity) certificateIdentity() (sigverify.CertificateIdentity, error)
 // identity (required then).
 func (o *Options) checkSignatureOptions() error {
 	if o.PublicKey == nil && o.TrustedMaterial == nil {
-		return errors.New("no public key or trusted root given (expected --key FILE, or keyless verification with --source-uri)")
+		return errors.New("no public key or trusted root given: expected Options.PublicKey, or Options.TrustedMaterial with an Options.Identity for keyless verification")
 	}
 	// With a key, a trusted root only checks a key-signed bundle's log entry.
 	if o.TrustedMaterial != nil && o.Identity == nil && o.PublicKey == nil {
-		return errors.New("keyless verification needs the expected signer (expected --source-uri github.com/OWNER/REPO)")
+		return errors.New("keyless verification needs the expected signer: Options.Identity with SourceURI github.com/OWNER/REPO")
 	}
 	if o.Identity != nil {
 		return o.Identity.validate()
@@ -222,7 +222,7 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 
 // errUnboundRepository: nothing in a key-signed bundle binds the repository or the branch.
 // No git object names them; the manifest's values are the runner host's word.
-var errUnboundRepository = fmt.Errorf("%w: a key-signed bundle does not bind the source repository or branch: the manifest's are the runner host's word (docs/design.md, \"What binds each statement field\"); verify keyless, where the signing certificate names them, or pin what the guest attests (--source-commit, --source-tag of an annotated tag)", ErrMismatchSource)
+var errUnboundRepository = fmt.Errorf("%w: a key-signed bundle does not bind the source repository or branch: the manifest's are the runner host's word (docs/design.md, \"What binds each statement field\"); verify keyless, where the signing certificate names them, or pin what the guest attests (Options.ExpectedSourceCommit, or ExpectedSourceTag of an annotated tag)", ErrMismatchSource)
 
 // checkIdentity runs after the hardware bindings, when the manifest and result record are
 // known to be the ones the guest ran and wrote. For a keyless bundle the manifest's
@@ -326,7 +326,7 @@ func LoadTrustedRoot(path, cacheDir string) (root.TrustedMaterial, error) {
 	}
 	tr, err := root.FetchTrustedRootWithOptions(opts)
 	if err != nil {
-		return nil, fmt.Errorf("fetching Sigstore's public-good trusted root (offline, pass --trusted-root FILE): %w", err)
+		return nil, fmt.Errorf("fetching Sigstore's public-good trusted root (offline: give a trusted root file instead): %w", err)
 	}
 	return tr, nil
 }

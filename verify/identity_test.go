@@ -90,7 +90,7 @@ func TestSignatureOptions(t *testing.T) {
 	}{
 		{Options{}, "no public key or trusted root"},
 		{Options{TrustedMaterial: nil, Identity: &Identity{SourceURI: "github.com/a/b", SourceTag: "v1", SourceBranch: "main"}, PublicKey: struct{}{}}, "exclusive"},
-		{Options{PublicKey: struct{}{}, Identity: &Identity{}}, "--source-uri"},
+		{Options{PublicKey: struct{}{}, Identity: &Identity{}}, "Identity.SourceURI is empty"},
 	}
 	for _, c := range cases {
 		if err := c.o.checkSignatureOptions(); err == nil || !strings.Contains(err.Error(), c.want) {

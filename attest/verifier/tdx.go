@@ -78,7 +78,7 @@ func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 			warnings = append(warnings, "revocation not checked: the TDX collateral carries no Intel CRLs (PCK CRL and root CA CRL)")
 		}
 	} else {
-		warnings = append(warnings, "TDX collateral not given: the platform's TCB status, the quoting enclave's TCB level and Intel's CRLs were not checked (give --tdx-collateral FILE); its identity was checked against Intel's TD QE")
+		warnings = append(warnings, "TDX collateral not given: the platform's TCB status, the quoting enclave's TCB level and Intel's CRLs were not checked (no TDX collateral was given); its identity was checked against Intel's TD QE")
 	}
 
 	// 4-6. Policy, TCB, bindings.

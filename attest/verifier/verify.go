@@ -226,7 +226,7 @@ func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 		vopts.CheckRevocations = true
 	} else if ev.TEE != attest.TEESim {
 		// Simulated roots are local keys: nobody publishes a CRL for them.
-		warnings = append(warnings, "revocation not checked: no AMD CRL given (--amd-crl FILE)")
+		warnings = append(warnings, "revocation not checked: no AMD CRL was given")
 	}
 	if err := verify.SnpAttestation(att, vopts); err != nil {
 		switch {
