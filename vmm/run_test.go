@@ -16,7 +16,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 )
 
-const testCmdline = "console=ttyS0 quiet panic=-1"
+const testCmdline = "console=ttyS0 quiet panic=-1 no_timer_check"
 
 // bootScript exercises everything a cloche guest needs from the VM: disks by serial, a
 // read-only toolchain, the output disk, and the sim port, with console lines on the way.

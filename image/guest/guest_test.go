@@ -325,7 +325,7 @@ func TestBusyboxInitramfsBoots(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu, "-nodefaults", "-nographic", "-no-reboot", "-accel", "tcg", "-m", "512",
-		"-kernel", k.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1",
+		"-kernel", k.vmlinuz, "-initrd", initrd, "-append", "console=ttyS0 quiet panic=-1 no_timer_check",
 		"-serial", "stdio", "-display", "none")
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
