@@ -104,6 +104,30 @@ func SnapshotTree(dir string) (TreeSnapshot, error) {
 // The sizes of all artifacts plus logSize must not exceed capBytes (ErrOutputOverCap).
 // The result is sorted by path, with each file's SHA-256.
 func CollectArtifacts(srcDir string, patterns []string, before TreeSnapshot, logSize, capBytes int64) ([]ArtifactFile, error) {
+	found, err := findArtifacts(srcDir, patterns, before)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkArtifactCount(found, len(patterns) == 0); err != nil {
+		return nil, err
+	}
+	total := logSize
+	for _, a := range found {
+		total += a.Size
+	}
+	if total > capBytes {
+		return nil, checkErrorf(ErrOutputOverCap, "output larger than the cap: %d bytes > %d bytes", total, capBytes)
+	}
+	sort.Slice(found, func(i, j int) bool { return found[i].Path < found[j].Path })
+	if err := hashArtifacts(found); err != nil {
+		return nil, err
+	}
+	return found, nil
+}
+
+// findArtifacts walks srcDir for the files patterns match (or, with no patterns, the
+// regular files new or changed since before) and checks that every pattern matched.
+func findArtifacts(srcDir string, patterns []string, before TreeSnapshot) ([]ArtifactFile, error) {
 	matched := make([]int, len(patterns))
 	var found []ArtifactFile
 	n := 0
@@ -122,41 +146,16 @@ func CollectArtifacts(srcDir string, patterns []string, before TreeSnapshot, log
 			return err
 		}
 		rel = filepath.ToSlash(rel)
+		var a *ArtifactFile
 		if len(patterns) == 0 {
-			if !d.Type().IsRegular() {
-				return nil
-			}
-			var st unix.Stat_t
-			if err := unix.Lstat(p, &st); err != nil {
-				return err
-			}
-			if old, ok := before[rel]; ok && old == (fileID{Ino: st.Ino, Ctime: st.Ctim, Size: st.Size}) {
-				return nil
-			}
-			found = append(found, ArtifactFile{Artifact: job.Artifact{Path: rel, Size: st.Size}, HostPath: p})
-			return nil
+			a, err = changedFile(p, rel, d, before)
+		} else {
+			a, err = matchedFile(p, rel, d, patterns, matched)
 		}
-		hit := ""
-		for i, pat := range patterns {
-			if ok, _ := path.Match(pat, rel); ok {
-				matched[i]++
-				if hit == "" {
-					hit = pat
-				}
-			}
+		if a != nil {
+			found = append(found, *a)
 		}
-		if hit == "" {
-			return nil
-		}
-		if !d.Type().IsRegular() {
-			return checkErrorf(ErrArtifactNotFile, "artifact %q (matched by pattern %q) is a %s, not a regular file", rel, hit, typeName(d.Type()))
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		found = append(found, ArtifactFile{Artifact: job.Artifact{Path: rel, Size: info.Size()}, HostPath: p})
-		return nil
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("collecting artifacts: %w", err)
@@ -166,31 +165,76 @@ func CollectArtifacts(srcDir string, patterns []string, before TreeSnapshot, log
 			return nil, checkErrorf(ErrArtifactNoMatch, "artifact pattern %q matched no file", pat)
 		}
 	}
-	if len(patterns) == 0 && len(found) == 0 {
-		return nil, checkErrorf(ErrArtifactNoMatch, "the command created or changed no file in the source tree (the manifest lists no artifact patterns, so those files are the artifacts)")
+	return found, nil
+}
+
+// changedFile is the artifact at p if it is a regular file that is not in before
+// unchanged; nil otherwise.
+func changedFile(p, rel string, d fs.DirEntry, before TreeSnapshot) (*ArtifactFile, error) {
+	if !d.Type().IsRegular() {
+		return nil, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(p, &st); err != nil {
+		return nil, err
+	}
+	if old, ok := before[rel]; ok && old == (fileID{Ino: st.Ino, Ctime: st.Ctim, Size: st.Size}) {
+		return nil, nil
+	}
+	return &ArtifactFile{Artifact: job.Artifact{Path: rel, Size: st.Size}, HostPath: p}, nil
+}
+
+// matchedFile counts in matched the patterns rel matches and, if any does, is the artifact
+// at p, which must be a regular file; nil if no pattern matches.
+func matchedFile(p, rel string, d fs.DirEntry, patterns []string, matched []int) (*ArtifactFile, error) {
+	hit := ""
+	for i, pat := range patterns {
+		if ok, _ := path.Match(pat, rel); ok {
+			matched[i]++
+			if hit == "" {
+				hit = pat
+			}
+		}
+	}
+	if hit == "" {
+		return nil, nil
+	}
+	if !d.Type().IsRegular() {
+		return nil, checkErrorf(ErrArtifactNotFile, "artifact %q (matched by pattern %q) is a %s, not a regular file", rel, hit, typeName(d.Type()))
+	}
+	info, err := d.Info()
+	if err != nil {
+		return nil, err
+	}
+	return &ArtifactFile{Artifact: job.Artifact{Path: rel, Size: info.Size()}, HostPath: p}, nil
+}
+
+// checkArtifactCount insists on at least one changed file when the manifest lists no
+// patterns, and on no more than job.MaxArtifacts.
+func checkArtifactCount(found []ArtifactFile, changedFiles bool) error {
+	if changedFiles && len(found) == 0 {
+		return checkErrorf(ErrArtifactNoMatch, "the command created or changed no file in the source tree (the manifest lists no artifact patterns, so those files are the artifacts)")
 	}
 	if len(found) > job.MaxArtifacts {
-		return nil, checkErrorf(ErrTooManyArtifacts, "%d artifacts, limit %d", len(found), job.MaxArtifacts)
+		return checkErrorf(ErrTooManyArtifacts, "%d artifacts, limit %d", len(found), job.MaxArtifacts)
 	}
-	total := logSize
-	for _, a := range found {
-		total += a.Size
-	}
-	if total > capBytes {
-		return nil, checkErrorf(ErrOutputOverCap, "output larger than the cap: %d bytes > %d bytes", total, capBytes)
-	}
-	sort.Slice(found, func(i, j int) bool { return found[i].Path < found[j].Path })
+	return nil
+}
+
+// hashArtifacts sets each artifact's SHA-256, checking that its size has not changed
+// since the walk.
+func hashArtifacts(found []ArtifactFile) error {
 	for i := range found {
 		sum, size, err := hashRegularFile(found[i].HostPath)
 		if err != nil {
-			return nil, fmt.Errorf("hashing artifact %q: %w", found[i].Path, err)
+			return fmt.Errorf("hashing artifact %q: %w", found[i].Path, err)
 		}
 		if size != found[i].Size {
-			return nil, checkErrorf(ErrArtifactChanged, "artifact %q was %d bytes, now %d", found[i].Path, found[i].Size, size)
+			return checkErrorf(ErrArtifactChanged, "artifact %q was %d bytes, now %d", found[i].Path, found[i].Size, size)
 		}
 		found[i].SHA256 = sum
 	}
-	return found, nil
+	return nil
 }
 
 func typeName(m fs.FileMode) string {

@@ -179,71 +179,126 @@ func (a *agent) run(ctx context.Context) {
 
 // runJob runs steps 1 to 7. With an error, whatever is in a.state describes the failure.
 func (a *agent) runJob(ctx context.Context) (*buildState, error) {
-	step := func(name string, f func() error) error {
-		a.setStep(name)
-		if err := f(); err != nil {
-			return &stepError{step: name, err: err}
-		}
-		return nil
-	}
-	cfg := a.cfg
-	if err := step("mounting proc, sysfs, devtmpfs and tmpfs", mountEarly); err != nil {
+	wd, err := a.startGuest()
+	if err != nil {
 		return nil, err
 	}
-	if err := step("checking that magic SysRq is off", func() error { return requireSysRqOff("/proc") }); err != nil {
+	disks, launch, err := a.openDevices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	input, m, err := a.checkManifest(disks[SerialInput], launch)
+	if err != nil {
+		return nil, err
+	}
+	st := a.newBuildState(m, hex.EncodeToString(launch[:]))
+	if err := a.doStep("digesting the ACPI tables the host gave", func() (err error) {
+		st.result.ACPITablesSHA256, err = ACPITablesDigest(filepath.Join(a.cfg.SysRoot, "firmware", "acpi", "tables"))
+		return err
+	}); err != nil {
+		return st, err
+	}
+	wd.Reset(time.Duration(m.TimeoutSeconds)*time.Second + DeadlineMargin)
+	a.log.Info("manifest verified", "invocation", m.InvocationID, "command", strings.Join(m.Command, " "))
+
+	root, before, err := a.prepareBuild(ctx, disks[SerialToolchain], input, st)
+	if err != nil {
+		return st, err
+	}
+	res, err := a.runBuild(ctx, root, st)
+	if err != nil {
+		return st, err
+	}
+	if res.ExitCode != 0 {
+		// A failed build is a result, not a guest failure: no artifacts are collected.
+		return st, nil
+	}
+	if err := a.collectArtifacts(root, m, before, res); err != nil {
+		return st, err
+	}
+	return st, nil
+}
+
+// doStep announces a step (on the console and for the watchdog's message), runs it and
+// names it in its error.
+func (a *agent) doStep(name string, f func() error) error {
+	a.setStep(name)
+	if err := f(); err != nil {
+		return &stepError{step: name, err: err}
+	}
+	return nil
+}
+
+// startGuest mounts the early file systems, checks that SysRq is off, arms the early
+// watchdog and loads the kernel modules.
+func (a *agent) startGuest() (*watchdog, error) {
+	if err := a.doStep("mounting proc, sysfs, devtmpfs and tmpfs", mountEarly); err != nil {
+		return nil, err
+	}
+	if err := a.doStep("checking that magic SysRq is off", func() error { return requireSysRqOff("/proc") }); err != nil {
 		return nil, err
 	}
 	wd := newWatchdog(EarlyDeadline, a.watchdogFired)
-	if err := step("loading kernel modules", func() error {
-		return LoadModules(cfg.ModuleList, finitModule, a.log)
+	if err := a.doStep("loading kernel modules", func() error {
+		return LoadModules(a.cfg.ModuleList, finitModule, a.log)
 	}); err != nil {
 		return nil, err
 	}
-	var disks map[string]BlockDevice
-	if err := step("finding the output disk", func() error {
-		d, err := FindDisks(cfg.SysRoot, cfg.DevRoot, SerialOutput)
-		if err != nil {
-			return err
-		}
-		f, size, err := OpenBlockDevice(d[SerialOutput], os.O_RDWR)
-		if err != nil {
-			return err
-		}
-		a.outMu.Lock()
-		a.out, a.outSize = f, size
-		a.outMu.Unlock()
-		return nil
-	}); err != nil {
-		return nil, err
+	return wd, nil
+}
+
+// openDevices opens the output disk first (so every later failure can be recorded on it),
+// finds the input and toolchain disks, opens the TEE evidence device and reads the
+// launch-bound manifest digest from the guest's own report.
+func (a *agent) openDevices(ctx context.Context) (disks map[string]BlockDevice, launch [32]byte, err error) {
+	if err := a.doStep("finding the output disk", a.openOutputDisk); err != nil {
+		return nil, launch, err
 	}
-	if err := step("finding the input and toolchain disks", func() (err error) {
-		disks, err = FindDisks(cfg.SysRoot, cfg.DevRoot, SerialInput, SerialToolchain)
+	if err := a.doStep("finding the input and toolchain disks", func() (err error) {
+		disks, err = FindDisks(a.cfg.SysRoot, a.cfg.DevRoot, SerialInput, SerialToolchain)
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, launch, err
 	}
-	if err := step("opening the TEE evidence device", func() (err error) {
+	if err := a.doStep("opening the TEE evidence device", func() (err error) {
 		a.provider, err = a.openProvider()
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, launch, err
 	}
-	var launch [32]byte
-	if err := step("reading the launch-bound manifest digest from the guest's own report", func() error {
+	if err := a.doStep("reading the launch-bound manifest digest from the guest's own report", func() error {
 		var err error
 		launch, err = attest.GuestLaunchDigest(ctx, a.provider, launchProbe)
 		return err
 	}); err != nil {
-		return nil, err
+		return nil, launch, err
 	}
-	launchHex := hex.EncodeToString(launch[:])
-	a.log.Info("launch-bound manifest digest", "sha256", launchHex, "tee", a.provider.TEE())
+	a.log.Info("launch-bound manifest digest", "sha256", hex.EncodeToString(launch[:]), "tee", a.provider.TEE())
+	return disks, launch, nil
+}
 
-	var input *disk.Input
-	var m *job.Manifest
-	if err := step("reading and checking the manifest on the input disk", func() error {
+// openOutputDisk finds and opens the output disk for the failure and result records.
+func (a *agent) openOutputDisk() error {
+	d, err := FindDisks(a.cfg.SysRoot, a.cfg.DevRoot, SerialOutput)
+	if err != nil {
+		return err
+	}
+	f, size, err := OpenBlockDevice(d[SerialOutput], os.O_RDWR)
+	if err != nil {
+		return err
+	}
+	a.outMu.Lock()
+	a.out, a.outSize = f, size
+	a.outMu.Unlock()
+	return nil
+}
+
+// checkManifest reads the input disk's manifest, checks it against the launch digest and
+// checks that it asks for the TEE the guest's evidence comes from.
+func (a *agent) checkManifest(d BlockDevice, launch [32]byte) (input *disk.Input, m *job.Manifest, err error) {
+	err = a.doStep("reading and checking the manifest on the input disk", func() error {
 		var err error
-		input, m, err = readManifest(disks[SerialInput], launch)
+		input, m, err = readManifest(d, launch)
 		if err != nil {
 			return err
 		}
@@ -251,9 +306,16 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 			return fmt.Errorf("the manifest asks for tee %q but the guest's evidence comes from %q", m.TEE, a.provider.TEE())
 		}
 		return nil
-	}); err != nil {
-		return nil, err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
+	return input, m, nil
+}
+
+// newBuildState starts the result record of a verified manifest and makes it a.state, so
+// that from here on every failure produces a result record.
+func (a *agent) newBuildState(m *job.Manifest, launchHex string) *buildState {
 	st := &buildState{
 		manifest: m,
 		result: job.Result{
@@ -263,95 +325,105 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 			Artifacts:       []job.Artifact{},
 			GuestClockStart: time.Now().UTC().Format(time.RFC3339Nano),
 		},
-		logPath: filepath.Join(cfg.RunDir, "log.txt"),
+		logPath: filepath.Join(a.cfg.RunDir, "log.txt"),
 	}
 	a.outMu.Lock()
 	a.state = st
 	a.outMu.Unlock()
-	if err := step("digesting the ACPI tables the host gave", func() (err error) {
-		st.result.ACPITablesSHA256, err = ACPITablesDigest(filepath.Join(cfg.SysRoot, "firmware", "acpi", "tables"))
-		return err
-	}); err != nil {
-		return st, err
-	}
-	wd.Reset(time.Duration(m.TimeoutSeconds)*time.Second + DeadlineMargin)
-	a.log.Info("manifest verified", "invocation", m.InvocationID, "command", strings.Join(m.Command, " "))
+	return st
+}
 
-	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
-		return st, err
+// prepareBuild creates the run directory and the (empty) log, mounts the toolchain,
+// prepares the build root and unpacks and attests the source into it. before is the
+// source tree's snapshot when the manifest lists no artifact patterns.
+func (a *agent) prepareBuild(ctx context.Context, toolchain BlockDevice, input *disk.Input, st *buildState) (root *BuildRoot, before TreeSnapshot, err error) {
+	m := st.manifest
+	if err := os.MkdirAll(a.cfg.RunDir, 0o700); err != nil {
+		return nil, nil, err
 	}
 	// The log file exists from here on, so a failure record always has a log to digest.
 	if err := os.WriteFile(st.logPath, nil, 0o600); err != nil {
-		return st, err
+		return nil, nil, err
 	}
-	toolchainDir := filepath.Join(cfg.RunDir, "toolchain")
-	if err := step("mounting the toolchain through dm-verity", func() error {
-		return mountToolchain(cfg.SysRoot, cfg.DevRoot, verityName, disks[SerialToolchain], m.Toolchain, toolchainDir)
+	toolchainDir := filepath.Join(a.cfg.RunDir, "toolchain")
+	if err := a.doStep("mounting the toolchain through dm-verity", func() error {
+		return mountToolchain(a.cfg.SysRoot, a.cfg.DevRoot, verityName, toolchain, m.Toolchain, toolchainDir)
 	}); err != nil {
-		return st, err
+		return nil, nil, err
 	}
-	var root *BuildRoot
-	if err := step("preparing the build root", func() (err error) {
-		root, err = prepareBuildRoot(toolchainDir, filepath.Join(cfg.RunDir, "build"), BuildUID, BuildGID)
+	if err := a.doStep("preparing the build root", func() (err error) {
+		root, err = prepareBuildRoot(toolchainDir, filepath.Join(a.cfg.RunDir, "build"), BuildUID, BuildGID)
 		return err
 	}); err != nil {
-		return st, err
+		return nil, nil, err
 	}
-	var before TreeSnapshot
 	var tree string
-	if err := step("unpacking the source archive", func() (err error) {
+	if err := a.doStep("unpacking the source archive", func() (err error) {
 		tree, before, err = unpackSource(ctx, input, m, root)
 		return err
 	}); err != nil {
-		return st, err
+		return nil, nil, err
 	}
 	a.update(func(st *buildState) { st.result.SourceTree = tree })
 	a.log.Info("source unpacked", "tree", tree)
-	if err := step("checking the commit object against the unpacked tree", func() error {
-		att, err := attestSource(m, tree)
-		if err != nil || att == nil {
-			return err
-		}
-		a.update(func(st *buildState) {
-			st.result.SourceCommit, st.result.SourceTag, st.result.SourceTagObject = att.Commit, att.Tag, att.TagObject
-		})
-		a.log.Info("source commit attested", "commit", att.Commit, "tag", att.Tag)
-		return nil
+	if err := a.doStep("checking the commit object against the unpacked tree", func() error {
+		return a.recordSourceCommit(m, tree)
 	}); err != nil {
-		return st, err
+		return nil, nil, err
 	}
+	return root, before, nil
+}
 
+// recordSourceCommit puts the commit (and tag) computed from the manifest's git objects
+// into the result record; nothing without a commit object.
+func (a *agent) recordSourceCommit(m *job.Manifest, tree string) error {
+	att, err := attestSource(m, tree)
+	if err != nil || att == nil {
+		return err
+	}
+	a.update(func(st *buildState) {
+		st.result.SourceCommit, st.result.SourceTag, st.result.SourceTagObject = att.Commit, att.Tag, att.TagObject
+	})
+	a.log.Info("source commit attested", "commit", att.Commit, "tag", att.Tag)
+	return nil
+}
+
+// runBuild runs the command in the sandbox and records its duration, log and exit code. A
+// command that ran to an exit is not an error, whatever its exit code.
+func (a *agent) runBuild(ctx context.Context, root *BuildRoot, st *buildState) (*CommandResult, error) {
+	m := st.manifest
 	a.setStep("running the command")
 	res, err := RunCommand(ctx, CommandSpec{
 		Root: root.Dir, Dir: path.Join("/src", m.Workdir), Argv: m.Command, Env: BuildEnv(m),
 		UID: BuildUID, GID: BuildGID, Timeout: time.Duration(m.TimeoutSeconds) * time.Second,
-		Console: cfg.Console, LogPath: st.logPath, LogCap: m.MaxOutputBytes, SelfExe: cfg.SelfExe,
+		Console: a.cfg.Console, LogPath: st.logPath, LogCap: m.MaxOutputBytes, SelfExe: a.cfg.SelfExe,
 		Rlimits: m.Rlimits,
 	})
 	if err != nil {
-		return st, &stepError{step: "running the command", err: err}
+		return nil, &stepError{step: "running the command", err: err}
 	}
 	a.update(func(st *buildState) {
 		st.result.DurationMillis = res.Duration.Milliseconds()
 		st.result.Log = res.Log
 	})
 	// A corrupted toolchain block reads as EIO to the build; say so plainly.
-	if err := verityStatus(cfg.DevRoot, verityName); err != nil {
-		return st, &stepError{step: "checking the toolchain's dm-verity status", err: err}
+	if err := verityStatus(a.cfg.DevRoot, verityName); err != nil {
+		return nil, &stepError{step: "checking the toolchain's dm-verity status", err: err}
 	}
 	if res.Err != nil {
-		return st, &stepError{step: "running the command", err: res.Err}
+		return nil, &stepError{step: "running the command", err: res.Err}
 	}
 	a.update(func(st *buildState) { st.result.ExitCode = res.ExitCode })
 	a.log.Info("command finished", "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond), "log_bytes", res.LogTotal)
 	if res.LogTruncated {
 		a.log.Info("build log truncated", "kept", res.Log.Size, "total", res.LogTotal)
 	}
-	if res.ExitCode != 0 {
-		// A failed build is a result, not a guest failure: no artifacts are collected.
-		return st, nil
-	}
-	if err := step("collecting artifacts", func() error {
+	return res, nil
+}
+
+// collectArtifacts collects the artifacts of a successful build into the result record.
+func (a *agent) collectArtifacts(root *BuildRoot, m *job.Manifest, before TreeSnapshot, res *CommandResult) error {
+	return a.doStep("collecting artifacts", func() error {
 		arts, err := CollectArtifacts(root.Src, m.Artifacts, before, res.Log.Size, min(m.MaxOutputBytes, a.outSize))
 		if err != nil {
 			return err
@@ -363,10 +435,7 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 			}
 		})
 		return nil
-	}); err != nil {
-		return st, err
-	}
-	return st, nil
+	})
 }
 
 // readManifest reads the input disk and checks its manifest against the launch digest

@@ -164,21 +164,12 @@ func RunCommand(ctx context.Context, spec CommandSpec) (*CommandResult, error) {
 	}
 	defer logf.Close()
 	lw := &logWriter{file: logf, console: spec.Console, cap: spec.LogCap, h: sha256.New()}
-	finish := func() (*CommandResult, error) {
-		if lw.err != nil {
-			return nil, fmt.Errorf("writing the build log: %w", lw.err)
-		}
-		res.Log = job.Digest{SHA256: hex.EncodeToString(lw.h.Sum(nil)), Size: lw.kept}
-		res.LogTotal = lw.total
-		res.LogTruncated = lw.total > lw.kept
-		return res, nil
-	}
 
 	prog, err := lookCommand(spec.Root, spec.Argv[0], spec.Dir)
 	if err != nil {
 		res.Err = err
 		fmt.Fprintf(lw, "cloche: %v\n", err)
-		return finish()
+		return finishCommandResult(res, lw)
 	}
 	cfg, err := json.Marshal(sandboxConfig{
 		Root: spec.Root, Dir: spec.Dir, Path: prog, Argv: spec.Argv, Env: spec.Env,
@@ -187,71 +178,160 @@ func RunCommand(ctx context.Context, spec CommandSpec) (*CommandResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := runSandboxHelper(ctx, spec, cfg, lw, res); err != nil {
+		return nil, err
+	}
+	if res.Err != nil {
+		fmt.Fprintf(lw, "\ncloche: %v\n", res.Err)
+	}
+	return finishCommandResult(res, lw)
+}
 
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return nil, err
+// finishCommandResult names the log's kept bytes in res. A failed write of the log file
+// fails the run: the log is part of the record.
+func finishCommandResult(res *CommandResult, lw *logWriter) (*CommandResult, error) {
+	if lw.err != nil {
+		return nil, fmt.Errorf("writing the build log: %w", lw.err)
 	}
-	defer outR.Close()
-	statR, statW, err := os.Pipe()
-	if err != nil {
-		outW.Close()
-		return nil, err
-	}
-	defer statR.Close()
-	cfgR, cfgW, err := os.Pipe()
-	if err != nil {
-		outW.Close()
-		statW.Close()
-		return nil, err
-	}
-	defer cfgW.Close()
+	res.Log = job.Digest{SHA256: hex.EncodeToString(lw.h.Sum(nil)), Size: lw.kept}
+	res.LogTotal = lw.total
+	res.LogTruncated = lw.total > lw.kept
+	return res, nil
+}
 
-	cmd := exec.Command(spec.SelfExe, SandboxArg)
-	cmd.Env = []string{}
-	cmd.Stdout = outW
-	cmd.Stderr = outW
-	cmd.ExtraFiles = []*os.File{statW, cfgR}
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
-		Pdeathsig:  syscall.SIGKILL,
+// runSandboxHelper starts the sandbox helper with its configuration cfg, copies its output
+// into lw, waits for it (killing it at the time limit or when ctx ends) and records in res
+// how long it ran and what became of the command.
+func runSandboxHelper(ctx context.Context, spec CommandSpec, cfg []byte, lw *logWriter, res *CommandResult) error {
+	p, err := openSandboxPipes()
+	if err != nil {
+		return err
 	}
+	defer p.closeParentEnds()
+	cmd := sandboxCommand(spec.SelfExe, p)
 	start := time.Now()
 	err = cmd.Start()
-	outW.Close()
-	statW.Close()
-	cfgR.Close()
+	p.closeChildEnds()
 	if err != nil {
-		return nil, fmt.Errorf("starting the build sandbox: %w", err)
+		return fmt.Errorf("starting the build sandbox: %w", err)
 	}
 	go func() {
 		// The helper reads this before anything else; if it dies first, the write fails
 		// with EPIPE and the missing status says so.
-		_, _ = cfgW.Write(cfg)
-		cfgW.Close()
+		_, _ = p.cfgW.Write(cfg)
+		p.cfgW.Close()
 	}()
+	waitCopies := p.startCopies(lw)
+	killedFor := waitOrKill(ctx, cmd, spec.Timeout)
+	res.Duration = time.Since(start)
+	statusBytes := waitCopies()
+	if killedFor != nil {
+		res.Err = killedFor
+		return nil
+	}
+	res.ExitCode, res.Err = decodeSandboxStatus(statusBytes, cmd.ProcessState)
+	return nil
+}
 
+// sandboxPipes are the helper's output, status and configuration pipes. The guest keeps
+// outR, statR and cfgW; the helper gets the other ends.
+type sandboxPipes struct {
+	outR, outW   *os.File
+	statR, statW *os.File
+	cfgR, cfgW   *os.File
+}
+
+func openSandboxPipes() (*sandboxPipes, error) {
+	var p sandboxPipes
+	var err error
+	if p.outR, p.outW, err = os.Pipe(); err != nil {
+		return nil, err
+	}
+	if p.statR, p.statW, err = os.Pipe(); err != nil {
+		p.outR.Close()
+		p.outW.Close()
+		return nil, err
+	}
+	if p.cfgR, p.cfgW, err = os.Pipe(); err != nil {
+		p.outR.Close()
+		p.outW.Close()
+		p.statR.Close()
+		p.statW.Close()
+		return nil, err
+	}
+	return &p, nil
+}
+
+// closeChildEnds closes the helper's ends once it has them (or failed to start), so that
+// the guest's reads end at EOF when the helper's namespace is gone.
+func (p *sandboxPipes) closeChildEnds() {
+	p.outW.Close()
+	p.statW.Close()
+	p.cfgR.Close()
+}
+
+func (p *sandboxPipes) closeParentEnds() {
+	p.outR.Close()
+	p.statR.Close()
+	p.cfgW.Close()
+}
+
+// sandboxCommand is the helper process: PID 1 of new mount, PID, network, UTS and IPC
+// namespaces, with an empty environment, killed if the guest agent dies.
+func sandboxCommand(selfExe string, p *sandboxPipes) *exec.Cmd {
+	cmd := exec.Command(selfExe, SandboxArg)
+	cmd.Env = []string{}
+	cmd.Stdout = p.outW
+	cmd.Stderr = p.outW
+	cmd.ExtraFiles = []*os.File{p.statW, p.cfgR}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	return cmd
+}
+
+// startCopies copies the helper's output into lw and reads its status. The returned wait
+// ends the copies and gives the status bytes.
+func (p *sandboxPipes) startCopies(lw *logWriter) (wait func() []byte) {
 	var copyDone sync.WaitGroup
 	copyDone.Add(2)
 	go func() {
 		defer copyDone.Done()
-		_, _ = io.Copy(lw, outR)
+		_, _ = io.Copy(lw, p.outR)
 	}()
 	var statusBytes []byte
 	go func() {
 		defer copyDone.Done()
-		statusBytes, _ = io.ReadAll(io.LimitReader(statR, maxStatusSize))
+		statusBytes, _ = io.ReadAll(io.LimitReader(p.statR, maxStatusSize))
 	}()
+	return func() []byte {
+		// Every writer of the pipes lived in the namespace, which is gone now; the copies
+		// end at EOF promptly. Bound the wait anyway: the guest must never hang.
+		copied := make(chan struct{})
+		go func() { copyDone.Wait(); close(copied) }()
+		select {
+		case <-copied:
+		case <-time.After(10 * time.Second):
+			p.outR.Close()
+			p.statR.Close()
+			<-copied
+		}
+		return statusBytes
+	}
+}
 
+// waitOrKill waits for the helper to exit. At the time limit, or when ctx ends, it kills
+// the helper and says why.
+func waitOrKill(ctx context.Context, cmd *exec.Cmd, timeout time.Duration) (killedFor error) {
 	waitDone := make(chan error, 1)
 	go func() { waitDone <- cmd.Wait() }()
-	timer := time.NewTimer(spec.Timeout)
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	var killedFor error
 	select {
 	case <-waitDone:
 	case <-timer.C:
-		killedFor = fmt.Errorf("%w of %s and was killed", ErrCommandTimeout, spec.Timeout)
+		killedFor = fmt.Errorf("%w of %s and was killed", ErrCommandTimeout, timeout)
 	case <-ctx.Done():
 		killedFor = fmt.Errorf("command stopped: %w", context.Cause(ctx))
 	}
@@ -260,44 +340,26 @@ func RunCommand(ctx context.Context, spec CommandSpec) (*CommandResult, error) {
 		_ = cmd.Process.Kill()
 		<-waitDone
 	}
-	res.Duration = time.Since(start)
+	return killedFor
+}
 
-	// Every writer of the pipes lived in the namespace, which is gone now; the copies end
-	// at EOF promptly. Bound the wait anyway: the guest must never hang.
-	copied := make(chan struct{})
-	go func() { copyDone.Wait(); close(copied) }()
-	select {
-	case <-copied:
-	case <-time.After(10 * time.Second):
-		outR.Close()
-		statR.Close()
-		<-copied
+// decodeSandboxStatus reads the helper's answer: the command's exit code, or (with exit
+// code -1) why it did not exit on its own.
+func decodeSandboxStatus(statusBytes []byte, ps *os.ProcessState) (int, error) {
+	var st sandboxStatus
+	if err := json.Unmarshal(statusBytes, &st); err != nil {
+		return -1, fmt.Errorf("the build sandbox ended without a status (%w): %s", err, ps)
 	}
-
 	switch {
-	case killedFor != nil:
-		res.Err = killedFor
+	case st.Error != "":
+		return -1, errors.New(st.Error)
+	case st.Exited:
+		return st.ExitCode, nil
+	case st.Signal != 0:
+		return -1, fmt.Errorf("command killed by signal %d (%s)", st.Signal, unix.SignalName(syscall.Signal(st.Signal)))
 	default:
-		var st sandboxStatus
-		if err := json.Unmarshal(statusBytes, &st); err != nil {
-			res.Err = fmt.Errorf("the build sandbox ended without a status (%v): %s", err, cmd.ProcessState)
-			break
-		}
-		switch {
-		case st.Error != "":
-			res.Err = errors.New(st.Error)
-		case st.Exited:
-			res.ExitCode = st.ExitCode
-		case st.Signal != 0:
-			res.Err = fmt.Errorf("command killed by signal %d (%s)", st.Signal, unix.SignalName(syscall.Signal(st.Signal)))
-		default:
-			res.Err = errors.New("the build sandbox sent an empty status")
-		}
+		return -1, errors.New("the build sandbox sent an empty status")
 	}
-	if res.Err != nil {
-		fmt.Fprintf(lw, "\ncloche: %v\n", res.Err)
-	}
-	return finish()
 }
 
 // logWriter keeps the first cap bytes in the log file (hashing them) and shows the same

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -202,66 +203,14 @@ func diskNeed(s *JobSpec) int64 {
 
 func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	peer := r.Context().Value(peerKey{}).(Submitter)
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "multipart/form-data" {
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "a submission is a multipart/form-data body with the parts \"job\" (JSON) and \"source\" (the archive)")
+	mr, spec, ok := a.readJobSpec(w, r)
+	if !ok {
 		return
 	}
-	// A body that pauses longer than the upload timeout is dropped: a stalled upload must
-	// not hold a place in the queue.
-	r.Body = &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: time.Duration(a.cfg.UploadIdleTimeout)}
-	mr, err := r.MultipartReader()
-	if err != nil {
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the submission: %v", err))
-		return
-	}
-	part, err := mr.NextPart()
-	if err != nil || part.FormName() != "job" {
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's first part must be \"job\" (the job spec as JSON)")
-		return
-	}
-	raw, err := io.ReadAll(io.LimitReader(part, MaxSpecBytes+1))
-	if err != nil {
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the job spec: %v", err))
-		return
-	}
-	if len(raw) > MaxSpecBytes {
-		a.fail(w, r, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the job spec is over %d bytes", MaxSpecBytes))
-		return
-	}
-	var spec JobSpec
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&spec); err != nil || dec.More() {
-		if err == nil {
-			err = errors.New("trailing data after the JSON object")
-		}
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the job spec is not valid JSON for this API version: %v", err))
-		return
-	}
-	if status, err := a.prepareSpec(&spec); err != nil {
-		code := CodeBadRequest
-		if status == http.StatusRequestEntityTooLarge {
-			code = CodeTooLarge
-		}
-		a.fail(w, r, status, code, err.Error())
-		return
-	}
-
 	// Admission: refuse before receiving the archive when the queue is full.
-	a.mu.Lock()
-	if a.stopping {
-		a.mu.Unlock()
-		a.fail(w, r, http.StatusServiceUnavailable, CodeBusy, "the agent is stopping; retry with the next agent")
+	if !a.admitSubmission(w, r, peer, spec.Source.Size) {
 		return
 	}
-	if status, msg := a.admitLocked(peer.UID, spec.Source.Size); msg != "" {
-		a.mu.Unlock()
-		a.fail(w, r, status, CodeBusy, msg)
-		return
-	}
-	a.receiving[peer.UID]++
-	a.arriving[peer.UID] += spec.Source.Size
-	a.mu.Unlock()
 	received := false
 	defer func() {
 		if !received {
@@ -284,63 +233,168 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 			os.RemoveAll(dir)
 		}
 	}()
-	part, err = mr.NextPart()
+	if !a.receiveSource(w, r, mr, peer, spec, src) {
+		return
+	}
+	j, ok := a.queueJob(w, r, peer, id, dir, spec)
+	if !ok {
+		return
+	}
+	keep, received = true, true
+	a.streamEvents(w, r, j, id, spec.KeepOnDisconnect)
+}
+
+// readJobSpec reads the submission's first part, the job spec, and checks it against the
+// agent's limits; ok is false when it has answered with the failure.
+func (a *Agent) readJobSpec(w http.ResponseWriter, r *http.Request) (mr *multipart.Reader, spec *JobSpec, ok bool) {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "multipart/form-data" {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "a submission is a multipart/form-data body with the parts \"job\" (JSON) and \"source\" (the archive)")
+		return nil, nil, false
+	}
+	// A body that pauses longer than the upload timeout is dropped: a stalled upload must
+	// not hold a place in the queue.
+	r.Body = &idleReader{r: r.Body, rc: http.NewResponseController(w), idle: time.Duration(a.cfg.UploadIdleTimeout)}
+	mr, err := r.MultipartReader()
+	if err != nil {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the submission: %v", err))
+		return nil, nil, false
+	}
+	part, err := mr.NextPart()
+	if err != nil || part.FormName() != "job" {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's first part must be \"job\" (the job spec as JSON)")
+		return nil, nil, false
+	}
+	raw, err := io.ReadAll(io.LimitReader(part, MaxSpecBytes+1))
+	if err != nil {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("reading the job spec: %v", err))
+		return nil, nil, false
+	}
+	if len(raw) > MaxSpecBytes {
+		a.fail(w, r, http.StatusRequestEntityTooLarge, CodeTooLarge, fmt.Sprintf("the job spec is over %d bytes", MaxSpecBytes))
+		return nil, nil, false
+	}
+	spec, err = decodeJobSpec(raw)
+	if err != nil {
+		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the job spec is not valid JSON for this API version: %v", err))
+		return nil, nil, false
+	}
+	if status, err := a.prepareSpec(spec); err != nil {
+		code := CodeBadRequest
+		if status == http.StatusRequestEntityTooLarge {
+			code = CodeTooLarge
+		}
+		a.fail(w, r, status, code, err.Error())
+		return nil, nil, false
+	}
+	return mr, spec, true
+}
+
+// decodeJobSpec decodes exactly one JSON object with no field this API version lacks.
+func decodeJobSpec(raw []byte) (*JobSpec, error) {
+	var spec JobSpec
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&spec); err != nil {
+		return nil, err
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after the JSON object")
+	}
+	return &spec, nil
+}
+
+// admitSubmission counts a submission of a size-byte source from peer as arriving, unless
+// the agent is stopping or the queue is full; ok is false when it has answered with the
+// refusal. The caller ends the count with doneReceivingLocked.
+func (a *Agent) admitSubmission(w http.ResponseWriter, r *http.Request, peer Submitter, size int64) bool {
+	a.mu.Lock()
+	if a.stopping {
+		a.mu.Unlock()
+		a.fail(w, r, http.StatusServiceUnavailable, CodeBusy, "the agent is stopping; retry with the next agent")
+		return false
+	}
+	if status, msg := a.admitLocked(peer.UID, size); msg != "" {
+		a.mu.Unlock()
+		a.fail(w, r, status, CodeBusy, msg)
+		return false
+	}
+	a.receiving[peer.UID]++
+	a.arriving[peer.UID] += size
+	a.mu.Unlock()
+	return true
+}
+
+// receiveSource unpacks the submission's second part, the source archive, into src and
+// checks that no part follows; false when it has answered with the failure (or the client
+// went away).
+func (a *Agent) receiveSource(w http.ResponseWriter, r *http.Request, mr *multipart.Reader, peer Submitter, spec *JobSpec, src string) bool {
+	part, err := mr.NextPart()
 	if isTimeout(err) {
 		a.uploadStalled(w, r, peer)
-		return
+		return false
 	}
 	if err != nil || part.FormName() != "source" {
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission's second part must be \"source\" (the source archive)")
-		return
+		return false
 	}
 	lim := source.DefaultLimits()
 	lim.MaxTotalSize = min(lim.MaxTotalSize, 4*a.cfg.MaxSourceBytes)
 	if err := source.Unpack(r.Context(), part, spec.Source.SHA256, spec.Source.Size, src, lim, 0, 0, false); err != nil {
-		if r.Context().Err() != nil {
-			a.log.Info("submission abandoned while the source arrived", "peer_uid", peer.UID)
-			return
-		}
-		if isTimeout(err) {
-			a.uploadStalled(w, r, peer)
-			return
-		}
-		if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
-			// The agent's disk, not the client's archive, is at fault.
-			a.fail(w, r, http.StatusInsufficientStorage, CodeInternal, fmt.Sprintf("the agent's state disk (%s) is full: unpacking the source failed: %v; retry later", a.cfg.StateDir, err))
-			return
-		}
-		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the source archive was rejected: %v", err))
-		return
+		a.sourceRejected(w, r, peer, err)
+		return false
 	}
 	if _, err := mr.NextPart(); err != io.EOF {
 		a.fail(w, r, http.StatusBadRequest, CodeBadRequest, "the submission has parts after \"source\"; expected exactly \"job\" and \"source\"")
-		return
+		return false
 	}
 	// Read the body to its end so the server notices when the client goes away.
 	io.Copy(io.Discard, io.LimitReader(r.Body, 4096))
 	// From here the connection only streams the job's events: no read deadline.
 	http.NewResponseController(w).SetReadDeadline(time.Time{})
+	return true
+}
 
+// sourceRejected answers a source archive that could not be unpacked, telling the agent's
+// full disk apart from a bad archive; a client that went away gets no answer.
+func (a *Agent) sourceRejected(w http.ResponseWriter, r *http.Request, peer Submitter, err error) {
+	if r.Context().Err() != nil {
+		a.log.Info("submission abandoned while the source arrived", "peer_uid", peer.UID)
+		return
+	}
+	if isTimeout(err) {
+		a.uploadStalled(w, r, peer)
+		return
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		// The agent's disk, not the client's archive, is at fault.
+		a.fail(w, r, http.StatusInsufficientStorage, CodeInternal, fmt.Sprintf("the agent's state disk (%s) is full: unpacking the source failed: %v; retry later", a.cfg.StateDir, err))
+		return
+	}
+	a.fail(w, r, http.StatusBadRequest, CodeBadRequest, fmt.Sprintf("the source archive was rejected: %v", err))
+}
+
+// queueJob persists the received job in dir, ends its count as arriving and queues it;
+// false when it has answered with the failure.
+func (a *Agent) queueJob(w http.ResponseWriter, r *http.Request, peer Submitter, id, dir string, spec *JobSpec) (*jobEntry, bool) {
 	j := &jobEntry{
 		dir:     dir,
-		need:    Usage{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, VMs: 1, DiskBytes: diskNeed(&spec)},
+		need:    Usage{VCPUs: spec.VCPUs, MemoryMiB: spec.MemoryMiB, VMs: 1, DiskBytes: diskNeed(spec)},
 		changed: make(chan struct{}),
 		status: JobStatus{
-			ID: id, State: StateQueued, Submitter: peer, Spec: spec, TEE: string(spec.TEE),
-			WallClockSeconds: a.wallClock(&spec), SubmittedAt: time.Now().UTC(),
+			ID: id, State: StateQueued, Submitter: peer, Spec: *spec, TEE: string(spec.TEE),
+			WallClockSeconds: a.wallClock(spec), SubmittedAt: time.Now().UTC(),
 		},
 	}
 	if err := os.WriteFile(filepath.Join(dir, consoleName), nil, 0o600); err != nil {
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("preparing the job's log: %v", err))
-		return
+		return nil, false
 	}
 	a.mu.Lock()
 	if err := writeRecord(dir, &j.status, true); err != nil {
 		a.mu.Unlock()
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
-		return
+		return nil, false
 	}
-	keep, received = true, true
 	a.doneReceivingLocked(peer.UID, spec.Source.Size)
 	a.jobs[id] = j
 	a.queue.push(j)
@@ -348,14 +402,20 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	a.log.Info("job queued", "job", id, "peer_uid", peer.UID, "peer_pid", peer.PID, "command", spec.Command, "source_sha256", spec.Source.SHA256)
 	a.kickDispatch()
+	return j, true
+}
 
+// streamEvents streams the job's log and status changes to the submitting client as
+// NDJSON events until the job ends; a client that goes away cancels its job unless
+// keepOnDisconnect.
+func (a *Agent) streamEvents(w http.ResponseWriter, r *http.Request, j *jobEntry, id string, keepOnDisconnect bool) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.WriteHeader(http.StatusOK)
 	enc := json.NewEncoder(w)
 	flush := func() error {
 		return http.NewResponseController(w).Flush()
 	}
-	err = a.follow(r.Context(), j,
+	err := a.follow(r.Context(), j,
 		func(b []byte) error {
 			if err := enc.Encode(&Event{Type: EventLog, Log: b}); err != nil {
 				return err
@@ -368,7 +428,7 @@ func (a *Agent) handleSubmit(w http.ResponseWriter, r *http.Request) {
 			}
 			return flush()
 		})
-	if err != nil && !spec.KeepOnDisconnect {
+	if err != nil && !keepOnDisconnect {
 		a.log.Info("submitting client went away; cancelling its job", "job", id, "err", err)
 		a.cancelJob(j, stopCause{StateCancelled, ReasonDisconnected})
 	}

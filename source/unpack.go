@@ -167,25 +167,9 @@ func (u *unpacker) extract(tr *tar.Reader) error {
 }
 
 func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
-	u.files++
-	if u.files > u.lim.MaxFiles {
-		return overLimit(hdr.Name, "more than %d entries", u.lim.MaxFiles)
-	}
-	if len(hdr.Name) > u.lim.MaxPathLen {
-		return overLimit(shorten(hdr.Name), "name is %d bytes, limit %d", len(hdr.Name), u.lim.MaxPathLen)
-	}
-	name := hdr.Name
-	if hdr.Typeflag == tar.TypeDir {
-		name = strings.TrimSuffix(name, "/")
-	} else if strings.HasSuffix(name, "/") {
-		return unsafeEntry(hdr.Name, "name ends in \"/\" but the entry is not a directory")
-	}
-	name, why := cleanEntryName(name)
-	if why != "" {
-		return unsafeEntry(hdr.Name, "%s", why)
-	}
-	if depth := strings.Count(name, "/") + 1; depth > u.lim.MaxDepth {
-		return overLimit(name, "%d path components, limit %d", depth, u.lim.MaxDepth)
+	name, err := u.entryName(hdr)
+	if err != nil {
+		return err
 	}
 	if i, ok := u.implicit[name]; ok && hdr.Typeflag == tar.TypeDir {
 		// A directory entry after its content (which created it): take its mode, once.
@@ -205,7 +189,37 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	if err := u.parents(name, hdr.ModTime); err != nil {
 		return err
 	}
+	return u.create(tr, hdr, name)
+}
 
+// entryName counts the entry against the limits and returns its clean name, refusing
+// names that could land outside the tree or are over the limits.
+func (u *unpacker) entryName(hdr *tar.Header) (string, error) {
+	u.files++
+	if u.files > u.lim.MaxFiles {
+		return "", overLimit(hdr.Name, "more than %d entries", u.lim.MaxFiles)
+	}
+	if len(hdr.Name) > u.lim.MaxPathLen {
+		return "", overLimit(shorten(hdr.Name), "name is %d bytes, limit %d", len(hdr.Name), u.lim.MaxPathLen)
+	}
+	name := hdr.Name
+	if hdr.Typeflag == tar.TypeDir {
+		name = strings.TrimSuffix(name, "/")
+	} else if strings.HasSuffix(name, "/") {
+		return "", unsafeEntry(hdr.Name, "name ends in \"/\" but the entry is not a directory")
+	}
+	name, why := cleanEntryName(name)
+	if why != "" {
+		return "", unsafeEntry(hdr.Name, "%s", why)
+	}
+	if depth := strings.Count(name, "/") + 1; depth > u.lim.MaxDepth {
+		return "", overLimit(name, "%d path components, limit %d", depth, u.lim.MaxDepth)
+	}
+	return name, nil
+}
+
+// create makes the entry's directory, file or symlink; every other type is refused.
+func (u *unpacker) create(tr *tar.Reader, hdr *tar.Header, name string) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		if err := u.root.Mkdir(name, 0o700); err != nil {
@@ -217,25 +231,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	case tar.TypeReg:
 		return u.file(tr, hdr, name)
 	case tar.TypeSymlink:
-		target := hdr.Linkname
-		switch {
-		case target == "":
-			return unsafeEntry(name, "symlink with an empty target")
-		case strings.ContainsRune(target, 0):
-			return unsafeEntry(name, "symlink target contains NUL")
-		case len(target) > u.lim.MaxPathLen:
-			return overLimit(name, "symlink target is %d bytes, limit %d", len(target), u.lim.MaxPathLen)
-		}
-		if err := u.root.Symlink(target, name); err != nil {
-			return fmt.Errorf("%q: %w", name, err)
-		}
-		u.kinds[name] = tar.TypeSymlink
-		if u.chown {
-			if err := u.root.Lchown(name, u.uid, u.gid); err != nil {
-				return fmt.Errorf("%q: %w", name, err)
-			}
-		}
-		return nil
+		return u.symlink(hdr.Linkname, name)
 	case tar.TypeLink:
 		return unsafeEntry(name, "hard link (to %q), not allowed", hdr.Linkname)
 	case tar.TypeChar, tar.TypeBlock:
@@ -247,6 +243,29 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	default:
 		return unsafeEntry(name, "entry type %q, expected a regular file, directory or symlink", hdr.Typeflag)
 	}
+}
+
+// symlink creates name pointing to target (which may point anywhere: nothing is ever
+// written through it, see parents).
+func (u *unpacker) symlink(target, name string) error {
+	switch {
+	case target == "":
+		return unsafeEntry(name, "symlink with an empty target")
+	case strings.ContainsRune(target, 0):
+		return unsafeEntry(name, "symlink target contains NUL")
+	case len(target) > u.lim.MaxPathLen:
+		return overLimit(name, "symlink target is %d bytes, limit %d", len(target), u.lim.MaxPathLen)
+	}
+	if err := u.root.Symlink(target, name); err != nil {
+		return fmt.Errorf("%q: %w", name, err)
+	}
+	u.kinds[name] = tar.TypeSymlink
+	if u.chown {
+		if err := u.root.Lchown(name, u.uid, u.gid); err != nil {
+			return fmt.Errorf("%q: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // parents makes sure every parent of name is a directory this archive created (creating

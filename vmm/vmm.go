@@ -117,90 +117,157 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	qemu, err := checkRun(ctx, &cfg)
+	if err != nil {
+		return nil, err
+	}
+	accel, err := chooseAccel(ctx, cfg, qemu, log)
+	if err != nil {
+		return nil, err
+	}
+	runDir, removeRunDir, err := makeRunDir(cfg.RunDir)
+	if err != nil {
+		return nil, err
+	}
+	defer removeRunDir()
+	var sim *simChannel
+	simSocket := ""
+	if cfg.TEE == attest.TEESim {
+		if sim, simSocket, err = openSimChannel(runDir); err != nil {
+			return nil, err
+		}
+		defer sim.close()
+	}
+	args, err := Args(cfg, accel, simSocket)
+	if err != nil {
+		return nil, err
+	}
+	vm := newQEMUCommand(qemu, args, cfg.Console, log)
+	vm.sim = sim
+
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("vmm: not started: %w", err)
 	}
+	log.Debug("vmm: starting QEMU", "qemu", qemu, "args", args)
+	start := time.Now()
+	if err := vm.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%w: start %s: %w", ErrQEMU, qemu, err)
+	}
+	vm.pid = vm.cmd.Process.Pid
+	log.Info("vmm: VM started", "pid", vm.pid, "accel", accel, "tee", cfg.TEE, "timeout", cfg.Timeout)
+	end := vm.supervise(ctx, cfg, start)
+	if err := end.err(vm.stderr); err != nil {
+		return nil, err
+	}
+	return &Result{Duration: end.duration, Accel: accel}, nil
+}
+
+// checkRun checks cfg (and the host, for a hardware TEE, which may fill in cfg's SNP
+// defaults) before anything is started, and finds the QEMU binary.
+func checkRun(ctx context.Context, cfg *Config) (qemu string, err error) {
+	if err := ctx.Err(); err != nil {
+		return "", fmt.Errorf("vmm: not started: %w", err)
+	}
 	if cfg.Timeout <= 0 {
-		return nil, fmt.Errorf("vmm: Config.Timeout is %s, expected a positive wall-clock limit", cfg.Timeout)
+		return "", fmt.Errorf("vmm: Config.Timeout is %s, expected a positive wall-clock limit", cfg.Timeout)
 	}
 	if _, err := backendFor(cfg.TEE); err != nil {
-		return nil, err
+		return "", err
 	}
 	if cfg.TEE == attest.TEESim && cfg.SimService == nil {
-		return nil, fmt.Errorf("vmm: the sim TEE needs Config.SimService")
+		return "", fmt.Errorf("vmm: the sim TEE needs Config.SimService")
 	}
-	if err := checkShape(cfg); err != nil {
-		return nil, err
+	if err := checkShape(*cfg); err != nil {
+		return "", err
 	}
-	if err := checkFiles(cfg); err != nil {
-		return nil, err
+	if err := checkFiles(*cfg); err != nil {
+		return "", err
 	}
 	host := defaultHostPaths()
 	if cfg.host != nil {
 		host = *cfg.host
 	}
-	if err := host.preflight(&cfg); err != nil {
-		return nil, err
+	if err := host.preflight(cfg); err != nil {
+		return "", err
 	}
-	qemu, err := exec.LookPath(cfg.QEMU)
+	qemu, err = exec.LookPath(cfg.QEMU)
 	if err != nil {
-		return nil, fmt.Errorf("vmm: QEMU binary %q not found (install qemu-system-x86 or set Config.QEMU): %w", cfg.QEMU, err)
+		return "", fmt.Errorf("vmm: QEMU binary %q not found (install qemu-system-x86 or set Config.QEMU): %w", cfg.QEMU, err)
 	}
+	return qemu, nil
+}
 
+// chooseAccel resolves Config.Accel: hardware TEEs always run under KVM, "auto" (or
+// empty) probes whether KVM works here and falls back to TCG.
+func chooseAccel(ctx context.Context, cfg Config, qemu string, log *slog.Logger) (string, error) {
 	accel := cfg.Accel
 	switch {
 	case accel == AccelTCG || accel == AccelKVM:
+		return accel, nil
 	case (accel == "" || accel == AccelAuto) && (cfg.TEE == attest.TEESNP || cfg.TEE == attest.TEETDX):
 		// Hardware TEEs run only under KVM; preflight has checked the hardware modules.
-		accel = AccelKVM
+		return AccelKVM, nil
 	case accel == "" || accel == AccelAuto:
 		probe := kvmProbe{devKVM: "/dev/kvm", sysModule: "/sys/module"}
 		if why := probe.usable(ctx, qemu, DefaultProbeTimeout); why != nil {
 			log.Debug("vmm: KVM not usable, using TCG", "reason", why)
-			accel = AccelTCG
-		} else {
-			accel = AccelKVM
+			return AccelTCG, nil
 		}
+		return AccelKVM, nil
 	default:
-		return nil, fmt.Errorf("vmm: Config.Accel %q, expected %q, %q or %q", accel, AccelTCG, AccelKVM, AccelAuto)
+		return "", fmt.Errorf("vmm: Config.Accel %q, expected %q, %q or %q", accel, AccelTCG, AccelKVM, AccelAuto)
 	}
+}
 
-	runDir := cfg.RunDir
-	if runDir == "" {
-		runDir, err = os.MkdirTemp("", "cloche-vm-")
-		if err != nil {
-			return nil, fmt.Errorf("vmm: create run directory: %w", err)
+// makeRunDir creates dir, or a private temporary directory when dir is empty; remove
+// deletes the temporary one (a caller's directory is left alone).
+func makeRunDir(dir string) (runDir string, remove func(), err error) {
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", nil, fmt.Errorf("vmm: create run directory %s: %w", dir, err)
 		}
-		defer os.RemoveAll(runDir)
-	} else if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return nil, fmt.Errorf("vmm: create run directory %s: %w", runDir, err)
+		return dir, func() {}, nil
 	}
-
-	var sim *simChannel
-	simSocket := ""
-	if cfg.TEE == attest.TEESim {
-		simSocket = filepath.Join(runDir, simSocketName)
-		if abs, err := filepath.Abs(simSocket); err == nil {
-			simSocket = abs
-		}
-		if len(simSocket) > maxSocketPath {
-			return nil, fmt.Errorf("vmm: socket path %s is %d bytes, limit %d: use a shorter Config.RunDir", simSocket, len(simSocket), maxSocketPath)
-		}
-		sim, err = listenSim(simSocket)
-		if err != nil {
-			return nil, err
-		}
-		defer sim.close()
-	}
-
-	args, err := Args(cfg, accel, simSocket)
+	runDir, err = os.MkdirTemp("", "cloche-vm-")
 	if err != nil {
-		return nil, err
+		return "", nil, fmt.Errorf("vmm: create run directory: %w", err)
 	}
+	return runDir, func() { os.RemoveAll(runDir) }, nil
+}
+
+// openSimChannel listens on the sim channel's socket in runDir, whose absolute path must
+// fit in sun_path.
+func openSimChannel(runDir string) (*simChannel, string, error) {
+	simSocket := filepath.Join(runDir, simSocketName)
+	if abs, err := filepath.Abs(simSocket); err == nil {
+		simSocket = abs
+	}
+	if len(simSocket) > maxSocketPath {
+		return nil, "", fmt.Errorf("vmm: socket path %s is %d bytes, limit %d: use a shorter Config.RunDir", simSocket, len(simSocket), maxSocketPath)
+	}
+	sim, err := listenSim(simSocket)
+	if err != nil {
+		return nil, "", err
+	}
+	return sim, simSocket, nil
+}
+
+// qemuVM is a QEMU process and what the run watches it by.
+type qemuVM struct {
+	cmd    *exec.Cmd
+	pid    int // set once started
+	stderr *tailBuffer
+	sim    *simChannel // nil without the sim TEE
+	log    *slog.Logger
+}
+
+// newQEMUCommand prepares QEMU with the console streamed to console, the tail of its
+// stderr kept, in its own process group.
+func newQEMUCommand(qemu string, args []string, console io.Writer, log *slog.Logger) *qemuVM {
 	cmd := exec.Command(qemu, args...)
 	cmd.Stdin = nil
-	if cfg.Console != nil {
-		cmd.Stdout = &consoleWriter{w: cfg.Console, log: log}
+	if console != nil {
+		cmd.Stdout = &consoleWriter{w: console, log: log}
 	}
 	stderr := newTailBuffer(stderrTail, kvmInternalError)
 	cmd.Stderr = stderr
@@ -210,22 +277,50 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// a failed run, never a leaked VM.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = pipeDrainLimit
+	return &qemuVM{cmd: cmd, stderr: stderr, log: log}
+}
 
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("vmm: not started: %w", err)
-	}
-	log.Debug("vmm: starting QEMU", "qemu", qemu, "args", args)
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%w: start %s: %v", ErrQEMU, qemu, err)
-	}
-	pid := cmd.Process.Pid
-	log.Info("vmm: VM started", "pid", pid, "accel", accel, "tee", cfg.TEE, "timeout", cfg.Timeout)
+// vmEnd is how a started VM ended.
+type vmEnd struct {
+	duration time.Duration
+	// stopErr says why the run stopped the VM (nil: QEMU exited by itself).
+	stopErr error
+	waitErr error // from reaping QEMU
+	simErr  error // from closing the sim channel
+}
 
+// supervise serves the sim channel while the VM runs, stops it at the first of its exit,
+// the time limit, ctx's end, a KVM internal error or a sim channel failure, kills QEMU's
+// whole process group and reaps it.
+func (vm *qemuVM) supervise(ctx context.Context, cfg Config, start time.Time) vmEnd {
+	exited := waitExitedNoReap(vm.pid)
+	var simFailed <-chan error
+	svcCtx, stopService := context.WithCancel(ctx)
+	defer stopService()
+	if vm.sim != nil {
+		simFailed = vm.sim.serve(svcCtx, vm.pid, simAcceptLimit, cfg.SimService, vm.log)
+	}
+	var end vmEnd
+	end.stopErr = vm.waitForStop(ctx, cfg.Timeout, exited, simFailed)
+	// Kill the whole group, whether QEMU exited by itself (stragglers) or not.
+	if err := syscall.Kill(-vm.pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+		vm.log.Warn("vmm: kill QEMU process group", "pgid", vm.pid, "err", err)
+	}
+	end.waitErr = vm.cmd.Wait()
+	end.duration = time.Since(start)
+	stopService()
+	if vm.sim != nil {
+		end.simErr = vm.sim.close()
+	}
+	vm.log.Info("vmm: VM ended", "pid", vm.pid, "duration", end.duration.Round(time.Millisecond), "err", end.stopErr)
+	return end
+}
+
+// waitExitedNoReap closes the returned channel when pid exits, without reaping it, so the
+// process group id cannot be reused before the group is killed.
+func waitExitedNoReap(pid int) <-chan struct{} {
 	exited := make(chan struct{})
 	go func() {
-		// Wait for the exit without reaping, so the process group id cannot be reused
-		// before the group is killed below.
 		var info unix.Siginfo
 		for {
 			err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
@@ -235,60 +330,47 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		close(exited)
 	}()
+	return exited
+}
 
-	var simFailed <-chan error
-	svcCtx, stopService := context.WithCancel(ctx)
-	defer stopService()
-	if sim != nil {
-		simFailed = sim.serve(svcCtx, pid, simAcceptLimit, cfg.SimService, log)
-	}
-
-	timer := time.NewTimer(cfg.Timeout)
+// waitForStop waits for the VM's end or a reason to stop it, and returns that reason (nil
+// when QEMU exited by itself).
+func (vm *qemuVM) waitForStop(ctx context.Context, timeout time.Duration, exited <-chan struct{}, simFailed <-chan error) error {
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	var stopErr error
 	select {
 	case <-exited:
+		return nil
 	case <-timer.C:
-		stopErr = fmt.Errorf("%w: killed after %s", ErrTimeout, cfg.Timeout)
+		return fmt.Errorf("%w: killed after %s", ErrTimeout, timeout)
 	case <-ctx.Done():
-		stopErr = fmt.Errorf("vmm: VM stopped: %w", ctx.Err())
-	case <-stderr.tripped:
-		stopErr = fmt.Errorf("%w: %s (QEMU would stop the guest and wait forever; use Accel tcg on this host): %s",
-			ErrQEMU, kvmInternalError, stderr.String())
+		return fmt.Errorf("vmm: VM stopped: %w", ctx.Err())
+	case <-vm.stderr.tripped:
+		return fmt.Errorf("%w: %s (QEMU would stop the guest and wait forever; use Accel tcg on this host): %s",
+			ErrQEMU, kvmInternalError, vm.stderr.String())
 	case err := <-simFailed:
-		stopErr = err
+		return err
 	}
-	// Kill the whole group, whether QEMU exited by itself (stragglers) or not.
-	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
-		log.Warn("vmm: kill QEMU process group", "pgid", pid, "err", err)
-	}
-	waitErr := cmd.Wait()
-	duration := time.Since(start)
-	stopService()
-	var simErr error
-	if sim != nil {
-		simErr = sim.close()
-	}
-	log.Info("vmm: VM ended", "pid", pid, "duration", duration.Round(time.Millisecond), "err", stopErr)
+}
 
-	if stopErr != nil {
-		return nil, stopErr
+// err judges the end: why the run stopped the VM, else how QEMU exited, else the sim
+// channel's failure.
+func (end vmEnd) err(stderr *tailBuffer) error {
+	if end.stopErr != nil {
+		return end.stopErr
 	}
-	if waitErr != nil {
+	if end.waitErr != nil {
 		var exit *exec.ExitError
-		if errors.As(waitErr, &exit) {
-			return nil, qemuExitError(exit, stderr.String())
+		if errors.As(end.waitErr, &exit) {
+			return qemuExitError(exit, stderr.String())
 		}
-		if errors.Is(waitErr, exec.ErrWaitDelay) {
+		if errors.Is(end.waitErr, exec.ErrWaitDelay) {
 			// QEMU exited 0 but the console writer did not drain in time.
-			return nil, fmt.Errorf("vmm: console output was still being written %s after QEMU exited: %w", pipeDrainLimit, waitErr)
+			return fmt.Errorf("vmm: console output was still being written %s after QEMU exited: %w", pipeDrainLimit, end.waitErr)
 		}
-		return nil, fmt.Errorf("%w: %v: %s", ErrQEMU, waitErr, stderr.String())
+		return fmt.Errorf("%w: %w: %s", ErrQEMU, end.waitErr, stderr.String())
 	}
-	if simErr != nil {
-		return nil, simErr
-	}
-	return &Result{Duration: duration, Accel: accel}, nil
+	return end.simErr
 }
 
 // checkFiles checks that the files Run hands to QEMU exist with the right kind, so the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -57,57 +58,15 @@ func agentUnreachable(socket string, err error) error {
 // the same deterministic archive, the console streamed back, and the artifacts and bundle
 // written to --out, reported exactly as a local build reports them.
 func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in *build.Options) error {
-	spec := runner.JobSpec{Spec: in.Spec}
-	if len(spec.Env) == 0 {
-		spec.Env = nil
-	}
-	if spec.AutoTEE() {
-		spec.TEE = "" // the agent's TEE
-	}
-	rep := g.reporter()
-	console := consoleWriter(g.stderr, f.quiet)
+	progress := &agentProgress{rep: g.reporter(), console: consoleWriter(g.stderr, f.quiet), socket: socket}
 	c := client.New(socket)
 	defer c.Close()
-	var last runner.State
-	var warnings []string
-	st, err := c.Submit(ctx, spec, in.SourceDir, func(ev runner.Event) {
-		switch {
-		case ev.Type == runner.EventLog:
-			console.Write(ev.Log)
-		case ev.Job != nil && ev.Job.State != last:
-			if last == "" {
-				rep.Info("the agent accepted the job", "agent", socket, "job", ev.Job.ID)
-				if ev.Job.TEE == string(attest.TEESim) {
-					warnings = append(warnings, simWarning)
-					rep.Warning(simWarning)
-				}
-			}
-			last = ev.Job.State
-			if ev.Job.State == runner.StateQueued {
-				rep.Info("job queued", "job", ev.Job.ID, "position", ev.Job.QueuePosition)
-			} else if !ev.Job.State.Terminal() {
-				rep.Info("job "+string(ev.Job.State), "job", ev.Job.ID)
-			}
-		}
-	})
+	st, err := c.Submit(ctx, agentJobSpec(in), in.SourceDir, progress.event)
 	if err != nil {
-		switch {
-		case errors.Is(err, context.Canceled) && st != nil:
-			return fmt.Errorf("interrupted: job %s on the agent is cancelled with this connection: %w", st.ID, err)
-		case errors.Is(err, runner.ErrBadRequest):
-			return usageError(fmt.Errorf("the agent refused the job: %w", err))
-		}
-		return agentUnreachable(socket, fmt.Errorf("running the build on the agent: %w", err))
+		return agentSubmitError(err, st, socket)
 	}
 	if st.State != runner.StateSucceeded {
-		msg := fmt.Sprintf("job %s %s on the agent", st.ID, st.State)
-		if st.Reason != "" {
-			msg += ": " + st.Reason
-		}
-		if st.ExitCode != nil && *st.ExitCode > 0 {
-			msg += fmt.Sprintf(" (exit code %d)", *st.ExitCode)
-		}
-		return errors.New(msg)
+		return agentJobFailed(st)
 	}
 	if err := c.FetchResult(ctx, st, f.out); err != nil {
 		return fmt.Errorf("fetching job %s's results: %w", st.ID, err)
@@ -124,5 +83,73 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 		TEE:         attest.TEE(st.TEE),
 		SimRootPath: r.SimRootPath,
 		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
-	}, r.PublicKeyPath, []string{"--measurement", r.Measurement}, false, warnings)
+	}, r.PublicKeyPath, []string{"--measurement", r.Measurement}, false, progress.warnings)
+}
+
+// agentJobSpec is the job of a local build's options, for the agent.
+func agentJobSpec(in *build.Options) runner.JobSpec {
+	spec := runner.JobSpec{Spec: in.Spec}
+	if len(spec.Env) == 0 {
+		spec.Env = nil
+	}
+	if spec.AutoTEE() {
+		spec.TEE = "" // the agent's TEE
+	}
+	return spec
+}
+
+// agentProgress shows the job's events as they stream back: the console, and a line for
+// each change of state.
+type agentProgress struct {
+	rep     *reporter
+	console io.Writer
+	socket  string
+	last    runner.State
+	// warnings are reported again with the outcome (the simulated TEE's).
+	warnings []string
+}
+
+func (p *agentProgress) event(ev runner.Event) {
+	switch {
+	case ev.Type == runner.EventLog:
+		p.console.Write(ev.Log)
+	case ev.Job != nil && ev.Job.State != p.last:
+		if p.last == "" {
+			p.rep.Info("the agent accepted the job", "agent", p.socket, "job", ev.Job.ID)
+			if ev.Job.TEE == string(attest.TEESim) {
+				p.warnings = append(p.warnings, simWarning)
+				p.rep.Warning(simWarning)
+			}
+		}
+		p.last = ev.Job.State
+		if ev.Job.State == runner.StateQueued {
+			p.rep.Info("job queued", "job", ev.Job.ID, "position", ev.Job.QueuePosition)
+		} else if !ev.Job.State.Terminal() {
+			p.rep.Info("job "+string(ev.Job.State), "job", ev.Job.ID)
+		}
+	}
+}
+
+// agentSubmitError says what a failed submission means for the user: an interrupted job,
+// a job the agent refused (a usage error), or an agent that could not be reached.
+func agentSubmitError(err error, st *runner.JobStatus, socket string) error {
+	switch {
+	case errors.Is(err, context.Canceled) && st != nil:
+		return fmt.Errorf("interrupted: job %s on the agent is cancelled with this connection: %w", st.ID, err)
+	case errors.Is(err, runner.ErrBadRequest):
+		return usageError(fmt.Errorf("the agent refused the job: %w", err))
+	}
+	return agentUnreachable(socket, fmt.Errorf("running the build on the agent: %w", err))
+}
+
+// agentJobFailed describes a job that ended on the agent without succeeding.
+func agentJobFailed(st *runner.JobStatus) error {
+	msg := fmt.Sprintf("job %s %s on the agent", st.ID, st.State)
+	if st.Reason != "" {
+		msg += ": " + st.Reason
+	}
+	if st.ExitCode != nil && *st.ExitCode > 0 {
+		msg += fmt.Sprintf(" (exit code %d)", *st.ExitCode)
+	}
+	return errors.New(msg)
 }
