@@ -24,12 +24,12 @@ func ReadFirmware(path string) ([]byte, error) {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s does not exist", ErrFirmware, path)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrFirmware, err)
+		return nil, fmt.Errorf("%w: %w", ErrFirmware, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrFirmware, err)
+		return nil, fmt.Errorf("%w: %w", ErrFirmware, err)
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("%w: %s is not a regular file", ErrFirmware, path)
@@ -39,7 +39,7 @@ func ReadFirmware(path string) ([]byte, error) {
 	}
 	fw, err := io.ReadAll(io.LimitReader(f, MaxFirmwareSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading %s: %v", ErrFirmware, path, err)
+		return nil, fmt.Errorf("%w: reading %s: %w", ErrFirmware, path, err)
 	}
 	if err := checkFirmware(fw); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)

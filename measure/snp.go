@@ -186,12 +186,12 @@ func HashBootFiles(kernel, initrd, cmdline string) (KernelHashes, error) {
 	}
 	var err error
 	if k.Kernel, err = sha256File(kernel); err != nil {
-		return k, fmt.Errorf("%w: kernel: %v", ErrInput, err)
+		return k, fmt.Errorf("%w: kernel: %w", ErrInput, err)
 	}
 	if initrd == "" {
 		k.Initrd = sha256.Sum256(nil)
 	} else if k.Initrd, err = sha256File(initrd); err != nil {
-		return k, fmt.Errorf("%w: initrd: %v", ErrInput, err)
+		return k, fmt.Errorf("%w: initrd: %w", ErrInput, err)
 	}
 	k.Cmdline = sha256.Sum256(append([]byte(cmdline), 0))
 	return k, nil
@@ -326,72 +326,105 @@ const MaxVCPUs = 512
 // address).
 func SNPLaunchDigest(o SNPOptions) ([48]byte, error) {
 	var none [48]byte
-	if err := checkFirmware(o.Firmware); err != nil {
+	if err := o.check(); err != nil {
 		return none, err
 	}
-	if o.VCPUs < 1 || o.VCPUs > MaxVCPUs {
-		return none, fmt.Errorf("%w: %d vCPUs, expected 1..%d", ErrInput, o.VCPUs, MaxVCPUs)
-	}
-	if o.VMM != "" && o.VMM != VMMQEMU {
-		return none, fmt.Errorf("%w: VMM %q: only %q is supported (EC2 and GCE start vCPUs with other register values)", ErrInput, o.VMM, VMMQEMU)
-	}
-	if o.GuestFeatures&1 == 0 {
-		return none, fmt.Errorf("%w %#x: bit 0 (SNPActive) is clear", ErrGuestFeatures, o.GuestFeatures)
-	}
-	table, err := ParseFooterTable(o.Firmware)
+	table, sections, apEIP, err := snpFirmwareLayout(o)
 	if err != nil {
 		return none, err
+	}
+	var hashPage []byte
+	if o.Kernel != nil {
+		if hashPage, err = kernelHashPage(o.Kernel, table, sections); err != nil {
+			return none, err
+		}
+	}
+	var ld launchDigest
+	ld.normalPages(uint64(1<<32)-uint64(len(o.Firmware)), o.Firmware)
+	ld.sevSections(sections, hashPage)
+	ld.vmsas(o, apEIP)
+	return ld, nil
+}
+
+// check refuses options no QEMU/KVM SNP launch has.
+func (o SNPOptions) check() error {
+	if err := checkFirmware(o.Firmware); err != nil {
+		return err
+	}
+	if o.VCPUs < 1 || o.VCPUs > MaxVCPUs {
+		return fmt.Errorf("%w: %d vCPUs, expected 1..%d", ErrInput, o.VCPUs, MaxVCPUs)
+	}
+	if o.VMM != "" && o.VMM != VMMQEMU {
+		return fmt.Errorf("%w: VMM %q: only %q is supported (EC2 and GCE start vCPUs with other register values)", ErrInput, o.VMM, VMMQEMU)
+	}
+	if o.GuestFeatures&1 == 0 {
+		return fmt.Errorf("%w %#x: bit 0 (SNPActive) is clear", ErrGuestFeatures, o.GuestFeatures)
+	}
+	return nil
+}
+
+// snpFirmwareLayout reads the firmware's footer table, its SEV metadata sections and the
+// APs' start address from the SEV-ES reset block.
+func snpFirmwareLayout(o SNPOptions) (*FooterTable, []SEVSection, uint32, error) {
+	table, err := ParseFooterTable(o.Firmware)
+	if err != nil {
+		return nil, nil, 0, err
 	}
 	sections, err := ParseSEVMetadata(o.Firmware, table)
 	if err != nil {
-		return none, err
+		return nil, nil, 0, err
 	}
 	if sections == nil {
-		return none, fmt.Errorf("%w: the footer table has no SEV metadata entry (%s): this firmware cannot launch an SNP guest", ErrMetadata, sevMetadataGUID)
+		return nil, nil, 0, fmt.Errorf("%w: the footer table has no SEV metadata entry (%s): this firmware cannot launch an SNP guest", ErrMetadata, sevMetadataGUID)
 	}
 	apEIP, ok, err := table.u32Entry(sevESResetGUID, "SEV-ES reset block")
 	if err != nil {
-		return none, err
+		return nil, nil, 0, err
 	}
 	if !ok {
-		return none, fmt.Errorf("%w: the footer table has no SEV-ES reset block (%s): the APs' start address is unknown", ErrMetadata, sevESResetGUID)
+		return nil, nil, 0, fmt.Errorf("%w: the footer table has no SEV-ES reset block (%s): the APs' start address is unknown", ErrMetadata, sevESResetGUID)
 	}
 	if o.VCPUs > 1 && apEIP == 0 {
-		return none, fmt.Errorf("%w: the SEV-ES reset block's AP start address is 0", ErrMetadata)
+		return nil, nil, 0, fmt.Errorf("%w: the SEV-ES reset block's AP start address is 0", ErrMetadata)
 	}
+	return table, sections, apEIP, nil
+}
 
-	var hashPage []byte
-	if o.Kernel != nil {
-		var hs *SEVSection
-		for i := range sections {
-			if sections[i].Type == SectionKernelHashes {
-				hs = &sections[i]
-			}
+// kernelHashPage is the SNP_KERNEL_HASHES page of a measured direct boot: the hashes
+// table at the SEV hash table's offset in the page, zeros elsewhere.
+func kernelHashPage(k *KernelHashes, table *FooterTable, sections []SEVSection) ([]byte, error) {
+	var hs *SEVSection
+	for i := range sections {
+		if sections[i].Type == SectionKernelHashes {
+			hs = &sections[i]
 		}
-		if hs == nil {
-			return none, fmt.Errorf("%w: a kernel was given, but this firmware's SEV metadata has no SNP_KERNEL_HASHES section, so QEMU could not measure the kernel, initrd and command line (use an OvmfPkg/AmdSev build)", ErrNoKernelHashes)
-		}
-		gpa, ok, err := table.u32Entry(sevHashTableGUID, "SEV hash table")
-		if err != nil {
-			return none, err
-		}
-		if !ok || gpa == 0 {
-			return none, fmt.Errorf("%w: a kernel was given, but the footer table names no SEV hash table address", ErrNoKernelHashes)
-		}
-		if hs.Size != PageSize {
-			return none, fmt.Errorf("%w: SNP_KERNEL_HASHES section is %#x bytes, expected one page", ErrMetadata, hs.Size)
-		}
-		off := gpa & (PageSize - 1)
-		if gpa&^(PageSize-1) != hs.GPA || off+paddedHashTableSize > PageSize {
-			return none, fmt.Errorf("%w: SEV hash table at %#x does not fit in the SNP_KERNEL_HASHES page at %#x", ErrMetadata, gpa, hs.GPA)
-		}
-		t := o.Kernel.Table()
-		hashPage = make([]byte, PageSize)
-		copy(hashPage[off:], t[:])
 	}
+	if hs == nil {
+		return nil, fmt.Errorf("%w: a kernel was given, but this firmware's SEV metadata has no SNP_KERNEL_HASHES section, so QEMU could not measure the kernel, initrd and command line (use an OvmfPkg/AmdSev build)", ErrNoKernelHashes)
+	}
+	gpa, ok, err := table.u32Entry(sevHashTableGUID, "SEV hash table")
+	if err != nil {
+		return nil, err
+	}
+	if !ok || gpa == 0 {
+		return nil, fmt.Errorf("%w: a kernel was given, but the footer table names no SEV hash table address", ErrNoKernelHashes)
+	}
+	if hs.Size != PageSize {
+		return nil, fmt.Errorf("%w: SNP_KERNEL_HASHES section is %#x bytes, expected one page", ErrMetadata, hs.Size)
+	}
+	off := gpa & (PageSize - 1)
+	if gpa&^(PageSize-1) != hs.GPA || off+paddedHashTableSize > PageSize {
+		return nil, fmt.Errorf("%w: SEV hash table at %#x does not fit in the SNP_KERNEL_HASHES page at %#x", ErrMetadata, gpa, hs.GPA)
+	}
+	t := k.Table()
+	hashPage := make([]byte, PageSize)
+	copy(hashPage[off:], t[:])
+	return hashPage, nil
+}
 
-	var ld launchDigest
-	ld.normalPages(uint64(1<<32)-uint64(len(o.Firmware)), o.Firmware)
+// sevSections measures the SEV metadata sections in table order; SNP_KERNEL_HASHES holds
+// hashPage when a kernel is given, else zeros.
+func (ld *launchDigest) sevSections(sections []SEVSection, hashPage []byte) {
 	for _, s := range sections {
 		gpa, size := uint64(s.GPA), uint64(s.Size)
 		switch s.Type {
@@ -409,6 +442,11 @@ func SNPLaunchDigest(o SNPOptions) ([48]byte, error) {
 			}
 		}
 	}
+}
+
+// vmsas measures one VMSA page per vCPU: the BSP's starting at 0xfffffff0, the APs' at
+// apEIP.
+func (ld *launchDigest) vmsas(o SNPOptions, apEIP uint32) {
 	bsp := vmsaPage(0xfffffff0, o.VCPUSignature, o.GuestFeatures)
 	bspSum := sha512.Sum384(bsp[:])
 	var apSum [48]byte
@@ -423,7 +461,6 @@ func SNPLaunchDigest(o SNPOptions) ([48]byte, error) {
 			ld.update(pageVMSA, vmsaGPA, &apSum)
 		}
 	}
-	return ld, nil
 }
 
 // vmsaPage is the initial VMSA QEMU/KVM (host Linux 6.10+) gives a vCPU that starts at eip:

@@ -283,7 +283,7 @@ func RTMR1(b TDXBoot) ([48]byte, error) {
 	}
 	kh, err := authenticodeSHA384(patched)
 	if err != nil {
-		return [48]byte{}, fmt.Errorf("%w: kernel: %v", ErrInput, err)
+		return [48]byte{}, fmt.Errorf("%w: kernel: %w", ErrInput, err)
 	}
 	return ReplayRTMR([][48]byte{kh, evCallingEFIApp, evSeparator, evExitBootServices, evExitBootSuccess}), nil
 }

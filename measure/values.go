@@ -67,14 +67,14 @@ func TDXBootFromFiles(kernel, initrd, cmdline string, memoryMiB uint64) (*TDXBoo
 	}
 	k, err := readBootFile(kernel)
 	if err != nil {
-		return nil, fmt.Errorf("%w: kernel: %v", ErrInput, err)
+		return nil, fmt.Errorf("%w: kernel: %w", ErrInput, err)
 	}
 	b := &TDXBoot{Kernel: k, Cmdline: cmdline, MemoryMiB: memoryMiB}
 	if initrd != "" {
 		h := sha512.New384()
 		n, err := hashFile(initrd, h)
 		if err != nil {
-			return nil, fmt.Errorf("%w: initrd: %v", ErrInput, err)
+			return nil, fmt.Errorf("%w: initrd: %w", ErrInput, err)
 		}
 		b.InitrdSize = n
 		copy(b.InitrdSHA384[:], h.Sum(nil))
@@ -94,7 +94,7 @@ func Sim(kernel, initrd, cmdline string, vcpus int, memoryMiB int) ([48]byte, er
 	}
 	in, err := LaunchInputsFromFiles(kernel, initrd, cmdline, uint32(vcpus), uint64(memoryMiB))
 	if err != nil {
-		return [48]byte{}, fmt.Errorf("%w: %v", ErrInput, err)
+		return [48]byte{}, fmt.Errorf("%w: %w", ErrInput, err)
 	}
 	return SimMeasurement(in), nil
 }

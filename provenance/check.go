@@ -26,7 +26,7 @@ func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
 	// Numbers travel as JSON numbers; one too large to be carried exactly could match a
 	// rounded value, so it can never match.
 	if err := checkExactIntegers(m); err != nil {
-		return fmt.Errorf("%w: %v", ErrMismatch, err)
+		return fmt.Errorf("%w: %w", ErrMismatch, err)
 	}
 	c := checker{}
 

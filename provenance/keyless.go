@@ -212,13 +212,13 @@ func verifyKeyless(b *bundle.Bundle, opts VerifyOptions) (*certificate.Summary, 
 	}
 	res, err := v.Verify(b, verify.NewPolicy(verify.WithoutArtifactUnsafe(), verify.WithoutIdentitiesUnsafe()))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if res.Signature == nil || res.Signature.Certificate == nil {
 		return nil, fmt.Errorf("%w: the verified bundle has no signing certificate", ErrSignature)
 	}
 	if _, err := verify.CertificateIdentities(opts.Identities).Verify(*res.Signature.Certificate); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrIdentity, err)
+		return nil, fmt.Errorf("%w: %w", ErrIdentity, err)
 	}
 	return res.Signature.Certificate, nil
 }

@@ -47,8 +47,9 @@ var byproductSpecs = map[string]struct {
 	EvidenceByproduct: {EvidenceMediaType, MaxEvidenceSize},
 }
 
+// statementErrorf is an error wrapping ErrStatement and, through %w, the cause.
 func statementErrorf(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", ErrStatement, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%w: "+format, append([]any{ErrStatement}, a...)...)
 }
 
 // ParseStatement decodes a cloche provenance statement strictly: it checks _type,
@@ -56,54 +57,19 @@ func statementErrorf(format string, a ...any) error {
 // slsa-verifier does for v1), decodes externalParameters into ExternalParameters rejecting
 // unknown keys, and extracts exactly one of each byproduct. Every error wraps ErrStatement.
 func ParseStatement(stmt []byte) (*Parsed, error) {
-	if len(stmt) > MaxStatementSize {
-		return nil, statementErrorf("statement is %d bytes, limit %d", len(stmt), MaxStatementSize)
-	}
-	var st intoto.Statement
-	if err := protojson.Unmarshal(stmt, &st); err != nil {
-		return nil, statementErrorf("decoding in-toto statement: %v", err)
-	}
-	if st.GetType() != StatementType {
-		return nil, statementErrorf("_type is %q, expected %q", st.GetType(), StatementType)
-	}
-	if st.GetPredicateType() != PredicateType {
-		return nil, statementErrorf("predicateType is %q, expected %q", st.GetPredicateType(), PredicateType)
-	}
-	if err := st.Validate(); err != nil {
-		return nil, statementErrorf("in-toto statement: %v", err)
-	}
-
-	// The predicate arrives as a generic Struct; decoding its JSON into the SLSA message
-	// rejects unknown and duplicated fields.
-	predJSON, err := protojson.Marshal(st.GetPredicate())
+	st, err := decodeStatement(stmt)
 	if err != nil {
-		return nil, statementErrorf("re-encoding predicate: %v", err)
+		return nil, err
 	}
-	var pred provv1.Provenance
-	if err := protojson.Unmarshal(predJSON, &pred); err != nil {
-		return nil, statementErrorf("decoding SLSA v1 predicate: %v", err)
-	}
-	if err := pred.Validate(); err != nil {
-		return nil, statementErrorf("SLSA v1 predicate: %v", err)
+	pred, err := decodePredicate(st)
+	if err != nil {
+		return nil, err
 	}
 	bd, rd := pred.GetBuildDefinition(), pred.GetRunDetails()
-	if bd.GetBuildType() != BuildType {
-		return nil, statementErrorf("buildDefinition.buildType is %q, expected %q", bd.GetBuildType(), BuildType)
-	}
-
 	p := &Parsed{}
-	if err := decodeStruct(bd.GetExternalParameters(), &p.External); err != nil {
-		return nil, statementErrorf("buildDefinition.externalParameters: %v", err)
+	if err := p.parseParameters(bd); err != nil {
+		return nil, err
 	}
-	if bd.GetInternalParameters() == nil {
-		return nil, statementErrorf("buildDefinition.internalParameters is missing")
-	}
-	var internal internalParameters
-	if err := decodeStruct(bd.GetInternalParameters(), &internal); err != nil {
-		return nil, statementErrorf("buildDefinition.internalParameters: %v", err)
-	}
-	p.MaxOutputBytes = internal.MaxOutputBytes
-
 	if p.Subjects, err = parseSubjects(st.GetSubject()); err != nil {
 		return nil, err
 	}
@@ -113,14 +79,81 @@ func ParseStatement(stmt []byte) (*Parsed, error) {
 	if p.Guest, err = parseGuest(p.Dependencies[GuestImageDependency]); err != nil {
 		return nil, err
 	}
+	if err := p.parseRunDetails(rd); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
 
+// decodeStatement decodes the in-toto statement and checks its size, _type and
+// predicateType.
+func decodeStatement(stmt []byte) (*intoto.Statement, error) {
+	if len(stmt) > MaxStatementSize {
+		return nil, statementErrorf("statement is %d bytes, limit %d", len(stmt), MaxStatementSize)
+	}
+	var st intoto.Statement
+	if err := protojson.Unmarshal(stmt, &st); err != nil {
+		return nil, statementErrorf("decoding in-toto statement: %w", err)
+	}
+	if st.GetType() != StatementType {
+		return nil, statementErrorf("_type is %q, expected %q", st.GetType(), StatementType)
+	}
+	if st.GetPredicateType() != PredicateType {
+		return nil, statementErrorf("predicateType is %q, expected %q", st.GetPredicateType(), PredicateType)
+	}
+	if err := st.Validate(); err != nil {
+		return nil, statementErrorf("in-toto statement: %w", err)
+	}
+	return &st, nil
+}
+
+// decodePredicate decodes the SLSA v1 predicate and checks its buildType. The predicate
+// arrives as a generic Struct; decoding its JSON into the SLSA message rejects unknown and
+// duplicated fields.
+func decodePredicate(st *intoto.Statement) (*provv1.Provenance, error) {
+	predJSON, err := protojson.Marshal(st.GetPredicate())
+	if err != nil {
+		return nil, statementErrorf("re-encoding predicate: %w", err)
+	}
+	var pred provv1.Provenance
+	if err := protojson.Unmarshal(predJSON, &pred); err != nil {
+		return nil, statementErrorf("decoding SLSA v1 predicate: %w", err)
+	}
+	if err := pred.Validate(); err != nil {
+		return nil, statementErrorf("SLSA v1 predicate: %w", err)
+	}
+	if bt := pred.GetBuildDefinition().GetBuildType(); bt != BuildType {
+		return nil, statementErrorf("buildDefinition.buildType is %q, expected %q", bt, BuildType)
+	}
+	return &pred, nil
+}
+
+// parseParameters decodes buildDefinition's external and internal parameters.
+func (p *Parsed) parseParameters(bd *provv1.BuildDefinition) error {
+	if err := decodeStruct(bd.GetExternalParameters(), &p.External); err != nil {
+		return statementErrorf("buildDefinition.externalParameters: %w", err)
+	}
+	if bd.GetInternalParameters() == nil {
+		return statementErrorf("buildDefinition.internalParameters is missing")
+	}
+	var internal internalParameters
+	if err := decodeStruct(bd.GetInternalParameters(), &internal); err != nil {
+		return statementErrorf("buildDefinition.internalParameters: %w", err)
+	}
+	p.MaxOutputBytes = internal.MaxOutputBytes
+	return nil
+}
+
+// parseRunDetails reads the builder (no builder dependencies, exactly the cloche
+// version), the run's metadata and the three byproducts.
+func (p *Parsed) parseRunDetails(rd *provv1.RunDetails) error {
 	builder := rd.GetBuilder()
 	if len(builder.GetBuilderDependencies()) != 0 {
-		return nil, statementErrorf("runDetails.builder.builderDependencies must be empty")
+		return statementErrorf("runDetails.builder.builderDependencies must be empty")
 	}
 	version, ok := builder.GetVersion()["cloche"]
 	if !ok || len(builder.GetVersion()) != 1 {
-		return nil, statementErrorf("runDetails.builder.version must be exactly {\"cloche\": <version>}")
+		return statementErrorf("runDetails.builder.version must be exactly {\"cloche\": <version>}")
 	}
 	p.BuilderID, p.BuilderVersion = builder.GetId(), version
 
@@ -135,10 +168,10 @@ func ParseStatement(stmt []byte) (*Parsed, error) {
 
 	byproducts, err := parseByproducts(rd.GetByproducts())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	p.Manifest, p.Result, p.Evidence = byproducts[ManifestByproduct], byproducts[ResultByproduct], byproducts[EvidenceByproduct]
-	return p, nil
+	return nil
 }
 
 // decodeStruct decodes a protobuf Struct into a JSON-tagged Go value, rejecting unknown

@@ -164,13 +164,13 @@ func checkSignable(statement []byte) error {
 	}
 	var st intoto.Statement
 	if err := protojson.Unmarshal(statement, &st); err != nil {
-		return fmt.Errorf("%w: not an in-toto statement: %v", ErrStatement, err)
+		return fmt.Errorf("%w: not an in-toto statement: %w", ErrStatement, err)
 	}
 	if st.GetType() != StatementType {
 		return fmt.Errorf("%w: _type is %q, expected %q", ErrStatement, st.GetType(), StatementType)
 	}
 	if err := st.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", ErrStatement, err)
+		return fmt.Errorf("%w: %w", ErrStatement, err)
 	}
 	return nil
 }

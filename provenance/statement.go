@@ -231,7 +231,21 @@ func NewStatement(in Input) ([]byte, error) {
 	if err := checkInput(in, m, r); err != nil {
 		return nil, fmt.Errorf("provenance input: %w", err)
 	}
+	def, err := buildDefinition(in, m, r)
+	if err != nil {
+		return nil, err
+	}
+	pred := &provv1.Provenance{BuildDefinition: def, RunDetails: newRunDetails(in, m)}
+	predStruct, err := predicateStruct(pred)
+	if err != nil {
+		return nil, err
+	}
+	return encodeStatement(subjects(r), predStruct)
+}
 
+// buildDefinition is the predicate's buildDefinition: the parameters and the resolved
+// dependencies (source, toolchain, guest image).
+func buildDefinition(in Input, m *job.Manifest, r *job.Result) (*provv1.BuildDefinition, error) {
 	external, err := toStruct(expectedExternal(m, r))
 	if err != nil {
 		return nil, fmt.Errorf("encoding externalParameters: %w", err)
@@ -240,7 +254,6 @@ func NewStatement(in Input) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encoding internalParameters: %w", err)
 	}
-
 	deps := []struct {
 		name string
 		dep  *Dependency
@@ -257,39 +270,50 @@ func NewStatement(in Input) ([]byte, error) {
 		}
 		resolved = append(resolved, rd)
 	}
+	return &provv1.BuildDefinition{
+		BuildType:            BuildType,
+		ExternalParameters:   external,
+		InternalParameters:   internal,
+		ResolvedDependencies: resolved,
+	}, nil
+}
 
-	subjects := make([]*intoto.ResourceDescriptor, 0, len(r.Artifacts))
+// newRunDetails is the predicate's runDetails: the builder, the run's metadata and the three
+// attested documents as byproducts.
+func newRunDetails(in Input, m *job.Manifest) *provv1.RunDetails {
+	return &provv1.RunDetails{
+		Builder: &provv1.Builder{
+			Id:      BuilderID(m.TEE, in.BuilderVersion),
+			Version: map[string]string{"cloche": in.BuilderVersion},
+		},
+		Metadata: &provv1.BuildMetadata{
+			InvocationId: m.InvocationID,
+			StartedOn:    timestamppb.New(in.StartedOn.UTC()),
+			FinishedOn:   timestamppb.New(in.FinishedOn.UTC()),
+		},
+		Byproducts: []*intoto.ResourceDescriptor{
+			{Name: ManifestByproduct, MediaType: ManifestMediaType, Content: in.Manifest},
+			{Name: ResultByproduct, MediaType: ResultMediaType, Content: in.Result},
+			{Name: EvidenceByproduct, MediaType: EvidenceMediaType, Content: in.Evidence},
+		},
+	}
+}
+
+// subjects are the result record's artifacts, by SHA-256.
+func subjects(r *job.Result) []*intoto.ResourceDescriptor {
+	out := make([]*intoto.ResourceDescriptor, 0, len(r.Artifacts))
 	for _, a := range r.Artifacts {
-		subjects = append(subjects, &intoto.ResourceDescriptor{
+		out = append(out, &intoto.ResourceDescriptor{
 			Name:   a.Path,
 			Digest: map[string]string{"sha256": a.SHA256},
 		})
 	}
+	return out
+}
 
-	pred := &provv1.Provenance{
-		BuildDefinition: &provv1.BuildDefinition{
-			BuildType:            BuildType,
-			ExternalParameters:   external,
-			InternalParameters:   internal,
-			ResolvedDependencies: resolved,
-		},
-		RunDetails: &provv1.RunDetails{
-			Builder: &provv1.Builder{
-				Id:      BuilderID(m.TEE, in.BuilderVersion),
-				Version: map[string]string{"cloche": in.BuilderVersion},
-			},
-			Metadata: &provv1.BuildMetadata{
-				InvocationId: m.InvocationID,
-				StartedOn:    timestamppb.New(in.StartedOn.UTC()),
-				FinishedOn:   timestamppb.New(in.FinishedOn.UTC()),
-			},
-			Byproducts: []*intoto.ResourceDescriptor{
-				{Name: ManifestByproduct, MediaType: ManifestMediaType, Content: in.Manifest},
-				{Name: ResultByproduct, MediaType: ResultMediaType, Content: in.Result},
-				{Name: EvidenceByproduct, MediaType: EvidenceMediaType, Content: in.Evidence},
-			},
-		},
-	}
+// predicateStruct validates the SLSA predicate and converts it to the statement's
+// predicate struct.
+func predicateStruct(pred *provv1.Provenance) (*structpb.Struct, error) {
 	if err := pred.Validate(); err != nil {
 		return nil, fmt.Errorf("building SLSA predicate: %w", err)
 	}
@@ -301,7 +325,12 @@ func NewStatement(in Input) ([]byte, error) {
 	if err := protojson.Unmarshal(predJSON, predStruct); err != nil {
 		return nil, fmt.Errorf("converting SLSA predicate: %w", err)
 	}
+	return predStruct, nil
+}
 
+// encodeStatement validates the in-toto statement and encodes it compactly, within
+// MaxStatementSize.
+func encodeStatement(subjects []*intoto.ResourceDescriptor, predStruct *structpb.Struct) ([]byte, error) {
 	st := &intoto.Statement{
 		Type:          StatementType,
 		Subject:       subjects,

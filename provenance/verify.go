@@ -73,7 +73,7 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	}
 	if opts.PublicKey != nil {
 		if err := checkPublicKey(opts.PublicKey); err != nil {
-			return nil, fmt.Errorf("%w: trusted %v", ErrSignature, err)
+			return nil, fmt.Errorf("%w: trusted %w", ErrSignature, err)
 		}
 	}
 	if len(bundleJSON) > MaxBundleSize {
@@ -81,7 +81,7 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	}
 	var b bundle.Bundle
 	if err := b.UnmarshalJSON(bundleJSON); err != nil {
-		return nil, fmt.Errorf("%w: decoding Sigstore bundle: %v", ErrBundle, err)
+		return nil, fmt.Errorf("%w: decoding Sigstore bundle: %w", ErrBundle, err)
 	}
 	if b.GetMediaType() != BundleMediaType {
 		return nil, fmt.Errorf("%w: mediaType is %q, expected %q", ErrBundle, b.GetMediaType(), BundleMediaType)
@@ -119,7 +119,7 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 
 	sv, err := signature.LoadECDSAVerifier(opts.PublicKey.(*ecdsa.PublicKey), crypto.SHA256)
 	if err != nil {
-		return nil, fmt.Errorf("%w: loading trusted key: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: loading trusted key: %w", ErrSignature, err)
 	}
 	// The bundle's key hint is unauthenticated: whatever it says, the trusted key is the
 	// only one tried. The key has no validity window.
@@ -129,13 +129,13 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	// The signature first, alone, so that a failure here is the signature's (or the
 	// payload's), and one of the log entry is told apart.
 	if err := verifyKeySigned(&b, keys, verify.WithNoObserverTimestamps()); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrSignature, err)
+		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
 	if vo, err := keyLogOptions(&b, opts.TrustedMaterial); err != nil {
 		return nil, err
 	} else if vo != nil {
 		if err := verifyKeySigned(&b, root.TrustedMaterialCollection{opts.TrustedMaterial, keys}, vo...); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrTransparencyLog, err)
+			return nil, fmt.Errorf("%w: %w", ErrTransparencyLog, err)
 		}
 	}
 	return &VerifiedBundle{Statement: payload}, nil

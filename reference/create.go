@@ -60,7 +60,6 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reference values: %w", err)
 	}
-	kernel, initrd := img.KernelPath(), img.InitrdPath()
 	d := &Document{
 		ToolVersion: o.ToolVersion,
 		GuestImage: GuestImage{
@@ -71,86 +70,17 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 			Recipe:        img.Recipe,
 		},
 	}
-	for _, n := range o.VCPUs {
-		if n < 1 || n > measure.MaxVCPUs {
-			return nil, fmt.Errorf("reference values: %d vCPUs, expected 1..%d", n, measure.MaxVCPUs)
-		}
+	if err := o.checkShapes(); err != nil {
+		return nil, err
 	}
-	for _, m := range o.MemoryMiB {
-		if m < 64 || m > 1<<24 {
-			return nil, fmt.Errorf("reference values: memory %d MiB, expected 64..%d", m, 1<<24)
-		}
-	}
-
-	if !o.NoSim {
-		in, err := measure.LaunchInputsFromFiles(kernel, initrd, img.Cmdline, 1, 1)
+	for _, values := range []func(context.Context, *guestimage.Image) ([]Value, error){
+		o.simValues, o.snpValues, o.tdxValues,
+	} {
+		v, err := values(ctx, img)
 		if err != nil {
-			return nil, fmt.Errorf("reference values: sim: %w", err)
+			return nil, err
 		}
-		for _, n := range o.VCPUs {
-			for _, mem := range o.MemoryMiB {
-				in.VCPUs, in.MemoryMiB = uint32(n), uint64(mem)
-				m := measure.SimMeasurement(in)
-				d.Values = append(d.Values, Value{TEE: attest.TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
-			}
-		}
-	}
-
-	if o.SNPFirmware != "" {
-		fw, fwFile, err := readFirmware(o.SNPFirmware)
-		if err != nil {
-			return nil, fmt.Errorf("reference values: snp: %w", err)
-		}
-		kh, err := measure.HashBootFiles(kernel, initrd, img.Cmdline)
-		if err != nil {
-			return nil, fmt.Errorf("reference values: snp: %w", err)
-		}
-		for _, t := range o.VCPUTypes {
-			sig, err := measure.VCPUSignature(t)
-			if err != nil {
-				return nil, fmt.Errorf("reference values: snp: %w", err)
-			}
-			for _, feat := range o.GuestFeatures {
-				for _, n := range o.VCPUs {
-					if err := ctx.Err(); err != nil {
-						return nil, err
-					}
-					ld, err := measure.SNPLaunchDigest(measure.SNPOptions{Firmware: fw, Kernel: &kh, VCPUs: n, VCPUSignature: sig, GuestFeatures: feat, VMM: measure.VMMQEMU})
-					if err != nil {
-						return nil, fmt.Errorf("reference values: snp: %w", err)
-					}
-					d.Values = append(d.Values, Value{TEE: attest.TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
-						GuestFeatures: fmt.Sprintf("%#x", feat), Measurement: hex.EncodeToString(ld[:])})
-				}
-			}
-		}
-	}
-
-	if o.TDXFirmware != "" {
-		fw, fwFile, err := readFirmware(o.TDXFirmware)
-		if err != nil {
-			return nil, fmt.Errorf("reference values: tdx: %w", err)
-		}
-		for _, mem := range o.MemoryMiB {
-			boot, err := measure.TDXBootFromFiles(kernel, initrd, img.Cmdline, uint64(mem))
-			if err != nil {
-				return nil, fmt.Errorf("reference values: tdx: %w", err)
-			}
-			for _, order := range o.MRTDOrders {
-				if err := ctx.Err(); err != nil {
-					return nil, err
-				}
-				v, err := measure.TDX(fw, boot, order)
-				if err != nil {
-					return nil, fmt.Errorf("reference values: tdx: %w", err)
-				}
-				for _, n := range o.VCPUs {
-					d.Values = append(d.Values, Value{TEE: attest.TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
-						Measurement: hex.EncodeToString(v.MRTD[:]), RTMR1: hex.EncodeToString(v.RTMR1[:]), RTMR2: hex.EncodeToString(v.RTMR2[:]),
-						Assumptions: v.Assumptions})
-				}
-			}
-		}
+		d.Values = append(d.Values, v...)
 	}
 	if len(d.Values) == 0 {
 		return nil, errors.New("reference values: nothing to compute: give a firmware for snp or tdx, or leave sim on")
@@ -159,6 +89,112 @@ func Create(ctx context.Context, o CreateOptions) (*Document, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkShapes refuses vCPU counts and memory sizes no launch has.
+func (o *CreateOptions) checkShapes() error {
+	for _, n := range o.VCPUs {
+		if n < 1 || n > measure.MaxVCPUs {
+			return fmt.Errorf("reference values: %d vCPUs, expected 1..%d", n, measure.MaxVCPUs)
+		}
+	}
+	for _, m := range o.MemoryMiB {
+		if m < 64 || m > 1<<24 {
+			return fmt.Errorf("reference values: memory %d MiB, expected 64..%d", m, 1<<24)
+		}
+	}
+	return nil
+}
+
+// simValues are the simulated TEE's values, per vCPU count and memory size, unless NoSim.
+func (o *CreateOptions) simValues(_ context.Context, img *guestimage.Image) ([]Value, error) {
+	if o.NoSim {
+		return nil, nil
+	}
+	in, err := measure.LaunchInputsFromFiles(img.KernelPath(), img.InitrdPath(), img.Cmdline, 1, 1)
+	if err != nil {
+		return nil, fmt.Errorf("reference values: sim: %w", err)
+	}
+	var values []Value
+	for _, n := range o.VCPUs {
+		for _, mem := range o.MemoryMiB {
+			in.VCPUs, in.MemoryMiB = uint32(n), uint64(mem)
+			m := measure.SimMeasurement(in)
+			values = append(values, Value{TEE: attest.TEESim, VCPUs: n, MemoryMiB: mem, Measurement: hex.EncodeToString(m[:])})
+		}
+	}
+	return values, nil
+}
+
+// snpValues are the SNP values under SNPFirmware, if given, per vCPU type, guest features
+// and vCPU count.
+func (o *CreateOptions) snpValues(ctx context.Context, img *guestimage.Image) ([]Value, error) {
+	if o.SNPFirmware == "" {
+		return nil, nil
+	}
+	fw, fwFile, err := readFirmware(o.SNPFirmware)
+	if err != nil {
+		return nil, fmt.Errorf("reference values: snp: %w", err)
+	}
+	kh, err := measure.HashBootFiles(img.KernelPath(), img.InitrdPath(), img.Cmdline)
+	if err != nil {
+		return nil, fmt.Errorf("reference values: snp: %w", err)
+	}
+	var values []Value
+	for _, t := range o.VCPUTypes {
+		sig, err := measure.VCPUSignature(t)
+		if err != nil {
+			return nil, fmt.Errorf("reference values: snp: %w", err)
+		}
+		for _, feat := range o.GuestFeatures {
+			for _, n := range o.VCPUs {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				ld, err := measure.SNPLaunchDigest(measure.SNPOptions{Firmware: fw, Kernel: &kh, VCPUs: n, VCPUSignature: sig, GuestFeatures: feat, VMM: measure.VMMQEMU})
+				if err != nil {
+					return nil, fmt.Errorf("reference values: snp: %w", err)
+				}
+				values = append(values, Value{TEE: attest.TEESNP, VCPUs: n, Firmware: fwFile, VCPUType: t,
+					GuestFeatures: fmt.Sprintf("%#x", feat), Measurement: hex.EncodeToString(ld[:])})
+			}
+		}
+	}
+	return values, nil
+}
+
+// tdxValues are the TDX values under TDXFirmware, if given, per memory size and MRTD
+// order, repeated for each vCPU count (the registers do not depend on it).
+func (o *CreateOptions) tdxValues(ctx context.Context, img *guestimage.Image) ([]Value, error) {
+	if o.TDXFirmware == "" {
+		return nil, nil
+	}
+	fw, fwFile, err := readFirmware(o.TDXFirmware)
+	if err != nil {
+		return nil, fmt.Errorf("reference values: tdx: %w", err)
+	}
+	var values []Value
+	for _, mem := range o.MemoryMiB {
+		boot, err := measure.TDXBootFromFiles(img.KernelPath(), img.InitrdPath(), img.Cmdline, uint64(mem))
+		if err != nil {
+			return nil, fmt.Errorf("reference values: tdx: %w", err)
+		}
+		for _, order := range o.MRTDOrders {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			v, err := measure.TDX(fw, boot, order)
+			if err != nil {
+				return nil, fmt.Errorf("reference values: tdx: %w", err)
+			}
+			for _, n := range o.VCPUs {
+				values = append(values, Value{TEE: attest.TEETDX, VCPUs: n, MemoryMiB: mem, Firmware: fwFile, MRTDOrder: order.String(),
+					Measurement: hex.EncodeToString(v.MRTD[:]), RTMR1: hex.EncodeToString(v.RTMR1[:]), RTMR2: hex.EncodeToString(v.RTMR2[:]),
+					Assumptions: v.Assumptions})
+			}
+		}
+	}
+	return values, nil
 }
 
 func readFirmware(path string) ([]byte, *File, error) {

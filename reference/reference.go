@@ -112,7 +112,7 @@ var (
 )
 
 func docErrorf(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", ErrDocument, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%w: "+format, append([]any{ErrDocument}, a...)...)
 }
 
 func checkFile(what string, f File) error {
@@ -317,7 +317,7 @@ func ParseStatement(stmt []byte) (*Document, error) {
 		PredicateType string `json:"predicateType"`
 	}
 	if err := json.Unmarshal(stmt, &head); err != nil {
-		return nil, docErrorf("decoding statement: %v", err)
+		return nil, docErrorf("decoding statement: %w", err)
 	}
 	if head.Type != statementType {
 		return nil, docErrorf("_type is %q, expected %q", head.Type, statementType)
@@ -328,7 +328,7 @@ func ParseStatement(stmt []byte) (*Document, error) {
 	// Strictly: unknown, duplicate and case-variant keys refused, one document only.
 	var st statement
 	if err := strictjson.Decode(stmt, &st); err != nil {
-		return nil, docErrorf("decoding statement: %v", err)
+		return nil, docErrorf("decoding statement: %w", err)
 	}
 	if st.Predicate == nil {
 		return nil, docErrorf("predicate is missing")

@@ -206,12 +206,12 @@ func verifySignature(bundleJSON []byte, o *Options) ([]byte, *certificate.Summar
 	case errors.Is(err, provenance.ErrTransparencyLog):
 		return nil, nil, fail(CheckSignature, err)
 	case errors.Is(err, provenance.ErrIdentity):
-		return nil, nil, fail(CheckIdentity, fmt.Errorf("%w: %v", ErrMismatchIdentity, err))
+		return nil, nil, fail(CheckIdentity, fmt.Errorf("%w: %w", ErrMismatchIdentity, err))
 	case errors.Is(err, provenance.ErrSignature) && facts.keySigned && o.PublicKey != nil && !facts.dsseSignedByKey:
 		return nil, nil, wrongKeyError(o, facts, err)
 	case errors.Is(err, provenance.ErrSignature) && facts.keySigned && facts.dsseSignedByKey:
 		// The signature is the given key's: what sigstore-go refused is the payload.
-		return nil, nil, fail(CheckStatement, fmt.Errorf("the signed payload is not a valid in-toto statement: %v", err))
+		return nil, nil, fail(CheckStatement, fmt.Errorf("the signed payload is not a valid in-toto statement: %w", err))
 	case errors.Is(err, provenance.ErrSignature):
 		return nil, nil, fail(CheckSignature, err)
 	case err != nil:

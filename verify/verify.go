@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sigstore/sigstore-go/pkg/fulcio/certificate"
 	"github.com/sigstore/sigstore-go/pkg/root"
 
 	"github.com/cloche-dev/cloche/attest"
@@ -269,110 +270,184 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		return err
 	}
 	res.record(CheckOptions, Passed, "")
+	v := &verification{o: o, res: res}
+	steps := []func(context.Context) error{
+		v.readStatement,
+		v.matchSubjects,
+		v.parseDocuments,
+		v.verifyEvidence,
+		v.matchMeasurement,
+		v.checkResultRecord,
+		v.checkConsistency,
+		v.checkGuestImage,
+		v.checkWho,
+		v.applyPins,
+	}
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			return err
+		}
+	}
+	v.fillResult()
+	return nil
+}
 
-	// 1. The artifacts' digests, first, as slsa-verifier does.
-	locals, err := hashArtifacts(ctx, slices.Concat(o.Artifacts, o.Checksums))
+// verification is what verify's steps have established so far, in the order they run.
+type verification struct {
+	o   *Options
+	res *Result
+
+	locals []localArtifact      // the artifacts given and their digests
+	cert   *certificate.Summary // the bundle's signer (keyless bundles)
+	p      *provenance.Parsed   // the signed statement
+	listed []job.Artifact       // the files the checksum files list
+	m      *job.Manifest        // the attested manifest
+	r      *job.Result          // the attested result record
+	ev     *attest.Evidence     // the hardware (or simulated) evidence
+	claims *verifier.Claims     // what the evidence establishes
+	match  *refMatch            // the trusted reference value the measurement matched
+}
+
+// readStatement is steps 1-3: the artifacts' digests first, as slsa-verifier does, then
+// the bundle and its signature, then the statement.
+func (v *verification) readStatement(ctx context.Context) error {
+	locals, err := hashArtifacts(ctx, slices.Concat(v.o.Artifacts, v.o.Checksums))
 	if err != nil {
 		return err
 	}
-	res.record(CheckArtifact, Passed, "%d file(s)", len(locals))
+	v.locals = locals
+	v.res.record(CheckArtifact, Passed, "%d file(s)", len(locals))
 
-	// 2. Bundle and signature.
-	bundleJSON, err := fileio.ReadCapped(o.BundlePath, MaxBundleSize)
+	bundleJSON, err := fileio.ReadCapped(v.o.BundlePath, MaxBundleSize)
 	if err != nil {
 		return fail(CheckBundle, err)
 	}
-	stmt, cert, err := verifySignature(bundleJSON, o)
+	stmt, cert, err := verifySignature(bundleJSON, v.o)
 	if err != nil {
 		return err
 	}
-	res.record(CheckSignature, Passed, "%s", signerDesc(o, cert))
-	res.Statement, res.Signer = stmt, signerSummary(cert)
+	v.cert = cert
+	v.res.record(CheckSignature, Passed, "%s", signerDesc(v.o, cert))
+	v.res.Statement, v.res.Signer = stmt, signerSummary(cert)
 
-	// 3. Statement.
 	p, err := provenance.ParseStatement(stmt)
 	if err != nil {
 		return fail(CheckStatement, err)
 	}
-	res.StatementBuilderID = p.BuilderID
-	res.record(CheckStatement, Passed, "")
+	v.p = p
+	v.res.StatementBuilderID = p.BuilderID
+	v.res.record(CheckStatement, Passed, "")
+	return nil
+}
 
-	// 4. Subjects: every given file must be a subject, matched by digest.
-	if err := checkSubjects(p, locals); err != nil {
+// matchSubjects is step 4: every given file must be a subject, matched by digest, and
+// every file a checksum file lists must match it.
+func (v *verification) matchSubjects(ctx context.Context) error {
+	if err := checkSubjects(v.p, v.locals); err != nil {
 		return err
 	}
-	res.record(CheckSubject, Passed, "")
-	listed, err := checkChecksums(ctx, o.Checksums)
+	v.res.record(CheckSubject, Passed, "")
+	listed, err := checkChecksums(ctx, v.o.Checksums)
 	if err != nil {
 		return err
 	}
-	if len(o.Checksums) > 0 {
-		res.record(CheckChecksums, Passed, "%d file(s) listed", len(listed))
+	v.listed = listed
+	if len(v.o.Checksums) > 0 {
+		v.res.record(CheckChecksums, Passed, "%d file(s) listed", len(listed))
 	}
+	return nil
+}
 
-	// 5. The documents the evidence binds.
-	m, err := job.ParseManifest(p.Manifest)
+// parseDocuments is step 5: the documents the evidence binds.
+func (v *verification) parseDocuments(context.Context) error {
+	m, err := job.ParseManifest(v.p.Manifest)
 	if err != nil {
 		return fail(CheckManifest, err)
 	}
-	r, err := job.ParseResult(p.Result)
+	r, err := job.ParseResult(v.p.Result)
 	if err != nil {
 		return fail(CheckResult, err)
 	}
-	ev, err := attest.ParseEvidence(p.Evidence)
+	ev, err := attest.ParseEvidence(v.p.Evidence)
 	if err != nil {
 		return fail(CheckEvidenceParse, err)
 	}
+	v.m, v.r, v.ev = m, r, ev
+	return nil
+}
 
-	// 6. Evidence: vendor (or simulated) signature chain, policy, and the two bindings.
-	claims, err := verifyEvidence(o, p, ev)
+// verifyEvidence is step 6: the vendor (or simulated) signature chain, policy and the
+// two bindings, then the evidence's TEE against the manifest's.
+func (v *verification) verifyEvidence(context.Context) error {
+	claims, err := verifyEvidence(v.o, v.p, v.ev)
 	if err != nil {
 		return err
 	}
+	v.claims = claims
+	res, ev := v.res, v.ev
 	res.TEE, res.Simulated, res.Measurement = ev.TEE, claims.Simulated, hex.EncodeToString(claims.Measurement)
 	res.ProductLine, res.Platform = claims.ProductLine, claims.PlatformID
 	res.Warnings = append(res.Warnings, claims.Warnings...)
 	res.record(CheckChain, Passed, "%s evidence", ev.TEE)
 	res.record(CheckHostData, Passed, "manifest")
 	res.record(CheckReportData, Passed, "result record")
-	if len(o.EvidencePolicy.AllowedPlatforms) > 0 {
+	if len(v.o.EvidencePolicy.AllowedPlatforms) > 0 {
 		res.Pinned = append(res.Pinned, "platform")
 	}
-	if string(ev.TEE) != m.TEE {
-		return fail(CheckEvidenceTEE, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, m.TEE))
+	if string(ev.TEE) != v.m.TEE {
+		return fail(CheckEvidenceTEE, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, v.m.TEE))
 	}
+	return nil
+}
 
-	// 9. The measurement is one a trusted source lists, and the guest-image claims are
-	// those of the listed value.
-	match, err := checkMeasurement(ctx, o, res, ev.TEE, p.Guest, claims)
+// matchMeasurement is step 9, run before 7: the measurement is one a trusted source
+// lists, and the guest-image claims are those of the listed value.
+func (v *verification) matchMeasurement(ctx context.Context) error {
+	match, err := checkMeasurement(ctx, v.o, v.res, v.ev.TEE, v.p.Guest, v.claims)
 	if err != nil {
 		return err
 	}
-	// 7. The result record: same manifest, a successful build.
-	manifestDigest := job.ManifestDigest(p.Manifest)
+	v.match = match
+	return nil
+}
+
+// checkResultRecord is step 7: the result record names the same manifest and a
+// successful build.
+func (v *verification) checkResultRecord(context.Context) error {
+	r := v.r
+	manifestDigest := job.ManifestDigest(v.p.Manifest)
 	if r.ManifestSHA256 != hex.EncodeToString(manifestDigest[:]) {
 		return fail(CheckResultManifest, fmt.Errorf("%w: result record names manifest %s, the provenance carries %s", ErrMismatchBinding, r.ManifestSHA256, hex.EncodeToString(manifestDigest[:])))
 	}
 	if r.ExitCode != 0 || r.Error != "" {
 		return fail(CheckResultStatus, fmt.Errorf("%w: exit code %d %s", ErrBuildNotSucceded, r.ExitCode, r.Error))
 	}
+	return nil
+}
 
-	// 8. The statement says exactly what the attested documents say; its commit and tag
-	// first, under their own names.
-	if err := checkAttestedSource(p, m, r); err != nil {
+// checkConsistency is step 8: the statement says exactly what the attested documents
+// say; its commit and tag first, under their own names.
+func (v *verification) checkConsistency(context.Context) error {
+	if err := checkAttestedSource(v.p, v.m, v.r); err != nil {
 		return err
 	}
-	unboundBuilder, err := checkStatementBuilder(p, m.TEE, match)
+	unboundBuilder, err := checkStatementBuilder(v.p, v.m.TEE, v.match)
 	if err != nil {
 		return err
 	}
-	res.Unbound = append(res.Unbound, unboundBuilder...)
-	if err := checkStatementFields(p, m, r, claims); err != nil {
+	v.res.Unbound = append(v.res.Unbound, unboundBuilder...)
+	if err := checkStatementFields(v.p, v.m, v.r, v.claims); err != nil {
 		return err
 	}
-	res.record(CheckConsistency, Passed, "")
+	v.res.record(CheckConsistency, Passed, "")
+	return nil
+}
 
-	unbound, err := checkGuestBinding(p.Guest, match)
+// checkGuestImage checks the statement's guest-image claims and release against the
+// matched reference value, and records the builder id they bind.
+func (v *verification) checkGuestImage(context.Context) error {
+	res := v.res
+	unbound, err := checkGuestBinding(v.p.Guest, v.match)
 	if err != nil {
 		return err
 	}
@@ -380,7 +455,7 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		res.Unbound = append(res.Unbound, "guest-image "+u)
 	}
 	res.record(CheckGuestImage, Passed, "unbound: %s", listOrNone(unbound))
-	released, unboundRelease, err := checkGuestRelease(p.Guest, match)
+	released, unboundRelease, err := checkGuestRelease(v.p.Guest, v.match)
 	if err != nil {
 		return err
 	}
@@ -389,16 +464,19 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 	}
 	res.GuestImageRelease = released
 	res.record(CheckGuestRelease, Passed, "%s", released)
-	res.BuilderID = boundBuilderID(m.TEE, match)
+	res.BuilderID = boundBuilderID(v.m.TEE, v.match)
+	return nil
+}
 
-	// 10. Optional source expectations.
-	if err := checkSource(o, res, r); err != nil {
+// checkWho is steps 10 and 11: the optional source expectations, then who built and
+// signed: builder id, source repository and ref, and for keyless bundles the
+// certificate's run (identity.go).
+func (v *verification) checkWho(context.Context) error {
+	o, res := v.o, v.res
+	if err := checkSource(o, res, v.r); err != nil {
 		return err
 	}
-
-	// 11. Who built and signed: builder id, source repository and ref, and for keyless
-	// bundles the certificate's run (identity.go).
-	if err := checkIdentity(o, cert, m, r, res.BuilderID); err != nil {
+	if err := checkIdentity(o, v.cert, v.m, v.r, res.BuilderID); err != nil {
 		return err
 	}
 	if o.ExpectedBuilderID != "" {
@@ -406,24 +484,31 @@ func verify(ctx context.Context, o *Options, res *Result) error {
 		res.Pinned = append(res.Pinned, "builder")
 	}
 	if o.Identity != nil {
-		res.record(CheckSourceRepository, Passed, "%s", m.Source.Repository)
+		res.record(CheckSourceRepository, Passed, "%s", v.m.Source.Repository)
 		res.Pinned = append(res.Pinned, "repository")
 	}
+	return nil
+}
 
-	// 12. Pins on what the host chose.
-	if err := o.Pins.apply(res, m, r); err != nil {
+// applyPins is step 12: pins on what the host chose.
+func (v *verification) applyPins(context.Context) error {
+	if err := v.o.Pins.apply(v.res, v.m, v.r); err != nil {
 		return err
 	}
-	if o.InsecureSkipMeasurement {
-		res.Warnings = append(res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")
+	if v.o.InsecureSkipMeasurement {
+		v.res.Warnings = append(v.res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")
 	}
+	return nil
+}
 
-	res.Artifacts = append(verifiedArtifacts(r, locals), listed...)
+// fillResult copies what passed verification establishes into the Result.
+func (v *verification) fillResult() {
+	res, m, r := v.res, v.m, v.r
+	res.Artifacts = append(verifiedArtifacts(r, v.locals), v.listed...)
 	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
 	res.ACPITables = r.ACPITablesSHA256
 	res.GuestClockStart = r.GuestClockStart
 	res.Command, res.InvocationID = m.Command, m.InvocationID
-	return nil
 }
 
 // localArtifact is a file given to verify and its digest.
@@ -494,9 +579,9 @@ func verifyEvidence(o *Options, p *provenance.Parsed, ev *attest.Evidence) (*ver
 		check := EvidenceCheck(err)
 		switch check {
 		case CheckHostData:
-			err = fmt.Errorf("%w: the evidence was not launched with this manifest: %v", ErrMismatchBinding, err)
+			err = fmt.Errorf("%w: the evidence was not launched with this manifest: %w", ErrMismatchBinding, err)
 		case CheckReportData:
-			err = fmt.Errorf("%w: the evidence does not vouch for this result record: %v", ErrMismatchBinding, err)
+			err = fmt.Errorf("%w: the evidence does not vouch for this result record: %w", ErrMismatchBinding, err)
 		}
 		return nil, fail(check, err)
 	}
@@ -577,7 +662,7 @@ func checkAttestedSource(p *provenance.Parsed, m *job.Manifest, r *job.Result) e
 	if m.Source.CommitObject != nil {
 		a, err := source.AttestCommit(m.Source.GitObjects(), r.SourceTree)
 		if err != nil {
-			return fail(CheckSourceCommit, fmt.Errorf("%w: the manifest's git objects do not name the attested tree: %v", ErrMismatchBinding, err))
+			return fail(CheckSourceCommit, fmt.Errorf("%w: the manifest's git objects do not name the attested tree: %w", ErrMismatchBinding, err))
 		}
 		att = *a
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 	sevkds "github.com/google/go-sev-guest/kds"
+	spb "github.com/google/go-sev-guest/proto/sevsnp"
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/verifier"
@@ -31,18 +32,9 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 	if ev.TEE != attest.TEESNP {
 		return fmt.Errorf("%w: completing %q evidence (only snp evidence needs a VCEK chain)", ErrUnsupported, ev.TEE)
 	}
-	raw := bytes.Clone(ev.Report)
-	report, err := abi.ReportToProto(raw)
+	raw, report, key, err := parseSignedReport(ev)
 	if err != nil {
-		return fmt.Errorf("%w: snp report: %v", attest.ErrMalformed, err)
-	}
-	info, err := abi.ParseSignerInfo(report.GetSignerInfo())
-	if err != nil {
-		return fmt.Errorf("%w: snp report SIGNER_INFO: %v", attest.ErrMalformed, err)
-	}
-	key := info.SigningKey
-	if key != abi.VcekReportSigner && key != abi.VlekReportSigner {
-		return fmt.Errorf("%w: report signed by key %v, expected VCEK or VLEK", ErrUnsupported, key)
+		return err
 	}
 	line, err := c.productLine(report.GetCpuid1EaxFms())
 	if err != nil {
@@ -51,28 +43,57 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 	if err := checkProductLine(line); err != nil {
 		return err
 	}
+	certs, err := c.signingKeyCerts(ctx, ev, report, key, line)
+	if err != nil {
+		return err
+	}
+	intermediate, interName, err := c.intermediateCert(ctx, certs, line, key)
+	if err != nil {
+		return err
+	}
+	if err := checkCompletedChain(raw, report, key, certs, intermediate, interName); err != nil {
+		return err
+	}
+	ev.Certs = certs
+	return nil
+}
 
+// parseSignedReport parses the SNP report and its SIGNER_INFO; the signing key must be a
+// VCEK or a VLEK.
+func parseSignedReport(ev *attest.Evidence) ([]byte, *spb.Report, abi.ReportSigner, error) {
+	raw := bytes.Clone(ev.Report)
+	report, err := abi.ReportToProto(raw)
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("%w: snp report: %w", attest.ErrMalformed, err)
+	}
+	info, err := abi.ParseSignerInfo(report.GetSignerInfo())
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("%w: snp report SIGNER_INFO: %w", attest.ErrMalformed, err)
+	}
+	key := info.SigningKey
+	if key != abi.VcekReportSigner && key != abi.VlekReportSigner {
+		return nil, nil, 0, fmt.Errorf("%w: report signed by key %v, expected VCEK or VLEK", ErrUnsupported, key)
+	}
+	return raw, report, key, nil
+}
+
+// signingKeyCerts gathers the certificates from ev.Certs, the certificate table and the
+// chain file, then fetches a missing VCEK; a missing VLEK is an error.
+func (c *Client) signingKeyCerts(ctx context.Context, ev *attest.Evidence, report *spb.Report, key abi.ReportSigner, line string) (*attest.CertChain, error) {
 	certs := &attest.CertChain{}
 	if ev.Certs != nil {
 		*certs = *ev.Certs
 	}
-	// The report's own certificate table, through attest's bounded parser. It fails when
-	// the table lacks the signing key's certificate, which is then fetched below.
-	fromTable := func() error {
-		tmp := &attest.Evidence{TEE: ev.TEE, Report: ev.Report, CertTable: ev.CertTable, Certs: certs}
-		if err := attest.CompleteSNPFromCertTable(tmp); err != nil {
-			return err
-		}
-		certs = tmp.Certs
-		return nil
-	}
-	if err := fromTable(); errors.Is(err, attest.ErrMalformed) {
-		return err
+	// A table lacking the signing key's certificate fails here; that certificate is then
+	// fetched below and the table merged again.
+	certs, err := mergeCertTable(ev, certs)
+	if errors.Is(err, attest.ErrMalformed) {
+		return nil, err
 	}
 	if c.o.ChainFile != "" {
 		file, err := loadChainFile(c.o.ChainFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		fill(&certs.VCEK, file.VCEK)
 		fill(&certs.VLEK, file.VLEK)
@@ -84,25 +105,41 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 		if len(certs.VCEK) == 0 {
 			vcek, err := c.VCEK(ctx, line, report.GetChipId(), report.GetReportedTcb())
 			if err != nil {
-				return err
+				return nil, err
 			}
 			certs.VCEK = vcek
 		}
 	case abi.VlekReportSigner:
 		if len(certs.VLEK) == 0 {
-			return fmt.Errorf("%w: the report is signed by a VLEK, which neither the certificate table nor a chain file carries (the cloud provider supplies it; KDS does not hand it out)", ErrOffline)
+			return nil, fmt.Errorf("%w: the report is signed by a VLEK, which neither the certificate table nor a chain file carries (the cloud provider supplies it; KDS does not hand it out)", ErrOffline)
 		}
 	}
-	if err := fromTable(); err != nil {
-		return fmt.Errorf("merging the certificate table: %w", err)
+	if certs, err = mergeCertTable(ev, certs); err != nil {
+		return nil, fmt.Errorf("merging the certificate table: %w", err)
 	}
-	// The VCEK's intermediate is the ASK; a VLEK's is the ASVK, which certificate tables do
-	// not carry (go-sev-guest gives it no GUID), so it always comes from the product chain.
+	return certs, nil
+}
+
+// mergeCertTable adds the report's own certificate table to certs, through attest's
+// bounded parser. On failure certs is returned as it was.
+func mergeCertTable(ev *attest.Evidence, certs *attest.CertChain) (*attest.CertChain, error) {
+	tmp := &attest.Evidence{TEE: ev.TEE, Report: ev.Report, CertTable: ev.CertTable, Certs: certs}
+	if err := attest.CompleteSNPFromCertTable(tmp); err != nil {
+		return certs, err
+	}
+	return tmp.Certs, nil
+}
+
+// intermediateCert returns the signing key's intermediate and its name, filling a missing
+// ASK or ARK from the product chain. The VCEK's intermediate is the ASK; a VLEK's is the
+// ASVK, which certificate tables do not carry (go-sev-guest gives it no GUID), so it
+// always comes from the product chain.
+func (c *Client) intermediateCert(ctx context.Context, certs *attest.CertChain, line string, key abi.ReportSigner) ([]byte, string, error) {
 	intermediate, interName := certs.ASK, "ASK"
 	if len(certs.ASK) == 0 || len(certs.ARK) == 0 || key == abi.VlekReportSigner {
 		ask, ark, err := c.ProductChain(ctx, line, key)
 		if err != nil {
-			return err
+			return nil, "", err
 		}
 		fill(&certs.ASK, ask)
 		fill(&certs.ARK, ark)
@@ -111,7 +148,13 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 			intermediate, interName = ask, "ASVK"
 		}
 	}
+	return intermediate, interName, nil
+}
 
+// checkCompletedChain checks the gathered chain before ev is changed: the signing key
+// under its intermediate under the ARK, a VCEK's chip id and TCB against the report, and
+// the report's signature.
+func checkCompletedChain(raw []byte, report *spb.Report, key abi.ReportSigner, certs *attest.CertChain, intermediate []byte, interName string) error {
 	keyCert, keyName := certs.VCEK, "VCEK"
 	if key == abi.VlekReportSigner {
 		keyCert, keyName = certs.VLEK, "VLEK"
@@ -127,11 +170,7 @@ func (c *Client) Complete(ctx context.Context, ev *attest.Evidence) error {
 			return err
 		}
 	}
-	if err := checkReportSignature(raw, keyCert); err != nil {
-		return err
-	}
-	ev.Certs = certs
-	return nil
+	return checkReportSignature(raw, keyCert)
 }
 
 func fill(dst *[]byte, v []byte) {

@@ -245,7 +245,7 @@ func embeddedChain(line string, key abi.ReportSigner) []byte {
 func parseChain(pems []byte) (ask, ark []byte, err error) {
 	ask, ark, err = sevkds.ParseProductCertChain(pems)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: certificate chain: %v", ErrMismatch, err)
+		return nil, nil, fmt.Errorf("%w: certificate chain: %w", ErrMismatch, err)
 	}
 	if err := checkSignedBy(ask, ark, "ASK", "ARK"); err != nil {
 		return nil, nil, err
@@ -259,14 +259,14 @@ func parseChain(pems []byte) (ask, ark []byte, err error) {
 func checkSignedBy(childDER, parentDER []byte, child, parent string) error {
 	c, err := x509.ParseCertificate(childDER)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrMismatch, child, err)
+		return fmt.Errorf("%w: %s: %w", ErrMismatch, child, err)
 	}
 	p, err := x509.ParseCertificate(parentDER)
 	if err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrMismatch, parent, err)
+		return fmt.Errorf("%w: %s: %w", ErrMismatch, parent, err)
 	}
 	if err := c.CheckSignatureFrom(p); err != nil {
-		return fmt.Errorf("%w: %s (%s) is not signed by %s (%s): %v", ErrMismatch, child, c.Subject.CommonName, parent, p.Subject.CommonName, err)
+		return fmt.Errorf("%w: %s (%s) is not signed by %s (%s): %w", ErrMismatch, child, c.Subject.CommonName, parent, p.Subject.CommonName, err)
 	}
 	return nil
 }
@@ -275,11 +275,11 @@ func checkSignedBy(childDER, parentDER []byte, child, parent string) error {
 func checkVCEK(der, chipID []byte, tcb uint64) error {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("%w: VCEK: %v", ErrMismatch, err)
+		return fmt.Errorf("%w: VCEK: %w", ErrMismatch, err)
 	}
 	ext, err := sevkds.VcekCertificateExtensions(cert)
 	if err != nil {
-		return fmt.Errorf("%w: VCEK extensions: %v", ErrMismatch, err)
+		return fmt.Errorf("%w: VCEK extensions: %w", ErrMismatch, err)
 	}
 	if !bytes.Equal(ext.HWID, chipID) {
 		return fmt.Errorf("%w: VCEK is for chip %x…, the report's CHIP_ID is %x…", ErrMismatch, ext.HWID[:min(8, len(ext.HWID))], chipID[:8])
@@ -436,10 +436,10 @@ func retryAfter(v string, now time.Time) time.Duration {
 func checkReportSignature(report, der []byte) error {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return fmt.Errorf("%w: endorsement key certificate: %v", ErrMismatch, err)
+		return fmt.Errorf("%w: endorsement key certificate: %w", ErrMismatch, err)
 	}
 	if err := verify.SnpReportSignature(report, cert); err != nil {
-		return fmt.Errorf("%w: the report's signature does not verify with the %s certificate: %v", ErrMismatch, cert.Subject.CommonName, err)
+		return fmt.Errorf("%w: the report's signature does not verify with the %s certificate: %w", ErrMismatch, cert.Subject.CommonName, err)
 	}
 	return nil
 }

@@ -78,7 +78,7 @@ func ParseTDXCollateral(b []byte) (*TDXCollateral, error) {
 	}
 	var c TDXCollateral
 	if err := strictjson.Decode(b, &c); err != nil {
-		return nil, fmt.Errorf("%w: TDX collateral JSON: %v", attest.ErrMalformed, err)
+		return nil, fmt.Errorf("%w: TDX collateral JSON: %w", attest.ErrMalformed, err)
 	}
 	for _, it := range []struct {
 		name string

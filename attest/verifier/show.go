@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-sev-guest/abi"
+	spb "github.com/google/go-sev-guest/proto/sevsnp"
 
 	"github.com/cloche-dev/cloche/attest"
 )
@@ -31,121 +32,154 @@ func Describe(ev *attest.Evidence) ([]Field, error) {
 	if err := ev.CheckShape(); err != nil {
 		return nil, err
 	}
-	var fields []Field
-	add := func(name, format string, args ...any) {
-		fields = append(fields, Field{Name: name, Value: fmt.Sprintf(format, args...)})
-	}
-	add("TEE", "%s", teeLabel(ev.TEE))
+	var fl fieldList
+	fl.add("TEE", "%s", teeLabel(ev.TEE))
+	var err error
 	switch ev.TEE {
 	case attest.TEETDX:
-		q, err := attest.ParseTDXQuote(ev.Report)
-		if err != nil {
-			return nil, err
-		}
-		add("VERSION", "%d", q.Version)
-		add("ATTESTATION_KEY_TYPE", "%d", q.AttestationKeyType)
-		add("TEE_TYPE", "0x%x", q.TeeType)
-		add("PCE_SVN", "%d", q.PceSvn)
-		add("QE_SVN", "%d", q.QeSvn)
-		add("QE_VENDOR_ID", "%x", q.QeVendorID)
-		add("USER_DATA", "%x", q.UserData)
-		if q.Version == 5 {
-			add("BODY_TYPE", "%d", q.BodyType)
-		}
-		add("TEE_TCB_SVN", "%x", q.TeeTcbSvn)
-		add("MRSEAM", "%x", q.MrSeam)
-		add("MRSIGNERSEAM", "%x", q.MrSignerSeam)
-		add("SEAMATTRIBUTES", "0x%016x", q.SeamAttributes)
-		add("TDATTRIBUTES", "0x%016x (%s)", q.TdAttributes, tdAttributesString(q.TdAttributes))
-		add("XFAM", "0x%016x", q.Xfam)
-		add("MRTD", "%x", q.MrTd)
-		add("MRCONFIGID", "%x", q.MrConfigID)
-		add("MROWNER", "%x", q.MrOwner)
-		add("MROWNERCONFIG", "%x", q.MrOwnerConfig)
-		for i, r := range q.Rtmrs {
-			add(fmt.Sprintf("RTMR%d", i), "%x", r)
-		}
-		add("REPORTDATA", "%x", q.ReportData)
-		if q.TeeTcbSvn2 != nil {
-			add("TEE_TCB_SVN2", "%x", q.TeeTcbSvn2)
-			add("MRSERVICETD", "%x", q.MrServiceTd)
-		}
-		add("SIGNED_DATA_SIZE", "%d", q.SignedDataSize)
-		if q.Trailing > 0 {
-			add("TRAILING_BYTES", "%d (unsigned, ignored)", q.Trailing)
-		}
+		err = fl.describeTDX(ev)
 	default:
-		r, err := abi.ReportToProto(bytes.Clone(ev.Report))
+		err = fl.describeSNP(ev)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return fl, nil
+}
+
+// fieldList collects the fields Describe lists, in order.
+type fieldList []Field
+
+func (fl *fieldList) add(name, format string, args ...any) {
+	*fl = append(*fl, Field{Name: name, Value: fmt.Sprintf(format, args...)})
+}
+
+// describeTDX lists a TDX quote's header and body fields.
+func (fl *fieldList) describeTDX(ev *attest.Evidence) error {
+	q, err := attest.ParseTDXQuote(ev.Report)
+	if err != nil {
+		return err
+	}
+	add := fl.add
+	add("VERSION", "%d", q.Version)
+	add("ATTESTATION_KEY_TYPE", "%d", q.AttestationKeyType)
+	add("TEE_TYPE", "0x%x", q.TeeType)
+	add("PCE_SVN", "%d", q.PceSvn)
+	add("QE_SVN", "%d", q.QeSvn)
+	add("QE_VENDOR_ID", "%x", q.QeVendorID)
+	add("USER_DATA", "%x", q.UserData)
+	if q.Version == 5 {
+		add("BODY_TYPE", "%d", q.BodyType)
+	}
+	add("TEE_TCB_SVN", "%x", q.TeeTcbSvn)
+	add("MRSEAM", "%x", q.MrSeam)
+	add("MRSIGNERSEAM", "%x", q.MrSignerSeam)
+	add("SEAMATTRIBUTES", "0x%016x", q.SeamAttributes)
+	add("TDATTRIBUTES", "0x%016x (%s)", q.TdAttributes, tdAttributesString(q.TdAttributes))
+	add("XFAM", "0x%016x", q.Xfam)
+	add("MRTD", "%x", q.MrTd)
+	add("MRCONFIGID", "%x", q.MrConfigID)
+	add("MROWNER", "%x", q.MrOwner)
+	add("MROWNERCONFIG", "%x", q.MrOwnerConfig)
+	for i, r := range q.Rtmrs {
+		add(fmt.Sprintf("RTMR%d", i), "%x", r)
+	}
+	add("REPORTDATA", "%x", q.ReportData)
+	if q.TeeTcbSvn2 != nil {
+		add("TEE_TCB_SVN2", "%x", q.TeeTcbSvn2)
+		add("MRSERVICETD", "%x", q.MrServiceTd)
+	}
+	add("SIGNED_DATA_SIZE", "%d", q.SignedDataSize)
+	if q.Trailing > 0 {
+		add("TRAILING_BYTES", "%d (unsigned, ignored)", q.Trailing)
+	}
+	return nil
+}
+
+// describeSNP lists an SNP or sim report's fields, its signature, then its certificate
+// table and certificates.
+func (fl *fieldList) describeSNP(ev *attest.Evidence) error {
+	r, err := abi.ReportToProto(bytes.Clone(ev.Report))
+	if err != nil {
+		return fmt.Errorf("%w: %s report: %w", attest.ErrMalformed, ev.TEE, err)
+	}
+	add := fl.add
+	add("VERSION", "%d", r.GetVersion())
+	fl.describeProductLine(ev, r)
+	add("GUEST_SVN", "%d", r.GetGuestSvn())
+	add("POLICY", "0x%x (%s)", r.GetPolicy(), snpPolicyString(r.GetPolicy()))
+	add("FAMILY_ID", "%x", r.GetFamilyId())
+	add("IMAGE_ID", "%x", r.GetImageId())
+	add("VMPL", "%d", r.GetVmpl())
+	add("SIGNATURE_ALGO", "%d", r.GetSignatureAlgo())
+	add("CURRENT_TCB", "0x%016x (%s)", r.GetCurrentTcb(), snpTCBFromVersion(r.GetCurrentTcb()))
+	add("PLATFORM_INFO", "0x%x", r.GetPlatformInfo())
+	si, err := abi.ParseSignerInfo(r.GetSignerInfo())
+	if err != nil {
+		return fmt.Errorf("%w: SIGNER_INFO: %w", attest.ErrMalformed, err)
+	}
+	add("SIGNER_INFO", "0x%x (signing key %v, mask chip key %v, author key %v)", r.GetSignerInfo(), si.SigningKey, si.MaskChipKey, si.AuthorKeyEn)
+	add("REPORT_DATA", "%x", r.GetReportData())
+	add("MEASUREMENT", "%x", r.GetMeasurement())
+	add("HOST_DATA", "%x", r.GetHostData())
+	add("ID_KEY_DIGEST", "%x", r.GetIdKeyDigest())
+	add("AUTHOR_KEY_DIGEST", "%x", r.GetAuthorKeyDigest())
+	add("REPORT_ID", "%x", r.GetReportId())
+	add("REPORT_ID_MA", "%x", r.GetReportIdMa())
+	add("REPORTED_TCB", "0x%016x (%s)", r.GetReportedTcb(), snpTCBFromVersion(r.GetReportedTcb()))
+	if r.GetVersion() >= 3 {
+		add("CPUID_FMS", "0x%08x", r.GetCpuid1EaxFms())
+	}
+	add("CHIP_ID", "%x", r.GetChipId())
+	add("COMMITTED_TCB", "0x%016x (%s)", r.GetCommittedTcb(), snpTCBFromVersion(r.GetCommittedTcb()))
+	add("CURRENT_VERSION", "%d.%d.%d", r.GetCurrentMajor(), r.GetCurrentMinor(), r.GetCurrentBuild())
+	add("COMMITTED_VERSION", "%d.%d.%d", r.GetCommittedMajor(), r.GetCommittedMinor(), r.GetCommittedBuild())
+	add("LAUNCH_TCB", "0x%016x (%s)", r.GetLaunchTcb(), snpTCBFromVersion(r.GetLaunchTcb()))
+	if r.GetVersion() >= 5 {
+		add("LAUNCH_MIT_VECTOR", "0x%x", r.GetLaunchMitVector())
+		add("CURRENT_MIT_VECTOR", "0x%x", r.GetCurrentMitVector())
+	}
+	add("SIGNATURE_R", "%x", reverse(ev.Report[0x2A0:0x2A0+72]))
+	add("SIGNATURE_S", "%x", reverse(ev.Report[0x2E8:0x2E8+72]))
+	return fl.describeSNPCerts(ev)
+}
+
+// describeProductLine names the SNP product line, from the report's CPUID or the VCEK.
+func (fl *fieldList) describeProductLine(ev *attest.Evidence, r *spb.Report) {
+	var vcek []byte
+	if ev.Certs != nil {
+		vcek = ev.Certs.VCEK
+	}
+	switch line := snpProductLine(r, vcek); line {
+	case "":
+		fl.add("PRODUCT_LINE", "unknown (a VERSION 2 report carries no CPUID, and no VCEK certificate names the product)")
+	case ProductTurin:
+		fl.add("PRODUCT_LINE", "%s (not supported by this build: go-sev-guest v0.15.0 cannot parse Turin VCEKs)", line)
+	default:
+		fl.add("PRODUCT_LINE", "%s", line)
+	}
+}
+
+// describeSNPCerts lists the certificate table's size and each certificate carried.
+func (fl *fieldList) describeSNPCerts(ev *attest.Evidence) error {
+	if len(ev.CertTable) > 0 {
+		table, err := attest.ParseCertTable(ev.CertTable)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s report: %v", attest.ErrMalformed, ev.TEE, err)
+			return err
 		}
-		add("VERSION", "%d", r.GetVersion())
-		var vcek []byte
-		if ev.Certs != nil {
-			vcek = ev.Certs.VCEK
-		}
-		switch line := snpProductLine(r, vcek); line {
-		case "":
-			add("PRODUCT_LINE", "unknown (a VERSION 2 report carries no CPUID, and no VCEK certificate names the product)")
-		case ProductTurin:
-			add("PRODUCT_LINE", "%s (not supported by this build: go-sev-guest v0.15.0 cannot parse Turin VCEKs)", line)
-		default:
-			add("PRODUCT_LINE", "%s", line)
-		}
-		add("GUEST_SVN", "%d", r.GetGuestSvn())
-		add("POLICY", "0x%x (%s)", r.GetPolicy(), snpPolicyString(r.GetPolicy()))
-		add("FAMILY_ID", "%x", r.GetFamilyId())
-		add("IMAGE_ID", "%x", r.GetImageId())
-		add("VMPL", "%d", r.GetVmpl())
-		add("SIGNATURE_ALGO", "%d", r.GetSignatureAlgo())
-		add("CURRENT_TCB", "0x%016x (%s)", r.GetCurrentTcb(), snpTCBFromVersion(r.GetCurrentTcb()))
-		add("PLATFORM_INFO", "0x%x", r.GetPlatformInfo())
-		si, err := abi.ParseSignerInfo(r.GetSignerInfo())
-		if err != nil {
-			return nil, fmt.Errorf("%w: SIGNER_INFO: %v", attest.ErrMalformed, err)
-		}
-		add("SIGNER_INFO", "0x%x (signing key %v, mask chip key %v, author key %v)", r.GetSignerInfo(), si.SigningKey, si.MaskChipKey, si.AuthorKeyEn)
-		add("REPORT_DATA", "%x", r.GetReportData())
-		add("MEASUREMENT", "%x", r.GetMeasurement())
-		add("HOST_DATA", "%x", r.GetHostData())
-		add("ID_KEY_DIGEST", "%x", r.GetIdKeyDigest())
-		add("AUTHOR_KEY_DIGEST", "%x", r.GetAuthorKeyDigest())
-		add("REPORT_ID", "%x", r.GetReportId())
-		add("REPORT_ID_MA", "%x", r.GetReportIdMa())
-		add("REPORTED_TCB", "0x%016x (%s)", r.GetReportedTcb(), snpTCBFromVersion(r.GetReportedTcb()))
-		if r.GetVersion() >= 3 {
-			add("CPUID_FMS", "0x%08x", r.GetCpuid1EaxFms())
-		}
-		add("CHIP_ID", "%x", r.GetChipId())
-		add("COMMITTED_TCB", "0x%016x (%s)", r.GetCommittedTcb(), snpTCBFromVersion(r.GetCommittedTcb()))
-		add("CURRENT_VERSION", "%d.%d.%d", r.GetCurrentMajor(), r.GetCurrentMinor(), r.GetCurrentBuild())
-		add("COMMITTED_VERSION", "%d.%d.%d", r.GetCommittedMajor(), r.GetCommittedMinor(), r.GetCommittedBuild())
-		add("LAUNCH_TCB", "0x%016x (%s)", r.GetLaunchTcb(), snpTCBFromVersion(r.GetLaunchTcb()))
-		if r.GetVersion() >= 5 {
-			add("LAUNCH_MIT_VECTOR", "0x%x", r.GetLaunchMitVector())
-			add("CURRENT_MIT_VECTOR", "0x%x", r.GetCurrentMitVector())
-		}
-		add("SIGNATURE_R", "%x", reverse(ev.Report[0x2A0:0x2A0+72]))
-		add("SIGNATURE_S", "%x", reverse(ev.Report[0x2E8:0x2E8+72]))
-		if len(ev.CertTable) > 0 {
-			table, err := attest.ParseCertTable(ev.CertTable)
-			if err != nil {
-				return nil, err
-			}
-			add("CERT_TABLE", "%d entries, %d bytes", len(table), len(ev.CertTable))
-		}
-		if c := ev.Certs; c != nil {
-			for _, cert := range []struct {
-				name string
-				der  []byte
-			}{{"VCEK", c.VCEK}, {"VLEK", c.VLEK}, {"ASK", c.ASK}, {"ARK", c.ARK}} {
-				if len(cert.der) > 0 {
-					add("CERT_"+cert.name, "%s", certSummary(cert.der))
-				}
+		fl.add("CERT_TABLE", "%d entries, %d bytes", len(table), len(ev.CertTable))
+	}
+	if c := ev.Certs; c != nil {
+		for _, cert := range []struct {
+			name string
+			der  []byte
+		}{{"VCEK", c.VCEK}, {"VLEK", c.VLEK}, {"ASK", c.ASK}, {"ARK", c.ARK}} {
+			if len(cert.der) > 0 {
+				fl.add("CERT_"+cert.name, "%s", certSummary(cert.der))
 			}
 		}
 	}
-	return fields, nil
+	return nil
 }
 
 // FormatFields writes fields as "NAME: value" lines.

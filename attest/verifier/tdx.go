@@ -19,67 +19,25 @@ import (
 
 // verifyTDX checks a TDX quote offline, in the order documented on Verify.
 func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error) {
-	// 1. Parse: cloche's own strict layout parser, then go-tdx-guest's.
-	q, err := attest.ParseTDXQuote(ev.Report)
+	q, quote, warnings, err := parseTDXEvidence(ev)
 	if err != nil {
 		return nil, err
 	}
-	var warnings []string
-	if q.Trailing > 0 {
-		warnings = append(warnings, fmt.Sprintf("ignored %d unsigned bytes after the tdx quote's signed data", q.Trailing))
-	}
-	quote, err := tdxQuoteToProto(ev.Report[:q.Len])
+	roots, times, err := checkTDXSignature(quote, opts, now)
 	if err != nil {
 		return nil, err
 	}
-	if ev.CertTable != nil || ev.Certs != nil {
-		// A TDX quote carries its own PCK chain; anything else is a confused producer.
-		return nil, fmt.Errorf("%w: tdx evidence carries an SNP certificate table or chain", attest.ErrMalformed)
-	}
-
-	// 2. PCK chain to Intel's root and the quote signature, without collateral.
-	root, err := intelSGXRoot()
-	if err != nil {
-		return nil, err
-	}
-	if opts.fakeIntelRoot != nil {
-		root = opts.fakeIntelRoot
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(root)
-	times := &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now}
-	if err := tdxverify.TdxQuote(quote, &tdxverify.Options{Now: times, TrustedRoots: roots, Getter: offlineTDXGetter{}}); err != nil {
-		if isTDXSignatureStage(err) {
-			return nil, fmt.Errorf("%w: tdx quote: %v", attest.ErrSignature, err)
-		}
-		return nil, fmt.Errorf("%w: tdx quote PCK chain against Intel's SGX root CA: %v", attest.ErrCertChain, err)
-	}
-
 	// The enclave that signed the quote must be Intel's TD quoting enclave, with or without
 	// collateral: the PCK certifies any enclave on the platform, so a host could run its
 	// own and sign any quote with it.
 	if err := checkQEIdentity(quote); err != nil {
 		return nil, err
 	}
-
-	// 3. Collateral and revocation, when given.
-	if c := opts.Policy.TDXCollateral; c != nil {
-		err := tdxverify.TdxQuote(quote, &tdxverify.Options{
-			Now: times, TrustedRoots: roots, Getter: offlineTDXGetter{c},
-			GetCollateral: true, CheckRevocations: c.HasCRLs(),
-		})
-		if err != nil {
-			if strings.Contains(err.Error(), "revoked") {
-				return nil, fmt.Errorf("%w: tdx PCK chain: %v", attest.ErrRevoked, err)
-			}
-			return nil, fmt.Errorf("%w: tdx quote against the given Intel collateral: %v", attest.ErrCollateral, err)
-		}
-		if !c.HasCRLs() {
-			warnings = append(warnings, "revocation not checked: the TDX collateral carries no Intel CRLs (PCK CRL and root CA CRL)")
-		}
-	} else {
-		warnings = append(warnings, "TDX collateral not given: the platform's TCB status, the quoting enclave's TCB level and Intel's CRLs were not checked (no TDX collateral was given); its identity was checked against Intel's TD QE")
+	collWarnings, err := checkTDXCollateral(quote, opts.Policy.TDXCollateral, roots, times)
+	if err != nil {
+		return nil, err
 	}
+	warnings = append(warnings, collWarnings...)
 
 	// 4-6. Policy, TCB, bindings.
 	if err := checkTDXValues(q, quote, opts); err != nil {
@@ -95,6 +53,77 @@ func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 	if open := tdxUncheckedRTMRs(opts.ExpectedMeasurements, opts.Policy.TDX.RTMR); len(open) > 0 {
 		warnings = append(warnings, fmt.Sprintf("only MRTD (the firmware) was compared with a reference value; %s not checked: the kernel, command line and initrd are not bound", strings.Join(open, ", ")))
 	}
+	return tdxClaims(q, ppid, warnings), nil
+}
+
+// parseTDXEvidence is step 1: cloche's own strict layout parser, then go-tdx-guest's. A
+// TDX quote carries its own PCK chain, so SNP certificates are refused.
+func parseTDXEvidence(ev *attest.Evidence) (*attest.TDXQuote, any, []string, error) {
+	q, err := attest.ParseTDXQuote(ev.Report)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var warnings []string
+	if q.Trailing > 0 {
+		warnings = append(warnings, fmt.Sprintf("ignored %d unsigned bytes after the tdx quote's signed data", q.Trailing))
+	}
+	quote, err := tdxQuoteToProto(ev.Report[:q.Len])
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if ev.CertTable != nil || ev.Certs != nil {
+		// A TDX quote carries its own PCK chain; anything else is a confused producer.
+		return nil, nil, nil, fmt.Errorf("%w: tdx evidence carries an SNP certificate table or chain", attest.ErrMalformed)
+	}
+	return q, quote, warnings, nil
+}
+
+// checkTDXSignature is step 2: the PCK chain to Intel's root and the quote signature,
+// without collateral. It returns the roots and times the collateral check reuses.
+func checkTDXSignature(quote any, opts Options, now time.Time) (*x509.CertPool, *tdxverify.TimeSet, error) {
+	root, err := intelSGXRoot()
+	if err != nil {
+		return nil, nil, err
+	}
+	if opts.fakeIntelRoot != nil {
+		root = opts.fakeIntelRoot
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	times := &tdxverify.TimeSet{PckCertChain: now, TcbInfo: now, QeIdentity: now, PckCrl: now, RootCaCrl: now}
+	if err := tdxverify.TdxQuote(quote, &tdxverify.Options{Now: times, TrustedRoots: roots, Getter: offlineTDXGetter{}}); err != nil {
+		if isTDXSignatureStage(err) {
+			return nil, nil, fmt.Errorf("%w: tdx quote: %w", attest.ErrSignature, err)
+		}
+		return nil, nil, fmt.Errorf("%w: tdx quote PCK chain against Intel's SGX root CA: %w", attest.ErrCertChain, err)
+	}
+	return roots, times, nil
+}
+
+// checkTDXCollateral is step 3: Intel collateral and revocation, when given; it returns
+// warnings naming what was not checked.
+func checkTDXCollateral(quote any, c *TDXCollateral, roots *x509.CertPool, times *tdxverify.TimeSet) ([]string, error) {
+	if c == nil {
+		return []string{"TDX collateral not given: the platform's TCB status, the quoting enclave's TCB level and Intel's CRLs were not checked; its identity was checked against Intel's TD QE"}, nil
+	}
+	err := tdxverify.TdxQuote(quote, &tdxverify.Options{
+		Now: times, TrustedRoots: roots, Getter: offlineTDXGetter{c},
+		GetCollateral: true, CheckRevocations: c.HasCRLs(),
+	})
+	if err != nil {
+		if strings.Contains(err.Error(), "revoked") {
+			return nil, fmt.Errorf("%w: tdx PCK chain: %w", attest.ErrRevoked, err)
+		}
+		return nil, fmt.Errorf("%w: tdx quote against the given Intel collateral: %w", attest.ErrCollateral, err)
+	}
+	if !c.HasCRLs() {
+		return []string{"revocation not checked: the TDX collateral carries no Intel CRLs (PCK CRL and root CA CRL)"}, nil
+	}
+	return nil, nil
+}
+
+// tdxClaims are the facts a verified TDX quote establishes.
+func tdxClaims(q *attest.TDXQuote, ppid string, warnings []string) *Claims {
 	return &Claims{
 		TEE:         attest.TEETDX,
 		PlatformID:  ppid,
@@ -104,7 +133,7 @@ func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 		MrTd:        bytes.Clone(q.MrTd),
 		Rtmrs:       [][]byte{bytes.Clone(q.Rtmrs[0]), bytes.Clone(q.Rtmrs[1]), bytes.Clone(q.Rtmrs[2]), bytes.Clone(q.Rtmrs[3])},
 		Warnings:    warnings,
-	}, nil
+	}
 }
 
 // checkTDXValues checks the quote's fields once its signatures are known to be good:
@@ -174,7 +203,7 @@ func checkTDXPolicy(q *attest.TDXQuote, quote any, p Policy) error {
 	// TdAttributes) the library accepts a debug TD.
 	if v4, ok := quote.(*tdxpb.QuoteV4); ok {
 		if err := tdxvalidate.TdxQuote(v4, &tdxvalidate.Options{TdQuoteBodyOptions: tdxvalidate.TdQuoteBodyOptions{EnableTdDebugCheck: !p.AllowDebug}}); err != nil {
-			return fmt.Errorf("%w: tdx quote: %v", attest.ErrPolicy, err)
+			return fmt.Errorf("%w: tdx quote: %w", attest.ErrPolicy, err)
 		}
 	}
 	return nil
@@ -269,11 +298,11 @@ func isTDXSignatureStage(err error) bool {
 func tdxPPID(quote any) (string, error) {
 	chain, err := tdxverify.ExtractChainFromQuote(quote)
 	if err != nil {
-		return "", fmt.Errorf("%w: tdx PCK chain: %v", attest.ErrCertChain, err)
+		return "", fmt.Errorf("%w: tdx PCK chain: %w", attest.ErrCertChain, err)
 	}
 	ext, err := pcs.PckCertificateExtensions(chain.PCKCertificate)
 	if err != nil {
-		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %v", attest.ErrCertChain, err)
+		return "", fmt.Errorf("%w: tdx PCK certificate extensions: %w", attest.ErrCertChain, err)
 	}
 	return strings.ToLower(ext.PPID), nil
 }

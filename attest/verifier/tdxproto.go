@@ -32,7 +32,7 @@ func tdxQuoteToProto(b []byte) (quote any, err error) {
 	}()
 	quote, err = tdxabi.QuoteToProto(bytes.Clone(b))
 	if err != nil {
-		return nil, fmt.Errorf("%w: tdx quote: %v", attest.ErrMalformed, err)
+		return nil, fmt.Errorf("%w: tdx quote: %w", attest.ErrMalformed, err)
 	}
 	return quote, nil
 }

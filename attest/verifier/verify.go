@@ -143,78 +143,136 @@ func Verify(ev *attest.Evidence, opts Options) (*Claims, error) {
 
 // verifySNP checks SEV-SNP and simulated evidence (see Verify).
 func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error) {
-	// 1. Parse.
+	report, version, err := parseSNPReport(ev)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSimulatedGate(ev, report, version, opts); err != nil {
+		return nil, err
+	}
+	att, product, warnings, err := checkSNPSignature(ev, report, opts, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkSNPPolicy(ev, att, product, opts.Policy); err != nil {
+		return nil, err
+	}
+	if err := checkSNPBindings(report, opts); err != nil {
+		return nil, err
+	}
+	return snpClaims(ev, report, product, warnings), nil
+}
+
+// parseSNPReport is step 1: the report's VERSION, format and layout.
+func parseSNPReport(ev *attest.Evidence) (*spb.Report, uint32, error) {
 	raw := bytes.Clone(ev.Report)
 	version := binary.LittleEndian.Uint32(raw[snpOffVersion:])
 	if err := abi.ValidateReportFormat(raw); err != nil {
-		return nil, fmt.Errorf("%w: %s report VERSION %d: %v", attest.ErrMalformed, ev.TEE, version, err)
+		return nil, 0, fmt.Errorf("%w: %s report VERSION %d: %w", attest.ErrMalformed, ev.TEE, version, err)
 	}
 	report, err := abi.ReportToProto(raw)
 	if err != nil {
 		// Reserved ranges depend on VERSION: name it, since a changed VERSION is what
 		// usually moves a set field into a range that must be zero.
-		return nil, fmt.Errorf("%w: %s report does not have the layout of its VERSION %d: %v", attest.ErrMalformed, ev.TEE, version, err)
+		return nil, 0, fmt.Errorf("%w: %s report does not have the layout of its VERSION %d: %w", attest.ErrMalformed, ev.TEE, version, err)
 	}
+	return report, version, nil
+}
 
-	// 2. Simulated gate.
+// checkSimulatedGate is step 2: simulated evidence needs the opt-in and trusted roots, and
+// a report labelled "sim" must carry the simulated marker and VERSION.
+func checkSimulatedGate(ev *attest.Evidence, report *spb.Report, version uint32, opts Options) error {
 	simFamily := bytes.Equal(report.GetFamilyId(), attest.SimFamilyID[:])
 	if ev.TEE == attest.TEESim || simFamily {
 		switch {
 		case !opts.AllowSimulated:
-			return nil, fmt.Errorf("%w: evidence comes from the SIMULATED TEE (tee %q, FAMILY_ID %x); it proves nothing about the host and needs an explicit opt-in and a trusted simulated root", attest.ErrSimulatedNotAllowed, ev.TEE, report.GetFamilyId())
+			return fmt.Errorf("%w: evidence comes from the SIMULATED TEE (tee %q, FAMILY_ID %x); it proves nothing about the host and needs an explicit opt-in and a trusted simulated root", attest.ErrSimulatedNotAllowed, ev.TEE, report.GetFamilyId())
 		case len(opts.SimRoots) == 0:
-			return nil, fmt.Errorf("%w: simulated evidence was allowed but no trusted simulated root was given", attest.ErrSimulatedNotAllowed)
+			return fmt.Errorf("%w: simulated evidence was allowed but no trusted simulated root was given", attest.ErrSimulatedNotAllowed)
 		}
 	}
 	if ev.TEE == attest.TEESim && !simFamily {
-		return nil, fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", attest.ErrMalformed, report.GetFamilyId(), attest.SimFamilyID[:])
+		return fmt.Errorf("%w: sim report FAMILY_ID is %x, expected the simulated marker %x", attest.ErrMalformed, report.GetFamilyId(), attest.SimFamilyID[:])
 	}
 	if ev.TEE == attest.TEESim && version != attest.SimReportVersion {
-		return nil, fmt.Errorf("%w: sim report VERSION is %d, the simulated secure processor writes %d", attest.ErrMalformed, version, attest.SimReportVersion)
+		return fmt.Errorf("%w: sim report VERSION is %d, the simulated secure processor writes %d", attest.ErrMalformed, version, attest.SimReportVersion)
 	}
+	return nil
+}
 
-	// 3. Signature algorithm, revocation, chain and signature.
+// checkSNPSignature is step 3: signature algorithm, revocation, chain and signature. It
+// returns the attestation to validate, the product line and the warnings so far.
+func checkSNPSignature(ev *attest.Evidence, report *spb.Report, opts Options, now time.Time) (*spb.Attestation, string, []string, error) {
+	chain, product, err := snpChain(ev, report, opts)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	roots, err := snpTrustedRoots(ev, opts, chain)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	vopts, warnings, err := snpVerifyOptions(ev, opts, roots, now)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	att := &spb.Attestation{Report: report, CertificateChain: chain}
+	if err := verify.SnpAttestation(att, vopts); err != nil {
+		return nil, "", nil, snpVerifyError(ev, opts, vopts, err)
+	}
+	return att, product, warnings, nil
+}
+
+// snpChain checks SIGNATURE_ALGO, reads the certificate chain, derives the product line,
+// binds CHIP_ID to the VCEK and, for sim evidence, checks the trusted simulated roots.
+func snpChain(ev *attest.Evidence, report *spb.Report, opts Options) (*spb.CertificateChain, string, error) {
 	if algo := report.GetSignatureAlgo(); algo != snpSigAlgoECDSAP384 {
-		return nil, fmt.Errorf("%w: %s report SIGNATURE_ALGO is %d, expected %d (ECDSA P-384 with SHA-384)", attest.ErrSignature, ev.TEE, algo, snpSigAlgoECDSAP384)
+		return nil, "", fmt.Errorf("%w: %s report SIGNATURE_ALGO is %d, expected %d (ECDSA P-384 with SHA-384)", attest.ErrSignature, ev.TEE, algo, snpSigAlgoECDSAP384)
 	}
 	chain, err := certificateChain(ev)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	vcekDER := chain.GetVcekCert()
 	product := snpProductLine(report, vcekDER)
 	if product == ProductTurin {
-		return nil, errTurin
+		return nil, "", errTurin
 	}
 	if len(chain.GetVlekCert()) == 0 {
 		if err := checkChipID(report, vcekDER); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	if ev.TEE == attest.TEESim {
 		for i, r := range opts.SimRoots {
 			if err := CheckSimRoot(r); err != nil {
-				return nil, fmt.Errorf("trusted simulated root %d: %w", i+1, err)
+				return nil, "", fmt.Errorf("trusted simulated root %d: %w", i+1, err)
 			}
 		}
 	}
-	att := &spb.Attestation{Report: report, CertificateChain: chain}
-	var roots map[string][]*trust.AMDRootCerts
-	if ev.TEE == attest.TEESim {
-		roots, err = simTrustedRoots(opts.SimRoots, chain.GetAskCert())
-	} else if opts.fakeAMDRoots != nil {
-		roots = opts.fakeAMDRoots()
-	} else {
-		roots, err = amdTrustedRoots()
+	return chain, product, nil
+}
+
+// snpTrustedRoots picks the roots by the evidence's label: the trusted simulated roots for
+// "sim", AMD's embedded roots (or the tests' fake ones) otherwise.
+func snpTrustedRoots(ev *attest.Evidence, opts Options, chain *spb.CertificateChain) (map[string][]*trust.AMDRootCerts, error) {
+	switch {
+	case ev.TEE == attest.TEESim:
+		return simTrustedRoots(opts.SimRoots, chain.GetAskCert())
+	case opts.fakeAMDRoots != nil:
+		return opts.fakeAMDRoots(), nil
+	default:
+		return amdTrustedRoots()
 	}
-	if err != nil {
-		return nil, err
-	}
+}
+
+// snpVerifyOptions builds go-sev-guest's offline verify options, attaching the AMD CRL to
+// the roots when one is given; without one, SNP evidence gets a warning.
+func snpVerifyOptions(ev *attest.Evidence, opts Options, roots map[string][]*trust.AMDRootCerts, now time.Time) (*verify.Options, []string, error) {
 	var warnings []string
 	vopts := &verify.Options{DisableCertFetching: true, Now: now, TrustedRoots: roots, Getter: offlineSEVGetter{}}
 	if crl := opts.Policy.AMDCRL; crl != nil {
 		if err := crlCurrent("the AMD CRL", crl, now); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		// go-sev-guest uses a root's CRL when it is current (checked above) and checks that
 		// the ARK signed it and that it does not revoke the ASK (or ASVK).
@@ -228,71 +286,103 @@ func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 		// Simulated roots are local keys: nobody publishes a CRL for them.
 		warnings = append(warnings, "revocation not checked: no AMD CRL was given")
 	}
-	if err := verify.SnpAttestation(att, vopts); err != nil {
-		switch {
-		case isSignatureStage(err):
-			return nil, fmt.Errorf("%w: %s report: %v", attest.ErrSignature, ev.TEE, err)
-		case vopts.CheckRevocations && isRevocationStage(err):
-			return nil, fmt.Errorf("%w: %s report against the given AMD CRL: %v", attest.ErrRevoked, ev.TEE, err)
-		}
-		rootsDesc := "AMD's embedded roots"
-		if ev.TEE == attest.TEESim {
-			rootsDesc = fmt.Sprintf("the %d trusted simulated root(s)", len(opts.SimRoots))
-		}
-		return nil, fmt.Errorf("%w: %s report against %s: %v", attest.ErrCertChain, ev.TEE, rootsDesc, err)
-	}
+	return vopts, warnings, nil
+}
 
-	// 4. Policy.
-	pol, err := abi.ParseSnpPolicy(report.GetPolicy())
+// snpVerifyError names the stage at which go-sev-guest's verification failed: signature,
+// revocation, or else the certificate chain.
+func snpVerifyError(ev *attest.Evidence, opts Options, vopts *verify.Options, err error) error {
+	switch {
+	case isSignatureStage(err):
+		return fmt.Errorf("%w: %s report: %w", attest.ErrSignature, ev.TEE, err)
+	case vopts.CheckRevocations && isRevocationStage(err):
+		return fmt.Errorf("%w: %s report against the given AMD CRL: %w", attest.ErrRevoked, ev.TEE, err)
+	}
+	rootsDesc := "AMD's embedded roots"
+	if ev.TEE == attest.TEESim {
+		rootsDesc = fmt.Sprintf("the %d trusted simulated root(s)", len(opts.SimRoots))
+	}
+	return fmt.Errorf("%w: %s report against %s: %w", attest.ErrCertChain, ev.TEE, rootsDesc, err)
+}
+
+// checkSNPPolicy is steps 4 and 5: guest policy, firmware state, VMPL, then the minimum
+// TCB per component, then go-sev-guest's validation of the whole.
+func checkSNPPolicy(ev *attest.Evidence, att *spb.Attestation, product string, p Policy) error {
+	report := att.GetReport()
+	pol, err := checkSNPGuestPolicy(ev, report, p)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s report POLICY 0x%x: %v", attest.ErrMalformed, ev.TEE, report.GetPolicy(), err)
+		return err
 	}
-	if pol.Debug && !opts.Policy.AllowDebug {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) has DEBUG set: found unauthorized debug capability, the host can read and change a debug guest", attest.ErrPolicy, ev.TEE, report.GetPolicy())
-	}
-	if want := opts.Policy.SNPGuestPolicy; want != nil && report.GetPolicy() != *want {
-		return nil, fmt.Errorf("%w: %s report POLICY is 0x%x, expected exactly 0x%x", attest.ErrPolicy, ev.TEE, report.GetPolicy(), *want)
-	}
-	vmpl := 0
-	vo := &validate.Options{
-		GuestPolicy: abi.SnpPolicy{SMT: true, Debug: opts.Policy.AllowDebug},
-		VMPL:        &vmpl,
-	}
-	minTCB, err := minimumTCB(opts.Policy, product)
+	minTCB, err := minimumTCB(p, product)
 	if err != nil {
-		return nil, err
-	}
-	if minTCB != nil {
-		m := minTCB
-		vo.MinimumTCB = kds.TCBParts{BlSpl: m.Bootloader, TeeSpl: m.TEE, SnpSpl: m.SNP, UcodeSpl: m.Microcode}
-		vo.MinimumLaunchTCB = vo.MinimumTCB
+		return err
 	}
 	// Checked here (not by validate) so that the failure is named "firmware state".
 	if err := checkFirmwareState(report); err != nil {
-		return nil, err
+		return err
 	}
-	vo.PermitProvisionalFirmware = true
 	if pol.MigrateMA {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", attest.ErrPolicy, ev.TEE, report.GetPolicy())
+		return fmt.Errorf("%w: %s report (POLICY 0x%x) allows a migration agent: found unauthorized migration agent capability", attest.ErrPolicy, ev.TEE, report.GetPolicy())
 	}
 	if report.GetVmpl() != 0 {
-		return nil, fmt.Errorf("%w: %s report was requested at VMPL %d, expected VMPL 0", attest.ErrPolicy, ev.TEE, report.GetVmpl())
+		return fmt.Errorf("%w: %s report was requested at VMPL %d, expected VMPL 0", attest.ErrPolicy, ev.TEE, report.GetVmpl())
 	}
+	// Checked here first so that the error names the component.
+	if err := checkSNPMinimumTCB(report, minTCB); err != nil {
+		return err
+	}
+	if err := validate.SnpAttestation(att, snpValidateOptions(p, minTCB)); err != nil {
+		return fmt.Errorf("%w: %s report (POLICY 0x%x, VMPL %d): %w", attest.ErrPolicy, ev.TEE, report.GetPolicy(), report.GetVmpl(), err)
+	}
+	return nil
+}
 
-	// 5. Minimum TCB, checked here first so that the error names the component.
+// checkSNPGuestPolicy parses POLICY and checks DEBUG and, when given, the exact value.
+func checkSNPGuestPolicy(ev *attest.Evidence, report *spb.Report, p Policy) (abi.SnpPolicy, error) {
+	pol, err := abi.ParseSnpPolicy(report.GetPolicy())
+	if err != nil {
+		return pol, fmt.Errorf("%w: %s report POLICY 0x%x: %w", attest.ErrMalformed, ev.TEE, report.GetPolicy(), err)
+	}
+	if pol.Debug && !p.AllowDebug {
+		return pol, fmt.Errorf("%w: %s report (POLICY 0x%x) has DEBUG set: found unauthorized debug capability, the host can read and change a debug guest", attest.ErrPolicy, ev.TEE, report.GetPolicy())
+	}
+	if want := p.SNPGuestPolicy; want != nil && report.GetPolicy() != *want {
+		return pol, fmt.Errorf("%w: %s report POLICY is 0x%x, expected exactly 0x%x", attest.ErrPolicy, ev.TEE, report.GetPolicy(), *want)
+	}
+	return pol, nil
+}
+
+// checkSNPMinimumTCB checks REPORTED_TCB and LAUNCH_TCB against the minimum, if any.
+func checkSNPMinimumTCB(report *spb.Report, minTCB *SNPTCB) error {
+	if minTCB == nil {
+		return nil
+	}
+	if err := checkMinimumTCB("REPORTED_TCB", snpTCBFromVersion(report.GetReportedTcb()), *minTCB); err != nil {
+		return err
+	}
+	return checkMinimumTCB("LAUNCH_TCB", snpTCBFromVersion(report.GetLaunchTcb()), *minTCB)
+}
+
+// snpValidateOptions is what go-sev-guest's validation checks: SMT allowed, DEBUG only
+// when allowed, VMPL 0, the minimum TCB, provisional firmware permitted (checked by
+// checkFirmwareState).
+func snpValidateOptions(p Policy, minTCB *SNPTCB) *validate.Options {
+	vmpl := 0
+	vo := &validate.Options{
+		GuestPolicy: abi.SnpPolicy{SMT: true, Debug: p.AllowDebug},
+		VMPL:        &vmpl,
+	}
 	if m := minTCB; m != nil {
-		if err := checkMinimumTCB("REPORTED_TCB", snpTCBFromVersion(report.GetReportedTcb()), *m); err != nil {
-			return nil, err
-		}
-		if err := checkMinimumTCB("LAUNCH_TCB", snpTCBFromVersion(report.GetLaunchTcb()), *m); err != nil {
-			return nil, err
-		}
+		vo.MinimumTCB = kds.TCBParts{BlSpl: m.Bootloader, TeeSpl: m.TEE, SnpSpl: m.SNP, UcodeSpl: m.Microcode}
+		vo.MinimumLaunchTCB = vo.MinimumTCB
 	}
-	if err := validate.SnpAttestation(att, vo); err != nil {
-		return nil, fmt.Errorf("%w: %s report (POLICY 0x%x, VMPL %d): %v", attest.ErrPolicy, ev.TEE, report.GetPolicy(), report.GetVmpl(), err)
-	}
+	vo.PermitProvisionalFirmware = true
+	return vo
+}
 
-	// 6. Bindings.
+// checkSNPBindings is step 6: MEASUREMENT, HOST_DATA and REPORT_DATA against the
+// expectations given, then CHIP_ID against the platform allow-list.
+func checkSNPBindings(report *spb.Report, opts Options) error {
 	if len(opts.ExpectedMeasurements) > 0 {
 		ok := false
 		want := make([]string, 0, len(opts.ExpectedMeasurements))
@@ -301,18 +391,20 @@ func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 			want = append(want, hex.EncodeToString(m))
 		}
 		if !ok {
-			return nil, fmt.Errorf("%w: MEASUREMENT is %x, expected one of [%s]", attest.ErrMeasurement, report.GetMeasurement(), strings.Join(want, ", "))
+			return fmt.Errorf("%w: MEASUREMENT is %x, expected one of [%s]", attest.ErrMeasurement, report.GetMeasurement(), strings.Join(want, ", "))
 		}
 	}
 	if err := checkExact(attest.ErrHostData, "HOST_DATA", report.GetHostData(), opts.ExpectedHostData); err != nil {
-		return nil, err
+		return err
 	}
 	if err := checkExact(attest.ErrReportData, "REPORT_DATA", report.GetReportData(), opts.ExpectedReportData); err != nil {
-		return nil, err
+		return err
 	}
-	if err := checkPlatform(opts.Policy.AllowedPlatforms, "CHIP_ID", hex.EncodeToString(report.GetChipId())); err != nil {
-		return nil, err
-	}
+	return checkPlatform(opts.Policy.AllowedPlatforms, "CHIP_ID", hex.EncodeToString(report.GetChipId()))
+}
+
+// snpClaims are the facts verified SNP or sim evidence establishes.
+func snpClaims(ev *attest.Evidence, report *spb.Report, product string, warnings []string) *Claims {
 	return &Claims{
 		ProductLine: product,
 		PlatformID:  hex.EncodeToString(report.GetChipId()),
@@ -326,7 +418,7 @@ func verifySNP(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 		ReportedTCB: report.GetReportedTcb(),
 		VMPL:        report.GetVmpl(),
 		Warnings:    warnings,
-	}, nil
+	}
 }
 
 // snpSigAlgoECDSAP384 is SIGNATURE_ALGO 1, ECDSA P-384 with SHA-384, the only algorithm
@@ -405,7 +497,7 @@ func simTrustedRoots(arks []*x509.Certificate, askDER []byte) (map[string][]*tru
 	}
 	ask, err := x509.ParseCertificate(askDER)
 	if err != nil {
-		return nil, fmt.Errorf("%w: sim ASK certificate: %v", attest.ErrCertChain, err)
+		return nil, fmt.Errorf("%w: sim ASK certificate: %w", attest.ErrCertChain, err)
 	}
 	roots := map[string][]*trust.AMDRootCerts{}
 	for _, line := range simProductLines {

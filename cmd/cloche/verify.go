@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/provenance"
@@ -45,7 +47,18 @@ func newVerifyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "verify --bundle FILE --key FILE [flags] ARTIFACT...",
 		Short: "Verify artifacts against their cloche provenance, offline",
-		Long: `Verify checks, in order and stopping at the first failure: each artifact's digest is a
+		Long:  verifyLong,
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runVerify(cmd, g, f, args)
+		},
+	}
+	f.register(cmd.Flags())
+	return cmd
+}
+
+// verifyLong is verify's help: what it checks, in order, and the stable check names.
+const verifyLong = `Verify checks, in order and stopping at the first failure: each artifact's digest is a
 subject of the statement; the bundle's signature; the SLSA v1 statement; the hardware
 evidence's certificate chain, signature, policy, firmware state and minimum TCB; HOST_DATA
 equals SHA-256 of the manifest carried in the provenance; REPORT_DATA equals SHA-512 of the
@@ -93,13 +106,10 @@ Check names (stable):
                         another TEE or release than the evidence and reference values
   pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
   vsa                   --vsa: the verification summary could not be made, signed or written
-`,
-		Args: cobra.ArbitraryArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runVerify(cmd, g, f, args)
-		},
-	}
-	fl := cmd.Flags()
+`
+
+// register defines verify's flags on fl.
+func (f *verifyFlags) register(fl *pflag.FlagSet) {
 	fl.StringVar(&f.bundle, "bundle", "", "provenance bundle (provenance.sigstore.json)")
 	fl.StringVar(&f.key, "key", "", "public key (PEM) the bundle must be signed with")
 	fl.BoolVar(&f.allowSimulated, "allow-simulated", false, "accept evidence from the simulated TEE (needs --trusted-sim-root)")
@@ -121,7 +131,6 @@ Check names (stable):
 	f.reference.register(fl)
 	f.vsa.register(fl)
 	fl.StringArrayVar(&f.checksums, "checksums", nil, "a checksums `FILE` (sha256sum's format, e.g. goreleaser's) that is a subject: every file it lists, beside it, is verified too (repeatable; ARTIFACTs may then be left out)")
-	return cmd
 }
 
 func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []string) error {
@@ -179,71 +188,23 @@ func runVerify(cmd *cobra.Command, g *globals, f *verifyFlags, artifacts []strin
 }
 
 func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) {
-	if f.bundle == "" {
-		return nil, errors.New("--bundle is required")
+	if err := f.checkRequired(artifacts); err != nil {
+		return nil, err
 	}
-	if f.key == "" && !f.github.keyless() {
-		return nil, errors.New("--key is required, unless the bundle is verified keyless: --source-uri github.com/OWNER/REPO (or --repo), with --trusted-root FILE or Sigstore's public-good root")
-	}
-	if len(artifacts) == 0 && len(f.checksums) == 0 {
-		return nil, errors.New("name at least one artifact to verify (or --checksums FILE)")
-	}
-	var pub crypto.PublicKey
-	var err error
-	if f.key != "" {
-		if err := f.github.checkKeyFlags(); err != nil {
-			return nil, err
-		}
-		if pub, err = provenance.LoadPublicKey(f.key); err != nil {
-			return nil, fmt.Errorf("--key: %w", err)
-		}
+	pub, err := f.publicKey()
+	if err != nil {
+		return nil, err
 	}
 	o := &verify.Options{BundlePath: f.bundle, PublicKey: pub, Artifacts: artifacts, Checksums: f.checksums, AllowSimulated: f.allowSimulated,
 		ExpectedSourceTree: f.sourceTree, ExpectedSourceCommit: f.sourceCommit}
-	if len(f.simRoots) > 0 && !f.allowSimulated {
-		return nil, errors.New("--trusted-sim-root given without --allow-simulated: both are needed to accept simulated evidence")
+	if o.SimRoots, err = f.trustedSimRoots(); err != nil {
+		return nil, err
 	}
-	for _, p := range f.simRoots {
-		certs, err := verifier.LoadCertificatePEM(p)
-		if err != nil {
-			return nil, fmt.Errorf("--trusted-sim-root %s: %w", p, err)
-		}
-		o.SimRoots = append(o.SimRoots, certs...)
+	if err := f.measurementOptions(o); err != nil {
+		return nil, err
 	}
-	if f.allowSimulated && len(o.SimRoots) == 0 {
-		return nil, errors.New("--allow-simulated needs --trusted-sim-root FILE: the opt-in alone trusts nothing")
-	}
-	for _, m := range f.measurements {
-		b, err := hex.DecodeString(strings.TrimSpace(m))
-		if err != nil || (len(b) != 48 && len(b) != 192) {
-			return nil, fmt.Errorf("--measurement %q: expected 96 hex digits (SNP, sim) or 384 (TDX MRTD||RTMR0||RTMR1||RTMR2)", m)
-		}
-		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
-	}
-	o.InsecureSkipMeasurement = f.skipMeasurement
-	if !f.skipMeasurement {
-		// The guest images this cloche's release published: a build made with one verifies
-		// with no measurement flag.
-		if o.EmbeddedReferences, err = reference.EmbeddedValues(); err != nil {
-			return nil, err
-		}
-	}
-	o.Pins = verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
-	if len(f.command) > 0 {
-		o.Pins.Command = f.command
-	}
-	if len(f.env) > 0 || f.envExact {
-		o.Pins.Env = map[string]string{}
-		for _, kv := range f.env {
-			k, v, ok := strings.Cut(kv, "=")
-			if !ok || k == "" {
-				return nil, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
-			}
-			if _, dup := o.Pins.Env[k]; dup {
-				return nil, fmt.Errorf("--env %s given twice", k)
-			}
-			o.Pins.Env[k] = v
-		}
+	if o.Pins, err = f.pins(); err != nil {
+		return nil, err
 	}
 	if f.at != "" {
 		t, err := time.Parse(time.RFC3339, f.at)
@@ -262,6 +223,100 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		return nil, err
 	}
 	return o, nil
+}
+
+// checkRequired refuses a verify without a bundle, a key (unless keyless) or anything to
+// verify.
+func (f *verifyFlags) checkRequired(artifacts []string) error {
+	if f.bundle == "" {
+		return errors.New("--bundle is required")
+	}
+	if f.key == "" && !f.github.keyless() {
+		return errors.New("--key is required, unless the bundle is verified keyless: --source-uri github.com/OWNER/REPO (or --repo), with --trusted-root FILE or Sigstore's public-good root")
+	}
+	if len(artifacts) == 0 && len(f.checksums) == 0 {
+		return errors.New("name at least one artifact to verify (or --checksums FILE)")
+	}
+	return nil
+}
+
+// publicKey loads --key, if given; nil means keyless.
+func (f *verifyFlags) publicKey() (crypto.PublicKey, error) {
+	if f.key == "" {
+		return nil, nil
+	}
+	if err := f.github.checkKeyFlags(); err != nil {
+		return nil, err
+	}
+	pub, err := provenance.LoadPublicKey(f.key)
+	if err != nil {
+		return nil, fmt.Errorf("--key: %w", err)
+	}
+	return pub, nil
+}
+
+// trustedSimRoots loads --trusted-sim-root; it and --allow-simulated need each other.
+func (f *verifyFlags) trustedSimRoots() ([]*x509.Certificate, error) {
+	if len(f.simRoots) > 0 && !f.allowSimulated {
+		return nil, errors.New("--trusted-sim-root given without --allow-simulated: both are needed to accept simulated evidence")
+	}
+	var roots []*x509.Certificate
+	for _, p := range f.simRoots {
+		certs, err := verifier.LoadCertificatePEM(p)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-sim-root %s: %w", p, err)
+		}
+		roots = append(roots, certs...)
+	}
+	if f.allowSimulated && len(roots) == 0 {
+		return nil, errors.New("--allow-simulated needs --trusted-sim-root FILE: the opt-in alone trusts nothing")
+	}
+	return roots, nil
+}
+
+// measurementOptions sets the pinned measurements, --insecure-skip-measurement and,
+// unless it is given, the embedded reference values.
+func (f *verifyFlags) measurementOptions(o *verify.Options) error {
+	for _, m := range f.measurements {
+		b, err := hex.DecodeString(strings.TrimSpace(m))
+		if err != nil || (len(b) != 48 && len(b) != 192) {
+			return fmt.Errorf("--measurement %q: expected 96 hex digits (SNP, sim) or 384 (TDX MRTD||RTMR0||RTMR1||RTMR2)", m)
+		}
+		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
+	}
+	o.InsecureSkipMeasurement = f.skipMeasurement
+	if !f.skipMeasurement {
+		// The guest images this cloche's release published: a build made with one verifies
+		// with no measurement flag.
+		refs, err := reference.EmbeddedValues()
+		if err != nil {
+			return err
+		}
+		o.EmbeddedReferences = refs
+	}
+	return nil
+}
+
+// pins are the pins on what the host chose: toolchain, ACPI tables, command, env.
+func (f *verifyFlags) pins() (verify.Pins, error) {
+	p := verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
+	if len(f.command) > 0 {
+		p.Command = f.command
+	}
+	if len(f.env) > 0 || f.envExact {
+		p.Env = map[string]string{}
+		for _, kv := range f.env {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok || k == "" {
+				return p, fmt.Errorf("--env %q: expected NAME=VALUE", kv)
+			}
+			if _, dup := p.Env[k]; dup {
+				return p, fmt.Errorf("--env %s given twice", k)
+			}
+			p.Env[k] = v
+		}
+	}
+	return p, nil
 }
 
 // optionFlags maps the library's option names in error texts to the flags that set them.
@@ -291,7 +346,7 @@ var optionFlags = strings.NewReplacer(
 	"Options.TrustedMaterial", "--trusted-root FILE",
 	"Options.PublicKey", "--key FILE",
 	"VerifyOptions.PublicKey", "--key FILE",
-	"no TDX collateral was given", "no TDX collateral was given (--tdx-collateral FILE)",
+	"TDX collateral not given", "TDX collateral not given (--tdx-collateral FILE)",
 	"no AMD CRL was given", "no AMD CRL was given (--amd-crl FILE)",
 	"give a trusted root file instead", "give --trusted-root FILE",
 )

@@ -135,38 +135,13 @@ func (im *Image) InitrdPath() string { return filepath.Join(im.Dir, im.Initrd.Pa
 
 // Build makes the guest image described by opts in opts.OutDir.
 func Build(ctx context.Context, opts Options) (*Image, error) {
-	if opts.KernelDeb == "" || opts.GuestAgent == "" || opts.OutDir == "" {
-		return nil, errors.New("build guest image: KernelDeb, GuestAgent and OutDir are all required")
-	}
-	modules := opts.Modules
-	if modules == nil {
-		modules = DefaultModules
-	}
-	cmdline := opts.Cmdline
-	if cmdline == "" {
-		cmdline = DefaultCmdline
-	}
-	if err := checkCmdline(cmdline); err != nil {
-		return nil, fmt.Errorf("build guest image: %w", err)
-	}
-	if err := staticelf.Check(opts.GuestAgent); err != nil {
-		return nil, fmt.Errorf("build guest image: guest agent: %w", err)
-	}
-	agent, err := readLimited(opts.GuestAgent, maxAgentSize)
+	modules, cmdline, agent, err := opts.inputs()
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: guest agent: %w", err)
+		return nil, err
 	}
-	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("build guest image: %w", err)
-	}
-
-	pkgName, pkgVersion, err := debFields(ctx, opts.KernelDeb)
+	pkg, debSHA256, err := kernelPackage(ctx, opts.KernelDeb)
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: kernel package: %w", err)
-	}
-	debSHA256, _, err := fileio.SHA256(opts.KernelDeb)
-	if err != nil {
-		return nil, fmt.Errorf("build guest image: kernel package: %w", err)
+		return nil, err
 	}
 	tmp, err := os.MkdirTemp("", "cloche-kernel-")
 	if err != nil {
@@ -181,15 +156,83 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: kernel: %w", err)
 	}
+	order, initrd, err := buildInitramfs(ctx, kern, agent, modules)
+	if err != nil {
+		return nil, err
+	}
+	im := &Image{
+		KernelVersion:    kern.version,
+		KernelPackage:    pkg,
+		Kernel:           fileOf(KernelFile, vmlinuz),
+		Initrd:           fileOf(InitrdFile, initrd),
+		Cmdline:          cmdline,
+		KernelDebSHA256:  debSHA256,
+		KernelPinned:     debSHA256 == KernelPin().SHA256,
+		GuestAgentSHA256: sha256Hex(agent),
+		Modules:          order,
+		Recipe:           RecipeDigest(sha256Hex(agent), pkg, modules, cmdline),
+		Dir:              opts.OutDir,
+	}
+	if err := writeImage(im, vmlinuz, initrd); err != nil {
+		return nil, err
+	}
+	return im, nil
+}
+
+// inputs checks the options and returns the modules and cmdline (the defaults when not
+// given) and the guest agent's bytes; it creates OutDir.
+func (opts Options) inputs() (modules []string, cmdline string, agent []byte, err error) {
+	if opts.KernelDeb == "" || opts.GuestAgent == "" || opts.OutDir == "" {
+		return nil, "", nil, errors.New("build guest image: KernelDeb, GuestAgent and OutDir are all required")
+	}
+	modules = opts.Modules
+	if modules == nil {
+		modules = DefaultModules
+	}
+	cmdline = opts.Cmdline
+	if cmdline == "" {
+		cmdline = DefaultCmdline
+	}
+	if err := checkCmdline(cmdline); err != nil {
+		return nil, "", nil, fmt.Errorf("build guest image: %w", err)
+	}
+	if err := staticelf.Check(opts.GuestAgent); err != nil {
+		return nil, "", nil, fmt.Errorf("build guest image: guest agent: %w", err)
+	}
+	agent, err = readLimited(opts.GuestAgent, maxAgentSize)
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("build guest image: guest agent: %w", err)
+	}
+	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
+		return nil, "", nil, fmt.Errorf("build guest image: %w", err)
+	}
+	return modules, cmdline, agent, nil
+}
+
+// kernelPackage is the kernel package's name_version and its file's SHA-256.
+func kernelPackage(ctx context.Context, deb string) (pkg, debSHA256 string, err error) {
+	name, version, err := debFields(ctx, deb)
+	if err != nil {
+		return "", "", fmt.Errorf("build guest image: kernel package: %w", err)
+	}
+	sum, _, err := fileio.SHA256(deb)
+	if err != nil {
+		return "", "", fmt.Errorf("build guest image: kernel package: %w", err)
+	}
+	return name + "_" + version, sum, nil
+}
+
+// buildInitramfs resolves the modules' dependencies and writes the initramfs: the agent as
+// init, the modules in load order, and the load list. It returns that order too.
+func buildInitramfs(ctx context.Context, kern *extractedKernel, agent []byte, modules []string) ([]string, []byte, error) {
 	idx, err := indexModules(kern.modulesDir)
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: %w", err)
+		return nil, nil, fmt.Errorf("build guest image: %w", err)
 	}
 	order, err := moduleClosure(ctx, idx, modules)
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: %w", err)
+		return nil, nil, fmt.Errorf("build guest image: %w", err)
 	}
-
 	ramfs := newInitramfs()
 	ramfs.addFile(InitPath, agent, 0o755)
 	var loadList strings.Builder
@@ -197,44 +240,35 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		rel := idx.paths[name]
 		data, err := readLimited(filepath.Join(kern.modulesDir, filepath.FromSlash(rel)), maxModuleSize)
 		if err != nil {
-			return nil, fmt.Errorf("build guest image: module %s: %w", name, err)
+			return nil, nil, fmt.Errorf("build guest image: module %s: %w", name, err)
 		}
 		inImage := path.Join("/lib/modules", kern.version, rel)
 		ramfs.addFile(inImage, data, 0o644)
 		loadList.WriteString(inImage + "\n")
 	}
 	ramfs.addFile(LoadListPath, []byte(loadList.String()), 0o644)
-
 	var initrd bytes.Buffer
 	if err := ramfs.write(&initrd); err != nil {
-		return nil, fmt.Errorf("build guest image: %w", err)
+		return nil, nil, fmt.Errorf("build guest image: %w", err)
 	}
-	im := &Image{
-		KernelVersion:    kern.version,
-		KernelPackage:    pkgName + "_" + pkgVersion,
-		Kernel:           fileOf(KernelFile, vmlinuz),
-		Initrd:           fileOf(InitrdFile, initrd.Bytes()),
-		Cmdline:          cmdline,
-		KernelDebSHA256:  debSHA256,
-		KernelPinned:     debSHA256 == KernelPin().SHA256,
-		GuestAgentSHA256: sha256Hex(agent),
-		Modules:          order,
-		Recipe:           RecipeDigest(sha256Hex(agent), pkgName+"_"+pkgVersion, modules, cmdline),
-		Dir:              opts.OutDir,
-	}
+	return order, initrd.Bytes(), nil
+}
+
+// writeImage writes the kernel, the initrd and the metadata into im.Dir.
+func writeImage(im *Image, vmlinuz, initrd []byte) error {
 	meta, err := json.MarshalIndent(im, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: encode metadata: %w", err)
+		return fmt.Errorf("build guest image: encode metadata: %w", err)
 	}
 	for _, w := range []struct {
 		name string
 		data []byte
-	}{{KernelFile, vmlinuz}, {InitrdFile, initrd.Bytes()}, {MetadataFile, append(meta, '\n')}} {
-		if err := atomicfile.WriteFile(filepath.Join(opts.OutDir, w.name), w.data, 0o644); err != nil {
-			return nil, fmt.Errorf("build guest image: %w", err)
+	}{{KernelFile, vmlinuz}, {InitrdFile, initrd}, {MetadataFile, append(meta, '\n')}} {
+		if err := atomicfile.WriteFile(filepath.Join(im.Dir, w.name), w.data, 0o644); err != nil {
+			return fmt.Errorf("build guest image: %w", err)
 		}
 	}
-	return im, nil
+	return nil
 }
 
 // Load reads dir/guest-image.json and checks that the kernel and initrd still have the

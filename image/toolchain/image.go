@@ -109,20 +109,55 @@ func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Too
 	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+fakeTime, "MKE2FS_CONFIG="+conf, "LC_ALL=C")
 
 	dataBlocks := tree.estimateBlocks()
+	if err := t.makeFilesystem(ctx, env, work, dir, img, tree, dataBlocks); err != nil {
+		return nil, err
+	}
+	tc, err := t.appendVerity(ctx, env, img, dataBlocks)
+	if err != nil {
+		return nil, err
+	}
+	tc.Name = name
+	if tc.ImageSHA256, tc.ImageSize, err = hashImage(img); err != nil {
+		return nil, err
+	}
+	if err := validate(tc); err != nil {
+		return nil, fmt.Errorf("toolchain image: %w", err)
+	}
+	if err := img.Commit(0o644); err != nil {
+		return nil, fmt.Errorf("toolchain image: %w", err)
+	}
+	meta, err := json.MarshalIndent(tc, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("toolchain image: %w", err)
+	}
+	if err := atomicfile.WriteFile(outPath+".json", append(meta, '\n'), 0o644); err != nil {
+		return nil, fmt.Errorf("toolchain image: %w", err)
+	}
+	return tc, nil
+}
+
+// makeFilesystem populates the ext4 filesystem of dataBlocks blocks from dir into img,
+// with the pinned options, then sets every file time to the epoch.
+func (t tools) makeFilesystem(ctx context.Context, env []string, work, dir string, img *atomicfile.File, tree *tree, dataBlocks int64) error {
 	if _, err := run(ctx, env, t.mke2fs, "-q", "-F", "-t", "ext4", "-b", strconv.Itoa(blockSize),
 		"-I", strconv.Itoa(inodeSize), "-N", strconv.FormatInt(tree.entries+64, 10), "-m", "0",
 		"-O", "^has_journal,^resize_inode", "-U", fsUUID,
 		"-E", "hash_seed="+hashSeed+",root_owner=0:0,lazy_itable_init=0,nodiscard",
 		"-d", dir, img.TempPath(), strconv.FormatInt(dataBlocks, 10)); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
+		return fmt.Errorf("toolchain image: %w", err)
 	}
 	if err := img.Truncate(dataBlocks * blockSize); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
+		return fmt.Errorf("toolchain image: %w", err)
 	}
 	if err := t.normaliseTimes(ctx, env, work, img.TempPath(), tree); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
+		return fmt.Errorf("toolchain image: %w", err)
 	}
+	return nil
+}
 
+// appendVerity appends the dm-verity hash tree after the filesystem's dataBlocks and
+// returns the verity fields of the toolchain.
+func (t tools) appendVerity(ctx context.Context, env []string, img *atomicfile.File, dataBlocks int64) (*job.Toolchain, error) {
 	// The salt is derived from the filesystem bytes: fixed for a given tree, different
 	// between trees, so no precomputed hash tree serves two images.
 	h := sha256.New()
@@ -143,38 +178,25 @@ func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Too
 	if err != nil {
 		return nil, fmt.Errorf("toolchain image: veritysetup format: %w", err)
 	}
-
-	if _, err := img.Seek(0, io.SeekStart); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	whole := sha256.New()
-	size, err := io.Copy(whole, img.File)
-	if err != nil {
-		return nil, fmt.Errorf("toolchain image: hash image: %w", err)
-	}
-	tc := &job.Toolchain{
-		Name:           name,
-		ImageSHA256:    hex.EncodeToString(whole.Sum(nil)),
-		ImageSize:      size,
+	return &job.Toolchain{
 		VerityRootHash: rootHash,
 		VeritySalt:     salt,
 		DataBlocks:     dataBlocks,
 		HashOffset:     hashOffset,
+	}, nil
+}
+
+// hashImage is the SHA-256 and size of the whole image, filesystem and hash tree.
+func hashImage(img *atomicfile.File) (string, int64, error) {
+	if _, err := img.Seek(0, io.SeekStart); err != nil {
+		return "", 0, fmt.Errorf("toolchain image: %w", err)
 	}
-	if err := validate(tc); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	if err := img.Commit(0o644); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	meta, err := json.MarshalIndent(tc, "", "  ")
+	whole := sha256.New()
+	size, err := io.Copy(whole, img.File)
 	if err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
+		return "", 0, fmt.Errorf("toolchain image: hash image: %w", err)
 	}
-	if err := atomicfile.WriteFile(outPath+".json", append(meta, '\n'), 0o644); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	return tc, nil
+	return hex.EncodeToString(whole.Sum(nil)), size, nil
 }
 
 // tree is what scanTree learned about a source directory.

@@ -321,66 +321,15 @@ func (s *Sigstore) serveFulcio(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, `{"message":"`+err.Error()+`"}`, http.StatusUnauthorized)
 		return
 	}
-	var req struct {
-		PublicKeyRequest struct {
-			PublicKey struct {
-				Algorithm string `json:"algorithm"`
-				Content   string `json:"content"`
-			} `json:"publicKey"`
-			ProofOfPossession string `json:"proofOfPossession"`
-		} `json:"publicKeyRequest"`
-	}
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
-		http.Error(w, "bad request body", http.StatusBadRequest)
+	ecPub, herr := provenKey(r, claims)
+	if herr != nil {
+		http.Error(w, herr.msg, herr.code)
 		return
 	}
-	block, _ := pem.Decode([]byte(req.PublicKeyRequest.PublicKey.Content))
-	if block == nil {
-		http.Error(w, "public key is not PEM", http.StatusBadRequest)
-		return
-	}
-	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
-	if err != nil {
-		http.Error(w, "bad public key", http.StatusBadRequest)
-		return
-	}
-	ecPub, ok := pub.(*ecdsa.PublicKey)
-	if !ok {
-		http.Error(w, "public key is not ECDSA", http.StatusBadRequest)
-		return
-	}
-	pop, err := base64.StdEncoding.DecodeString(req.PublicKeyRequest.ProofOfPossession)
-	sub, _ := claims["sub"].(string)
-	subDigest := sha256.Sum256([]byte(sub))
-	if err != nil || !ecdsa.VerifyASN1(ecPub, subDigest[:], pop) {
-		http.Error(w, "proof of possession does not verify", http.StatusBadRequest)
-		return
-	}
-	str := func(k string) string { v, _ := claims[k].(string); return v }
-	server := "https://github.com"
-	jobWorkflow := server + "/" + str("job_workflow_ref")
-	san, err := url.Parse(jobWorkflow)
+	san, ext, err := workflowIdentity(claims)
 	if err != nil {
 		http.Error(w, "bad job_workflow_ref", http.StatusBadRequest)
 		return
-	}
-	ext := []pkix.Extension{
-		{Id: certificate.OIDIssuer, Value: []byte(GitHubIssuer)},
-		utf8Ext(certificate.OIDIssuerV2, GitHubIssuer),
-		utf8Ext(certificate.OIDBuildSignerURI, jobWorkflow),
-		utf8Ext(certificate.OIDBuildSignerDigest, str("job_workflow_sha")),
-		utf8Ext(certificate.OIDRunnerEnvironment, str("runner_environment")),
-		utf8Ext(certificate.OIDSourceRepositoryURI, server+"/"+str("repository")),
-		utf8Ext(certificate.OIDSourceRepositoryDigest, str("sha")),
-		utf8Ext(certificate.OIDSourceRepositoryRef, str("ref")),
-		utf8Ext(certificate.OIDSourceRepositoryIdentifier, str("repository_id")),
-		utf8Ext(certificate.OIDSourceRepositoryOwnerURI, server+"/"+str("repository_owner")),
-		utf8Ext(certificate.OIDSourceRepositoryOwnerIdentifier, str("repository_owner_id")),
-		utf8Ext(certificate.OIDBuildConfigURI, server+"/"+str("workflow_ref")),
-		utf8Ext(certificate.OIDBuildConfigDigest, str("workflow_sha")),
-		utf8Ext(certificate.OIDBuildTrigger, str("event_name")),
-		utf8Ext(certificate.OIDRunInvocationURI, server+"/"+str("repository")+"/actions/runs/"+str("run_id")+"/attempts/"+str("run_attempt")),
-		utf8Ext(certificate.OIDSourceRepositoryVisibilityAtSigning, str("repository_visibility")),
 	}
 	now := time.Now()
 	leaf, err := s.ct.issueWithSCT(&x509.Certificate{
@@ -402,6 +351,79 @@ func (s *Sigstore) serveFulcio(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// httpError is a response a handler's step refuses a request with.
+type httpError struct {
+	msg  string
+	code int
+}
+
+// provenKey reads the signing-certificate request's public key and checks its proof of
+// possession: a signature over the token's subject.
+func provenKey(r *http.Request, claims map[string]any) (*ecdsa.PublicKey, *httpError) {
+	var req struct {
+		PublicKeyRequest struct {
+			PublicKey struct {
+				Algorithm string `json:"algorithm"`
+				Content   string `json:"content"`
+			} `json:"publicKey"`
+			ProofOfPossession string `json:"proofOfPossession"`
+		} `json:"publicKeyRequest"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		return nil, &httpError{"bad request body", http.StatusBadRequest}
+	}
+	block, _ := pem.Decode([]byte(req.PublicKeyRequest.PublicKey.Content))
+	if block == nil {
+		return nil, &httpError{"public key is not PEM", http.StatusBadRequest}
+	}
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		return nil, &httpError{"bad public key", http.StatusBadRequest}
+	}
+	ecPub, ok := pub.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, &httpError{"public key is not ECDSA", http.StatusBadRequest}
+	}
+	pop, err := base64.StdEncoding.DecodeString(req.PublicKeyRequest.ProofOfPossession)
+	sub, _ := claims["sub"].(string)
+	subDigest := sha256.Sum256([]byte(sub))
+	if err != nil || !ecdsa.VerifyASN1(ecPub, subDigest[:], pop) {
+		return nil, &httpError{"proof of possession does not verify", http.StatusBadRequest}
+	}
+	return ecPub, nil
+}
+
+// workflowIdentity is the certificate's SAN (the job workflow URI) and the Fulcio
+// extensions the token's GitHub claims give.
+func workflowIdentity(claims map[string]any) (*url.URL, []pkix.Extension, error) {
+	str := func(k string) string { v, _ := claims[k].(string); return v }
+	server := "https://github.com"
+	jobWorkflow := server + "/" + str("job_workflow_ref")
+	san, err := url.Parse(jobWorkflow)
+	if err != nil {
+		return nil, nil, err
+	}
+	ext := []pkix.Extension{
+		{Id: certificate.OIDIssuer, Value: []byte(GitHubIssuer)},
+		utf8Ext(certificate.OIDIssuerV2, GitHubIssuer),
+		utf8Ext(certificate.OIDBuildSignerURI, jobWorkflow),
+		utf8Ext(certificate.OIDBuildSignerDigest, str("job_workflow_sha")),
+		utf8Ext(certificate.OIDRunnerEnvironment, str("runner_environment")),
+		utf8Ext(certificate.OIDSourceRepositoryURI, server+"/"+str("repository")),
+		utf8Ext(certificate.OIDSourceRepositoryDigest, str("sha")),
+		utf8Ext(certificate.OIDSourceRepositoryRef, str("ref")),
+		utf8Ext(certificate.OIDSourceRepositoryIdentifier, str("repository_id")),
+		utf8Ext(certificate.OIDSourceRepositoryOwnerURI, server+"/"+str("repository_owner")),
+		utf8Ext(certificate.OIDSourceRepositoryOwnerIdentifier, str("repository_owner_id")),
+		utf8Ext(certificate.OIDBuildConfigURI, server+"/"+str("workflow_ref")),
+		utf8Ext(certificate.OIDBuildConfigDigest, str("workflow_sha")),
+		utf8Ext(certificate.OIDBuildTrigger, str("event_name")),
+		utf8Ext(certificate.OIDRunInvocationURI, server+"/"+str("repository")+"/actions/runs/"+str("run_id")+"/attempts/"+str("run_attempt")),
+		utf8Ext(certificate.OIDSourceRepositoryVisibilityAtSigning, str("repository_visibility")),
+	}
+	return san, ext, nil
+}
+
 // serveRekor implements POST /api/v1/log/entries: it canonicalises the proposed entry as the
 // real server does (which also checks the entry's signature) and answers with a signed
 // inclusion promise (SET).
@@ -411,51 +433,88 @@ func (s *Sigstore) serveRekor(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	pe, err := models.UnmarshalProposedEntry(io.LimitReader(r.Body, 8<<20), runtime.JSONConsumer())
-	if err != nil {
-		http.Error(w, `{"message":"bad proposed entry"}`, http.StatusBadRequest)
-		return
-	}
 	ctx := context.Background()
-	impl, err := types.CreateVersionedEntry(pe)
-	if err != nil {
-		http.Error(w, `{"message":"`+jsonEscape(err.Error())+`"}`, http.StatusBadRequest)
-		return
-	}
-	canon, err := types.CanonicalizeEntry(ctx, impl)
-	if err != nil {
-		http.Error(w, `{"message":"`+jsonEscape(err.Error())+`"}`, http.StatusBadRequest)
+	canon, herr := canonicalEntry(ctx, r)
+	if herr != nil {
+		http.Error(w, herr.msg, herr.code)
 		return
 	}
 	leafHash := rfc6962.DefaultHasher.HashLeaf(canon)
+	idx, leaves := s.appendLeaf(leafHash)
+	body := base64.StdEncoding.EncodeToString(canon)
+	integrated := time.Now().Unix()
+	logID := hex.EncodeToString(s.rekorID)
+	set, err := s.signEntryTimestamp(tlog.RekorPayload{Body: body, IntegratedTime: integrated, LogIndex: idx, LogID: logID})
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	proof, err := s.inclusionProof(ctx, idx, leaves)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	uuid := hex.EncodeToString(leafHash)
+	entry := models.LogEntryAnon{
+		Body: body, IntegratedTime: &integrated, LogID: &logID, LogIndex: &idx,
+		Verification: &models.LogEntryAnonVerification{
+			SignedEntryTimestamp: strfmt.Base64(set),
+			InclusionProof:       proof,
+		},
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("ETag", uuid)
+	w.Header().Set("Location", "/api/v1/log/entries/"+uuid)
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(map[string]models.LogEntryAnon{uuid: entry})
+}
+
+// canonicalEntry decodes the proposed entry and canonicalises it as the real server does,
+// which also checks the entry's signature.
+func canonicalEntry(ctx context.Context, r *http.Request) ([]byte, *httpError) {
+	pe, err := models.UnmarshalProposedEntry(io.LimitReader(r.Body, 8<<20), runtime.JSONConsumer())
+	if err != nil {
+		return nil, &httpError{`{"message":"bad proposed entry"}`, http.StatusBadRequest}
+	}
+	impl, err := types.CreateVersionedEntry(pe)
+	if err != nil {
+		return nil, &httpError{`{"message":"` + jsonEscape(err.Error()) + `"}`, http.StatusBadRequest}
+	}
+	canon, err := types.CanonicalizeEntry(ctx, impl)
+	if err != nil {
+		return nil, &httpError{`{"message":"` + jsonEscape(err.Error()) + `"}`, http.StatusBadRequest}
+	}
+	return canon, nil
+}
+
+// appendLeaf adds a leaf to the log and returns its index and the log's leaves after it.
+func (s *Sigstore) appendLeaf(leafHash []byte) (int64, [][]byte) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	idx := s.logIndex
 	s.logIndex++
 	s.rekorRecs++
 	s.leaves = append(s.leaves, leafHash)
-	leaves := append([][]byte(nil), s.leaves...)
-	s.mu.Unlock()
-	body := base64.StdEncoding.EncodeToString(canon)
-	integrated := time.Now().Unix()
-	logID := hex.EncodeToString(s.rekorID)
-	payload, err := json.Marshal(tlog.RekorPayload{Body: body, IntegratedTime: integrated, LogIndex: idx, LogID: logID})
+	return idx, append([][]byte(nil), s.leaves...)
+}
+
+// signEntryTimestamp is the SET: the log's signature over the canonical JSON payload.
+func (s *Sigstore) signEntryTimestamp(p tlog.RekorPayload) ([]byte, error) {
+	payload, err := json.Marshal(p)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		return nil, err
 	}
 	cj, err := jsoncanonicalizer.Transform(payload)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		return nil, err
 	}
 	digest := sha256.Sum256(cj)
-	set, err := ecdsa.SignASN1(rand.Reader, s.rekorKey, digest[:])
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
-	}
-	// An inclusion proof in the log as it stands, under a signed checkpoint, as Rekor v1
-	// returns with every new entry.
+	return ecdsa.SignASN1(rand.Reader, s.rekorKey, digest[:])
+}
+
+// inclusionProof proves entry idx in the log as it stands, under a signed checkpoint, as
+// Rekor v1 returns with every new entry.
+func (s *Sigstore) inclusionProof(ctx context.Context, idx int64, leaves [][]byte) (*models.InclusionProof, error) {
 	size := int64(len(leaves))
 	rootHash := hex.EncodeToString(treeHash(leaves))
 	var path []string
@@ -464,35 +523,20 @@ func (s *Sigstore) serveRekor(w http.ResponseWriter, r *http.Request) {
 	}
 	sv, err := signature.LoadECDSASignerVerifier(s.rekorKey, crypto.SHA256)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		return nil, err
 	}
 	// Rekor names its checkpoints "<hostname> - <tree ID>" and signs them as <hostname>;
 	// verifiers find the log by matching that name against the log's URL.
 	host, err := url.Parse(s.Rekor.URL)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		return nil, err
 	}
 	checkpoint, err := rekorutil.CreateAndSignCheckpoint(ctx, host.Hostname(), s.treeID, uint64(size), treeHash(leaves), sv)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusInternalServerError)
-		return
+		return nil, err
 	}
 	cp := string(checkpoint)
-	uuid := hex.EncodeToString(leafHash)
-	entry := models.LogEntryAnon{
-		Body: body, IntegratedTime: &integrated, LogID: &logID, LogIndex: &idx,
-		Verification: &models.LogEntryAnonVerification{
-			SignedEntryTimestamp: strfmt.Base64(set),
-			InclusionProof:       &models.InclusionProof{LogIndex: &idx, TreeSize: &size, RootHash: &rootHash, Hashes: path, Checkpoint: &cp},
-		},
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("ETag", uuid)
-	w.Header().Set("Location", "/api/v1/log/entries/"+uuid)
-	w.WriteHeader(http.StatusCreated)
-	_ = json.NewEncoder(w).Encode(map[string]models.LogEntryAnon{uuid: entry})
+	return &models.InclusionProof{LogIndex: &idx, TreeSize: &size, RootHash: &rootHash, Hashes: path, Checkpoint: &cp}, nil
 }
 
 // treeHash is the RFC 6962 Merkle tree hash of the leaf hashes.
