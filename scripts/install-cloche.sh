@@ -225,7 +225,8 @@ place() {
 		die "the downloaded cloche does not run: $got"
 	[ "$got" = "cloche $ref" ] || die "refusing $asset of release $ref: it says it is \"$got\", not \"cloche $ref\""
 	rm -rf "$dir" "$dir.complete"
-	mv "$tmp/out" "$dir"
+	# -T: never into a directory another job created meanwhile.
+	mv -T "$tmp/out" "$dir" || die "$dir appeared while installing (another job installing the same version?): run again"
 	touch "$dir.complete"
 }
 
