@@ -8,9 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"testing"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cloche-dev/cloche/internal/ghfake"
 )
@@ -282,4 +285,142 @@ func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 			t.Errorf("ref %q: make ran with %q (%v), want %q", c.ref, args, err, want)
 		}
 	}
+}
+
+// The install step of both action.yml files, run as the runner runs it (bash -eo pipefail,
+// its env evaluated from the action's inputs and the github context), on a runner without
+// Go: it installs the action's release and hands the binary on through GITHUB_OUTPUT, and a
+// refused install fails the step.
+func TestActionsInstallStep(t *testing.T) {
+	r := newInstallRelease(t)
+	agent := []byte("guest agent")
+	r.g.AddAsset(installRepo, installTag, "cloche-guest", agent)
+	checksums := fmt.Sprintf("%s  %s\n%s  cloche-guest\n", hexSHA256(r.binary), r.asset, hexSHA256(agent))
+	r.g.SetAssetContent(installRepo, installTag, "checksums.txt", []byte(checksums))
+	for _, c := range []struct{ action, dir string }{{"action.yml", "."}, {"verify/action.yml", "verify"}} {
+		t.Run(c.action, func(t *testing.T) {
+			step := r.installStep(t, c.action)
+			ctx := map[string]string{
+				"github.action_ref": installTag, "github.action_repository": installRepo,
+				"github.repository": "someone/else", "github.action_path": filepath.Join(r.root, c.dir),
+				"inputs.github-token": r.g.Token,
+			}
+			for name, in := range step.inputs {
+				if _, set := ctx["inputs."+name]; !set {
+					ctx["inputs."+name] = in.Default
+				}
+			}
+			cache := t.TempDir()
+			out, stderr, err := r.runStep(t, step, ctx, cache)
+			if err != nil {
+				t.Fatalf("install step: %v\n%s", err, stderr)
+			}
+			bin := filepath.Join(cache, "cloche", installTag, runtime.GOOS+"-"+runtime.GOARCH, "cloche")
+			if out != "bin="+bin+"\n" {
+				t.Fatalf("GITHUB_OUTPUT is %q, want bin=%s\n%s", out, bin, stderr)
+			}
+			if b, err := exec.Command(bin, "version").CombinedOutput(); err != nil || !strings.HasPrefix(string(b), "cloche "+installTag+"\n") {
+				t.Fatalf("%s version: %v\n%s", bin, err, b)
+			}
+			// The build action installs the guest agent beside cloche; verify does not need it.
+			_, err = os.Stat(filepath.Join(filepath.Dir(bin), "cloche-guest"))
+			if wantAgent := c.action == "action.yml"; (err == nil) != wantAgent {
+				t.Errorf("cloche-guest installed: %v, want %v", err == nil, wantAgent)
+			}
+			// A refused install fails the step, and hands on no binary.
+			ctx["inputs.github-token"] = "ghs_wrong"
+			out, stderr, err = r.runStep(t, step, ctx, t.TempDir())
+			if err == nil || out != "" || !strings.Contains(stderr, "HTTP 401") {
+				t.Fatalf("a refused install: %v, GITHUB_OUTPUT %q\n%s", err, out, stderr)
+			}
+		})
+	}
+}
+
+type actionInput struct {
+	Default string `yaml:"default"`
+}
+
+type actionStep struct {
+	inputs map[string]actionInput
+	env    map[string]string
+	run    string
+}
+
+// installStep reads the step with id cloche (the install) from an action.yml.
+func (r *installRelease) installStep(t *testing.T, action string) actionStep {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.root, action))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var meta struct {
+		Inputs map[string]actionInput `yaml:"inputs"`
+		Runs   struct {
+			Steps []struct {
+				ID    string            `yaml:"id"`
+				Shell string            `yaml:"shell"`
+				Env   map[string]string `yaml:"env"`
+				Run   string            `yaml:"run"`
+			} `yaml:"steps"`
+		} `yaml:"runs"`
+	}
+	if err := yaml.Unmarshal(b, &meta); err != nil {
+		t.Fatalf("%s: %v", action, err)
+	}
+	for _, s := range meta.Runs.Steps {
+		if s.ID == "cloche" {
+			if s.Shell != "bash" {
+				t.Fatalf("%s: the install step's shell is %q, want bash", action, s.Shell)
+			}
+			return actionStep{inputs: meta.Inputs, env: s.Env, run: s.Run}
+		}
+	}
+	t.Fatalf("%s has no step with id cloche", action)
+	return actionStep{}
+}
+
+var expression = regexp.MustCompile(`\$\{\{\s*(.*?)\s*\}\}`)
+
+// evaluate expands the ${{ a }} and ${{ a || b }} expressions of s from ctx; any other
+// expression fails the test, so a new one is added here knowingly.
+func evaluate(t *testing.T, s string, ctx map[string]string) string {
+	t.Helper()
+	return expression.ReplaceAllStringFunc(s, func(m string) string {
+		for _, operand := range strings.Split(expression.FindStringSubmatch(m)[1], "||") {
+			v, ok := ctx[strings.TrimSpace(operand)]
+			if !ok {
+				t.Fatalf("the install step uses %s, which this test does not evaluate", m)
+			}
+			if v != "" {
+				return v
+			}
+		}
+		return ""
+	})
+}
+
+// runStep runs the step's script as the runner does for shell: bash, with GITHUB_OUTPUT.
+func (r *installRelease) runStep(t *testing.T, step actionStep, ctx map[string]string, cache string) (output, stderr string, err error) {
+	t.Helper()
+	if strings.Contains(step.run, "${{") {
+		t.Fatal("the install step's script has an expression: inputs go through env")
+	}
+	dir := t.TempDir()
+	script, out := filepath.Join(dir, "step.sh"), filepath.Join(dir, "output")
+	if err := os.WriteFile(script, []byte(step.run), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("bash", "--noprofile", "--norc", "-eo", "pipefail", script)
+	cmd.Env = []string{"PATH=" + runnerPath(t, r.stubs), "HOME=" + t.TempDir(), "GITHUB_OUTPUT=" + out,
+		"GITHUB_API_URL=" + r.g.URL(), "GITHUB_SERVER_URL=https://github.com", "RUNNER_TOOL_CACHE=" + cache,
+		"RUNNER_TEMP=" + t.TempDir(), "GH_STUB_LOG=" + r.ghLog}
+	for k, v := range step.env {
+		cmd.Env = append(cmd.Env, k+"="+evaluate(t, v, ctx))
+	}
+	var e bytes.Buffer
+	cmd.Stderr = &e
+	err = cmd.Run()
+	b, _ := os.ReadFile(out)
+	return string(b), e.String(), err
 }
