@@ -148,7 +148,7 @@ check_provenance() {
 		return
 	fi
 	command -v gh >/dev/null 2>&1 ||
-		die "checking the provenance of $name needs gh (GitHub's CLI) on PATH; install it, or set provenance checking to checksums to rely on $checksums alone"
+		die "checking the provenance of $name needs gh (GitHub's CLI) on PATH; install it, or rely on $checksums alone (the actions' cloche-provenance: checksums, CLOCHE_PROVENANCE=checksums)"
 	GH_NO_UPDATE_NOTIFIER=1 GH_PROMPT_DISABLED=1 gh attestation verify "$2" --bundle "$1" \
 		--repo "$repo" --signer-workflow "${server#*://}/$repo/$release_workflow" \
 		--source-ref "refs/tags/$ref" >&2 ||
@@ -156,11 +156,13 @@ check_provenance() {
 	log "$name: provenance verified: signed by $repo/$release_workflow for refs/tags/$ref"
 }
 
-# cached prints the cached binary of directory $1 when it is complete and still matches the
-# checksums recorded with it.
+# cached prints the cached binary of directory $1 when it is complete, was checked as this
+# run would check it (its .complete marker records how), and still matches the checksums
+# recorded with it.
 cached() {
 	local f
 	[ -f "$1.complete" ] && [ -x "$1/cloche" ] || return 1
+	[ "$provenance" = checksums ] || [ "$(cat "$1.complete")" = gh ] || return 1
 	for f in "$1"/cloche "$1"/cloche-guest; do
 		[ -e "$f" ] || continue
 		[ "$(sha256 "$f")" = "$(cat "$f.sha256" 2>/dev/null)" ] || return 1
@@ -227,7 +229,7 @@ place() {
 	rm -rf "$dir" "$dir.complete"
 	# -T: never into a directory another job created meanwhile.
 	mv -T "$tmp/out" "$dir" || die "$dir appeared while installing (another job installing the same version?): run again"
-	touch "$dir.complete"
+	echo "$provenance" >"$dir.complete"
 }
 
 # build_source builds cloche from the action's source with the pinned Go release.

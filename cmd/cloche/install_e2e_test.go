@@ -212,9 +212,14 @@ func TestInstallRefusesTamperedRelease(t *testing.T) {
 		defer writeStub(t, r.stubs, "gh", `printf '%s\n' "$@" >"$GH_STUB_LOG"; exit "${GH_STUB_EXIT:-0}"`)
 		refused(t, "needs gh")
 		// With checksums alone it installs, and warns what that does not cover.
-		bin, stderr, err := r.install(t, t.TempDir(), "CLOCHE_PROVENANCE=checksums")
+		cache := t.TempDir()
+		bin, stderr, err := r.install(t, cache, "CLOCHE_PROVENANCE=checksums")
 		if err != nil || bin == "" || !strings.Contains(stderr, "warning: "+r.asset+": provenance not checked") {
 			t.Fatalf("install with checksums only: %v, %q\n%s", err, bin, stderr)
+		}
+		// That cached binary is not taken for one whose provenance was checked.
+		if bin, stderr, err := r.install(t, cache); err == nil || !strings.Contains(stderr, "needs gh") {
+			t.Fatalf("install over a checksums-only cache: %v, %q\n%s", err, bin, stderr)
 		}
 	})
 	t.Run("bad token", func(t *testing.T) {
