@@ -12,7 +12,7 @@ BIN := bin
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 GOBUILD := CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -buildid= -X main.version=$(VERSION) -X main.commit=$(COMMIT)"
 
-.PHONY: all build deps demo test test-go test-fresh test-interop vet shellcheck actionlint fuzz fuzz-short bench clean
+.PHONY: all build release-bins deps demo test test-go test-fresh test-interop vet shellcheck actionlint fuzz fuzz-short bench clean
 
 # $(call explain,WHAT) ends a recipe line: if the line fails, one line names WHAT failed and
 # its exit status before make's own "Error N", so no failure is a bare "Error 1".
@@ -29,6 +29,22 @@ $(BIN)/cloche: FORCE
 # Go runs make: its bytes are part of the guest image's launch measurement.
 $(BIN)/cloche-guest: FORCE
 	GO=$(GO) bash scripts/build-guest-agent.sh $@ $(call explain,scripts/build-guest-agent.sh)
+
+# What a release publishes (.github/workflows/release.yml builds it in the confidential VM):
+# cloche for each platform it runs on (Linux only: the VMM and the sandbox are Linux's), named
+# cloche-OS-ARCH as scripts/install-cloche.sh picks them, the guest agent, and checksums.txt
+# (sha256sum's format) listing them, every one a subject of the release's provenance.
+RELEASE_PLATFORMS := linux-amd64 linux-arm64
+RELEASE_BINS := $(foreach p,$(RELEASE_PLATFORMS),$(BIN)/cloche-$(p))
+
+release-bins: $(BIN)/checksums.txt
+
+$(RELEASE_BINS): $(BIN)/cloche-%: FORCE
+	GOOS=$(word 1,$(subst -, ,$*)) GOARCH=$(word 2,$(subst -, ,$*)) GOAMD64=v1 GOARM64=v8.0 \
+	  $(GOBUILD) -o $@ ./cmd/cloche $(call explain,go build ./cmd/cloche for $*)
+
+$(BIN)/checksums.txt: $(RELEASE_BINS) $(BIN)/cloche-guest
+	cd $(BIN) && sha256sum $(notdir $^) > checksums.txt.tmp && mv checksums.txt.tmp checksums.txt $(call explain,sha256sum)
 
 FORCE:
 

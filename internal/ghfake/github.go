@@ -176,6 +176,18 @@ func (g *GitHub) AddRelease(repoName, tag string, assets map[string][]byte) *Rel
 	return rel
 }
 
+// AddAsset adds an asset to the release for tag, as an upload would.
+func (g *GitHub) AddAsset(repoName, tag, name string, content []byte) {
+	rel := g.Release(repoName, tag)
+	if rel == nil {
+		g.t.Fatalf("ghfake: no release %s in %s", tag, repoName)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.nextID++
+	rel.Assets = append(rel.Assets, &Asset{ID: g.nextID, Name: name, ContentType: "application/octet-stream", Content: content, State: "uploaded"})
+}
+
 // SetAssetContent replaces an asset's bytes behind the client's back (a swapped asset).
 func (g *GitHub) SetAssetContent(repoName, tag, name string, content []byte) {
 	rel := g.Release(repoName, tag)
