@@ -19,6 +19,7 @@ import (
 	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/hostcheck"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/provenance"
@@ -33,6 +34,7 @@ type runFlags struct {
 	vcpus, memory              int
 	accel, qemu                string
 	key, guestImage, toolchain string
+	toolchainImage             string
 	guestAgent                 string
 	guestRelease               releaseFlags
 	sourceDateEpoch            int64
@@ -86,6 +88,7 @@ is an artifact.`,
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also enter the signature in this Rekor transparency log (e.g. "+provenance.PublicGoodRekorURL+"), so stock Sigstore verifiers need no --insecure-ignore-tlog (default: none, offline)")
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (default: the state directory's, built on first use)")
 	fl.StringVar(&f.toolchain, "toolchain", "", "toolchain image (default: gcc+make+libc6-dev from Debian, built on first use)")
+	fl.StringVar(&f.toolchainImage, "toolchain-image", "", "container `IMAGE` to run the build in, by manifest digest (REGISTRY/REPOSITORY@sha256:HEX): pulled, flattened and cached as with image toolchain --from-image")
 	fl.StringVar(&f.guestRelease.tag, "guest-image-release", "", "launch the guest image this cloche release published (vX.Y.Z; 'cloche image guest --release'), fetched and checked, instead of a local build")
 	fl.StringVar(&f.guestRelease.repo, "guest-image-repository", guestimage.DefaultReleaseRepository, "with --guest-image-release: the repository that publishes it (OWNER/NAME)")
 	fl.StringVar(&f.guestRelease.trustedRoot, "guest-image-trusted-root", "", "with --guest-image-release: Sigstore trusted root for the release's signed reference values (when this cloche embeds none of that release)")
@@ -118,6 +121,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	}
 	if err := f.guestRelease.check(f.guestImage); err != nil {
 		return usageError(err)
+	}
+	if err := checkToolchainFlags(f); err != nil {
+		return err
 	}
 	if f.rekorURL != "" {
 		if err := provenance.CheckRekorURL(f.rekorURL); err != nil {
@@ -159,11 +165,9 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 	if err != nil {
 		return err
 	}
-	tcPath := f.toolchain
-	if tcPath == "" {
-		if tcPath, err = defaultToolchain(ctx, g, state); err != nil {
-			return err
-		}
+	tcPath, err := runToolchain(ctx, g, f, state)
+	if err != nil {
+		return err
 	}
 
 	var warnings []string
@@ -552,6 +556,34 @@ func ensureGuestImage(ctx context.Context, g *globals, state, dir, agent string)
 	}
 	phase.Done("kernel_deb", filepath.Base(deb))
 	return nil
+}
+
+// checkToolchainFlags refuses two toolchains, or a container image not named by digest,
+// before anything is built or fetched.
+func checkToolchainFlags(f *runFlags) error {
+	if f.toolchainImage == "" {
+		return nil
+	}
+	if f.toolchain != "" {
+		return usageError(errors.New("--toolchain and --toolchain-image: give one"))
+	}
+	if _, err := toolchain.ParseSourceImage(f.toolchainImage); err != nil {
+		return usageError(fmt.Errorf("--toolchain-image: %w", err))
+	}
+	return nil
+}
+
+// runToolchain returns the toolchain image the flags choose: --toolchain, the image of
+// --toolchain-image, or the default one.
+func runToolchain(ctx context.Context, g *globals, f *runFlags, state string) (string, error) {
+	switch {
+	case f.toolchain != "":
+		return f.toolchain, nil
+	case f.toolchainImage != "":
+		_, path, err := imageToolchain(ctx, g, "--toolchain-image", f.toolchainImage, "")
+		return path, err
+	}
+	return defaultToolchain(ctx, g, state)
 }
 
 // defaultToolchain returns the default toolchain image, assembling it the first time.
