@@ -254,16 +254,7 @@ func newTestRegistry(t *testing.T) *testRegistry {
 // reference by digest.
 func (tr *testRegistry) push(t *testing.T, repo string, layers ...[]byte) (string, v1.Image) {
 	t.Helper()
-	img := empty.Image
-	for _, b := range layers {
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
-	}
+	img := imageOf(t, layers...)
 	host := strings.TrimPrefix(tr.srv.URL, "http://")
 	tag, err := name.NewTag(host + "/" + repo + ":latest")
 	if err != nil {
@@ -277,6 +268,53 @@ func (tr *testRegistry) push(t *testing.T, repo string, layers ...[]byte) (strin
 		t.Fatal(err)
 	}
 	return host + "/" + repo + "@" + d.String(), img
+}
+
+func imageOf(t *testing.T, layers ...[]byte) v1.Image {
+	t.Helper()
+	img := empty.Image
+	for _, b := range layers {
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return img
+}
+
+// indexEntry is one image of an index and its platform ("os/arch").
+type indexEntry struct {
+	platform string
+	img      v1.Image
+}
+
+// pushIndex writes an index of the images, in the order given, and returns its reference
+// by digest.
+func (tr *testRegistry) pushIndex(t *testing.T, repo string, images ...indexEntry) string {
+	t.Helper()
+	var adds []mutate.IndexAddendum
+	for _, p := range images {
+		goos, arch, _ := strings.Cut(p.platform, "/")
+		adds = append(adds, mutate.IndexAddendum{Add: p.img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: goos, Architecture: arch}}})
+	}
+	idx := mutate.AppendManifests(empty.Index, adds...)
+	host := strings.TrimPrefix(tr.srv.URL, "http://")
+	tag, err := name.NewTag(host + "/" + repo + ":multi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(tag, idx); err != nil {
+		t.Fatalf("push index: %v", err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return host + "/" + repo + "@" + d.String()
 }
 
 func pullListing(t *testing.T, ref string) (map[string]string, error) {
@@ -323,6 +361,25 @@ func TestPullTree(t *testing.T) {
 		if a[k] != b[k] {
 			t.Errorf("%q differs between two pulls: %q vs %q", k, a[k], b[k])
 		}
+	}
+}
+
+func TestPullIndexTakesTheGuestPlatform(t *testing.T) {
+	reg := newTestRegistry(t)
+	amd64 := imageOf(t, tarBytes(t, fileE("arch", "amd64")))
+	arm64 := imageOf(t, tarBytes(t, fileE("arch", "arm64")))
+	// The other platform first: the first entry is not the one to take.
+	ref := reg.pushIndex(t, "tools/multi", indexEntry{"linux/arm64", arm64}, indexEntry{"linux/amd64", amd64})
+	got, err := pullListing(t, ref)
+	if err != nil {
+		t.Fatalf("pull index: %v", err)
+	}
+	if got["arch"] != "0100644 0:0 amd64" {
+		t.Fatalf("pulled %q from the index, want the linux/amd64 image", got)
+	}
+	none := reg.pushIndex(t, "tools/arm", indexEntry{"linux/arm64", arm64})
+	if _, err := pullListing(t, none); err == nil || !strings.Contains(err.Error(), "linux/amd64") {
+		t.Fatalf("an index without linux/amd64: got %v", err)
 	}
 }
 
