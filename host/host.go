@@ -13,6 +13,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
@@ -95,8 +96,11 @@ type Config struct {
 	GuestImage   string
 	GuestRelease GuestRelease
 	GuestAgent   string
-	// Toolchain is a toolchain image; default toolchain.DefaultPackages, built on first use.
-	Toolchain string
+	// Toolchain is a toolchain image; ToolchainImage a container image by manifest digest
+	// (REPOSITORY@sha256:HEX), pulled, flattened and cached (toolchain.FromImage); neither:
+	// toolchain.DefaultPackages, built on first use.
+	Toolchain      string
+	ToolchainImage string
 	// SimDir holds the simulated secure processor's keys and chain; default the state
 	// directory's (SimTEEDir).
 	SimDir string
@@ -226,6 +230,14 @@ func (c *Config) Check() error {
 	if c.Version == "" {
 		return configErr("Version", `""`, errors.New("expected cloche's version, for the provenance's builder"))
 	}
+	if c.ToolchainImage != "" {
+		if c.Toolchain != "" {
+			return configErr("Toolchain,ToolchainImage", "", errors.New("give one"))
+		}
+		if _, err := toolchain.ParseSourceImage(c.ToolchainImage); err != nil {
+			return configErr("ToolchainImage", "", err)
+		}
+	}
 	return c.GuestRelease.check(c.GuestImage)
 }
 
@@ -273,6 +285,12 @@ func (h *Host) prepareToolchain(ctx context.Context) error {
 	if h.cfg.Toolchain != "" {
 		h.toolchain = h.cfg.Toolchain
 		return nil
+	}
+	if h.cfg.ToolchainImage != "" {
+		_, p, err := toolchain.FromImage(ctx, toolchain.ImageOptions{SourceImage: h.cfg.ToolchainImage, StateDir: h.state,
+			Progress: h.cfg.Progress, Log: h.cfg.Logger})
+		h.toolchain = p
+		return err
 	}
 	p, err := DefaultToolchain(ctx, h.state, h.cfg.Progress, h.cfg.Logger)
 	h.toolchain = p

@@ -168,7 +168,20 @@ type Toolchain struct {
 	VeritySalt     string `json:"veritySalt"`
 	DataBlocks     int64  `json:"dataBlocks"`
 	HashOffset     int64  `json:"hashOffset"`
+	// SourceImage is the container image the root was flattened from, as
+	// REPOSITORY@sha256:HEX (the manifest digest), when it was made from one. The
+	// flattening is reproducible, so anyone can pull that digest and recompute
+	// VerityRootHash (docs/design.md, "Toolchains from container images"). Empty for
+	// other toolchains.
+	SourceImage string `json:"sourceImage,omitempty"`
 }
+
+// MaxSourceImageLen bounds Toolchain.SourceImage.
+const MaxSourceImageLen = 512
+
+// sourceImageRef is the shape of Toolchain.SourceImage: a repository (registry host,
+// optional port, path; an optional tag) pinned by its manifest digest.
+var sourceImageRef = regexp.MustCompile(`^[a-z0-9][a-z0-9._:/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?@sha256:[0-9a-f]{64}$`)
 
 // Result is the result record (docs/design.md, data flow step 3), written by the guest.
 type Result struct {
@@ -315,6 +328,8 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest toolchain.dataBlocks must be positive and hashOffset equal dataBlocks*4096")
 	case m.Toolchain.ImageSize <= m.Toolchain.HashOffset || m.Toolchain.ImageSize%4096 != 0:
 		return invalidf("manifest toolchain.imageSize must be a multiple of 4096 beyond hashOffset")
+	case m.Toolchain.SourceImage != "" && (len(m.Toolchain.SourceImage) > MaxSourceImageLen || !sourceImageRef.MatchString(m.Toolchain.SourceImage)):
+		return invalidf("manifest toolchain.sourceImage must be REPOSITORY@sha256:HEX, at most %d characters", MaxSourceImageLen)
 	case len(m.Command) == 0 || len(m.Command) > MaxCommandArgs || m.Command[0] == "":
 		return invalidf("manifest command must have 1..%d arguments and a non-empty program", MaxCommandArgs)
 	case len(m.Env) > MaxEnvEntries:

@@ -68,17 +68,26 @@ func TestManifestValidation(t *testing.T) {
 	if err := validManifest().Validate(); err != nil {
 		t.Fatalf("valid manifest rejected: %v", err)
 	}
+	withImage := validManifest()
+	withImage.Toolchain.SourceImage = "registry.example:5000/tools/gcc:14@sha256:" + strings.Repeat("a", 64)
+	if err := withImage.Validate(); err != nil {
+		t.Fatalf("manifest with a digest-pinned source image rejected: %v", err)
+	}
 	cases := map[string]func(*Manifest){
-		"wrong type":           func(m *Manifest) { m.Type = "x" },
-		"no invocation id":     func(m *Manifest) { m.InvocationID = "" },
-		"unknown tee":          func(m *Manifest) { m.TEE = "sgx" },
-		"archive digest":       func(m *Manifest) { m.Source.ArchiveSHA256 = "ABC" },
-		"archive size":         func(m *Manifest) { m.Source.ArchiveSize = 0 },
-		"image digest":         func(m *Manifest) { m.Toolchain.ImageSHA256 = "" },
-		"root hash":            func(m *Manifest) { m.Toolchain.VerityRootHash = strings.Repeat("C", 64) },
-		"salt odd":             func(m *Manifest) { m.Toolchain.VeritySalt = "abc" },
-		"hash offset":          func(m *Manifest) { m.Toolchain.HashOffset = 4096 },
-		"image too small":      func(m *Manifest) { m.Toolchain.ImageSize = 8192 },
+		"wrong type":          func(m *Manifest) { m.Type = "x" },
+		"no invocation id":    func(m *Manifest) { m.InvocationID = "" },
+		"unknown tee":         func(m *Manifest) { m.TEE = "sgx" },
+		"archive digest":      func(m *Manifest) { m.Source.ArchiveSHA256 = "ABC" },
+		"archive size":        func(m *Manifest) { m.Source.ArchiveSize = 0 },
+		"image digest":        func(m *Manifest) { m.Toolchain.ImageSHA256 = "" },
+		"root hash":           func(m *Manifest) { m.Toolchain.VerityRootHash = strings.Repeat("C", 64) },
+		"salt odd":            func(m *Manifest) { m.Toolchain.VeritySalt = "abc" },
+		"hash offset":         func(m *Manifest) { m.Toolchain.HashOffset = 4096 },
+		"image too small":     func(m *Manifest) { m.Toolchain.ImageSize = 8192 },
+		"source image by tag": func(m *Manifest) { m.Toolchain.SourceImage = "registry.example/debian:12" },
+		"source image short digest": func(m *Manifest) {
+			m.Toolchain.SourceImage = "registry.example/debian@sha256:abc"
+		},
 		"no command":           func(m *Manifest) { m.Command = nil },
 		"empty program":        func(m *Manifest) { m.Command = []string{""} },
 		"NUL in argument":      func(m *Manifest) { m.Command = []string{"make", "a\x00b"} },

@@ -49,6 +49,7 @@ func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
 	c.equal("externalParameters.toolchain.name", "manifest", got.Toolchain.Name, want.Toolchain.Name)
 	c.equal("externalParameters.toolchain.imageSha256", "manifest", got.Toolchain.ImageSHA256, want.Toolchain.ImageSHA256)
 	c.equal("externalParameters.toolchain.verityRootHash", "manifest", got.Toolchain.VerityRootHash, want.Toolchain.VerityRootHash)
+	c.equal("externalParameters.toolchain.sourceImage", "manifest", got.Toolchain.SourceImage, want.Toolchain.SourceImage)
 	c.equal("externalParameters.tee", "manifest", got.TEE, want.TEE)
 	c.equal("externalParameters.sourceDateEpoch", "manifest", got.SourceDateEpoch, want.SourceDateEpoch)
 	c.equal("externalParameters.timeoutSeconds", "manifest", got.TimeoutSeconds, want.TimeoutSeconds)

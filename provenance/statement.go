@@ -193,6 +193,9 @@ type ToolchainParameters struct {
 	Name           string `json:"name"`
 	ImageSHA256    string `json:"imageSha256"`
 	VerityRootHash string `json:"verityRootHash"`
+	// SourceImage is the container image (REPOSITORY@sha256:HEX) the toolchain was
+	// flattened from; absent for other toolchains.
+	SourceImage string `json:"sourceImage,omitempty"`
 }
 
 // internalParameters is buildDefinition.internalParameters: limits the builder applied that
@@ -453,6 +456,7 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 			Name:           m.Toolchain.Name,
 			ImageSHA256:    m.Toolchain.ImageSHA256,
 			VerityRootHash: m.Toolchain.VerityRootHash,
+			SourceImage:    m.Toolchain.SourceImage,
 		},
 		TEE:             m.TEE,
 		SourceDateEpoch: m.SourceDateEpoch,
@@ -500,7 +504,7 @@ func expectedToolchainDependency(m *job.Manifest) *Dependency {
 	// SHA-256 is the host's statement, which the guest never recomputes (that would re-read
 	// the whole image on every run). So it is an annotation, not the descriptor's digest,
 	// where a policy engine matching digests would take it for a checked one.
-	return &Dependency{
+	d := &Dependency{
 		URI: ToolchainURI(m.Toolchain.Name),
 		Annotations: map[string]any{
 			"imageSha256":    m.Toolchain.ImageSHA256,
@@ -511,6 +515,14 @@ func expectedToolchainDependency(m *job.Manifest) *Dependency {
 			"imageSize":      float64(m.Toolchain.ImageSize),
 		},
 	}
+	// Only when there is one, so that the statements of other toolchains are unchanged.
+	// It names content (a manifest digest), but the guest never sees it: it is the
+	// host's account of where the root came from, checkable by rebuilding the image and
+	// comparing verity root hashes, so an annotation too.
+	if m.Toolchain.SourceImage != "" {
+		d.Annotations["sourceImage"] = m.Toolchain.SourceImage
+	}
+	return d
 }
 
 func guestDependency(g GuestImage) *Dependency {

@@ -585,3 +585,57 @@ func TestGuestReleaseRoundTrip(t *testing.T) {
 		t.Errorf("release: %+v, dependency %+v", p.Guest, d)
 	}
 }
+
+// A toolchain flattened from a container image carries the image's reference in the
+// externalParameters and as an annotation, and the checker holds both to the manifest;
+// other toolchains' statements carry neither.
+func TestStatementToolchainSourceImage(t *testing.T) {
+	f := newFixture(t)
+	plain, err := ParseStatement(f.statement(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := plain.Dependencies[ToolchainDependency].Annotations["sourceImage"]; ok || plain.External.Toolchain.SourceImage != "" {
+		t.Fatalf("a toolchain from no container image: %+v", plain.Dependencies[ToolchainDependency])
+	}
+	ref := "registry.example/tools/cc@sha256:" + strings.Repeat("e", 64)
+	m := *f.m
+	m.Toolchain.SourceImage = ref
+	f.in.Manifest = mustMarshal(t, &m)
+	r := *f.r
+	r.ManifestSHA256 = sha256Hex(f.in.Manifest)
+	f.in.Result = mustMarshal(t, &r)
+	stmt := f.statement(t)
+	p, err := ParseStatement(stmt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckAgainstManifest(&m, &r); err != nil {
+		t.Fatalf("CheckAgainstManifest: %v", err)
+	}
+	if got := p.Dependencies[ToolchainDependency].Annotations["sourceImage"]; got != ref || p.External.Toolchain.SourceImage != ref {
+		t.Fatalf("annotation %v, parameter %q, want %s", got, p.External.Toolchain.SourceImage, ref)
+	}
+	other := "registry.example/tools/cc@sha256:" + strings.Repeat("f", 64)
+	for _, c := range []struct {
+		name  string
+		edit  func(st map[string]any)
+		field string
+	}{
+		{"annotation", func(st map[string]any) {
+			obj(named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency), "annotations")["sourceImage"] = other
+		}, "resolvedDependencies[toolchain].annotations.sourceImage"},
+		{"annotation dropped", func(st map[string]any) {
+			delete(obj(named(arr(buildDef(st), "resolvedDependencies"), ToolchainDependency), "annotations"), "sourceImage")
+		}, "resolvedDependencies[toolchain].annotations keys"},
+		{"parameter", func(st map[string]any) { obj(external(st), "toolchain")["sourceImage"] = other }, "externalParameters.toolchain.sourceImage"},
+	} {
+		p, err := ParseStatement(mutate(t, stmt, c.edit))
+		if err != nil {
+			t.Fatalf("%s: ParseStatement: %v", c.name, err)
+		}
+		if err := p.CheckAgainstManifest(&m, &r); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), c.field+": statement says") {
+			t.Errorf("%s: error = %v, want a mismatch naming %s", c.name, err, c.field)
+		}
+	}
+}

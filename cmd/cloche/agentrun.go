@@ -31,7 +31,7 @@ func agentSocketFor(f *runFlags) string {
 // checkAgentFlags refuses the flags the agent's own configuration sets.
 func checkAgentFlags(f *runFlags) error {
 	for _, c := range []struct{ flag, value string }{
-		{"--key", f.key}, {"--guest-image", f.guestImage}, {"--toolchain", f.toolchain},
+		{"--key", f.key}, {"--guest-image", f.guestImage}, {"--toolchain", f.toolchain}, {"--toolchain-image", f.toolchainImage},
 		{"--guest-agent", f.guestAgent}, {"--qemu", f.qemu}, {"--rekor-url", f.rekorURL}, {"--guest-image-release", f.guestRelease.tag},
 	} {
 		if c.value != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/cloche-dev/cloche/host"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
 	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/job"
 )
 
 func newImageCmd(g *globals) *cobra.Command {
@@ -122,18 +124,26 @@ func (r releaseFlags) config() host.GuestRelease {
 }
 
 func newImageToolchainCmd(g *globals) *cobra.Command {
-	var out, name string
+	var out, name, fromImage string
 	var packages []string
 	cmd := &cobra.Command{
-		Use:   "toolchain [DIR] [--out FILE]",
-		Short: "Make a read-only toolchain image (ext4 + dm-verity) from DIR, or from Debian packages",
+		Use:   "toolchain [DIR] [--out FILE] | --from-image REPOSITORY@sha256:HEX",
+		Short: "Make a read-only toolchain image (ext4 + dm-verity) from DIR, a container image, or Debian packages",
 		Long: `With DIR, make a reproducible read-only ext4 image of it with a dm-verity hash tree and
-print its digests. Without DIR, assemble a Debian root with --package (default gcc, make,
-libc6-dev) and cache it in the state directory: it is rebuilt only when the package list
-changes.`,
+print its digests. With --from-image, pull that container image (named by its manifest
+digest: a tag alone is refused), check every digest, flatten its layers reproducibly and
+cache the image in the state directory by that digest; the record names the image, so a
+verifier can pull the same digest and recompute the verity root hash. Otherwise, assemble
+a Debian root with --package (default gcc, make, libc6-dev) and cache it in the state
+directory: it is rebuilt only when the package list changes.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 {
+			switch {
+			case fromImage != "" && (len(args) == 1 || len(packages) > 0 || out != ""):
+				return usageError(errors.New("--from-image makes the image from a container image: DIR, --out and --package do not go with it"))
+			case fromImage != "":
+				return toolchainFromImage(cmd.Context(), g, fromImage, name)
+			case len(args) == 1:
 				if out == "" {
 					return fmt.Errorf("--out FILE is required when making an image from a directory")
 				}
@@ -166,8 +176,34 @@ changes.`,
 	}
 	cmd.Flags().StringVar(&out, "out", "", "image file to write (with DIR)")
 	cmd.Flags().StringVar(&name, "name", "", "toolchain name recorded in the manifest")
+	cmd.Flags().StringVar(&fromImage, "from-image", "", "container `IMAGE` to flatten into the toolchain, by manifest digest (REGISTRY/REPOSITORY@sha256:HEX)")
 	cmd.Flags().StringArrayVar(&packages, "package", nil, "Debian package to include (repeatable; default gcc, make, libc6-dev)")
 	return cmd
+}
+
+// toolchainFromImage is `image toolchain --from-image`: the reference checked before the
+// state directory or the network is touched, then the image pulled (or found cached).
+func toolchainFromImage(ctx context.Context, g *globals, ref, name string) error {
+	tc, path, err := imageToolchain(ctx, g, "--from-image", ref, name)
+	if err != nil {
+		return err
+	}
+	g.reporter().Info("toolchain image ready", "path", path)
+	return printJSON(g, tc)
+}
+
+// imageToolchain makes (or finds cached) the toolchain image of a container image given
+// with flag.
+func imageToolchain(ctx context.Context, g *globals, flag, ref, name string) (*job.Toolchain, string, error) {
+	if _, err := toolchain.ParseSourceImage(ref); err != nil {
+		return nil, "", usageError(fmt.Errorf("%s: %w", flag, err))
+	}
+	state, err := g.state()
+	if err != nil {
+		return nil, "", err
+	}
+	return toolchain.FromImage(ctx, toolchain.ImageOptions{SourceImage: ref, StateDir: state, Name: name,
+		Progress: g.progress(), Log: g.logger()})
 }
 
 func printJSON(g *globals, v any) error {

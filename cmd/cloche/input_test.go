@@ -50,9 +50,11 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"tag ref without a commit", []string{"--ref", "refs/tags/v1"}, "--ref refs/tags/v1 names a tag: give --commit too"},
 		{"guest image release not a tag", []string{"--guest-image-release", "latest"}, `--guest-image-release/--guest-image-repository: release tag "latest": expected vX.Y.Z`},
 		{"guest image release and dir", []string{"--guest-image-release", "v1.0.0", "--guest-image", src}, "--guest-image and --guest-image-release: give one"},
+		{"toolchain image by tag", []string{"--toolchain-image", "registry.example/tools/cc:14"}, `--toolchain-image: sourceImage "registry.example/tools/cc:14" must end in @sha256:`},
+		{"toolchain image and toolchain", []string{"--toolchain", afile, "--toolchain-image", "registry.example/tools/cc@sha256:" + strings.Repeat("a", 64)}, "--toolchain and --toolchain-image: give one"},
 	} {
 		for _, path := range []string{"local", "agent"} {
-			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url" || strings.HasPrefix(tc.name, "guest image release")) {
+			if path == "agent" && (tc.name == "accel" || tc.name == "rekor-url" || strings.HasPrefix(tc.name, "guest image release") || strings.HasPrefix(tc.name, "toolchain image")) {
 				continue // refused on the agent path for another reason: the agent decides
 			}
 			t.Run(tc.name+"/"+path, func(t *testing.T) {

@@ -29,6 +29,7 @@ type runFlags struct {
 	vcpus, memory              int
 	accel, qemu                string
 	key, guestImage, toolchain string
+	toolchainImage             string
 	guestAgent                 string
 	guestRelease               releaseFlags
 	sourceDateEpoch            int64
@@ -82,6 +83,7 @@ is an artifact.`,
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "also enter the signature in this Rekor transparency log (e.g. "+provenance.PublicGoodRekorURL+"), so stock Sigstore verifiers need no --insecure-ignore-tlog (default: none, offline)")
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (default: the state directory's, built on first use)")
 	fl.StringVar(&f.toolchain, "toolchain", "", "toolchain image (default: gcc+make+libc6-dev from Debian, built on first use)")
+	fl.StringVar(&f.toolchainImage, "toolchain-image", "", "container `IMAGE` to run the build in, by manifest digest (REGISTRY/REPOSITORY@sha256:HEX): pulled, flattened and cached as with image toolchain --from-image")
 	fl.StringVar(&f.guestRelease.tag, "guest-image-release", "", "launch the guest image this cloche release published (vX.Y.Z; 'cloche image guest --release'), fetched and checked, instead of a local build")
 	fl.StringVar(&f.guestRelease.repo, "guest-image-repository", guestimage.DefaultReleaseRepository, "with --guest-image-release: the repository that publishes it (OWNER/NAME)")
 	fl.StringVar(&f.guestRelease.trustedRoot, "guest-image-trusted-root", "", "with --guest-image-release: Sigstore trusted root for the release's signed reference values (when this cloche embeds none of that release)")
@@ -144,7 +146,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 func runHostConfig(g *globals, f *runFlags) host.Config {
 	return host.Config{
 		StateDir: g.stateDirPath(), TEE: attest.TEE(f.tee), SigningKey: f.key, RekorURL: f.rekorURL,
-		GuestImage: f.guestImage, GuestRelease: f.guestRelease.config(), GuestAgent: f.guestAgent, Toolchain: f.toolchain,
+		GuestImage: f.guestImage, GuestRelease: f.guestRelease.config(), GuestAgent: f.guestAgent, Toolchain: f.toolchain, ToolchainImage: f.toolchainImage,
 		SNPFirmware: f.teeHost.snpFirmware, TDXFirmware: f.teeHost.tdxFirmware, QGS: f.teeHost.qgs,
 		KDS:   host.KDSConfig{Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct},
 		Accel: f.accel, QEMU: f.qemu, Version: version, Logger: g.logger(), Progress: g.progress(),
@@ -156,7 +158,8 @@ var runHostFlags = map[string]string{
 	"StateDir": "--state-dir", "TEE": "--tee", "SigningKey": "--key", "RekorURL": "--rekor-url",
 	"GuestImage": "--guest-image", "GuestImage,GuestRelease.Tag": "--guest-image and --guest-image-release",
 	"GuestRelease": "--guest-image-release/--guest-image-repository", "GuestRelease.TrustedRoot": "--guest-image-trusted-root",
-	"Toolchain": "--toolchain", "KDS.ProductLine": "--snp-product", "Accel": "--accel",
+	"Toolchain": "--toolchain", "ToolchainImage": "--toolchain-image", "Toolchain,ToolchainImage": "--toolchain and --toolchain-image",
+	"KDS.ProductLine": "--snp-product", "Accel": "--accel",
 }
 
 // hostConfigError names the flag behind a host configuration error, and gives it its

@@ -80,10 +80,19 @@ var defaultTools = tools{mke2fs: "mke2fs", debugfs: "debugfs", veritysetup: "ver
 // The same tree always gives the same bytes: fixed UUID and hash seed, sorted directory
 // population, fake creation time, all file times set to the epoch, a pinned feature set.
 func FromDir(ctx context.Context, dir, outPath, name string) (*job.Toolchain, error) {
-	return defaultTools.fromDir(ctx, dir, outPath, name)
+	return defaultTools.fromDir(ctx, dir, outPath, job.Toolchain{Name: name}, nil)
 }
 
-func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Toolchain, error) {
+// inodeAttrs are the type-and-permission mode and the owner an entry gets in the image,
+// replacing what mke2fs copied from the directory.
+type inodeAttrs struct {
+	mode     uint32
+	uid, gid uint32
+}
+
+// fromDir makes the image of dir; id gives the record's Name and SourceImage, attrs (keyed
+// by slash path, "" the root) the modes and owners to set in place of the directory's.
+func (t tools) fromDir(ctx context.Context, dir, outPath string, id job.Toolchain, attrs map[string]inodeAttrs) (*job.Toolchain, error) {
 	if dir == "" || outPath == "" {
 		return nil, errors.New("toolchain image: source directory and output path are required")
 	}
@@ -109,14 +118,14 @@ func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Too
 	env := append(os.Environ(), "E2FSPROGS_FAKE_TIME="+fakeTime, "MKE2FS_CONFIG="+conf, "LC_ALL=C")
 
 	dataBlocks := tree.estimateBlocks()
-	if err := t.makeFilesystem(ctx, env, work, dir, img, tree, dataBlocks); err != nil {
+	if err := t.makeFilesystem(ctx, env, work, dir, img, tree, attrs, dataBlocks); err != nil {
 		return nil, err
 	}
 	tc, err := t.appendVerity(ctx, env, img, dataBlocks)
 	if err != nil {
 		return nil, err
 	}
-	tc.Name = name
+	tc.Name, tc.SourceImage = id.Name, id.SourceImage
 	if tc.ImageSHA256, tc.ImageSize, err = hashImage(img); err != nil {
 		return nil, err
 	}
@@ -126,19 +135,16 @@ func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Too
 	if err := img.Commit(0o644); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
-	meta, err := json.MarshalIndent(tc, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	if err := atomicfile.WriteFile(outPath+".json", append(meta, '\n'), 0o644); err != nil {
+	if err := writeMeta(outPath, tc); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
 	return tc, nil
 }
 
 // makeFilesystem populates the ext4 filesystem of dataBlocks blocks from dir into img,
-// with the pinned options, then sets every file time to the epoch.
-func (t tools) makeFilesystem(ctx context.Context, env []string, work, dir string, img *atomicfile.File, tree *tree, dataBlocks int64) error {
+// with the pinned options, then sets every file time to the epoch and the modes and
+// owners attrs gives.
+func (t tools) makeFilesystem(ctx context.Context, env []string, work, dir string, img *atomicfile.File, tree *tree, attrs map[string]inodeAttrs, dataBlocks int64) error {
 	if _, err := run(ctx, env, t.mke2fs, "-q", "-F", "-t", "ext4", "-b", strconv.Itoa(blockSize),
 		"-I", strconv.Itoa(inodeSize), "-N", strconv.FormatInt(tree.entries+64, 10), "-m", "0",
 		"-O", "^has_journal,^resize_inode", "-U", fsUUID,
@@ -149,7 +155,7 @@ func (t tools) makeFilesystem(ctx context.Context, env []string, work, dir strin
 	if err := img.Truncate(dataBlocks * blockSize); err != nil {
 		return fmt.Errorf("toolchain image: %w", err)
 	}
-	if err := t.normaliseTimes(ctx, env, work, img.TempPath(), tree); err != nil {
+	if err := t.normaliseInodes(ctx, env, work, img.TempPath(), tree, attrs); err != nil {
 		return fmt.Errorf("toolchain image: %w", err)
 	}
 	return nil
@@ -199,6 +205,15 @@ func hashImage(img *atomicfile.File) (string, int64, error) {
 	return hex.EncodeToString(whole.Sum(nil)), size, nil
 }
 
+// writeMeta writes the record Load reads next to the image.
+func writeMeta(imagePath string, tc *job.Toolchain) error {
+	meta, err := json.MarshalIndent(tc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(imagePath+".json", append(meta, '\n'), 0o644)
+}
+
 // tree is what scanTree learned about a source directory.
 type tree struct {
 	paths   []string // slash-separated, relative, sorted (WalkDir order), without the root
@@ -234,7 +249,7 @@ func scanTree(dir string) (*tree, error) {
 			return nil
 		}
 		rel = filepath.ToSlash(rel)
-		if strings.ContainsAny(rel, "\"\\") || strings.ContainsFunc(rel, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		if unsupportedName(rel) {
 			return fmt.Errorf("file name %q contains a quote, backslash or control character, which the image builder does not support", rel)
 		}
 		t.paths = append(t.paths, rel)
@@ -285,9 +300,10 @@ func (t *tree) estimateBlocks() int64 {
 	return data + itable*2 + groups*64 + 1024
 }
 
-// normaliseTimes creates the missing mount points and sets every inode's times to the epoch
-// with debugfs: mke2fs -d copies the source's times, and ctime cannot be set on the host.
-func (t tools) normaliseTimes(ctx context.Context, env []string, work, img string, tr *tree) error {
+// normaliseInodes creates the missing mount points and sets every inode's times to the epoch
+// with debugfs (mke2fs -d copies the source's times, and ctime cannot be set on the host),
+// and the modes and owners attrs gives.
+func (t tools) normaliseInodes(ctx context.Context, env []string, work, img string, tr *tree, attrs map[string]inodeAttrs) error {
 	var script bytes.Buffer
 	for _, m := range tr.missing {
 		fmt.Fprintf(&script, "mkdir /%s\nsif /%s mode 040755\n", m, m)
@@ -297,6 +313,9 @@ func (t tools) normaliseTimes(ctx context.Context, env []string, work, img strin
 	for _, p := range paths {
 		for _, field := range []string{"atime", "mtime", "ctime", "atime_extra", "mtime_extra", "ctime_extra"} {
 			fmt.Fprintf(&script, "sif \"/%s\" %s 0\n", p, field)
+		}
+		if a, ok := attrs[p]; ok {
+			fmt.Fprintf(&script, "sif \"/%s\" mode 0%o\nsif \"/%s\" uid %d\nsif \"/%s\" gid %d\n", p, a.mode, p, a.uid, p, a.gid)
 		}
 	}
 	scriptPath := filepath.Join(work, "debugfs.cmds")

@@ -200,23 +200,23 @@ func TestFromDirFailures(t *testing.T) {
 
 	bad := defaultTools
 	bad.mke2fs = failingTool(t, "mke2fs: disk on fire")
-	if _, err := bad.fromDir(ctx, root, out, ""); err == nil || !strings.Contains(err.Error(), "disk on fire") ||
+	if _, err := bad.fromDir(ctx, root, out, job.Toolchain{}, nil); err == nil || !strings.Contains(err.Error(), "disk on fire") ||
 		!strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("failing mke2fs: %v", err)
 	}
 	bad = defaultTools
 	bad.veritysetup = failingTool(t, "Device too small")
-	if _, err := bad.fromDir(ctx, root, out, ""); err == nil || !strings.Contains(err.Error(), "Device too small") {
+	if _, err := bad.fromDir(ctx, root, out, job.Toolchain{}, nil); err == nil || !strings.Contains(err.Error(), "Device too small") {
 		t.Errorf("failing veritysetup: %v", err)
 	}
 	bad = defaultTools
 	bad.veritysetup = "true" // succeeds without a root hash
-	if _, err := bad.fromDir(ctx, root, out, ""); err == nil || !strings.Contains(err.Error(), "Root hash") {
+	if _, err := bad.fromDir(ctx, root, out, job.Toolchain{}, nil); err == nil || !strings.Contains(err.Error(), "Root hash") {
 		t.Errorf("veritysetup without a root hash: %v", err)
 	}
 	bad = defaultTools
 	bad.mke2fs = "/nonexistent/mke2fs"
-	if _, err := bad.fromDir(ctx, root, out, ""); err == nil || !strings.Contains(err.Error(), "/nonexistent/mke2fs") {
+	if _, err := bad.fromDir(ctx, root, out, job.Toolchain{}, nil); err == nil || !strings.Contains(err.Error(), "/nonexistent/mke2fs") {
 		t.Errorf("missing mke2fs: %v", err)
 	}
 	if _, err := os.Stat(out); !errors.Is(err, os.ErrNotExist) {
