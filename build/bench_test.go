@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/benchpair"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"

@@ -27,7 +27,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/disk"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"

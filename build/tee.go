@@ -12,7 +12,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/attest/verifier"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/vmm"
 )

@@ -27,7 +27,7 @@ import (
 // because development hosts may lack device-mapper: this test binary, built static, is the
 // guest's /init and runs TestVerityGuestSide there. The kernel is found in
 // $CLOCHE_TEST_KERNEL_DIR or the user cache's cloche-test/<version>/ (boot/vmlinuz-*,
-// lib/modules/<version>/), as image/guest extracts it.
+// lib/modules/<version>/), as image/guestimage extracts it.
 
 const verityMarker = "cloche-verity-test-marker\n"
 

@@ -10,7 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/reference"

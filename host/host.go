@@ -12,7 +12,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/kds"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/build"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/job"

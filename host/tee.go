@@ -9,7 +9,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/hostcheck"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 )
 
 // unavailable marks a reason as ErrUnavailable without repeating its text.

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

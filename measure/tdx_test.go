@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 
 	"github.com/cloche-dev/cloche/attest"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
 )

@@ -12,7 +12,7 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sigverify "github.com/sigstore/sigstore-go/pkg/verify"
 
-	guest "github.com/cloche-dev/cloche/image/guest"
+	guest "github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/release"

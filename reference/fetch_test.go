@@ -14,7 +14,7 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
-	guest "github.com/cloche-dev/cloche/image/guest"
+	guest "github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"

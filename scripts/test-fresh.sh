@@ -26,7 +26,7 @@ readonly CACHE=${CLOCHE_CI_CACHE:-/var/cache/cloche-ci}
 readonly BASE_FORMAT=cloche-test-fresh-base-1
 readonly QEMU_MIN_MAJOR=10
 readonly STATE_IN_ROOT=/tmp/cloche-state
-readonly KERNEL_PACKAGE=linux-image-cloud-amd64 # image/guest.KernelPackage
+readonly KERNEL_PACKAGE=linux-image-cloud-amd64 # image/guestimage.KernelPackage
 
 STAGE=setup
 WORK=""
@@ -175,7 +175,7 @@ check_tools() {
 }
 
 # check_kernel_download resolves and downloads the guest kernel package the way
-# image/guest.FetchKernelDeb does (apt-cache show, then apt-get download of the exact
+# image/guestimage.FetchKernelDeb does (apt-cache show, then apt-get download of the exact
 # versioned package), independently of the Go code that check_guest_image then runs.
 check_kernel_download() {
 	check kernel-meta apt-cache show --no-all-versions "$KERNEL_PACKAGE/$BACKPORTS_SUITE"

@@ -11,7 +11,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/verifier"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"

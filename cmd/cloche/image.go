@@ -13,7 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cloche-dev/cloche/host"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/job"
 )

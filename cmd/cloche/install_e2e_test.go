@@ -241,10 +241,10 @@ func TestInstallRefusesTamperedRelease(t *testing.T) {
 }
 
 // Without a release for the ref, cloche is built from the action's source with the Go
-// release image/guest/GO_TOOLCHAIN pins, whatever Go the runner has.
+// release image/guestimage/GO_TOOLCHAIN pins, whatever Go the runner has.
 func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 	r := newInstallRelease(t)
-	pinned, err := os.ReadFile(filepath.Join(r.root, "image", "guest", "GO_TOOLCHAIN"))
+	pinned, err := os.ReadFile(filepath.Join(r.root, "image", "guestimage", "GO_TOOLCHAIN"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(src, "image", "guest"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(src, "image", "guest", "GO_TOOLCHAIN"), pinned, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "image", "guestimage", "GO_TOOLCHAIN"), pinned, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	makeLog := filepath.Join(t.TempDir(), "make.log")

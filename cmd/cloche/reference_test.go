@@ -12,7 +12,7 @@ import (
 
 	"github.com/sigstore/sigstore-go/pkg/verify"
 
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/ghfake"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"

@@ -14,7 +14,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/host"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/progress"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"

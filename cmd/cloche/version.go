@@ -12,7 +12,7 @@ import (
 
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/host"
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/measure"
 )

@@ -1,4 +1,4 @@
-package guest_test
+package guestimage_test
 
 import (
 	"bytes"
@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

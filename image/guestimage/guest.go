@@ -2,7 +2,7 @@
 // cloud kernel package (KernelPin) and an initramfs holding the guest agent as PID 1 plus the kernel modules it
 // loads. The image is what the launch measurement identifies (docs/design.md, "one measurement per
 // guest release"), so building it twice from the same inputs gives identical bytes.
-package guest
+package guestimage
 
 import (
 	"bytes"

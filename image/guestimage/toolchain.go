@@ -1,4 +1,4 @@
-package guest
+package guestimage
 
 import (
 	_ "embed" // GO_TOOLCHAIN
