@@ -260,7 +260,7 @@ func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 	// A Go and make (stand-ins recording what they are asked) on PATH: make is run with the
 	// pinned toolchain.
 	src := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(src, "image", "guest"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(src, "image", "guestimage"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(src, "image", "guestimage", "GO_TOOLCHAIN"), pinned, 0o644); err != nil {
