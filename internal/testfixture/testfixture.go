@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -227,4 +228,26 @@ func CopyRepo(tb testing.TB, dst string) {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// BytesRead returns how many bytes this process has read so far through read system calls
+// (rchar in /proc/self/io): a test takes the difference around a call to show that it did
+// not read a large file, with no hook in the code under test. It skips without /proc.
+func BytesRead(tb testing.TB) int64 {
+	tb.Helper()
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		tb.Skipf("no per-process I/O counters: %v", err)
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				tb.Fatalf("/proc/self/io: rchar %q: %v", v, err)
+			}
+			return n
+		}
+	}
+	tb.Skip("/proc/self/io has no rchar line")
+	return 0
 }
