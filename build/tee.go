@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"path/filepath"
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
@@ -53,11 +52,12 @@ func newHostTEE(o *Options) (*hostTEE, error) {
 
 // configure adds the TEE's part to the VM configuration: the launch-bound manifest digest
 // and, for sim, the simulated secure processor measuring the launch inputs the same way
-// `cloche measure --tee sim` does.
+// `cloche measure --tee sim` does (from the digests guestimage.Load checked, not a
+// second read of the kernel and initrd).
 func (h *hostTEE) configure(cfg *vmm.Config, o *Options, gimg *guestimage.Image, manifestDigest [32]byte) error {
 	switch h.tee {
 	case attest.TEESim:
-		li, err := measure.LaunchInputsFromFiles(filepath.Join(gimg.Dir, gimg.Kernel.Path), filepath.Join(gimg.Dir, gimg.Initrd.Path), gimg.Cmdline, uint32(o.VCPUs), uint64(o.MemoryMiB))
+		li, err := gimg.LaunchInputs(uint32(o.VCPUs), uint64(o.MemoryMiB))
 		if err != nil {
 			return fmt.Errorf("measuring launch inputs: %w", err)
 		}

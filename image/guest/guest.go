@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -22,6 +21,8 @@ import (
 	"github.com/cloche-dev/cloche/image/internal/staticelf"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/filestamp"
+	"github.com/cloche-dev/cloche/measure"
 )
 
 // DefaultCmdline is the guest kernel command line. It is part of the launch measurement
@@ -123,6 +124,27 @@ func RecipeDigest(agentSHA256, kernelPackage string, modules []string, cmdline s
 // and cmdline; callers rebuild when it is not.
 func (im *Image) UpToDate(agentSHA256 string) bool {
 	return im.GuestAgentSHA256 == agentSHA256 && im.Recipe == RecipeDigest(agentSHA256, im.KernelPackage, DefaultModules, DefaultCmdline)
+}
+
+// LaunchInputs are what the simulated secure processor measures when this image is
+// launched with vcpus and memoryMiB: the same as measure.LaunchInputsFromFiles of its
+// kernel and initrd, from the digests Load checked instead of a second read.
+func (im *Image) LaunchInputs(vcpus uint32, memoryMiB uint64) (measure.LaunchInputs, error) {
+	in := measure.LaunchInputs{Cmdline: im.Cmdline, VCPUs: vcpus, MemoryMiB: memoryMiB}
+	if vcpus == 0 || memoryMiB == 0 {
+		return in, fmt.Errorf("launch inputs: vcpus (%d) and memory (%d MiB) must be positive", vcpus, memoryMiB)
+	}
+	for _, f := range []struct {
+		file File
+		sum  *[32]byte
+	}{{im.Kernel, &in.KernelSHA256}, {im.Initrd, &in.InitrdSHA256}} {
+		b, err := hex.DecodeString(f.file.SHA256)
+		if err != nil || len(b) != len(f.sum) {
+			return in, fmt.Errorf("launch inputs: %s: malformed SHA-256 %q", f.file.Path, f.file.SHA256)
+		}
+		copy(f.sum[:], b)
+	}
+	return in, nil
 }
 
 // KernelPath and InitrdPath are the files' locations on this machine.
@@ -230,6 +252,11 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 			return nil, fmt.Errorf("build guest image: %w", err)
 		}
 	}
+	// The digests were just taken over these bytes: the first Load need not read them
+	// back. Failing to record them only costs that Load the read.
+	for _, f := range []File{im.Kernel, im.Initrd} {
+		_ = filestamp.Record(filepath.Join(opts.OutDir, f.Path), filestamp.Digests{"sha256": f.SHA256})
+	}
 	return im, nil
 }
 
@@ -270,25 +297,23 @@ func Load(dir string) (*Image, error) {
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// checkFile compares a file's size and SHA-256 with want.
+// checkFile compares a file's size and SHA-256 with want. The SHA-256 is the one recorded
+// beside the file (filestamp) while the file is unchanged, so that a run does not re-read
+// the kernel and initramfs: a hardware TEE measures what it boots, and the simulated one
+// is measured from these same digests.
 func checkFile(p string, want File) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	fi, err := os.Stat(p)
 	if err != nil {
 		return err
 	}
 	if fi.Size() != want.Size {
 		return fmt.Errorf("%w: %s is %d bytes, expected %d", ErrModified, p, fi.Size(), want.Size)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, want.Size+1)); err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
+	d, err := filestamp.Sum(p, filestamp.SHA256())
+	if err != nil {
+		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+	if got := d["sha256"]; got != want.SHA256 {
 		return fmt.Errorf("%w: %s has SHA-256 %s, expected %s", ErrModified, p, got, want.SHA256)
 	}
 	return nil

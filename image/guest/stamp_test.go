@@ -1,0 +1,113 @@
+package guest_test
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/internal/filestamp"
+	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/measure"
+)
+
+// fakeImage writes a guest image directory whose kernel and initrd are random bytes of
+// about a real image's size (Load does not parse them).
+func fakeImage(t *testing.T) (dir string, size int64) {
+	t.Helper()
+	dir = t.TempDir()
+	im := guest.Image{KernelVersion: "6.12.0-test-cloud-amd64", KernelPackage: "linux-image-test_1",
+		Cmdline: guest.DefaultCmdline, GuestAgentSHA256: hex.EncodeToString(make([]byte, 32)),
+		Modules: guest.DefaultModules, Recipe: hex.EncodeToString(make([]byte, 32))}
+	for _, f := range []struct {
+		name string
+		size int
+		rec  *guest.File
+	}{{guest.KernelFile, 10 << 20, &im.Kernel}, {guest.InitrdFile, 14 << 20, &im.Initrd}} {
+		b := make([]byte, f.size)
+		rand.Read(b)
+		if err := os.WriteFile(filepath.Join(dir, f.name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(b)
+		*f.rec = guest.File{Path: f.name, SHA256: hex.EncodeToString(sum[:]), Size: int64(f.size)}
+		size += int64(f.size)
+	}
+	meta, err := json.Marshal(im)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, guest.MetadataFile), meta, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, size
+}
+
+// TestLoadReadsNoImageFiles: once the kernel and initrd are stamped, Load (each run does
+// one) reads neither; a changed file is read again and refused.
+func TestLoadReadsNoImageFiles(t *testing.T) {
+	dir, size := fakeImage(t)
+	load := func() (*guest.Image, int64, error) {
+		t.Helper()
+		before := testfixture.BytesRead(t)
+		im, err := guest.Load(dir)
+		return im, testfixture.BytesRead(t) - before, err
+	}
+	if _, n, err := load(); err != nil || n < size {
+		t.Fatalf("first Load: %v, read %d bytes of %d: it did not hash the files", err, n, size)
+	}
+	for _, f := range []string{guest.KernelFile, guest.InitrdFile} {
+		if _, err := os.Stat(filepath.Join(dir, f) + filestamp.Suffix); err != nil {
+			t.Errorf("%s has no stamp after Load: %v", f, err)
+		}
+	}
+	if _, n, err := load(); err != nil || n >= 1<<20 {
+		t.Errorf("second Load: %v, read %d bytes (the files are %d)", err, n, size)
+	}
+
+	initrd := filepath.Join(dir, guest.InitrdFile)
+	f, err := os.OpenFile(initrd, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{0}, 1000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, _, err := load(); !errors.Is(err, guest.ErrModified) {
+		t.Errorf("Load after a write to the initrd: %v, want ErrModified", err)
+	}
+}
+
+// LaunchInputs from the checked digests are what measuring the files gives, so the
+// simulated measurement a run computes is unchanged.
+func TestLaunchInputsMatchTheFiles(t *testing.T) {
+	dir, _ := fakeImage(t)
+	im, err := guest.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := im.LaunchInputs(2, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := measure.LaunchInputsFromFiles(im.KernelPath(), im.InitrdPath(), im.Cmdline, 2, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || measure.SimMeasurement(got) != measure.SimMeasurement(want) {
+		t.Errorf("LaunchInputs = %+v, measuring the files gives %+v", got, want)
+	}
+	if _, err := im.LaunchInputs(0, 2048); err == nil {
+		t.Error("LaunchInputs with 0 vCPUs succeeded")
+	}
+	im.Initrd.SHA256 = "00"
+	if _, err := im.LaunchInputs(2, 2048); err == nil {
+		t.Error("LaunchInputs with a malformed initrd digest succeeded")
+	}
+}
