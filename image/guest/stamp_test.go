@@ -1,6 +1,7 @@
 package guest_test
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/filestamp"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/measure"
@@ -18,7 +20,7 @@ import (
 
 // fakeImage writes a guest image directory whose kernel and initrd are random bytes of
 // about a real image's size (Load does not parse them).
-func fakeImage(t *testing.T) (dir string, size int64) {
+func fakeImage(t testing.TB) (dir string, size int64) {
 	t.Helper()
 	dir = t.TempDir()
 	im := guest.Image{KernelVersion: "6.12.0-test-cloud-amd64", KernelPackage: "linux-image-test_1",
@@ -110,4 +112,42 @@ func TestLaunchInputsMatchTheFiles(t *testing.T) {
 	if _, err := im.LaunchInputs(2, 2048); err == nil {
 		t.Error("LaunchInputs with a malformed initrd digest succeeded")
 	}
+}
+
+// BenchmarkRunImageReads: the bytes a run reads to load its images once they are stamped
+// (toolchain.Load, guest.Load, the simulated launch inputs: what build.Run does before
+// the launch), against the images' size, which each run read, twice for the toolchain,
+// before the stamps. A busybox toolchain stands in for the gcc one: what is read does not
+// depend on the size.
+func BenchmarkRunImageReads(b *testing.B) {
+	root := b.TempDir()
+	if err := toolchain.MakeBusyboxRoot(root); err != nil {
+		b.Skipf("no busybox root: %v", err)
+	}
+	tcImg := filepath.Join(b.TempDir(), "busybox.img")
+	tc, err := toolchain.FromDir(context.Background(), root, tcImg, "busybox")
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir, size := fakeImage(b)
+	if _, err := guest.Load(dir); err != nil { // stamps the guest image
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	before := testfixture.BytesRead(b)
+	for i := 0; i < b.N; i++ {
+		im, err := guest.Load(dir)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := toolchain.Load(tcImg); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := im.LaunchInputs(2, 2048); err != nil {
+			b.Fatal(err)
+		}
+	}
+	read := testfixture.BytesRead(b) - before
+	b.ReportMetric(float64(read)/float64(b.N), "image-bytes-read/run")
+	b.ReportMetric(float64(size+tc.ImageSize), "image-bytes/run")
 }
