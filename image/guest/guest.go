@@ -240,24 +240,32 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		Recipe:           RecipeDigest(sha256Hex(agent), pkgName+"_"+pkgVersion, modules, cmdline),
 		Dir:              opts.OutDir,
 	}
+	if err := im.write(vmlinuz, initrd.Bytes()); err != nil {
+		return nil, fmt.Errorf("build guest image: %w", err)
+	}
+	return im, nil
+}
+
+// write writes the kernel, the initrd and the metadata into im.Dir, and records the
+// digests just taken over the two files so that the first Load need not read them back
+// (failing to record them only costs that Load the read).
+func (im *Image) write(vmlinuz, initrd []byte) error {
 	meta, err := json.MarshalIndent(im, "", "  ")
 	if err != nil {
-		return nil, fmt.Errorf("build guest image: encode metadata: %w", err)
+		return fmt.Errorf("encode metadata: %w", err)
 	}
 	for _, w := range []struct {
 		name string
 		data []byte
-	}{{KernelFile, vmlinuz}, {InitrdFile, initrd.Bytes()}, {MetadataFile, append(meta, '\n')}} {
-		if err := atomicfile.WriteFile(filepath.Join(opts.OutDir, w.name), w.data, 0o644); err != nil {
-			return nil, fmt.Errorf("build guest image: %w", err)
+	}{{KernelFile, vmlinuz}, {InitrdFile, initrd}, {MetadataFile, append(meta, '\n')}} {
+		if err := atomicfile.WriteFile(filepath.Join(im.Dir, w.name), w.data, 0o644); err != nil {
+			return err
 		}
 	}
-	// The digests were just taken over these bytes: the first Load need not read them
-	// back. Failing to record them only costs that Load the read.
 	for _, f := range []File{im.Kernel, im.Initrd} {
-		_ = filestamp.Record(filepath.Join(opts.OutDir, f.Path), filestamp.Digests{"sha256": f.SHA256})
+		_ = filestamp.Record(filepath.Join(im.Dir, f.Path), filestamp.Digests{"sha256": f.SHA256})
 	}
-	return im, nil
+	return nil
 }
 
 // Load reads dir/guest-image.json and checks that the kernel and initrd still have the

@@ -164,20 +164,25 @@ func (t tools) fromDir(ctx context.Context, dir, outPath, name string) (*job.Too
 	if err := validate(tc); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
-	if err := img.Commit(0o644); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	// The digest was just taken over these bytes: the first Load need not read them back.
-	// Failing to record it only costs that Load the read.
-	_ = filestamp.Record(outPath, filestamp.Digests{"sha256": tc.ImageSHA256})
-	meta, err := json.MarshalIndent(tc, "", "  ")
-	if err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	if err := atomicfile.WriteFile(outPath+".json", append(meta, '\n'), 0o644); err != nil {
+	if err := commit(img, outPath, tc); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
 	return tc, nil
+}
+
+// commit puts the finished image at outPath and its record at outPath.json. The image's
+// digest was just taken over these bytes, so it is recorded beside it (filestamp) and the
+// first Load need not read them back; failing to record it only costs that Load the read.
+func commit(img *atomicfile.File, outPath string, tc *job.Toolchain) error {
+	if err := img.Commit(0o644); err != nil {
+		return err
+	}
+	_ = filestamp.Record(outPath, filestamp.Digests{"sha256": tc.ImageSHA256})
+	meta, err := json.MarshalIndent(tc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(outPath+".json", append(meta, '\n'), 0o644)
 }
 
 // tree is what scanTree learned about a source directory.
