@@ -1,12 +1,15 @@
 package build
 
 import (
+	"context"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
 	guestimage "github.com/cloche-dev/cloche/image/guest"
+	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/vmm"
 )
@@ -33,5 +36,28 @@ func TestSimLaunchMeasuredFromCheckedDigests(t *testing.T) {
 	}
 	if h.launch.Measurement != measure.SimMeasurement(in) || h.launch.HostData != [32]byte{7} || cfg.SimService == nil {
 		t.Errorf("simulated launch %x, want the measurement of the recorded digests", h.launch.Measurement)
+	}
+}
+
+// TestRunReadsNoImageFiles: a run with stamped images reads neither the guest kernel and
+// initrd nor the toolchain image on the host (QEMU, a child, reads what it boots).
+func TestRunReadsNoImageFiles(t *testing.T) {
+	e := newEnv(t)
+	gimg, err := guestimage.Load(e.guestImage) // stamps the images if they were not
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := toolchain.Load(e.toolchain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := e.options(t, writeSource(t, map[string]string{"build.sh": "mkdir -p dist\necho hi > dist/x\n"}), "sh", "build.sh")
+	before := testfixture.BytesRead(t)
+	if _, err := Run(context.Background(), o); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	images := gimg.Kernel.Size + gimg.Initrd.Size + tc.ImageSize
+	if n := testfixture.BytesRead(t) - before; n >= images/8 {
+		t.Errorf("the run read %d bytes on the host; its images are %d", n, images)
 	}
 }
