@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"path/filepath"
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/kds"
@@ -51,13 +50,27 @@ func newHostTEE(o *Options) (*hostTEE, error) {
 	return h, nil
 }
 
+// simLaunchInputs are what the simulated secure processor measures when gimg is launched
+// with vcpus and memoryMiB: the same as measure.LaunchInputsFromFiles of its kernel and
+// initrd, from the digests guestimage.Load checked instead of a second read.
+func simLaunchInputs(gimg *guestimage.Image, vcpus, memoryMiB int) (measure.LaunchInputs, error) {
+	in := measure.LaunchInputs{Cmdline: gimg.Cmdline, VCPUs: uint32(vcpus), MemoryMiB: uint64(memoryMiB)}
+	if vcpus <= 0 || memoryMiB <= 0 {
+		return in, fmt.Errorf("launch inputs: vcpus (%d) and memory (%d MiB) must be positive", vcpus, memoryMiB)
+	}
+	var err error
+	in.KernelSHA256, in.InitrdSHA256, err = gimg.BootDigests()
+	return in, err
+}
+
 // configure adds the TEE's part to the VM configuration: the launch-bound manifest digest
 // and, for sim, the simulated secure processor measuring the launch inputs the same way
-// `cloche measure --tee sim` does.
+// `cloche measure --tee sim` does (from the digests guestimage.Load checked, not a
+// second read of the kernel and initrd).
 func (h *hostTEE) configure(cfg *vmm.Config, o *Options, gimg *guestimage.Image, manifestDigest [32]byte) error {
 	switch h.tee {
 	case attest.TEESim:
-		li, err := measure.LaunchInputsFromFiles(filepath.Join(gimg.Dir, gimg.Kernel.Path), filepath.Join(gimg.Dir, gimg.Initrd.Path), gimg.Cmdline, uint32(o.VCPUs), uint64(o.MemoryMiB))
+		li, err := simLaunchInputs(gimg, o.VCPUs, o.MemoryMiB)
 		if err != nil {
 			return fmt.Errorf("measuring launch inputs: %w", err)
 		}

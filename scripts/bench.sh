@@ -19,6 +19,7 @@ bench() {
 bench ./build 'BenchmarkBootToWorkload$' 5x
 bench ./vmm 'BenchmarkBootToPoweroff$' 3x
 bench ./image/toolchain 'BenchmarkLoad$' 5x
+bench ./image/guest 'BenchmarkRunImageReads$' 20x
 bench ./attest/verifier 'BenchmarkVerify' 3s
 bench ./cmd/cloche-guest 'BenchmarkGuestFootprint$' 1x
 bench ./measure '.' 2s

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/cloche-dev/cloche/image/internal/staticelf"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/filestamp"
 )
 
 // DefaultCmdline is the guest kernel command line. It is part of the launch measurement
@@ -127,6 +127,23 @@ func RecipeDigest(agentSHA256, kernelPackage string, modules []string, cmdline s
 // and cmdline; callers rebuild when it is not.
 func (im *Image) UpToDate(agentSHA256 string) bool {
 	return im.GuestAgentSHA256 == agentSHA256 && im.Recipe == RecipeDigest(agentSHA256, im.KernelPackage, DefaultModules, DefaultCmdline)
+}
+
+// BootDigests are the SHA-256 digests of the kernel and initrd that Load checked, as
+// bytes: what a simulated launch measures (measure.LaunchInputs), without a second read of
+// the files.
+func (im *Image) BootDigests() (kernel, initrd [32]byte, err error) {
+	for _, f := range []struct {
+		file File
+		sum  *[32]byte
+	}{{im.Kernel, &kernel}, {im.Initrd, &initrd}} {
+		b, err := hex.DecodeString(f.file.SHA256)
+		if err != nil || len(b) != len(f.sum) {
+			return kernel, initrd, fmt.Errorf("boot digests: %s: malformed SHA-256 %q", f.file.Path, f.file.SHA256)
+		}
+		copy(f.sum[:], b)
+	}
+	return kernel, initrd, nil
 }
 
 // KernelPath and InitrdPath are the files' locations on this machine.
@@ -254,7 +271,9 @@ func buildInitramfs(ctx context.Context, kern *extractedKernel, agent []byte, mo
 	return order, initrd.Bytes(), nil
 }
 
-// writeImage writes the kernel, the initrd and the metadata into im.Dir.
+// writeImage writes the kernel, the initrd and the metadata into im.Dir, and records the
+// digests just taken over the two files so that the first Load need not read them back
+// (failing to record them only costs that Load the read).
 func writeImage(im *Image, vmlinuz, initrd []byte) error {
 	meta, err := json.MarshalIndent(im, "", "  ")
 	if err != nil {
@@ -267,6 +286,9 @@ func writeImage(im *Image, vmlinuz, initrd []byte) error {
 		if err := atomicfile.WriteFile(filepath.Join(im.Dir, w.name), w.data, 0o644); err != nil {
 			return fmt.Errorf("build guest image: %w", err)
 		}
+	}
+	for _, f := range []File{im.Kernel, im.Initrd} {
+		_ = filestamp.Record(filepath.Join(im.Dir, f.Path), filestamp.Digests{"sha256": f.SHA256})
 	}
 	return nil
 }
@@ -308,25 +330,23 @@ func Load(dir string) (*Image, error) {
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// checkFile compares a file's size and SHA-256 with want.
+// checkFile compares a file's size and SHA-256 with want. The SHA-256 is the one recorded
+// beside the file (filestamp) while the file is unchanged, so that a run does not re-read
+// the kernel and initramfs: a hardware TEE measures what it boots, and the simulated one
+// is measured from these same digests.
 func checkFile(p string, want File) error {
-	f, err := os.Open(p)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
+	fi, err := os.Stat(p)
 	if err != nil {
 		return err
 	}
 	if fi.Size() != want.Size {
 		return fmt.Errorf("%w: %s is %d bytes, expected %d", ErrModified, p, fi.Size(), want.Size)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(f, want.Size+1)); err != nil {
-		return fmt.Errorf("read %s: %w", p, err)
+	d, err := filestamp.Sum(p, filestamp.SHA256())
+	if err != nil {
+		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+	if got := d["sha256"]; got != want.SHA256 {
 		return fmt.Errorf("%w: %s has SHA-256 %s, expected %s", ErrModified, p, got, want.SHA256)
 	}
 	return nil

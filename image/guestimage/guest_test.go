@@ -17,6 +17,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/cloche-dev/cloche/image/internal/staticelf"
+	"github.com/cloche-dev/cloche/internal/filestamp"
 )
 
 // testCacheDir is where the real kernel package is cached between test runs.
@@ -200,6 +201,11 @@ func TestLoadDetectsModification(t *testing.T) {
 	built, err := Build(context.Background(), Options{KernelDeb: deb, GuestAgent: testAgent(t), OutDir: dir})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
+	}
+	for _, f := range []string{KernelFile, InitrdFile} {
+		if _, err := os.Stat(filepath.Join(dir, f) + filestamp.Suffix); err != nil {
+			t.Errorf("Build left %s unstamped (the first Load would read it back): %v", f, err)
+		}
 	}
 	loaded, err := Load(dir)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/benchpair"
+	"github.com/cloche-dev/cloche/internal/filestamp"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
@@ -18,7 +19,7 @@ func BenchmarkLoad(b *testing.B) {
 	img := testfixture.GCCToolchain(b)
 	var pairs benchpair.Pairs
 	for i := 0; i < b.N; i++ {
-		os.Remove(img + toolchain.StampSuffix)
+		os.Remove(img + filestamp.Suffix)
 		t0 := time.Now()
 		if _, err := toolchain.Load(img); err != nil {
 			b.Fatal(err)

@@ -20,9 +20,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	"github.com/cloche-dev/cloche/internal/filestamp"
 	"github.com/cloche-dev/cloche/job"
 )
 
@@ -132,13 +132,21 @@ func (t tools) fromDir(ctx context.Context, dir, outPath string, id job.Toolchai
 	if err := validate(tc); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
-	if err := img.Commit(0o644); err != nil {
-		return nil, fmt.Errorf("toolchain image: %w", err)
-	}
-	if err := writeMeta(outPath, tc); err != nil {
+	if err := commit(img, outPath, tc); err != nil {
 		return nil, fmt.Errorf("toolchain image: %w", err)
 	}
 	return tc, nil
+}
+
+// commit puts the finished image at outPath and its record at outPath.json. The image's
+// digest was just taken over these bytes, so it is recorded beside it (filestamp) and the
+// first Load need not read them back; failing to record it only costs that Load the read.
+func commit(img *atomicfile.File, outPath string, tc *job.Toolchain) error {
+	if err := img.Commit(0o644); err != nil {
+		return err
+	}
+	_ = filestamp.Record(outPath, filestamp.Digests{"sha256": tc.ImageSHA256})
+	return writeMeta(outPath, tc)
 }
 
 // makeFilesystem populates the ext4 filesystem of dataBlocks blocks from dir into img,
@@ -392,7 +400,8 @@ func validate(tc *job.Toolchain) error {
 }
 
 // Load reads imagePath.json and checks that imagePath has the recorded size and SHA-256
-// (a mismatch wraps ErrModified).
+// (a mismatch wraps ErrModified). The SHA-256 is taken from the stamp FromDir or an
+// earlier Load left beside the image (filestamp.Suffix) while the file is unchanged.
 func Load(imagePath string) (*job.Toolchain, error) {
 	metaPath := imagePath + ".json"
 	f, err := os.Open(metaPath)
@@ -416,75 +425,22 @@ func Load(imagePath string) (*job.Toolchain, error) {
 	if err := validate(&tc); err != nil {
 		return nil, fmt.Errorf("load toolchain: %s: %w", metaPath, err)
 	}
-	img, err := os.Open(imagePath)
-	if err != nil {
-		return nil, fmt.Errorf("load toolchain: %w", err)
-	}
-	defer img.Close()
-	fi, err := img.Stat()
+	fi, err := os.Stat(imagePath)
 	if err != nil {
 		return nil, fmt.Errorf("load toolchain: %w", err)
 	}
 	if fi.Size() != tc.ImageSize {
 		return nil, fmt.Errorf("load toolchain: %w: %s is %d bytes, expected %d", ErrModified, imagePath, fi.Size(), tc.ImageSize)
 	}
-	stamp := fileStamp(fi, tc.ImageSHA256)
-	if stamp != nil && readStamp(imagePath) == *stamp {
-		return &tc, nil
+	// The digest is read from the stamp beside the image while the file is unchanged
+	// (filestamp), so a run does not re-read hundreds of megabytes; the guest's dm-verity
+	// enforces the bytes it reads against the manifest's root hash anyway.
+	d, err := filestamp.Sum(imagePath, filestamp.SHA256())
+	if err != nil {
+		return nil, fmt.Errorf("load toolchain: %w", err)
 	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.LimitReader(img, tc.ImageSize)); err != nil {
-		return nil, fmt.Errorf("load toolchain: read %s: %w", imagePath, err)
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != tc.ImageSHA256 {
+	if got := d["sha256"]; got != tc.ImageSHA256 {
 		return nil, fmt.Errorf("load toolchain: %w: %s has SHA-256 %s, expected %s", ErrModified, imagePath, got, tc.ImageSHA256)
 	}
-	if stamp != nil {
-		writeStamp(imagePath, *stamp)
-	}
 	return &tc, nil
-}
-
-// checkedStamp identifies the image file as it was when Load last hashed it and found
-// ImageSHA256: the same device, inode, size, modification and change times. A write or a
-// replaced file changes the change time, which no one can set back, so an unchanged stamp
-// means unchanged bytes, and Load need not read hundreds of megabytes again on every run.
-// (The bytes the guest uses are enforced by dm-verity against the manifest's root hash
-// anyway; the stamp only saves an honest host the re-hash.)
-type checkedStamp struct {
-	Dev, Ino, Size   uint64
-	MtimeNs, CtimeNs int64
-	SHA256           string
-}
-
-// StampSuffix names the stamp file next to the image (removing it forces a re-hash).
-const StampSuffix = ".checked"
-
-func fileStamp(fi fs.FileInfo, sum string) *checkedStamp {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	return &checkedStamp{Dev: uint64(st.Dev), Ino: st.Ino, Size: uint64(st.Size),
-		MtimeNs: st.Mtim.Nano(), CtimeNs: st.Ctim.Nano(), SHA256: sum}
-}
-
-// readStamp returns the stamp saved for imagePath, or the zero stamp.
-func readStamp(imagePath string) checkedStamp {
-	var s checkedStamp
-	b, err := os.ReadFile(imagePath + StampSuffix)
-	if err != nil || len(b) > 1024 {
-		return checkedStamp{}
-	}
-	if json.Unmarshal(b, &s) != nil {
-		return checkedStamp{}
-	}
-	return s
-}
-
-// writeStamp saves the stamp; failing to (a read-only cache) only costs the next re-hash.
-func writeStamp(imagePath string, s checkedStamp) {
-	if b, err := json.Marshal(s); err == nil {
-		_ = atomicfile.WriteFile(imagePath+StampSuffix, b, 0o644)
-	}
 }

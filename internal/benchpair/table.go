@@ -110,10 +110,14 @@ func rowsOf(name string, m map[string]float64, paired bool) []Row {
 }
 
 // ApplyGoals sets each row's goal from goals (metric → "<= X" or ">= X"), which apply to
-// the ratio when the row has a baseline and to the value otherwise.
+// the ratio when the row has a baseline and to the value otherwise. A key "METRIC UNIT"
+// names one of a benchmark's several metrics; it is preferred to the bare METRIC.
 func ApplyGoals(rows []Row, goals map[string]string) error {
 	for i := range rows {
-		g, ok := goals[rows[i].Metric]
+		g, ok := goals[rows[i].Metric+" "+rows[i].Unit]
+		if !ok {
+			g, ok = goals[rows[i].Metric]
+		}
 		if !ok {
 			continue
 		}

@@ -59,3 +59,29 @@ func TestParseAndTable(t *testing.T) {
 		t.Error("a malformed goal was accepted")
 	}
 }
+
+// A goal keyed "METRIC UNIT" applies to that one of a benchmark's metrics only.
+func TestGoalOnOneUnit(t *testing.T) {
+	rows, err := Parse(strings.NewReader("BenchmarkRunImageReads-2   20   116255 ns/op   1682 image-bytes-read/run   31842304 image-bytes/run\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ApplyGoals(rows, map[string]string{"BenchmarkRunImageReads image-bytes-read/run": "<= 65536"}); err != nil {
+		t.Fatal(err)
+	}
+	var goals int
+	for _, r := range rows {
+		switch {
+		case r.Unit == "image-bytes-read/run":
+			if !r.GoalGiven || !r.GoalMet {
+				t.Errorf("the bytes-read row: %+v", r)
+			}
+			goals++
+		case r.GoalGiven:
+			t.Errorf("the goal also applied to %+v", r)
+		}
+	}
+	if goals != 1 || len(rows) != 2 { // ns/op says nothing beside the benchmark's own metrics
+		t.Errorf("rows %+v", rows)
+	}
+}

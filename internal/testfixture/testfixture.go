@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -227,4 +228,39 @@ func CopyRepo(tb testing.TB, dst string) {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// BytesRead returns how many bytes this process's threads have read so far through read
+// system calls (rchar in /proc/self/task/*/io): a test takes the difference around a call
+// to show that it did not read a large file, with no hook in the code under test. Children
+// are not counted (QEMU reading the kernel it boots is not the host reading it), nor are
+// threads that exited, which Go's hashing never runs on. It skips without /proc.
+func BytesRead(tb testing.TB) int64 {
+	tb.Helper()
+	files, err := filepath.Glob("/proc/self/task/*/io")
+	if err != nil || len(files) == 0 {
+		tb.Skipf("no per-thread I/O counters in /proc (%v)", err)
+	}
+	var total int64
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		n, err := rchar(string(b))
+		if err != nil {
+			tb.Fatalf("%s: %v", f, err)
+		}
+		total += n
+	}
+	return total
+}
+
+func rchar(io string) (int64, error) {
+	for line := range strings.SplitSeq(io, "\n") {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("no rchar line")
 }
