@@ -78,7 +78,7 @@ type Options struct {
 	// WorkDir holds the disks while the VM runs; a temp dir beside OutDir if empty.
 	WorkDir string
 
-	// OnStage, when set, is told as the build reaches each Stage (the runner agent shows
+	// OnStage, when set, is told as the build reaches each Stage (the agent shows
 	// them as its job states). It runs on the build's goroutine and must not block.
 	OnStage func(Stage)
 

@@ -9,7 +9,7 @@ import (
 
 // Spec is one job request: what to build and how, as a user asks for it, before the host
 // adds its images and keys. It is declared once and carried by every way in: `cloche run`'s
-// flags, the build action's inputs, the agent API (runner.JobSpec embeds it, so its JSON is
+// flags, the build action's inputs, the agent API (agent.JobSpec embeds it, so its JSON is
 // the agent's wire format) and build.Options, from which the host writes the Manifest.
 //
 // Zero values mean "the default" (build.DefaultTimeout, DefaultVCPUs, ...); callers that

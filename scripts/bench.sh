@@ -26,7 +26,7 @@ bench ./measure '.' 2s
 bench ./provenance '.' 2s
 bench ./source '.' 2s
 bench ./build 'BenchmarkHostOverhead$' 5x
-bench ./runner '.' 2s
+bench ./agent '.' 2s
 
 echo
 "$GO" run ./internal/benchpair/cmd/benchtable bench/goals.tsv <"$out"

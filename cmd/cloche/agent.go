@@ -13,8 +13,8 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/runner"
-	"github.com/cloche-dev/cloche/runner/client"
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 )
 
 type agentFlags struct {
@@ -47,7 +47,7 @@ defaults to the host's CPUs and memory.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.config, "config", "", "configuration file (JSON)")
-	fl.StringVar(&f.socket, "socket", "", "API socket (default "+runner.DefaultSocket()+")")
+	fl.StringVar(&f.socket, "socket", "", "API socket (default "+agent.DefaultSocket()+")")
 	fl.StringVar(&f.tee, "tee", "", "TEE jobs run on: sim, snp or tdx (default sim)")
 	fl.IntSliceVar(&f.allowUIDs, "allow-uid", nil, "uid allowed to submit jobs (repeatable; the agent's own uid always is)")
 	fl.IntSliceVar(&f.allowGIDs, "allow-gid", nil, "primary gid allowed to submit jobs (repeatable)")
@@ -70,10 +70,10 @@ defaults to the host's CPUs and memory.`,
 
 // agentConfig merges the configuration file, the flags and the state directory's
 // defaults.
-func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, error) {
-	var cfg runner.Config
+func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (agent.Config, error) {
+	var cfg agent.Config
 	if f.config != "" {
-		c, err := runner.LoadConfig(f.config)
+		c, err := agent.LoadConfig(f.config)
 		if err != nil {
 			return cfg, usageError(fmt.Errorf("--config: %w", err))
 		}
@@ -106,7 +106,7 @@ func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, 
 		cfg.Budget.MinFreeDiskBytes = f.minFreeDisk
 	}
 	if set("max-wall-clock") {
-		cfg.MaxWallClock = runner.Duration(f.maxWallClock)
+		cfg.MaxWallClock = agent.Duration(f.maxWallClock)
 	}
 	if set("allow-uid") {
 		cfg.AllowedUIDs = f.allowUIDs
@@ -124,7 +124,7 @@ func agentConfig(cmd *cobra.Command, g *globals, f *agentFlags) (runner.Config, 
 		}
 		cfg.StateDir = state
 	}
-	res, err := runner.DetectHost()
+	res, err := agent.DetectHost()
 	if err != nil {
 		return cfg, err
 	}
@@ -155,14 +155,14 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 	hc.GuestAgent, hc.Version, hc.Logger, hc.Progress = f.guestAgent, version, log, g.progress()
 	h, err := host.New(ctx, hc)
 	if err != nil {
-		return hostConfigError(err, configFields(runner.HostConfigFields))
+		return hostConfigError(err, configFields(agent.HostConfigFields))
 	}
 	if h.TEE() == attest.TEESim {
 		log.Warn("SIMULATED TEE: the host plays the secure processor; the evidence of this agent's builds proves nothing about this host")
 	}
-	a, err := runner.New(runner.Options{
+	a, err := agent.New(agent.Options{
 		Config:        cfg,
-		Launcher:      runner.HostLauncher{Host: h},
+		Launcher:      agent.HostLauncher{Host: h},
 		Logger:        log,
 		Version:       version,
 		PublicKeyPath: h.SigningKeyPath() + ".pub",
@@ -181,7 +181,7 @@ func clientSocket(flag string) string {
 	if s := os.Getenv(agentSocketEnv); s != "" {
 		return s
 	}
-	return runner.DefaultSocket()
+	return agent.DefaultSocket()
 }
 
 func newAgentStatusCmd(g *globals) *cobra.Command {
@@ -208,18 +208,18 @@ func newAgentStatusCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", "", "agent socket (default $"+agentSocketEnv+", else "+runner.DefaultSocket()+")")
+	cmd.Flags().StringVar(&socket, "socket", "", "agent socket (default $"+agentSocketEnv+", else "+agent.DefaultSocket()+")")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	return cmd
 }
 
-func printAgentStatus(w io.Writer, s *runner.AgentStatus, now time.Time) {
+func printAgentStatus(w io.Writer, s *agent.AgentStatus, now time.Time) {
 	fmt.Fprintf(w, "cloche agent %s (API %s), TEE %s\n", s.Version, s.APIVersion, s.TEE)
 	b, u := s.Budget, s.InUse
 	fmt.Fprintf(w, "budget:  %d/%d VMs, %d/%d vCPUs, %d/%d MiB in use; %.1f GiB free disk (keeps %.1f GiB)\n",
 		u.VMs, b.VMs, u.VCPUs, b.VCPUs, u.MemoryMiB, b.MemoryMiB, float64(s.FreeDiskBytes)/(1<<30), float64(b.MinFreeDiskBytes)/(1<<30))
 	fmt.Fprintf(w, "queue:   %d waiting (limit %d)\n", len(s.Queued), s.QueueLimit)
-	line := func(j runner.JobStatus, since time.Time) {
+	line := func(j agent.JobStatus, since time.Time) {
 		fmt.Fprintf(w, "  %s  uid %-6d %-10s %8s  %s\n", j.ID, j.Submitter.UID, j.State, now.Sub(since).Round(time.Second), strings.Join(j.Spec.Command, " "))
 	}
 	for _, j := range s.Queued {
@@ -234,7 +234,7 @@ func printAgentStatus(w io.Writer, s *runner.AgentStatus, now time.Time) {
 		line(j, since)
 	}
 	var counts []string
-	for _, st := range runner.States {
+	for _, st := range agent.States {
 		counts = append(counts, fmt.Sprintf("%s %d", st, s.Counts[st]))
 	}
 	fmt.Fprintf(w, "jobs:    %s\n", strings.Join(counts, ", "))
@@ -258,7 +258,7 @@ func newAgentCancelCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", "", "agent socket (default $"+agentSocketEnv+", else "+runner.DefaultSocket()+")")
+	cmd.Flags().StringVar(&socket, "socket", "", "agent socket (default $"+agentSocketEnv+", else "+agent.DefaultSocket()+")")
 	return cmd
 }
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
-	"github.com/cloche-dev/cloche/runner"
-	"github.com/cloche-dev/cloche/runner/client"
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 )
 
 // agentSocketEnv names the agent socket for `cloche run` when --agent is not given.
@@ -65,7 +65,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 	if err != nil {
 		return agentSubmitError(err, st, socket)
 	}
-	if st.State != runner.StateSucceeded {
+	if st.State != agent.StateSucceeded {
 		return agentJobFailed(st)
 	}
 	if err := c.FetchResult(ctx, st, f.out); err != nil {
@@ -87,8 +87,8 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 }
 
 // agentJobSpec is the job of a local build's options, for the agent.
-func agentJobSpec(in *build.Options) runner.JobSpec {
-	spec := runner.JobSpec{Spec: in.Spec}
+func agentJobSpec(in *build.Options) agent.JobSpec {
+	spec := agent.JobSpec{Spec: in.Spec}
 	if len(spec.Env) == 0 {
 		spec.Env = nil
 	}
@@ -104,14 +104,14 @@ type agentProgress struct {
 	rep     *reporter
 	console io.Writer
 	socket  string
-	last    runner.State
+	last    agent.State
 	// warnings are reported again with the outcome (the simulated TEE's).
 	warnings []string
 }
 
-func (p *agentProgress) event(ev runner.Event) {
+func (p *agentProgress) event(ev agent.Event) {
 	switch {
-	case ev.Type == runner.EventLog:
+	case ev.Type == agent.EventLog:
 		p.console.Write(ev.Log)
 	case ev.Job != nil && ev.Job.State != p.last:
 		if p.last == "" {
@@ -122,7 +122,7 @@ func (p *agentProgress) event(ev runner.Event) {
 			}
 		}
 		p.last = ev.Job.State
-		if ev.Job.State == runner.StateQueued {
+		if ev.Job.State == agent.StateQueued {
 			p.rep.Info("job queued", "job", ev.Job.ID, "position", ev.Job.QueuePosition)
 		} else if !ev.Job.State.Terminal() {
 			p.rep.Info("job "+string(ev.Job.State), "job", ev.Job.ID)
@@ -132,18 +132,18 @@ func (p *agentProgress) event(ev runner.Event) {
 
 // agentSubmitError says what a failed submission means for the user: an interrupted job,
 // a job the agent refused (a usage error), or an agent that could not be reached.
-func agentSubmitError(err error, st *runner.JobStatus, socket string) error {
+func agentSubmitError(err error, st *agent.JobStatus, socket string) error {
 	switch {
 	case errors.Is(err, context.Canceled) && st != nil:
 		return fmt.Errorf("interrupted: job %s on the agent is cancelled with this connection: %w", st.ID, err)
-	case errors.Is(err, runner.ErrBadRequest):
+	case errors.Is(err, agent.ErrBadRequest):
 		return usageError(fmt.Errorf("the agent refused the job: %w", err))
 	}
 	return agentUnreachable(socket, fmt.Errorf("running the build on the agent: %w", err))
 }
 
 // agentJobFailed describes a job that ended on the agent without succeeding.
-func agentJobFailed(st *runner.JobStatus) error {
+func agentJobFailed(st *agent.JobStatus) error {
 	msg := fmt.Sprintf("job %s %s on the agent", st.ID, st.State)
 	if st.Reason != "" {
 		msg += ": " + st.Reason

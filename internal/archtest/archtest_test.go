@@ -196,14 +196,14 @@ func TestLayersCatchUpwardImports(t *testing.T) {
 		"build imports cmd":          {"build": {"cmd/cloche"}},
 		"evidence imports vmm":       {"attest": {"vmm"}},
 		"build imports host":         {"build": {"host"}},
-		"host imports runner":        {"host": {"runner"}},
+		"host imports agent":         {"host": {"agent"}},
 		"unlisted package":           {"newpkg": nil},
 	} {
 		if len(violations(tab, graph)) == 0 {
 			t.Errorf("%s: not caught", name)
 		}
 	}
-	if v := violations(tab, map[string][]string{"runner": {"host"}, "cmd/cloche": {"host"}, "host": {"build"}}); len(v) != 0 {
+	if v := violations(tab, map[string][]string{"agent": {"host"}, "cmd/cloche": {"host"}, "host": {"build"}}); len(v) != 0 {
 		t.Errorf("host/ with its one row: %v", v)
 	}
 }

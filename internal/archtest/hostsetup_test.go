@@ -62,7 +62,7 @@ func hostOnlyCalls(dir string) ([]string, error) {
 
 func TestHostSetupOnlyInHost(t *testing.T) {
 	root := filepath.Join("..", "..")
-	for _, dir := range []string{"cmd", "ghaction", "runner", "verify", "reference"} {
+	for _, dir := range []string{"cmd", "ghaction", "agent", "verify", "reference"} {
 		calls, err := hostOnlyCalls(filepath.Join(root, dir))
 		if err != nil {
 			t.Fatal(err)

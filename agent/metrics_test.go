@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 var sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? ([0-9.e+-]+|\+Inf)$`)
@@ -85,12 +85,12 @@ func TestMetrics(t *testing.T) {
 	ctx := context.Background()
 	src := testfixture.WriteTree(t, map[string]string{"input.txt": "m"})
 	for range 3 {
-		if st, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil); err != nil || st.State != runner.StateSucceeded {
+		if st, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil); err != nil || st.State != agent.StateSucceeded {
 			t.Fatalf("%v %+v", err, st)
 		}
 	}
-	ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, src, nil)
-	ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 99}}, src, nil)
+	ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, src, nil)
+	ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 99}}, src, nil)
 	s := scrape(t, ta.agent.MetricsAddr())
 	for name, want := range map[string]float64{
 		`cloche_agent_jobs{state="succeeded"}`:                     3,
@@ -128,8 +128,8 @@ func BenchmarkScheduling(b *testing.B) {
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
 			start := time.Now()
-			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil)
-			if err != nil || st.State != runner.StateSucceeded {
+			st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, src, nil)
+			if err != nil || st.State != agent.StateSucceeded {
 				b.Fatalf("%v %+v", err, st)
 			}
 			l.mu.Lock()
@@ -156,8 +156,8 @@ func BenchmarkScheduling(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				for i := range jobs {
-					st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok", fmt.Sprint(i)}}}, src, nil)
-					if err != nil || st.State != runner.StateSucceeded {
+					st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"ok", fmt.Sprint(i)}}}, src, nil)
+					if err != nil || st.State != agent.StateSucceeded {
 						b.Errorf("%v %+v", err, st)
 						return
 					}

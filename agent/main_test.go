@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/runner"
-	"github.com/cloche-dev/cloche/runner/client"
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 )
 
 // The test binary doubles as the child processes some tests need: an agent that a test
@@ -38,12 +38,12 @@ func TestMain(m *testing.M) {
 // childAgent runs a real agent (build.Run launcher) from the JSON configuration in
 // CLOCHE_RUNNER_TEST_CONFIG until SIGTERM.
 func childAgent() int {
-	var cfg runner.Config
+	var cfg agent.Config
 	if err := json.Unmarshal([]byte(os.Getenv("CLOCHE_RUNNER_TEST_CONFIG")), &cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "child agent config:", err)
 		return 2
 	}
-	res, _ := runner.DetectHost()
+	res, _ := agent.DetectHost()
 	cfg = cfg.WithDefaults(res)
 	hc := cfg.HostConfig()
 	hc.SimDir, hc.Version = os.Getenv("CLOCHE_RUNNER_TEST_SIMDIR"), "0.1.0-test"
@@ -52,9 +52,9 @@ func childAgent() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
-	a, err := runner.New(runner.Options{
+	a, err := agent.New(agent.Options{
 		Config:        cfg,
-		Launcher:      runner.HostLauncher{Host: h},
+		Launcher:      agent.HostLauncher{Host: h},
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, nil)),
 		Version:       "0.1.0-test",
 		PublicKeyPath: cfg.Launch.SigningKey + ".pub",

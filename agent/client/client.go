@@ -1,4 +1,4 @@
-// Package client talks to a cloche agent (package runner) over its unix socket: submit a
+// Package client talks to a cloche agent (package agent) over its unix socket: submit a
 // job with its source, follow it, cancel it, fetch its results.
 package client
 
@@ -17,7 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -54,7 +54,7 @@ func New(socket string) *Client {
 // Close releases idle connections.
 func (c *Client) Close() { c.http.CloseIdleConnections() }
 
-func (c *Client) url(path string) string { return "http://cloche-agent/" + runner.APIVersion + path }
+func (c *Client) url(path string) string { return "http://cloche-agent/" + agent.APIVersion + path }
 
 func (c *Client) do(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
@@ -70,9 +70,9 @@ func (c *Client) do(req *http.Request) (*http.Response, error) {
 
 func decodeError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBytes))
-	e := &runner.APIError{Status: resp.StatusCode}
+	e := &agent.APIError{Status: resp.StatusCode}
 	if err := json.Unmarshal(b, e); err != nil || e.Message == "" {
-		e.Code = runner.CodeInternal
+		e.Code = agent.CodeInternal
 		e.Message = strings.TrimSpace(string(b))
 		if e.Message == "" {
 			e.Message = resp.Status
@@ -98,21 +98,21 @@ func (c *Client) getJSON(ctx context.Context, method, path string, v any) error 
 }
 
 // Status returns the agent's queue, running jobs and budget.
-func (c *Client) Status(ctx context.Context) (*runner.AgentStatus, error) {
-	var s runner.AgentStatus
+func (c *Client) Status(ctx context.Context) (*agent.AgentStatus, error) {
+	var s agent.AgentStatus
 	return &s, c.getJSON(ctx, http.MethodGet, "/status", &s)
 }
 
 // Job returns one job's status.
-func (c *Client) Job(ctx context.Context, id string) (*runner.JobStatus, error) {
-	var s runner.JobStatus
+func (c *Client) Job(ctx context.Context, id string) (*agent.JobStatus, error) {
+	var s agent.JobStatus
 	return &s, c.getJSON(ctx, http.MethodGet, "/jobs/"+id, &s)
 }
 
 // Cancel asks the agent to end a job; the returned status may still show it running
 // while its VM is being stopped.
-func (c *Client) Cancel(ctx context.Context, id string) (*runner.JobStatus, error) {
-	var s runner.JobStatus
+func (c *Client) Cancel(ctx context.Context, id string) (*agent.JobStatus, error) {
+	var s agent.JobStatus
 	return &s, c.getJSON(ctx, http.MethodPost, "/jobs/"+id+"/cancel", &s)
 }
 
@@ -140,7 +140,7 @@ func (c *Client) Log(ctx context.Context, id string, follow bool, w io.Writer) e
 // first is the accepted job with its id. It returns the final status; a job that failed is
 // not an error here (look at its State and Reason). When ctx ends first, the connection is
 // closed, which cancels the job unless spec.KeepOnDisconnect.
-func (c *Client) Submit(ctx context.Context, spec runner.JobSpec, sourceDir string, onEvent func(runner.Event)) (*runner.JobStatus, error) {
+func (c *Client) Submit(ctx context.Context, spec agent.JobSpec, sourceDir string, onEvent func(agent.Event)) (*agent.JobStatus, error) {
 	tmp, err := os.CreateTemp("", "cloche-submit-*.tar")
 	if err != nil {
 		return nil, err
@@ -159,7 +159,7 @@ func (c *Client) Submit(ctx context.Context, spec runner.JobSpec, sourceDir stri
 }
 
 // SubmitArchive is Submit with a ready archive whose digest and size are in spec.Source.
-func (c *Client) SubmitArchive(ctx context.Context, spec runner.JobSpec, archive io.Reader, onEvent func(runner.Event)) (*runner.JobStatus, error) {
+func (c *Client) SubmitArchive(ctx context.Context, spec agent.JobSpec, archive io.Reader, onEvent func(agent.Event)) (*agent.JobStatus, error) {
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
 	go func() {
@@ -179,13 +179,13 @@ func (c *Client) SubmitArchive(ctx context.Context, spec runner.JobSpec, archive
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
-	var last *runner.JobStatus
+	var last *agent.JobStatus
 	for sc.Scan() {
-		var ev runner.Event
+		var ev agent.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return last, fmt.Errorf("cloche agent: malformed event: %w", err)
 		}
-		if ev.Type == runner.EventJob && ev.Job != nil {
+		if ev.Type == agent.EventJob && ev.Job != nil {
 			last = ev.Job
 		}
 		if onEvent != nil {
@@ -204,7 +204,7 @@ func (c *Client) SubmitArchive(ctx context.Context, spec runner.JobSpec, archive
 	return last, ErrStream
 }
 
-func writeSubmission(mw *multipart.Writer, spec runner.JobSpec, archive io.Reader) error {
+func writeSubmission(mw *multipart.Writer, spec agent.JobSpec, archive io.Reader) error {
 	h := textproto.MIMEHeader{}
 	h.Set("Content-Disposition", `form-data; name="job"`)
 	h.Set("Content-Type", "application/json")
@@ -230,8 +230,8 @@ func writeSubmission(mw *multipart.Writer, spec runner.JobSpec, archive io.Reade
 // FetchResult downloads a succeeded job's result archive, checks it against the digest in
 // st.Result, and moves its files (artifacts and the provenance bundle) into outDir. On any
 // error outDir is left as it was, apart from files already moved when a rename failed.
-func (c *Client) FetchResult(ctx context.Context, st *runner.JobStatus, outDir string) error {
-	if st.State != runner.StateSucceeded || st.Result == nil {
+func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir string) error {
+	if st.State != agent.StateSucceeded || st.Result == nil {
 		return fmt.Errorf("job %s is %s: it has no results", st.ID, st.State)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/jobs/"+st.ID+"/result"), nil)

@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 // randomSource is a source directory holding input.txt and size random bytes.
@@ -36,15 +36,15 @@ func TestSourceCountsAgainstDisk(t *testing.T) {
 	if err := os.WriteFile(filler, make([]byte, 74<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, randomSource(t, 7<<20), nil)
-	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), "not enough free disk space for the source") || !strings.Contains(err.Error(), "507") {
+	_, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, randomSource(t, 7<<20), nil)
+	if !errors.Is(err, agent.ErrBusy) || !strings.Contains(err.Error(), "not enough free disk space for the source") || !strings.Contains(err.Error(), "507") {
 		t.Fatalf("a source larger than the free disk: %v, want refused naming the disk", err)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(cfg.StateDir, "jobs")); len(entries) != 0 {
 		t.Errorf("%d entries in the jobs directory after a refused submission", len(entries))
 	}
 	os.Remove(filler)
-	if st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"small"}}}, randomSource(t, 1<<10), nil); err != nil || st.State != runner.StateSucceeded {
+	if st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"small"}}}, randomSource(t, 1<<10), nil); err != nil || st.State != agent.StateSucceeded {
 		t.Errorf("a small job after the refusal: %v %+v", err, st)
 	}
 }
@@ -57,17 +57,17 @@ func TestUserQueueBytes(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
-	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 600<<10))
-	waitState(t, ta.client, queued.jobID(t), runner.StateQueued)
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"more"}}}, randomSource(t, 600<<10), nil)
-	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), "bytes of sources") || !strings.Contains(err.Error(), "the limit per user is 1048576 bytes") {
+	first := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
+	waitState(t, ta.client, first.jobID(t), agent.StateRunning)
+	queued := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 600<<10))
+	waitState(t, ta.client, queued.jobID(t), agent.StateQueued)
+	_, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"more"}}}, randomSource(t, 600<<10), nil)
+	if !errors.Is(err, agent.ErrBusy) || !strings.Contains(err.Error(), "bytes of sources") || !strings.Contains(err.Error(), "the limit per user is 1048576 bytes") {
 		t.Errorf("a source beyond the user's queued bytes: %v, want busy naming the byte limit", err)
 	}
 	close(l.release)
 	for _, s := range []*submission{first, queued} {
-		if st := s.wait(t); st.State != runner.StateSucceeded {
+		if st := s.wait(t); st.State != agent.StateSucceeded {
 			t.Errorf("job %s: %s (%s)", st.ID, st.State, st.Reason)
 		}
 	}
@@ -81,11 +81,11 @@ func TestUnlaunchedJobFilesRemoved(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
-	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 1<<10))
+	first := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, randomSource(t, 1<<10))
+	waitState(t, ta.client, first.jobID(t), agent.StateRunning)
+	queued := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"q"}}}, randomSource(t, 1<<10))
 	id := queued.jobID(t)
-	waitState(t, ta.client, id, runner.StateQueued)
+	waitState(t, ta.client, id, agent.StateQueued)
 	src := filepath.Join(cfg.StateDir, "jobs", id, "src")
 	if _, err := os.Stat(src); err != nil {
 		t.Fatalf("the queued job has no unpacked source: %v", err)
@@ -109,7 +109,7 @@ func TestRestartOnFullDisk(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	rec := runner.JobStatus{ID: "j-inflight", State: runner.StateRunning, Spec: runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, SubmittedAt: time.Now().UTC()}
+	rec := agent.JobStatus{ID: "j-inflight", State: agent.StateRunning, Spec: agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, SubmittedAt: time.Now().UTC()}
 	b, _ := json.Marshal(rec)
 	if err := os.WriteFile(filepath.Join(dir, "job.json"), b, 0o600); err != nil {
 		t.Fatal(err)
@@ -120,28 +120,28 @@ func TestRestartOnFullDisk(t *testing.T) {
 	if err != nil {
 		t.Fatalf("status from an agent started on a full disk: %v", err)
 	}
-	if st.State != runner.StateFailed || !strings.Contains(st.Unsaved, "could not save") {
+	if st.State != agent.StateFailed || !strings.Contains(st.Unsaved, "could not save") {
 		t.Fatalf("the in-flight job after a restart on a full disk: %s unsaved=%q, want failed and marked unsaved", st.State, st.Unsaved)
 	}
-	if onDisk := readState(t, dir); onDisk != runner.StateRunning {
+	if onDisk := readState(t, dir); onDisk != agent.StateRunning {
 		t.Fatalf("record on the full disk says %s, want the old state (the write cannot have happened)", onDisk)
 	}
 	os.Remove(filler)
 	waitFor(t, 10*time.Second, "the record to be saved after space was freed", func() bool {
-		return readState(t, dir) == runner.StateFailed
+		return readState(t, dir) == agent.StateFailed
 	})
 	if st, _ := ta.client.Job(context.Background(), "j-inflight"); st == nil || st.Unsaved != "" {
 		t.Errorf("status after the record was saved: %+v, want no unsaved note", st)
 	}
 }
 
-func readState(t *testing.T, dir string) runner.State {
+func readState(t *testing.T, dir string) agent.State {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(dir, "job.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var st runner.JobStatus
+	var st agent.JobStatus
 	if err := json.Unmarshal(b, &st); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestUnpackDiskFullIsServerError(t *testing.T) {
 	for i := range 100 {
 		files[fmt.Sprintf("f%03d", i)] = "y"
 	}
-	_, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, testfixture.WriteTree(t, files), nil)
+	_, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}}, testfixture.WriteTree(t, files), nil)
 	if err == nil || !strings.Contains(err.Error(), "507") || !strings.Contains(err.Error(), "state disk") || strings.Contains(err.Error(), "bad_request") {
 		t.Fatalf("a source that fills the disk while unpacking: %v, want a 507 naming the state disk", err)
 	}

@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"bufio"
@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 // TestLeftoverSweepKillsProcessGroup: the sweep kills a leftover QEMU's whole process
@@ -53,7 +53,7 @@ func TestLeftoverSweepKillsProcessGroup(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(child), "cmdline"))
 		return err == nil && strings.HasPrefix(string(b), "sleep")
 	})
-	killed, err := runner.KillLeftoverVMs(jobs)
+	killed, err := agent.KillLeftoverVMs(jobs)
 	if err != nil || len(killed) != 1 || killed[0] != cmd.Process.Pid {
 		t.Fatalf("sweep: killed %v, %v; want the stand-in QEMU %d", killed, err, cmd.Process.Pid)
 	}

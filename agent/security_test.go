@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"bufio"
@@ -24,7 +24,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 // exposedAgent starts an agent whose socket any user can reach (mode 0666 in a 0755
@@ -108,21 +108,21 @@ func TestRefusesUnknownUser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the agent stopped serving after a refusal: %v", err)
 	}
-	if st.Counts[runner.StateQueued] != 0 {
+	if st.Counts[agent.StateQueued] != 0 {
 		t.Errorf("status after refusal: %+v", st)
 	}
 
 	tb := exposedAgent(t, nil, []int{65534})
-	s := submitAsync(context.Background(), tb.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}, Env: map[string]string{"TOKEN": "secret"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	s := submitAsync(context.Background(), tb.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}, Env: map[string]string{"TOKEN": "secret"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	id := s.jobID(t)
-	waitState(t, tb.client, id, runner.StateRunning)
+	waitState(t, tb.client, id, agent.StateRunning)
 	code, out = runAsNobody(t, tb.cfg.Socket, id)
 	if code != 3 || strings.Contains(out, "status:") ||
 		!strings.Contains(out, fmt.Sprintf("job: agent: job %s belongs to uid %d; only its submitter or the agent's user (uid %d) may read it", id, os.Geteuid(), os.Geteuid())) ||
 		!strings.Contains(out, fmt.Sprintf("cancel: agent: job %s belongs to uid %d", id, os.Geteuid())) {
 		t.Errorf("allowed-by-gid client: exit %d, output %q; want status to work without others' environment, and reading or cancelling root's job refused", code, out)
 	}
-	if st, _ := tb.client.Job(context.Background(), id); st.State != runner.StateRunning {
+	if st, _ := tb.client.Job(context.Background(), id); st.State != agent.StateRunning {
 		t.Errorf("another user's cancel changed the job: %s", st.State)
 	}
 	if _, err := tb.client.Cancel(context.Background(), id); err != nil {
@@ -177,7 +177,7 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 	sum := sha256.Sum256(archive)
 	goodSource := fmt.Sprintf(`"source":{"sha256":"%s","size":%d}`, hex.EncodeToString(sum[:]), len(archive))
 
-	ct, huge := multipartSubmission(t, append([]byte(`{"command":["x"],"env":{"A":"`), bytes.Repeat([]byte("a"), runner.MaxSpecBytes)...), archive)
+	ct, huge := multipartSubmission(t, append([]byte(`{"command":["x"],"env":{"A":"`), bytes.Repeat([]byte("a"), agent.MaxSpecBytes)...), archive)
 	ct2, notJSON := multipartSubmission(t, []byte(`{"command":["x"`), archive)
 	ct3, unknown := multipartSubmission(t, []byte(`{"command":["x"],"colour":"red",`+goodSource+`}`), archive)
 	ct4, bigSource := multipartSubmission(t, []byte(`{"command":["x"],"source":{"sha256":"`+strings.Repeat("0", 64)+`","size":2097152}}`), archive)
@@ -189,10 +189,10 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 		req                []byte
 	}{
 		{"garbage", "400 Bad Request", "", []byte("GARBAGE\r\n\r\n")},
-		{"header too large", "431 Request Header Fields Too Large", "", fmt.Appendf(nil, "GET /v1/status HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", bytes.Repeat([]byte("b"), 2*runner.MaxHeaderBytes))},
+		{"header too large", "431 Request Header Fields Too Large", "", fmt.Appendf(nil, "GET /v1/status HTTP/1.1\r\nHost: a\r\nX-Big: %s\r\n\r\n", bytes.Repeat([]byte("b"), 2*agent.MaxHeaderBytes))},
 		{"unknown version", "404 Not Found", "this agent speaks API v1", []byte("GET /v2/status HTTP/1.1\r\nHost: a\r\n\r\n")},
 		{"not multipart", "400 Bad Request", "multipart/form-data", post(sock, "application/json", []byte(`{}`))},
-		{"spec too large", "413 Request Entity Too Large", fmt.Sprintf("the job spec is over %d bytes", runner.MaxSpecBytes), post(sock, ct, huge)},
+		{"spec too large", "413 Request Entity Too Large", fmt.Sprintf("the job spec is over %d bytes", agent.MaxSpecBytes), post(sock, ct, huge)},
 		{"spec not JSON", "400 Bad Request", "not valid JSON", post(sock, ct2, notJSON)},
 		{"unknown field", "400 Bad Request", `unknown field \"colour\"`, post(sock, ct3, unknown)},
 		{"source too large", "413 Request Entity Too Large", "the source archive is 2097152 bytes, this agent accepts at most 1048576", post(sock, ct4, bigSource)},
@@ -205,8 +205,8 @@ func TestMalformedAndOversizedRequests(t *testing.T) {
 		}
 	}
 	// Still serving, and nothing half-submitted is left.
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "fine"}), nil)
-	if err != nil || st.State != runner.StateSucceeded {
+	st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"ok"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "fine"}), nil)
+	if err != nil || st.State != agent.StateSucceeded {
 		t.Fatalf("a good job after the bad requests: %v %+v", err, st)
 	}
 	entries, _ := os.ReadDir(filepath.Join(ta.cfg.StateDir, "jobs"))

@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 // BenchmarkAgentThroughput: 50 jobs submitted at once to an agent with a stand-in
@@ -21,7 +21,7 @@ import (
 func BenchmarkAgentThroughput(b *testing.B) {
 	const jobs = 50
 	cfg := testConfig(shortDir(b))
-	cfg.Budget = runner.Budget{VCPUs: 8, MemoryMiB: 8192, VMs: 8, MinFreeDiskBytes: 1 << 20}
+	cfg.Budget = agent.Budget{VCPUs: 8, MemoryMiB: 8192, VMs: 8, MinFreeDiskBytes: 1 << 20}
 	cfg.KeepFinished = 2 * jobs
 	ta := startAgent(b, cfg, newStandIn(0))
 	srcs := make([]string, jobs)
@@ -59,11 +59,11 @@ func BenchmarkAgentThroughput(b *testing.B) {
 // runOne submits job i, waits for it and checks its result is its own.
 func runOne(ctx context.Context, b *testing.B, ta *testAgent, i int, src string) error {
 	cmd := fmt.Sprintf("job%d", i)
-	st, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{cmd}}}, src, nil)
+	st, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{cmd}}}, src, nil)
 	if err != nil {
 		return fmt.Errorf("job %d: %w", i, err)
 	}
-	if st.State != runner.StateSucceeded {
+	if st.State != agent.StateSucceeded {
 		return fmt.Errorf("job %d ended %s: %s", i, st.State, st.Reason)
 	}
 	out := filepath.Join(b.TempDir(), "out")

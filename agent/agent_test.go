@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -39,8 +39,8 @@ func TestFiftyJobsBudgetTwo(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"job", fmt.Sprint(i)}}}, src, func(ev runner.Event) {
-				if ev.Type == runner.EventLog {
+			st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"job", fmt.Sprint(i)}}}, src, func(ev agent.Event) {
+				if ev.Type == agent.EventLog {
 					s.logs.Write(ev.Log)
 				}
 			})
@@ -52,7 +52,7 @@ func TestFiftyJobsBudgetTwo(t *testing.T) {
 	seen := map[string]bool{}
 	for i, s := range subs {
 		st := s.s.wait(t)
-		if st.State != runner.StateSucceeded {
+		if st.State != agent.StateSucceeded {
 			t.Fatalf("job %d: %s (%s)", i, st.State, st.Reason)
 		}
 		if seen[st.ID] {
@@ -89,7 +89,7 @@ func TestFiftyJobsBudgetTwo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if status.Counts[runner.StateSucceeded] != n || len(status.Queued) != 0 || len(status.Running) != 0 || status.InUse != (runner.Usage{}) {
+	if status.Counts[agent.StateSucceeded] != n || len(status.Queued) != 0 || len(status.Running) != 0 || status.InUse != (agent.Usage{}) {
 		t.Errorf("after the run the agent reports %+v", status)
 	}
 }
@@ -100,34 +100,34 @@ func TestBudgetCountsVCPUsAndMemory(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	ctx := context.Background()
-	big := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}, VCPUs: 2}}, testfixture.WriteTree(t, map[string]string{"input.txt": "a"}))
+	big := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}, VCPUs: 2}}, testfixture.WriteTree(t, map[string]string{"input.txt": "a"}))
 	bigID := big.jobID(t)
-	waitState(t, ta.client, bigID, runner.StateRunning)
-	small := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"small"}, VCPUs: 1}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
+	waitState(t, ta.client, bigID, agent.StateRunning)
+	small := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"small"}, VCPUs: 1}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
 	smallID := small.jobID(t)
-	st := waitState(t, ta.client, smallID, runner.StateQueued)
+	st := waitState(t, ta.client, smallID, agent.StateQueued)
 	if st.QueuePosition != 1 {
 		t.Errorf("queue position %d, want 1", st.QueuePosition)
 	}
 	// It stays queued while the 2-vCPU job holds the whole vCPU budget.
 	time.Sleep(200 * time.Millisecond)
-	if st, _ := ta.client.Job(ctx, smallID); st.State != runner.StateQueued {
+	if st, _ := ta.client.Job(ctx, smallID); st.State != agent.StateQueued {
 		t.Fatalf("the 1-vCPU job is %s while the budget's 2 vCPUs are taken", st.State)
 	}
 	close(l.release)
-	if st := big.wait(t); st.State != runner.StateSucceeded {
+	if st := big.wait(t); st.State != agent.StateSucceeded {
 		t.Fatalf("big job: %s (%s)", st.State, st.Reason)
 	}
-	if st := small.wait(t); st.State != runner.StateSucceeded {
+	if st := small.wait(t); st.State != agent.StateSucceeded {
 		t.Fatalf("small job: %s (%s)", st.State, st.Reason)
 	}
 
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 3}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
-	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, expected 1..2 (this agent's budget)") {
+	_, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, VCPUs: 3}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
+	if !errors.Is(err, agent.ErrBadRequest) || !strings.Contains(err.Error(), "3 vCPUs, expected 1..2 (this agent's budget)") {
 		t.Errorf("a 3-vCPU job on a 2-vCPU budget: %v", err)
 	}
-	_, err = ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, MemoryMiB: 4096}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
-	if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), "4096 MiB") {
+	_, err = ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, MemoryMiB: 4096}}, testfixture.WriteTree(t, map[string]string{"input.txt": "c"}), nil)
+	if !errors.Is(err, agent.ErrBadRequest) || !strings.Contains(err.Error(), "4096 MiB") {
 		t.Errorf("a 4 GiB job on a 2 GiB budget: %v", err)
 	}
 }
@@ -141,16 +141,16 @@ func TestQueueLimitBusy(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
-	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
+	first := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	waitState(t, ta.client, first.jobID(t), agent.StateRunning)
 	var queued []*submission
 	for i := range 2 {
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
-		waitState(t, ta.client, s.jobID(t), runner.StateQueued)
+		s := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
+		waitState(t, ta.client, s.jobID(t), agent.StateQueued)
 		queued = append(queued, s)
 	}
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
-	if !errors.Is(err, runner.ErrBusy) {
+	_, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
+	if !errors.Is(err, agent.ErrBusy) {
 		t.Fatalf("submit beyond the queue limit: %v, want ErrBusy", err)
 	}
 	if !strings.Contains(err.Error(), "agent busy: 2 jobs are waiting, the queue limit is 2; retry later") || !strings.Contains(err.Error(), "429") {
@@ -158,7 +158,7 @@ func TestQueueLimitBusy(t *testing.T) {
 	}
 	close(l.release)
 	for _, s := range append(queued, first) {
-		if st := s.wait(t); st.State != runner.StateSucceeded {
+		if st := s.wait(t); st.State != agent.StateSucceeded {
 			t.Errorf("job %s: %s (%s)", st.ID, st.State, st.Reason)
 		}
 	}
@@ -173,25 +173,25 @@ func TestCancel(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	running := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	running := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 	runID := running.jobID(t)
-	waitState(t, ta.client, runID, runner.StateRunning)
-	queued := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
+	waitState(t, ta.client, runID, agent.StateRunning)
+	queued := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "2"}))
 	qID := queued.jobID(t)
-	waitState(t, ta.client, qID, runner.StateQueued)
+	waitState(t, ta.client, qID, agent.StateQueued)
 
 	if _, err := ta.client.Cancel(ctx, qID); err != nil {
 		t.Fatal(err)
 	}
 	st := queued.wait(t)
-	if st.State != runner.StateCancelled || st.Reason != "cancelled by uid 0" && st.Reason != fmt.Sprintf("cancelled by uid %d", os.Geteuid()) {
+	if st.State != agent.StateCancelled || st.Reason != "cancelled by uid 0" && st.Reason != fmt.Sprintf("cancelled by uid %d", os.Geteuid()) {
 		t.Errorf("queued job after cancel: %s (%s)", st.State, st.Reason)
 	}
 	if _, err := ta.client.Cancel(ctx, runID); err != nil {
 		t.Fatal(err)
 	}
 	st = running.wait(t)
-	if st.State != runner.StateCancelled || !strings.HasPrefix(st.Reason, runner.ReasonCancelled+" by uid") {
+	if st.State != agent.StateCancelled || !strings.HasPrefix(st.Reason, agent.ReasonCancelled+" by uid") {
 		t.Errorf("running job after cancel: %s (%s)", st.State, st.Reason)
 	}
 	l.mu.Lock()
@@ -204,10 +204,10 @@ func TestCancel(t *testing.T) {
 	if cause == nil {
 		t.Error("the running job's launcher never saw its context end")
 	}
-	if _, err := ta.client.Cancel(ctx, runID); !errors.Is(err, runner.ErrConflict) {
+	if _, err := ta.client.Cancel(ctx, runID); !errors.Is(err, agent.ErrConflict) {
 		t.Errorf("cancelling an ended job: %v, want ErrConflict", err)
 	}
-	if _, err := ta.client.Job(ctx, "000000000000"); !errors.Is(err, runner.ErrNotFound) {
+	if _, err := ta.client.Job(ctx, "000000000000"); !errors.Is(err, agent.ErrNotFound) {
 		t.Errorf("unknown job: %v, want ErrNotFound", err)
 	}
 	if err := ta.client.FetchResult(ctx, st, t.TempDir()); err == nil {
@@ -222,26 +222,26 @@ func TestDisconnect(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), l)
 	for _, keep := range []bool{false, true} {
 		ctx, cancel := context.WithCancel(context.Background())
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}, KeepOnDisconnect: keep}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+		s := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}, KeepOnDisconnect: keep}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
 		id := s.jobID(t)
-		waitState(t, ta.client, id, runner.StateRunning)
+		waitState(t, ta.client, id, agent.StateRunning)
 		cancel()
 		if r := <-s.done; !errors.Is(r.err, context.Canceled) {
 			t.Errorf("submit after its context ended: %v", r.err)
 		}
 		if !keep {
-			st := waitState(t, ta.client, id, runner.StateCancelled)
-			if st.Reason != runner.ReasonDisconnected {
-				t.Errorf("reason %q, want %q", st.Reason, runner.ReasonDisconnected)
+			st := waitState(t, ta.client, id, agent.StateCancelled)
+			if st.Reason != agent.ReasonDisconnected {
+				t.Errorf("reason %q, want %q", st.Reason, agent.ReasonDisconnected)
 			}
 			continue
 		}
 		time.Sleep(300 * time.Millisecond)
-		if st, _ := ta.client.Job(context.Background(), id); st.State != runner.StateRunning {
+		if st, _ := ta.client.Job(context.Background(), id); st.State != agent.StateRunning {
 			t.Fatalf("a job that asked to outlive its client is %s (%s) after the disconnect", st.State, st.Reason)
 		}
 		close(l.release)
-		st := waitState(t, ta.client, id, runner.StateSucceeded)
+		st := waitState(t, ta.client, id, agent.StateSucceeded)
 		var log strings.Builder
 		if err := ta.client.Log(context.Background(), id, true, &log); err != nil {
 			t.Fatal(err)
@@ -260,11 +260,11 @@ func TestDisconnect(t *testing.T) {
 func TestWallClockLimit(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, testConfig(shortDir(t)), l)
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}, WallClockSeconds: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}, WallClockSeconds: 1}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != runner.StateFailed || !strings.HasPrefix(st.Reason, runner.ReasonWallClock) || !strings.Contains(st.Reason, "1s") {
+	if st.State != agent.StateFailed || !strings.HasPrefix(st.Reason, agent.ReasonWallClock) || !strings.Contains(st.Reason, "1s") {
 		t.Errorf("job at its wall-clock limit: %s (%s)", st.State, st.Reason)
 	}
 	if st.WallClockSeconds != 1 {
@@ -276,11 +276,11 @@ func TestWallClockLimit(t *testing.T) {
 // code, and has no results.
 func TestBuildFailureRecorded(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
-	st, err := ta.client.Submit(context.Background(), runner.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
+	st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"fail"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.State != runner.StateFailed || !strings.Contains(st.Reason, "exited with code 3") || st.ExitCode == nil || *st.ExitCode != 3 || st.Result != nil {
+	if st.State != agent.StateFailed || !strings.Contains(st.Reason, "exited with code 3") || st.ExitCode == nil || *st.ExitCode != 3 || st.Result != nil {
 		t.Errorf("failed build: %+v", st)
 	}
 }
@@ -290,21 +290,21 @@ func TestSpecRejected(t *testing.T) {
 	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
 	src := testfixture.WriteTree(t, map[string]string{"input.txt": "1"})
 	for _, c := range []struct {
-		spec runner.JobSpec
+		spec agent.JobSpec
 		want string
 	}{
-		{runner.JobSpec{}, "command"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, TEE: "snp"}}, `asks for TEE "snp", this agent runs "sim" jobs`},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Workdir: "../up"}}, "workdir"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Env: map[string]string{"BAD NAME": "1"}}}, "env entry"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Artifacts: []string{"/abs"}}}, "artifact pattern"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}}, "output cap"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}}, "source.objectFormat"},
-		{runner.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}}, "source.commitObject"},
+		{agent.JobSpec{}, "command"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, TEE: "snp"}}, `asks for TEE "snp", this agent runs "sim" jobs`},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Workdir: "../up"}}, "workdir"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Env: map[string]string{"BAD NAME": "1"}}}, "env entry"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Artifacts: []string{"/abs"}}}, "artifact pattern"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}}, "output cap"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}}, "source.objectFormat"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}}, "source.commitObject"},
 	} {
 		_, err := ta.client.Submit(context.Background(), c.spec, src, nil)
-		if !errors.Is(err, runner.ErrBadRequest) || !strings.Contains(err.Error(), c.want) {
+		if !errors.Is(err, agent.ErrBadRequest) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("spec %+v: %v, want a bad request naming %q", c.spec, err, c.want)
 		}
 	}

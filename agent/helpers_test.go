@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"context"
@@ -15,8 +15,8 @@ import (
 
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
-	"github.com/cloche-dev/cloche/runner/client"
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 )
 
 // standIn is a fast Launcher for scheduler tests: it reads input.txt from the source,
@@ -38,7 +38,7 @@ func newStandIn(delay time.Duration) *standIn {
 	return &standIn{delay: delay, release: make(chan struct{}), launched: map[string]time.Time{}, stopped: map[string]error{}}
 }
 
-func (s *standIn) Launch(ctx context.Context, req runner.LaunchRequest) (*build.Outcome, error) {
+func (s *standIn) Launch(ctx context.Context, req agent.LaunchRequest) (*build.Outcome, error) {
 	s.mu.Lock()
 	s.launched[req.JobID] = time.Now()
 	s.running++
@@ -111,11 +111,11 @@ func shortDir(t testing.TB) string {
 }
 
 // testConfig is a budget of two small VMs.
-func testConfig(state string) runner.Config {
-	return runner.Config{
+func testConfig(state string) agent.Config {
+	return agent.Config{
 		StateDir:         state,
 		Socket:           filepath.Join(state, "agent.sock"),
-		Budget:           runner.Budget{VCPUs: 2, MemoryMiB: 2048, VMs: 2, MinFreeDiskBytes: 1 << 20},
+		Budget:           agent.Budget{VCPUs: 2, MemoryMiB: 2048, VMs: 2, MinFreeDiskBytes: 1 << 20},
 		QueueLimit:       100,
 		UserQueueLimit:   100,
 		UserUploads:      100,
@@ -127,17 +127,17 @@ func testConfig(state string) runner.Config {
 }
 
 type testAgent struct {
-	agent  *runner.Agent
+	agent  *agent.Agent
 	client *client.Client
-	cfg    runner.Config
+	cfg    agent.Config
 	stop   func()
 }
 
 // startAgent runs an agent in this process on its real socket until the test ends.
-func startAgent(t testing.TB, cfg runner.Config, l runner.Launcher) *testAgent {
+func startAgent(t testing.TB, cfg agent.Config, l agent.Launcher) *testAgent {
 	t.Helper()
-	cfg = cfg.WithDefaults(runner.HostResources{CPUs: 2, MemoryMiB: 4096})
-	a, err := runner.New(runner.Options{Config: cfg, Launcher: l, Version: "0.1.0-test", PublicKeyPath: "/nonexistent/key.pub",
+	cfg = cfg.WithDefaults(agent.HostResources{CPUs: 2, MemoryMiB: 4096})
+	a, err := agent.New(agent.Options{Config: cfg, Launcher: l, Version: "0.1.0-test", PublicKeyPath: "/nonexistent/key.pub",
 		Logger: slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))})
 	if err != nil {
 		t.Fatal(err)
@@ -191,15 +191,15 @@ type submission struct {
 }
 
 type result struct {
-	st  *runner.JobStatus
+	st  *agent.JobStatus
 	err error
 }
 
-func submitAsync(ctx context.Context, c *client.Client, spec runner.JobSpec, src string) *submission {
+func submitAsync(ctx context.Context, c *client.Client, spec agent.JobSpec, src string) *submission {
 	s := &submission{id: make(chan string, 1), done: make(chan result, 1)}
 	go func() {
 		sent := false
-		st, err := c.Submit(ctx, spec, src, func(ev runner.Event) {
+		st, err := c.Submit(ctx, spec, src, func(ev agent.Event) {
 			if !sent && ev.Job != nil {
 				s.id <- ev.Job.ID
 				sent = true
@@ -213,7 +213,7 @@ func submitAsync(ctx context.Context, c *client.Client, spec runner.JobSpec, src
 	return s
 }
 
-func (s *submission) wait(t testing.TB) *runner.JobStatus {
+func (s *submission) wait(t testing.TB) *agent.JobStatus {
 	t.Helper()
 	select {
 	case r := <-s.done:
@@ -242,9 +242,9 @@ func (s *submission) jobID(t testing.TB) string {
 	return ""
 }
 
-func waitState(t testing.TB, c *client.Client, id string, want runner.State) *runner.JobStatus {
+func waitState(t testing.TB, c *client.Client, id string, want agent.State) *agent.JobStatus {
 	t.Helper()
-	var st *runner.JobStatus
+	var st *agent.JobStatus
 	waitFor(t, 3*time.Minute, fmt.Sprintf("job %s to be %s", id, want), func() bool {
 		var err error
 		st, err = c.Job(context.Background(), id)

@@ -19,7 +19,7 @@
 //	                            deterministic tar whose digest JobStatus.Result names)
 //
 // Errors are JSON bodies {"code": ..., "error": ...} with a 4xx or 5xx status.
-package runner
+package agent
 
 import (
 	"errors"

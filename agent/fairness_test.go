@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"bufio"
@@ -19,7 +19,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 )
 
 // childHog is a greedy user: it opens CLOCHE_RUNNER_TEST_UPLOADS submissions that send the
@@ -128,7 +128,7 @@ func TestGreedyUserCannotStarveAnother(t *testing.T) {
 	cfg.SocketMode = "0666"
 	cfg.AllowedUIDs = []int{65534}
 	cfg.QueueLimit, cfg.UserQueueLimit, cfg.UserUploads, cfg.UserConnections = 64, 0, 0, 0 // the defaults
-	cfg.UploadIdleTimeout = runner.Duration(3 * time.Second)
+	cfg.UploadIdleTimeout = agent.Duration(3 * time.Second)
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 
@@ -174,7 +174,7 @@ func TestGreedyUserCannotStarveAnother(t *testing.T) {
 		t.Errorf("status shows %d uploads arriving, want A's 4", st.Uploading)
 	}
 	start = time.Now()
-	sub := submitAsync(context.Background(), ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"b"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
+	sub := submitAsync(context.Background(), ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"b"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "b"}))
 	id := sub.jobID(t)
 	waitFor(t, time.Second, "user B's job to launch", func() bool {
 		l.mu.Lock()
@@ -183,7 +183,7 @@ func TestGreedyUserCannotStarveAnother(t *testing.T) {
 		return ok
 	})
 	t.Logf("user B's job launched %s after it was submitted", time.Since(start).Round(time.Millisecond))
-	if st := sub.wait(t); st.State != runner.StateSucceeded {
+	if st := sub.wait(t); st.State != agent.StateSucceeded {
 		t.Errorf("user B's job: %s (%s)", st.State, st.Reason)
 	}
 	waitFor(t, 5*time.Second, "A's stalled uploads to be dropped after the upload timeout", func() bool {
@@ -201,22 +201,22 @@ func TestUserQueueLimit(t *testing.T) {
 	l := newStandIn(0)
 	ta := startAgent(t, cfg, l)
 	ctx := context.Background()
-	first := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
-	waitState(t, ta.client, first.jobID(t), runner.StateRunning)
+	first := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"block"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "1"}))
+	waitState(t, ta.client, first.jobID(t), agent.StateRunning)
 	var queued []*submission
 	for i := range 2 {
-		s := submitAsync(ctx, ta.client, runner.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
-		waitState(t, ta.client, s.jobID(t), runner.StateQueued)
+		s := submitAsync(ctx, ta.client, agent.JobSpec{Spec: job.Spec{Command: []string{"q", fmt.Sprint(i)}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "q"}))
+		waitState(t, ta.client, s.jobID(t), agent.StateQueued)
 		queued = append(queued, s)
 	}
-	_, err := ta.client.Submit(ctx, runner.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
+	_, err := ta.client.Submit(ctx, agent.JobSpec{Spec: job.Spec{Command: []string{"one-too-many"}}}, testfixture.WriteTree(t, map[string]string{"input.txt": "x"}), nil)
 	want := fmt.Sprintf("the queue of uid %d is full: 2 of its jobs are waiting, the limit per user is 2", os.Geteuid())
-	if !errors.Is(err, runner.ErrBusy) || !strings.Contains(err.Error(), want) {
+	if !errors.Is(err, agent.ErrBusy) || !strings.Contains(err.Error(), want) {
 		t.Errorf("submit beyond the user's queue limit: %v, want busy with %q", err, want)
 	}
 	close(l.release)
 	for _, s := range append(queued, first) {
-		if st := s.wait(t); st.State != runner.StateSucceeded {
+		if st := s.wait(t); st.State != agent.StateSucceeded {
 			t.Errorf("job %s: %s (%s)", st.ID, st.State, st.Reason)
 		}
 	}

@@ -1,4 +1,4 @@
-package runner_test
+package agent_test
 
 import (
 	"bytes"
@@ -24,8 +24,8 @@ import (
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
-	"github.com/cloche-dev/cloche/runner"
-	"github.com/cloche-dev/cloche/runner/client"
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -57,19 +57,19 @@ func newVMEnv(t *testing.T) *vmEnv {
 }
 
 // launcher runs jobs on a host configured as the agent configures its own (host.New).
-func (e *vmEnv) launcher(t *testing.T) runner.HostLauncher {
+func (e *vmEnv) launcher(t *testing.T) agent.HostLauncher {
 	t.Helper()
 	h, err := host.New(context.Background(), host.Config{StateDir: t.TempDir(), TEE: attest.TEESim, SigningKey: e.key,
 		GuestImage: e.guestImage, Toolchain: e.toolchain, SimDir: e.simDir, Accel: "tcg", Version: "0.1.0-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return runner.HostLauncher{Host: h}
+	return agent.HostLauncher{Host: h}
 }
 
 // vmSpec is a small VM job running a shell script from the source.
-func vmSpec(script ...string) runner.JobSpec {
-	return runner.JobSpec{Spec: job.Spec{Command: append([]string{"sh", "-c"}, strings.Join(script, "\n")), VCPUs: 1, MemoryMiB: 512, TimeoutSeconds: 300, MaxOutputBytes: 1 << 20}}
+func vmSpec(script ...string) agent.JobSpec {
+	return agent.JobSpec{Spec: job.Spec{Command: append([]string{"sh", "-c"}, strings.Join(script, "\n")), VCPUs: 1, MemoryMiB: 512, TimeoutSeconds: 300, MaxOutputBytes: 1 << 20}}
 }
 
 // TestRealBuildsBudgetTwo: four real VM builds submitted at once against a budget of two
@@ -88,11 +88,11 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st, err := ta.client.Submit(context.Background(), vmSpec("mkdir -p dist", "cat input.txt > dist/out.txt", "echo built by job-"+fmt.Sprint(i)+" >> dist/out.txt", "echo log-of-job-"+fmt.Sprint(i)), src, func(ev runner.Event) {
-				if ev.Type == runner.EventLog {
+			st, err := ta.client.Submit(context.Background(), vmSpec("mkdir -p dist", "cat input.txt > dist/out.txt", "echo built by job-"+fmt.Sprint(i)+" >> dist/out.txt", "echo log-of-job-"+fmt.Sprint(i)), src, func(ev agent.Event) {
+				if ev.Type == agent.EventLog {
 					logs[i].Write(ev.Log)
 				}
-				if ev.Job != nil && ev.Job.State == runner.StateRunning {
+				if ev.Job != nil && ev.Job.State == agent.StateRunning {
 					s, err := ta.client.Status(context.Background())
 					if err == nil {
 						mu.Lock()
@@ -114,7 +114,7 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 			t.Fatalf("job %d: %v", i, r.err)
 		}
 		st := r.st
-		if st.State != runner.StateSucceeded {
+		if st.State != agent.StateSucceeded {
 			t.Fatalf("job %d: %s: %s", i, st.State, st.Reason)
 		}
 		out := filepath.Join(t.TempDir(), "out")
@@ -180,12 +180,12 @@ func TestRealStopPaths(t *testing.T) {
 	st := cancelled.wait(t)
 	waitFor(t, 15*time.Second, "QEMU to be gone after the cancel", func() bool { return vmsOf(t, jobs, cid) == 0 })
 	t.Logf("cancel: job ended and QEMU gone %s after the request", time.Since(start).Round(time.Millisecond))
-	if st.State != runner.StateCancelled || !strings.HasPrefix(st.Reason, "cancelled by uid") {
+	if st.State != agent.StateCancelled || !strings.HasPrefix(st.Reason, "cancelled by uid") {
 		t.Errorf("cancelled job: %s (%s)", st.State, st.Reason)
 	}
 
 	st = walled.wait(t)
-	if st.State != runner.StateFailed || !strings.HasPrefix(st.Reason, runner.ReasonWallClock) {
+	if st.State != agent.StateFailed || !strings.HasPrefix(st.Reason, agent.ReasonWallClock) {
 		t.Fatalf("job past its wall-clock limit: %s (%s)", st.State, st.Reason)
 	}
 	if n := vmsOf(t, jobs, wid); n != 0 {
@@ -206,7 +206,7 @@ func TestRealStopPaths(t *testing.T) {
 // vmsOf counts QEMU processes working for one job.
 func vmsOf(t *testing.T, jobsDir, id string) int {
 	t.Helper()
-	pids, err := runner.FindVMs(filepath.Join(jobsDir, id))
+	pids, err := agent.FindVMs(filepath.Join(jobsDir, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ type childAgentProc struct {
 	stderr *bytes.Buffer
 }
 
-func startChildAgent(t *testing.T, cfg runner.Config, simDir string) *childAgentProc {
+func startChildAgent(t *testing.T, cfg agent.Config, simDir string) *childAgentProc {
 	t.Helper()
 	b, err := json.Marshal(cfg)
 	if err != nil {
@@ -268,7 +268,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	e := newVMEnv(t)
 	state := shortDir(t)
 	cfg := testConfig(state)
-	cfg.Launch = runner.LaunchConfig{GuestImage: e.guestImage, Toolchain: e.toolchain, SigningKey: e.key, Accel: "tcg"}
+	cfg.Launch = agent.LaunchConfig{GuestImage: e.guestImage, Toolchain: e.toolchain, SigningKey: e.key, Accel: "tcg"}
 	jobs := filepath.Join(state, "jobs")
 	ctx := context.Background()
 
@@ -276,7 +276,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	c := client.New(cfg.Socket)
 	defer c.Close()
 	done, err := c.Submit(ctx, vmSpec("mkdir -p dist", "echo finished before the crash > dist/out.txt"), testfixture.WriteTree(t, map[string]string{"input.txt": "1"}), nil)
-	if err != nil || done.State != runner.StateSucceeded {
+	if err != nil || done.State != agent.StateSucceeded {
 		t.Fatalf("first job: %v %+v\nagent log:\n%s", err, done, first.stderr)
 	}
 
@@ -291,7 +291,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 		c.Log(ctx, id, false, &log)
 		return strings.Contains(log.String(), "build-started")
 	})
-	pids, err := runner.FindVMs(jobs)
+	pids, err := agent.FindVMs(jobs)
 	if err != nil || len(pids) != 1 {
 		t.Fatalf("QEMU processes before the kill: %v %v", pids, err)
 	}
@@ -302,7 +302,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	first.cmd.Wait()
 	killed := time.Now()
 	waitFor(t, 10*time.Second, "QEMU to die with the agent", func() bool {
-		left, _ := runner.FindVMs(jobs)
+		left, _ := agent.FindVMs(jobs)
 		return len(left) == 0
 	})
 	t.Logf("QEMU (pid %d) gone %s after the agent was killed", pids[0], time.Since(killed).Round(time.Millisecond))
@@ -315,11 +315,11 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("job after the restart: %v\nagent log:\n%s", err, second.stderr)
 	}
-	if st.State != runner.StateFailed || !strings.HasPrefix(st.Reason, runner.ReasonRestarted) {
+	if st.State != agent.StateFailed || !strings.HasPrefix(st.Reason, agent.ReasonRestarted) {
 		t.Errorf("in-flight job after the restart: %s (%s)", st.State, st.Reason)
 	}
 	old, err := c.Job(ctx, done.ID)
-	if err != nil || old.State != runner.StateSucceeded {
+	if err != nil || old.State != agent.StateSucceeded {
 		t.Fatalf("finished job after the restart: %v %+v", err, old)
 	}
 	out := filepath.Join(t.TempDir(), "out")
@@ -332,7 +332,7 @@ func TestKillAgentDuringBuild(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, build.BundleName)); err != nil {
 		t.Errorf("finished job's bundle after the restart: %v", err)
 	}
-	if left, _ := runner.FindVMs(jobs); len(left) != 0 {
+	if left, _ := agent.FindVMs(jobs); len(left) != 0 {
 		t.Errorf("QEMU processes after the restart: %v", left)
 	}
 	second.cmd.Process.Signal(syscall.SIGTERM)
@@ -396,7 +396,7 @@ func TestRealOutputDiskFull(t *testing.T) {
 	st := sub.wait(t)
 	took := time.Since(filled)
 	t.Logf("job ended %s after the disk filled: %s (%s)", took.Round(time.Millisecond), st.State, st.Reason)
-	if st.State != runner.StateFailed || !strings.Contains(st.Reason, "output disk full") {
+	if st.State != agent.StateFailed || !strings.Contains(st.Reason, "output disk full") {
 		t.Fatalf("job on a full disk: %s (%s), want failed naming the output disk full", st.State, st.Reason)
 	}
 	if took > 60*time.Second {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/runner"
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -49,9 +49,9 @@ func pack(t *testing.T, files map[string]string) ([]byte, job.Digest) {
 	return b.Bytes(), job.Digest{SHA256: sum, Size: size}
 }
 
-func status(d job.Digest, artifacts ...string) *runner.JobStatus {
-	st := &runner.JobStatus{ID: "j1", State: runner.StateSucceeded, Spec: runner.JobSpec{Spec: job.Spec{MaxOutputBytes: 1 << 20}},
-		Result: &runner.JobResult{Bundle: "provenance.sigstore.json", Archive: d}}
+func status(d job.Digest, artifacts ...string) *agent.JobStatus {
+	st := &agent.JobStatus{ID: "j1", State: agent.StateSucceeded, Spec: agent.JobSpec{Spec: job.Spec{MaxOutputBytes: 1 << 20}},
+		Result: &agent.JobResult{Bundle: "provenance.sigstore.json", Archive: d}}
 	for _, a := range artifacts {
 		st.Result.Artifacts = append(st.Result.Artifacts, job.Artifact{Path: a})
 	}
@@ -80,13 +80,13 @@ func TestFetchResult(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		archive []byte
-		st      *runner.JobStatus
+		st      *agent.JobStatus
 		want    string
 	}{
 		{"digest", tampered, status(d, "dist/app"), "digest mismatch"},
 		{"extra file", extra, status(de, "dist/app"), "dist/evil.sh, which its result does not name"},
 		{"missing file", archive, status(d, "dist/app", "dist/other"), "has 2 files, its result names 3"},
-		{"not succeeded", archive, &runner.JobStatus{ID: "j1", State: runner.StateFailed}, "it has no results"},
+		{"not succeeded", archive, &agent.JobStatus{ID: "j1", State: agent.StateFailed}, "it has no results"},
 	} {
 		out := filepath.Join(t.TempDir(), "out")
 		err := New(fakeAgent(t, c.archive)).FetchResult(context.Background(), c.st, out)
