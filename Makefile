@@ -6,7 +6,7 @@ export GOFLAGS := -buildvcs=false
 
 VERSION ?= 0.1.0-dev
 BIN := bin
-# Both binaries are static and reproducible: the guest agent is part of the measured guest
+# Both binaries are static and reproducible: the guest init is part of the measured guest
 # image, so the same source must give the same bytes.
 # The commit `cloche version` prints (GOFLAGS has -buildvcs=false, so Go records none).
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
@@ -25,14 +25,14 @@ build: $(BIN)/cloche $(BIN)/cloche-guest
 $(BIN)/cloche: FORCE
 	$(GOBUILD) -o $@ ./cmd/cloche $(call explain,go build ./cmd/cloche)
 
-# The guest agent is built with the Go release pinned in image/guestimage/GO_TOOLCHAIN, whatever
+# The guest init is built with the Go release pinned in image/guestimage/GO_TOOLCHAIN, whatever
 # Go runs make: its bytes are part of the guest image's launch measurement.
 $(BIN)/cloche-guest: FORCE
-	GO=$(GO) bash scripts/build-guest-agent.sh $@ $(call explain,scripts/build-guest-agent.sh)
+	GO=$(GO) bash scripts/build-guest-init.sh $@ $(call explain,scripts/build-guest-init.sh)
 
 # What a release publishes (.github/workflows/release.yml builds it in the confidential VM):
 # cloche for each platform it runs on (Linux only: the VMM and the sandbox are Linux's), named
-# cloche-OS-ARCH as scripts/install-cloche.sh picks them, the guest agent, and checksums.txt
+# cloche-OS-ARCH as scripts/install-cloche.sh picks them, the guest init, and checksums.txt
 # (sha256sum's format) listing them, every one a subject of the release's provenance.
 RELEASE_PLATFORMS := linux-amd64 linux-arm64
 RELEASE_BINS := $(foreach p,$(RELEASE_PLATFORMS),$(BIN)/cloche-$(p))

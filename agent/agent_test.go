@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/source"
 )
 

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 )
 
 // BenchmarkAgentThroughput: 50 jobs submitted at once to an agent with a stand-in

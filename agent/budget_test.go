@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 )
 
 // randomSource is a source directory holding input.txt and size random bytes.

@@ -119,7 +119,7 @@ type LaunchConfig struct {
 
 // HostConfig is the host the agent runs its jobs on (host.New), from the configuration:
 // its state directory, TEE and launch settings. The caller adds the version, logger and
-// guest agent.
+// guest init.
 func (c *Config) HostConfig() host.Config {
 	l := c.Launch
 	hc := host.Config{

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 )
 
 // childHog is a greedy user: it opens CLOCHE_RUNNER_TEST_UPLOADS submissions that send the

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/build"
-	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/agent/client"
+	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/job"
 )
 
 // standIn is a fast Launcher for scheduler tests: it reads input.txt from the source,

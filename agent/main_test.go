@@ -10,9 +10,9 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/agent/client"
+	"github.com/cloche-dev/cloche/host"
 )
 
 // The test binary doubles as the child processes some tests need: an agent that a test

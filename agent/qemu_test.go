@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/simsp"
 	"github.com/cloche-dev/cloche/build"
@@ -24,8 +26,6 @@ import (
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
-	"github.com/cloche-dev/cloche/agent"
-	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/verify"
 )
 

@@ -22,9 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 )
 
 // exposedAgent starts an agent whose socket any user can reach (mode 0666 in a 0755

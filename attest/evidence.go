@@ -4,7 +4,7 @@
 // digest a guest reads from them, and the sentinel errors every check wraps.
 //
 // It is the leaf of the attestation packages and imports no vendor library, so that the
-// guest agent (PID 1 of the measured initramfs) links no verifier. The roles live beside it,
+// guest init (PID 1 of the measured initramfs) links no verifier. The roles live beside it,
 // following go-sev-guest's client / verify / testing split:
 //
 //   - attest/client: the in-guest providers that ask the TEE for a report (configfs-tsm for

@@ -1,4 +1,4 @@
-// Package guest is the guest agent: PID 1 of the confidential VM's initramfs. It reads the
+// Package guest is the guest init: PID 1 of the confidential VM's initramfs. It reads the
 // launch-bound manifest digest from its own hardware report, checks the input disk against
 // it, mounts the toolchain through dm-verity, runs the build without network as an
 // unprivileged user, collects the artifacts, binds the result record into a fresh report
@@ -55,7 +55,7 @@ const maxArchiveSize = 8 << 30
 // digest: SHA-512("cloche-launch-probe").
 var launchProbe = sha512.Sum512([]byte("cloche-launch-probe"))
 
-// Config holds every path the agent touches, so its parts can run against test trees.
+// Config holds every path the guest init touches, so its parts can run against test trees.
 type Config struct {
 	SysRoot     string // /sys
 	DevRoot     string // /dev
@@ -86,7 +86,7 @@ func Main() {
 	if IsSandboxInvocation() {
 		SandboxMain()
 	}
-	a := newAgent(DefaultConfig())
+	a := newInitRun(DefaultConfig())
 	ctx, cancel := context.WithCancelCause(context.Background())
 	a.cancel = cancel
 	func() {
@@ -101,11 +101,11 @@ func Main() {
 	powerOff()
 }
 
-// agent is one run of the guest.
-type agent struct {
+// initRun is one run of the guest init (PID 1).
+type initRun struct {
 	cfg  Config
 	log  *slog.Logger
-	step atomic.Value // string: what the agent is doing, for the watchdog's message
+	step atomic.Value // string: what the guest init is doing, for the watchdog's message
 	// cancel stops the main flow (and kills a running build) when the watchdog fires.
 	cancel context.CancelCauseFunc
 
@@ -129,8 +129,8 @@ type buildState struct {
 	artifacts []ArtifactFile
 }
 
-func newAgent(cfg Config) *agent {
-	a := &agent{cfg: cfg}
+func newInitRun(cfg Config) *initRun {
+	a := &initRun{cfg: cfg}
 	a.log = slog.New(slog.NewTextHandler(&prefixWriter{w: cfg.Console, prefix: "cloche-guest: "}, &slog.HandlerOptions{
 		ReplaceAttr: func(groups []string, at slog.Attr) slog.Attr {
 			if len(groups) == 0 && at.Key == slog.TimeKey {
@@ -145,7 +145,7 @@ func newAgent(cfg Config) *agent {
 
 // update changes the build state under outMu, so that the watchdog, which may record a
 // failure from its own goroutine, never sees it half-changed.
-func (a *agent) update(f func(st *buildState)) {
+func (a *initRun) update(f func(st *buildState)) {
 	a.outMu.Lock()
 	defer a.outMu.Unlock()
 	if a.state != nil {
@@ -153,7 +153,7 @@ func (a *agent) update(f func(st *buildState)) {
 	}
 }
 
-func (a *agent) setStep(s string) {
+func (a *initRun) setStep(s string) {
 	a.step.Store(s)
 	a.log.Info(s)
 }
@@ -168,7 +168,7 @@ func (e *stepError) Error() string { return e.step + ": " + e.err.Error() }
 func (e *stepError) Unwrap() error { return e.err }
 
 // run does the whole job and records its outcome on the output disk.
-func (a *agent) run(ctx context.Context) {
+func (a *initRun) run(ctx context.Context) {
 	res, err := a.runJob(ctx)
 	if err != nil {
 		a.fail(err)
@@ -178,7 +178,7 @@ func (a *agent) run(ctx context.Context) {
 }
 
 // runJob runs steps 1 to 7. With an error, whatever is in a.state describes the failure.
-func (a *agent) runJob(ctx context.Context) (*buildState, error) {
+func (a *initRun) runJob(ctx context.Context) (*buildState, error) {
 	wd, err := a.startGuest()
 	if err != nil {
 		return nil, err
@@ -221,7 +221,7 @@ func (a *agent) runJob(ctx context.Context) (*buildState, error) {
 
 // doStep announces a step (on the console and for the watchdog's message), runs it and
 // names it in its error.
-func (a *agent) doStep(name string, f func() error) error {
+func (a *initRun) doStep(name string, f func() error) error {
 	a.setStep(name)
 	if err := f(); err != nil {
 		return &stepError{step: name, err: err}
@@ -231,7 +231,7 @@ func (a *agent) doStep(name string, f func() error) error {
 
 // startGuest mounts the early file systems, checks that SysRq is off, arms the early
 // watchdog and loads the kernel modules.
-func (a *agent) startGuest() (*watchdog, error) {
+func (a *initRun) startGuest() (*watchdog, error) {
 	if err := a.doStep("mounting proc, sysfs, devtmpfs and tmpfs", mountEarly); err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func (a *agent) startGuest() (*watchdog, error) {
 // openDevices opens the output disk first (so every later failure can be recorded on it),
 // finds the input and toolchain disks, opens the TEE evidence device and reads the
 // launch-bound manifest digest from the guest's own report.
-func (a *agent) openDevices(ctx context.Context) (disks map[string]BlockDevice, launch [32]byte, err error) {
+func (a *initRun) openDevices(ctx context.Context) (disks map[string]BlockDevice, launch [32]byte, err error) {
 	if err := a.doStep("finding the output disk", a.openOutputDisk); err != nil {
 		return nil, launch, err
 	}
@@ -278,7 +278,7 @@ func (a *agent) openDevices(ctx context.Context) (disks map[string]BlockDevice, 
 }
 
 // openOutputDisk finds and opens the output disk for the failure and result records.
-func (a *agent) openOutputDisk() error {
+func (a *initRun) openOutputDisk() error {
 	d, err := FindDisks(a.cfg.SysRoot, a.cfg.DevRoot, SerialOutput)
 	if err != nil {
 		return err
@@ -295,7 +295,7 @@ func (a *agent) openOutputDisk() error {
 
 // checkManifest reads the input disk's manifest, checks it against the launch digest and
 // checks that it asks for the TEE the guest's evidence comes from.
-func (a *agent) checkManifest(d BlockDevice, launch [32]byte) (input *disk.Input, m *job.Manifest, err error) {
+func (a *initRun) checkManifest(d BlockDevice, launch [32]byte) (input *disk.Input, m *job.Manifest, err error) {
 	err = a.doStep("reading and checking the manifest on the input disk", func() error {
 		var err error
 		input, m, err = readManifest(d, launch)
@@ -315,7 +315,7 @@ func (a *agent) checkManifest(d BlockDevice, launch [32]byte) (input *disk.Input
 
 // newBuildState starts the result record of a verified manifest and makes it a.state, so
 // that from here on every failure produces a result record.
-func (a *agent) newBuildState(m *job.Manifest, launchHex string) *buildState {
+func (a *initRun) newBuildState(m *job.Manifest, launchHex string) *buildState {
 	st := &buildState{
 		manifest: m,
 		result: job.Result{
@@ -336,7 +336,7 @@ func (a *agent) newBuildState(m *job.Manifest, launchHex string) *buildState {
 // prepareBuild creates the run directory and the (empty) log, mounts the toolchain,
 // prepares the build root and unpacks and attests the source into it. before is the
 // source tree's snapshot when the manifest lists no artifact patterns.
-func (a *agent) prepareBuild(ctx context.Context, toolchain BlockDevice, input *disk.Input, st *buildState) (root *BuildRoot, before TreeSnapshot, err error) {
+func (a *initRun) prepareBuild(ctx context.Context, toolchain BlockDevice, input *disk.Input, st *buildState) (root *BuildRoot, before TreeSnapshot, err error) {
 	m := st.manifest
 	if err := os.MkdirAll(a.cfg.RunDir, 0o700); err != nil {
 		return nil, nil, err
@@ -376,7 +376,7 @@ func (a *agent) prepareBuild(ctx context.Context, toolchain BlockDevice, input *
 
 // recordSourceCommit puts the commit (and tag) computed from the manifest's git objects
 // into the result record; nothing without a commit object.
-func (a *agent) recordSourceCommit(m *job.Manifest, tree string) error {
+func (a *initRun) recordSourceCommit(m *job.Manifest, tree string) error {
 	att, err := attestSource(m, tree)
 	if err != nil || att == nil {
 		return err
@@ -390,7 +390,7 @@ func (a *agent) recordSourceCommit(m *job.Manifest, tree string) error {
 
 // runBuild runs the command in the sandbox and records its duration, log and exit code. A
 // command that ran to an exit is not an error, whatever its exit code.
-func (a *agent) runBuild(ctx context.Context, root *BuildRoot, st *buildState) (*CommandResult, error) {
+func (a *initRun) runBuild(ctx context.Context, root *BuildRoot, st *buildState) (*CommandResult, error) {
 	m := st.manifest
 	a.setStep("running the command")
 	res, err := RunCommand(ctx, CommandSpec{
@@ -422,7 +422,7 @@ func (a *agent) runBuild(ctx context.Context, root *BuildRoot, st *buildState) (
 }
 
 // collectArtifacts collects the artifacts of a successful build into the result record.
-func (a *agent) collectArtifacts(root *BuildRoot, m *job.Manifest, before TreeSnapshot, res *CommandResult) error {
+func (a *initRun) collectArtifacts(root *BuildRoot, m *job.Manifest, before TreeSnapshot, res *CommandResult) error {
 	return a.doStep("collecting artifacts", func() error {
 		arts, err := CollectArtifacts(root.Src, m.Artifacts, before, res.Log.Size, min(m.MaxOutputBytes, a.outSize))
 		if err != nil {
@@ -502,7 +502,7 @@ func attestSource(m *job.Manifest, tree string) (*source.Attested, error) {
 // openProvider prefers configfs-tsm (real SNP/TDX), then the guest drivers' devices
 // (/dev/sev-guest, /dev/tdx_guest), and falls back to the simulated TEE's virtio-serial port.
 // Whichever it picks, the rest of the run is the same code path.
-func (a *agent) openProvider() (attest.Provider, error) {
+func (a *initRun) openProvider() (attest.Provider, error) {
 	var tsmErr error
 	if err := mountConfigfs(a.cfg.ConfigfsDir); err != nil {
 		tsmErr = err
@@ -520,7 +520,7 @@ func (a *agent) openProvider() (attest.Provider, error) {
 		tsmErr = err
 	}
 	// Kernels without configfs-tsm reports still have the guest drivers' character devices.
-	// The device stays open for the whole run: the agent powers off when done.
+	// The device stays open for the whole run: the guest init powers off when done.
 	p, _, devErr := attestclient.OpenGuestDeviceProvider(a.cfg.DevRoot)
 	if devErr == nil {
 		a.log.Info("configfs-tsm unavailable, using the guest device", "tee", p.TEE(), "tsm", tsmErr)
@@ -539,7 +539,7 @@ func (a *agent) openProvider() (attest.Provider, error) {
 }
 
 // finish writes a completed run (or a failed build) to the output disk.
-func (a *agent) finish(ctx context.Context, st *buildState) {
+func (a *initRun) finish(ctx context.Context, st *buildState) {
 	a.outMu.Lock()
 	defer a.outMu.Unlock()
 	if a.done {
@@ -569,7 +569,7 @@ func (a *agent) finish(ctx context.Context, st *buildState) {
 
 // fail records err: as a result record with Error set once the manifest is verified, as
 // error.txt alone before that.
-func (a *agent) fail(err error) {
+func (a *initRun) fail(err error) {
 	a.log.Error("FAILED", "step", a.step.Load(), "err", err)
 	a.outMu.Lock()
 	defer a.outMu.Unlock()
@@ -595,7 +595,7 @@ func (a *agent) fail(err error) {
 	a.done = true
 }
 
-func (a *agent) writeFailureResult(ctx context.Context, st *buildState, cause error) error {
+func (a *initRun) writeFailureResult(ctx context.Context, st *buildState, cause error) error {
 	st.result.Error = cause.Error()
 	st.result.ExitCode = -1
 	st.result.Artifacts = []job.Artifact{}
@@ -612,7 +612,7 @@ func (a *agent) writeFailureResult(ctx context.Context, st *buildState, cause er
 // writeResult binds the result record into fresh evidence and writes result.json,
 // evidence.json, log.txt, the artifacts and, if cause is set, error.txt. If no evidence can
 // be had, it writes error.txt alone and reports that as the error.
-func (a *agent) writeResult(ctx context.Context, st *buildState, cause error) error {
+func (a *initRun) writeResult(ctx context.Context, st *buildState, cause error) error {
 	errText := ""
 	if cause != nil {
 		errText = "cloche-guest: " + cause.Error() + "\n"
@@ -660,7 +660,7 @@ func (a *agent) writeResult(ctx context.Context, st *buildState, cause error) er
 }
 
 // writeErrorOnly writes error.txt alone (no verified manifest, or no evidence).
-func (a *agent) writeErrorOnly(cause error) error {
+func (a *initRun) writeErrorOnly(cause error) error {
 	text := fmt.Sprintf("cloche-guest: %s\n", cause)
 	if len(text) > disk.MaxDocumentSize {
 		text = text[:disk.MaxDocumentSize-1] + "\n"
@@ -672,7 +672,7 @@ func (a *agent) writeErrorOnly(cause error) error {
 	return a.closeOutput(w)
 }
 
-func (a *agent) closeOutput(w *disk.OutputWriter) error {
+func (a *initRun) closeOutput(w *disk.OutputWriter) error {
 	if err := w.Close(); err != nil {
 		return err
 	}
@@ -770,7 +770,7 @@ func emptyDigest() job.Digest {
 
 // watchdogFired runs on the watchdog's goroutine at the hard deadline: it tries, for a
 // bounded time, to record the failure, then powers off whatever the main flow is doing.
-func (a *agent) watchdogFired(limit time.Duration) {
+func (a *initRun) watchdogFired(limit time.Duration) {
 	err := fmt.Errorf("watchdog: hard deadline of %s passed while %s", limit, a.step.Load())
 	if a.cancel != nil {
 		a.cancel(err)

@@ -38,9 +38,9 @@ var (
 	})
 )
 
-// testAgent is an agent with a real simulated TEE (the host's SimSP on the other end of a
+// testInitRun is a guest init run with a real simulated TEE (the host's SimSP on the other end of a
 // pipe) and an output disk image file of outSize bytes.
-func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *simsp.SP, string, *bytes.Buffer) {
+func testInitRun(t *testing.T, outSize int64) (*initRun, [32]byte, *simsp.SP, string, *bytes.Buffer) {
 	t.Helper()
 	sp, err := sharedSimSP()
 	if err != nil {
@@ -62,7 +62,7 @@ func testAgent(t *testing.T, outSize int64) (*agent, [32]byte, *simsp.SP, string
 		t.Fatal(err)
 	}
 	var console bytes.Buffer
-	a := newAgent(Config{Console: &console})
+	a := newInitRun(Config{Console: &console})
 	a.out, a.outSize = f, outSize
 	a.provider = attestclient.NewSimProvider(guestEnd)
 	return a, launch, sp, outPath, &console
@@ -116,7 +116,7 @@ func readBack(t *testing.T, outPath string, sp *simsp.SP, launch [32]byte) (*dis
 }
 
 func TestWriteResultWithArtifacts(t *testing.T) {
-	a, launch, sp, outPath, _ := testAgent(t, 1<<20)
+	a, launch, sp, outPath, _ := testInitRun(t, 1<<20)
 	st := testState(t, launch, "build output\n")
 	art := filepath.Join(t.TempDir(), "app")
 	if err := os.WriteFile(art, []byte("binary"), 0o755); err != nil {
@@ -139,7 +139,7 @@ func TestWriteResultWithArtifacts(t *testing.T) {
 }
 
 func TestWriteResultArtifactChangedAfterHashing(t *testing.T) {
-	a, launch, _, _, _ := testAgent(t, 1<<20)
+	a, launch, _, _, _ := testInitRun(t, 1<<20)
 	st := testState(t, launch, "")
 	art := filepath.Join(t.TempDir(), "app")
 	if err := os.WriteFile(art, []byte("BINARY"), 0o644); err != nil {
@@ -154,7 +154,7 @@ func TestWriteResultArtifactChangedAfterHashing(t *testing.T) {
 }
 
 func TestFinishRewritesAsFailureWhenOutputDiskTooSmall(t *testing.T) {
-	a, launch, sp, outPath, _ := testAgent(t, 64<<10)
+	a, launch, sp, outPath, _ := testInitRun(t, 64<<10)
 	st := testState(t, launch, "log\n")
 	art := filepath.Join(t.TempDir(), "big")
 	big := bytes.Repeat([]byte("x"), 100<<10)
@@ -180,7 +180,7 @@ func TestFinishRewritesAsFailureOnWriteError(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a small tmpfs needs root")
 	}
-	a, launch, sp, _, _ := testAgent(t, 4<<20)
+	a, launch, sp, _, _ := testInitRun(t, 4<<20)
 	mnt := t.TempDir()
 	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=256k"); err != nil {
 		t.Fatalf("mount tmpfs: %v", err)
@@ -217,7 +217,7 @@ func TestFinishRewritesAsFailureOnWriteError(t *testing.T) {
 }
 
 func TestFailBeforeManifestWritesErrorOnly(t *testing.T) {
-	a, launch, sp, outPath, console := testAgent(t, 1<<20)
+	a, launch, sp, outPath, console := testInitRun(t, 1<<20)
 	a.step.Store("reading and checking the manifest on the input disk")
 	a.fail(&stepError{step: "reading and checking the manifest on the input disk", err: errors.New("input disk manifest digest 00 does not match the launch-bound digest 11")})
 	out, res, _ := readBack(t, outPath, sp, launch)
@@ -239,7 +239,7 @@ func TestFailBeforeManifestWritesErrorOnly(t *testing.T) {
 }
 
 func TestFailAfterManifestWritesFailureResult(t *testing.T) {
-	a, launch, sp, outPath, _ := testAgent(t, 1<<20)
+	a, launch, sp, outPath, _ := testInitRun(t, 1<<20)
 	st := testState(t, launch, "partial output\n")
 	st.result.DurationMillis = 1234
 	a.state = st

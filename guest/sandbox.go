@@ -277,7 +277,7 @@ func (p *sandboxPipes) closeParentEnds() {
 }
 
 // sandboxCommand is the helper process: PID 1 of new mount, PID, network, UTS and IPC
-// namespaces, with an empty environment, killed if the guest agent dies.
+// namespaces, with an empty environment, killed if the guest init dies.
 func sandboxCommand(selfExe string, p *sandboxPipes) *exec.Cmd {
 	cmd := exec.Command(selfExe, SandboxArg)
 	cmd.Env = []string{}

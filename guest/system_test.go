@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// The guest agent refuses to run with magic SysRq on; every real boot (the end-to-end
+// The guest init refuses to run with magic SysRq on; every real boot (the end-to-end
 // tests) shows that the measured command line turns it off.
 func TestRequireSysRqOff(t *testing.T) {
 	proc := t.TempDir()

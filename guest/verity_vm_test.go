@@ -50,7 +50,7 @@ func TestVerityGuestSide(t *testing.T) {
 	if err := mountEarly(); err != nil {
 		t.Fatal(err)
 	}
-	log := newAgent(Config{Console: os.Stdout}).log
+	log := newInitRun(Config{Console: os.Stdout}).log
 	if err := LoadModules(p.ModuleList, finitModule, log); err != nil {
 		t.Fatal(err)
 	}

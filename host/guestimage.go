@@ -20,7 +20,7 @@ import (
 
 // prepareGuestImage settles the guest image every job launches: the configured
 // directory, a published release (fetched and checked), or the state directory's own
-// build (built when missing or made from another guest agent).
+// build (built when missing or made from another guest init).
 func (h *Host) prepareGuestImage(ctx context.Context) error {
 	c := &h.cfg
 	switch {
@@ -36,35 +36,35 @@ func (h *Host) prepareGuestImage(ctx context.Context) error {
 		return nil
 	}
 	h.guestImage = GuestImageDir(h.state)
-	return EnsureGuestImage(ctx, h.state, h.guestImage, c.GuestAgent, c.Progress)
+	return EnsureGuestImage(ctx, h.state, h.guestImage, c.GuestInit, c.Progress)
 }
 
-// GuestAgentPath finds the static guest agent binary: next to this executable, as the
+// GuestInitPath finds the static guest init binary: next to this executable, as the
 // Makefile and release archives place it.
-func GuestAgentPath() (string, error) {
+func GuestInitPath() (string, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
 	p := filepath.Join(filepath.Dir(exe), "cloche-guest")
 	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("guest agent not found at %s (build it with `make build`, or name it as the guest agent): %w", p, err)
+		return "", fmt.Errorf("guest init not found at %s (build it with `make build`, or name it as the guest init): %w", p, err)
 	}
 	return p, nil
 }
 
 // EnsureGuestImage builds the guest image in dir when it is missing or was built from a
-// different guest agent binary than agent (default GuestAgentPath).
+// different guest init binary than agent (default GuestInitPath).
 func EnsureGuestImage(ctx context.Context, state, dir, agent string, meter *progress.Meter) error {
 	if agent == "" {
 		var err error
-		if agent, err = GuestAgentPath(); err != nil {
+		if agent, err = GuestInitPath(); err != nil {
 			return err
 		}
 	}
 	agentSum, _, err := fileio.SHA256(agent)
 	if err != nil {
-		return fmt.Errorf("guest agent: %w", err)
+		return fmt.Errorf("guest init: %w", err)
 	}
 	phase := meter.Begin(ctx, "guest image", "dir", dir)
 	if img, err := guestimage.Load(dir); err == nil && img.UpToDate(agentSum) {
@@ -79,7 +79,7 @@ func EnsureGuestImage(ctx context.Context, state, dir, agent string, meter *prog
 		return err
 	}
 	phase.Step("assembling the initramfs")
-	if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
+	if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestInit: agent, OutDir: dir}); err != nil {
 		err = fmt.Errorf("building the guest image: %w", err)
 		phase.Fail(err)
 		return err

@@ -91,11 +91,11 @@ type Config struct {
 	RekorURL string
 
 	// GuestImage is a guest image directory; GuestRelease a published release fetched and
-	// checked instead; neither: the state directory's own build, from GuestAgent (default
+	// checked instead; neither: the state directory's own build, from GuestInit (default
 	// cloche-guest beside this executable).
 	GuestImage   string
 	GuestRelease GuestRelease
-	GuestAgent   string
+	GuestInit    string
 	// Toolchain is a toolchain image; ToolchainImage a container image by manifest digest
 	// (REPOSITORY@sha256:HEX), pulled, flattened and cached (toolchain.FromImage); neither:
 	// toolchain.DefaultPackages, built on first use.

@@ -18,7 +18,7 @@
 #   CLOCHE_PROVENANCE  gh (default): the asset's provenance is verified with gh, independently
 #                      of the downloaded binary; checksums: only checksums.txt binds it (it
 #                      catches a corrupted download, not a swapped release)
-#   CLOCHE_GUEST_AGENT 1: also install the guest agent (cloche-guest) beside cloche
+#   CLOCHE_GUEST_AGENT 1: also install the guest init (cloche-guest) beside cloche
 #   CLOCHE_USE_PATH    1 (default): a cloche already on PATH is used as is (the TEE host's
 #                      operator provisions it with its guest image)
 #   GITHUB_API_URL, GITHUB_SERVER_URL, GITHUB_TOKEN, RUNNER_TOOL_CACHE, RUNNER_TEMP: as the

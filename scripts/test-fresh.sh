@@ -193,7 +193,7 @@ check_guest_image() {
 		[[ -x bin/$b ]] || fail "bin/$b is missing: run make build first"
 		install -m 0755 "bin/$b" "$ROOT/usr/local/bin/$b"
 	done
-	check guest-image cloche --state-dir "$STATE_IN_ROOT" image guest --guest-agent /usr/local/bin/cloche-guest
+	check guest-image cloche --state-dir "$STATE_IN_ROOT" image guest --guest-init /usr/local/bin/cloche-guest
 	in_root "$ROOT" sh -c "ls -l $STATE_IN_ROOT/guest-image" >&2
 }
 
@@ -221,7 +221,7 @@ run_demo() {
 
 # check_reproduced compares two guest images built on two "machines": the one from this
 # host's binaries (check_guest_image) and the one make demo built in the fresh root from its
-# own guest agent build. The pinned kernel and the pinned Go make them the same bytes.
+# own guest init build. The pinned kernel and the pinned Go make them the same bytes.
 check_reproduced() {
 	local here there
 	here=$(in_root "$ROOT" sh -c "cd $STATE_IN_ROOT/guest-image && sha256sum vmlinuz initrd.img")

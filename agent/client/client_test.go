@@ -10,9 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
-	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/source"
 )
 

@@ -7,5 +7,5 @@
 //
 // Every provider checks that the REPORT_DATA it got back is the one it asked for. The package
 // imports go-sev-guest's and go-tdx-guest's client code only, never their verify, validate or
-// testing packages: it is linked into the guest agent, which the launch measures.
+// testing packages: it is linked into the guest init, which the launch measures.
 package client

@@ -8,7 +8,7 @@
 //
 // Nothing in the guest imports it: the verifier and its vendor libraries (go-sev-guest's
 // verify and validate, go-tdx-guest's verify, validate and pcs) stay out of the measured
-// guest agent.
+// guest init.
 package verifier
 
 import (

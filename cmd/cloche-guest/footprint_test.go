@@ -13,16 +13,16 @@ import (
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
-// BenchmarkGuestFootprint reports what the guest agent puts into the measured initramfs: the
-// packages it links (go list -deps), the agent binary's bytes as scripts/build-guest-agent.sh
+// BenchmarkGuestFootprint reports what the guest init puts into the measured initramfs: the
+// packages it links (go list -deps), the guest init binary's bytes as scripts/build-guest-init.sh
 // builds it, and the initramfs built around it. They are sizes, not times: the same in every
 // iteration, reported once so `make bench` shows them beside the timings. (Before the attest
 // split by role they were 272 packages, 8478846 and 8778240 bytes.)
 func BenchmarkGuestFootprint(b *testing.B) {
 	dir := b.TempDir()
-	agent := filepath.Join(dir, "cloche-guest")
-	if out, err := exec.Command("bash", filepath.Join("..", "..", "scripts", "build-guest-agent.sh"), agent).CombinedOutput(); err != nil {
-		b.Fatalf("building the guest agent: %v\n%s", err, out)
+	initBin := filepath.Join(dir, "cloche-guest")
+	if out, err := exec.Command("bash", filepath.Join("..", "..", "scripts", "build-guest-init.sh"), initBin).CombinedOutput(); err != nil {
+		b.Fatalf("building the guest init: %v\n%s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -30,7 +30,7 @@ func BenchmarkGuestFootprint(b *testing.B) {
 	if err != nil {
 		b.Fatalf("kernel package: %v", err)
 	}
-	img, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: filepath.Join(dir, "image")})
+	img, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestInit: initBin, OutDir: filepath.Join(dir, "image")})
 	if err != nil {
 		b.Fatalf("guest image: %v", err)
 	}
@@ -39,11 +39,11 @@ func BenchmarkGuestFootprint(b *testing.B) {
 		// Nothing to time: the figures are sizes.
 	}
 	b.ReportMetric(float64(len(deps)), "guest-packages")
-	b.ReportMetric(float64(fileSize(b, agent)), "guest-agent-bytes")
+	b.ReportMetric(float64(fileSize(b, initBin)), "guest-init-bytes")
 	b.ReportMetric(float64(fileSize(b, img.InitrdPath())), "initramfs-bytes")
 }
 
-// guestDeps lists the packages the guest agent links, as `go list -deps` names them.
+// guestDeps lists the packages the guest init links, as `go list -deps` names them.
 func guestDeps(tb testing.TB) []string {
 	tb.Helper()
 	out, err := exec.Command("go", "list", "-deps", ".").Output()

@@ -1,4 +1,4 @@
-// Command cloche-guest is the guest agent, /init of cloche's confidential VM. It is only
+// Command cloche-guest is the guest init, /init of cloche's confidential VM. It is only
 // meant to run as PID 1 (or as its own sandbox helper, which is PID 1 of the build's PID
 // namespace); see package guest.
 package main

@@ -11,10 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/host"
 	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/agent/client"
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/host"
 )
 
 type agentFlags struct {
@@ -24,7 +24,7 @@ type agentFlags struct {
 	minFreeDisk                    int64
 	maxWallClock                   time.Duration
 	guestImage, toolchain, key     string
-	guestAgent, accel, qemu        string
+	guestInit, accel, qemu         string
 }
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -61,7 +61,7 @@ defaults to the host's CPUs and memory.`,
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image directory (default: the state directory's, built on first use)")
 	fl.StringVar(&f.toolchain, "toolchain", "", "toolchain image (default: gcc+make+libc6-dev from Debian, built on first use)")
 	fl.StringVar(&f.key, "key", "", "signing key (default: the state directory's, created on first use)")
-	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
+	fl.StringVar(&f.guestInit, "guest-init", "", "guest init binary for building the guest image (default: cloche-guest beside this executable)")
 	fl.StringVar(&f.accel, "accel", "", "QEMU accelerator: auto, kvm or tcg (default auto)")
 	fl.StringVar(&f.qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
 	cmd.AddCommand(newAgentStatusCmd(g), newAgentCancelCmd(g))
@@ -152,7 +152,7 @@ func runAgent(cmd *cobra.Command, g *globals, f *agentFlags) error {
 		log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
 	}
 	hc := cfg.HostConfig()
-	hc.GuestAgent, hc.Version, hc.Logger, hc.Progress = f.guestAgent, version, log, g.progress()
+	hc.GuestInit, hc.Version, hc.Logger, hc.Progress = f.guestInit, version, log, g.progress()
 	h, err := host.New(ctx, hc)
 	if err != nil {
 		return hostConfigError(err, configFields(agent.HostConfigFields))

@@ -10,10 +10,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/build"
 	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/agent/client"
+	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/build"
 )
 
 // agentSocketEnv names the agent socket for `cloche run` when --agent is not given.
@@ -32,7 +32,7 @@ func agentSocketFor(f *runFlags) string {
 func checkAgentFlags(f *runFlags) error {
 	for _, c := range []struct{ flag, value string }{
 		{"--key", f.key}, {"--guest-image", f.guestImage}, {"--toolchain", f.toolchain}, {"--toolchain-image", f.toolchainImage},
-		{"--guest-agent", f.guestAgent}, {"--qemu", f.qemu}, {"--rekor-url", f.rekorURL}, {"--guest-image-release", f.guestRelease.tag},
+		{"--guest-init", f.guestInit}, {"--qemu", f.qemu}, {"--rekor-url", f.rekorURL}, {"--guest-image-release", f.guestRelease.tag},
 	} {
 		if c.value != "" {
 			return usageError(fmt.Errorf("%s is set by the agent's configuration and cannot be chosen per job; drop it, or build locally without --agent/$%s", c.flag, agentSocketEnv))

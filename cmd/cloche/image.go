@@ -31,8 +31,8 @@ func newImageGuestCmd(g *globals) *cobra.Command {
 	var out, deb, agent string
 	var rel releaseFlags
 	cmd := &cobra.Command{
-		Use:   "guest [--out DIR] [--kernel-deb FILE] [--guest-agent FILE] | --release vX.Y.Z [--repo OWNER/NAME] [--trusted-root FILE]",
-		Short: "Build the guest image (Debian cloud kernel + initramfs with the guest agent), reproducibly, or fetch a released one",
+		Use:   "guest [--out DIR] [--kernel-deb FILE] [--guest-init FILE] | --release vX.Y.Z [--repo OWNER/NAME] [--trusted-root FILE]",
+		Short: "Build the guest image (Debian cloud kernel + initramfs with the guest init), reproducibly, or fetch a released one",
 		Long: `Without --release, guest builds the guest image here from the pinned inputs (a local
 build, labelled as such in the provenance). With --release TAG, it fetches the guest image
 that release published (kernel, initrd, guest-image.json, reference values) into the state
@@ -48,7 +48,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 			}
 			if rel.tag != "" {
 				if deb != "" || agent != "" {
-					return errors.New("--release fetches a published image: --kernel-deb and --guest-agent are for building one")
+					return errors.New("--release fetches a published image: --kernel-deb and --guest-init are for building one")
 				}
 				c := rel.config()
 				c.Dir = out
@@ -65,7 +65,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 				out = host.GuestImageDir(state)
 			}
 			if agent == "" {
-				if agent, err = host.GuestAgentPath(); err != nil {
+				if agent, err = host.GuestInitPath(); err != nil {
 					return err
 				}
 			}
@@ -76,7 +76,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 			} else if err := guestimage.CheckKernelDeb(deb, guestimage.KernelPin()); err != nil {
 				return fmt.Errorf("--kernel-deb: %w", err)
 			}
-			img, err := guestimage.Build(cmd.Context(), guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: out})
+			img, err := guestimage.Build(cmd.Context(), guestimage.Options{KernelDeb: deb, GuestInit: agent, OutDir: out})
 			if err != nil {
 				return err
 			}
@@ -85,7 +85,7 @@ signed keyless by the repository's release workflow at that tag (checked against
 	}
 	cmd.Flags().StringVar(&out, "out", "", "output directory (default: the state directory's guest-image)")
 	cmd.Flags().StringVar(&deb, "kernel-deb", "", "the pinned kernel package (.deb, checked against its pinned SHA-256) when apt no longer serves it")
-	cmd.Flags().StringVar(&agent, "guest-agent", "", "static guest agent binary (default: cloche-guest beside this executable)")
+	cmd.Flags().StringVar(&agent, "guest-init", "", "static guest init binary (default: cloche-guest beside this executable)")
 	rel.register(cmd.Flags())
 	return cmd
 }

@@ -298,7 +298,7 @@ func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 // refused install fails the step.
 func TestActionsInstallStep(t *testing.T) {
 	r := newInstallRelease(t)
-	agent := []byte("guest agent")
+	agent := []byte("guest init")
 	r.g.AddAsset(installRepo, installTag, "cloche-guest", agent)
 	checksums := fmt.Sprintf("%s  %s\n%s  cloche-guest\n", hexSHA256(r.binary), r.asset, hexSHA256(agent))
 	r.g.SetAssetContent(installRepo, installTag, "checksums.txt", []byte(checksums))
@@ -327,7 +327,7 @@ func TestActionsInstallStep(t *testing.T) {
 			if b, err := exec.Command(bin, "version").CombinedOutput(); err != nil || !strings.HasPrefix(string(b), "cloche "+installTag+"\n") {
 				t.Fatalf("%s version: %v\n%s", bin, err, b)
 			}
-			// The build action installs the guest agent beside cloche; verify does not need it.
+			// The build action installs the guest init beside cloche; verify does not need it.
 			_, err = os.Stat(filepath.Join(filepath.Dir(bin), "cloche-guest"))
 			if wantAgent := c.action == "action.yml"; (err == nil) != wantAgent {
 				t.Errorf("cloche-guest installed: %v, want %v", err == nil, wantAgent)

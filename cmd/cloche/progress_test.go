@@ -18,7 +18,7 @@ import (
 // reported cached.
 func TestProgressPhases(t *testing.T) {
 	testfixture.RequireQEMU(t)
-	agent := testfixture.GuestAgent(t)
+	agent := testfixture.GuestInit(t)
 	ctx := context.Background()
 	var stderr bytes.Buffer
 	g := &globals{stdout: &bytes.Buffer{}, stderr: &stderr}

@@ -30,7 +30,7 @@ type runFlags struct {
 	accel, qemu                string
 	key, guestImage, toolchain string
 	toolchainImage             string
-	guestAgent                 string
+	guestInit                  string
 	guestRelease               releaseFlags
 	sourceDateEpoch            int64
 	repository, ref, commit    string
@@ -87,7 +87,7 @@ is an artifact.`,
 	fl.StringVar(&f.guestRelease.tag, "guest-image-release", "", "launch the guest image this cloche release published (vX.Y.Z; 'cloche image guest --release'), fetched and checked, instead of a local build")
 	fl.StringVar(&f.guestRelease.repo, "guest-image-repository", guestimage.DefaultReleaseRepository, "with --guest-image-release: the repository that publishes it (OWNER/NAME)")
 	fl.StringVar(&f.guestRelease.trustedRoot, "guest-image-trusted-root", "", "with --guest-image-release: Sigstore trusted root for the release's signed reference values (when this cloche embeds none of that release)")
-	fl.StringVar(&f.guestAgent, "guest-agent", "", "guest agent binary for building the guest image (default: cloche-guest beside this executable)")
+	fl.StringVar(&f.guestInit, "guest-init", "", "guest init binary for building the guest image (default: cloche-guest beside this executable)")
 	fl.Int64Var(&f.sourceDateEpoch, "source-date-epoch", 0, "SOURCE_DATE_EPOCH for the build and the archive's file times")
 	fl.StringVar(&f.repository, "repository", "", "source repository URI recorded in the provenance")
 	fl.StringVar(&f.ref, "ref", "", "source ref recorded in the provenance (refs/tags/NAME: its annotated tag object is attested too)")
@@ -146,7 +146,7 @@ func runBuild(ctx context.Context, g *globals, f *runFlags, command []string) er
 func runHostConfig(g *globals, f *runFlags) host.Config {
 	return host.Config{
 		StateDir: g.stateDirPath(), TEE: attest.TEE(f.tee), SigningKey: f.key, RekorURL: f.rekorURL,
-		GuestImage: f.guestImage, GuestRelease: f.guestRelease.config(), GuestAgent: f.guestAgent, Toolchain: f.toolchain, ToolchainImage: f.toolchainImage,
+		GuestImage: f.guestImage, GuestRelease: f.guestRelease.config(), GuestInit: f.guestInit, Toolchain: f.toolchain, ToolchainImage: f.toolchainImage,
 		SNPFirmware: f.teeHost.snpFirmware, TDXFirmware: f.teeHost.tdxFirmware, QGS: f.teeHost.qgs,
 		KDS:   host.KDSConfig{Offline: f.kdsOffline, ChainFile: f.kdsChain, ProductLine: f.snpProduct},
 		Accel: f.accel, QEMU: f.qemu, Version: version, Logger: g.logger(), Progress: g.progress(),

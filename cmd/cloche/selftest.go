@@ -30,8 +30,8 @@ import (
 
 // selftestFlags are `cloche selftest`'s flags.
 type selftestFlags struct {
-	tee, out, qemu, accel, guestImage, guestAgent string
-	teeHost                                       teeHostFlags
+	tee, out, qemu, accel, guestImage, guestInit string
+	teeHost                                      teeHostFlags
 }
 
 func newSelftestCmd(g *globals) *cobra.Command {
@@ -59,7 +59,7 @@ or a check failed, 3 when the host cannot run the TEE.`,
 	fl.StringVar(&f.qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64)")
 	fl.StringVar(&f.accel, "accel", "", "auto, kvm or tcg (default auto; hardware TEEs need kvm)")
 	fl.StringVar(&f.guestImage, "guest-image", "", "guest image `DIR` (default: the state directory's, built on first use)")
-	fl.StringVar(&f.guestAgent, "guest-agent", "", "with the default guest image: the cloche-guest binary to build it with")
+	fl.StringVar(&f.guestInit, "guest-init", "", "with the default guest image: the cloche-guest binary to build it with")
 	f.teeHost.register(cmd)
 	return cmd
 }
@@ -174,7 +174,7 @@ func (s *selftest) run(ctx context.Context, tee attest.TEE, state string) error 
 // host configures the host for the selftest: the TEE under test, the selftest toolchain,
 // and the guest image (built when missing).
 func (s *selftest) host(ctx context.Context, tee attest.TEE, state, toolchain string) (*host.Host, error) {
-	h, err := host.New(ctx, host.Config{StateDir: state, TEE: tee, GuestImage: s.f.guestImage, GuestAgent: s.f.guestAgent,
+	h, err := host.New(ctx, host.Config{StateDir: state, TEE: tee, GuestImage: s.f.guestImage, GuestInit: s.f.guestInit,
 		Toolchain: toolchain, SNPFirmware: s.f.teeHost.snpFirmware, TDXFirmware: s.f.teeHost.tdxFirmware, QGS: s.f.teeHost.qgs,
 		Accel: s.f.accel, QEMU: s.f.qemu, Version: version, Logger: s.g.logger(), Progress: s.g.progress()})
 	if err != nil {

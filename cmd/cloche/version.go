@@ -67,9 +67,9 @@ func guestImageSummary(state string) string {
 		return fmt.Sprintf("%s cannot be measured: %v", dir, err)
 	}
 	s := fmt.Sprintf("%s\nmeasurement (sim, %d vCPUs, %d MiB): %s", dir, build.DefaultVCPUs, build.DefaultMemoryMiB, hex.EncodeToString(m[:]))
-	if agent, err := host.GuestAgentPath(); err == nil {
+	if agent, err := host.GuestInitPath(); err == nil {
 		if sum, _, err := fileio.SHA256(agent); err == nil && !img.UpToDate(sum) {
-			s += "\nnote: the image was built from another guest agent than " + agent + "; `cloche run` rebuilds it first, which changes the measurement"
+			s += "\nnote: the image was built from another guest init than " + agent + "; `cloche run` rebuilds it first, which changes the measurement"
 		}
 	}
 	return s

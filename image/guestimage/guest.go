@@ -1,5 +1,5 @@
 // Package guest builds the cloche guest image: the kernel from the pinned Debian backports
-// cloud kernel package (KernelPin) and an initramfs holding the guest agent as PID 1 plus the kernel modules it
+// cloud kernel package (KernelPin) and an initramfs holding the guest init as PID 1 plus the kernel modules it
 // loads. The image is what the launch measurement identifies (docs/design.md, "one measurement per
 // guest release"), so building it twice from the same inputs gives identical bytes.
 package guestimage
@@ -34,19 +34,19 @@ import (
 //	               instead of hanging until the host's timeout;
 //	oops=panic     treat a kernel oops as a panic: a guest whose kernel hit a bug must not
 //	               go on to produce evidence (fail closed);
-//	rdinit=/init   run the guest agent from the initramfs as PID 1 (the default, stated so
+//	rdinit=/init   run the guest init from the initramfs as PID 1 (the default, stated so
 //	               that a changed kernel default cannot change what runs);
 //	sysctl.kernel.sysrq=0
 //	               no magic SysRq: Debian's kernel enables it on the serial console, where
 //	               a BREAK from the host could power the guest off or remount it read-only
-//	               mid-build (the guest agent refuses to run if it is not 0);
+//	               mid-build (the guest init refuses to run if it is not 0);
 //	no_timer_check no boot-time check that the 8254 timer reaches the IO-APIC: on a loaded
 //	               host the vCPU is descheduled during the check and the kernel panics
 //	               ("IO-APIC + timer doesn't work", seen under TCG with both cores busy);
 //	               the check only decides whether to panic, the timers are the same.
 const DefaultCmdline = "console=ttyS0 quiet panic=-1 oops=panic rdinit=/init sysctl.kernel.sysrq=0 no_timer_check"
 
-// DefaultModules are the modules the guest agent loads (Build adds their dependencies):
+// DefaultModules are the modules the guest init loads (Build adds their dependencies):
 // the virtio disk driver for the input, toolchain and output disks; dm-verity for the
 // toolchain; overlayfs for the writable layer over it; configfs and tsm for configfs-tsm
 // reports; the SEV-SNP and TDX guest drivers; pvpanic-pci, so that a guest kernel panic
@@ -61,7 +61,7 @@ const (
 	MetadataFile = "guest-image.json"
 )
 
-// Paths inside the initramfs that the guest agent relies on.
+// Paths inside the initramfs that the guest init relies on.
 const (
 	InitPath     = "/init"
 	LoadListPath = "/lib/modules/load.list"
@@ -77,11 +77,11 @@ var ErrModified = errors.New("guest image file does not match its recorded diges
 
 // Options says what to build.
 type Options struct {
-	KernelDeb  string   // path of the kernel image .deb (see FetchKernelDeb)
-	GuestAgent string   // the static cloche-guest binary, installed as /init
-	OutDir     string   // where vmlinuz, initrd.img and guest-image.json are written
-	Modules    []string // nil means DefaultModules
-	Cmdline    string   // empty means DefaultCmdline
+	KernelDeb string   // path of the kernel image .deb (see FetchKernelDeb)
+	GuestInit string   // the static cloche-guest binary, installed as /init
+	OutDir    string   // where vmlinuz, initrd.img and guest-image.json are written
+	Modules   []string // nil means DefaultModules
+	Cmdline   string   // empty means DefaultCmdline
 }
 
 // File names one file of the image and its digest.
@@ -100,18 +100,18 @@ type Image struct {
 	Cmdline       string `json:"cmdline"`
 	// KernelDebSHA256 is the SHA-256 of the kernel package the image was built from;
 	// KernelPinned says it is KernelPin's, which a released image always is.
-	KernelDebSHA256  string   `json:"kernelDebSha256,omitempty"`
-	KernelPinned     bool     `json:"kernelPinned,omitempty"`
-	GuestAgentSHA256 string   `json:"guestAgentSha256"`
-	Modules          []string `json:"modules"` // load order, dependencies first
+	KernelDebSHA256 string   `json:"kernelDebSha256,omitempty"`
+	KernelPinned    bool     `json:"kernelPinned,omitempty"`
+	GuestInitSHA256 string   `json:"guestInitSha256"`
+	Modules         []string `json:"modules"` // load order, dependencies first
 	// Recipe digests what the image was built from (see RecipeDigest), so a cached image
-	// is reused only when the agent, kernel package, module list and cmdline are unchanged.
+	// is reused only when the guest init, kernel package, module list and cmdline are unchanged.
 	Recipe string `json:"recipe"`
 	Dir    string `json:"-"`
 }
 
 // RecipeDigest is SHA-256 over the inputs that decide an image's bytes besides the kernel
-// package's own content: the agent's digest, the kernel package name_version, the requested
+// package's own content: the guest init's digest, the kernel package name_version, the requested
 // modules in order and the cmdline, NUL-separated after a version tag.
 func RecipeDigest(agentSHA256, kernelPackage string, modules []string, cmdline string) string {
 	h := sha256.New()
@@ -123,10 +123,10 @@ func RecipeDigest(agentSHA256, kernelPackage string, modules []string, cmdline s
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// UpToDate reports whether the image was built from this agent with the default modules
+// UpToDate reports whether the image was built from this guest init with the default modules
 // and cmdline; callers rebuild when it is not.
 func (im *Image) UpToDate(agentSHA256 string) bool {
-	return im.GuestAgentSHA256 == agentSHA256 && im.Recipe == RecipeDigest(agentSHA256, im.KernelPackage, DefaultModules, DefaultCmdline)
+	return im.GuestInitSHA256 == agentSHA256 && im.Recipe == RecipeDigest(agentSHA256, im.KernelPackage, DefaultModules, DefaultCmdline)
 }
 
 // BootDigests are the SHA-256 digests of the kernel and initrd that Load checked, as
@@ -152,7 +152,7 @@ func (im *Image) InitrdPath() string { return filepath.Join(im.Dir, im.Initrd.Pa
 
 // Build makes the guest image described by opts in opts.OutDir.
 func Build(ctx context.Context, opts Options) (*Image, error) {
-	modules, cmdline, agent, err := opts.inputs()
+	modules, cmdline, initBin, err := opts.inputs()
 	if err != nil {
 		return nil, err
 	}
@@ -173,22 +173,22 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("build guest image: kernel: %w", err)
 	}
-	order, initrd, err := buildInitramfs(ctx, kern, agent, modules)
+	order, initrd, err := buildInitramfs(ctx, kern, initBin, modules)
 	if err != nil {
 		return nil, err
 	}
 	im := &Image{
-		KernelVersion:    kern.version,
-		KernelPackage:    pkg,
-		Kernel:           fileOf(KernelFile, vmlinuz),
-		Initrd:           fileOf(InitrdFile, initrd),
-		Cmdline:          cmdline,
-		KernelDebSHA256:  debSHA256,
-		KernelPinned:     debSHA256 == KernelPin().SHA256,
-		GuestAgentSHA256: sha256Hex(agent),
-		Modules:          order,
-		Recipe:           RecipeDigest(sha256Hex(agent), pkg, modules, cmdline),
-		Dir:              opts.OutDir,
+		KernelVersion:   kern.version,
+		KernelPackage:   pkg,
+		Kernel:          fileOf(KernelFile, vmlinuz),
+		Initrd:          fileOf(InitrdFile, initrd),
+		Cmdline:         cmdline,
+		KernelDebSHA256: debSHA256,
+		KernelPinned:    debSHA256 == KernelPin().SHA256,
+		GuestInitSHA256: sha256Hex(initBin),
+		Modules:         order,
+		Recipe:          RecipeDigest(sha256Hex(initBin), pkg, modules, cmdline),
+		Dir:             opts.OutDir,
 	}
 	if err := writeImage(im, vmlinuz, initrd); err != nil {
 		return nil, err
@@ -197,10 +197,10 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 }
 
 // inputs checks the options and returns the modules and cmdline (the defaults when not
-// given) and the guest agent's bytes; it creates OutDir.
-func (opts Options) inputs() (modules []string, cmdline string, agent []byte, err error) {
-	if opts.KernelDeb == "" || opts.GuestAgent == "" || opts.OutDir == "" {
-		return nil, "", nil, errors.New("build guest image: KernelDeb, GuestAgent and OutDir are all required")
+// given) and the guest init's bytes; it creates OutDir.
+func (opts Options) inputs() (modules []string, cmdline string, initBin []byte, err error) {
+	if opts.KernelDeb == "" || opts.GuestInit == "" || opts.OutDir == "" {
+		return nil, "", nil, errors.New("build guest image: KernelDeb, GuestInit and OutDir are all required")
 	}
 	modules = opts.Modules
 	if modules == nil {
@@ -213,17 +213,17 @@ func (opts Options) inputs() (modules []string, cmdline string, agent []byte, er
 	if err := checkCmdline(cmdline); err != nil {
 		return nil, "", nil, fmt.Errorf("build guest image: %w", err)
 	}
-	if err := staticelf.Check(opts.GuestAgent); err != nil {
-		return nil, "", nil, fmt.Errorf("build guest image: guest agent: %w", err)
+	if err := staticelf.Check(opts.GuestInit); err != nil {
+		return nil, "", nil, fmt.Errorf("build guest image: guest init: %w", err)
 	}
-	agent, err = readLimited(opts.GuestAgent, maxAgentSize)
+	initBin, err = readLimited(opts.GuestInit, maxInitSize)
 	if err != nil {
-		return nil, "", nil, fmt.Errorf("build guest image: guest agent: %w", err)
+		return nil, "", nil, fmt.Errorf("build guest image: guest init: %w", err)
 	}
 	if err := os.MkdirAll(opts.OutDir, 0o755); err != nil {
 		return nil, "", nil, fmt.Errorf("build guest image: %w", err)
 	}
-	return modules, cmdline, agent, nil
+	return modules, cmdline, initBin, nil
 }
 
 // kernelPackage is the kernel package's name_version and its file's SHA-256.
@@ -239,9 +239,9 @@ func kernelPackage(ctx context.Context, deb string) (pkg, debSHA256 string, err 
 	return name + "_" + version, sum, nil
 }
 
-// buildInitramfs resolves the modules' dependencies and writes the initramfs: the agent as
+// buildInitramfs resolves the modules' dependencies and writes the initramfs: the guest init as
 // init, the modules in load order, and the load list. It returns that order too.
-func buildInitramfs(ctx context.Context, kern *extractedKernel, agent []byte, modules []string) ([]string, []byte, error) {
+func buildInitramfs(ctx context.Context, kern *extractedKernel, initBin []byte, modules []string) ([]string, []byte, error) {
 	idx, err := indexModules(kern.modulesDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("build guest image: %w", err)
@@ -251,7 +251,7 @@ func buildInitramfs(ctx context.Context, kern *extractedKernel, agent []byte, mo
 		return nil, nil, fmt.Errorf("build guest image: %w", err)
 	}
 	ramfs := newInitramfs()
-	ramfs.addFile(InitPath, agent, 0o755)
+	ramfs.addFile(InitPath, initBin, 0o755)
 	var loadList strings.Builder
 	for _, name := range order {
 		rel := idx.paths[name]

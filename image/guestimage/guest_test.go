@@ -48,7 +48,7 @@ func kernelDeb(t *testing.T) string {
 func testAgent(t *testing.T) string {
 	t.Helper()
 	if err := staticelf.Check("/bin/busybox"); err != nil {
-		t.Fatalf("need busybox-static for a static test agent: %v", err)
+		t.Fatalf("need busybox-static for a static test initBin: %v", err)
 	}
 	return "/bin/busybox"
 }
@@ -98,14 +98,14 @@ func content(t *testing.T, r cpio.Record) []byte {
 
 func TestBuildIsReproducibleAndComplete(t *testing.T) {
 	deb := kernelDeb(t)
-	agent := testAgent(t)
+	initBin := testAgent(t)
 	ctx := context.Background()
 	dirA, dirB := t.TempDir(), filepath.Join(t.TempDir(), "nested", "out")
-	imA, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: dirA})
+	imA, err := Build(ctx, Options{KernelDeb: deb, GuestInit: initBin, OutDir: dirA})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
-	imB, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: dirB})
+	imB, err := Build(ctx, Options{KernelDeb: deb, GuestInit: initBin, OutDir: dirB})
 	if err != nil {
 		t.Fatalf("second Build: %v", err)
 	}
@@ -134,9 +134,9 @@ func TestBuildIsReproducibleAndComplete(t *testing.T) {
 	if !ok || initRec.Mode != cpio.S_IFREG|0o755 {
 		t.Fatalf("init record missing or mode wrong: %+v", initRec.Info)
 	}
-	agentBytes, _ := os.ReadFile(agent)
+	agentBytes, _ := os.ReadFile(initBin)
 	if !bytes.Equal(content(t, initRec), agentBytes) {
-		t.Error("/init is not the guest agent")
+		t.Error("/init is not the guest init")
 	}
 	for name, dev := range map[string][2]uint64{"dev/console": {5, 1}, "dev/null": {1, 3}} {
 		r, ok := recs[name]
@@ -198,7 +198,7 @@ func TestBuildIsReproducibleAndComplete(t *testing.T) {
 func TestLoadDetectsModification(t *testing.T) {
 	deb := kernelDeb(t)
 	dir := t.TempDir()
-	built, err := Build(context.Background(), Options{KernelDeb: deb, GuestAgent: testAgent(t), OutDir: dir})
+	built, err := Build(context.Background(), Options{KernelDeb: deb, GuestInit: testAgent(t), OutDir: dir})
 	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
@@ -258,25 +258,25 @@ func TestBuildRejectsBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: sh, OutDir: t.TempDir()}); !errors.Is(err, staticelf.ErrNotStatic) {
-		t.Errorf("dynamic agent: %v, want ErrNotStatic", err)
+	if _, err := Build(ctx, Options{KernelDeb: deb, GuestInit: sh, OutDir: t.TempDir()}); !errors.Is(err, staticelf.ErrNotStatic) {
+		t.Errorf("dynamic initBin: %v, want ErrNotStatic", err)
 	}
-	_, err = Build(ctx, Options{KernelDeb: deb, GuestAgent: testAgent(t), OutDir: t.TempDir(), Modules: []string{"no-such-module"}})
+	_, err = Build(ctx, Options{KernelDeb: deb, GuestInit: testAgent(t), OutDir: t.TempDir(), Modules: []string{"no-such-module"}})
 	if err == nil || !strings.Contains(err.Error(), "no_such_module") {
 		t.Errorf("unknown module: %v", err)
 	}
-	_, err = Build(ctx, Options{KernelDeb: deb, GuestAgent: testAgent(t), OutDir: t.TempDir(), Cmdline: "a\nb"})
+	_, err = Build(ctx, Options{KernelDeb: deb, GuestInit: testAgent(t), OutDir: t.TempDir(), Cmdline: "a\nb"})
 	if err == nil || !strings.Contains(err.Error(), "command line") {
 		t.Errorf("multi-line cmdline: %v", err)
 	}
 	notDeb := filepath.Join(t.TempDir(), "x.deb")
 	os.WriteFile(notDeb, []byte("not a deb"), 0o644)
-	_, err = Build(ctx, Options{KernelDeb: notDeb, GuestAgent: testAgent(t), OutDir: t.TempDir()})
+	_, err = Build(ctx, Options{KernelDeb: notDeb, GuestInit: testAgent(t), OutDir: t.TempDir()})
 	if err == nil || !strings.Contains(err.Error(), "kernel package") {
 		t.Errorf("not a .deb: %v", err)
 	}
 	// Built-in modules are accepted and contribute nothing to load.
-	im, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: testAgent(t), OutDir: t.TempDir(), Modules: []string{"virtio_pci"}})
+	im, err := Build(ctx, Options{KernelDeb: deb, GuestInit: testAgent(t), OutDir: t.TempDir(), Modules: []string{"virtio_pci"}})
 	if err != nil || len(im.Modules) != 0 {
 		t.Errorf("built-in module only: modules %v, err %v", im, err)
 	}
@@ -349,30 +349,30 @@ func TestBusyboxInitramfsBoots(t *testing.T) {
 
 // A cached image is reused only when it was built from the same recipe.
 func TestUpToDate(t *testing.T) {
-	deb, agent := kernelDeb(t), testAgent(t)
+	deb, initBin := kernelDeb(t), testAgent(t)
 	ctx := context.Background()
-	im, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir()})
+	im, err := Build(ctx, Options{KernelDeb: deb, GuestInit: initBin, OutDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !im.UpToDate(im.GuestAgentSHA256) {
-		t.Fatal("a fresh default image is not up to date with its own agent")
+	if !im.UpToDate(im.GuestInitSHA256) {
+		t.Fatal("a fresh default image is not up to date with its own initBin")
 	}
 	if im.UpToDate(strings.Repeat("0", 64)) {
-		t.Error("an image built from another agent counts as up to date")
+		t.Error("an image built from another initBin counts as up to date")
 	}
-	fewer, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir(), Modules: DefaultModules[:3]})
+	fewer, err := Build(ctx, Options{KernelDeb: deb, GuestInit: initBin, OutDir: t.TempDir(), Modules: DefaultModules[:3]})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fewer.UpToDate(fewer.GuestAgentSHA256) {
+	if fewer.UpToDate(fewer.GuestInitSHA256) {
 		t.Error("an image with a different module list counts as up to date")
 	}
-	other, err := Build(ctx, Options{KernelDeb: deb, GuestAgent: agent, OutDir: t.TempDir(), Cmdline: DefaultCmdline + " debug"})
+	other, err := Build(ctx, Options{KernelDeb: deb, GuestInit: initBin, OutDir: t.TempDir(), Cmdline: DefaultCmdline + " debug"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if other.UpToDate(other.GuestAgentSHA256) {
+	if other.UpToDate(other.GuestInitSHA256) {
 		t.Error("an image with a different cmdline counts as up to date")
 	}
 }

@@ -127,7 +127,7 @@ func MakeBusyboxInitramfs(path string) error {
 	if err != nil {
 		return fmt.Errorf("busybox initramfs: %w", err)
 	}
-	data, err := readLimited(bb, maxAgentSize)
+	data, err := readLimited(bb, maxInitSize)
 	if err != nil {
 		return fmt.Errorf("busybox initramfs: %w", err)
 	}

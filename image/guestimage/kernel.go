@@ -112,7 +112,7 @@ func CheckKernelDeb(deb string, pin KernelPackagePin) error {
 const (
 	maxKernelSize   = 64 << 20
 	maxModuleSize   = 32 << 20
-	maxAgentSize    = 512 << 20
+	maxInitSize     = 512 << 20
 	maxToolOutput   = 1 << 20
 	maxModuleCount  = 64
 	maxModinfoDepth = 16

@@ -61,12 +61,12 @@ func goEnv(t *testing.T, name string) string {
 	return string(bytes.TrimSpace(out))
 }
 
-// buildAgent runs scripts/build-guest-agent.sh in the host's checkout and environment.
+// buildAgent runs scripts/build-guest-init.sh in the host's checkout and environment.
 func (h *buildHost) buildAgent(t *testing.T, modcache string) string {
 	t.Helper()
-	agent := filepath.Join(h.tmp, "cloche-guest")
+	initBin := filepath.Join(h.tmp, "cloche-guest")
 	cmd := exec.Command("sh", "-c", `umask "$1"; shift; exec "$@"`, "sh", fmt.Sprintf("%04o", h.umask),
-		"bash", filepath.Join(h.src, "scripts", "build-guest-agent.sh"), agent)
+		"bash", filepath.Join(h.src, "scripts", "build-guest-init.sh"), initBin)
 	cmd.Dir = h.src
 	var env []string
 	for _, kv := range os.Environ() {
@@ -79,13 +79,13 @@ func (h *buildHost) buildAgent(t *testing.T, modcache string) string {
 	cmd.Env = append(env, "HOME="+h.home, "TMPDIR="+h.tmp, "GOCACHE="+h.gocache, "GOMODCACHE="+modcache,
 		"GOPATH="+filepath.Join(h.home, "go"))
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build-guest-agent.sh in %s: %v\n%s", h.src, err, out)
+		t.Fatalf("build-guest-init.sh in %s: %v\n%s", h.src, err, out)
 	}
-	return agent
+	return initBin
 }
 
 // buildImage builds the guest image in-process with the host's TMPDIR and umask.
-func (h *buildHost) buildImage(t *testing.T, deb, agent string) *guestimage.Image {
+func (h *buildHost) buildImage(t *testing.T, deb, initBin string) *guestimage.Image {
 	t.Helper()
 	t.Setenv("TMPDIR", h.tmp)
 	t.Setenv("HOME", h.home)
@@ -93,7 +93,7 @@ func (h *buildHost) buildImage(t *testing.T, deb, agent string) *guestimage.Imag
 	defer unix.Umask(old)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	im, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: h.out})
+	im, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestInit: initBin, OutDir: h.out})
 	if err != nil {
 		t.Fatalf("Build in %s: %v", h.out, err)
 	}
@@ -102,10 +102,10 @@ func (h *buildHost) buildImage(t *testing.T, deb, agent string) *guestimage.Imag
 
 // TestGuestImageReproducible builds the guest image twice from pinned inputs, as two
 // different machines would: separate checkouts, HOME, TMPDIR, Go build caches and umasks.
-// The guest agent, the image files and the sim, SNP and TDX measurements must be identical.
+// The guest init, the image files and the sim, SNP and TDX measurements must be identical.
 func TestGuestImageReproducible(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds the guest agent twice from a cold build cache")
+		t.Skip("builds the guest init twice from a cold build cache")
 	}
 	deb, err := guestimage.FetchKernelDeb(context.Background(), filepath.Join(testfixture.CacheDir(t), "kernel"))
 	if err != nil {
@@ -116,8 +116,8 @@ func TestGuestImageReproducible(t *testing.T) {
 	var images []*guestimage.Image
 	var docs []*reference.Document
 	for _, h := range hosts {
-		agent := h.buildAgent(t, modcache)
-		im := h.buildImage(t, deb, agent)
+		initBin := h.buildAgent(t, modcache)
+		im := h.buildImage(t, deb, initBin)
 		if !im.KernelPinned || im.KernelDebSHA256 != guestimage.KernelPin().SHA256 {
 			t.Fatalf("image built from %s is not labelled pinned: %+v", deb, im)
 		}
@@ -138,8 +138,8 @@ func TestGuestImageReproducible(t *testing.T) {
 			t.Errorf("%s differs between the two machines", name)
 		}
 	}
-	if images[0].GuestAgentSHA256 != images[1].GuestAgentSHA256 {
-		t.Errorf("guest agent differs: %s vs %s", images[0].GuestAgentSHA256, images[1].GuestAgentSHA256)
+	if images[0].GuestInitSHA256 != images[1].GuestInitSHA256 {
+		t.Errorf("guest init differs: %s vs %s", images[0].GuestInitSHA256, images[1].GuestInitSHA256)
 	}
 	tees := map[attest.TEE]bool{}
 	for _, v := range docs[0].Values {
@@ -151,7 +151,7 @@ func TestGuestImageReproducible(t *testing.T) {
 	if !reflect.DeepEqual(docs[0].Values, docs[1].Values) {
 		t.Errorf("measurements differ:\n%+v\n%+v", docs[0].Values, docs[1].Values)
 	}
-	t.Logf("guest agent sha256 %s (%s)", images[0].GuestAgentSHA256, guestimage.GoToolchain())
+	t.Logf("guest init sha256 %s (%s)", images[0].GuestInitSHA256, guestimage.GoToolchain())
 	t.Logf("kernel %s sha256 %s", images[0].KernelPackage, images[0].Kernel.SHA256)
 	t.Logf("initrd sha256 %s", images[0].Initrd.SHA256)
 	for _, v := range docs[0].Values {

@@ -24,7 +24,7 @@ func fakeImage(t testing.TB) (dir string, size int64) {
 	t.Helper()
 	dir = t.TempDir()
 	im := guestimage.Image{KernelVersion: "6.12.0-test-cloud-amd64", KernelPackage: "linux-image-test_1",
-		Cmdline: guestimage.DefaultCmdline, GuestAgentSHA256: hex.EncodeToString(make([]byte, 32)),
+		Cmdline: guestimage.DefaultCmdline, GuestInitSHA256: hex.EncodeToString(make([]byte, 32)),
 		Modules: guestimage.DefaultModules, Recipe: hex.EncodeToString(make([]byte, 32))}
 	for _, f := range []struct {
 		name string

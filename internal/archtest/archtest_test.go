@@ -13,7 +13,7 @@ import (
 
 const module = "github.com/cloche-dev/cloche"
 
-// guestForbidden are the vendor packages the guest agent must not link: verification,
+// guestForbidden are the vendor packages the guest init must not link: verification,
 // validation, collateral and test code, which belong to the host and the verifier.
 var guestForbidden = []string{
 	"github.com/google/go-sev-guest/verify",
@@ -208,7 +208,7 @@ func TestLayersCatchUpwardImports(t *testing.T) {
 	}
 }
 
-// TestGuestLinksNoVerifier: the guest agent's dependency set, the code in the measured
+// TestGuestLinksNoVerifier: the guest init's dependency set, the code in the measured
 // initramfs, has no verification, validation or testing package.
 func TestGuestLinksNoVerifier(t *testing.T) {
 	deps := goList(t, "-deps", "./cmd/cloche-guest")
@@ -216,12 +216,12 @@ func TestGuestLinksNoVerifier(t *testing.T) {
 	for _, d := range deps {
 		for _, f := range guestForbidden {
 			if d == f || strings.HasPrefix(d, f+"/") {
-				t.Errorf("the guest agent links %s", d)
+				t.Errorf("the guest init links %s", d)
 			}
 		}
 		if r := rel(d); r != d {
 			if l, _ := tab.layerOf(r); l != "base" && l != "formats" && l != "guest" {
-				t.Errorf("the guest agent links %s (layer %s)", r, l)
+				t.Errorf("the guest init links %s (layer %s)", r, l)
 			}
 		}
 	}

@@ -1,9 +1,9 @@
 // Package testfixture builds, once per test process and cached on disk across runs, the real
-// things the end-to-end tests boot: the guest agent, the guest image (Debian's cloud kernel +
+// things the end-to-end tests boot: the guest init, the guest image (Debian's cloud kernel +
 // initramfs), a tiny busybox toolchain and the default gcc toolchain.
 //
 // The cache lives in $CLOCHE_TEST_CACHE, or the user cache directory's cloche-test. Entries
-// are keyed by content (the guest agent's digest, the toolchain's package list), so a stale
+// are keyed by content (the guest init's digest, the toolchain's package list), so a stale
 // entry is never used.
 package testfixture
 
@@ -97,8 +97,8 @@ func repoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
-// GuestAgent builds cmd/cloche-guest with scripts/build-guest-agent.sh, as the Makefile does.
-func GuestAgent(tb testing.TB) string {
+// GuestInit builds cmd/cloche-guest with scripts/build-guest-init.sh, as the Makefile does.
+func GuestInit(tb testing.TB) string {
 	tb.Helper()
 	p, err := agentOnce.get(func() (string, error) {
 		dir := filepath.Join(CacheDir(tb), "bin")
@@ -106,9 +106,9 @@ func GuestAgent(tb testing.TB) string {
 			return "", err
 		}
 		out := filepath.Join(dir, "cloche-guest")
-		cmd := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-guest-agent.sh"), out)
+		cmd := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-guest-init.sh"), out)
 		if b, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building the guest agent: %v\n%s", err, b)
+			return "", fmt.Errorf("building the guest init: %v\n%s", err, b)
 		}
 		return out, nil
 	})
@@ -118,10 +118,10 @@ func GuestAgent(tb testing.TB) string {
 	return p
 }
 
-// GuestImage returns a guest image directory built around the current guest agent.
+// GuestImage returns a guest image directory built around the current guest init.
 func GuestImage(tb testing.TB) string {
 	tb.Helper()
-	agent := GuestAgent(tb)
+	agent := GuestInit(tb)
 	dir, err := guestOnce.get(func() (string, error) {
 		fixtureLock.Lock()
 		defer fixtureLock.Unlock()
@@ -139,7 +139,7 @@ func GuestImage(tb testing.TB) string {
 		if err != nil {
 			return "", err
 		}
-		if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestAgent: agent, OutDir: dir}); err != nil {
+		if _, err := guestimage.Build(ctx, guestimage.Options{KernelDeb: deb, GuestInit: agent, OutDir: dir}); err != nil {
 			return "", err
 		}
 		return dir, nil

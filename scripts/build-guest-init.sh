@@ -1,12 +1,12 @@
 #!/bin/bash
-# Builds the guest agent (cmd/cloche-guest) reproducibly, the one way every caller builds it
+# Builds the guest init (cmd/cloche-guest) reproducibly, the one way every caller builds it
 # (make, the test fixtures, the release workflow): the Go release pinned in
 # image/guestimage/GO_TOOLCHAIN (fetched from the Go module proxy when it is not the local one),
 # static, -trimpath, no build id, and every environment setting that changes the bytes fixed,
 # so the same commit gives the same agent on any machine.
-# Usage: scripts/build-guest-agent.sh OUT
+# Usage: scripts/build-guest-init.sh OUT
 set -euo pipefail
-out=${1:?usage: scripts/build-guest-agent.sh OUT}
+out=${1:?usage: scripts/build-guest-init.sh OUT}
 case $out in
 /*) ;;
 *) out=$PWD/$out ;;
