@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
+
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // WriteInput writes an input disk image to path (host side), atomically: a temporary file
@@ -26,16 +26,11 @@ func WriteInput(path string, manifest []byte, archive io.Reader, archiveSize int
 	}
 	total := roundUp(archiveOff + archiveSize)
 
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp, err := atomicfile.Create(path)
 	if err != nil {
 		return fmt.Errorf("write input disk: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 
 	var hdr [BlockSize]byte
 	copy(hdr[:], InputMagic)
@@ -63,16 +58,7 @@ func WriteInput(path string, manifest []byte, archive io.Reader, archiveSize int
 	if err := tmp.Truncate(total); err != nil {
 		return fmt.Errorf("write input disk %s: pad: %w", path, err)
 	}
-	if err := tmp.Chmod(0o644); err != nil {
-		return fmt.Errorf("write input disk %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("write input disk %s: sync: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write input disk %s: close: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := tmp.Commit(0o644); err != nil {
 		return fmt.Errorf("write input disk: %w", err)
 	}
 	return nil

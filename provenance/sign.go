@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -25,6 +26,8 @@ import (
 	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
 	"github.com/sigstore/sigstore-go/pkg/sign"
 	"google.golang.org/protobuf/encoding/protojson"
+
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 )
 
 // maxKeyFileSize caps a PEM key file; a P-256 key in PEM is a few hundred bytes.
@@ -247,36 +250,14 @@ func GenerateKey(privPath, pubPath string) error {
 	return nil
 }
 
-// writeNewFile writes data to a temporary file in path's directory and links it into place,
-// failing if path exists (link, unlike rename, never replaces).
+// writeNewFile writes data to path atomically, failing if path exists (a key is never
+// replaced).
 func writeNewFile(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+	err := atomicfile.WriteNewFile(path, data, mode)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("writing %s: already exists; refusing to overwrite it", path)
 	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("writing %s: already exists; refusing to overwrite it", path)
-		}
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
+	return err
 }
 
 func publicKeyPEM(pub crypto.PublicKey) ([]byte, error) {

@@ -30,6 +30,7 @@ import (
 
 	"github.com/google/go-github/v60/github"
 
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
 )
 
@@ -466,11 +467,11 @@ func (c *Client) downloadTo(ctx context.Context, a Asset, path string) (int64, e
 		return 0, err
 	}
 	defer rc.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp, err := atomicfile.Create(path)
 	if err != nil {
 		return 0, err
 	}
-	defer os.Remove(tmp.Name())
+	defer tmp.Abort()
 	n, err := io.Copy(tmp, io.LimitReader(rc, c.o.MaxAssetSize+1))
 	if err == nil && n > c.o.MaxAssetSize {
 		err = fmt.Errorf("%w: asset %s is larger than %d bytes", ErrInvalid, a.Name, c.o.MaxAssetSize)
@@ -478,14 +479,11 @@ func (c *Client) downloadTo(ctx context.Context, a Asset, path string) (int64, e
 	if err == nil && n != a.Size {
 		err = fmt.Errorf("%w: asset %s: downloaded %d bytes, the API lists %d", ErrInvalid, a.Name, n, a.Size)
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
 		return 0, fmt.Errorf("downloading %s: %w", a.Name, err)
 	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return 0, err
+	if err := tmp.Commit(0o644); err != nil {
+		return 0, fmt.Errorf("downloading %s: %w", a.Name, err)
 	}
 	return n, nil
 }

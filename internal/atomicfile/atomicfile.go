@@ -103,6 +103,48 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	return f.Commit(mode)
 }
 
+// WriteNewFile writes data to path atomically, failing with an error wrapping fs.ErrExist
+// when path exists (CommitNew): a file that must never be replaced, such as a new key.
+func WriteNewFile(path string, data []byte, mode os.FileMode) error {
+	f, err := Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return f.CommitNew(mode)
+}
+
+// WriteFileUnsynced is WriteFile without the fsyncs: a reader still sees the old file or
+// the whole new one, but a crash may lose the new one. For records rewritten often whose
+// loss the writer recovers from (the agent's non-terminal job states).
+func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
+	f, err := Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	f.done = true
+	tmp := f.File.Name()
+	err = f.File.Close()
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
 // syncDir makes the rename durable.
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

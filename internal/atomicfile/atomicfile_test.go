@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -71,5 +72,51 @@ func TestCommitNew(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Fatalf("left behind: %v", ents)
+	}
+}
+
+func TestWriteNewFileNeverReplaces(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "key.pem")
+	if err := WriteNewFile(p, []byte("first"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteNewFile(p, []byte("second"), 0o600); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("second WriteNewFile = %v, want fs.ErrExist", err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "first" {
+		t.Fatalf("the file was replaced: %q", b)
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o600 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	assertNoTemps(t, filepath.Dir(p))
+}
+
+func TestWriteFileUnsyncedReplacesWhole(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "job.json")
+	for _, data := range []string{"old", "new record"} {
+		if err := WriteFileUnsynced(p, []byte(data), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != data {
+			t.Fatalf("read %q, want %q", b, data)
+		}
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	if err := WriteFileUnsynced(filepath.Join(p, "below-a-file"), nil, 0o600); err == nil {
+		t.Error("writing below a file succeeded")
+	}
+	assertNoTemps(t, filepath.Dir(p))
+}
+
+func assertNoTemps(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.Contains(e.Name(), ".tmp-") {
+			t.Errorf("temp file left: %s", e.Name())
+		}
 	}
 }
