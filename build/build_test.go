@@ -79,21 +79,6 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func writeSource(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for name, content := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
 func assertNoOutput(t *testing.T, out string) {
 	t.Helper()
 	entries, err := os.ReadDir(out)
@@ -110,7 +95,7 @@ func assertNoOutput(t *testing.T, out string) {
 
 func TestBuildSucceedsWithBusybox(t *testing.T) {
 	e := newEnv(t)
-	src := writeSource(t, map[string]string{"build.sh": "mkdir -p dist\necho hello > dist/greeting.txt\nid -u > dist/uid.txt\ncat /proc/net/dev > dist/net.txt\n"})
+	src := testfixture.WriteTree(t, map[string]string{"build.sh": "mkdir -p dist\necho hello > dist/greeting.txt\nid -u > dist/uid.txt\ncat /proc/net/dev > dist/net.txt\n"})
 	o := e.options(t, src, "sh", "build.sh")
 	out, err := Run(context.Background(), o)
 	if err != nil {
@@ -153,7 +138,7 @@ func TestBuildRejectsMissingSource(t *testing.T) {
 
 func TestBuildCommandNotFound(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "no-such-compiler", "--version")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "no-such-compiler", "--version")
 	_, err := Run(context.Background(), o)
 	var be *BuildError
 	if !errors.As(err, &be) || !strings.Contains(err.Error(), "command not found") || !strings.Contains(err.Error(), "no-such-compiler") {
@@ -164,7 +149,7 @@ func TestBuildCommandNotFound(t *testing.T) {
 
 func TestBuildNonZeroExit(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "sh", "-c", "echo compiling; echo 'error: it broke' >&2; exit 3")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c", "echo compiling; echo 'error: it broke' >&2; exit 3")
 	_, err := Run(context.Background(), o)
 	var be *BuildError
 	if !errors.As(err, &be) || !errors.Is(err, ErrBuildFailed) {
@@ -181,7 +166,7 @@ func TestBuildNonZeroExit(t *testing.T) {
 
 func TestBuildTimeLimit(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "sh", "-c", "sleep 300 & sleep 300")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c", "sleep 300 & sleep 300")
 	o.TimeoutSeconds = 3
 	start := time.Now()
 	_, err := Run(context.Background(), o)
@@ -196,7 +181,7 @@ func TestBuildTimeLimit(t *testing.T) {
 
 func TestBuildOutputCap(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "sh", "-c", "dd if=/dev/zero of=big.bin bs=1024 count=3072")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c", "dd if=/dev/zero of=big.bin bs=1024 count=3072")
 	o.MaxOutputBytes = 1 << 20
 	_, err := Run(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), "output larger than the cap") {
@@ -209,7 +194,7 @@ func TestBuildOutputCap(t *testing.T) {
 // must refuse before running anything.
 func TestGuestRefusesCorruptedInputDisk(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "sh", "-c", "echo SHOULD-NOT-RUN; touch x")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c", "echo SHOULD-NOT-RUN; touch x")
 	console := &recordingWriter{}
 	o.Console = console
 	o.beforeLaunch = func(path string) error {
@@ -241,7 +226,7 @@ func TestGuestRefusesCorruptedInputDisk(t *testing.T) {
 // while unpacking.
 func TestGuestRefusesCorruptedSourceArchive(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"main.c": strings.Repeat("int x;\n", 100)}), "sh", "-c", "echo SHOULD-NOT-RUN; touch x")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"main.c": strings.Repeat("int x;\n", 100)}), "sh", "-c", "echo SHOULD-NOT-RUN; touch x")
 	o.beforeLaunch = func(path string) error {
 		f, err := os.OpenFile(path, os.O_RDWR, 0)
 		if err != nil {
@@ -280,7 +265,7 @@ func (w *recordingWriter) String() string              { return w.b.String() }
 // caller can tell a missing guest image from a corrupt one.
 func TestBuildInputErrorKeepsCause(t *testing.T) {
 	e := newEnv(t)
-	o := e.options(t, writeSource(t, map[string]string{"a": "a"}), "true")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "true")
 	o.GuestImageDir = filepath.Join(t.TempDir(), "no-guest-image")
 	_, err := Run(context.Background(), o)
 	if !errors.Is(err, ErrInput) || !errors.Is(err, os.ErrNotExist) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/source"
@@ -24,7 +25,7 @@ func gitRepo(t *testing.T, format source.ObjectFormat, files map[string]string) 
 	if _, err := exec.LookPath("git"); err != nil {
 		t.Skip("git not installed")
 	}
-	dir := writeSource(t, files)
+	dir := testfixture.WriteTree(t, files)
 	git(t, dir, "init", "-q", "--object-format="+string(format))
 	git(t, dir, "add", "-A")
 	git(t, dir, "commit", "-q", "-m", "build me")

@@ -52,7 +52,7 @@ func TestRunReadsNoImageFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := e.options(t, writeSource(t, map[string]string{"build.sh": "mkdir -p dist\necho hi > dist/x\n"}), "sh", "build.sh")
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"build.sh": "mkdir -p dist\necho hi > dist/x\n"}), "sh", "build.sh")
 	before := testfixture.BytesRead(t)
 	if _, err := Run(context.Background(), o); err != nil {
 		t.Fatalf("Run: %v", err)

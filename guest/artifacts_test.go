@@ -13,23 +13,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
 )
-
-func writeTree(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	for p, content := range files {
-		full := filepath.Join(dir, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
 
 func sha(s string) string {
 	sum := sha256.Sum256([]byte(s))
@@ -37,7 +23,7 @@ func sha(s string) string {
 }
 
 func TestCollectArtifactsPatterns(t *testing.T) {
-	dir := writeTree(t, map[string]string{
+	dir := testfixture.WriteTree(t, map[string]string{
 		"dist/app":        "binary",
 		"dist/app.sha":    "sum",
 		"dist/sub/nested": "not matched by dist/*",
@@ -66,7 +52,7 @@ func TestCollectArtifactsPatterns(t *testing.T) {
 }
 
 func TestCollectArtifactsFailures(t *testing.T) {
-	dir := writeTree(t, map[string]string{"out/a.bin": "aaaa", "out/b.bin": "bbbb"})
+	dir := testfixture.WriteTree(t, map[string]string{"out/a.bin": "aaaa", "out/b.bin": "bbbb"})
 	if err := os.Symlink("/etc/passwd", filepath.Join(dir, "out/link.bin")); err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +86,7 @@ func TestCollectArtifactsFailures(t *testing.T) {
 }
 
 func TestCollectArtifactsCreatedOrChanged(t *testing.T) {
-	dir := writeTree(t, map[string]string{"src/main.c": "int main;", "Makefile": "all:", "keep": "same"})
+	dir := testfixture.WriteTree(t, map[string]string{"src/main.c": "int main;", "Makefile": "all:", "keep": "same"})
 	before, err := SnapshotTree(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -132,7 +118,7 @@ func TestCollectArtifactsCreatedOrChanged(t *testing.T) {
 		t.Errorf("created or changed: %v, expected [Makefile out.bin]", paths)
 	}
 	// Nothing changed at all: an error, not an empty provenance.
-	dir2 := writeTree(t, map[string]string{"a": "a"})
+	dir2 := testfixture.WriteTree(t, map[string]string{"a": "a"})
 	snap2, _ := SnapshotTree(dir2)
 	if _, err := CollectArtifacts(dir2, []string{}, snap2, 0, 1<<20); !errors.Is(err, ErrArtifactNoMatch) {
 		t.Errorf("no change: %v", err)
