@@ -92,35 +92,24 @@ func (f *File) Abort() {
 
 // WriteFile writes data to path atomically with the given mode.
 func WriteFile(path string, data []byte, mode os.FileMode) error {
-	f, err := Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.Commit(mode)
+	return write(path, data, func(f *File) error { return f.Commit(mode) })
 }
 
 // WriteNewFile writes data to path atomically, failing with an error wrapping fs.ErrExist
 // when path exists (CommitNew): a file that must never be replaced, such as a new key.
 func WriteNewFile(path string, data []byte, mode os.FileMode) error {
-	f, err := Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return f.CommitNew(mode)
+	return write(path, data, func(f *File) error { return f.CommitNew(mode) })
 }
 
 // WriteFileUnsynced is WriteFile without the fsyncs: a reader still sees the old file or
 // the whole new one, but a crash may lose the new one. For records rewritten often whose
 // loss the writer recovers from (the agent's non-terminal job states).
 func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
+	return write(path, data, func(f *File) error { return f.commitUnsynced(mode) })
+}
+
+// write writes data to a temp file beside path and commits it.
+func write(path string, data []byte, commit func(*File) error) error {
 	f, err := Create(path)
 	if err != nil {
 		return err
@@ -129,18 +118,26 @@ func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
+	return commit(f)
+}
+
+// commitUnsynced is Commit without the fsyncs of the file and its directory.
+func (f *File) commitUnsynced(mode os.FileMode) error {
+	if f.done {
+		return fmt.Errorf("commit %s: already committed or aborted", f.path)
+	}
 	f.done = true
 	tmp := f.File.Name()
-	err = f.File.Close()
+	err := f.File.Close()
 	if err == nil {
 		err = os.Chmod(tmp, mode)
 	}
 	if err == nil {
-		err = os.Rename(tmp, path)
+		err = os.Rename(tmp, f.path)
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", f.path, err)
 	}
 	return nil
 }
