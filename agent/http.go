@@ -174,7 +174,7 @@ func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
 		Source:    job.Source{Repository: s.Repository, Ref: s.Ref, ArchiveSHA256: s.Source.SHA256, ArchiveSize: s.Source.Size},
 		Toolchain: job.Toolchain{ImageSHA256: strings.Repeat("0", 64), ImageSize: 8192, VerityRootHash: strings.Repeat("0", 64), DataBlocks: 1, HashOffset: 4096},
 		Command:   s.Command, Workdir: s.Workdir, Env: s.Env, Artifacts: s.Artifacts,
-		SourceDateEpoch: s.SourceDateEpoch, TimeoutSeconds: s.TimeoutSeconds, MaxOutputBytes: s.MaxOutputBytes,
+		SourceDateEpoch: s.SourceDateEpoch, TimeoutSeconds: s.TimeoutSeconds, MaxOutputBytes: s.MaxOutputBytes, Rlimits: s.Rlimits,
 	}
 	m.Source.SetGitObjects(s.Git)
 	if err := m.Validate(); err != nil {

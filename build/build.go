@@ -353,6 +353,7 @@ func (r *run) writeManifest(src job.Source) error {
 		SourceDateEpoch: o.SourceDateEpoch,
 		TimeoutSeconds:  o.TimeoutSeconds,
 		MaxOutputBytes:  o.MaxOutputBytes,
+		Rlimits:         o.Rlimits,
 	}
 	m.Source.SetGitObjects(o.Git)
 	if o.alterManifest != nil {

@@ -179,6 +179,22 @@ func TestBuildTimeLimit(t *testing.T) {
 	assertNoOutput(t, o.OutDir)
 }
 
+// The job's rlimits reach the build's processes through the manifest: a file larger than
+// the job's RLIMIT_FSIZE cannot be written, a smaller one can.
+func TestBuildRlimitsFromTheJob(t *testing.T) {
+	e := newEnv(t)
+	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c",
+		"head -c 4096 /dev/zero > small && { head -c 8193 /dev/zero > big; true; } && test $(wc -c < big) -eq 8192 && exit 9")
+	o.Rlimits.FileSizeBytes = 8192
+	_, err := Run(context.Background(), o)
+	// Exit code 9 is the command's word that the limit held (the build fails so that
+	// the test sees the code).
+	var be *BuildError
+	if !errors.As(err, &be) || be.ExitCode != 9 {
+		t.Fatalf("err = %v; want exit code 9: the 8193-byte write stopped at the 8192-byte limit", err)
+	}
+}
+
 func TestBuildOutputCap(t *testing.T) {
 	e := newEnv(t)
 	o := e.options(t, testfixture.WriteTree(t, map[string]string{"a": "a"}), "sh", "-c", "dd if=/dev/zero of=big.bin bs=1024 count=3072")

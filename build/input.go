@@ -74,7 +74,7 @@ func (o *Options) CheckInput() error {
 		o.checkSource, o.checkOutDir, o.checkCommand, o.checkWorkdir, o.checkEnv, o.checkArtifacts,
 		func() error { return CheckVCPUs(o.VCPUs) },
 		func() error { return CheckMemoryMiB(o.MemoryMiB) },
-		o.checkTimeout, o.checkMaxOutput, o.checkAccel,
+		o.checkTimeout, o.checkMaxOutput, o.checkRlimits, o.checkAccel,
 	} {
 		if err := check(); err != nil {
 			return err
@@ -189,6 +189,15 @@ func (o *Options) checkMaxOutput() error {
 		return inputErr("MaxOutputBytes", fmt.Sprint(o.MaxOutputBytes), "expected a positive number of bytes")
 	}
 	return nil
+}
+
+func (o *Options) checkRlimits() error {
+	field, value, err := o.Rlimits.Check()
+	if err == nil {
+		return nil
+	}
+	name := map[string]string{"processes": "Rlimits.Processes", "openFiles": "Rlimits.OpenFiles"}[field]
+	return inputErr(name, fmt.Sprint(value), "%w", err)
 }
 
 func (o *Options) checkAccel() error {

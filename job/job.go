@@ -102,6 +102,20 @@ const (
 // enough for parallel builds.
 func DefaultRlimits() Rlimits { return Rlimits{Processes: 16384, OpenFiles: 65536} }
 
+// Check refuses limits outside what a guest kernel accepts and a build can run under; it
+// returns the JSON name of the field at fault, its value and what was expected.
+func (r Rlimits) Check() (field string, value uint64, err error) {
+	switch {
+	case r.Processes > MaxRlimitProcesses:
+		return "processes", r.Processes, fmt.Errorf("expected at most %d", MaxRlimitProcesses)
+	case r.OpenFiles > MaxRlimitOpenFiles:
+		return "openFiles", r.OpenFiles, fmt.Errorf("expected at most %d", MaxRlimitOpenFiles)
+	case r.OpenFiles != 0 && r.OpenFiles < 16:
+		return "openFiles", r.OpenFiles, errors.New("expected at least 16 (a shell needs a few)")
+	}
+	return "", 0, nil
+}
+
 // Effective returns r with its zero fields taken from DefaultRlimits.
 func (r Rlimits) Effective() Rlimits {
 	d := DefaultRlimits()
@@ -344,12 +358,9 @@ func (m *Manifest) Validate() error {
 		return invalidf("manifest maxOutputBytes must be positive")
 	case m.SourceDateEpoch < 0:
 		return invalidf("manifest sourceDateEpoch must not be negative")
-	case m.Rlimits.Processes > MaxRlimitProcesses:
-		return invalidf("manifest rlimits.processes is %d, limit %d", m.Rlimits.Processes, MaxRlimitProcesses)
-	case m.Rlimits.OpenFiles > MaxRlimitOpenFiles:
-		return invalidf("manifest rlimits.openFiles is %d, limit %d", m.Rlimits.OpenFiles, MaxRlimitOpenFiles)
-	case m.Rlimits.OpenFiles != 0 && m.Rlimits.OpenFiles < 16:
-		return invalidf("manifest rlimits.openFiles is %d: at least 16 (a shell needs a few)", m.Rlimits.OpenFiles)
+	}
+	if field, value, err := m.Rlimits.Check(); err != nil {
+		return invalidf("manifest rlimits.%s is %d: %v", field, value, err)
 	}
 	if err := checkRelPath("workdir", m.Workdir, true); err != nil {
 		return err

@@ -30,6 +30,8 @@ type Spec struct {
 	VCPUs           int   `json:"vcpus,omitempty"`
 	MemoryMiB       int   `json:"memoryMiB,omitempty"`
 	SourceDateEpoch int64 `json:"sourceDateEpoch,omitempty"`
+	// Rlimits bound the build's processes (zero fields: DefaultRlimits).
+	Rlimits Rlimits `json:"rlimits,omitzero"`
 	// InvocationID names this run uniquely (default: a random local id).
 	InvocationID string `json:"invocationId,omitempty"`
 	// Repository and Ref are recorded as the host's word (a keyless signer's certificate

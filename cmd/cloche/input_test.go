@@ -38,6 +38,8 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"timeout 0", []string{"--timeout", "0s"}, "--timeout 0s: expected a duration of at least 1s"},
 		{"timeout negative", []string{"--timeout", "-5m"}, "--timeout -5m0s: expected a duration of at least 1s"},
 		{"max-output 0", []string{"--max-output", "0"}, "--max-output 0: expected a positive number of bytes"},
+		{"max-processes too many", []string{"--max-processes", "5000000"}, "--max-processes 5000000: expected at most 4194304"},
+		{"max-open-files too few", []string{"--max-open-files", "3"}, "--max-open-files 3: expected at least 16"},
 		{"workdir outside", []string{"--workdir", "../x"}, `--workdir "../x": expected a clean relative path`},
 		{"artifact absolute", []string{"--artifact", "/etc/passwd"}, `--artifact "/etc/passwd": expected a clean relative path pattern`},
 		{"env malformed", []string{"--env", "NOEQUALS"}, `--env "NOEQUALS": expected NAME=VALUE`},

@@ -27,6 +27,7 @@ type runFlags struct {
 	timeout                    time.Duration
 	maxOutput                  int64
 	vcpus, memory              int
+	rlimits                    job.Rlimits
 	accel, qemu                string
 	key, guestImage, toolchain string
 	toolchainImage             string
@@ -77,6 +78,9 @@ is an artifact.`,
 	fl.Int64Var(&f.maxOutput, "max-output", build.DefaultMaxOutputBytes, "cap on artifacts plus log, in `bytes`")
 	fl.IntVar(&f.vcpus, "vcpus", build.DefaultVCPUs, fmt.Sprintf("guest vCPUs, %d..%d (part of the measurement)", build.MinVCPUs, build.MaxVCPUs))
 	fl.IntVar(&f.memory, "memory", build.DefaultMemoryMiB, fmt.Sprintf("guest memory in `MiB`, %d..%d (part of the measurement)", build.MinMemoryMiB, build.MaxMemoryMiB))
+	fl.Uint64Var(&f.rlimits.Processes, "max-processes", 0, fmt.Sprintf("RLIMIT_NPROC of the build's processes, at most %d (default %d; in the manifest)", job.MaxRlimitProcesses, job.DefaultRlimits().Processes))
+	fl.Uint64Var(&f.rlimits.OpenFiles, "max-open-files", 0, fmt.Sprintf("RLIMIT_NOFILE of the build's processes, 16..%d (default %d; in the manifest)", job.MaxRlimitOpenFiles, job.DefaultRlimits().OpenFiles))
+	fl.Uint64Var(&f.rlimits.FileSizeBytes, "max-file-size", 0, "RLIMIT_FSIZE: the largest file the build may write, in `bytes` (default: no limit beyond the disks; in the manifest)")
 	fl.StringVar(&f.accel, "accel", "auto", "QEMU accelerator: auto, kvm or tcg")
 	fl.StringVar(&f.qemu, "qemu", "", "QEMU binary (default qemu-system-x86_64 from PATH)")
 	fl.StringVar(&f.key, "key", "", "ECDSA P-256 signing key (PEM); default: the state directory's, created on first use")
@@ -186,7 +190,7 @@ func runFlagName(field string) string {
 	return map[string]string{
 		"SourceDir": "--source", "OutDir": "--out", "Command": "COMMAND", "Workdir": "--workdir",
 		"Env": "--env", "Artifacts": "--artifact", "VCPUs": "--vcpus", "MemoryMiB": "--memory",
-		"TimeoutSeconds": "--timeout", "MaxOutputBytes": "--max-output", "Accel": "--accel",
+		"TimeoutSeconds": "--timeout", "Rlimits.Processes": "--max-processes", "Rlimits.OpenFiles": "--max-open-files", "MaxOutputBytes": "--max-output", "Accel": "--accel",
 	}[field]
 }
 
@@ -201,7 +205,8 @@ func runInput(ctx context.Context, f *runFlags, command []string) (*build.Option
 	o := &build.Options{
 		Spec: job.Spec{Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
 			MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory, TEE: attest.TEE(f.tee),
-			SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID, Repository: f.repository, Ref: f.ref},
+			SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID, Repository: f.repository, Ref: f.ref,
+			Rlimits: f.rlimits},
 		SourceDir: f.source, OutDir: f.out, Accel: f.accel,
 	}
 	o.SetTimeout(f.timeout)
