@@ -159,7 +159,7 @@ func (s *selftest) run(ctx context.Context, tee attest.TEE, state string) error 
 		return err
 	}
 	var h *host.Host
-	if err := s.phase("guest image", func() (err error) { h, err = s.host(ctx, tee, state, tc); return err }); err != nil {
+	if err := s.phase("host", func() (err error) { h, err = s.host(ctx, tee, state, tc); return err }); err != nil {
 		return err
 	}
 	var outcome *build.Outcome

@@ -30,7 +30,7 @@ func TestSelftestSim(t *testing.T) {
 			t.Errorf("phase %s: %s", p.Name, p.Error)
 		}
 	}
-	if !sum.Passed || strings.Join(names, ",") != "doctor,versions,toolchain image,build,verify" {
+	if !sum.Passed || strings.Join(names, ",") != "doctor,versions,toolchain image,host,build,verify" {
 		t.Errorf("summary: passed %v, phases %v", sum.Passed, names)
 	}
 	if !strings.HasPrefix(sum.Versions["qemu"].(string), "QEMU emulator version") {
