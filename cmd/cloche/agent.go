@@ -221,6 +221,9 @@ func printAgentStatus(w io.Writer, s *agent.AgentStatus, now time.Time) {
 	fmt.Fprintf(w, "queue:   %d waiting (limit %d)\n", len(s.Queued), s.QueueLimit)
 	line := func(j agent.JobStatus, since time.Time) {
 		fmt.Fprintf(w, "  %s  uid %-6d %-10s %8s  %s\n", j.ID, j.Submitter.UID, j.State, now.Sub(since).Round(time.Second), strings.Join(j.Spec.Command, " "))
+		if j.Unsaved != "" {
+			fmt.Fprintf(w, "      not saved: %s\n", j.Unsaved)
+		}
 	}
 	for _, j := range s.Queued {
 		line(j, j.SubmittedAt)

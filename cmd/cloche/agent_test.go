@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
@@ -124,5 +125,17 @@ func TestRunThroughAgent(t *testing.T) {
 	code, _, stderr = cli(t, "run", "--agent", socket, "--key", "/x", "--source", src, "--", "true")
 	if code == 0 || !strings.Contains(stderr, "--key is set by the agent's configuration") {
 		t.Errorf("run --agent --key: %d %s", code, stderr)
+	}
+}
+
+// A job state the agent could not save is shown as such, not as if it were on disk.
+func TestAgentStatusShowsUnsavedState(t *testing.T) {
+	now := time.Now()
+	s := &agent.AgentStatus{TEE: "sim", Counts: map[agent.State]int{},
+		Running: []agent.JobStatus{{ID: "j1", State: agent.StateRunning, SubmittedAt: now, Unsaved: "the agent could not save this state (no space left on device)"}}}
+	var b bytes.Buffer
+	printAgentStatus(&b, s, now)
+	if !strings.Contains(b.String(), "j1") || !strings.Contains(b.String(), "not saved: the agent could not save this state (no space left on device)") {
+		t.Errorf("status:\n%s", b.String())
 	}
 }
