@@ -288,7 +288,7 @@ func TestHelloEndToEnd(t *testing.T) {
 		if err != nil || !strings.HasSuffix(string(b), "  hello\n") || strings.Count(string(b), "\n") != 1 {
 			t.Fatalf("SHA256SUMS = %q, %v; want one line for hello", b, err)
 		}
-		args := append(h.verifyArgs(h.bundle)[:9], "--checksums", sums)
+		args := append(h.verifyArgs(h.bundle)[:10], "--checksums", sums)
 		code, _, stderr := cli(t, args...)
 		if code != 0 || !strings.HasPrefix(stderr, "PASSED: ") {
 			t.Fatalf("verify --checksums SHA256SUMS: exit %d, stderr %q", code, stderr)
@@ -302,14 +302,14 @@ func TestHelloEndToEnd(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "hello"), swapped, 0o755)
 		sum := sha256.Sum256(swapped)
 		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte(hex.EncodeToString(sum[:])+"  hello\n"), 0o644)
-		wantFailed(t, append(h.verifyArgs(h.bundle)[:9], "--checksums", filepath.Join(dir, "SHA256SUMS")), "subject", "")
+		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "subject", "")
 	})
 	t.Run("file changed beside SHA256SUMS", func(t *testing.T) {
 		dir := t.TempDir()
 		b, _ := os.ReadFile(filepath.Join(h.out, "SHA256SUMS"))
 		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), b, 0o644)
 		os.WriteFile(filepath.Join(dir, "hello"), []byte("not hello"), 0o755)
-		wantFailed(t, append(h.verifyArgs(h.bundle)[:9], "--checksums", filepath.Join(dir, "SHA256SUMS")), "checksums", "lists hello")
+		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "checksums", "lists hello")
 	})
 	t.Run("measurement pinned", func(t *testing.T) {
 		_, m, _ := cli(t, "measure", "--tee", "sim", "--guest-image", testfixture.GuestImage(t), "--vcpus", "2", "--memory", "2048")
