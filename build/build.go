@@ -13,6 +13,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -107,7 +108,11 @@ func (o *Options) stage(s Stage) {
 
 // Outcome is what a successful build produced.
 type Outcome struct {
-	Artifacts   []job.Artifact
+	Artifacts []job.Artifact
+	// Checksums is the SHA256SUMS file of the artifacts the host wrote into OutDir, a
+	// subject of the statement too (provenance.ChecksumsName); nil when an artifact has
+	// that name itself.
+	Checksums   *job.Artifact
 	ArtifactDir string // OutDir
 	BundlePath  string
 	Measurement string // hex
@@ -242,12 +247,13 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	bundlePath, err := r.publish(res, bundle)
+	checksums, bundlePath, err := r.publish(res, bundle)
 	if err != nil {
 		return nil, err
 	}
 	return &Outcome{
 		Artifacts:   res.Artifacts,
+		Checksums:   checksums,
 		ArtifactDir: o.OutDir,
 		BundlePath:  bundlePath,
 		Measurement: hex.EncodeToString(measurement),
@@ -535,27 +541,47 @@ func (r *run) guestImageRecord(measurement []byte) (provenance.GuestImage, error
 }
 
 // publish is step 5: the artifacts into OutDir, each checked against the result record
-// and moved by rename, then the bundle last. It returns the bundle's path.
-func (r *run) publish(res *job.Result, bundle []byte) (string, error) {
+// and moved by rename, then their SHA256SUMS, then the bundle last. It returns the
+// checksums file (nil when the build made its own) and the bundle's path.
+func (r *run) publish(res *job.Result, bundle []byte) (*job.Artifact, string, error) {
 	extract := filepath.Join(r.work, "out")
 	for _, a := range res.Artifacts {
 		src := filepath.Join(extract, "artifacts", filepath.FromSlash(a.Path))
 		if err := checkFile(src, a); err != nil {
-			return "", fmt.Errorf("%w: %w", ErrGuest, err)
+			return nil, "", fmt.Errorf("%w: %w", ErrGuest, err)
 		}
 		dst := filepath.Join(r.o.OutDir, filepath.FromSlash(a.Path))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return "", err
+			return nil, "", err
 		}
 		if err := moveFile(src, dst); err != nil {
-			return "", err
+			return nil, "", err
 		}
+	}
+	checksums, err := writeChecksums(r.o.OutDir, res.Artifacts)
+	if err != nil {
+		return nil, "", err
 	}
 	bundlePath := filepath.Join(r.o.OutDir, BundleName)
 	if err := atomicfile.WriteFile(bundlePath, bundle, 0o644); err != nil {
-		return "", err
+		return nil, "", err
 	}
-	return bundlePath, nil
+	return checksums, bundlePath, nil
+}
+
+// writeChecksums writes the artifacts' SHA256SUMS into dir, the content the statement's
+// subject of that name digests (from the result record, which the verifier recomputes it
+// from). It writes nothing when an artifact has that name.
+func writeChecksums(dir string, artifacts []job.Artifact) (*job.Artifact, error) {
+	if !provenance.HasChecksumsSubject(artifacts) {
+		return nil, nil
+	}
+	b := provenance.Checksums(artifacts)
+	if err := atomicfile.WriteFile(filepath.Join(dir, provenance.ChecksumsName), b, 0o644); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", provenance.ChecksumsName, err)
+	}
+	sum := sha256.Sum256(b)
+	return &job.Artifact{Path: provenance.ChecksumsName, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b))}, nil
 }
 
 // CheckCommit ties git objects (Options.Git) to the source directory, as the guest will,

@@ -124,6 +124,38 @@ func TestBuildSucceedsWithBusybox(t *testing.T) {
 	if _, err := os.Stat(out.BundlePath); err != nil {
 		t.Errorf("no bundle: %v", err)
 	}
+	if sums, err := os.ReadFile(filepath.Join(o.OutDir, provenance.ChecksumsName)); err != nil || string(sums) != string(provenance.Checksums(out.Artifacts)) {
+		t.Errorf("%s = %q, %v; want the artifacts' sums", provenance.ChecksumsName, sums, err)
+	}
+}
+
+func TestWriteChecksums(t *testing.T) {
+	dir := t.TempDir()
+	arts := []job.Artifact{{Path: "b", SHA256: strings.Repeat("b", 64), Size: 1}, {Path: "a/x", SHA256: strings.Repeat("a", 64), Size: 2}}
+	got, err := writeChecksums(dir, arts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, provenance.ChecksumsName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Repeat("a", 64) + "  a/x\n" + strings.Repeat("b", 64) + "  b\n"; string(b) != want {
+		t.Fatalf("SHA256SUMS = %q, want %q", b, want)
+	}
+	if got == nil || got.Path != provenance.ChecksumsName || got.Size != int64(len(b)) || len(got.SHA256) != 64 {
+		t.Fatalf("checksums artifact = %+v", got)
+	}
+
+	// A build that made its own SHA256SUMS keeps it.
+	own := t.TempDir()
+	os.WriteFile(filepath.Join(own, provenance.ChecksumsName), []byte("mine"), 0o644)
+	if got, err := writeChecksums(own, append(arts, job.Artifact{Path: provenance.ChecksumsName, SHA256: strings.Repeat("c", 64)})); err != nil || got != nil {
+		t.Fatalf("with an artifact of that name: %+v, %v; want nothing written", got, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(own, provenance.ChecksumsName)); string(b) != "mine" {
+		t.Fatalf("the build's own SHA256SUMS was overwritten: %q", b)
+	}
 }
 
 func TestBuildRejectsMissingSource(t *testing.T) {

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,7 +32,10 @@ type BuildSetup struct {
 
 // BuildResult is what the build action produced.
 type BuildResult struct {
-	Outcome    *build.Outcome
+	Outcome *build.Outcome
+	// Subjects are the artifacts the action published and reported: every one the
+	// statement names, or those the subject inputs selected.
+	Subjects   []job.Artifact
 	Release    *release.Release
 	Published  []release.Outcome
 	Invocation string
@@ -91,6 +93,8 @@ type buildInputs struct {
 	tag, token      string
 	pushAttestation bool
 	replace         bool
+	subjects        subjectSelection
+	showSummary     bool
 }
 
 func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup BuildSetup) (*BuildResult, error) {
@@ -113,15 +117,21 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	if err != nil {
 		return nil, err
 	}
-	res := &BuildResult{Outcome: outcome, Invocation: in.wc.invocation()}
+	subjects, err := selectSubjects(outcome, in.subjects)
+	if err != nil {
+		return nil, err
+	}
+	res := &BuildResult{Outcome: outcome, Subjects: subjects, Invocation: in.wc.invocation()}
 	// Outputs before publishing, so a failed upload still leaves them to later steps.
-	if err := setBuildOutputs(a, outcome); err != nil {
+	if err := setBuildOutputs(a, res); err != nil {
 		return nil, err
 	}
 	if err := publishBuild(ctx, r, a, in, res); err != nil {
 		return nil, err
 	}
-	a.AddStepSummary(buildSummary(in.wc, outcome, res))
+	if in.showSummary {
+		a.AddStepSummary(buildSummary(in.wc, outcome, res))
+	}
 	return res, nil
 }
 
@@ -140,7 +150,12 @@ func readBuildInputs(a *githubactions.Action) (*buildInputs, error) {
 	if run == "" {
 		return nil, fmt.Errorf("%w: input run (the build command) is required", ErrInput)
 	}
-	in.spec = job.Spec{Command: []string{"sh", "-c", run}, Artifacts: listInput(a, "artifacts"),
+	patterns, sel, err := readSubjectInputs(a)
+	if err != nil {
+		return nil, err
+	}
+	in.subjects = sel
+	in.spec = job.Spec{Command: []string{"sh", "-c", run}, Artifacts: patterns,
 		TEE: attest.TEE(defaulted(input(a, "tee"), "auto")), InvocationID: wc.invocation(), Repository: wc.repoURL(), Ref: wc.ref}
 	in.spec.SetTimeout(build.DefaultTimeout)
 	if v := input(a, "timeout"); v != "" {
@@ -157,6 +172,9 @@ func readBuildInputs(a *githubactions.Action) (*buildInputs, error) {
 		return nil, err
 	}
 	if in.replace, err = boolInput(a, "replace-assets"); err != nil {
+		return nil, err
+	}
+	if in.showSummary, err = boolInputDefault(a, "show-summary", true); err != nil {
 		return nil, err
 	}
 	if in.token != "" {
@@ -259,16 +277,17 @@ func buildInVM(ctx context.Context, r Runner, a *githubactions.Action, h *host.H
 	return outcome, nil
 }
 
-// setBuildOutputs sets the step's outputs: the bundle, the artifacts with digests, the TEE
+// setBuildOutputs sets the step's outputs: the bundle, the subjects with digests, the TEE
 // and the measurement.
-func setBuildOutputs(a *githubactions.Action, outcome *build.Outcome) error {
+func setBuildOutputs(a *githubactions.Action, res *BuildResult) error {
 	type artifactOut struct {
 		Path   string `json:"path"`
 		SHA256 string `json:"sha256"`
 	}
+	outcome := res.Outcome
 	arts := []artifactOut{}
-	for _, x := range outcome.Artifacts {
-		arts = append(arts, artifactOut{Path: filepath.Join(outcome.ArtifactDir, filepath.FromSlash(x.Path)), SHA256: x.SHA256})
+	for _, x := range res.Subjects {
+		arts = append(arts, artifactOut{Path: artifactPath(outcome, x), SHA256: x.SHA256})
 	}
 	artsJSON, err := json.Marshal(arts)
 	if err != nil {
@@ -295,7 +314,7 @@ func publishBuild(ctx context.Context, r Runner, a *githubactions.Action, in *bu
 		return err
 	}
 	if in.tag != "" {
-		if res.Release, res.Published, err = publish(ctx, rc, in.tag, res.Outcome, in.replace); err != nil {
+		if res.Release, res.Published, err = publish(ctx, rc, in.tag, res.Outcome, res.Subjects, in.replace); err != nil {
 			return err
 		}
 		a.SetOutput("release-url", res.Release.HTMLURL)
@@ -331,17 +350,17 @@ func withLogger(o release.Options, l *slog.Logger) release.Options {
 	return o
 }
 
-// publish uploads the artifacts (flat, by base name) and then the bundle.
-func publish(ctx context.Context, rc *release.Client, tag string, o *build.Outcome, replace bool) (*release.Release, []release.Outcome, error) {
+// publish uploads the subjects (flat, by base name) and then the bundle.
+func publish(ctx context.Context, rc *release.Client, tag string, o *build.Outcome, subjects []job.Artifact, replace bool) (*release.Release, []release.Outcome, error) {
 	var files []release.File
 	seen := map[string]string{}
-	for _, x := range o.Artifacts {
+	for _, x := range subjects {
 		name := path.Base(x.Path)
 		if prev, dup := seen[name]; dup {
 			return nil, nil, fmt.Errorf("%w: artifacts %s and %s would both be release asset %s", ErrInput, prev, x.Path, name)
 		}
 		seen[name] = x.Path
-		files = append(files, release.File{Name: name, Path: filepath.Join(o.ArtifactDir, filepath.FromSlash(x.Path))})
+		files = append(files, release.File{Name: name, Path: artifactPath(o, x)})
 	}
 	if _, dup := seen[build.BundleName]; dup {
 		return nil, nil, fmt.Errorf("%w: an artifact is named %s, like the provenance bundle", ErrInput, build.BundleName)
@@ -491,7 +510,7 @@ func buildSummary(wc *workflowContext, o *build.Outcome, res *BuildResult) strin
 		fmt.Fprintf(&b, "| release | %s |\n", mdEscape(res.Release.HTMLURL))
 	}
 	fmt.Fprintf(&b, "\n| artifact | sha256 | size |\n|---|---|---|\n")
-	for _, x := range o.Artifacts {
+	for _, x := range res.Subjects {
 		fmt.Fprintf(&b, "| %s | `%s` | %d |\n", mdEscape(x.Path), x.SHA256, x.Size)
 	}
 	fmt.Fprintf(&b, "| %s | provenance (Sigstore bundle) | |\n", build.BundleName)

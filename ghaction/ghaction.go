@@ -88,6 +88,14 @@ func boolInput(a *githubactions.Action, name string) (bool, error) {
 	return b, nil
 }
 
+// boolInputDefault parses a boolean input whose absence means def.
+func boolInputDefault(a *githubactions.Action, name string, def bool) (bool, error) {
+	if input(a, name) == "" {
+		return def, nil
+	}
+	return boolInput(a, name)
+}
+
 // listInput splits a multi-line or comma-separated input, dropping blanks.
 func listInput(a *githubactions.Action, name string) []string {
 	var out []string

@@ -13,10 +13,10 @@ import (
 // CheckAgainstManifest verifies that the statement says exactly what the manifest and the
 // result record say: every external parameter, the internal parameters, the source and
 // toolchain dependencies, the invocation id, the builder's TEE kind, and the subjects (equal
-// to the result record's artifacts as a set). The host that holds a signing key is thereby
-// kept from describing a build differently from what the hardware attested. m and r are the
-// parsed byproducts; the guest-image dependency is not checked here (the verifier compares
-// it with the evidence).
+// to the result record's artifacts as a set, plus the checksums file of them, ChecksumsName).
+// The host that holds a signing key is thereby kept from describing a build differently
+// from what the hardware attested. m and r are the parsed byproducts; the guest-image
+// dependency is not checked here (the verifier compares it with the evidence).
 //
 // The error wraps ErrMismatch and names the first differing field with both values.
 func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
@@ -101,10 +101,19 @@ func (c *checker) dependency(name string, got, want *Dependency) {
 	}
 }
 
+// subjects checks the subjects are the result record's artifacts and, optionally (a
+// statement from before cloche wrote it), the checksums file of them, whose digest is
+// recomputed here: the host writes that file, so only its recomputed digest vouches for it.
 func (c *checker) subjects(got map[string]string, artifacts []job.Artifact) {
-	want := make(map[string]string, len(artifacts))
+	want := make(map[string]string, len(artifacts)+1)
 	for _, a := range artifacts {
 		want[a.Path] = a.SHA256
+	}
+	if sum := checksumsSubject(artifacts); sum != "" {
+		if g, ok := got[ChecksumsName]; ok {
+			c.equal("subject "+ChecksumsName+" sha256", "result record's artifacts", g, sum)
+			want[ChecksumsName] = sum
+		}
 	}
 	for _, name := range sortedKeys(want) {
 		g, ok := got[name]

@@ -190,8 +190,9 @@ func decodeStruct(s *structpb.Struct, v any) error {
 }
 
 func parseSubjects(subjects []*intoto.ResourceDescriptor) (map[string]string, error) {
-	if len(subjects) > job.MaxArtifacts {
-		return nil, statementErrorf("statement has %d subjects, limit %d", len(subjects), job.MaxArtifacts)
+	// The artifacts and their checksums file.
+	if len(subjects) > job.MaxArtifacts+1 {
+		return nil, statementErrorf("statement has %d subjects, limit %d", len(subjects), job.MaxArtifacts+1)
 	}
 	out := make(map[string]string, len(subjects))
 	for i, s := range subjects {

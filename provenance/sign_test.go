@@ -90,7 +90,7 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Statement: %v", err)
 	}
-	if st.GetPredicateType() != PredicateType || len(st.GetSubject()) != 3 {
+	if st.GetPredicateType() != PredicateType || len(st.GetSubject()) != 4 { // three artifacts and SHA256SUMS
 		t.Fatalf("statement predicateType %q, %d subjects", st.GetPredicateType(), len(st.GetSubject()))
 	}
 	if b.GetVerificationMaterial().GetPublicKey().GetHint() == "" {

@@ -302,14 +302,18 @@ func newRunDetails(in Input, m *job.Manifest) *provv1.RunDetails {
 	}
 }
 
-// subjects are the result record's artifacts, by SHA-256.
+// subjects are the result record's artifacts, by SHA-256, and the checksums file of them
+// (ChecksumsName).
 func subjects(r *job.Result) []*intoto.ResourceDescriptor {
-	out := make([]*intoto.ResourceDescriptor, 0, len(r.Artifacts))
+	out := make([]*intoto.ResourceDescriptor, 0, len(r.Artifacts)+1)
 	for _, a := range r.Artifacts {
 		out = append(out, &intoto.ResourceDescriptor{
 			Name:   a.Path,
 			Digest: map[string]string{"sha256": a.SHA256},
 		})
+	}
+	if sum := checksumsSubject(r.Artifacts); sum != "" {
+		out = append(out, &intoto.ResourceDescriptor{Name: ChecksumsName, Digest: map[string]string{"sha256": sum}})
 	}
 	return out
 }

@@ -2,6 +2,8 @@ package provenance
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"reflect"
@@ -31,6 +33,8 @@ func TestStatementRoundTrip(t *testing.T) {
 	for _, a := range f.r.Artifacts {
 		wantSubjects[a.Path] = a.SHA256
 	}
+	sums := sha256.Sum256(Checksums(f.r.Artifacts))
+	wantSubjects[ChecksumsName] = hex.EncodeToString(sums[:])
 	if !reflect.DeepEqual(p.Subjects, wantSubjects) {
 		t.Errorf("subjects = %v, want %v", p.Subjects, wantSubjects)
 	}
@@ -439,6 +443,9 @@ func TestCheckAgainstManifestMismatch(t *testing.T) {
 		{"subject renamed", func(st map[string]any) {
 			arr(st, "subject")[2].(map[string]any)["name"] = "out/hello.exe"
 		}, "subject out/hello"},
+		{"checksums subject digest differs", func(st map[string]any) {
+			named(arr(st, "subject"), ChecksumsName)["digest"] = map[string]any{"sha256": otherHex}
+		}, "subject SHA256SUMS sha256"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			p, err := ParseStatement(mutate(t, stmt, c.edit))
@@ -637,5 +644,49 @@ func TestStatementToolchainSourceImage(t *testing.T) {
 		if err := p.CheckAgainstManifest(&m, &r); !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), c.field+": statement says") {
 			t.Errorf("%s: error = %v, want a mismatch naming %s", c.name, err, c.field)
 		}
+	}
+}
+
+func TestChecksumsFormat(t *testing.T) {
+	a, b := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	got := string(Checksums([]job.Artifact{{Path: "out/z", SHA256: a}, {Path: "hello", SHA256: b}, {Path: "out/a", SHA256: b}}))
+	want := b + "  hello\n" + b + "  out/a\n" + a + "  out/z\n"
+	if got != want {
+		t.Fatalf("Checksums = %q, want %q (sha256sum's format, sorted by path)", got, want)
+	}
+}
+
+// A statement written before the checksums subject existed still checks; one whose build
+// made its own SHA256SUMS names that artifact and no second file.
+func TestChecksumsSubjectOptionalAndYielding(t *testing.T) {
+	f := newFixture(t)
+	older := mutate(t, f.statement(t), func(st map[string]any) {
+		var kept []any
+		for _, s := range arr(st, "subject") {
+			if s.(map[string]any)["name"] != ChecksumsName {
+				kept = append(kept, s)
+			}
+		}
+		st["subject"] = kept
+	})
+	p, err := ParseStatement(older)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckAgainstManifest(f.m, f.r); err != nil {
+		t.Fatalf("statement without the checksums subject: %v", err)
+	}
+
+	own := []job.Artifact{{Path: ChecksumsName, SHA256: strings.Repeat("c", 64), Size: 1}, {Path: "out/a", SHA256: strings.Repeat("d", 64), Size: 1}}
+	if HasChecksumsSubject(own) || !HasChecksumsSubject(own[1:]) {
+		t.Fatal("HasChecksumsSubject must yield to an artifact of that name, and only then")
+	}
+	p.Subjects = map[string]string{ChecksumsName: own[0].SHA256, "out/a": own[1].SHA256}
+	r := *f.r
+	r.Artifacts = own
+	c := checker{}
+	c.subjects(p.Subjects, r.Artifacts)
+	if c.err != nil {
+		t.Fatalf("the build's own SHA256SUMS as subject: %v", c.err)
 	}
 }

@@ -24,13 +24,14 @@ const (
 // mode) or '*' (binary mode), then the file name.
 var checksumLine = regexp.MustCompile(`^([0-9a-fA-F]{64}) [ *](.+)$`)
 
-// checksumEntry is one file a checksums file lists.
-type checksumEntry struct{ name, sha256 string }
+// ChecksumEntry is one file a checksums file lists: its name (a clean relative path, from
+// the checksums file's directory) and SHA-256 in lowercase hex.
+type ChecksumEntry struct{ Name, SHA256 string }
 
-// parseChecksums reads a checksums file strictly: every line an entry, names local paths
+// ParseChecksums reads a checksums file strictly: every line an entry, names local paths
 // given once.
-func parseChecksums(b []byte) ([]checksumEntry, error) {
-	var entries []checksumEntry
+func ParseChecksums(b []byte) ([]ChecksumEntry, error) {
+	var entries []ChecksumEntry
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 4096), MaxChecksumsFileSize)
@@ -54,7 +55,7 @@ func parseChecksums(b []byte) ([]checksumEntry, error) {
 		if len(entries) == MaxChecksumsEntries {
 			return nil, fmt.Errorf("more than %d entries", MaxChecksumsEntries)
 		}
-		entries = append(entries, checksumEntry{name, strings.ToLower(m[1])})
+		entries = append(entries, ChecksumEntry{name, strings.ToLower(m[1])})
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
@@ -76,7 +77,7 @@ func checkChecksums(ctx context.Context, files []string) ([]job.Artifact, error)
 		if err != nil {
 			return nil, fail(CheckChecksums, err)
 		}
-		entries, err := parseChecksums(b)
+		entries, err := ParseChecksums(b)
 		if err != nil {
 			return nil, fail(CheckChecksums, fmt.Errorf("%s: %w", f, err))
 		}
@@ -84,19 +85,19 @@ func checkChecksums(ctx context.Context, files []string) ([]job.Artifact, error)
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			p := filepath.Join(filepath.Dir(f), e.name)
+			p := filepath.Join(filepath.Dir(f), e.Name)
 			sum, err := hashFile(p)
 			if err != nil {
-				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s: %w", f, e.name, err))
+				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s: %w", f, e.Name, err))
 			}
-			if sum != e.sha256 {
-				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s with SHA-256 %s, the file has %s", f, e.name, e.sha256, sum))
+			if sum != e.SHA256 {
+				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s with SHA-256 %s, the file has %s", f, e.Name, e.SHA256, sum))
 			}
 			st, err := os.Stat(p)
 			if err != nil {
 				return nil, fail(CheckChecksums, err)
 			}
-			verified = append(verified, job.Artifact{Path: e.name, SHA256: sum, Size: st.Size()})
+			verified = append(verified, job.Artifact{Path: e.Name, SHA256: sum, Size: st.Size()})
 		}
 	}
 	return verified, nil

@@ -91,12 +91,12 @@ func TestParseChecksums(t *testing.T) {
 		"sha512":     strings.Repeat("a", 128) + "  x\n",
 		"backslash":  h + "  a\\b\n",
 	} {
-		if _, err := parseChecksums([]byte(in)); err == nil {
+		if _, err := ParseChecksums([]byte(in)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	got, err := parseChecksums([]byte(strings.ToUpper(h) + "  dist/x.tar.gz\r\n\n" + h + " *y\n"))
-	if err != nil || len(got) != 2 || got[0].name != "dist/x.tar.gz" || got[0].sha256 != h || got[1].name != "y" {
-		t.Errorf("parseChecksums = %v, %v", got, err)
+	got, err := ParseChecksums([]byte(strings.ToUpper(h) + "  dist/x.tar.gz\r\n\n" + h + " *y\n"))
+	if err != nil || len(got) != 2 || got[0].Name != "dist/x.tar.gz" || got[0].SHA256 != h || got[1].Name != "y" {
+		t.Errorf("ParseChecksums = %v, %v", got, err)
 	}
 }

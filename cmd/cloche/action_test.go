@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -151,14 +152,14 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		t.Errorf("the build log set an output:\n%s", out)
 	}
 	sum := readFile(t, summary)
-	for _, want := range []string{"| TEE | sim (SIMULATED", "| measurement |", sha, "dist/widget.txt", "provenance.sigstore.json"} {
+	for _, want := range []string{"| TEE | sim (SIMULATED", "| measurement |", sha, "dist/widget.txt", "| SHA256SUMS |", "provenance.sigstore.json"} {
 		if !strings.Contains(sum, want) {
 			t.Errorf("step summary lacks %q:\n%s", want, sum)
 		}
 	}
 	rel := gh.Release("acme/widget", "v1.0.0")
-	if rel == nil || len(rel.Assets) != 2 {
-		t.Fatalf("release after the build: %+v", rel)
+	if rel == nil || len(rel.Assets) != 3 {
+		t.Fatalf("release after the build (want widget.txt, SHA256SUMS and the bundle): %+v", rel)
 	}
 	var bundle []byte
 	for _, a := range rel.Assets {
@@ -183,8 +184,8 @@ func TestActionBuildPublishVerify(t *testing.T) {
 			uploads = append(uploads, r.Status)
 		}
 	}
-	if len(uploads) != 3 || uploads[0] != 502 {
-		t.Errorf("upload answers %v, want a 502 then two 201s", uploads)
+	if len(uploads) != 4 || uploads[0] != 502 {
+		t.Errorf("upload answers %v, want a 502 then three 201s", uploads)
 	}
 
 	_, simRoot, _ := cli(t, "sim-root", "--state-dir", state)
@@ -229,6 +230,17 @@ func TestActionBuildPublishVerify(t *testing.T) {
 			if !strings.Contains(log, want) {
 				t.Errorf("verify outputs lack %q:\n%s", want, log)
 			}
+		}
+	})
+
+	t.Run("verify action warnings are annotations", func(t *testing.T) {
+		code, sum, log := verifyAction(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "insecure-skip-measurement": "true"})
+		if code != 0 {
+			t.Fatalf("verify exited %d\n%s\n%s", code, sum, log)
+		}
+		// One annotation per verified asset (widget.txt and SHA256SUMS).
+		if n := strings.Count(log, "::warning::"); n != 2 || !strings.Contains(log, "::warning::widget.txt: measurement NOT checked") {
+			t.Errorf("%d warning annotations, want the skipped measurement on both assets:\n%s", n, log)
 		}
 	})
 
@@ -334,6 +346,10 @@ func TestActionInputErrors(t *testing.T) {
 		{"no id-token permission", map[string]string{"ACTIONS_ID_TOKEN_REQUEST_URL": ""}, "id-token: write"},
 		{"not in a job", map[string]string{"GITHUB_OUTPUT": ""}, "GITHUB_OUTPUT is not set"},
 		{"publishing without a token", map[string]string{"INPUT_GITHUB_TOKEN": ""}, "github-token"},
+		{"bad subject-digest", map[string]string{"INPUT_SUBJECT_DIGEST": strings.Repeat("a", 64)}, "input subject-digest"},
+		{"subject-checksums with subject-name", map[string]string{"INPUT_SUBJECT_CHECKSUMS": "dist/sums", "INPUT_SUBJECT_NAME": "a"}, "input subject-checksums"},
+		{"subject-checksums outside the source", map[string]string{"INPUT_SUBJECT_CHECKSUMS": "../sums"}, "input subject-checksums"},
+		{"bad show-summary", map[string]string{"INPUT_SHOW_SUMMARY": "sometimes"}, "input show-summary"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -403,4 +419,60 @@ func publishGuestRelease(t *testing.T, ss *ghfake.Sigstore, gh *ghfake.GitHub, r
 		assets[name] = []byte(readFile(t, filepath.Join(img, name)))
 	}
 	gh.AddRelease(repo, tag, assets)
+}
+
+// TestActionBuildSubjectInputs: subject-path is the artifact patterns; subject-checksums
+// publishes the checksums file the build made and the files it lists (each checked against
+// what the guest attested), and nothing else; show-summary false writes no summary.
+func TestActionBuildSubjectInputs(t *testing.T) {
+	testfixture.RequireQEMU(t)
+	src, sha := gitCheckout(t, map[string]string{"README": "widget\n"})
+	claims := ghfake.Claims{
+		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
+		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
+		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		RunnerEnvironment: "self-hosted", Visibility: "public",
+	}
+	ss := ghfake.NewSigstore(t, claims)
+	gh := ghfake.NewGitHub(t, "acme/widget")
+	t.Setenv("CLOCHE_ACCEL", "tcg")
+	build := func(t *testing.T, run string) (int, string, string, string) {
+		outputs, summary := jobEnv(t, ss, gh, sha)
+		setInputs(t, map[string]string{
+			"run": run, "source": src, "tee": "sim", "timeout": "2m", "toolchain": testfixture.BusyboxToolchain(t),
+			"guest-image": testfixture.GuestImage(t), "fulcio-url": ss.Fulcio.URL, "rekor-url": ss.Rekor.URL, "github-token": gh.Token,
+			"subject-path": "dist/*", "subject-checksums": "dist/checksums.txt", "show-summary": "false",
+		})
+		code, stdout, stderr := cli(t, "action", "build", "--state-dir", t.TempDir())
+		return code, stdout + stderr, readFile(t, outputs), readFile(t, summary)
+	}
+	const made = "mkdir -p dist && cd dist && echo a > a.txt && echo b > b.txt && echo other > other.txt && sha256sum a.txt b.txt > checksums.txt"
+
+	t.Run("listed files published", func(t *testing.T) {
+		code, log, outputs, summary := build(t, made)
+		if code != 0 {
+			t.Fatalf("exit %d\n%s", code, log)
+		}
+		if summary != "" {
+			t.Errorf("show-summary false wrote a summary:\n%s", summary)
+		}
+		var names []string
+		for _, a := range gh.Release("acme/widget", "v1.0.0").Assets {
+			names = append(names, a.Name)
+		}
+		slices.Sort(names)
+		if want := []string{"a.txt", "b.txt", "checksums.txt", "provenance.sigstore.json"}; !slices.Equal(names, want) {
+			t.Errorf("release assets %v, want %v", names, want)
+		}
+		if !strings.Contains(outputs, "dist/a.txt") || strings.Contains(outputs, "other.txt") {
+			t.Errorf("artifacts output does not list exactly the selected subjects:\n%s", outputs)
+		}
+	})
+	t.Run("listed digest not attested", func(t *testing.T) {
+		code, log, _, _ := build(t, made+" && echo 0000000000000000000000000000000000000000000000000000000000000000  other.txt >> checksums.txt")
+		if code == 0 || !strings.Contains(log, "::error::") || !strings.Contains(log, "input subject-checksums dist/checksums.txt lists dist/other.txt with sha256 0000") {
+			t.Fatalf("exit %d, want the listed digest refused\n%s", code, log)
+		}
+	})
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/base64"
 	"encoding/json"
 	"os"
@@ -174,8 +176,8 @@ func TestHelloEndToEnd(t *testing.T) {
 	if stmt.Type != "https://in-toto.io/Statement/v1" || stmt.PredicateType != "https://slsa.dev/provenance/v1" {
 		t.Fatalf("statement type %q predicate %q", stmt.Type, stmt.PredicateType)
 	}
-	if len(stmt.Subject) != 1 || stmt.Subject[0].Name != "hello" || len(stmt.Subject[0].Digest["sha256"]) != 64 {
-		t.Fatalf("subjects = %+v, want exactly hello with a sha256", stmt.Subject)
+	if len(stmt.Subject) != 2 || stmt.Subject[0].Name != "hello" || len(stmt.Subject[0].Digest["sha256"]) != 64 || stmt.Subject[1].Name != "SHA256SUMS" {
+		t.Fatalf("subjects = %+v, want exactly hello with a sha256, then SHA256SUMS", stmt.Subject)
 	}
 
 	code, _, stderr := cli(t, h.verifyArgs(h.bundle)...)
@@ -279,6 +281,35 @@ func TestHelloEndToEnd(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr, "--trusted-sim-root") {
 			t.Fatalf("exit %d stderr %q, want usage error 2 naming --trusted-sim-root", code, stderr)
 		}
+	})
+	t.Run("SHA256SUMS verifies with --checksums", func(t *testing.T) {
+		sums := filepath.Join(h.out, "SHA256SUMS")
+		b, err := os.ReadFile(sums)
+		if err != nil || !strings.HasSuffix(string(b), "  hello\n") || strings.Count(string(b), "\n") != 1 {
+			t.Fatalf("SHA256SUMS = %q, %v; want one line for hello", b, err)
+		}
+		args := append(h.verifyArgs(h.bundle)[:10], "--checksums", sums)
+		code, _, stderr := cli(t, args...)
+		if code != 0 || !strings.HasPrefix(stderr, "PASSED: ") {
+			t.Fatalf("verify --checksums SHA256SUMS: exit %d, stderr %q", code, stderr)
+		}
+	})
+	t.Run("tampered SHA256SUMS", func(t *testing.T) {
+		// A swapped hello with a SHA256SUMS that lists it: the file list agrees with
+		// itself, but SHA256SUMS is no longer the attested subject.
+		dir := t.TempDir()
+		swapped := []byte("#!/bin/sh\necho swapped\n")
+		os.WriteFile(filepath.Join(dir, "hello"), swapped, 0o755)
+		sum := sha256.Sum256(swapped)
+		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte(hex.EncodeToString(sum[:])+"  hello\n"), 0o644)
+		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "subject", "")
+	})
+	t.Run("file changed beside SHA256SUMS", func(t *testing.T) {
+		dir := t.TempDir()
+		b, _ := os.ReadFile(filepath.Join(h.out, "SHA256SUMS"))
+		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), b, 0o644)
+		os.WriteFile(filepath.Join(dir, "hello"), []byte("not hello"), 0o755)
+		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "checksums", "lists hello")
 	})
 	t.Run("measurement pinned", func(t *testing.T) {
 		_, m, _ := cli(t, "measure", "--tee", "sim", "--guest-image", testfixture.GuestImage(t), "--vcpus", "2", "--memory", "2048")
