@@ -41,6 +41,10 @@ import (
 // BundleName is the provenance file written next to the artifacts.
 const BundleName = "provenance.sigstore.json"
 
+// StatementName is the unsigned provenance statement written instead of the bundle when
+// Options.Unsigned asks for it (the signing happens elsewhere).
+const StatementName = "provenance.intoto.json"
+
 // Sentinel errors callers branch on; each is wrapped with the details.
 var (
 	ErrInput       = errors.New("invalid build input")
@@ -60,6 +64,10 @@ type Options struct {
 	ToolchainImage string // from `cloche image toolchain`
 	SimDir         string // simulated secure processor state (keys and chain); sim only
 	Signer         provenance.Signer
+	// Unsigned writes the provenance statement (StatementName) instead of signing it: for
+	// an agent whose client signs with an identity the agent never holds (a workflow's
+	// OIDC token). Signer is then not used.
+	Unsigned bool
 	// Firmware is the -bios image for snp (AmdSev OVMF) and tdx (TDVF).
 	Firmware string
 	// QGS is the TDX quote generation service address (vmm.TDXOptions.QGS).
@@ -109,9 +117,12 @@ func (o *Options) stage(s Stage) {
 type Outcome struct {
 	Artifacts   []job.Artifact
 	ArtifactDir string // OutDir
-	BundlePath  string
-	Measurement string // hex
-	SourceTree  string
+	// BundlePath is the signed bundle; StatementPath the unsigned statement instead, with
+	// Options.Unsigned. The other is "".
+	BundlePath    string
+	StatementPath string
+	Measurement   string // hex
+	SourceTree    string
 	// Commit and Tag are what the guest attested ("" when no commit object was sent).
 	Commit string
 	Tag    string
@@ -201,7 +212,7 @@ func (o *Options) check() error {
 	default:
 		return fmt.Errorf("%w: TEE %q, expected sim, snp or tdx", ErrInput, o.TEE)
 	}
-	if o.Signer == nil {
+	if o.Signer == nil && !o.Unsigned {
 		return fmt.Errorf("%w: no signer configured", ErrInput)
 	}
 	if o.Version == "" {
@@ -238,25 +249,30 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	measurement, bundle, err := r.attestAndSign(ctx, out)
+	measurement, provFile, err := r.attestAndSign(ctx, out)
 	if err != nil {
 		return nil, err
 	}
-	bundlePath, err := r.publish(res, bundle)
+	provPath, err := r.publish(res, provFile)
 	if err != nil {
 		return nil, err
+	}
+	bundlePath, statementPath := provPath, ""
+	if o.Unsigned {
+		bundlePath, statementPath = "", provPath
 	}
 	return &Outcome{
-		Artifacts:   res.Artifacts,
-		ArtifactDir: o.OutDir,
-		BundlePath:  bundlePath,
-		Measurement: hex.EncodeToString(measurement),
-		SourceTree:  res.SourceTree,
-		Commit:      res.SourceCommit,
-		Tag:         res.SourceTag,
-		TEE:         o.TEE,
-		SimRootPath: r.ht.simRootPath(),
-		Duration:    time.Since(start),
+		Artifacts:     res.Artifacts,
+		ArtifactDir:   o.OutDir,
+		BundlePath:    bundlePath,
+		StatementPath: statementPath,
+		Measurement:   hex.EncodeToString(measurement),
+		SourceTree:    res.SourceTree,
+		Commit:        res.SourceCommit,
+		Tag:           res.SourceTag,
+		TEE:           o.TEE,
+		SimRootPath:   r.ht.simRootPath(),
+		Duration:      time.Since(start),
 	}, nil
 }
 
@@ -461,7 +477,8 @@ func (r *run) collect() (*disk.Output, *job.Result, error) {
 
 // attestAndSign is step 4: the evidence, completed and checked before anything is signed
 // (never publish what a verifier would reject), then the signed provenance statement. It
-// returns the launch measurement and the bundle.
+// returns the launch measurement and the bundle, or the statement itself with
+// Options.Unsigned.
 func (r *run) attestAndSign(ctx context.Context, out *disk.Output) ([]byte, []byte, error) {
 	ev, err := attest.ParseEvidence(out.Evidence)
 	if err != nil {
@@ -492,6 +509,9 @@ func (r *run) attestAndSign(ctx context.Context, out *disk.Output) ([]byte, []by
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("building the provenance statement: %w", err)
+	}
+	if r.o.Unsigned {
+		return claims.Measurement, stmt, nil
 	}
 	bundle, err := r.o.Signer.SignStatement(ctx, stmt)
 	if err != nil {
@@ -534,8 +554,9 @@ func (r *run) guestImageRecord(measurement []byte) (provenance.GuestImage, error
 }
 
 // publish is step 5: the artifacts into OutDir, each checked against the result record
-// and moved by rename, then the bundle last. It returns the bundle's path.
-func (r *run) publish(res *job.Result, bundle []byte) (string, error) {
+// and moved by rename, then the bundle (or the unsigned statement) last. It returns its
+// path.
+func (r *run) publish(res *job.Result, provFile []byte) (string, error) {
 	extract := filepath.Join(r.work, "out")
 	for _, a := range res.Artifacts {
 		src := filepath.Join(extract, "artifacts", filepath.FromSlash(a.Path))
@@ -550,11 +571,15 @@ func (r *run) publish(res *job.Result, bundle []byte) (string, error) {
 			return "", err
 		}
 	}
-	bundlePath := filepath.Join(r.o.OutDir, BundleName)
-	if err := atomicfile.WriteFile(bundlePath, bundle, 0o644); err != nil {
+	name := BundleName
+	if r.o.Unsigned {
+		name = StatementName
+	}
+	p := filepath.Join(r.o.OutDir, name)
+	if err := atomicfile.WriteFile(p, provFile, 0o644); err != nil {
 		return "", err
 	}
-	return bundlePath, nil
+	return p, nil
 }
 
 // CheckCommit ties git objects (Options.Git) to the source directory, as the guest will,
