@@ -47,8 +47,9 @@ func agentSocket(a *githubactions.Action) string {
 }
 
 // agentSetInputs are the inputs the agent's own configuration sets: a job cannot choose
-// them, and ignoring them would build with something other than what the workflow asked.
-var agentSetInputs = []string{"guest-image", "guest-image-release", "trusted-root", "toolchain", "key"}
+// them, and ignoring them would build with something other than what the workflow asked
+// (trusted-root only matters with guest-image-release).
+var agentSetInputs = []string{"guest-image", "guest-image-release", "toolchain", "key"}
 
 func checkAgentInputs(a *githubactions.Action, socket string) error {
 	for _, name := range agentSetInputs {

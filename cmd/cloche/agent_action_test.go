@@ -79,6 +79,24 @@ func TestActionBuildThroughAgent(t *testing.T) {
 			t.Errorf("the signed statement does not name the workflow run: %.3000s", st)
 		}
 	})
+	t.Run("signing key is the agent's key", func(t *testing.T) {
+		keyOut := filepath.Join(t.TempDir(), "out")
+		setInputs(t, map[string]string{"run": "mkdir -p dist && cp README dist/widget.txt", "source": src, "artifacts": "dist/*",
+			"agent-socket": socket, "signing": "key", "out": keyOut, "github-token": "", "guest-image": ""})
+		jobEnv(t, ss, gh, sha)
+		t.Setenv("GITHUB_REF", "refs/heads/main") // no release
+		code, stdout, stderr := cli(t, "action", "build", "--state-dir", t.TempDir())
+		if code != 0 {
+			t.Fatalf("action build, signing key, exited %d\n%s\n%s", code, stdout, stderr)
+		}
+		b := readFile(t, filepath.Join(keyOut, "provenance.sigstore.json"))
+		if !strings.Contains(b, `"publicKey"`) || strings.Contains(b, `"certificate"`) {
+			t.Errorf("the bundle is not signed with the agent's key: %.300s", b)
+		}
+		if _, err := os.Stat(filepath.Join(keyOut, "provenance.intoto.json")); !os.IsNotExist(err) {
+			t.Errorf("an unsigned statement came back with signing key: %v", err)
+		}
+	})
 	t.Run("inputs the agent sets are refused", func(t *testing.T) {
 		setInputs(t, map[string]string{"run": "true", "source": src, "agent-socket": socket, "guest-image": guest})
 		jobEnv(t, ss, gh, sha)
