@@ -15,8 +15,9 @@
 //	GET  /v1/jobs/{id}          JobStatus
 //	GET  /v1/jobs/{id}/log      the console log (?follow=1: until the job ends)
 //	POST /v1/jobs/{id}/cancel   JobStatus
-//	GET  /v1/jobs/{id}/result   the result archive (artifacts + provenance bundle, a
-//	                            deterministic tar whose digest JobStatus.Result names)
+//	GET  /v1/jobs/{id}/result   the result archive (artifacts + provenance bundle, or the
+//	                            unsigned statement of a client-signed job; a deterministic
+//	                            tar whose digest JobStatus.Result names)
 //
 // Errors are JSON bodies {"code": ..., "error": ...} with a 4xx or 5xx status.
 package agent
