@@ -536,13 +536,18 @@ func (a *Agent) stage(j *jobEntry, s build.Stage) {
 // deterministic tar format as sources, so the client unpacks it with the same checks.
 func (a *Agent) packResult(ctx context.Context, j *jobEntry, st JobStatus, o *build.Outcome) (*JobResult, error) {
 	a.stage(j, build.StageCollect) // a launcher that never reported it
+	clientSigns := st.Spec.Signing == SigningClient
+	if clientSigns != (o.StatementPath != "") || clientSigns == (o.BundlePath != "") {
+		return nil, fmt.Errorf("the build's provenance (bundle %q, statement %q) is not what the job's signing %q asks for", o.BundlePath, o.StatementPath, st.Spec.Signing)
+	}
 	sum, size, err := packDir(ctx, filepath.Join(j.dir, outDirName), st.Spec.SourceDateEpoch, filepath.Join(j.dir, resultName))
 	if err != nil {
 		return nil, fmt.Errorf("packing the results: %w", err)
 	}
 	r := &JobResult{
 		Artifacts:      o.Artifacts,
-		Bundle:         filepath.Base(o.BundlePath),
+		Bundle:         baseName(o.BundlePath),
+		Statement:      baseName(o.StatementPath),
 		Measurement:    o.Measurement,
 		SourceTree:     o.SourceTree,
 		SourceCommit:   o.Commit,
@@ -551,8 +556,19 @@ func (a *Agent) packResult(ctx context.Context, j *jobEntry, st JobStatus, o *bu
 		PublicKeyPath:  a.publicKeyPath,
 		DurationMillis: o.Duration.Milliseconds(),
 	}
+	if clientSigns {
+		r.PublicKeyPath = "" // the agent's key signed nothing
+	}
 	r.Archive.SHA256, r.Archive.Size = sum, size
 	return r, nil
+}
+
+// baseName is path's file name, "" for "".
+func baseName(path string) string {
+	if path == "" {
+		return ""
+	}
+	return filepath.Base(path)
 }
 
 // setStateLocked records a state change: persisted first, then shown to followers.

@@ -300,6 +300,7 @@ func TestSpecRejected(t *testing.T) {
 		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Artifacts: []string{"/abs"}}}, "artifact pattern"},
 		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, MaxOutputBytes: 2 << 20}}, "output cap"},
 		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}, WallClockSeconds: 3 * 3600}, "wall-clock limit"},
+		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}, Signing: "none"}, `signing is "none"`},
 		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Format: "md5", Commit: []byte("tree x")}}}, "source.objectFormat"},
 		{agent.JobSpec{Spec: job.Spec{Command: []string{"x"}, Git: &source.GitObjects{Commit: make([]byte, source.MaxObjectSize+1)}}}, "source.commitObject"},
 	} {
@@ -310,5 +311,24 @@ func TestSpecRejected(t *testing.T) {
 	}
 	if s, err := ta.client.Status(context.Background()); err != nil || len(s.Counts) != 0 {
 		t.Errorf("rejected specs left jobs behind: %+v %v", s, err)
+	}
+}
+
+// TestClientSigningNeverReturnsABundle: a job whose client signs gets the unsigned
+// statement or nothing; a launcher that signed anyway fails the job instead of handing
+// back provenance the client did not sign.
+func TestClientSigningNeverReturnsABundle(t *testing.T) {
+	ta := startAgent(t, testConfig(shortDir(t)), newStandIn(0))
+	src := testfixture.WriteTree(t, map[string]string{"input.txt": "1"})
+	st, err := ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}, Signing: agent.SigningClient}, src, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != agent.StateFailed || !strings.Contains(st.Reason, `the job's signing "client"`) || st.Result != nil {
+		t.Errorf("client-signed job whose launcher signed: %s %q %+v", st.State, st.Reason, st.Result)
+	}
+	st, err = ta.client.Submit(context.Background(), agent.JobSpec{Spec: job.Spec{Command: []string{"x"}}, Signing: agent.SigningAgent}, src, nil)
+	if err != nil || st.State != agent.StateSucceeded || st.Result.Bundle != build.BundleName || st.Result.Statement != "" {
+		t.Errorf("agent-signed job: %v %+v", err, st)
 	}
 }

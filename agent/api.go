@@ -15,8 +15,9 @@
 //	GET  /v1/jobs/{id}          JobStatus
 //	GET  /v1/jobs/{id}/log      the console log (?follow=1: until the job ends)
 //	POST /v1/jobs/{id}/cancel   JobStatus
-//	GET  /v1/jobs/{id}/result   the result archive (artifacts + provenance bundle, a
-//	                            deterministic tar whose digest JobStatus.Result names)
+//	GET  /v1/jobs/{id}/result   the result archive (artifacts + provenance bundle, or the
+//	                            unsigned statement of a client-signed job; a deterministic
+//	                            tar whose digest JobStatus.Result names)
 //
 // Errors are JSON bodies {"code": ..., "error": ...} with a 4xx or 5xx status.
 package agent
@@ -87,7 +88,18 @@ type JobSpec struct {
 	// KeepOnDisconnect keeps the job running when the submitting connection goes away;
 	// by default a disconnect cancels it (a cancelled workflow leaves nothing running).
 	KeepOnDisconnect bool `json:"keepOnDisconnect,omitempty"`
+	// Signing is who signs the provenance: SigningAgent (the default) with the agent's
+	// key, or SigningClient, where the agent returns the unsigned statement (its evidence
+	// inside) for the client to sign with an identity the agent never holds, such as a
+	// workflow's OIDC token.
+	Signing string `json:"signing,omitempty"`
 }
+
+// The values of JobSpec.Signing.
+const (
+	SigningAgent  = "agent"
+	SigningClient = "client"
+)
 
 // Submitter is the peer that submitted a job, from SO_PEERCRED.
 type Submitter struct {
@@ -127,10 +139,13 @@ type JobStatus struct {
 
 // JobResult describes a succeeded job's outputs.
 type JobResult struct {
-	Artifacts   []job.Artifact `json:"artifacts"`
-	Bundle      string         `json:"bundle"` // file name in the archive
-	Measurement string         `json:"measurement"`
-	SourceTree  string         `json:"sourceTree"`
+	Artifacts []job.Artifact `json:"artifacts"`
+	// Bundle names the signed provenance bundle in the archive; Statement, instead, the
+	// unsigned statement of a SigningClient job.
+	Bundle      string `json:"bundle,omitempty"`
+	Statement   string `json:"statement,omitempty"`
+	Measurement string `json:"measurement"`
+	SourceTree  string `json:"sourceTree"`
 	// SourceCommit and SourceTag are what the guest attested (JobSpec.Git).
 	SourceCommit string `json:"sourceCommit,omitempty"`
 	SourceTag    string `json:"sourceTag,omitempty"`

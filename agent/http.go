@@ -180,6 +180,9 @@ func (a *Agent) prepareSpec(s *JobSpec) (status int, err error) {
 	if err := m.Validate(); err != nil {
 		return bad("%v", err)
 	}
+	if s.Signing != "" && s.Signing != SigningAgent && s.Signing != SigningClient {
+		return bad("the job's signing is %q, expected %q or %q", s.Signing, SigningAgent, SigningClient)
+	}
 	if len(s.InvocationID) > 512 {
 		return bad("the job's invocation id is over 512 characters")
 	}

@@ -47,5 +47,6 @@ func (l HostLauncher) Launch(ctx context.Context, req LaunchRequest) (*build.Out
 		Console:   req.Console,
 		OnStage:   req.Stage,
 		Logger:    req.Logger,
+		Unsigned:  req.Spec.Signing == SigningClient,
 	})
 }

@@ -13,7 +13,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -42,6 +41,10 @@ import (
 // BundleName is the provenance file written next to the artifacts.
 const BundleName = "provenance.sigstore.json"
 
+// StatementName is the unsigned provenance statement written instead of the bundle when
+// Options.Unsigned asks for it (the signing happens elsewhere).
+const StatementName = "provenance.intoto.json"
+
 // Sentinel errors callers branch on; each is wrapped with the details.
 var (
 	ErrInput       = errors.New("invalid build input")
@@ -61,6 +64,10 @@ type Options struct {
 	ToolchainImage string // from `cloche image toolchain`
 	SimDir         string // simulated secure processor state (keys and chain); sim only
 	Signer         provenance.Signer
+	// Unsigned writes the provenance statement (StatementName) instead of signing it: for
+	// an agent whose client signs with an identity the agent never holds (a workflow's
+	// OIDC token). Signer is then not used.
+	Unsigned bool
 	// Firmware is the -bios image for snp (AmdSev OVMF) and tdx (TDVF).
 	Firmware string
 	// QGS is the TDX quote generation service address (vmm.TDXOptions.QGS).
@@ -114,9 +121,12 @@ type Outcome struct {
 	// that name itself.
 	Checksums   *job.Artifact
 	ArtifactDir string // OutDir
-	BundlePath  string
-	Measurement string // hex
-	SourceTree  string
+	// BundlePath is the signed bundle; StatementPath the unsigned statement instead, with
+	// Options.Unsigned. The other is "".
+	BundlePath    string
+	StatementPath string
+	Measurement   string // hex
+	SourceTree    string
 	// Commit and Tag are what the guest attested ("" when no commit object was sent).
 	Commit string
 	Tag    string
@@ -206,7 +216,7 @@ func (o *Options) check() error {
 	default:
 		return fmt.Errorf("%w: TEE %q, expected sim, snp or tdx", ErrInput, o.TEE)
 	}
-	if o.Signer == nil {
+	if o.Signer == nil && !o.Unsigned {
 		return fmt.Errorf("%w: no signer configured", ErrInput)
 	}
 	if o.Version == "" {
@@ -243,26 +253,31 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 	if err != nil {
 		return nil, err
 	}
-	measurement, bundle, err := r.attestAndSign(ctx, out)
+	measurement, provFile, err := r.attestAndSign(ctx, out)
 	if err != nil {
 		return nil, err
 	}
-	checksums, bundlePath, err := r.publish(res, bundle)
+	checksums, provPath, err := r.publish(res, provFile)
 	if err != nil {
 		return nil, err
+	}
+	bundlePath, statementPath := provPath, ""
+	if o.Unsigned {
+		bundlePath, statementPath = "", provPath
 	}
 	return &Outcome{
-		Artifacts:   res.Artifacts,
-		Checksums:   checksums,
-		ArtifactDir: o.OutDir,
-		BundlePath:  bundlePath,
-		Measurement: hex.EncodeToString(measurement),
-		SourceTree:  res.SourceTree,
-		Commit:      res.SourceCommit,
-		Tag:         res.SourceTag,
-		TEE:         o.TEE,
-		SimRootPath: r.ht.simRootPath(),
-		Duration:    time.Since(start),
+		Artifacts:     res.Artifacts,
+		Checksums:     checksums,
+		ArtifactDir:   o.OutDir,
+		BundlePath:    bundlePath,
+		StatementPath: statementPath,
+		Measurement:   hex.EncodeToString(measurement),
+		SourceTree:    res.SourceTree,
+		Commit:        res.SourceCommit,
+		Tag:           res.SourceTag,
+		TEE:           o.TEE,
+		SimRootPath:   r.ht.simRootPath(),
+		Duration:      time.Since(start),
 	}, nil
 }
 
@@ -468,7 +483,8 @@ func (r *run) collect() (*disk.Output, *job.Result, error) {
 
 // attestAndSign is step 4: the evidence, completed and checked before anything is signed
 // (never publish what a verifier would reject), then the signed provenance statement. It
-// returns the launch measurement and the bundle.
+// returns the launch measurement and the bundle, or the statement itself with
+// Options.Unsigned.
 func (r *run) attestAndSign(ctx context.Context, out *disk.Output) ([]byte, []byte, error) {
 	ev, err := attest.ParseEvidence(out.Evidence)
 	if err != nil {
@@ -499,6 +515,9 @@ func (r *run) attestAndSign(ctx context.Context, out *disk.Output) ([]byte, []by
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("building the provenance statement: %w", err)
+	}
+	if r.o.Unsigned {
+		return claims.Measurement, stmt, nil
 	}
 	bundle, err := r.o.Signer.SignStatement(ctx, stmt)
 	if err != nil {
@@ -541,9 +560,10 @@ func (r *run) guestImageRecord(measurement []byte) (provenance.GuestImage, error
 }
 
 // publish is step 5: the artifacts into OutDir, each checked against the result record
-// and moved by rename, then their SHA256SUMS, then the bundle last. It returns the
-// checksums file (nil when the build made its own) and the bundle's path.
-func (r *run) publish(res *job.Result, bundle []byte) (*job.Artifact, string, error) {
+// and moved by rename, then their SHA256SUMS, then the bundle (or the unsigned statement)
+// last. It returns the checksums file (nil when the build made its own) and the path of
+// the bundle or statement.
+func (r *run) publish(res *job.Result, provFile []byte) (*job.Artifact, string, error) {
 	extract := filepath.Join(r.work, "out")
 	for _, a := range res.Artifacts {
 		src := filepath.Join(extract, "artifacts", filepath.FromSlash(a.Path))
@@ -562,26 +582,29 @@ func (r *run) publish(res *job.Result, bundle []byte) (*job.Artifact, string, er
 	if err != nil {
 		return nil, "", err
 	}
-	bundlePath := filepath.Join(r.o.OutDir, BundleName)
-	if err := atomicfile.WriteFile(bundlePath, bundle, 0o644); err != nil {
+	name := BundleName
+	if r.o.Unsigned {
+		name = StatementName
+	}
+	p := filepath.Join(r.o.OutDir, name)
+	if err := atomicfile.WriteFile(p, provFile, 0o644); err != nil {
 		return nil, "", err
 	}
-	return checksums, bundlePath, nil
+	return checksums, p, nil
 }
 
 // writeChecksums writes the artifacts' SHA256SUMS into dir, the content the statement's
 // subject of that name digests (from the result record, which the verifier recomputes it
 // from). It writes nothing when an artifact has that name.
 func writeChecksums(dir string, artifacts []job.Artifact) (*job.Artifact, error) {
-	if !provenance.HasChecksumsSubject(artifacts) {
+	a := provenance.ChecksumsArtifact(artifacts)
+	if a == nil {
 		return nil, nil
 	}
-	b := provenance.Checksums(artifacts)
-	if err := atomicfile.WriteFile(filepath.Join(dir, provenance.ChecksumsName), b, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, provenance.ChecksumsName), provenance.Checksums(artifacts), 0o644); err != nil {
 		return nil, fmt.Errorf("writing %s: %w", provenance.ChecksumsName, err)
 	}
-	sum := sha256.Sum256(b)
-	return &job.Artifact{Path: provenance.ChecksumsName, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b))}, nil
+	return a, nil
 }
 
 // CheckCommit ties git objects (Options.Git) to the source directory, as the guest will,

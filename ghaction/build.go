@@ -109,11 +109,7 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 	if in.spec.Git, err = readCommit(ctx, a, in); err != nil {
 		return nil, err
 	}
-	h, err := newHost(ctx, a, setup, signer)
-	if err != nil {
-		return nil, err
-	}
-	outcome, err := buildInVM(ctx, r, a, h, in)
+	outcome, err := runJob(ctx, r, a, setup, in, signer)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +129,19 @@ func runBuild(ctx context.Context, r Runner, a *githubactions.Action, setup Buil
 		a.AddStepSummary(buildSummary(in.wc, outcome, res))
 	}
 	return res, nil
+}
+
+// runJob builds through the agent when one is configured on the host, else in a VM of
+// its own.
+func runJob(ctx context.Context, r Runner, a *githubactions.Action, setup BuildSetup, in *buildInputs, signer provenance.Signer) (*build.Outcome, error) {
+	if socket := agentSocket(a); socket != "" {
+		return buildOnAgent(ctx, r, a, socket, in, signer)
+	}
+	h, err := newHost(ctx, a, setup, signer)
+	if err != nil {
+		return nil, err
+	}
+	return buildInVM(ctx, r, a, h, in)
 }
 
 // readBuildInputs reads the workflow context and the inputs that describe the job and its

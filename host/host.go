@@ -340,6 +340,9 @@ type Job struct {
 	// Logger overrides the host's for this job; Signer the host's signer.
 	Logger *slog.Logger
 	Signer provenance.Signer
+	// Unsigned leaves the provenance statement unsigned (build.Options.Unsigned): the
+	// job's submitter signs it.
+	Unsigned bool
 }
 
 // Run runs one job: its spec's TEE must be the host's (or left to it).
@@ -366,7 +369,7 @@ func (h *Host) Options(j Job) (build.Options, error) {
 		GuestImageDir: h.guestImage, ToolchainImage: h.toolchain, SimDir: h.cfg.SimDir,
 		Signer: h.signer, Firmware: h.Firmware(), QGS: h.cfg.QGS, KDS: h.kds,
 		Accel: h.cfg.Accel, QEMU: h.cfg.QEMU, Console: j.Console, Logger: h.cfg.Logger,
-		Version: h.cfg.Version, OnStage: j.OnStage,
+		Version: h.cfg.Version, OnStage: j.OnStage, Unsigned: j.Unsigned,
 	}
 	if j.Logger != nil {
 		o.Logger = j.Logger

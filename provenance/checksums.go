@@ -42,6 +42,18 @@ func checksumsSubject(artifacts []job.Artifact) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// ChecksumsArtifact is the ChecksumsName file NewStatement names as a subject beside these
+// artifacts, as an artifact record (its name, digest and size); nil when an artifact itself
+// has that name.
+func ChecksumsArtifact(artifacts []job.Artifact) *job.Artifact {
+	if !HasChecksumsSubject(artifacts) {
+		return nil
+	}
+	b := Checksums(artifacts)
+	sum := sha256.Sum256(b)
+	return &job.Artifact{Path: ChecksumsName, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(b))}
+}
+
 // HasChecksumsSubject says whether NewStatement names a ChecksumsName file of the host's
 // beside these artifacts (whether the host must write it).
 func HasChecksumsSubject(artifacts []job.Artifact) bool {

@@ -4,6 +4,7 @@ package client
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"strings"
 
 	"github.com/cloche-dev/cloche/agent"
+	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -258,9 +260,22 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 	if err := source.Unpack(ctx, resp.Body, st.Result.Archive.SHA256, st.Result.Archive.Size, stage, lim, 0, 0, false); err != nil {
 		return fmt.Errorf("job %s's result archive: %w", st.ID, err)
 	}
-	want := map[string]bool{st.Result.Bundle: true}
+	prov, err := provenanceFile(st)
+	if err != nil {
+		return err
+	}
+	want := map[string]bool{prov: true}
 	for _, a := range st.Result.Artifacts {
 		want[filepath.FromSlash(a.Path)] = true
+	}
+	// The build's SHA256SUMS (a statement subject) is recomputed here from the attested
+	// artifacts, not taken on the agent's word.
+	if provenance.HasChecksumsSubject(st.Result.Artifacts) {
+		want[provenance.ChecksumsName] = true
+		got, err := os.ReadFile(filepath.Join(stage, provenance.ChecksumsName))
+		if err != nil || !bytes.Equal(got, provenance.Checksums(st.Result.Artifacts)) {
+			return fmt.Errorf("job %s's result archive: %s is missing or does not list the job's artifacts", st.ID, provenance.ChecksumsName)
+		}
 	}
 	// Check before moving anything: exactly the named files, as regular files.
 	var files []string
@@ -281,15 +296,31 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 	if len(files) != len(want) {
 		return fmt.Errorf("job %s's result archive has %d files, its result names %d", st.ID, len(files), len(want))
 	}
-	// Artifacts first, the bundle last, as a local build publishes them.
+	// Artifacts first, the provenance last, as a local build publishes them.
 	for _, rel := range files {
-		if rel != st.Result.Bundle {
+		if rel != prov {
 			if err := moveInto(stage, outDir, rel); err != nil {
 				return err
 			}
 		}
 	}
-	return moveInto(stage, outDir, st.Result.Bundle)
+	return moveInto(stage, outDir, prov)
+}
+
+// provenanceFile is the result's provenance file: the bundle, or the unsigned statement
+// of a job whose client signs, and exactly the one the job's signing asks for.
+func provenanceFile(st *agent.JobStatus) (string, error) {
+	r := st.Result
+	if st.Spec.Signing == agent.SigningClient {
+		if r.Statement == "" || r.Bundle != "" {
+			return "", fmt.Errorf("job %s's client signs its provenance, but its result names bundle %q and statement %q (expected only a statement)", st.ID, r.Bundle, r.Statement)
+		}
+		return r.Statement, nil
+	}
+	if r.Bundle == "" || r.Statement != "" {
+		return "", fmt.Errorf("job %s's provenance is signed by the agent, but its result names bundle %q and statement %q (expected only a bundle)", st.ID, r.Bundle, r.Statement)
+	}
+	return r.Bundle, nil
 }
 
 func moveInto(from, to, rel string) error {

@@ -234,7 +234,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 	})
 
 	t.Run("verify action warnings are annotations", func(t *testing.T) {
-		code, sum, log := verifyAction(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "insecure-skip-measurement": "true"})
+		code, sum, log := verifyAction(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "insecure-skip-measurement": "true", "guest-image": ""})
 		if code != 0 {
 			t.Fatalf("verify exited %d\n%s\n%s", code, sum, log)
 		}

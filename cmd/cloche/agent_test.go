@@ -15,6 +15,42 @@ import (
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 
+// startAgent runs `cloche agent` on state with the guest image and toolchain until the
+// test ends, and returns its socket once it listens, and its stderr.
+func startAgent(t *testing.T, state, guest, tc string) (string, *bytes.Buffer) {
+	t.Helper()
+	socket := filepath.Join(state, "agent.sock")
+	ctx, stop := context.WithCancel(context.Background())
+	agentErr := &bytes.Buffer{}
+	agentDone := make(chan int, 1)
+	go func() {
+		agentDone <- run(ctx, []string{"agent", "--state-dir", state, "--socket", socket, "--guest-image", guest, "--toolchain", tc,
+			"--accel", "tcg", "--max-vms", "2", "--vcpus", "2", "--memory", "2048"}, &bytes.Buffer{}, agentErr)
+	}()
+	t.Cleanup(func() {
+		stop()
+		select {
+		case code := <-agentDone:
+			if code != 0 {
+				t.Errorf("cloche agent exited %d:\n%s", code, agentErr.String())
+			}
+		case <-time.After(time.Minute):
+			t.Error("cloche agent did not stop within a minute of its context ending")
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
+			return socket, agentErr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent's socket did not appear:\n%s", agentErr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // TestRunThroughAgent: `cloche agent` serves on its socket; `cloche run --agent` builds
 // through it and reports like a local build; the provenance says exactly what a local
 // build of the same inputs says (same build definition: parameters, source, toolchain,
@@ -25,39 +61,9 @@ func TestRunThroughAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(state)
+	t.Cleanup(func() { os.RemoveAll(state) }) // after the agent stopped
 	guest, tc := testfixture.GuestImage(t), testfixture.BusyboxToolchain(t)
-	socket := filepath.Join(state, "agent.sock")
-
-	ctx, stop := context.WithCancel(context.Background())
-	var agentErr bytes.Buffer
-	agentDone := make(chan int, 1)
-	go func() {
-		agentDone <- run(ctx, []string{"agent", "--state-dir", state, "--socket", socket, "--guest-image", guest, "--toolchain", tc,
-			"--accel", "tcg", "--max-vms", "2", "--vcpus", "2", "--memory", "2048"}, &bytes.Buffer{}, &agentErr)
-	}()
-	defer func() {
-		stop()
-		select {
-		case code := <-agentDone:
-			if code != 0 {
-				t.Errorf("cloche agent exited %d:\n%s", code, agentErr.String())
-			}
-		case <-time.After(time.Minute):
-			t.Error("cloche agent did not stop within a minute of its context ending")
-		}
-	}()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		if c, err := net.Dial("unix", socket); err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the agent's socket did not appear:\n%s", agentErr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	socket, agentErr := startAgent(t, state, guest, tc)
 
 	// A git checkout: the commit goes to the agent with the job and is attested there too.
 	src, sha := gitCheckout(t, map[string]string{"build.sh": "mkdir -p dist\necho agent-built > dist/hello.txt\n"})

@@ -14,6 +14,7 @@ import (
 	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/provenance"
 )
 
 // agentSocketEnv names the agent socket for `cloche run` when --agent is not given.
@@ -74,6 +75,7 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 	r := st.Result
 	return reportOutcome(g, f.json, &build.Outcome{
 		Artifacts:   r.Artifacts,
+		Checksums:   provenance.ChecksumsArtifact(r.Artifacts),
 		ArtifactDir: f.out,
 		BundlePath:  filepath.Join(f.out, r.Bundle),
 		Measurement: r.Measurement,
