@@ -1,8 +1,6 @@
 package provenance
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -15,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/cloche-dev/cloche/internal/strictjson"
 	"github.com/cloche-dev/cloche/job"
 )
 
@@ -174,8 +173,10 @@ func (p *Parsed) parseRunDetails(rd *provv1.RunDetails) error {
 	return nil
 }
 
-// decodeStruct decodes a protobuf Struct into a JSON-tagged Go value, rejecting unknown
-// keys and numbers that do not fit the field.
+// decodeStruct decodes a protobuf Struct into a JSON-tagged Go value strictly: no unknown
+// key, no key in another case or spelling that encoding/json would fold onto a field
+// ("ſource" for "source"), so the verifier reads exactly what every other reader of the
+// statement reads; numbers must fit the field.
 func decodeStruct(s *structpb.Struct, v any) error {
 	if s == nil {
 		return errors.New("missing")
@@ -184,9 +185,7 @@ func decodeStruct(s *structpb.Struct, v any) error {
 	if err != nil {
 		return err
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	return dec.Decode(v)
+	return strictjson.Decode(b, v)
 }
 
 func parseSubjects(subjects []*intoto.ResourceDescriptor) (map[string]string, error) {

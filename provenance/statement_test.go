@@ -261,6 +261,15 @@ func TestParseStatementRejects(t *testing.T) {
 		{"unknown statement field", func(st map[string]any) { st["signature"] = "x" }, "signature"},
 		{"unknown external parameter", func(st map[string]any) { external(st)["network"] = true }, "network"},
 		{"external parameter of wrong type", func(st map[string]any) { external(st)["command"] = "make hello" }, "command"},
+		// encoding/json folds "ſource" (U+017F) and "Source" onto "source": a second copy
+		// under such a key would be what the verifier reads, while jq or a policy engine
+		// reads the first.
+		{"external parameter under a folded key", func(st map[string]any) {
+			external(st)["\u017fource"] = external(st)["source"]
+		}, "\u017fource"},
+		{"external parameter in another case", func(st map[string]any) {
+			external(st)["SourceDateEpoch"] = 1
+		}, "SourceDateEpoch"},
 		{"unknown internal parameter", func(st map[string]any) { obj(buildDef(st), "internalParameters")["debug"] = true }, "debug"},
 		{"internal parameters missing", func(st map[string]any) { delete(buildDef(st), "internalParameters") }, "internalParameters"},
 		{"no subjects", func(st map[string]any) { st["subject"] = []any{} }, "subject"},
