@@ -67,10 +67,15 @@ func ParseChecksums(b []byte) ([]ChecksumEntry, error) {
 }
 
 // checkChecksums verifies every file each checksums file lists, found beside it: the
-// checksums files themselves are subjects (checked with the artifacts), so the provenance
-// vouches for the digests they list. A listed file that is missing fails: the option means
-// "everything this file lists".
-func checkChecksums(ctx context.Context, files []string) ([]job.Artifact, error) {
+// checksums files themselves are subjects (checked with the artifacts), and every file they
+// list must have the digest of a subject too, so a checksums file cannot vouch for a file
+// the guest never attested (a build output that lists, say, its dependencies' digests). A
+// listed file that is missing fails: the option means "everything this file lists".
+func checkChecksums(ctx context.Context, files []string, subjects map[string]string) ([]job.Artifact, error) {
+	attested := map[string]bool{}
+	for _, sum := range subjects {
+		attested[sum] = true
+	}
 	var verified []job.Artifact
 	for _, f := range files {
 		b, err := fileio.ReadCapped(f, MaxChecksumsFileSize)
@@ -92,6 +97,9 @@ func checkChecksums(ctx context.Context, files []string) ([]job.Artifact, error)
 			}
 			if sum != e.SHA256 {
 				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s with SHA-256 %s, the file has %s", f, e.Name, e.SHA256, sum))
+			}
+			if !attested[sum] {
+				return nil, fail(CheckChecksums, fmt.Errorf("%s lists %s (SHA-256 %s), which is no subject of the provenance: the build did not attest it", f, e.Name, sum))
 			}
 			st, err := os.Stat(p)
 			if err != nil {

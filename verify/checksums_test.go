@@ -13,9 +13,13 @@ import (
 	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
-// checksumsFixture is a build whose subject is a checksums file listing the fixture's
-// artifact and one more file, both beside it.
+// checksumsFixture is a build whose subjects are a checksums file listing the fixture's
+// artifact and one more file, both beside it, and that file (attested unless unattested).
 func checksumsFixture(t *testing.T, k *verifytest.Kit) (*verifytest.Fixture, string, string) {
+	return checksumsFixtureOf(t, k, true)
+}
+
+func checksumsFixtureOf(t *testing.T, k *verifytest.Kit, attested bool) (*verifytest.Fixture, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	other := []byte("a second release file\n")
@@ -29,6 +33,9 @@ func checksumsFixture(t *testing.T, k *verifytest.Kit) (*verifytest.Fixture, str
 	}
 	f, err := k.Build(dir, verifytest.Hooks{Result: func(r *job.Result) {
 		r.Artifacts = append(r.Artifacts, job.Artifact{Path: "checksums.txt", SHA256: sha256Hex(sums), Size: int64(len(sums))})
+		if attested {
+			r.Artifacts = append(r.Artifacts, job.Artifact{Path: "other.tar.gz", SHA256: sha256Hex(other), Size: int64(len(other))})
+		}
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +77,18 @@ func TestChecksums(t *testing.T) {
 	o.Checksums = []string{forged}
 	if _, err := Verify(context.Background(), o); !isCheck(err, CheckSubject) {
 		t.Errorf("a checksums file that is no subject: %v, want %s", err, CheckSubject)
+	}
+}
+
+// A checksums file the build attested cannot vouch for a file the build did not: every
+// file it lists must have a subject's digest.
+func TestChecksumsListingAnUnattestedFile(t *testing.T) {
+	k := testKit(t)
+	f, sums, _ := checksumsFixtureOf(t, k, false)
+	o := kitOptions(k, f)
+	o.Artifacts, o.Checksums = nil, []string{sums}
+	if _, err := Verify(context.Background(), o); !isCheck(err, CheckChecksums) || !strings.Contains(err.Error(), "other.tar.gz") || !strings.Contains(err.Error(), "no subject") {
+		t.Fatalf("Verify = %v, want %s naming other.tar.gz as no subject", err, CheckChecksums)
 	}
 }
 

@@ -347,7 +347,7 @@ func (v *verification) matchSubjects(ctx context.Context) error {
 		return err
 	}
 	v.res.record(CheckSubject, Passed, "")
-	listed, err := checkChecksums(ctx, v.o.Checksums)
+	listed, err := checkChecksums(ctx, v.o.Checksums, v.p.Subjects)
 	if err != nil {
 		return err
 	}
