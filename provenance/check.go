@@ -53,6 +53,7 @@ func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
 	c.equal("externalParameters.tee", "manifest", got.TEE, want.TEE)
 	c.equal("externalParameters.sourceDateEpoch", "manifest", got.SourceDateEpoch, want.SourceDateEpoch)
 	c.equal("externalParameters.timeoutSeconds", "manifest", got.TimeoutSeconds, want.TimeoutSeconds)
+	c.equal("externalParameters.rlimits", "manifest", got.Rlimits, want.Rlimits)
 	c.equal("internalParameters.maxOutputBytes", "manifest", p.MaxOutputBytes, m.MaxOutputBytes)
 
 	c.dependency(SourceDependency, p.Dependencies[SourceDependency], expectedSourceDependency(m, r))

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"strings"
@@ -172,6 +173,9 @@ type ExternalParameters struct {
 	TEE             string              `json:"tee"`
 	SourceDateEpoch int64               `json:"sourceDateEpoch"`
 	TimeoutSeconds  int64               `json:"timeoutSeconds"`
+	// Rlimits are the limits the build's processes ran under, defaults filled in: they can
+	// change what a build with fallbacks produces, so a reader sees them.
+	Rlimits job.Rlimits `json:"rlimits"`
 }
 
 // SourceParameters is externalParameters.source. Repository and Ref are the manifest's
@@ -402,6 +406,7 @@ func checkExactIntegers(m *job.Manifest) error {
 		{"sourceDateEpoch", m.SourceDateEpoch}, {"timeoutSeconds", m.TimeoutSeconds},
 		{"maxOutputBytes", m.MaxOutputBytes}, {"toolchain.dataBlocks", m.Toolchain.DataBlocks},
 		{"toolchain.hashOffset", m.Toolchain.HashOffset}, {"toolchain.imageSize", m.Toolchain.ImageSize},
+		{"rlimits.fileSizeBytes", int64(min(m.Rlimits.FileSizeBytes, math.MaxInt64))},
 	} {
 		if f.value > maxExactInteger || f.value < -maxExactInteger {
 			return fmt.Errorf("manifest %s is %d, beyond the %d a JSON number carries exactly", f.name, f.value, int64(maxExactInteger))
@@ -465,6 +470,7 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 		TEE:             m.TEE,
 		SourceDateEpoch: m.SourceDateEpoch,
 		TimeoutSeconds:  m.TimeoutSeconds,
+		Rlimits:         m.Rlimits.Effective(),
 	}
 }
 

@@ -56,6 +56,7 @@ func TestStatementRoundTrip(t *testing.T) {
 		TEE:             "sim",
 		SourceDateEpoch: 1700000000,
 		TimeoutSeconds:  600,
+		Rlimits:         job.DefaultRlimits(),
 	}
 	if !reflect.DeepEqual(p.External, wantExt) {
 		t.Errorf("externalParameters = %+v,\nwant %+v", p.External, wantExt)
@@ -397,6 +398,7 @@ func TestCheckAgainstManifestMismatch(t *testing.T) {
 		}, "externalParameters.source.commit"},
 		{"source tree", func(st map[string]any) { obj(external(st), "source")["tree"] = strings.Repeat("2", 40) }, "externalParameters.source.tree"},
 		{"toolchain name", func(st map[string]any) { obj(external(st), "toolchain")["name"] = "other" }, "externalParameters.toolchain.name"},
+		{"rlimits", func(st map[string]any) { obj(external(st), "rlimits")["processes"] = 4 }, "externalParameters.rlimits"},
 		{"toolchain image digest parameter", func(st map[string]any) {
 			obj(external(st), "toolchain")["imageSha256"] = otherHex
 		}, "externalParameters.toolchain.imageSha256"},

@@ -84,6 +84,10 @@ func (p *Pins) apply(res *Result, m *job.Manifest, r *job.Result) error {
 	} else {
 		res.Reported = append(res.Reported, "command")
 	}
+	// Limits other than the defaults can change what a build produces; no pin yet.
+	if m.Rlimits != (job.Rlimits{}) {
+		res.Reported = append(res.Reported, "rlimits")
+	}
 	if p.Env != nil {
 		if err := checkEnv(p, m.Env); err != nil {
 			return err
