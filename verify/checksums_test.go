@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/verify/verifytest"
 )
 
@@ -117,5 +118,36 @@ func TestParseChecksums(t *testing.T) {
 	got, err := ParseChecksums([]byte(strings.ToUpper(h) + "  dist/x.tar.gz\r\n\n" + h + " *y\n"))
 	if err != nil || len(got) != 2 || got[0].Name != "dist/x.tar.gz" || got[0].SHA256 != h || got[1].Name != "y" {
 		t.Errorf("ParseChecksums = %v, %v", got, err)
+	}
+}
+
+// The host's SHA256SUMS subject, verified as a file, is reported under its name with the
+// content the result record gives it, not as a nameless artifact.
+func TestVerifyTheBuildsSHA256SUMS(t *testing.T) {
+	k := testKit(t)
+	f, err := k.Build(t.TempDir(), verifytest.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := provenance.ParseStatement(f.Statement)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := job.ParseResult(p.Result)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sums := filepath.Join(f.Dir, provenance.ChecksumsName)
+	if err := os.WriteFile(sums, provenance.Checksums(res.Artifacts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := kitOptions(k, f)
+	o.Artifacts = []string{sums}
+	got, err := Verify(context.Background(), o)
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	if len(got.Artifacts) != 1 || got.Artifacts[0].Path != provenance.ChecksumsName || got.Artifacts[0].SHA256 == "" {
+		t.Errorf("verified artifacts %+v, want SHA256SUMS with its digest", got.Artifacts)
 	}
 }

@@ -752,9 +752,13 @@ func boundBuilderID(tee string, m *refMatch) string {
 	return id
 }
 
-// verifiedArtifacts are the verified files, in the result record's words.
+// verifiedArtifacts are the verified files, in the result record's words (the host's
+// SHA256SUMS subject as its content recomputed from that record).
 func verifiedArtifacts(r *job.Result, locals []localArtifact) []job.Artifact {
 	byDigest := map[string]job.Artifact{}
+	if sums := provenance.ChecksumsArtifact(r.Artifacts); sums != nil {
+		byDigest[sums.SHA256] = *sums
+	}
 	for _, a := range r.Artifacts {
 		byDigest[a.SHA256] = a
 	}
