@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -149,5 +150,24 @@ func TestVerifyTheBuildsSHA256SUMS(t *testing.T) {
 	}
 	if len(got.Artifacts) != 1 || got.Artifacts[0].Path != provenance.ChecksumsName || got.Artifacts[0].SHA256 == "" {
 		t.Errorf("verified artifacts %+v, want SHA256SUMS with its digest", got.Artifacts)
+	}
+}
+
+// Claims only the host vouches for are named unbound in the result: the toolchain image's
+// file digest always, the source repository and ref of a key-signed bundle.
+func TestHostClaimsAreUnbound(t *testing.T) {
+	k := testKit(t)
+	f, err := k.Build(t.TempDir(), verifytest.Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Verify(context.Background(), kitOptions(k, f))
+	if err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	for _, want := range []string{"toolchain imageSha256", "source repository", "source ref"} {
+		if !slices.Contains(res.Unbound, want) {
+			t.Errorf("unbound %v lacks %q", res.Unbound, want)
+		}
 	}
 }

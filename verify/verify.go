@@ -436,11 +436,27 @@ func (v *verification) checkConsistency(context.Context) error {
 		return err
 	}
 	v.res.Unbound = append(v.res.Unbound, unboundBuilder...)
+	v.res.Unbound = append(v.res.Unbound, hostClaims(v.m, v.o.Identity != nil)...)
 	if err := checkStatementFields(v.p, v.m, v.r, v.claims); err != nil {
 		return err
 	}
 	v.res.record(CheckConsistency, Passed, "")
 	return nil
+}
+
+// hostClaims are the manifest's claims only the runner host vouches for, which the
+// statement repeats: the toolchain image's file digest and container image (the guest
+// mounts the image through dm-verity and checks neither; its verity root is what binds the
+// bytes), and, without a keyless identity, the source repository and ref.
+func hostClaims(m *job.Manifest, keyless bool) []string {
+	claims := []string{"toolchain imageSha256"}
+	if m.Toolchain.SourceImage != "" {
+		claims = append(claims, "toolchain sourceImage")
+	}
+	if !keyless {
+		claims = append(claims, "source repository", "source ref")
+	}
+	return claims
 }
 
 // checkGuestImage checks the statement's guest-image claims and release against the
