@@ -25,7 +25,7 @@ build: $(BIN)/cloche $(BIN)/cloche-guest
 $(BIN)/cloche: FORCE
 	$(GOBUILD) -o $@ ./cmd/cloche $(call explain,go build ./cmd/cloche)
 
-# The guest init is built with the Go release pinned in image/guestimage/GO_TOOLCHAIN, whatever
+# The guest init is built with the Go release pinned in internal/image/guestimage/GO_TOOLCHAIN, whatever
 # Go runs make: its bytes are part of the guest image's launch measurement.
 $(BIN)/cloche-guest: FORCE
 	GO=$(GO) bash scripts/build-guest-init.sh $@ $(call explain,scripts/build-guest-init.sh)

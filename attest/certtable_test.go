@@ -10,7 +10,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // The certificate table layout (GHCB specification), written down again for the tests.

@@ -12,7 +12,7 @@ import (
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 func TestEvidenceMarshalParse(t *testing.T) {

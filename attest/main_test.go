@@ -4,7 +4,7 @@ import (
 	"os"
 	"testing"
 
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // TestMain removes the shared simulated secure processors' state directories afterwards.

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloche-dev/cloche/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
 )

@@ -12,10 +12,10 @@ import (
 	"github.com/sigstore/sigstore-go/pkg/root"
 	sigverify "github.com/sigstore/sigstore-go/pkg/verify"
 
-	guest "github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
+	guest "github.com/cloche-dev/cloche/internal/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/release"
 	"github.com/cloche-dev/cloche/provenance"
-	"github.com/cloche-dev/cloche/release"
 )
 
 // GuestReleaseAssets are the files a guest image release attaches (the release workflow's

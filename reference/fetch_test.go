@@ -14,12 +14,12 @@ import (
 
 	"github.com/sethvargo/go-githubactions"
 
-	guest "github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/ghfake"
+	guest "github.com/cloche-dev/cloche/internal/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/release"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
-	"github.com/cloche-dev/cloche/release"
 )
 
 func releaseClaims(repo string) ghfake.Claims {

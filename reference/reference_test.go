@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"

@@ -16,17 +16,17 @@ bench() {
 		{ echo "bench: go test $1 -bench $2 failed (the output is in $out)" >&2; exit 1; }
 }
 
-bench ./build 'BenchmarkBootToWorkload$' 5x
-bench ./vmm 'BenchmarkBootToPoweroff$' 3x
-bench ./image/toolchain 'BenchmarkLoad$' 5x
-bench ./image/guest 'BenchmarkRunImageReads$' 20x
+bench ./internal/build 'BenchmarkBootToWorkload$' 5x
+bench ./internal/vmm 'BenchmarkBootToPoweroff$' 3x
+bench ./internal/image/toolchain 'BenchmarkLoad$' 5x
+bench ./internal/image/guestimage 'BenchmarkRunImageReads$' 20x
 bench ./attest/verifier 'BenchmarkVerify' 3s
 bench ./cmd/cloche-guest 'BenchmarkGuestFootprint$' 1x
 bench ./measure '.' 2s
 bench ./provenance '.' 2s
 bench ./source '.' 2s
-bench ./build 'BenchmarkHostOverhead$' 5x
-bench ./agent '.' 2s
+bench ./internal/build 'BenchmarkHostOverhead$' 5x
+bench ./internal/agent '.' 2s
 
 echo
 "$GO" run ./internal/benchpair/cmd/benchtable bench/goals.tsv <"$out"

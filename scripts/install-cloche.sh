@@ -5,7 +5,7 @@
 # checked with `gh attestation verify` against the release's provenance.sigstore.json (signed
 # by the release workflow for that tag), then cached by version. When the ref has no release
 # (a branch or a commit), cloche is built from the action's source with the Go release pinned
-# in image/guestimage/GO_TOOLCHAIN, fetched through the Go module proxy, so neither the binaries
+# in internal/image/guestimage/GO_TOOLCHAIN, fetched through the Go module proxy, so neither the binaries
 # nor the guest image's measurement depend on the runner's Go.
 #
 # Usage: scripts/install-cloche.sh; prints the binary's path on stdout (the log goes to
@@ -236,9 +236,9 @@ place() {
 build_source() {
 	local toolchain target=bin/cloche
 	command -v go >/dev/null 2>&1 ||
-		die "no release to install for ref \"${ref:-(none)}\" of $repo, and building from source needs Go (any release that can fetch $(cat "$src/image/guestimage/GO_TOOLCHAIN" 2>/dev/null || echo "the pinned one")) on PATH"
-	toolchain=$(tr -d '[:space:]' <"$src/image/guestimage/GO_TOOLCHAIN") ||
-		die "$src/image/guestimage/GO_TOOLCHAIN: not readable (is CLOCHE_SOURCE cloche's source tree?)"
+		die "no release to install for ref \"${ref:-(none)}\" of $repo, and building from source needs Go (any release that can fetch $(cat "$src/internal/image/guestimage/GO_TOOLCHAIN" 2>/dev/null || echo "the pinned one")) on PATH"
+	toolchain=$(tr -d '[:space:]' <"$src/internal/image/guestimage/GO_TOOLCHAIN") ||
+		die "$src/internal/image/guestimage/GO_TOOLCHAIN: not readable (is CLOCHE_SOURCE cloche's source tree?)"
 	log "path: building from source in $src with GOTOOLCHAIN=$toolchain ($(GOTOOLCHAIN=$toolchain go version))"
 	[ "${CLOCHE_GUEST_AGENT:-0}" != 1 ] || target=build
 	make -C "$src" "$target" GOTOOLCHAIN="$toolchain" >&2 || die "building cloche from $src failed (above)"

@@ -10,8 +10,8 @@ import (
 	sevtest "github.com/google/go-sev-guest/testing"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/client"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/client"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // The /dev/sev-guest provider over go-sev-guest's fake device, which signs each report

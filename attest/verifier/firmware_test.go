@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // Cloud hosts run provisional firmware: CURRENT_TCB one microcode step above COMMITTED_TCB,

@@ -27,7 +27,7 @@ import (
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // Fake SEV-SNP evidence from go-sev-guest's test-only AMD chain, with a VCEK and a VLEK

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // Acceptance with go-sev-guest's own fake AMD chain (not the simulated secure processor):

@@ -19,7 +19,7 @@ import (
 	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // Offsets in the QE report (an SGX REPORT body, 384 bytes) and in the TDX signed data.

@@ -15,8 +15,8 @@ import (
 	sevtestdata "github.com/google/go-sev-guest/verify/testdata"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/internal/simtest"
-	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/internal/attest/simsp"
+	"github.com/cloche-dev/cloche/internal/attest/simtest"
 )
 
 // simOpts opts in to simulated evidence trusting sp's root as read from its RootPath, and

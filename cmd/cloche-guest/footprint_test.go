@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

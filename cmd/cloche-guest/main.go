@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cloche-dev/cloche/guest"
+	"github.com/cloche-dev/cloche/internal/guest"
 )
 
 func main() {

@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/cloche-dev/cloche/ghaction"
-	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/release"
+	"github.com/cloche-dev/cloche/internal/ghaction"
+	"github.com/cloche-dev/cloche/internal/host"
+	"github.com/cloche-dev/cloche/internal/release"
 	"github.com/cloche-dev/cloche/verify"
 )
 

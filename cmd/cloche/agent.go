@@ -11,10 +11,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/agent"
-	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/host"
+	"github.com/cloche-dev/cloche/internal/agent"
+	"github.com/cloche-dev/cloche/internal/agent/client"
+	"github.com/cloche-dev/cloche/internal/host"
 )
 
 type agentFlags struct {

@@ -10,10 +10,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cloche-dev/cloche/agent"
-	"github.com/cloche-dev/cloche/agent/client"
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/build"
+	"github.com/cloche-dev/cloche/internal/agent"
+	"github.com/cloche-dev/cloche/internal/agent/client"
+	"github.com/cloche-dev/cloche/internal/build"
 	"github.com/cloche-dev/cloche/provenance"
 )
 

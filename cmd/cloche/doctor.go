@@ -8,8 +8,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/hostcheck"
+	"github.com/cloche-dev/cloche/internal/host"
+	"github.com/cloche-dev/cloche/internal/hostcheck"
 )
 
 // teeHostFlags are the host settings a hardware TEE needs, shared by run and doctor.

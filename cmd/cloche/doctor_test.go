@@ -12,10 +12,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/hostcheck"
+	"github.com/cloche-dev/cloche/internal/host"
+	"github.com/cloche-dev/cloche/internal/hostcheck"
 	"github.com/cloche-dev/cloche/internal/testfixture"
-	"github.com/cloche-dev/cloche/vmm"
+	"github.com/cloche-dev/cloche/internal/vmm"
 )
 
 func thisHostHasNoHardwareTEE(t *testing.T) {

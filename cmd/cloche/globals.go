@@ -7,7 +7,7 @@ import (
 	"log/slog"
 	"os"
 
-	"github.com/cloche-dev/cloche/host"
+	"github.com/cloche-dev/cloche/internal/host"
 	"github.com/cloche-dev/cloche/internal/progress"
 )
 

@@ -12,9 +12,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/image/guestimage"
-	"github.com/cloche-dev/cloche/image/toolchain"
+	"github.com/cloche-dev/cloche/internal/host"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/image/toolchain"
 	"github.com/cloche-dev/cloche/job"
 )
 

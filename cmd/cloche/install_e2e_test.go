@@ -241,10 +241,10 @@ func TestInstallRefusesTamperedRelease(t *testing.T) {
 }
 
 // Without a release for the ref, cloche is built from the action's source with the Go
-// release image/guestimage/GO_TOOLCHAIN pins, whatever Go the runner has.
+// release internal/image/guestimage/GO_TOOLCHAIN pins, whatever Go the runner has.
 func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 	r := newInstallRelease(t)
-	pinned, err := os.ReadFile(filepath.Join(r.root, "image", "guestimage", "GO_TOOLCHAIN"))
+	pinned, err := os.ReadFile(filepath.Join(r.root, "internal", "image", "guestimage", "GO_TOOLCHAIN"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,10 +260,10 @@ func TestInstallBuildsFromSourceWithPinnedGo(t *testing.T) {
 	// A Go and make (stand-ins recording what they are asked) on PATH: make is run with the
 	// pinned toolchain.
 	src := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(src, "image", "guestimage"), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(src, "internal", "image", "guestimage"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(src, "image", "guestimage", "GO_TOOLCHAIN"), pinned, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "internal", "image", "guestimage", "GO_TOOLCHAIN"), pinned, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	makeLog := filepath.Join(t.TempDir(), "make.log")

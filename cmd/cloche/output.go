@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"os/exec"
 
-	"github.com/cloche-dev/cloche/build"
-	"github.com/cloche-dev/cloche/vmm"
+	"github.com/cloche-dev/cloche/internal/build"
+	"github.com/cloche-dev/cloche/internal/vmm"
 )
 
 // Exit codes, the same for every command (README, "Exit codes"; the root command's --help).

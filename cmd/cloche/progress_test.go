@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cloche-dev/cloche/host"
+	"github.com/cloche-dev/cloche/internal/host"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 )
 

@@ -12,8 +12,8 @@ import (
 
 	"github.com/sigstore/sigstore-go/pkg/verify"
 
-	"github.com/cloche-dev/cloche/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/ghfake"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"

@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/attest/simsp"
-	"github.com/cloche-dev/cloche/host"
+	"github.com/cloche-dev/cloche/internal/attest/simsp"
+	"github.com/cloche-dev/cloche/internal/host"
 )
 
 func newSimRootCmd(g *globals) *cobra.Command {

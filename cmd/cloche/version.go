@@ -10,10 +10,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/cloche-dev/cloche/build"
-	"github.com/cloche-dev/cloche/host"
-	"github.com/cloche-dev/cloche/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/build"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/host"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 )
 

@@ -14,12 +14,12 @@ import (
 // atomically: moving an artifact, a checked download or a directory into place. Every
 // temp-file-then-rename write goes through internal/atomicfile instead.
 var renameAllowed = map[string]bool{
-	"internal/atomicfile/atomicfile.go": true,
-	"build/files.go":                    true, // artifacts moved from the extracted output
-	"agent/client/client.go":            true, // a job's outputs moved to --out
-	"image/guestimage/kernel.go":        true, // a checked kernel package moved into the cache
-	"image/toolchain/flatten.go":        true, // a layer's checked file moved into the tree
-	"reference/fetch.go":                true, // a whole checked release directory
+	"internal/atomicfile/atomicfile.go":   true,
+	"internal/build/files.go":             true, // artifacts moved from the extracted output
+	"internal/agent/client/client.go":     true, // a job's outputs moved to --out
+	"internal/image/guestimage/kernel.go": true, // a checked kernel package moved into the cache
+	"internal/image/toolchain/flatten.go": true, // a layer's checked file moved into the tree
+	"reference/fetch.go":                  true, // a whole checked release directory
 }
 
 // renames lists the non-test files under root that call os.Rename.

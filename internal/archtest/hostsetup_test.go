@@ -17,10 +17,10 @@ import (
 // launcher, the selftest) goes through host.New and (*host.Host).Run, so the host's setup
 // is written once. Keys are "import path.Func".
 var hostOnly = map[string]bool{
-	module + "/build.Run":             true,
-	module + "/attest/kds.New":        true,
-	module + "/host.SigningKey":       true,
-	module + "/host.DefaultToolchain": true,
+	module + "/internal/build.Run":             true,
+	module + "/attest/kds.New":                 true,
+	module + "/internal/host.SigningKey":       true,
+	module + "/internal/host.DefaultToolchain": true,
 }
 
 // hostOnlyCalls lists, for the non-test Go files under dir, each call of a hostOnly
@@ -62,7 +62,7 @@ func hostOnlyCalls(dir string) ([]string, error) {
 
 func TestHostSetupOnlyInHost(t *testing.T) {
 	root := filepath.Join("..", "..")
-	for _, dir := range []string{"cmd", "ghaction", "agent", "verify", "reference"} {
+	for _, dir := range []string{"cmd", "internal/ghaction", "internal/agent", "verify", "reference"} {
 		calls, err := hostOnlyCalls(filepath.Join(root, dir))
 		if err != nil {
 			t.Fatal(err)
@@ -76,7 +76,7 @@ func TestHostSetupOnlyInHost(t *testing.T) {
 // The check sees a call: a file that calls build.Run is reported.
 func TestHostSetupCheckCatchesACall(t *testing.T) {
 	dir := t.TempDir()
-	src := "package x\n\nimport b \"" + module + "/build\"\n\nvar _ = b.Run\n"
+	src := "package x\n\nimport b \"" + module + "/internal/build\"\n\nvar _ = b.Run\n"
 	if err := os.WriteFile(filepath.Join(dir, "x.go"), []byte(src), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloche-dev/cloche/image/guestimage"
-	"github.com/cloche-dev/cloche/image/toolchain"
 	"github.com/cloche-dev/cloche/internal/fileio"
+	"github.com/cloche-dev/cloche/internal/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/image/toolchain"
 )
 
 // CacheDir returns the fixture cache directory, creating it.

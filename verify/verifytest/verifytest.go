@@ -38,7 +38,7 @@ import (
 	"time"
 
 	"github.com/cloche-dev/cloche/attest"
-	"github.com/cloche-dev/cloche/attest/simsp"
+	"github.com/cloche-dev/cloche/internal/attest/simsp"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"

@@ -1,0 +1,100 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cloche-dev/cloche/internal/agent"
+	"github.com/cloche-dev/cloche/internal/testfixture"
+	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/source"
+)
+
+// fakeAgent serves one result archive on a unix socket, standing in for a hostile or
+// broken agent.
+func fakeAgent(t *testing.T, archive []byte) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "a.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/jobs/j1/result" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(archive)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+// pack makes a result archive from files.
+func pack(t *testing.T, files map[string]string) ([]byte, job.Digest) {
+	t.Helper()
+	dir := testfixture.WriteTree(t, files)
+	var b bytes.Buffer
+	sum, size, err := source.Pack(context.Background(), dir, 0, &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes(), job.Digest{SHA256: sum, Size: size}
+}
+
+func status(d job.Digest, artifacts ...string) *agent.JobStatus {
+	st := &agent.JobStatus{ID: "j1", State: agent.StateSucceeded, Spec: agent.JobSpec{Spec: job.Spec{MaxOutputBytes: 1 << 20}},
+		Result: &agent.JobResult{Bundle: "provenance.sigstore.json", Archive: d}}
+	for _, a := range artifacts {
+		st.Result.Artifacts = append(st.Result.Artifacts, job.Artifact{Path: a})
+	}
+	return st
+}
+
+// TestFetchResult: the client publishes exactly the files the job record names, and
+// nothing at all when the archive is not the one the record names or holds anything else.
+func TestFetchResult(t *testing.T) {
+	good := map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}"}
+	archive, d := pack(t, good)
+	out := filepath.Join(t.TempDir(), "out")
+	c := New(fakeAgent(t, archive))
+	if err := c.FetchResult(context.Background(), status(d, "dist/app"), out); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range good {
+		if b, err := os.ReadFile(filepath.Join(out, name)); err != nil || string(b) != want {
+			t.Errorf("%s: %q %v", name, b, err)
+		}
+	}
+
+	extra, de := pack(t, map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", "dist/evil.sh": "x"})
+	tampered := bytes.Clone(archive)
+	tampered[len(tampered)/3] ^= 1
+	for _, c := range []struct {
+		name    string
+		archive []byte
+		st      *agent.JobStatus
+		want    string
+	}{
+		{"digest", tampered, status(d, "dist/app"), "digest mismatch"},
+		{"extra file", extra, status(de, "dist/app"), "dist/evil.sh, which its result does not name"},
+		{"missing file", archive, status(d, "dist/app", "dist/other"), "has 2 files, its result names 3"},
+		{"not succeeded", archive, &agent.JobStatus{ID: "j1", State: agent.StateFailed}, "it has no results"},
+	} {
+		out := filepath.Join(t.TempDir(), "out")
+		err := New(fakeAgent(t, c.archive)).FetchResult(context.Background(), c.st, out)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error with %q", c.name, err, c.want)
+		}
+		if entries, _ := os.ReadDir(out); len(entries) != 0 {
+			t.Errorf("%s: %d files published after a rejected result", c.name, len(entries))
+		}
+	}
+}
