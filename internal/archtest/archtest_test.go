@@ -26,6 +26,26 @@ var guestForbidden = []string{
 	"github.com/google/go-tdx-guest/testing",
 }
 
+// testDataPackages are the vendors' test packages: their init parses test keys and
+// certificates, so a binary that links them pays for it on every start.
+var testDataPackages = []string{
+	"github.com/google/go-sev-guest/testing",
+	"github.com/google/go-tdx-guest/testing",
+}
+
+// forbiddenIn returns the packages of deps that are one of forbidden or below it.
+func forbiddenIn(deps, forbidden []string) []string {
+	var bad []string
+	for _, d := range deps {
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				bad = append(bad, d)
+			}
+		}
+	}
+	return bad
+}
+
 // layer is one row of the table in docs/architecture.md.
 type layer struct {
 	name     string
@@ -212,16 +232,31 @@ func TestLayersCatchUpwardImports(t *testing.T) {
 func TestGuestLinksNoVerifier(t *testing.T) {
 	deps := goList(t, "-deps", "./cmd/cloche-guest")
 	tab := readTable(t)
+	for _, d := range forbiddenIn(deps, guestForbidden) {
+		t.Errorf("the guest init links %s", d)
+	}
 	for _, d := range deps {
-		for _, f := range guestForbidden {
-			if d == f || strings.HasPrefix(d, f+"/") {
-				t.Errorf("the guest init links %s", d)
-			}
-		}
 		if r := rel(d); r != d {
 			if l, _ := tab.layerOf(r); l != "base" && l != "formats" && l != "guest" {
 				t.Errorf("the guest init links %s (layer %s)", r, l)
 			}
 		}
+	}
+}
+
+// TestCLILinksNoTestData: the cloche binary (verify included) links no vendor test package;
+// the simulated TEE builds its chain with its own code.
+func TestCLILinksNoTestData(t *testing.T) {
+	for _, d := range forbiddenIn(goList(t, "-deps", "./cmd/cloche"), testDataPackages) {
+		t.Errorf("cmd/cloche links %s", d)
+	}
+}
+
+func TestForbiddenInMatchesSubpackages(t *testing.T) {
+	deps := []string{"fmt", "github.com/google/go-sev-guest/testing/data", "github.com/google/go-sev-guest/testingx", "github.com/google/go-tdx-guest/testing"}
+	got := forbiddenIn(deps, testDataPackages)
+	want := []string{"github.com/google/go-sev-guest/testing/data", "github.com/google/go-tdx-guest/testing"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forbiddenIn = %v, expected %v", got, want)
 	}
 }

@@ -57,6 +57,7 @@ var launchProbe = sha512.Sum512([]byte("cloche-launch-probe"))
 
 // Config holds every path the guest init touches, so its parts can run against test trees.
 type Config struct {
+	ProcRoot    string // /proc
 	SysRoot     string // /sys
 	DevRoot     string // /dev
 	ModuleList  string // /lib/modules/load.list
@@ -71,6 +72,7 @@ type Config struct {
 // DefaultConfig is the configuration of the real guest.
 func DefaultConfig() Config {
 	return Config{
+		ProcRoot:    "/proc",
 		SysRoot:     "/sys",
 		DevRoot:     "/dev",
 		ModuleList:  "/lib/modules/load.list",
@@ -240,7 +242,11 @@ func (a *initRun) startGuest() (*watchdog, error) {
 	}
 	wd := newWatchdog(EarlyDeadline, a.watchdogFired)
 	if err := a.doStep("loading kernel modules", func() error {
-		return LoadModules(a.cfg.ModuleList, finitModule, a.log)
+		hw, err := DetectTEE(a.cfg.ProcRoot, a.cfg.SysRoot)
+		if err != nil {
+			return err
+		}
+		return LoadModules(a.cfg.ModuleList, finitModule, hw, a.log)
 	}); err != nil {
 		return nil, err
 	}

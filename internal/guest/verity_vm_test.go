@@ -51,7 +51,7 @@ func TestVerityGuestSide(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := newInitRun(Config{Console: os.Stdout}).log
-	if err := LoadModules(p.ModuleList, finitModule, log); err != nil {
+	if err := LoadModules(p.ModuleList, finitModule, mustDetectTEE(t), log); err != nil {
 		t.Fatal(err)
 	}
 	disks, err := FindDisks("/sys", "/dev", SerialToolchain, "cloche-corrupt", "cloche-short")
@@ -362,4 +362,13 @@ func (c *cpioWriter) node(name string, mode uint32, maj, min uint32) {
 func (c *cpioWriter) finish() []byte {
 	c.entry("TRAILER!!!", 0, 0, 0, nil)
 	return c.buf.Bytes()
+}
+
+func mustDetectTEE(t *testing.T) TEEHardware {
+	t.Helper()
+	hw, err := DetectTEE("/proc", "/sys")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hw
 }

@@ -26,7 +26,6 @@ import (
 
 	"github.com/google/go-sev-guest/abi"
 	"github.com/google/go-sev-guest/kds"
-	sevtesting "github.com/google/go-sev-guest/testing"
 	"github.com/google/uuid"
 
 	"github.com/cloche-dev/cloche/attest"
@@ -142,9 +141,8 @@ func createSimState(path string) ([]byte, error) {
 	return state, nil
 }
 
-// newSimState generates fresh keys and certifies them with go-sev-guest's AmdSignerBuilder,
-// which names, extends and signs the certificates the way AMD's KDS does. Never the library's
-// DefaultAmdKeys: those private keys are public.
+// newSimState generates fresh keys and certifies them the way AMD's KDS does (newSimChain).
+// Never go-sev-guest's test keys: those private keys are public.
 func newSimState(now time.Time) ([]byte, error) {
 	arkKey, err := rsa.GenerateKey(rand.Reader, 4096)
 	if err != nil {
@@ -162,27 +160,12 @@ func newSimState(now time.Time) ([]byte, error) {
 	if _, err := rand.Read(hwid[:]); err != nil {
 		return nil, fmt.Errorf("generating HWID: %w", err)
 	}
-	tcb, err := kds.ComposeTCBParts(simTCB)
-	if err != nil {
-		return nil, fmt.Errorf("composing TCB: %w", err)
-	}
-	created := now.Add(-time.Minute).UTC().Truncate(time.Second)
-	b := &sevtesting.AmdSignerBuilder{
-		// The builder always certifies an ASVK; the sim never signs with a VLEK, so the ASK
-		// key stands in for it and that certificate is not kept.
-		Keys:             &sevtesting.AmdKeys{Ark: arkKey, Ask: askKey, Asvk: askKey, Vcek: vcekKey},
-		ProductName:      simProductName,
-		ArkCreationTime:  created,
-		AskCreationTime:  created,
-		AsvkCreationTime: created,
-		VcekCreationTime: created,
-		HWID:             hwid,
-		TCB:              tcb,
-		VcekCustom: sevtesting.CertOverride{
-			Extensions: sevtesting.CustomExtensions(simTCB, hwid[:], "", simProductName),
-		},
-	}
-	signer, err := b.TestOnlyCertChain()
+	chain, err := newSimChain(simChainParams{
+		productName: simProductName,
+		created:     now.Add(-time.Minute).UTC().Truncate(time.Second),
+		ark:         arkKey, ask: askKey, vcek: vcekKey,
+		hwid: hwid, tcb: simTCB,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("certifying the simulated chain: %w", err)
 	}
@@ -193,9 +176,9 @@ func newSimState(now time.Time) ([]byte, error) {
 	var out bytes.Buffer
 	for _, blk := range []*pem.Block{
 		{Type: pemPrivateKey, Headers: map[string]string{pemRoleHeader: "VCEK"}, Bytes: keyDER},
-		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "ARK"}, Bytes: signer.Ark.Raw},
-		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "ASK"}, Bytes: signer.Ask.Raw},
-		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "VCEK"}, Bytes: signer.Vcek.Raw},
+		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "ARK"}, Bytes: chain.ark.Raw},
+		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "ASK"}, Bytes: chain.ask.Raw},
+		{Type: pemCertificate, Headers: map[string]string{pemRoleHeader: "VCEK"}, Bytes: chain.vcek.Raw},
 	} {
 		if err := pem.Encode(&out, blk); err != nil {
 			return nil, err

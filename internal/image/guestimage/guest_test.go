@@ -166,6 +166,12 @@ func TestBuildIsReproducibleAndComplete(t *testing.T) {
 		if !ok {
 			t.Fatalf("load.list names %s, which is not in the archive", p)
 		}
+		// Stored decompressed (the guest kernel need not decompress it on every boot), with
+		// the module signature that covers those bytes kept at the end.
+		if data := content(t, r); !strings.HasSuffix(p, ".ko") || !bytes.HasPrefix(data, []byte("\x7fELF")) ||
+			!bytes.HasSuffix(data, []byte("~Module signature appended~\n")) {
+			t.Errorf("load.list entry %s is not an uncompressed, signed module", p)
+		}
 		name := moduleName(p)
 		if name != imA.Modules[i] {
 			t.Errorf("load.list entry %d is %s, metadata says %s", i, name, imA.Modules[i])
