@@ -172,6 +172,8 @@ type ExternalParameters struct {
 	TEE             string              `json:"tee"`
 	SourceDateEpoch int64               `json:"sourceDateEpoch"`
 	TimeoutSeconds  int64               `json:"timeoutSeconds"`
+	// Deps is the manifest's dependency disk, when the job had one.
+	Deps *job.Deps `json:"deps,omitempty"`
 }
 
 // SourceParameters is externalParameters.source. Repository and Ref are the manifest's
@@ -247,7 +249,7 @@ func NewStatement(in Input) ([]byte, error) {
 }
 
 // buildDefinition is the predicate's buildDefinition: the parameters and the resolved
-// dependencies (source, toolchain, guest image).
+// dependencies (source, toolchain, guest image, and the Go modules the guest checked).
 func buildDefinition(in Input, m *job.Manifest, r *job.Result) (*provv1.BuildDefinition, error) {
 	external, err := toStruct(expectedExternal(m, r))
 	if err != nil {
@@ -264,6 +266,13 @@ func buildDefinition(in Input, m *job.Manifest, r *job.Result) (*provv1.BuildDef
 		{SourceDependency, expectedSourceDependency(m, r)},
 		{ToolchainDependency, expectedToolchainDependency(m)},
 		{GuestImageDependency, guestDependency(in.Guest)},
+	}
+	names, modules := moduleDependencies(r)
+	for _, name := range names {
+		deps = append(deps, struct {
+			name string
+			dep  *Dependency
+		}{name, modules[name]})
 	}
 	resolved := make([]*intoto.ResourceDescriptor, 0, len(deps))
 	for _, d := range deps {
@@ -461,6 +470,7 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 		TEE:             m.TEE,
 		SourceDateEpoch: m.SourceDateEpoch,
 		TimeoutSeconds:  m.TimeoutSeconds,
+		Deps:            m.Deps,
 	}
 }
 
