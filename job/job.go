@@ -76,6 +76,37 @@ type Manifest struct {
 	// DefaultRlimits. They are in the manifest so the launch binds them and a verifier sees
 	// what the build ran under.
 	Rlimits Rlimits `json:"rlimits,omitzero"`
+	// Deps is the dependency disk, when the job has one.
+	Deps *Deps `json:"deps,omitempty"`
+}
+
+// Deps identifies the dependency disk: a deterministic tar archive (package source's
+// format) of what the host fetched for the lockfile, which the guest checks against these
+// digests while unpacking and then, entry by entry, against the lockfile in the attested
+// source. For DepsGo the archive holds a module proxy tree
+// (cache/download/MODULE/@v/VERSION.{mod,zip,info}).
+type Deps struct {
+	Kind string `json:"kind"`
+	// Lockfile is the lockfile's path relative to the source root (Go: Workdir/go.sum).
+	Lockfile      string `json:"lockfile"`
+	ArchiveSHA256 string `json:"archiveSha256"`
+	ArchiveSize   int64  `json:"archiveSize"`
+}
+
+// MaxModules bounds the modules a result record lists.
+const MaxModules = 4096
+
+// Module is one dependency module the guest found on the dependency disk and checked
+// against the lockfile: the go.sum hashes it matched and the SHA-256 of the files.
+// ZipSHA256 and ZipH1 are empty for a module of which only go.mod is needed (the module
+// graph reads it, the build no package).
+type Module struct {
+	Path      string `json:"path"`
+	Version   string `json:"version"`
+	ZipSHA256 string `json:"zipSha256,omitempty"`
+	ZipH1     string `json:"zipH1,omitempty"`
+	ModSHA256 string `json:"modSha256"`
+	ModH1     string `json:"modH1"`
 }
 
 // Rlimits bound what one build can take from the guest kernel (soft and hard limit alike).
@@ -230,6 +261,9 @@ type Result struct {
 	// moves it to steer make's timestamp checks shows here), while unpacked files take
 	// their times from the archive (SourceDateEpoch), not from this clock.
 	GuestClockStart string `json:"guestClockStart,omitempty"`
+	// Modules are the dependency modules the guest checked against the lockfile before
+	// the build (Manifest.Deps), sorted by path and version.
+	Modules []Module `json:"modules,omitempty"`
 }
 
 // Artifact is one output file.
@@ -365,6 +399,12 @@ func (m *Manifest) Validate() error {
 	if err := checkRelPath("workdir", m.Workdir, true); err != nil {
 		return err
 	}
+	if err := m.Deps.validate(); err != nil {
+		return err
+	}
+	if err := m.Deps.checkAgainst(m); err != nil {
+		return err
+	}
 	for k, v := range m.Env {
 		if !envName.MatchString(k) || strings.ContainsRune(v, 0) {
 			return invalidf("manifest env entry %q is not NAME=value without NUL", k)
@@ -422,6 +462,9 @@ func (r *Result) Validate() error {
 	case r.Log.SHA256 != "" && !hex64.MatchString(r.Log.SHA256):
 		return invalidf("result record log.sha256 must be 64 lowercase hex digits")
 	}
+	if err := validateModules(r.Modules); err != nil {
+		return err
+	}
 	seen := map[string]bool{}
 	for _, a := range r.Artifacts {
 		if err := checkRelPath("artifact path", a.Path, false); err != nil {
@@ -438,5 +481,70 @@ func (r *Result) Validate() error {
 	return nil
 }
 
+// depsGoEnv are the environment variables that decide where go takes modules from and
+// whether it checks them. With a dependency disk the guest sets them; a manifest may not,
+// or a host could point the build at modules nobody checked (a GOENV file can set the
+// others).
+var depsGoEnv = []string{"GOPROXY", "GOFLAGS", "GOSUMDB", "GONOSUMDB", "GONOSUMCHECK", "GONOPROXY",
+	"GOINSECURE", "GOPRIVATE", "GOMODCACHE", "GOWORK", "GOTOOLCHAIN", "GOENV", "GOPATH", "GOVCS"}
+
+// checkAgainst refuses a dependency disk whose lockfile is not the go.sum beside the
+// go.mod the build's go uses (the workdir's), and an env that overrides the guest's go
+// settings.
+func (d *Deps) checkAgainst(m *Manifest) error {
+	if d == nil {
+		return nil
+	}
+	if want := path.Join(m.Workdir, "go.sum"); d.Lockfile != want {
+		return invalidf("manifest deps.lockfile is %q, expected %q: the go.sum of the workdir's go.mod, which the build's go reads", d.Lockfile, want)
+	}
+	for _, k := range depsGoEnv {
+		if _, ok := m.Env[k]; ok {
+			return invalidf("manifest env sets %s, which a build with a dependency disk may not: the guest points go at the checked modules", k)
+		}
+	}
+	return nil
+}
+
 // HexDigest formats a digest as lowercase hex.
 func HexDigest(b []byte) string { return hex.EncodeToString(b) }
+
+func (d *Deps) validate() error {
+	switch {
+	case d == nil:
+		return nil
+	case d.Kind != DepsGo:
+		return invalidf("manifest deps.kind is %q, expected %q", d.Kind, DepsGo)
+	case !isRelPath(d.Lockfile, false) || path.Base(d.Lockfile) != "go.sum":
+		return invalidf("manifest deps.lockfile %q must be a clean relative path to a go.sum", d.Lockfile)
+	case !hex64.MatchString(d.ArchiveSHA256):
+		return invalidf("manifest deps.archiveSha256 must be 64 lowercase hex digits")
+	case d.ArchiveSize <= 0:
+		return invalidf("manifest deps.archiveSize must be positive")
+	}
+	return nil
+}
+
+// modulePart is what a module path or version may contain: no spaces, slashes only in
+// paths, nothing that could break a URI or a go.sum line.
+var modulePart = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._~+/-]{0,499}$`)
+
+func validateModules(mods []Module) error {
+	if len(mods) > MaxModules {
+		return invalidf("result record lists %d modules, limit %d", len(mods), MaxModules)
+	}
+	for i, mod := range mods {
+		switch {
+		case !modulePart.MatchString(mod.Path) || !modulePart.MatchString(mod.Version) || strings.Contains(mod.Version, "/"):
+			return invalidf("result record module %d has a malformed path or version", i)
+		case !hex64.MatchString(mod.ModSHA256) || !strings.HasPrefix(mod.ModH1, "h1:"):
+			return invalidf("result record module %s@%s has a malformed go.mod digest", mod.Path, mod.Version)
+		case (mod.ZipSHA256 == "") != (mod.ZipH1 == ""),
+			mod.ZipSHA256 != "" && (!hex64.MatchString(mod.ZipSHA256) || !strings.HasPrefix(mod.ZipH1, "h1:")):
+			return invalidf("result record module %s@%s has a malformed zip digest", mod.Path, mod.Version)
+		case i > 0 && (mods[i-1].Path > mod.Path || mods[i-1].Path == mod.Path && mods[i-1].Version >= mod.Version):
+			return invalidf("result record modules are not sorted by path and version without repeats at %s@%s", mod.Path, mod.Version)
+		}
+	}
+	return nil
+}

@@ -226,3 +226,58 @@ func TestResultValidation(t *testing.T) {
 		}
 	}
 }
+
+func TestManifestDepsAndResultModulesValidated(t *testing.T) {
+	good := Deps{Kind: DepsGo, Lockfile: "app/go.sum", ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 1}
+	for name, d := range map[string]Deps{
+		"kind":       {Kind: "npm", Lockfile: "go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"lockfile":   {Kind: DepsGo, Lockfile: "../go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"not go.sum": {Kind: DepsGo, Lockfile: "go.mod", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"digest":     {Kind: DepsGo, Lockfile: "go.sum", ArchiveSHA256: "x", ArchiveSize: 1},
+		"size":       {Kind: DepsGo, Lockfile: "go.sum", ArchiveSHA256: good.ArchiveSHA256},
+	} {
+		if err := d.validate(); err == nil {
+			t.Errorf("%s: deps %+v accepted", name, d)
+		}
+	}
+	if err := good.validate(); err != nil {
+		t.Errorf("good deps refused: %v", err)
+	}
+	mod := func(p, v string) Module {
+		return Module{Path: p, Version: v, ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x"}
+	}
+	if err := validateModules([]Module{mod("a.com/x", "v1.0.0"), mod("b.com/y", "v1.0.0")}); err != nil {
+		t.Errorf("sorted modules refused: %v", err)
+	}
+	for name, mods := range map[string][]Module{
+		"unsorted": {mod("b.com/y", "v1.0.0"), mod("a.com/x", "v1.0.0")},
+		"repeated": {mod("a.com/x", "v1.0.0"), mod("a.com/x", "v1.0.0")},
+		"space":    {mod("a.com/x y", "v1.0.0")},
+		"zip half": {{Path: "a.com/x", Version: "v1", ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x", ZipH1: "h1:y"}},
+	} {
+		if err := validateModules(mods); err == nil {
+			t.Errorf("%s: modules accepted", name)
+		}
+	}
+}
+
+// With a dependency disk, the lockfile is the workdir's go.sum and the env may not change
+// where go takes modules from.
+func TestManifestDepsBindTheLockfileAndGoSettings(t *testing.T) {
+	d := &Deps{Kind: DepsGo, Lockfile: "app/go.sum", ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 1}
+	if err := d.checkAgainst(&Manifest{Workdir: "app"}); err != nil {
+		t.Fatalf("the workdir's go.sum refused: %v", err)
+	}
+	if err := d.checkAgainst(&Manifest{Workdir: "."}); err == nil || !strings.Contains(err.Error(), `expected "go.sum"`) {
+		t.Errorf("another directory's go.sum: %v", err)
+	}
+	for _, k := range []string{"GOPROXY", "GOFLAGS", "GONOSUMDB", "GOENV", "GOWORK"} {
+		err := d.checkAgainst(&Manifest{Workdir: "app", Env: map[string]string{k: "x"}})
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("env %s with a dependency disk: %v", k, err)
+		}
+	}
+	if err := d.checkAgainst(&Manifest{Workdir: "app", Env: map[string]string{"GOARCH": "amd64", "CGO_ENABLED": "0"}}); err != nil {
+		t.Errorf("a build's own go variables refused: %v", err)
+	}
+}

@@ -42,7 +42,14 @@ type Spec struct {
 	// checks the commit's tree against what it unpacked and attests the commit id, and the
 	// tag's, in the result record. Nil: no commit is attested.
 	Git *source.GitObjects `json:"git,omitempty"`
+	// Deps names the lockfile the host fetches dependencies for, onto a read-only disk of
+	// their own that the guest checks against the lockfile in the source before the build:
+	// DepsGo (go.sum, in Workdir). "" is none.
+	Deps string `json:"deps,omitempty"`
 }
+
+// Dependency kinds of Spec.Deps and Deps.Kind.
+const DepsGo = "go"
 
 // Timeout is TimeoutSeconds as a duration.
 func (s *Spec) Timeout() time.Duration { return time.Duration(s.TimeoutSeconds) * time.Second }

@@ -12,11 +12,12 @@ import (
 
 // CheckAgainstManifest verifies that the statement says exactly what the manifest and the
 // result record say: every external parameter, the internal parameters, the source and
-// toolchain dependencies, the invocation id, the builder's TEE kind, and the subjects (equal
-// to the result record's artifacts as a set, plus the checksums file of them, ChecksumsName).
-// The host that holds a signing key is thereby kept from describing a build differently
-// from what the hardware attested. m and r are the parsed byproducts; the guest-image
-// dependency is not checked here (the verifier compares it with the evidence).
+// toolchain dependencies, the Go modules the guest checked (both ways), the invocation id,
+// the builder's TEE kind, and the subjects (equal to the result record's artifacts as a
+// set, plus the checksums file of them, ChecksumsName). The host that holds a signing key is
+// thereby kept from describing a build differently from what the hardware attested. m and r
+// are the parsed byproducts; the guest-image dependency is not checked here (the verifier
+// compares it with the evidence).
 //
 // The error wraps ErrMismatch and names the first differing field with both values.
 func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
@@ -54,10 +55,12 @@ func (p *Parsed) CheckAgainstManifest(m *job.Manifest, r *job.Result) error {
 	c.equal("externalParameters.sourceDateEpoch", "manifest", got.SourceDateEpoch, want.SourceDateEpoch)
 	c.equal("externalParameters.timeoutSeconds", "manifest", got.TimeoutSeconds, want.TimeoutSeconds)
 	c.equal("externalParameters.rlimits", "manifest", got.Rlimits, want.Rlimits)
+	c.equal("externalParameters.deps", "manifest", got.Deps, want.Deps)
 	c.equal("internalParameters.maxOutputBytes", "manifest", p.MaxOutputBytes, m.MaxOutputBytes)
 
 	c.dependency(SourceDependency, p.Dependencies[SourceDependency], expectedSourceDependency(m, r))
 	c.dependency(ToolchainDependency, p.Dependencies[ToolchainDependency], expectedToolchainDependency(m))
+	c.modules(p.Dependencies, r)
 
 	c.equal("runDetails.metadata.invocationId", "manifest", p.InvocationID, m.InvocationID)
 	c.equal("runDetails.builder.id", "manifest tee "+m.TEE, p.BuilderID, BuilderID(m.TEE, p.BuilderVersion))

@@ -26,7 +26,8 @@ type Parsed struct {
 	BuilderVersion string
 	External       ExternalParameters
 	MaxOutputBytes int64
-	// Dependencies holds the resolved dependencies by name: source, toolchain, guest-image.
+	// Dependencies holds the resolved dependencies by name: source, toolchain, guest-image
+	// and gomod:MODULE@VERSION for each checked Go module.
 	Dependencies map[string]*Dependency
 	// Guest is the guest-image dependency in typed form.
 	Guest        GuestImage
@@ -218,11 +219,12 @@ func parseDependencies(deps []*intoto.ResourceDescriptor) (map[string]*Dependenc
 	out := map[string]*Dependency{}
 	for i, d := range deps {
 		name := d.GetName()
-		switch name {
-		case SourceDependency, ToolchainDependency, GuestImageDependency:
+		switch {
+		case name == SourceDependency, name == ToolchainDependency, name == GuestImageDependency:
+		case strings.HasPrefix(name, GoModuleDependencyPrefix):
 		default:
-			return nil, statementErrorf("resolvedDependencies[%d] has name %q, expected %s, %s or %s",
-				i, name, SourceDependency, ToolchainDependency, GuestImageDependency)
+			return nil, statementErrorf("resolvedDependencies[%d] has name %q, expected %s, %s, %s or %sMODULE@VERSION",
+				i, name, SourceDependency, ToolchainDependency, GuestImageDependency, GoModuleDependencyPrefix)
 		}
 		if _, dup := out[name]; dup {
 			return nil, statementErrorf("resolved dependency %q appears twice", name)

@@ -176,6 +176,8 @@ type ExternalParameters struct {
 	// Rlimits are the limits the build's processes ran under, defaults filled in: they can
 	// change what a build with fallbacks produces, so a reader sees them.
 	Rlimits job.Rlimits `json:"rlimits"`
+	// Deps is the manifest's dependency disk, when the job had one.
+	Deps *job.Deps `json:"deps,omitempty"`
 }
 
 // SourceParameters is externalParameters.source. Repository and Ref are the manifest's
@@ -251,7 +253,7 @@ func NewStatement(in Input) ([]byte, error) {
 }
 
 // buildDefinition is the predicate's buildDefinition: the parameters and the resolved
-// dependencies (source, toolchain, guest image).
+// dependencies (source, toolchain, guest image, and the Go modules the guest checked).
 func buildDefinition(in Input, m *job.Manifest, r *job.Result) (*provv1.BuildDefinition, error) {
 	external, err := toStruct(expectedExternal(m, r))
 	if err != nil {
@@ -268,6 +270,13 @@ func buildDefinition(in Input, m *job.Manifest, r *job.Result) (*provv1.BuildDef
 		{SourceDependency, expectedSourceDependency(m, r)},
 		{ToolchainDependency, expectedToolchainDependency(m)},
 		{GuestImageDependency, guestDependency(in.Guest)},
+	}
+	names, modules := moduleDependencies(r)
+	for _, name := range names {
+		deps = append(deps, struct {
+			name string
+			dep  *Dependency
+		}{name, modules[name]})
 	}
 	resolved := make([]*intoto.ResourceDescriptor, 0, len(deps))
 	for _, d := range deps {
@@ -471,6 +480,7 @@ func expectedExternal(m *job.Manifest, r *job.Result) ExternalParameters {
 		SourceDateEpoch: m.SourceDateEpoch,
 		TimeoutSeconds:  m.TimeoutSeconds,
 		Rlimits:         m.Rlimits.Effective(),
+		Deps:            m.Deps,
 	}
 }
 

@@ -124,7 +124,7 @@ func (r releaseFlags) config() host.GuestRelease {
 }
 
 func newImageToolchainCmd(g *globals) *cobra.Command {
-	var out, name, fromImage string
+	var out, name, fromImage, goVersion string
 	var packages []string
 	cmd := &cobra.Command{
 		Use:   "toolchain [DIR] [--out FILE] | --from-image REPOSITORY@sha256:HEX",
@@ -143,6 +143,11 @@ directory: it is rebuilt only when the package list changes.`,
 				return usageError(errors.New("--from-image makes the image from a container image: DIR, --out and --package do not go with it"))
 			case fromImage != "":
 				return toolchainFromImage(cmd.Context(), g, fromImage, name)
+			case goVersion != "":
+				if len(args) == 1 || len(packages) > 0 || out == "" {
+					return usageError(errors.New("--go makes a busybox root with that Go release: it needs --out FILE, and DIR and --package do not go with it"))
+				}
+				return goToolchain(cmd, g, goVersion, out, name)
 			case len(args) == 1:
 				if out == "" {
 					return fmt.Errorf("--out FILE is required when making an image from a directory")
@@ -177,8 +182,32 @@ directory: it is rebuilt only when the package list changes.`,
 	cmd.Flags().StringVar(&out, "out", "", "image file to write (with DIR)")
 	cmd.Flags().StringVar(&name, "name", "", "toolchain name recorded in the manifest")
 	cmd.Flags().StringVar(&fromImage, "from-image", "", "container `IMAGE` to flatten into the toolchain, by manifest digest (REGISTRY/REPOSITORY@sha256:HEX)")
+	cmd.Flags().StringVar(&goVersion, "go", "", "make a busybox root with this exact Go `RELEASE` (such as go1.26.8), fetched from the Go module proxy as golang.org/toolchain, for builds with --deps go")
 	cmd.Flags().StringArrayVar(&packages, "package", nil, "Debian package to include (repeatable; default gcc, make, libc6-dev)")
 	return cmd
+}
+
+// goToolchain is `image toolchain --go RELEASE --out FILE`: busybox and that Go release.
+func goToolchain(cmd *cobra.Command, g *globals, version, out, name string) error {
+	root, err := os.MkdirTemp("", "cloche-go-root-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(root)
+	if err := toolchain.MakeBusyboxRoot(root); err != nil {
+		return err
+	}
+	if err := toolchain.AddGo(cmd.Context(), root, version); err != nil {
+		return err
+	}
+	if name == "" {
+		name = version
+	}
+	tc, err := toolchain.FromDir(cmd.Context(), root, out, name)
+	if err != nil {
+		return err
+	}
+	return printJSON(g, tc)
 }
 
 // toolchainFromImage is `image toolchain --from-image`: the reference checked before the

@@ -43,6 +43,7 @@ type runFlags struct {
 	kdsChain                   string
 	snpProduct                 string
 	rekorURL                   string // also enter the signature in this Rekor log
+	deps                       string
 }
 
 func newRunCmd(g *globals) *cobra.Command {
@@ -73,6 +74,7 @@ is an artifact.`,
 	fl.StringVar(&f.tee, "tee", "auto", "TEE: auto, snp, tdx or sim (simulated: no hardware guarantee)")
 	fl.StringVar(&f.workdir, "workdir", ".", "directory inside the source to run COMMAND in")
 	fl.StringArrayVar(&f.artifacts, "artifact", nil, "artifact pattern relative to the source (repeatable; default: every file the build created or changed)")
+	fl.StringVar(&f.deps, "deps", "", "fetch the dependencies the source's lockfile names onto a read-only disk the guest checks against it before the build: go (go.mod and go.sum in --workdir)")
 	fl.StringArrayVar(&f.env, "env", nil, "NAME=VALUE added to the build environment (repeatable)")
 	fl.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "time limit for COMMAND (at least 1s)")
 	fl.Int64Var(&f.maxOutput, "max-output", build.DefaultMaxOutputBytes, "cap on artifacts plus log, in `bytes`")
@@ -191,6 +193,7 @@ func runFlagName(field string) string {
 		"SourceDir": "--source", "OutDir": "--out", "Command": "COMMAND", "Workdir": "--workdir",
 		"Env": "--env", "Artifacts": "--artifact", "VCPUs": "--vcpus", "MemoryMiB": "--memory",
 		"TimeoutSeconds": "--timeout", "Rlimits.Processes": "--max-processes", "Rlimits.OpenFiles": "--max-open-files", "MaxOutputBytes": "--max-output", "Accel": "--accel",
+		"Deps": "--deps",
 	}[field]
 }
 
@@ -206,7 +209,7 @@ func runInput(ctx context.Context, f *runFlags, command []string) (*build.Option
 		Spec: job.Spec{Command: command, Workdir: f.workdir, Env: env, Artifacts: f.artifacts,
 			MaxOutputBytes: f.maxOutput, VCPUs: f.vcpus, MemoryMiB: f.memory, TEE: attest.TEE(f.tee),
 			SourceDateEpoch: f.sourceDateEpoch, InvocationID: f.invocationID, Repository: f.repository, Ref: f.ref,
-			Rlimits: f.rlimits},
+			Rlimits: f.rlimits, Deps: f.deps},
 		SourceDir: f.source, OutDir: f.out, Accel: f.accel,
 	}
 	o.SetTimeout(f.timeout)

@@ -95,6 +95,9 @@ type Options struct {
 	// host-side checks would have refused.
 	beforeLaunch  func(inputDisk string) error
 	alterManifest func(m *job.Manifest)
+	// afterDepsDownload plays a host that alters the fetched dependencies (the module proxy
+	// tree in dir) before they are packed.
+	afterDepsDownload func(dir string) error
 }
 
 // Stage is a point a build reaches, reported through Options.OnStage.
@@ -295,6 +298,7 @@ type run struct {
 	manifestDigest [32]byte
 	inputDisk      string
 	outputDisk     string
+	depsDisk       string // "" without Options.Deps
 	// started and finished bracket the VM's run, for the provenance.
 	started, finished time.Time
 }
@@ -342,11 +346,21 @@ func (r *run) prepareInput(ctx context.Context) error {
 		return fmt.Errorf("%w: packing source %s: %w", ErrInput, o.SourceDir, err)
 	}
 	r.log.Info("source packed", "sha256", archiveSHA, "bytes", archiveSize)
-	if err := r.writeManifest(job.Source{Repository: o.Repository, Ref: o.Ref, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize}); err != nil {
+	deps, depsArchive, err := r.prepareDeps(ctx)
+	if err != nil {
+		return err
+	}
+	if err := r.writeManifest(job.Source{Repository: o.Repository, Ref: o.Ref, ArchiveSHA256: archiveSHA, ArchiveSize: archiveSize}, deps); err != nil {
 		return err
 	}
 	if err := r.writeDisks(archivePath, archiveSize); err != nil {
 		return err
+	}
+	if deps != nil {
+		r.depsDisk = filepath.Join(r.work, "deps.img")
+		if err := writeDepsDisk(depsArchive, r.depsDisk); err != nil {
+			return err
+		}
 	}
 	if o.beforeLaunch != nil {
 		return o.beforeLaunch(r.inputDisk)
@@ -355,7 +369,7 @@ func (r *run) prepareInput(ctx context.Context) error {
 }
 
 // writeManifest fixes everything the build may depend on; its digest is bound at launch.
-func (r *run) writeManifest(src job.Source) error {
+func (r *run) writeManifest(src job.Source, deps *job.Deps) error {
 	o := r.o
 	invocation := o.InvocationID
 	if invocation == "" {
@@ -375,6 +389,7 @@ func (r *run) writeManifest(src job.Source) error {
 		TimeoutSeconds:  o.TimeoutSeconds,
 		MaxOutputBytes:  o.MaxOutputBytes,
 		Rlimits:         o.Rlimits,
+		Deps:            deps,
 	}
 	m.Source.SetGitObjects(o.Git)
 	if o.alterManifest != nil {
@@ -427,6 +442,7 @@ func (r *run) launch(ctx context.Context) error {
 		InputDisk:     r.inputDisk,
 		ToolchainDisk: o.ToolchainImage,
 		OutputDisk:    r.outputDisk,
+		DepsDisk:      r.depsDisk,
 		TEE:           o.TEE,
 		Console:       o.Console,
 		Timeout:       o.Timeout() + vmSlack,

@@ -74,7 +74,7 @@ func (o *Options) CheckInput() error {
 		o.checkSource, o.checkOutDir, o.checkCommand, o.checkWorkdir, o.checkEnv, o.checkArtifacts,
 		func() error { return CheckVCPUs(o.VCPUs) },
 		func() error { return CheckMemoryMiB(o.MemoryMiB) },
-		o.checkTimeout, o.checkMaxOutput, o.checkRlimits, o.checkAccel,
+		o.checkTimeout, o.checkMaxOutput, o.checkRlimits, o.checkAccel, o.checkDeps,
 	} {
 		if err := check(); err != nil {
 			return err

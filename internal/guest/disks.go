@@ -19,6 +19,8 @@ const (
 	SerialInput     = "cloche-input"
 	SerialToolchain = "cloche-toolchain"
 	SerialOutput    = "cloche-output"
+	// SerialDeps is the dependency disk, present only when the manifest names one.
+	SerialDeps = "cloche-deps"
 )
 
 // ErrDiskNotFound is returned when no virtio disk carries an expected serial.

@@ -207,6 +207,9 @@ func (a *initRun) runJob(ctx context.Context) (*buildState, error) {
 	if err != nil {
 		return st, err
 	}
+	if err := a.prepareDeps(ctx, root, st); err != nil {
+		return st, err
+	}
 	res, err := a.runBuild(ctx, root, st)
 	if err != nil {
 		return st, err

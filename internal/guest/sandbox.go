@@ -110,7 +110,8 @@ type sandboxStatus struct {
 
 const maxStatusSize = 64 << 10
 
-// BuildEnv returns the build's environment: the fixed minimal one, then the manifest's
+// BuildEnv returns the build's environment: the fixed minimal one (with a dependency disk,
+// the go settings that read modules only from its checked tree), then the manifest's
 // entries (which may override LANG or TZ, but not PATH or HOME in a way that changes
 // where argv[0] was resolved: PATH lookup already happened).
 func BuildEnv(m *job.Manifest) []string {
@@ -121,6 +122,7 @@ func BuildEnv(m *job.Manifest) []string {
 		"TZ=UTC",
 		fmt.Sprintf("SOURCE_DATE_EPOCH=%d", m.SourceDateEpoch),
 	}
+	env = append(env, depsEnv(m)...)
 	fixed := map[string]int{}
 	for i, e := range env {
 		k, _, _ := cutEnv(e)

@@ -88,6 +88,7 @@ var (
 	guestOnce   once[string]
 	busyboxOnce once[string]
 	gccOnce     once[string]
+	goOnce      once[string]
 	fixtureLock sync.Mutex
 )
 
@@ -263,4 +264,42 @@ func rchar(io string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no rchar line")
+}
+
+// GoToolchain returns a toolchain image of the busybox root plus the Go release version
+// (such as go1.26.8) from the module proxy (toolchain.AddGo), built once and cached.
+func GoToolchain(tb testing.TB, version string) string {
+	tb.Helper()
+	p, err := goOnce.get(func() (string, error) {
+		fixtureLock.Lock()
+		defer fixtureLock.Unlock()
+		out := filepath.Join(CacheDir(tb), "toolchains", version+"-busybox.img")
+		if _, err := toolchain.Load(out); err == nil {
+			return out, nil
+		}
+		if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+			return "", err
+		}
+		root, err := os.MkdirTemp("", "go-root-")
+		if err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(root)
+		if err := toolchain.MakeBusyboxRoot(root); err != nil {
+			return "", err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+		defer cancel()
+		if err := toolchain.AddGo(ctx, root, version); err != nil {
+			return "", err
+		}
+		if _, err := toolchain.FromDir(ctx, root, out, version); err != nil {
+			return "", err
+		}
+		return out, nil
+	})
+	if err != nil {
+		tb.Fatalf("go toolchain: %v", err)
+	}
+	return p
 }

@@ -28,6 +28,7 @@ const (
 	SerialInput     = "cloche-input"
 	SerialToolchain = "cloche-toolchain"
 	SerialOutput    = "cloche-output"
+	SerialDeps      = "cloche-deps"
 )
 
 // Accelerator names accepted by Args.
@@ -192,6 +193,7 @@ func Args(cfg Config, accel string, simSocket string) ([]string, error) {
 		{cfg.InputDisk, "input", SerialInput, true},
 		{cfg.ToolchainDisk, "toolchain", SerialToolchain, true},
 		{cfg.OutputDisk, "output", SerialOutput, false},
+		{cfg.DepsDisk, "deps", SerialDeps, true},
 	} {
 		if d.path == "" {
 			continue
@@ -232,7 +234,7 @@ func checkShape(cfg Config) error {
 	}
 	for _, p := range []struct{ what, path string }{
 		{"kernel", cfg.Kernel}, {"initrd", cfg.Initrd}, {"input disk", cfg.InputDisk},
-		{"toolchain disk", cfg.ToolchainDisk}, {"output disk", cfg.OutputDisk}, {"firmware", cfg.Firmware},
+		{"toolchain disk", cfg.ToolchainDisk}, {"output disk", cfg.OutputDisk}, {"dependency disk", cfg.DepsDisk}, {"firmware", cfg.Firmware},
 	} {
 		if strings.ContainsRune(p.path, 0) || strings.ContainsAny(p.path, "\n\r") {
 			return fmt.Errorf("vmm: %s path %q contains a NUL or newline", p.what, p.path)

@@ -38,6 +38,9 @@ type Config struct {
 	// each by its serial: cloche-input, cloche-toolchain, cloche-output. An empty path leaves
 	// that disk out.
 	InputDisk, ToolchainDisk, OutputDisk string
+	// DepsDisk is the dependency disk (serial cloche-deps), attached read-only; empty for a
+	// job without one.
+	DepsDisk string
 
 	// TEE is "sim" (needs SimService), "snp" or "tdx" (need Firmware, LaunchDigest and the
 	// hardware: Run checks the host first and fails with ErrTEEUnavailable naming what is
@@ -382,7 +385,7 @@ func checkFiles(cfg Config) error {
 	}{
 		{"kernel", cfg.Kernel, false}, {"initrd", cfg.Initrd, false},
 		{"input disk", cfg.InputDisk, true}, {"toolchain disk", cfg.ToolchainDisk, true},
-		{"output disk", cfg.OutputDisk, true},
+		{"output disk", cfg.OutputDisk, true}, {"dependency disk", cfg.DepsDisk, true},
 	} {
 		if f.path == "" {
 			continue
