@@ -11,6 +11,7 @@ import (
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/image/guestimage"
+	"github.com/cloche-dev/cloche/internal/vmm"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
 )
@@ -21,7 +22,7 @@ type CreateOptions struct {
 	ToolVersion   string
 	// VCPUs lists the vCPU counts; default 1, 2, 4, 8.
 	VCPUs []int
-	// MemoryMiB lists the memory sizes for sim and tdx values; default 2048.
+	// MemoryMiB lists the memory sizes for sim and tdx values; default vmm.DefaultMemoryMiB.
 	MemoryMiB []int
 	// NoSim leaves out the simulated TEE's values.
 	NoSim bool
@@ -40,7 +41,7 @@ func (o *CreateOptions) defaults() {
 		o.VCPUs = []int{1, 2, 4, 8}
 	}
 	if len(o.MemoryMiB) == 0 {
-		o.MemoryMiB = []int{2048}
+		o.MemoryMiB = []int{vmm.DefaultMemoryMiB}
 	}
 	if len(o.VCPUTypes) == 0 {
 		o.VCPUTypes = []string{"EPYC-v4"}

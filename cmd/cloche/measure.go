@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cloche-dev/cloche/attest"
+	"github.com/cloche-dev/cloche/internal/build"
 	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/measure"
 )
@@ -57,7 +58,7 @@ is launched from them, and prints it on stdout. A verifier pins the value with
 	fl.StringVar(&f.initrd, "initrd", "", "guest initramfs file")
 	fl.StringVar(&f.cmdline, "cmdline", "", "guest kernel command line")
 	fl.IntVar(&f.vcpus, "vcpus", 2, "guest vCPUs")
-	fl.IntVar(&f.memory, "memory", 2048, "guest memory in MiB (sim; tdx: places the initrd)")
+	fl.IntVar(&f.memory, "memory", build.DefaultMemoryMiB, "guest memory in MiB (sim; tdx: places the initrd)")
 	fl.StringVar(&f.snpFirmware, "snp-firmware", "", "snp: the OVMF AmdSev build QEMU loads with -bios")
 	fl.StringVar(&f.tdxFirmware, "tdx-firmware", "", "tdx: the TDVF image QEMU loads with -bios")
 	// The old name, for either TEE; one firmware flag name per TEE across commands now.

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/cloche-dev/cloche/internal/build"
 	"github.com/cloche-dev/cloche/measure"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
@@ -118,7 +119,7 @@ signed statement is printed on stdout. A verifier uses it with
 	fl.StringVar(&f.rekorURL, "rekor-url", "", "with --keyless: the Rekor URL (default Sigstore's public-good instance)")
 	fl.StringVar(&f.out, "out", "", "where to write the signed bundle (default: DIR/"+reference.BundleFileName+")")
 	fl.IntSliceVar(&f.vcpus, "vcpus", []int{1, 2, 4, 8}, "vCPU counts to list")
-	fl.IntSliceVar(&f.memory, "memory", []int{2048}, "guest memory sizes in MiB (sim and tdx values depend on it)")
+	fl.IntSliceVar(&f.memory, "memory", []int{build.DefaultMemoryMiB}, "guest memory sizes in MiB (sim and tdx values depend on it)")
 	fl.BoolVar(&f.noSim, "no-sim", false, "leave out the simulated TEE's values")
 	fl.StringVar(&f.snpFirmware, "snp-firmware", "", "OVMF AmdSev build to compute SNP values with")
 	fl.StringSliceVar(&f.vcpuTypes, "vcpu-type", []string{"EPYC-v4"}, "snp: QEMU vCPU types")
