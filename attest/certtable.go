@@ -59,7 +59,7 @@ func ParseCertTable(t []byte) (CertTable, error) {
 		}
 		g, err := uuid.FromBytes(e[:16])
 		if err != nil {
-			return nil, fmt.Errorf("%w: certificate table entry %d GUID: %v", ErrMalformed, i, err)
+			return nil, fmt.Errorf("%w: certificate table entry %d GUID: %w", ErrMalformed, i, err)
 		}
 		entries = append(entries, entry{
 			guid:   g.String(),

@@ -147,7 +147,7 @@ func ParseEvidence(b []byte) (*Evidence, error) {
 	}
 	var ev Evidence
 	if err := strictjson.Decode(b, &ev); err != nil {
-		return nil, fmt.Errorf("%w: evidence JSON: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: evidence JSON: %w", ErrMalformed, err)
 	}
 	if err := ev.CheckShape(); err != nil {
 		return nil, err

@@ -305,7 +305,7 @@ func ParseManifest(b []byte) (*Manifest, error) {
 	}
 	var m Manifest
 	if err := strictUnmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: manifest: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: manifest: %w", ErrInvalid, err)
 	}
 	if err := m.Validate(); err != nil {
 		return nil, err
@@ -320,7 +320,7 @@ func ParseResult(b []byte) (*Result, error) {
 	}
 	var r Result
 	if err := strictUnmarshal(b, &r); err != nil {
-		return nil, fmt.Errorf("%w: result record: %v", ErrInvalid, err)
+		return nil, fmt.Errorf("%w: result record: %w", ErrInvalid, err)
 	}
 	if err := r.Validate(); err != nil {
 		return nil, err

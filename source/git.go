@@ -40,11 +40,11 @@ func ReadGitObjects(ctx context.Context, dir, rev, tagRef string) (*GitObjects, 
 	}
 	prefix, err := line("rev-parse", "--show-prefix")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrNotGit, dir, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrNotGit, dir, err)
 	}
 	format, err := line("rev-parse", "--show-object-format")
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrNotGit, dir, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrNotGit, dir, err)
 	}
 	o := &GitObjects{Format: ObjectFormat(format), Path: strings.TrimSuffix(prefix, "/")}
 	if err := o.Format.Check(); err != nil {
@@ -52,7 +52,7 @@ func ReadGitObjects(ctx context.Context, dir, rev, tagRef string) (*GitObjects, 
 	}
 	commit, err := line("rev-parse", "--verify", "--end-of-options", rev+"^{commit}")
 	if err != nil {
-		return nil, fmt.Errorf("%w: commit %q is not in the checkout of %s: %v", ErrNotGit, rev, dir, err)
+		return nil, fmt.Errorf("%w: commit %q is not in the checkout of %s: %w", ErrNotGit, rev, dir, err)
 	}
 	if o.Commit, err = git("cat-file", "commit", commit); err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func ReadGitObjects(ctx context.Context, dir, rev, tagRef string) (*GitObjects, 
 		ref := "refs/tags/" + strings.TrimPrefix(tagRef, "refs/tags/")
 		typ, err := line("cat-file", "-t", ref)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %s in %s: %v", ErrNoTag, ref, dir, err)
+			return nil, fmt.Errorf("%w: %s in %s: %w", ErrNoTag, ref, dir, err)
 		}
 		if typ == "tag" {
 			if o.Tag, err = git("cat-file", "tag", ref); err != nil {

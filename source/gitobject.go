@@ -101,7 +101,7 @@ var tagName = regexp.MustCompile(`^[^\x00-\x20~^:?*\[\\\x7f]{1,255}$`)
 func AttestCommit(o GitObjects, tree string) (*Attested, error) {
 	f := o.Format
 	if err := f.Check(); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCommit, err)
+		return nil, fmt.Errorf("%w: %w", ErrCommit, err)
 	}
 	if len(tree) != f.HexLen() {
 		return nil, fmt.Errorf("%w: source tree id %q is not a %s object id", ErrCommit, tree, formatName(f))
@@ -116,7 +116,7 @@ func AttestCommit(o GitObjects, tree string) (*Attested, error) {
 	commit := f.ObjectID("commit", o.Commit)
 	got, err := followPath(f, root, o.Path, o.Trees)
 	if err != nil {
-		return nil, fmt.Errorf("%w: commit %s: %v", ErrCommit, commit, err)
+		return nil, fmt.Errorf("%w: commit %s: %w", ErrCommit, commit, err)
 	}
 	if got != tree {
 		where := "tree"
@@ -190,7 +190,7 @@ func objectHeader(f ObjectFormat, h []string, i int, key string) (string, error)
 func commitTree(f ObjectFormat, commit []byte) (string, error) {
 	tree, err := objectHeader(f, headers(commit), 0, "tree")
 	if err != nil {
-		return "", fmt.Errorf("%w: commit object: %v", ErrCommit, err)
+		return "", fmt.Errorf("%w: commit object: %w", ErrCommit, err)
 	}
 	return tree, nil
 }
@@ -201,7 +201,7 @@ func tagTarget(f ObjectFormat, tag []byte, commit string) (string, error) {
 	h := headers(tag)
 	obj, err := objectHeader(f, h, 0, "object")
 	if err != nil {
-		return "", fmt.Errorf("%w: tag object: %v", ErrCommit, err)
+		return "", fmt.Errorf("%w: tag object: %w", ErrCommit, err)
 	}
 	if len(h) < 3 || h[1] != "type commit" || !strings.HasPrefix(h[2], "tag ") {
 		return "", fmt.Errorf("%w: tag object: expected \"type commit\" and \"tag NAME\" after the object line", ErrCommit)

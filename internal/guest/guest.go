@@ -537,7 +537,7 @@ func (a *initRun) openProvider() (attest.Provider, error) {
 	}
 	port, err := findSimPort(a.cfg.SysRoot, a.cfg.DevRoot, attest.SimPortName)
 	if err != nil {
-		return nil, fmt.Errorf("no TEE evidence device: configfs-tsm: %v; guest device: %v; simulated TEE: %v", tsmErr, devErr, err)
+		return nil, fmt.Errorf("no TEE evidence device: configfs-tsm: %v; guest device: %v; simulated TEE: %w", tsmErr, devErr, err)
 	}
 	f, err := os.OpenFile(port, os.O_RDWR, 0)
 	if err != nil {

@@ -94,7 +94,7 @@ func lookCommand(root, name, dir string) (string, error) {
 			p = path.Join(dir, p)
 		}
 		if err := checkExecutable(root, p); err != nil {
-			return "", fmt.Errorf("%w: %s (%v)", ErrCommandNotFound, name, err)
+			return "", fmt.Errorf("%w: %s (%w)", ErrCommandNotFound, name, err)
 		}
 		return p, nil
 	}

@@ -297,7 +297,7 @@ func (c *Client) Publish(ctx context.Context, rel *Release, files []File, replac
 		seen[f.Name] = true
 		sum, size, err := fileio.SHA256(f.Path)
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+			return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 		}
 		plans = append(plans, plan{f: f, sha: sum, size: size})
 	}

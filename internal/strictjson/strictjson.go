@@ -32,7 +32,7 @@ func Decode(b []byte, v any) error {
 		return fmt.Errorf("%w: trailing data after the JSON document", ErrStrict)
 	}
 	if err := json.Unmarshal(b, &tree); err != nil {
-		return fmt.Errorf("%w: %v", ErrStrict, err)
+		return fmt.Errorf("%w: %w", ErrStrict, err)
 	}
 	rt := reflect.TypeOf(v)
 	if rt == nil || rt.Kind() != reflect.Pointer {
@@ -44,7 +44,7 @@ func Decode(b []byte, v any) error {
 	strict := json.NewDecoder(bytes.NewReader(b))
 	strict.DisallowUnknownFields()
 	if err := strict.Decode(v); err != nil {
-		return fmt.Errorf("%w: %v", ErrStrict, err)
+		return fmt.Errorf("%w: %w", ErrStrict, err)
 	}
 	return nil
 }
@@ -53,7 +53,7 @@ func Decode(b []byte, v any) error {
 func checkDuplicates(dec *json.Decoder, path string) error {
 	tok, err := dec.Token()
 	if err != nil {
-		return fmt.Errorf("%w: at %s: %v", ErrStrict, path, err)
+		return fmt.Errorf("%w: at %s: %w", ErrStrict, path, err)
 	}
 	d, ok := tok.(json.Delim)
 	if !ok {
@@ -65,7 +65,7 @@ func checkDuplicates(dec *json.Decoder, path string) error {
 		for dec.More() {
 			kt, err := dec.Token()
 			if err != nil {
-				return fmt.Errorf("%w: at %s: %v", ErrStrict, path, err)
+				return fmt.Errorf("%w: at %s: %w", ErrStrict, path, err)
 			}
 			k, _ := kt.(string)
 			if seen[k] {
@@ -84,7 +84,7 @@ func checkDuplicates(dec *json.Decoder, path string) error {
 		}
 	}
 	if _, err := dec.Token(); err != nil {
-		return fmt.Errorf("%w: at %s: %v", ErrStrict, path, err)
+		return fmt.Errorf("%w: at %s: %w", ErrStrict, path, err)
 	}
 	return nil
 }

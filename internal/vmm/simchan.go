@@ -73,7 +73,7 @@ func (c *simChannel) serve(ctx context.Context, qemuPID int, acceptLimit time.Du
 		_ = c.ln.Close()
 		if err != nil {
 			if !c.isClosed() && ctx.Err() == nil {
-				failed <- fmt.Errorf("%w: QEMU did not connect to %s within %s: %v", ErrSimService, c.path, acceptLimit, err)
+				failed <- fmt.Errorf("%w: QEMU did not connect to %s within %s: %w", ErrSimService, c.path, acceptLimit, err)
 			}
 			return
 		}
@@ -104,7 +104,7 @@ func (c *simChannel) serve(ctx context.Context, qemuPID int, acceptLimit time.Du
 		if err != nil && !channelEnded(ctx, err) {
 			log.Error("vmm: simulated secure processor failed; closing the guest's channel", "err", err)
 			c.mu.Lock()
-			c.err = fmt.Errorf("%w: %v", ErrSimService, err)
+			c.err = fmt.Errorf("%w: %w", ErrSimService, err)
 			c.mu.Unlock()
 		}
 	}()

@@ -288,7 +288,7 @@ func (h hostPaths) preflight(cfg *Config) error {
 		if cfg.SNP.CBitPos == 0 {
 			c, err := h.sevCPUID()
 			if err != nil {
-				return fmt.Errorf("%w: %v", ErrTEEUnavailable, err)
+				return fmt.Errorf("%w: %w", ErrTEEUnavailable, err)
 			}
 			if !c.SNP {
 				return fmt.Errorf("%w: the CPU does not report SEV-SNP (CPUID leaf 0x%X EAX bit 4)", ErrTEEUnavailable, uint32(sevCPUIDLeaf))
@@ -368,7 +368,7 @@ func fileKind(m fs.FileMode) string {
 
 func checkFirmwareFile(cfg *Config) error {
 	if err := checkFirmwarePath(*cfg); err != nil {
-		return fmt.Errorf("%w: %v", ErrTEEUnavailable, err)
+		return fmt.Errorf("%w: %w", ErrTEEUnavailable, err)
 	}
 	fi, err := os.Stat(cfg.Firmware)
 	if err != nil {

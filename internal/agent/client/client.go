@@ -201,7 +201,7 @@ func (c *Client) SubmitArchive(ctx context.Context, spec agent.JobSpec, archive 
 		return last, err
 	}
 	if err := sc.Err(); err != nil {
-		return last, fmt.Errorf("%w: %v", ErrStream, err)
+		return last, fmt.Errorf("%w: %w", ErrStream, err)
 	}
 	return last, ErrStream
 }
@@ -268,14 +268,9 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 	for _, a := range st.Result.Artifacts {
 		want[filepath.FromSlash(a.Path)] = true
 	}
-	// The build's SHA256SUMS (a statement subject) is recomputed here from the attested
-	// artifacts, not taken on the agent's word.
-	if provenance.HasChecksumsSubject(st.Result.Artifacts) {
+	sums := provenance.HasChecksumsSubject(st.Result.Artifacts)
+	if sums {
 		want[provenance.ChecksumsName] = true
-		got, err := os.ReadFile(filepath.Join(stage, provenance.ChecksumsName))
-		if err != nil || !bytes.Equal(got, provenance.Checksums(st.Result.Artifacts)) {
-			return fmt.Errorf("job %s's result archive: %s is missing or does not list the job's artifacts", st.ID, provenance.ChecksumsName)
-		}
 	}
 	// Check before moving anything: exactly the named files, as regular files.
 	var files []string
@@ -295,6 +290,14 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 	}
 	if len(files) != len(want) {
 		return fmt.Errorf("job %s's result archive has %d files, its result names %d", st.ID, len(files), len(want))
+	}
+	// The build's SHA256SUMS (a statement subject) must be what the attested artifacts
+	// give, not the agent's word.
+	if sums {
+		got, err := os.ReadFile(filepath.Join(stage, provenance.ChecksumsName))
+		if err != nil || !bytes.Equal(got, provenance.Checksums(st.Result.Artifacts)) {
+			return fmt.Errorf("job %s's result archive: %s does not list the job's artifacts", st.ID, provenance.ChecksumsName)
+		}
 	}
 	// Artifacts first, the provenance last, as a local build publishes them.
 	for _, rel := range files {

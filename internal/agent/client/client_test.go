@@ -13,6 +13,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/agent"
 	"github.com/cloche-dev/cloche/internal/testfixture"
 	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/source"
 )
 
@@ -61,7 +62,8 @@ func status(d job.Digest, artifacts ...string) *agent.JobStatus {
 // TestFetchResult: the client publishes exactly the files the job record names, and
 // nothing at all when the archive is not the one the record names or holds anything else.
 func TestFetchResult(t *testing.T) {
-	good := map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}"}
+	sums := string(provenance.Checksums([]job.Artifact{{Path: "dist/app"}}))
+	good := map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", provenance.ChecksumsName: sums}
 	archive, d := pack(t, good)
 	out := filepath.Join(t.TempDir(), "out")
 	c := New(fakeAgent(t, archive))
@@ -74,7 +76,8 @@ func TestFetchResult(t *testing.T) {
 		}
 	}
 
-	extra, de := pack(t, map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", "dist/evil.sh": "x"})
+	extra, de := pack(t, map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", provenance.ChecksumsName: sums, "dist/evil.sh": "x"})
+	forged, df := pack(t, map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", provenance.ChecksumsName: strings.Repeat("0", 64) + "  dist/app\n"})
 	tampered := bytes.Clone(archive)
 	tampered[len(tampered)/3] ^= 1
 	for _, c := range []struct {
@@ -85,7 +88,8 @@ func TestFetchResult(t *testing.T) {
 	}{
 		{"digest", tampered, status(d, "dist/app"), "digest mismatch"},
 		{"extra file", extra, status(de, "dist/app"), "dist/evil.sh, which its result does not name"},
-		{"missing file", archive, status(d, "dist/app", "dist/other"), "has 2 files, its result names 3"},
+		{"missing file", archive, status(d, "dist/app", "dist/other"), "has 3 files, its result names 4"},
+		{"forged SHA256SUMS", forged, status(df, "dist/app"), "SHA256SUMS does not list the job's artifacts"},
 		{"not succeeded", archive, &agent.JobStatus{ID: "j1", State: agent.StateFailed}, "it has no results"},
 	} {
 		out := filepath.Join(t.TempDir(), "out")

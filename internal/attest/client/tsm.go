@@ -39,7 +39,7 @@ func NewTSMProvider(client configfsi.Client) (attest.Provider, error) {
 	}
 	entry, err := report.CreateOpenReport(client)
 	if err != nil {
-		return nil, fmt.Errorf("%w: creating a configfs-tsm report entry: %v", ErrNoTSMProvider, err)
+		return nil, fmt.Errorf("%w: creating a configfs-tsm report entry: %w", ErrNoTSMProvider, err)
 	}
 	// The kernel answers "provider" on a fresh entry, but faketsm only answers reads after a
 	// write. Writing an inblob first suits both and is harmless: the kernel generates a

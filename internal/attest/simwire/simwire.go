@@ -178,7 +178,7 @@ func BindDeadline(ctx context.Context, rw any) (stop func()) {
 // CtxErrOr reports the context's error when it caused an I/O failure.
 func CtxErrOr(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
-		return fmt.Errorf("%w (%v)", cerr, err)
+		return fmt.Errorf("%w (%w)", cerr, err)
 	}
 	return err
 }
