@@ -17,6 +17,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/agent/client"
 	"github.com/cloche-dev/cloche/internal/build"
 	"github.com/cloche-dev/cloche/job"
+	"github.com/cloche-dev/cloche/provenance"
 )
 
 // standIn is a fast Launcher for scheduler tests: it reads input.txt from the source,
@@ -86,8 +87,13 @@ func (s *standIn) Launch(ctx context.Context, req agent.LaunchRequest) (*build.O
 		return nil, err
 	}
 	sum := sha256.Sum256(out)
+	arts := []job.Artifact{{Path: "out/result.txt", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(out))}}
+	// The SHA256SUMS of the artifacts, as build.Run writes it beside them.
+	if err := os.WriteFile(filepath.Join(req.OutDir, provenance.ChecksumsName), provenance.Checksums(arts), 0o644); err != nil {
+		return nil, err
+	}
 	return &build.Outcome{
-		Artifacts:   []job.Artifact{{Path: "out/result.txt", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(out))}},
+		Artifacts: arts, Checksums: provenance.ChecksumsArtifact(arts),
 		ArtifactDir: req.OutDir, BundlePath: bundle, Measurement: strings.Repeat("ab", 48), TEE: "sim",
 	}, nil
 }

@@ -239,7 +239,7 @@ func TestConfigValidate(t *testing.T) {
 
 // TestShippedExampleConfig: the example configuration in dist/ loads and validates.
 func TestShippedExampleConfig(t *testing.T) {
-	c, err := LoadConfig("../dist/agent.example.json")
+	c, err := LoadConfig("../../dist/agent.example.json")
 	if err != nil {
 		t.Fatal(err)
 	}
