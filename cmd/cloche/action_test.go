@@ -81,6 +81,18 @@ func readFile(t *testing.T, p string) string {
 	return string(b)
 }
 
+// widgetClaims are the OIDC claims of acme/widget's release workflow run for tag v1.0.0
+// at commit sha, as the GitHub fake's token service issues them.
+func widgetClaims(sha string) ghfake.Claims {
+	return ghfake.Claims{
+		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
+		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
+		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
+		RunnerEnvironment: "self-hosted", Visibility: "public",
+	}
+}
+
 // TestActionBuildPublishVerify runs the build action's entry point as the runner does (a
 // real VM build on the simulated TEE, keyless signing against a local Fulcio and Rekor,
 // publishing to a local GitHub API), then the verify action's entry point against the
@@ -92,13 +104,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 		"README":     "widget sources\n",
 		"lib/part.c": "int part(void) { return 1; }\n",
 	})
-	claims := ghfake.Claims{
-		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
-		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
-		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		RunnerEnvironment: "self-hosted", Visibility: "public",
-	}
+	claims := widgetClaims(sha)
 	ss := ghfake.NewSigstore(t, claims)
 	gh := ghfake.NewGitHub(t, "acme/widget", "acme/gadget", "acme/cloche")
 	state := t.TempDir()
@@ -427,13 +433,7 @@ func publishGuestRelease(t *testing.T, ss *ghfake.Sigstore, gh *ghfake.GitHub, r
 func TestActionSubjects(t *testing.T) {
 	testfixture.RequireQEMU(t)
 	src, sha := gitCheckout(t, map[string]string{"README": "widget\n"})
-	claims := ghfake.Claims{
-		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
-		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
-		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		RunnerEnvironment: "self-hosted", Visibility: "public",
-	}
+	claims := widgetClaims(sha)
 	ss := ghfake.NewSigstore(t, claims)
 	gh := ghfake.NewGitHub(t, "acme/widget")
 	t.Setenv("CLOCHE_ACCEL", "tcg")

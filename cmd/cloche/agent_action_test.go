@@ -27,13 +27,7 @@ func TestActionBuildThroughAgent(t *testing.T) {
 	socket, agentErr := startAgent(t, state, guest, testfixture.BusyboxToolchain(t))
 
 	src, sha := gitCheckout(t, map[string]string{"README": "widget sources\n"})
-	claims := ghfake.Claims{
-		Repository: "acme/widget", RepositoryID: "101", RepositoryOwner: "acme", RepositoryOwnerID: "7",
-		Ref: "refs/tags/v1.0.0", SHA: sha, EventName: "push", RunID: "4242", RunAttempt: "1",
-		WorkflowRef:       "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		JobWorkflowRef:    "acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0",
-		RunnerEnvironment: "self-hosted", Visibility: "public",
-	}
+	claims := widgetClaims(sha)
 	ss := ghfake.NewSigstore(t, claims)
 	gh := ghfake.NewGitHub(t, "acme/widget")
 	trustedRoot := filepath.Join(t.TempDir(), "trusted_root.json")

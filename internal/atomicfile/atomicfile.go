@@ -30,13 +30,20 @@ func Create(path string) (*File, error) {
 func (f *File) TempPath() string { return f.File.Name() }
 
 // Commit syncs, sets mode, closes and renames the temp file to its final path.
-func (f *File) Commit(mode os.FileMode) error {
+func (f *File) Commit(mode os.FileMode) error { return f.commit(mode, true) }
+
+// commit sets mode, closes and renames the temp file into place; with durable, the file is
+// synced first and its directory after.
+func (f *File) commit(mode os.FileMode, durable bool) error {
 	if f.done {
 		return fmt.Errorf("commit %s: already committed or aborted", f.path)
 	}
 	f.done = true
 	tmp := f.File.Name()
-	err := f.File.Sync()
+	var err error
+	if durable {
+		err = f.File.Sync()
+	}
 	if cerr := f.File.Close(); err == nil {
 		err = cerr
 	}
@@ -49,6 +56,9 @@ func (f *File) Commit(mode os.FileMode) error {
 	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", f.path, err)
+	}
+	if !durable {
+		return nil
 	}
 	return syncDir(filepath.Dir(f.path))
 }
@@ -105,7 +115,7 @@ func WriteNewFile(path string, data []byte, mode os.FileMode) error {
 // the whole new one, but a crash may lose the new one. For records rewritten often whose
 // loss the writer recovers from (the agent's non-terminal job states).
 func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
-	return write(path, data, func(f *File) error { return f.commitUnsynced(mode) })
+	return write(path, data, func(f *File) error { return f.commit(mode, false) })
 }
 
 // write writes data to a temp file beside path and commits it.
@@ -119,27 +129,6 @@ func write(path string, data []byte, commit func(*File) error) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return commit(f)
-}
-
-// commitUnsynced is Commit without the fsyncs of the file and its directory.
-func (f *File) commitUnsynced(mode os.FileMode) error {
-	if f.done {
-		return fmt.Errorf("commit %s: already committed or aborted", f.path)
-	}
-	f.done = true
-	tmp := f.File.Name()
-	err := f.File.Close()
-	if err == nil {
-		err = os.Chmod(tmp, mode)
-	}
-	if err == nil {
-		err = os.Rename(tmp, f.path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", f.path, err)
-	}
-	return nil
 }
 
 // syncDir makes the rename durable.
