@@ -9,6 +9,8 @@ package testfixture
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/internal/image/guestimage"
 	"github.com/cloche-dev/cloche/internal/image/toolchain"
@@ -99,6 +102,8 @@ func repoRoot() string {
 }
 
 // GuestInit builds cmd/cloche-guest with scripts/build-guest-init.sh, as the Makefile does.
+// The result is stored under its own digest: worktrees sharing one cache each build their own
+// guest init, and a name shared by all would let one overwrite another's between build and use.
 func GuestInit(tb testing.TB) string {
 	tb.Helper()
 	p, err := agentOnce.get(func() (string, error) {
@@ -106,12 +111,23 @@ func GuestInit(tb testing.TB) string {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return "", err
 		}
-		out := filepath.Join(dir, "cloche-guest")
-		cmd := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-guest-init.sh"), out)
+		tmp, err := os.MkdirTemp(dir, "build-")
+		if err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(tmp)
+		built := filepath.Join(tmp, "cloche-guest")
+		cmd := exec.Command("bash", filepath.Join(repoRoot(), "scripts", "build-guest-init.sh"), built)
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("building the guest init: %v\n%s", err, b)
 		}
-		return out, nil
+		data, err := os.ReadFile(built)
+		if err != nil {
+			return "", err
+		}
+		sum := sha256.Sum256(data)
+		out := filepath.Join(dir, "cloche-guest-"+hex.EncodeToString(sum[:8]))
+		return out, atomicfile.WriteFile(out, data, 0o755)
 	})
 	if err != nil {
 		tb.Fatal(err)
