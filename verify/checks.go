@@ -54,7 +54,10 @@ const (
 	// release whose reference values list the measurement.
 	CheckGuestRelease = "statement.guest-release"
 	CheckTime         = "statement.time"
-	// Expectations and pins.
+	// Expectations and pins. CheckExpectSource and CheckExpectToolchain fail before anything
+	// is read when the options name no expectation for the source or the toolchain.
+	CheckExpectSource     = "expect.source"
+	CheckExpectToolchain  = "expect.toolchain"
 	CheckSourceTree       = "source.tree"
 	CheckSourceCommit     = "source.commit"
 	CheckSourceRepository = "source.repository"
@@ -69,7 +72,7 @@ const (
 
 // CheckNames lists every check name in the order Verify runs them.
 var CheckNames = []string{
-	CheckOptions, CheckArtifact, CheckBundle, CheckBundleMaterial, CheckSignature, CheckIdentity,
+	CheckOptions, CheckExpectSource, CheckExpectToolchain, CheckArtifact, CheckBundle, CheckBundleMaterial, CheckSignature, CheckIdentity,
 	CheckStatement, CheckSubject, CheckChecksums, CheckManifest, CheckResult, CheckEvidenceParse, CheckSimulated,
 	CheckChain, CheckEvidenceSignature, CheckPolicy, CheckFirmware, CheckChipID, CheckTCB,
 	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,

@@ -55,7 +55,8 @@ func kitOptions(k *verifytest.Kit, f *verifytest.Fixture) Options {
 	trust := k.Trust()
 	return Options{BundlePath: f.BundlePath, PublicKey: trust.HostKey, Artifacts: []string{f.Artifact},
 		AllowSimulated: true, SimRoots: []*x509.Certificate{trust.SimRoot},
-		Reference: ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey}}
+		Reference:          ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey},
+		ExpectedSourceTree: verifytest.SourceTree, Pins: Pins{ToolchainDigest: verifytest.ToolchainDigest}}
 }
 
 // tamper is one mutation of the corpus and the check that must catch it.

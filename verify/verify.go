@@ -43,6 +43,9 @@ var (
 	ErrMismatchBinding  = errors.New("binding mismatch")
 	ErrMismatchSource   = errors.New("source does not match")
 	ErrBuildNotSucceded = errors.New("the attested build did not succeed")
+	// ErrNoExpectation: a PASSED would vouch for a source or toolchain nobody but the runner
+	// host chose, because the options name none (and no unsafe opt-out accepts that).
+	ErrNoExpectation = errors.New("no expectation given")
 )
 
 // Limits on what is read from outside.
@@ -100,6 +103,15 @@ type Options struct {
 
 	// Pins on what the host chose and the evidence attests faithfully (pins.go).
 	Pins Pins
+
+	// A PASSED must say which source was built with which toolchain, and the runner host
+	// writes both into the manifest, so each needs an expectation the host cannot write:
+	// the source an ExpectedSource* value or a keyless Identity (whose certificate names the
+	// repository and commit), the toolchain Pins.ToolchainDigest. UnsafeAllowAnySource and
+	// UnsafeAllowAnyToolchain accept whatever the host chose instead; the result then
+	// carries a warning saying so.
+	UnsafeAllowAnySource    bool
+	UnsafeAllowAnyToolchain bool
 
 	// EvidencePolicy is what the hardware evidence must satisfy (minimum TCB, TDX module
 	// and owner values, CRLs, collateral, platform allow-list); see evidencePolicy for what
@@ -255,12 +267,35 @@ func (o *Options) checkOptions() error {
 	if o.Reference.Key != nil && o.PublicKey != nil && sameKey(o.Reference.Key, o.PublicKey) {
 		return fail(CheckReference, errors.New("Reference.Key is the provenance signing key: the host holds that key, so reference values signed with it are the host's own word (use the guest image release's key)"))
 	}
+	if err := o.checkExpectations(); err != nil {
+		return err
+	}
 	trusted := len(o.ExpectedMeasurements) > 0 || o.Reference.BundlePath != "" || o.Reference.GuestImageDir != "" || countDocs(o.EmbeddedReferences) > 0
 	switch {
 	case o.InsecureSkipMeasurement && trusted:
 		return fail(CheckOptions, errors.New("InsecureSkipMeasurement contradicts the measurement sources given"))
 	case !trusted && !o.InsecureSkipMeasurement:
 		return fail(CheckMeasurement, errors.New("no trusted source of launch measurements: give signed reference values (Reference.BundlePath), a guest image to compute them from (Reference.GuestImageDir) or expected measurements (ExpectedMeasurements); InsecureSkipMeasurement accepts any guest"))
+	}
+	return nil
+}
+
+// checkExpectations requires an expectation on the source and on the toolchain, or the
+// unsafe opt-out that stands for it, never both.
+func (o *Options) checkExpectations() error {
+	source := o.ExpectedSourceTree != "" || o.ExpectedSourceCommit != "" || o.ExpectedSourceTag != "" || o.Identity != nil
+	switch {
+	case source && o.UnsafeAllowAnySource:
+		return fail(CheckOptions, errors.New("UnsafeAllowAnySource contradicts the source expectation given"))
+	case !source && !o.UnsafeAllowAnySource:
+		return fail(CheckExpectSource, fmt.Errorf("%w for the source: the manifest's source is the runner host's choice; give Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity, or UnsafeAllowAnySource to accept any source", ErrNoExpectation))
+	}
+	toolchain := o.Pins.ToolchainDigest != ""
+	switch {
+	case toolchain && o.UnsafeAllowAnyToolchain:
+		return fail(CheckOptions, errors.New("UnsafeAllowAnyToolchain contradicts Pins.ToolchainDigest"))
+	case !toolchain && !o.UnsafeAllowAnyToolchain:
+		return fail(CheckExpectToolchain, fmt.Errorf("%w for the toolchain: the manifest's toolchain is the runner host's choice, and its compiler makes the artifacts; give Pins.ToolchainDigest (its dm-verity root hash), or UnsafeAllowAnyToolchain to accept any toolchain", ErrNoExpectation))
 	}
 	return nil
 }
@@ -510,6 +545,12 @@ func (v *verification) checkWho(context.Context) error {
 func (v *verification) applyPins(context.Context) error {
 	if err := v.o.Pins.apply(v.res, v.m, v.r); err != nil {
 		return err
+	}
+	if v.o.UnsafeAllowAnySource {
+		v.res.Warnings = append(v.res.Warnings, "source NOT pinned (UnsafeAllowAnySource): the runner host chose what was built")
+	}
+	if v.o.UnsafeAllowAnyToolchain {
+		v.res.Warnings = append(v.res.Warnings, "toolchain NOT pinned (UnsafeAllowAnyToolchain): the runner host chose the compiler that made the artifacts")
 	}
 	if v.o.InsecureSkipMeasurement {
 		v.res.Warnings = append(v.res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -153,7 +154,7 @@ func newFixture(t *testing.T, tw tweak) *fixture {
 	}
 	return &fixture{dir: dir, artifact: artifact, bundle: bp, measurement: meas, signer: signer,
 		opts: Options{BundlePath: bp, PublicKey: pub, Artifacts: []string{artifact}, AllowSimulated: true, SimRoots: []*x509.Certificate{root},
-			ExpectedMeasurements: [][]byte{meas[:]}}}
+			ExpectedMeasurements: [][]byte{meas[:]}, ExpectedSourceTree: verifytest.SourceTree, Pins: Pins{ToolchainDigest: m.Toolchain.VerityRootHash}}}
 }
 
 func wantCheck(t *testing.T, err error, check string, sentinel error, text string) {
@@ -255,4 +256,63 @@ func TestVerifyRejects(t *testing.T) {
 			wantCheck(t, err, c.check, c.sentinel, c.text)
 		})
 	}
+}
+
+// The source and the toolchain are the host's choices: a verification that names neither
+// expectation fails before reading anything, and only the unsafe opt-outs, which then warn,
+// accept any.
+func TestVerifyRequiresSourceAndToolchainExpectations(t *testing.T) {
+	f := newFixture(t, tweak{})
+	for _, c := range []struct {
+		name   string
+		mutate func(*Options)
+		check  string
+	}{
+		{"no source expectation", func(o *Options) { o.ExpectedSourceTree = "" }, CheckExpectSource},
+		{"no toolchain pin", func(o *Options) { o.Pins.ToolchainDigest = "" }, CheckExpectToolchain},
+		{"unsafe source with a source pin", func(o *Options) { o.UnsafeAllowAnySource = true }, CheckOptions},
+		{"unsafe toolchain with a toolchain pin", func(o *Options) { o.UnsafeAllowAnyToolchain = true }, CheckOptions},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := f.opts
+			o.BundlePath = filepath.Join(f.dir, "never-read.json") // the check runs before anything is read
+			c.mutate(&o)
+			res, err := Verify(context.Background(), o)
+			sentinel := ErrNoExpectation
+			if c.check == CheckOptions {
+				sentinel = nil
+			}
+			wantCheck(t, err, c.check, sentinel, "")
+			if len(res.Checks) != 1 || res.Checks[0].Name != c.check {
+				t.Errorf("checks = %+v, want only the failed %s", res.Checks, c.check)
+			}
+		})
+	}
+	t.Run("unsafe opt-outs pass with warnings", func(t *testing.T) {
+		o := f.opts
+		o.ExpectedSourceTree, o.Pins.ToolchainDigest = "", ""
+		o.UnsafeAllowAnySource, o.UnsafeAllowAnyToolchain = true, true
+		res, err := Verify(context.Background(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := strings.Join(res.Warnings, "\n")
+		if !strings.Contains(w, "source NOT pinned") || !strings.Contains(w, "toolchain NOT pinned") {
+			t.Errorf("warnings %q must say the source and toolchain were not pinned", w)
+		}
+		if !slices.Contains(res.Reported, "toolchain") || !slices.Contains(res.Reported, "source tree") {
+			t.Errorf("reported %v must list the toolchain and source tree", res.Reported)
+		}
+	})
+	t.Run("a commit or tag expectation is one", func(t *testing.T) {
+		for _, mutate := range []func(*Options){
+			func(o *Options) { o.ExpectedSourceTree, o.ExpectedSourceCommit = "", verifytest.SourceCommit },
+		} {
+			o := f.opts
+			mutate(&o)
+			if _, err := Verify(context.Background(), o); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
 }

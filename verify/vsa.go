@@ -73,6 +73,8 @@ type VSAPolicy struct {
 	ExpectedSourceCommit    string `json:"expectedSourceCommit,omitempty"`
 	ExpectedSourceTag       string `json:"expectedSourceTag,omitempty"`
 	Pins                    Pins   `json:"pins"`
+	UnsafeAllowAnySource    bool   `json:"unsafeAllowAnySource"`
+	UnsafeAllowAnyToolchain bool   `json:"unsafeAllowAnyToolchain"`
 	// Checks are the checks that passed, in order (CheckNames).
 	Checks []string `json:"checks"`
 }
@@ -141,7 +143,8 @@ func buildLevel(res *Result) string {
 func vsaPolicy(o Options, res *Result) (*VSAPolicy, error) {
 	p := &VSAPolicy{Identity: o.Identity, AllowSimulated: o.AllowSimulated, InsecureSkipMeasurement: o.InsecureSkipMeasurement,
 		ExpectedBuilderID: o.ExpectedBuilderID, ExpectedSourceTree: o.ExpectedSourceTree,
-		ExpectedSourceCommit: o.ExpectedSourceCommit, ExpectedSourceTag: o.ExpectedSourceTag, Pins: o.Pins}
+		ExpectedSourceCommit: o.ExpectedSourceCommit, ExpectedSourceTag: o.ExpectedSourceTag, Pins: o.Pins,
+		UnsafeAllowAnySource: o.UnsafeAllowAnySource, UnsafeAllowAnyToolchain: o.UnsafeAllowAnyToolchain}
 	if o.PublicKey != nil {
 		der, err := x509.MarshalPKIXPublicKey(o.PublicKey)
 		if err != nil {

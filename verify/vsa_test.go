@@ -82,7 +82,7 @@ func TestVSAOfAPassedVerification(t *testing.T) {
 	}
 
 	// A stricter policy is a different policy digest.
-	o.ExpectedSourceTree = res.SourceTree
+	o.Pins.Command = res.Command
 	res2, err := Verify(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +92,7 @@ func TestVSAOfAPassedVerification(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, pred2 := parseVSA(t, b2); pred2.GetPolicy().GetDigest()["sha256"] == pred.GetPolicy().GetDigest()["sha256"] {
-		t.Error("pinning the source tree left the policy digest unchanged")
+		t.Error("pinning the command left the policy digest unchanged")
 	}
 }
 
@@ -111,7 +111,7 @@ func TestVSARefused(t *testing.T) {
 	if _, err := NewVSA(o, res, vsaOpts); err == nil || !strings.Contains(err.Error(), "passed") {
 		t.Errorf("a failed verification got a summary: %v", err)
 	}
-	o.ExpectedSourceTree = ""
+	o.ExpectedSourceTree = verifytest.SourceTree
 	res, err = Verify(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)

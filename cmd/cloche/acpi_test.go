@@ -32,7 +32,8 @@ func TestACPITablesPinned(t *testing.T) {
 		}
 		_, root, _ := cli(t, "sim-root", "--state-dir", state)
 		args := []string{"verify", "--bundle", filepath.Join(out, "provenance.sigstore.json"), "--key", filepath.Join(state, "signing-key.pem.pub"),
-			"--guest-image", gimg, "--allow-simulated", "--trusted-sim-root", strings.TrimSpace(root)}
+			"--guest-image", gimg, "--allow-simulated", "--trusted-sim-root", strings.TrimSpace(root),
+			"--source-dir", src, "--toolchain-digest", testfixture.ToolchainDigest(t, testfixture.BusyboxToolchain(t))}
 		code, stdout, stderr := cli(t, append(append([]string{}, args...), "--json", filepath.Join(out, "o"))...)
 		var res struct {
 			ACPITables      string `json:"acpiTables"`

@@ -196,6 +196,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 
 	_, simRoot, _ := cli(t, "sim-root", "--state-dir", state)
 	simRoot = strings.TrimSpace(simRoot)
+	busyboxDigest := testfixture.ToolchainDigest(t, testfixture.BusyboxToolchain(t))
 
 	// verifyAction runs the verify action's entry point with the given inputs.
 	verifyAction := func(t *testing.T, inputs map[string]string) (int, string, string) {
@@ -204,7 +205,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 			t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), "")
 		}
 		in := map[string]string{"trusted-root": trustedRoot, "allow-simulated": "true", "trusted-sim-root": simRoot, "github-token": gh.Token,
-			"guest-image": testfixture.GuestImage(t)}
+			"guest-image": testfixture.GuestImage(t), "toolchain-digest": busyboxDigest}
 		for k, v := range inputs {
 			in[k] = v
 		}
@@ -253,7 +254,7 @@ func TestActionBuildPublishVerify(t *testing.T) {
 	t.Run("cloche verify --repo --tag passes", func(t *testing.T) {
 		t.Setenv("GITHUB_TOKEN", gh.Token)
 		code, stdout, stderr := cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
-			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--toolchain-digest", busyboxDigest,
 			"--signer-workflow", "acme/widget/.github/workflows/release.yml", "--builder-id", "https://cloche.dev/builders/sim")
 		if code != 0 || !strings.Contains(stderr, "PASSED:") || !strings.Contains(stderr, "signed by https://github.com/acme/widget/.github/workflows/release.yml@refs/tags/v1.0.0") {
 			t.Fatalf("exit %d\n%s\n%s", code, stdout, stderr)
@@ -263,13 +264,13 @@ func TestActionBuildPublishVerify(t *testing.T) {
 			t.Errorf("PASSED line does not name the attested commit and tag:\n%s", stderr)
 		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
-			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t),
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--toolchain-digest", busyboxDigest,
 			"--source-commit", strings.Repeat("0", 40))
 		if code != exitFailed || !strings.Contains(stderr, "FAILED: source.commit:") {
 			t.Fatalf("another commit expected: exit %d\n%s", code, stderr)
 		}
 		code, _, stderr = cli(t, "verify", "--repo", "acme/widget", "--tag", "v1.0.0", "--github-api-url", gh.URL(),
-			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--builder-id", "https://cloche.dev/builders/snp")
+			"--trusted-root", trustedRoot, "--allow-simulated", "--trusted-sim-root", simRoot, "--guest-image", testfixture.GuestImage(t), "--toolchain-digest", busyboxDigest, "--builder-id", "https://cloche.dev/builders/snp")
 		if code != exitFailed || !strings.Contains(stderr, "FAILED: builder.id:") {
 			t.Fatalf("wrong builder id: exit %d\n%s", code, stderr)
 		}

@@ -61,7 +61,8 @@ func TestActionBuildThroughAgent(t *testing.T) {
 		t.Setenv("INPUT_"+strings.ToUpper(strings.ReplaceAll(k, "-", "_")), "")
 	}
 	setInputs(t, map[string]string{"repository": "acme/widget", "tag": "v1.0.0", "trusted-root": trustedRoot, "allow-simulated": "true",
-		"trusted-sim-root": strings.TrimSpace(simRoot), "github-token": gh.Token, "guest-image": guest})
+		"trusted-sim-root": strings.TrimSpace(simRoot), "github-token": gh.Token, "guest-image": guest,
+		"toolchain-digest": testfixture.ToolchainDigest(t, testfixture.BusyboxToolchain(t))})
 	_, vsummary := jobEnv(t, ss, gh, sha)
 	code, vout, verr := cli(t, "action", "verify", "--state-dir", t.TempDir())
 	if sum := readFile(t, vsummary); code != 0 || !strings.Contains(sum, "PASSED") || !strings.Contains(sum, "| widget.txt |") {

@@ -74,17 +74,18 @@ func runOnAgent(ctx context.Context, g *globals, f *runFlags, socket string, in 
 	}
 	r := st.Result
 	return reportOutcome(g, f.json, &build.Outcome{
-		Artifacts:   r.Artifacts,
-		Checksums:   provenance.ChecksumsArtifact(r.Artifacts),
-		ArtifactDir: f.out,
-		BundlePath:  filepath.Join(f.out, r.Bundle),
-		Measurement: r.Measurement,
-		SourceTree:  r.SourceTree,
-		Commit:      r.SourceCommit,
-		Tag:         r.SourceTag,
-		TEE:         attest.TEE(st.TEE),
-		SimRootPath: r.SimRootPath,
-		Duration:    time.Duration(r.DurationMillis) * time.Millisecond,
+		Artifacts:       r.Artifacts,
+		Checksums:       provenance.ChecksumsArtifact(r.Artifacts),
+		ArtifactDir:     f.out,
+		BundlePath:      filepath.Join(f.out, r.Bundle),
+		Measurement:     r.Measurement,
+		SourceTree:      r.SourceTree,
+		ToolchainDigest: r.ToolchainDigest,
+		Commit:          r.SourceCommit,
+		Tag:             r.SourceTag,
+		TEE:             attest.TEE(st.TEE),
+		SimRootPath:     r.SimRootPath,
+		Duration:        time.Duration(r.DurationMillis) * time.Millisecond,
 	}, r.PublicKeyPath, []string{"--measurement", r.Measurement}, false, progress.warnings)
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -29,6 +30,8 @@ func cli(t *testing.T, args ...string) (int, string, string) {
 // helloBuild is one real build of examples/hello-c in the VM with the gcc toolchain.
 type helloBuild struct {
 	state, out, bundle, pub, simRoot, artifact, guest string
+	// expect are the source and toolchain expectations a verifier of this build gives.
+	expect []string
 }
 
 func buildHello(t *testing.T, state string) *helloBuild {
@@ -48,14 +51,25 @@ func buildHello(t *testing.T, state string) *helloBuild {
 	_, root, _ := cli(t, "sim-root", "--state-dir", state)
 	return &helloBuild{state: state, out: out, bundle: filepath.Join(out, "provenance.sigstore.json"),
 		pub: filepath.Join(state, "signing-key.pem.pub"), simRoot: strings.TrimSpace(root), artifact: filepath.Join(out, "hello"),
-		guest: testfixture.GuestImage(t)}
+		guest: testfixture.GuestImage(t), expect: helloExpect(t, testfixture.GCCToolchain(t))}
+}
+
+// helloExpect are the expectations on a build of examples/hello-c with toolchain: its source
+// directory and the toolchain's verity root.
+func helloExpect(t *testing.T, toolchain string) []string {
+	return []string{"--source-dir", "../../examples/hello-c", "--toolchain-digest", testfixture.ToolchainDigest(t, toolchain)}
 }
 
 func (h *helloBuild) verifyArgs(bundle string, artifacts ...string) []string {
 	if len(artifacts) == 0 {
 		artifacts = []string{h.artifact}
 	}
-	return append([]string{"verify", "--bundle", bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", "--trusted-sim-root", h.simRoot}, artifacts...)
+	return append(h.verifyFlags(bundle), artifacts...)
+}
+
+// verifyFlags is verify of bundle with every trust flag and expectation, no artifact.
+func (h *helloBuild) verifyFlags(bundle string) []string {
+	return append([]string{"verify", "--bundle", bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", "--trusted-sim-root", h.simRoot}, h.expect...)
 }
 
 // bundlePayload returns the DSSE payload (the statement) of a bundle file.
@@ -254,16 +268,27 @@ func TestHelloEndToEnd(t *testing.T) {
 		wantFailed(t, h.verifyArgs(h.resign(t, stmt)), "binding.report-data", "does not vouch for this result record")
 	})
 	t.Run("simulated evidence without the opt-in", func(t *testing.T) {
-		wantFailed(t, []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, h.artifact}, "evidence.simulated", "--allow-simulated --trusted-sim-root")
+		wantFailed(t, append([]string{"verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, h.artifact}, h.expect...), "evidence.simulated", "--allow-simulated --trusted-sim-root")
 	})
 	t.Run("no trusted measurement source", func(t *testing.T) {
-		wantFailed(t, []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact},
+		wantFailed(t, append([]string{"verify", "--bundle", h.bundle, "--key", h.pub, "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact}, h.expect...),
 			"measurement", "no trusted source of launch measurements: give signed reference values (--reference-values FILE --reference-key FILE)")
 	})
 	t.Run("measurement skipped loudly", func(t *testing.T) {
-		code, _, stderr := cli(t, "verify", "--bundle", h.bundle, "--key", h.pub, "--insecure-skip-measurement", "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact)
+		code, _, stderr := cli(t, append([]string{"verify", "--bundle", h.bundle, "--key", h.pub, "--insecure-skip-measurement", "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact}, h.expect...)...)
 		if code != 0 || !strings.Contains(stderr, "WARNING: measurement NOT checked") || !strings.Contains(stderr, "NOT checked; source tree") {
 			t.Fatalf("--insecure-skip-measurement: exit %d stderr %q", code, stderr)
+		}
+	})
+	t.Run("no source or toolchain expectation", func(t *testing.T) {
+		base := []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact}
+		wantFailed(t, append(slices.Clone(base), h.expect[2:]...), "expect.source", "--source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri")
+		wantFailed(t, append(slices.Clone(base), h.expect[:2]...), "expect.toolchain", "--toolchain-digest")
+		wantFailed(t, append(slices.Clone(base), "--source-dir", "../../examples", "--toolchain-digest", h.expect[3]), "source.tree", "expected")
+		code, _, stderr := cli(t, append(slices.Clone(base), "--unsafe-allow-any-source", "--unsafe-allow-any-toolchain")...)
+		if code != 0 || !strings.Contains(stderr, "WARNING: source NOT pinned (--unsafe-allow-any-source)") ||
+			!strings.Contains(stderr, "WARNING: toolchain NOT pinned (--unsafe-allow-any-toolchain)") {
+			t.Fatalf("unsafe opt-outs: exit %d stderr %q, want PASSED with both warnings", code, stderr)
 		}
 	})
 	t.Run("json", func(t *testing.T) {
@@ -288,7 +313,7 @@ func TestHelloEndToEnd(t *testing.T) {
 		if err != nil || !strings.HasSuffix(string(b), "  hello\n") || strings.Count(string(b), "\n") != 1 {
 			t.Fatalf("SHA256SUMS = %q, %v; want one line for hello", b, err)
 		}
-		args := append(h.verifyArgs(h.bundle)[:10], "--checksums", sums)
+		args := append(h.verifyFlags(h.bundle), "--checksums", sums)
 		code, _, stderr := cli(t, args...)
 		if code != 0 || !strings.HasPrefix(stderr, "PASSED: ") {
 			t.Fatalf("verify --checksums SHA256SUMS: exit %d, stderr %q", code, stderr)
@@ -302,14 +327,14 @@ func TestHelloEndToEnd(t *testing.T) {
 		os.WriteFile(filepath.Join(dir, "hello"), swapped, 0o755)
 		sum := sha256.Sum256(swapped)
 		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), []byte(hex.EncodeToString(sum[:])+"  hello\n"), 0o644)
-		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "subject", "")
+		wantFailed(t, append(h.verifyFlags(h.bundle), "--checksums", filepath.Join(dir, "SHA256SUMS")), "subject", "")
 	})
 	t.Run("file changed beside SHA256SUMS", func(t *testing.T) {
 		dir := t.TempDir()
 		b, _ := os.ReadFile(filepath.Join(h.out, "SHA256SUMS"))
 		os.WriteFile(filepath.Join(dir, "SHA256SUMS"), b, 0o644)
 		os.WriteFile(filepath.Join(dir, "hello"), []byte("not hello"), 0o755)
-		wantFailed(t, append(h.verifyArgs(h.bundle)[:10], "--checksums", filepath.Join(dir, "SHA256SUMS")), "checksums", "lists hello")
+		wantFailed(t, append(h.verifyFlags(h.bundle), "--checksums", filepath.Join(dir, "SHA256SUMS")), "checksums", "lists hello")
 	})
 	t.Run("measurement pinned", func(t *testing.T) {
 		_, m, _ := cli(t, "measure", "--tee", "sim", "--guest-image", testfixture.GuestImage(t), "--vcpus", "2", "--memory", "2048")

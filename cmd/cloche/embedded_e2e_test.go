@@ -41,8 +41,10 @@ func TestEmbeddedReferenceValues(t *testing.T) {
 	}
 
 	state := t.TempDir()
+	gccDigest := testfixture.ToolchainDigest(t, testfixture.GCCToolchain(t))
 	verifyArgs := func(r *runReport) []string {
-		return []string{"verify", "--bundle", r.Bundle, "--key", r.PublicKey, "--allow-simulated", "--trusted-sim-root", r.SimRoot, r.Artifacts[0].Path}
+		return []string{"verify", "--bundle", r.Bundle, "--key", r.PublicKey, "--allow-simulated", "--trusted-sim-root", r.SimRoot,
+			"--source-dir", "../../examples/hello-c", "--toolchain-digest", gccDigest, r.Artifacts[0].Path}
 	}
 	r := interopBuild(t, state, "--vcpus", "2")
 	cmd := exec.Command(released, verifyArgs(r)...)
@@ -94,7 +96,9 @@ func TestEmbeddedReferenceValues(t *testing.T) {
 	action := exec.Command(released, "action", "verify")
 	action.Env = append(os.Environ(), "GITHUB_ACTIONS=true", "GITHUB_STEP_SUMMARY="+summary, "GITHUB_OUTPUT="+filepath.Join(dir, "output"),
 		"RUNNER_TEMP="+dir, "INPUT_ARTIFACTS="+rr.Artifacts[0].Path, "INPUT_BUNDLE="+rr.Bundle, "INPUT_KEY="+rr.PublicKey,
-		"INPUT_ALLOW_SIMULATED=true", "INPUT_TRUSTED_SIM_ROOT="+rr.SimRoot)
+		"INPUT_ALLOW_SIMULATED=true", "INPUT_TRUSTED_SIM_ROOT="+rr.SimRoot, "INPUT_TOOLCHAIN_DIGEST="+gccDigest,
+		// A key-signed bundle of an untagged build: the action's only source pin is an annotated tag.
+		"INPUT_UNSAFE_ALLOW_ANY_SOURCE=true")
 	if out, err := action.CombinedOutput(); err != nil || !strings.Contains(readFile(t, summary), "PASSED") {
 		t.Errorf("the released verify action with no measurement input: %v\n%s\n%s", err, out, readFile(t, summary))
 	}

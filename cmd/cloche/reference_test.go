@@ -169,7 +169,8 @@ func TestReferenceValuesEndToEnd(t *testing.T) {
 	_, root, _ := cli(t, "sim-root", "--state-dir", state)
 	bundle := filepath.Join(out, "provenance.sigstore.json")
 	base := []string{"verify", "--bundle", bundle, "--key", filepath.Join(state, "signing-key.pem.pub"),
-		"--allow-simulated", "--trusted-sim-root", strings.TrimSpace(root), filepath.Join(out, "out.txt")}
+		"--allow-simulated", "--trusted-sim-root", strings.TrimSpace(root), "--source-dir", src,
+		"--toolchain-digest", testfixture.ToolchainDigest(t, testfixture.BusyboxToolchain(t)), filepath.Join(out, "out.txt")}
 
 	// Deliverable 5: the provenance names the guest release and its shipped values.
 	p, err := provenance.ParseStatement(bundlePayload(t, bundle))

@@ -340,12 +340,20 @@ func newRunReport(outcome *build.Outcome, publicKey string, measurement []string
 	if r.Simulated {
 		r.Verify = append(r.Verify, "--allow-simulated", "--trusted-sim-root", outcome.SimRootPath)
 	}
-	// What the guest attested of the commit, pinned.
+	// What the guest attested of the source (its commit and tag, else its tree) and the
+	// toolchain it mounted, pinned: this machine sent them, so it may vouch for them here;
+	// another verifier pins what it knows instead.
 	if r.SourceCommit != "" {
 		r.Verify = append(r.Verify, "--source-commit", r.SourceCommit)
 	}
 	if r.SourceTag != "" {
 		r.Verify = append(r.Verify, "--source-tag", r.SourceTag)
+	}
+	if r.SourceCommit == "" && r.SourceTag == "" && r.SourceTree != "" {
+		r.Verify = append(r.Verify, "--source-tree", r.SourceTree)
+	}
+	if outcome.ToolchainDigest != "" {
+		r.Verify = append(r.Verify, "--toolchain-digest", outcome.ToolchainDigest)
 	}
 	r.Artifacts = []runArtifact{}
 	for _, a := range outcome.Artifacts {

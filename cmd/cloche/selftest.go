@@ -25,6 +25,7 @@ import (
 	"github.com/cloche-dev/cloche/internal/image/toolchain"
 	"github.com/cloche-dev/cloche/job"
 	"github.com/cloche-dev/cloche/provenance"
+	"github.com/cloche-dev/cloche/source"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -167,7 +168,7 @@ func (s *selftest) run(ctx context.Context, tee attest.TEE, state string) error 
 		return err
 	}
 	return s.phase("verify", func() error {
-		return s.verify(ctx, outcome, h.SigningKeyPath()+".pub", h.GuestImageDir(), h.Firmware())
+		return s.verify(ctx, outcome, tc, h.SigningKeyPath()+".pub", h.GuestImageDir(), h.Firmware())
 	})
 }
 
@@ -285,15 +286,25 @@ func (s *selftest) build(ctx context.Context, h *host.Host) (*build.Outcome, err
 }
 
 // verify checks the result as `cloche verify` would, with the measurement computed from
-// the guest image, and records every check.
-func (s *selftest) verify(ctx context.Context, outcome *build.Outcome, pub, gdir, firmware string) error {
+// the guest image and the source and toolchain this selftest made pinned, and records every
+// check.
+func (s *selftest) verify(ctx context.Context, outcome *build.Outcome, toolchainImage, pub, gdir, firmware string) error {
 	key, err := provenance.LoadPublicKey(pub)
 	if err != nil {
 		return err
 	}
+	tc, err := toolchain.Load(toolchainImage)
+	if err != nil {
+		return err
+	}
+	tree, err := source.TreeID(filepath.Join(s.dir, "source"))
+	if err != nil {
+		return err
+	}
 	o := verify.Options{BundlePath: outcome.BundlePath, PublicKey: key,
-		Artifacts: []string{filepath.Join(outcome.ArtifactDir, "selftest.txt")},
-		Reference: verify.ReferenceOptions{GuestImageDir: gdir, Firmware: firmware}}
+		Artifacts:          []string{filepath.Join(outcome.ArtifactDir, "selftest.txt")},
+		Reference:          verify.ReferenceOptions{GuestImageDir: gdir, Firmware: firmware},
+		ExpectedSourceTree: tree, Pins: verify.Pins{ToolchainDigest: tc.VerityRootHash}}
 	if outcome.TEE == attest.TEESim {
 		roots, err := verifier.LoadCertificatePEM(outcome.SimRootPath)
 		if err != nil {

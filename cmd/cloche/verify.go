@@ -16,6 +16,7 @@ import (
 	"github.com/cloche-dev/cloche/attest/verifier"
 	"github.com/cloche-dev/cloche/provenance"
 	"github.com/cloche-dev/cloche/reference"
+	"github.com/cloche-dev/cloche/source"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -25,7 +26,10 @@ type verifyFlags struct {
 	simRoots        []string
 	measurements    []string
 	sourceTree      string
+	sourceDir       string
 	sourceCommit    string
+	unsafeSource    bool
+	unsafeToolchain bool
 	printProvenance bool
 	asJSON          bool
 	skipMeasurement bool
@@ -65,6 +69,12 @@ equals SHA-256 of the manifest carried in the provenance; REPORT_DATA equals SHA
 result record; the launch measurement is listed by a trusted source; and the statement says
 exactly what the manifest, the result record and the matching reference value say.
 
+An expectation of the source and of the toolchain is required, since the runner host chose
+both: the source by --source-commit, --source-tag, --source-tree, --source-dir or, keyless,
+--source-uri (the signing certificate names the repository and commit); the toolchain by
+--toolchain-digest. --unsafe-allow-any-source and --unsafe-allow-any-toolchain accept the
+host's choice, with a WARNING.
+
 A trusted source of launch measurements is required: --reference-values with
 --reference-key, --guest-image (with --snp-firmware or --tdx-firmware on hardware), or --measurement
 (TDX: MRTD||RTMR0||RTMR1||RTMR2, 384 hex digits). --insecure-skip-measurement accepts any
@@ -78,6 +88,8 @@ Evidence from the simulated TEE is rejected unless both --allow-simulated and
 
 Check names (stable):
   options               missing or contradictory flags
+  expect.source         no source expectation (and no --unsafe-allow-any-source)
+  expect.toolchain      no --toolchain-digest (and no --unsafe-allow-any-toolchain)
   artifact              an artifact is missing, not a regular file, or given twice
   bundle                the bundle cannot be read or decoded
   bundle.material       the bundle carries material nothing checks (e.g. RFC 3161 timestamps)
@@ -116,6 +128,9 @@ func (f *verifyFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&f.simRoots, "trusted-sim-root", nil, "simulated TEE root certificate to trust (PEM or DER; repeatable)")
 	fl.StringArrayVar(&f.measurements, "measurement", nil, "accepted launch measurement, hex: SNP/sim MEASUREMENT (96 digits), TDX MRTD||RTMR0||RTMR1||RTMR2 (384 digits) (repeatable)")
 	fl.StringVar(&f.sourceTree, "source-tree", "", "expected git tree id of the source")
+	fl.StringVar(&f.sourceDir, "source-dir", "", "expected source: the git tree id of this `DIR`, computed here (the top-level .git is skipped; SHA-1 object format)")
+	fl.BoolVar(&f.unsafeSource, "unsafe-allow-any-source", false, "accept whatever source the runner host sent (no --source-* expectation): prints a WARNING")
+	fl.BoolVar(&f.unsafeToolchain, "unsafe-allow-any-toolchain", false, "accept whatever toolchain the runner host chose (no --toolchain-digest): prints a WARNING")
 	fl.StringVar(&f.sourceCommit, "source-commit", "", "expected source commit, as the guest attested it (computed from the commit object, its tree checked against the source)")
 	fl.BoolVar(&f.printProvenance, "print-provenance", false, "print the verified statement JSON on stdout")
 	fl.StringVar(&f.at, "at", "", "verify certificates at this time (RFC 3339) instead of now")
@@ -196,7 +211,10 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		return nil, err
 	}
 	o := &verify.Options{BundlePath: f.bundle, PublicKey: pub, Artifacts: artifacts, Checksums: f.checksums, AllowSimulated: f.allowSimulated,
-		ExpectedSourceTree: f.sourceTree, ExpectedSourceCommit: f.sourceCommit}
+		ExpectedSourceCommit: f.sourceCommit, UnsafeAllowAnySource: f.unsafeSource, UnsafeAllowAnyToolchain: f.unsafeToolchain}
+	if o.ExpectedSourceTree, err = f.expectedTree(); err != nil {
+		return nil, err
+	}
 	if o.SimRoots, err = f.trustedSimRoots(); err != nil {
 		return nil, err
 	}
@@ -223,6 +241,21 @@ func verifyOptions(f *verifyFlags, artifacts []string) (*verify.Options, error) 
 		return nil, err
 	}
 	return o, nil
+}
+
+// expectedTree is --source-tree, or the tree id of --source-dir.
+func (f *verifyFlags) expectedTree() (string, error) {
+	switch {
+	case f.sourceDir == "":
+		return f.sourceTree, nil
+	case f.sourceTree != "":
+		return "", errors.New("--source-tree and --source-dir both name the expected tree: give one")
+	}
+	id, err := source.TreeID(f.sourceDir)
+	if err != nil {
+		return "", fmt.Errorf("--source-dir %s: %w", f.sourceDir, err)
+	}
+	return id, nil
 }
 
 // checkRequired refuses a verify without a bundle, a key (unless keyless) or anything to
@@ -330,6 +363,7 @@ var optionFlags = strings.NewReplacer(
 	"InsecureSkipMeasurement", "--insecure-skip-measurement",
 	"AllowSimulated", "--allow-simulated",
 	"SimRoots", "--trusted-sim-root",
+	"Pins.ToolchainDigest (its dm-verity root hash)", "--toolchain-digest (its dm-verity root hash; cloche image toolchain prints it as verityRootHash)",
 	"Pins.ToolchainDigest", "--toolchain-digest",
 	"Pins.ACPITables", "--acpi-tables",
 	"Pins.Command", "--command",
@@ -341,6 +375,9 @@ var optionFlags = strings.NewReplacer(
 	"Identity.SourceURI", "--source-uri",
 	"Identity.SourceTag", "--source-tag",
 	"Identity.SourceBranch", "--source-branch",
+	"Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity", "--source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri",
+	"UnsafeAllowAnySource", "--unsafe-allow-any-source",
+	"UnsafeAllowAnyToolchain", "--unsafe-allow-any-toolchain",
 	"Options.ExpectedSourceCommit", "--source-commit",
 	"ExpectedSourceTag", "--source-tag",
 	"Options.TrustedMaterial", "--trusted-root FILE",

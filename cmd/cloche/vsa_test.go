@@ -36,7 +36,8 @@ func TestVerifyWritesVSA(t *testing.T) {
 	out := filepath.Join(dir, "vsa.sigstore.json")
 	args := func(extra ...string) []string {
 		a := []string{"verify", "--bundle", f.BundlePath, "--key", k.HostKeyPath, "--allow-simulated", "--trusted-sim-root", simRoot,
-			"--reference-values", f.ReferencePath, "--reference-key", k.ReleaseKeyPath, "--vsa", out}
+			"--reference-values", f.ReferencePath, "--reference-key", k.ReleaseKeyPath, "--vsa", out,
+			"--source-tree", verifytest.SourceTree, "--toolchain-digest", verifytest.ToolchainDigest}
 		return append(append(a, extra...), f.Artifact)
 	}
 	uri := "git+https://github.com/example/hello@refs/tags/v1"

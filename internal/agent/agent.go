@@ -545,16 +545,17 @@ func (a *Agent) packResult(ctx context.Context, j *jobEntry, st JobStatus, o *bu
 		return nil, fmt.Errorf("packing the results: %w", err)
 	}
 	r := &JobResult{
-		Artifacts:      o.Artifacts,
-		Bundle:         baseName(o.BundlePath),
-		Statement:      baseName(o.StatementPath),
-		Measurement:    o.Measurement,
-		SourceTree:     o.SourceTree,
-		SourceCommit:   o.Commit,
-		SourceTag:      o.Tag,
-		SimRootPath:    o.SimRootPath,
-		PublicKeyPath:  a.publicKeyPath,
-		DurationMillis: o.Duration.Milliseconds(),
+		Artifacts:       o.Artifacts,
+		Bundle:          baseName(o.BundlePath),
+		Statement:       baseName(o.StatementPath),
+		Measurement:     o.Measurement,
+		SourceTree:      o.SourceTree,
+		ToolchainDigest: o.ToolchainDigest,
+		SourceCommit:    o.Commit,
+		SourceTag:       o.Tag,
+		SimRootPath:     o.SimRootPath,
+		PublicKeyPath:   a.publicKeyPath,
+		DurationMillis:  o.Duration.Milliseconds(),
 	}
 	if clientSigns {
 		r.PublicKeyPath = "" // the agent's key signed nothing

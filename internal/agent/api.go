@@ -146,6 +146,8 @@ type JobResult struct {
 	Statement   string `json:"statement,omitempty"`
 	Measurement string `json:"measurement"`
 	SourceTree  string `json:"sourceTree"`
+	// ToolchainDigest is the verity root hash of the toolchain the job ran with.
+	ToolchainDigest string `json:"toolchainDigest,omitempty"`
 	// SourceCommit and SourceTag are what the guest attested (JobSpec.Git).
 	SourceCommit string `json:"sourceCommit,omitempty"`
 	SourceTag    string `json:"sourceTag,omitempty"`

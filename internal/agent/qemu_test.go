@@ -134,7 +134,8 @@ func TestRealBuildsBudgetTwo(t *testing.T) {
 			BundlePath: filepath.Join(out, build.BundleName), PublicKey: pub,
 			Artifacts:      []string{filepath.Join(out, "dist", "out.txt")},
 			AllowSimulated: true, SimRoots: []*x509.Certificate{e.simRoot},
-			Reference: verify.ReferenceOptions{GuestImageDir: e.guestImage},
+			Reference:          verify.ReferenceOptions{GuestImageDir: e.guestImage},
+			ExpectedSourceTree: st.Result.SourceTree, Pins: verify.Pins{ToolchainDigest: st.Result.ToolchainDigest},
 		})
 		if err != nil {
 			t.Errorf("job %d's provenance does not verify: %v", i, err)

@@ -130,6 +130,9 @@ type Outcome struct {
 	StatementPath string
 	Measurement   string // hex
 	SourceTree    string
+	// ToolchainDigest is the verity root hash of the toolchain the guest mounted, what a
+	// verifier pins (verify.Pins.ToolchainDigest).
+	ToolchainDigest string
 	// Commit and Tag are what the guest attested ("" when no commit object was sent).
 	Commit string
 	Tag    string
@@ -269,18 +272,19 @@ func Run(ctx context.Context, o Options) (*Outcome, error) {
 		bundlePath, statementPath = "", provPath
 	}
 	return &Outcome{
-		Artifacts:     res.Artifacts,
-		Checksums:     checksums,
-		ArtifactDir:   o.OutDir,
-		BundlePath:    bundlePath,
-		StatementPath: statementPath,
-		Measurement:   hex.EncodeToString(measurement),
-		SourceTree:    res.SourceTree,
-		Commit:        res.SourceCommit,
-		Tag:           res.SourceTag,
-		TEE:           o.TEE,
-		SimRootPath:   r.ht.simRootPath(),
-		Duration:      time.Since(start),
+		Artifacts:       res.Artifacts,
+		Checksums:       checksums,
+		ArtifactDir:     o.OutDir,
+		BundlePath:      bundlePath,
+		StatementPath:   statementPath,
+		Measurement:     hex.EncodeToString(measurement),
+		SourceTree:      res.SourceTree,
+		ToolchainDigest: r.tc.VerityRootHash,
+		Commit:          res.SourceCommit,
+		Tag:             res.SourceTag,
+		TEE:             o.TEE,
+		SimRootPath:     r.ht.simRootPath(),
+		Duration:        time.Since(start),
 	}, nil
 }
 

@@ -81,7 +81,7 @@ func TestBuildAttestsCommitAndTag(t *testing.T) {
 	vo := verify.Options{
 		BundlePath: out.BundlePath, PublicKey: pub, Artifacts: []string{filepath.Join(o.OutDir, "dist", "out.txt")},
 		AllowSimulated: true, SimRoots: []*x509.Certificate{simRoot}, Reference: verify.ReferenceOptions{GuestImageDir: e.guestImage},
-		ExpectedSourceCommit: commit, ExpectedSourceTag: "v1",
+		ExpectedSourceCommit: commit, ExpectedSourceTag: "v1", Pins: verify.Pins{ToolchainDigest: out.ToolchainDigest},
 	}
 	res, err := verify.Verify(context.Background(), vo)
 	if err != nil {

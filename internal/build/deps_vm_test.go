@@ -85,6 +85,7 @@ func verifyBuild(t *testing.T, e *env, out *Outcome, artifact string) []byte {
 	if _, err := verify.Verify(context.Background(), verify.Options{
 		BundlePath: out.BundlePath, PublicKey: pub, Artifacts: []string{artifact},
 		AllowSimulated: true, SimRoots: []*x509.Certificate{simRoot}, Reference: verify.ReferenceOptions{GuestImageDir: e.guestImage},
+		ExpectedSourceTree: out.SourceTree, Pins: verify.Pins{ToolchainDigest: out.ToolchainDigest},
 	}); err != nil {
 		t.Fatalf("verify: %v", err)
 	}

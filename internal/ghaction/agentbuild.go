@@ -143,7 +143,7 @@ func submitToAgent(ctx context.Context, r Runner, a *githubactions.Action, c *cl
 func agentOutcome(st *agent.JobStatus, outDir string) *build.Outcome {
 	r := st.Result
 	o := &build.Outcome{
-		Artifacts: r.Artifacts, ArtifactDir: outDir, Measurement: r.Measurement, SourceTree: r.SourceTree,
+		Artifacts: r.Artifacts, ArtifactDir: outDir, Measurement: r.Measurement, SourceTree: r.SourceTree, ToolchainDigest: r.ToolchainDigest,
 		Commit: r.SourceCommit, Tag: r.SourceTag, TEE: attest.TEE(st.TEE), SimRootPath: r.SimRootPath,
 		Duration: time.Duration(r.DurationMillis) * time.Millisecond,
 		// FetchResult checked the file against the attested artifacts.

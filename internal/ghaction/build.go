@@ -306,6 +306,7 @@ func setBuildOutputs(a *githubactions.Action, res *BuildResult) error {
 	a.SetOutput("artifacts", string(artsJSON))
 	a.SetOutput("tee", string(outcome.TEE))
 	a.SetOutput("measurement", outcome.Measurement)
+	a.SetOutput("toolchain-digest", outcome.ToolchainDigest)
 	return nil
 }
 

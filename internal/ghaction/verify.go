@@ -300,6 +300,12 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	}
 	o.EvidencePolicy.AllowedPlatforms = listInput(a, "allow-platform")
 	o.Pins.ToolchainDigest = input(a, "toolchain-digest")
+	if o.UnsafeAllowAnyToolchain, err = boolInput(a, "unsafe-allow-any-toolchain"); err != nil {
+		return err
+	}
+	if o.UnsafeAllowAnySource, err = boolInput(a, "unsafe-allow-any-source"); err != nil {
+		return err
+	}
 	return nil
 }
 

@@ -319,3 +319,14 @@ func GoToolchain(tb testing.TB, version string) string {
 	}
 	return p
 }
+
+// ToolchainDigest is the dm-verity root hash of the toolchain image at path, what a
+// verifier pins (cloche verify --toolchain-digest).
+func ToolchainDigest(tb testing.TB, path string) string {
+	tb.Helper()
+	tc, err := toolchain.Load(path)
+	if err != nil {
+		tb.Fatalf("toolchain digest: %v", err)
+	}
+	return tc.VerityRootHash
+}

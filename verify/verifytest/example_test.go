@@ -30,7 +30,10 @@ func Example() {
 	options := func(f *verifytest.Fixture) verify.Options {
 		return verify.Options{BundlePath: f.BundlePath, PublicKey: trust.HostKey, Artifacts: []string{f.Artifact},
 			AllowSimulated: true, SimRoots: []*x509.Certificate{trust.SimRoot},
-			Reference: verify.ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey}}
+			Reference: verify.ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey},
+			// The source and toolchain the build must have used: the host writes both.
+			ExpectedSourceCommit: verifytest.SourceCommit,
+			Pins:                 verify.Pins{ToolchainDigest: verifytest.ToolchainDigest}}
 	}
 
 	good, err := kit.Build(dir+"/good", verifytest.Hooks{})

@@ -48,7 +48,8 @@ func options(k *verifytest.Kit, f *verifytest.Fixture, artifacts []string) verif
 	trust := k.Trust()
 	return verify.Options{BundlePath: f.BundlePath, PublicKey: trust.HostKey, Artifacts: artifacts,
 		AllowSimulated: true, SimRoots: []*x509.Certificate{trust.SimRoot},
-		Reference: verify.ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey}}
+		Reference:          verify.ReferenceOptions{BundlePath: f.ReferencePath, Key: trust.ReleaseKey},
+		ExpectedSourceTree: verifytest.SourceTree, Pins: verify.Pins{ToolchainDigest: verifytest.ToolchainDigest}}
 }
 
 // A fixture with artifacts of the test's choosing verifies with all of them, and an

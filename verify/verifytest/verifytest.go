@@ -274,6 +274,9 @@ var (
 	CommitObject = []byte("tree " + SourceTree + "\nauthor t <t@example.invalid> 1 +0000\ncommitter t <t@example.invalid> 1 +0000\n\nhello\n")
 	SourceCommit = source.FormatSHA1.ObjectID("commit", CommitObject)
 	TagObject    = []byte("object " + SourceCommit + "\ntype commit\ntag v1\ntagger t <t@example.invalid> 1 +0000\n\nrelease 1\n")
+	// ToolchainDigest is the verity root hash of the fixture's toolchain, what a verifier
+	// pins (verify.Pins.ToolchainDigest).
+	ToolchainDigest = strings.Repeat("d", 64)
 )
 
 // Documents returns the manifest and result record a fixture built with h carries.
@@ -290,7 +293,7 @@ func (f *Fixture) documents(h Hooks, arts []artifact) (mb, rb []byte, err error)
 	m := &job.Manifest{Type: job.ManifestType, InvocationID: "test:verifytest", TEE: "sim",
 		Source: job.Source{Repository: "https://github.com/example/hello", Ref: "refs/tags/v1", CommitObject: CommitObject, TagObject: TagObject,
 			ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 10240},
-		Toolchain: job.Toolchain{Name: "busybox", ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: strings.Repeat("d", 64), VeritySalt: "00", DataBlocks: 2, HashOffset: 8192},
+		Toolchain: job.Toolchain{Name: "busybox", ImageSHA256: strings.Repeat("b", 64), ImageSize: 3 * 4096, VerityRootHash: ToolchainDigest, VeritySalt: "00", DataBlocks: 2, HashOffset: 8192},
 		Command:   []string{"make"}, Workdir: ".", Env: map[string]string{"CC": "gcc"}, Artifacts: []string{}, TimeoutSeconds: 60, MaxOutputBytes: 1 << 20}
 	if h.Manifest != nil {
 		h.Manifest(m)
