@@ -27,7 +27,7 @@ fi
   --allow-simulated --trusted-sim-root "$("$CLOCHE" sim-root)" "$OUT/hello"
 
 echo "== running the artifact on the host"
-"./$OUT/hello"
+"$OUT/hello"
 
 cat <<MSG
 
