@@ -8,8 +8,8 @@
 // must have the recorded dm-verity root hash; the dependencies are fetched again from the
 // lockfile in that source; the command, working directory, environment, artifact patterns,
 // SOURCE_DATE_EPOCH, time limit, output cap and resource limits are the manifest's, and the
-// vCPUs and memory the statement's. The build itself is build.Run on a host.Host, the path
-// `cloche run` takes. A match then shows that the recorded inputs reproduce the recorded
+// vCPUs and memory the statement's. The build itself is host.Host's Run, the path `cloche
+// run` takes. A match then shows that the recorded inputs reproduce the recorded
 // artifacts, bit for bit, on this host.
 package rebuild
 
@@ -255,8 +255,8 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return p.Run(ctx, o)
 }
 
-// Run builds the plan on a host made from o.Host with the recorded toolchain, through
-// build.Run with the checked source digest and toolchain root as its expectations, and
+// Run builds the plan on a host made from o.Host with the recorded toolchain (Host.Run,
+// with the checked source digest and toolchain root as the build's expectations), and
 // compares the artifacts with the provenance's subjects. o is the Options p was prepared
 // from. It returns the Report whenever the build ran; the error then wraps
 // ErrRebuildMismatch when the artifacts differ.
@@ -267,13 +267,8 @@ func (p *Plan) Run(ctx context.Context, o Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	bo, err := h.Options(host.Job{Spec: p.Spec, SourceDir: o.SourceDir, OutDir: o.OutDir, Console: o.Console, OnStage: o.OnStage})
-	if err != nil {
-		return nil, err
-	}
-	bo.ExpectSourceSHA256 = p.Expect.Manifest.Source.ArchiveSHA256
-	bo.ExpectToolchainRoot = p.Toolchain.VerityRootHash
-	out, err := build.Run(ctx, bo)
+	out, err := h.Run(ctx, host.Job{Spec: p.Spec, SourceDir: o.SourceDir, OutDir: o.OutDir, Console: o.Console, OnStage: o.OnStage,
+		ExpectSourceSHA256: p.Expect.Manifest.Source.ArchiveSHA256, ExpectToolchainRoot: p.Toolchain.VerityRootHash})
 	if err != nil {
 		return nil, err
 	}
