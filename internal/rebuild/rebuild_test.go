@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -134,8 +135,15 @@ const epoch = 1700000000
 
 func newFixture(t *testing.T, h verifytest.Hooks) *fixture {
 	t.Helper()
+	return newFixtureOf(t, testfixture.WriteTree(t, sourceFiles), h)
+}
+
+var sourceFiles = map[string]string{"Makefile": "hello:\n\techo hi > hello\n", "go.mod": "module x\n", "go.sum": ""}
+
+// newFixtureOf is newFixture of the source directory src, as it is now.
+func newFixtureOf(t *testing.T, src string, h verifytest.Hooks) *fixture {
+	t.Helper()
 	k := sharedKit(t)
-	src := testfixture.WriteTree(t, map[string]string{"Makefile": "hello:\n\techo hi > hello\n", "go.mod": "module x\n", "go.sum": ""})
 	sum, size, err := source.Pack(context.Background(), src, epoch, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -372,4 +380,38 @@ func TestPrepareDeps(t *testing.T) {
 func sha256Hex(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
+}
+
+// The recorded commit is sent again, and a source that packs to the recorded archive but is
+// not the commit's tree is refused before any VM, as cloche run --commit refuses it.
+func TestPrepareChecksTheRecordedCommit(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("no git")
+	}
+	src := testfixture.WriteTree(t, sourceFiles)
+	for _, args := range [][]string{{"init", "-q"}, {"add", "."}, {"-c", "user.name=t", "-c", "user.email=t@example.invalid", "commit", "-qm", "one"}} {
+		if out, err := exec.Command("git", append([]string{"-C", src}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v\n%s", args, err, out)
+		}
+	}
+	git, err := source.ReadGitObjects(context.Background(), src, "HEAD", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCommit := verifytest.Hooks{Manifest: func(m *job.Manifest) { m.Source.SetGitObjects(git) }}
+	p, err := Prepare(context.Background(), newFixtureOf(t, src, withCommit).o)
+	if err != nil {
+		t.Fatalf("Prepare of the committed tree: %v", err)
+	}
+	if p.Spec.Git == nil || string(p.Spec.Git.Commit) != string(git.Commit) {
+		t.Fatalf("plan's git objects %+v, want the recorded commit", p.Spec.Git)
+	}
+
+	// A change on top of the commit, recorded as the archive: the archive matches, the
+	// commit does not.
+	if err := os.WriteFile(filepath.Join(src, "Makefile"), []byte("hello:\n\techo ho > hello\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Prepare(context.Background(), newFixtureOf(t, src, withCommit).o)
+	wantInputError(t, err, "SourceDir", "differs from commit")
 }
