@@ -97,11 +97,11 @@ type Plan struct {
 	Toolchain     *job.Toolchain
 }
 
-// Prepare checks every input against the provenance without launching anything, in the
-// order the user gave them: the bundle, the output directory, the job the manifest records,
-// the source (its archive digest) and the toolchain (its root hash and digest). It returns
-// within a second for a bad bundle; the source is packed once to take its digest. Errors
-// are *InputError.
+// Prepare checks every input against the provenance without building or launching
+// anything, in this order: the bundle, the output directory, the job the manifest records,
+// the source (its archive digest, then the recorded commit) and the toolchain (its root hash
+// and digest). A bad bundle is refused within a second; the source is packed once, to
+// io.Discard, to take its digest. Errors are *InputError.
 func Prepare(ctx context.Context, o Options) (*Plan, error) {
 	exp, err := verify.ReadExpectation(o.Bundle, o.BundleKey)
 	if err != nil {
