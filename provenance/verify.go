@@ -76,29 +76,10 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 			return nil, fmt.Errorf("%w: trusted %w", ErrSignature, err)
 		}
 	}
-	if len(bundleJSON) > MaxBundleSize {
-		return nil, fmt.Errorf("%w: bundle is %d bytes, limit %d", ErrBundle, len(bundleJSON), MaxBundleSize)
+	b, payload, err := decodeBundle(bundleJSON)
+	if err != nil {
+		return nil, err
 	}
-	var b bundle.Bundle
-	if err := b.UnmarshalJSON(bundleJSON); err != nil {
-		return nil, fmt.Errorf("%w: decoding Sigstore bundle: %w", ErrBundle, err)
-	}
-	if b.GetMediaType() != BundleMediaType {
-		return nil, fmt.Errorf("%w: mediaType is %q, expected %q", ErrBundle, b.GetMediaType(), BundleMediaType)
-	}
-	env, ok := b.GetContent().(*protobundle.Bundle_DsseEnvelope)
-	if !ok || env.DsseEnvelope == nil {
-		return nil, fmt.Errorf("%w: bundle holds no DSSE envelope", ErrBundle)
-	}
-	if got := env.DsseEnvelope.GetPayloadType(); got != PayloadType {
-		return nil, fmt.Errorf("%w: DSSE payloadType is %q, expected %q", ErrBundle, got, PayloadType)
-	}
-	if n := len(env.DsseEnvelope.GetSignatures()); n != 1 {
-		return nil, fmt.Errorf("%w: DSSE envelope has %d signatures, expected 1", ErrBundle, n)
-	}
-	// The protobuf envelope holds the payload already decoded from base64; these are the
-	// bytes the signature is checked over.
-	payload := append([]byte(nil), env.DsseEnvelope.GetPayload()...)
 
 	vm := b.GetVerificationMaterial()
 	switch {
@@ -106,7 +87,7 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 		if opts.TrustedMaterial == nil {
 			return nil, fmt.Errorf("%w: bundle is signed keyless (with a certificate); verifying it needs a trusted root, not a key", ErrBundle)
 		}
-		summary, err := verifyKeyless(&b, opts)
+		summary, err := verifyKeyless(b, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -128,13 +109,13 @@ func VerifyBundleSigner(bundleJSON []byte, opts VerifyOptions) (*VerifiedBundle,
 	})
 	// The signature first, alone, so that a failure here is the signature's (or the
 	// payload's), and one of the log entry is told apart.
-	if err := verifyKeySigned(&b, keys, verify.WithNoObserverTimestamps()); err != nil {
+	if err := verifyKeySigned(b, keys, verify.WithNoObserverTimestamps()); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
 	}
-	if vo, err := keyLogOptions(&b, opts.TrustedMaterial); err != nil {
+	if vo, err := keyLogOptions(b, opts.TrustedMaterial); err != nil {
 		return nil, err
 	} else if vo != nil {
-		if err := verifyKeySigned(&b, root.TrustedMaterialCollection{opts.TrustedMaterial, keys}, vo...); err != nil {
+		if err := verifyKeySigned(b, root.TrustedMaterialCollection{opts.TrustedMaterial, keys}, vo...); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrTransparencyLog, err)
 		}
 	}
@@ -164,4 +145,42 @@ func keyLogOptions(b *bundle.Bundle, tm root.TrustedMaterial) ([]verify.Verifier
 		return nil, fmt.Errorf("%w: the key-signed bundle carries %d transparency-log entr(ies) but no trusted root listing a Rekor log was given to check them", ErrBundle, n)
 	}
 	return []verify.VerifierOption{verify.WithTransparencyLog(1), verify.WithIntegratedTimestamps(1)}, nil
+}
+
+// BundleStatement decodes a bundle as VerifyBundleSigner does (size, media type, one DSSE
+// envelope of PayloadType with one signature) and returns its payload, the statement,
+// WITHOUT verifying the signature: for a reader that trusts nothing in the statement and
+// only compares against it (cloche rebuild). Errors wrap ErrBundle.
+func BundleStatement(bundleJSON []byte) ([]byte, error) {
+	_, payload, err := decodeBundle(bundleJSON)
+	return payload, err
+}
+
+// decodeBundle decodes a bundle and checks its shape; it returns the bundle and the DSSE
+// payload. Nothing is verified.
+func decodeBundle(bundleJSON []byte) (*bundle.Bundle, []byte, error) {
+	if len(bundleJSON) > MaxBundleSize {
+		return nil, nil, fmt.Errorf("%w: bundle is %d bytes, limit %d", ErrBundle, len(bundleJSON), MaxBundleSize)
+	}
+	b := &bundle.Bundle{}
+	if err := b.UnmarshalJSON(bundleJSON); err != nil {
+		return nil, nil, fmt.Errorf("%w: decoding Sigstore bundle: %w", ErrBundle, err)
+	}
+	if b.GetMediaType() != BundleMediaType {
+		return nil, nil, fmt.Errorf("%w: mediaType is %q, expected %q", ErrBundle, b.GetMediaType(), BundleMediaType)
+	}
+	env, ok := b.GetContent().(*protobundle.Bundle_DsseEnvelope)
+	if !ok || env.DsseEnvelope == nil {
+		return nil, nil, fmt.Errorf("%w: bundle holds no DSSE envelope", ErrBundle)
+	}
+	if got := env.DsseEnvelope.GetPayloadType(); got != PayloadType {
+		return nil, nil, fmt.Errorf("%w: DSSE payloadType is %q, expected %q", ErrBundle, got, PayloadType)
+	}
+	if n := len(env.DsseEnvelope.GetSignatures()); n != 1 {
+		return nil, nil, fmt.Errorf("%w: DSSE envelope has %d signatures, expected 1", ErrBundle, n)
+	}
+	// The protobuf envelope holds the payload already decoded from base64; these are the
+	// bytes the signature is checked over.
+	payload := append([]byte(nil), env.DsseEnvelope.GetPayload()...)
+	return b, payload, nil
 }

@@ -449,8 +449,13 @@ func (v *verification) matchMeasurement(ctx context.Context) error {
 // checkResultRecord is step 7: the result record names the same manifest and a
 // successful build.
 func (v *verification) checkResultRecord(context.Context) error {
-	r := v.r
-	manifestDigest := job.ManifestDigest(v.p.Manifest)
+	return checkResultRecord(v.p.Manifest, v.r)
+}
+
+// checkResultRecord checks that r names the manifest (its exact bytes) and a successful
+// build.
+func checkResultRecord(manifest []byte, r *job.Result) error {
+	manifestDigest := job.ManifestDigest(manifest)
 	if r.ManifestSHA256 != hex.EncodeToString(manifestDigest[:]) {
 		return fail(CheckResultManifest, fmt.Errorf("%w: result record names manifest %s, the provenance carries %s", ErrMismatchBinding, r.ManifestSHA256, hex.EncodeToString(manifestDigest[:])))
 	}

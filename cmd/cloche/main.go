@@ -56,6 +56,7 @@ func newRootCmd(g *globals) *cobra.Command {
 		newVersionCmd(g),
 		newRunCmd(g),
 		newVerifyCmd(g),
+		newRebuildCmd(g),
 		newMeasureCmd(g),
 		newReferenceCmd(g),
 		newImageCmd(g),

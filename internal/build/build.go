@@ -86,6 +86,14 @@ type Options struct {
 	// WorkDir holds the disks while the VM runs; a temp dir beside OutDir if empty.
 	WorkDir string
 
+	// ExpectSourceSHA256 and ExpectToolchainRoot, when set, are the source archive's
+	// SHA-256 and the toolchain image's dm-verity root hash this build must use: Run
+	// refuses (ErrInput) before the VM starts when the packed source or the loaded
+	// toolchain differs. A rebuild from provenance checks both up front; these keep the
+	// inputs from changing between that check and the build.
+	ExpectSourceSHA256  string
+	ExpectToolchainRoot string
+
 	// OnStage, when set, is told as the build reaches each Stage (the agent shows
 	// them as its job states). It runs on the build's goroutine and must not block.
 	OnStage func(Stage)
@@ -318,6 +326,9 @@ func newRun(o *Options) (*run, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: toolchain image: %w", ErrInput, err)
 	}
+	if o.ExpectToolchainRoot != "" && tc.VerityRootHash != o.ExpectToolchainRoot {
+		return nil, fmt.Errorf("%w: toolchain image %s: toolchain.verityRootHash is %s, expected %s", ErrInput, o.ToolchainImage, tc.VerityRootHash, o.ExpectToolchainRoot)
+	}
 	ht, err := newHostTEE(o)
 	if err != nil {
 		return nil, err
@@ -350,6 +361,9 @@ func (r *run) prepareInput(ctx context.Context) error {
 		return fmt.Errorf("%w: packing source %s: %w", ErrInput, o.SourceDir, err)
 	}
 	r.log.Info("source packed", "sha256", archiveSHA, "bytes", archiveSize)
+	if o.ExpectSourceSHA256 != "" && archiveSHA != o.ExpectSourceSHA256 {
+		return fmt.Errorf("%w: source %s: source.archiveSha256 is %s, expected %s (the source changed)", ErrInput, o.SourceDir, archiveSHA, o.ExpectSourceSHA256)
+	}
 	deps, depsArchive, err := r.prepareDeps(ctx)
 	if err != nil {
 		return err

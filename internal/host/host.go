@@ -343,6 +343,10 @@ type Job struct {
 	// Unsigned leaves the provenance statement unsigned (build.Options.Unsigned): the
 	// job's submitter signs it.
 	Unsigned bool
+	// ExpectSourceSHA256 and ExpectToolchainRoot hold the build to a source archive and a
+	// toolchain root hash the caller checked (build.Options.ExpectSourceSHA256 and
+	// ExpectToolchainRoot): a rebuild from provenance.
+	ExpectSourceSHA256, ExpectToolchainRoot string
 }
 
 // Run runs one job: its spec's TEE must be the host's (or left to it).
@@ -370,6 +374,7 @@ func (h *Host) Options(j Job) (build.Options, error) {
 		Signer: h.signer, Firmware: h.Firmware(), QGS: h.cfg.QGS, KDS: h.kds,
 		Accel: h.cfg.Accel, QEMU: h.cfg.QEMU, Console: j.Console, Logger: h.cfg.Logger,
 		Version: h.cfg.Version, OnStage: j.OnStage, Unsigned: j.Unsigned,
+		ExpectSourceSHA256: j.ExpectSourceSHA256, ExpectToolchainRoot: j.ExpectToolchainRoot,
 	}
 	if j.Logger != nil {
 		o.Logger = j.Logger

@@ -444,3 +444,54 @@ func Load(imagePath string) (*job.Toolchain, error) {
 	}
 	return &tc, nil
 }
+
+// ErrNotCached is wrapped by FindCached when no cached image has the root hash asked for.
+var ErrNotCached = errors.New("no cached toolchain image has that verity root hash")
+
+// FindCached returns the toolchain image under stateDir's cache (StateDir/toolchains/*/,
+// where Build and FromImage keep theirs) whose verity root hash is verityRootHash, loaded
+// and checked with Load, and its path. Only the metadata of the other images is read. None:
+// an error wrapping ErrNotCached.
+func FindCached(stateDir, verityRootHash string) (*job.Toolchain, string, error) {
+	if !hex64.MatchString(verityRootHash) {
+		return nil, "", fmt.Errorf("find cached toolchain: verity root hash %q: expected 64 lowercase hex digits", verityRootHash)
+	}
+	paths, err := filepath.Glob(filepath.Join(stateDir, "toolchains", "*", ImageFile))
+	if err != nil {
+		return nil, "", fmt.Errorf("find cached toolchain: %w", err)
+	}
+	var failed []error
+	for _, p := range paths {
+		if root, err := metadataRoot(p + ".json"); err != nil || root != verityRootHash {
+			continue
+		}
+		tc, err := Load(p)
+		if err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		return tc, p, nil
+	}
+	err = fmt.Errorf("find cached toolchain: %w: %s under %s", ErrNotCached, verityRootHash, filepath.Join(stateDir, "toolchains"))
+	if len(failed) > 0 {
+		err = fmt.Errorf("%w (unusable: %w)", err, errors.Join(failed...))
+	}
+	return nil, "", err
+}
+
+// metadataRoot reads the verity root hash from an image's metadata file, leniently: Load
+// checks the file in full once the hash matches.
+func metadataRoot(metaPath string) (string, error) {
+	f, err := os.Open(metaPath)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var tc struct {
+		VerityRootHash string `json:"verityRootHash"`
+	}
+	if err := json.NewDecoder(io.LimitReader(f, maxMetaSize)).Decode(&tc); err != nil {
+		return "", err
+	}
+	return tc.VerityRootHash, nil
+}
