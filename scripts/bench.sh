@@ -21,6 +21,7 @@ bench ./internal/vmm 'BenchmarkBootToPoweroff$' 3x
 bench ./internal/image/toolchain 'BenchmarkLoad$' 5x
 bench ./internal/image/guestimage 'BenchmarkRunImageReads$' 20x
 bench ./attest/verifier 'BenchmarkVerify' 3s
+bench ./cmd/cloche 'BenchmarkVerifyProcess$' 20x
 bench ./cmd/cloche-guest 'BenchmarkGuestFootprint$' 1x
 bench ./measure '.' 2s
 bench ./provenance '.' 2s
