@@ -27,6 +27,7 @@ bench ./measure '.' 2s
 bench ./provenance '.' 2s
 bench ./source '.' 2s
 bench ./internal/build 'BenchmarkHostOverhead$' 5x
+bench ./internal/build 'BenchmarkDepsPath$' 5x
 bench ./internal/agent '.' 2s
 
 echo
