@@ -21,7 +21,7 @@ type RTMR0Event struct {
 // errRTMR0Unpinned says what to pin when nothing binds RTMR0.
 var errRTMR0Unpinned = errors.New("TDX RTMR0 is not checked: it measures the TD HOB, the UEFI variables and the ACPI tables the host's VMM wrote, which the guest kernel runs, and no reference value predicts it. " +
 	"Pin it (EvidencePolicy.TDX.RTMR[0], or an MRTD||RTMR0||RTMR1||RTMR2 value in ExpectedMeasurements), or pin the digests of its events in order (Pins.RTMR0Events), " +
-	"both recorded from a known-good launch of the same shape (q35, vCPU count, memory, QEMU and TDVF builds; --json lists this evidence's events); InsecureSkipRTMR0 accepts any")
+	"both recorded from a known-good launch of the same shape (q35, vCPU count, memory, QEMU and TDVF builds; --json lists this evidence's events); UnsafeAllowAnyRTMR0 accepts any")
 
 // checkRTMR0Options refuses RTMR0 options that contradict each other.
 func (o *Options) checkRTMR0Options() error {
@@ -30,8 +30,8 @@ func (o *Options) checkRTMR0Options() error {
 			return fmt.Errorf("Pins.RTMR0Events[%d] %q: expected 96 lowercase hex digits (an RTMR0 event's SHA-384 digest)", i, d)
 		}
 	}
-	if o.InsecureSkipRTMR0 && (o.Pins.RTMR0Events != nil || o.EvidencePolicy.TDX.RTMR[0] != nil) {
-		return errors.New("InsecureSkipRTMR0 contradicts the RTMR0 pins given")
+	if o.UnsafeAllowAnyRTMR0 && (o.Pins.RTMR0Events != nil || o.EvidencePolicy.TDX.RTMR[0] != nil) {
+		return errors.New("UnsafeAllowAnyRTMR0 contradicts the RTMR0 pins given")
 	}
 	return nil
 }
@@ -43,7 +43,7 @@ func isHex(s string) bool {
 
 // checkRTMR0 binds what TDVF measured into RTMR0 (the event log replayed to it in the
 // evidence check): the quote's RTMR0 was compared with a pin, or the replayed events'
-// digests are the pinned ones, in order. Anything else fails, unless InsecureSkipRTMR0
+// digests are the pinned ones, in order. Anything else fails, unless UnsafeAllowAnyRTMR0
 // (or InsecureSkipMeasurement, under which no register is checked).
 func checkRTMR0(o *Options, res *Result, claims *verifier.Claims) error {
 	if claims.TEE != attest.TEETDX {
@@ -76,9 +76,9 @@ func checkRTMR0(o *Options, res *Result, claims *verifier.Claims) error {
 		res.Pinned = append(res.Pinned, "rtmr0")
 	case o.InsecureSkipMeasurement:
 		res.record(CheckRTMR0, Warning, "NOT checked (InsecureSkipMeasurement)")
-	case o.InsecureSkipRTMR0:
-		res.record(CheckRTMR0, Warning, "NOT checked (InsecureSkipRTMR0)")
-		res.Warnings = append(res.Warnings, "TDX RTMR0 NOT checked (InsecureSkipRTMR0): the host's ACPI tables, which the guest kernel runs, and the TD HOB could be anything")
+	case o.UnsafeAllowAnyRTMR0:
+		res.record(CheckRTMR0, Warning, "NOT checked (UnsafeAllowAnyRTMR0)")
+		res.Warnings = append(res.Warnings, "TDX RTMR0 NOT checked (UnsafeAllowAnyRTMR0): the host's ACPI tables, which the guest kernel runs, and the TD HOB could be anything")
 	default:
 		return fail(CheckRTMR0, errRTMR0Unpinned)
 	}

@@ -43,7 +43,7 @@ func TestCheckRTMRs(t *testing.T) {
 
 // TDX RTMR0 (the TD HOB, the UEFI variables, the host's ACPI tables) must be pinned, as a
 // register or as the digests of the events that replayed to it; otherwise verification
-// fails, unless InsecureSkipRTMR0.
+// fails, unless UnsafeAllowAnyRTMR0.
 func TestCheckRTMR0(t *testing.T) {
 	digest := func(b byte) []byte { return bytes.Repeat([]byte{b}, 48) }
 	events := []verifier.RTMR0Event{
@@ -61,7 +61,7 @@ func TestCheckRTMR0(t *testing.T) {
 		warn bool
 	}{
 		{"nothing pinned", Options{}, claims, "TDX RTMR0 is not checked", false},
-		{"InsecureSkipRTMR0", Options{InsecureSkipRTMR0: true}, claims, "", true},
+		{"UnsafeAllowAnyRTMR0", Options{UnsafeAllowAnyRTMR0: true}, claims, "", true},
 		{"InsecureSkipMeasurement", Options{InsecureSkipMeasurement: true}, claims, "", true},
 		{"RTMR0 pinned", Options{EvidencePolicy: verifier.Policy{TDX: verifier.TDXPolicy{RTMR: [3][]byte{digest(9)}}}}, claims, "", false},
 		{"long measurement pinned", Options{ExpectedMeasurements: [][]byte{make([]byte, 192)}}, claims, "", false},

@@ -580,7 +580,7 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("RTMR0 event pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.RTMR0Events = []string{"abc"} })
 	opt("RTMR0 pinned and skipped", CheckOptions, func(o *Options, f *verifytest.Fixture) {
 		o.EvidencePolicy.TDX.RTMR[0] = make([]byte, 48)
-		o.InsecureSkipRTMR0 = true
+		o.UnsafeAllowAnyRTMR0 = true
 	})
 	opt("command pin", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"make", "all"} })
 	opt("command pin prefix", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"mak"} })

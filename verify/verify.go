@@ -92,11 +92,11 @@ type Options struct {
 	// InsecureSkipMeasurement accepts any launch measurement. The result then carries a
 	// warning and its summary says "measurement NOT checked".
 	InsecureSkipMeasurement bool
-	// InsecureSkipRTMR0 accepts TDX evidence whose RTMR0 nothing pins (no
+	// UnsafeAllowAnyRTMR0 accepts TDX evidence whose RTMR0 nothing pins (no
 	// EvidencePolicy.TDX.RTMR[0], no 192-byte ExpectedMeasurements, no Pins.RTMR0Events):
 	// the host's ACPI tables, which the guest kernel runs, are then unchecked. The result
 	// carries a warning. The event log must still replay to RTMR0.
-	InsecureSkipRTMR0 bool
+	UnsafeAllowAnyRTMR0 bool
 
 	// ExpectedSourceTree / ExpectedSourceCommit / ExpectedSourceTag, when set, must equal
 	// the tree id, commit id and annotated tag name the guest attested in the result record

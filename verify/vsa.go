@@ -68,7 +68,7 @@ type VSAPolicy struct {
 	// that matched, or "pinned"); empty with InsecureSkipMeasurement.
 	MeasurementSource       string `json:"measurementSource,omitempty"`
 	InsecureSkipMeasurement bool   `json:"insecureSkipMeasurement"`
-	InsecureSkipRTMR0       bool   `json:"insecureSkipRtmr0,omitempty"`
+	UnsafeAllowAnyRTMR0     bool   `json:"unsafeAllowAnyRtmr0,omitempty"`
 	ExpectedBuilderID       string `json:"expectedBuilderId,omitempty"`
 	ExpectedSourceTree      string `json:"expectedSourceTree,omitempty"`
 	ExpectedSourceCommit    string `json:"expectedSourceCommit,omitempty"`
@@ -157,8 +157,8 @@ func passed(res *Result, check string) bool {
 // vsaPolicy describes the policy o applied, as res records it.
 func vsaPolicy(o Options, res *Result) (*VSAPolicy, error) {
 	p := &VSAPolicy{Identity: o.Identity, AllowSimulated: o.AllowSimulated, InsecureSkipMeasurement: o.InsecureSkipMeasurement,
-		InsecureSkipRTMR0: o.InsecureSkipRTMR0,
-		ExpectedBuilderID: o.ExpectedBuilderID, ExpectedSourceTree: o.ExpectedSourceTree,
+		UnsafeAllowAnyRTMR0: o.UnsafeAllowAnyRTMR0,
+		ExpectedBuilderID:   o.ExpectedBuilderID, ExpectedSourceTree: o.ExpectedSourceTree,
 		ExpectedSourceCommit: o.ExpectedSourceCommit, ExpectedSourceTag: o.ExpectedSourceTag, Pins: o.Pins,
 		UnsafeAllowAnySource: o.UnsafeAllowAnySource, UnsafeAllowAnyToolchain: o.UnsafeAllowAnyToolchain}
 	if o.PublicKey != nil {

@@ -10,14 +10,14 @@ import (
 )
 
 // --tdx-rtmr0-event pins RTMR0's event digests in order (lowercased), and
-// --insecure-skip-rtmr0 maps to verify.Options.InsecureSkipRTMR0; the library's message
+// --unsafe-allow-any-rtmr0 maps to verify.Options.UnsafeAllowAnyRTMR0; the library's message
 // for an unpinned RTMR0 reaches the user in these flags' words.
 func TestVerifyRTMR0Flags(t *testing.T) {
 	f := &verifyFlags{}
 	fs := pflag.NewFlagSet("verify", pflag.ContinueOnError)
 	f.register(fs)
 	a, b := strings.Repeat("AB", 48), strings.Repeat("01", 48)
-	if err := fs.Parse([]string{"--tdx-rtmr0-event", a, "--tdx-rtmr0-event", b, "--insecure-skip-rtmr0"}); err != nil {
+	if err := fs.Parse([]string{"--tdx-rtmr0-event", a, "--tdx-rtmr0-event", b, "--unsafe-allow-any-rtmr0"}); err != nil {
 		t.Fatal(err)
 	}
 	p, err := f.pins()
@@ -31,11 +31,11 @@ func TestVerifyRTMR0Flags(t *testing.T) {
 	if err := f.measurementOptions(o); err != nil {
 		t.Fatal(err)
 	}
-	if !o.InsecureSkipRTMR0 {
-		t.Error("--insecure-skip-rtmr0 did not set InsecureSkipRTMR0")
+	if !o.UnsafeAllowAnyRTMR0 {
+		t.Error("--unsafe-allow-any-rtmr0 did not set UnsafeAllowAnyRTMR0")
 	}
-	msg := flagWords("Pin it (EvidencePolicy.TDX.RTMR[0], or an MRTD||RTMR0||RTMR1||RTMR2 value in ExpectedMeasurements), or pin the digests of its events in order (Pins.RTMR0Events); InsecureSkipRTMR0 accepts any")
-	for _, w := range []string{"--tdx-rtmr0 HEX", "--measurement HEX", "--tdx-rtmr0-event HEX", "--insecure-skip-rtmr0"} {
+	msg := flagWords("Pin it (EvidencePolicy.TDX.RTMR[0], or an MRTD||RTMR0||RTMR1||RTMR2 value in ExpectedMeasurements), or pin the digests of its events in order (Pins.RTMR0Events); UnsafeAllowAnyRTMR0 accepts any")
+	for _, w := range []string{"--tdx-rtmr0 HEX", "--measurement HEX", "--tdx-rtmr0-event HEX", "--unsafe-allow-any-rtmr0"} {
 		if !strings.Contains(msg, w) {
 			t.Errorf("%q does not name %s", msg, w)
 		}

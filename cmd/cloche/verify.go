@@ -36,7 +36,7 @@ type verifyFlags struct {
 	toolchainDigest string
 	acpiTables      string
 	rtmr0Events     []string
-	skipRTMR0       bool
+	allowAnyRTMR0   bool
 	command         []string
 	env             []string
 	envExact        bool
@@ -86,7 +86,7 @@ TDX RTMR0 measures the TD HOB, the UEFI variables and the ACPI tables the host's
 (which the guest kernel runs); no reference value predicts it. The evidence's event log
 must replay to it, and it must be pinned: --tdx-rtmr0, a 384-digit --measurement, or the
 digests of its events (--tdx-rtmr0-event, in order), recorded from a known-good launch of
-the same shape (q35, vCPUs, memory, QEMU and TDVF builds). --insecure-skip-rtmr0 accepts
+the same shape (q35, vCPUs, memory, QEMU and TDVF builds). --unsafe-allow-any-rtmr0 accepts
 any, with a WARNING.
 
 It prints one line, PASSED: ... (exit 0) or FAILED: <check>: <reason> (exit 1), on stderr;
@@ -110,7 +110,7 @@ Check names (stable):
   manifest.parse, result.parse   the byproducts are malformed
 ` + evidenceCheckHelp + `  reference-values      the reference values cannot be read or are not signed by --reference-key
   measurement.rtmr0     TDX: RTMR0 is not pinned (--tdx-rtmr0, --tdx-rtmr0-event, a 384-digit
-                        --measurement; --insecure-skip-rtmr0), or differs from the pin
+                        --measurement; --unsafe-allow-any-rtmr0), or differs from the pin
   evidence.tee          the evidence is from another TEE than the manifest asks for
   result.manifest       the result record names another manifest
   result.status         the attested build failed
@@ -149,7 +149,7 @@ func (f *verifyFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.skipMeasurement, "insecure-skip-measurement", false, "accept ANY launch measurement (the guest may be the host's own): prints a WARNING")
 	fl.StringVar(&f.acpiTables, "acpi-tables", "", "pin the ACPI tables the host's VMM gave the guest: the digest the guest computed (64 hex digits; verify --json shows it as acpiTables); on SEV-SNP nothing else binds them")
 	fl.StringArrayVar(&f.rtmr0Events, "tdx-rtmr0-event", nil, "TDX: pin RTMR0 as the digests of the event log's RTMR0 events (the TD HOB, UEFI variables, the host's ACPI tables), one per flag in log order, 96 hex digits each, as verify --json lists them (rtmr0Events) for a known-good launch of the same shape (repeatable)")
-	fl.BoolVar(&f.skipRTMR0, "insecure-skip-rtmr0", false, "TDX: accept an RTMR0 nothing pins (--tdx-rtmr0, --tdx-rtmr0-event, a 384-digit --measurement): the host's ACPI tables run unchecked; prints a WARNING")
+	fl.BoolVar(&f.allowAnyRTMR0, "unsafe-allow-any-rtmr0", false, "TDX: accept an RTMR0 nothing pins (--tdx-rtmr0, --tdx-rtmr0-event, a 384-digit --measurement): the host's ACPI tables run unchecked; prints a WARNING")
 	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its dm-verity root hash (64 hex digits; cloche image toolchain prints it as verityRootHash)")
 	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
 	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
@@ -331,7 +331,7 @@ func (f *verifyFlags) measurementOptions(o *verify.Options) error {
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
 	}
 	o.InsecureSkipMeasurement = f.skipMeasurement
-	o.InsecureSkipRTMR0 = f.skipRTMR0
+	o.UnsafeAllowAnyRTMR0 = f.allowAnyRTMR0
 	if !f.skipMeasurement {
 		// The guest images this cloche's release published: a build made with one verifies
 		// with no measurement flag.
@@ -378,7 +378,7 @@ var optionFlags = strings.NewReplacer(
 	"Reference.Firmware", "--snp-firmware or --tdx-firmware",
 	"ExpectedMeasurements", "--measurement HEX",
 	"InsecureSkipMeasurement", "--insecure-skip-measurement",
-	"InsecureSkipRTMR0", "--insecure-skip-rtmr0",
+	"UnsafeAllowAnyRTMR0", "--unsafe-allow-any-rtmr0",
 	"EvidencePolicy.TDX.RTMR[0]", "--tdx-rtmr0 HEX",
 	"Pins.RTMR0Events", "--tdx-rtmr0-event HEX",
 	"AllowSimulated", "--allow-simulated",

@@ -321,8 +321,8 @@ func rtmr0Inputs(a *githubactions.Action, o *verify.Options) error {
 	for _, d := range listInput(a, "tdx-rtmr0-event") {
 		o.Pins.RTMR0Events = append(o.Pins.RTMR0Events, strings.ToLower(d))
 	}
-	skip, err := boolInput(a, "insecure-skip-rtmr0")
-	o.InsecureSkipRTMR0 = skip
+	skip, err := boolInput(a, "unsafe-allow-any-rtmr0")
+	o.UnsafeAllowAnyRTMR0 = skip
 	return err
 }
 
