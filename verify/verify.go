@@ -92,6 +92,11 @@ type Options struct {
 	// InsecureSkipMeasurement accepts any launch measurement. The result then carries a
 	// warning and its summary says "measurement NOT checked".
 	InsecureSkipMeasurement bool
+	// UnsafeAllowAnyRTMR0 accepts TDX evidence whose RTMR0 nothing pins (no
+	// EvidencePolicy.TDX.RTMR[0], no 192-byte ExpectedMeasurements, no Pins.RTMR0Events):
+	// the host's ACPI tables, which the guest kernel runs, are then unchecked. The result
+	// carries a warning. The event log must still replay to RTMR0.
+	UnsafeAllowAnyRTMR0 bool
 
 	// ExpectedSourceTree / ExpectedSourceCommit / ExpectedSourceTag, when set, must equal
 	// the tree id, commit id and annotated tag name the guest attested in the result record
@@ -147,6 +152,9 @@ type Result struct {
 	SourceTag      string `json:"sourceTag,omitempty"`
 	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
 	ACPITables string `json:"acpiTables,omitempty"`
+	// RTMR0Events are the TDX event log's events that replayed to RTMR0 (Pins.RTMR0Events
+	// pins their digests).
+	RTMR0Events []RTMR0Event `json:"rtmr0Events,omitempty"`
 	// GuestImageRelease says which guest image release was launched, as far as the
 	// reference values bind it ("release vX", "local build", "... not bound").
 	GuestImageRelease string `json:"guestImageRelease,omitempty"`
@@ -259,6 +267,9 @@ func (o *Options) checkOptions() error {
 		}
 	}
 	if err := o.Pins.check(); err != nil {
+		return fail(CheckOptions, err)
+	}
+	if err := o.checkRTMR0Options(); err != nil {
 		return fail(CheckOptions, err)
 	}
 	if o.Identity != nil && o.TrustedMaterial == nil {
@@ -443,7 +454,7 @@ func (v *verification) matchMeasurement(ctx context.Context) error {
 		return err
 	}
 	v.match = match
-	return nil
+	return checkRTMR0(v.o, v.res, v.claims)
 }
 
 // checkResultRecord is step 7: the result record names the same manifest and a
@@ -692,9 +703,6 @@ func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.T
 	if match != nil {
 		res.ReferenceMatch = match.summary
 		detail = match.summary
-		if tee == attest.TEETDX && len(o.ExpectedMeasurements) == 0 {
-			res.Warnings = append(res.Warnings, "RTMR0 (TDX firmware configuration) is not predictable from reference values and was not compared; pin MRTD||RTMR0||RTMR1||RTMR2 to check it")
-		}
 	}
 	res.record(CheckMeasurement, Passed, "%s", detail)
 	return match, nil

@@ -130,7 +130,9 @@ func TestVSABuildLevel(t *testing.T) {
 		want string
 	}{
 		{Result{TEE: attest.TEESNP, MeasurementChecked: true}, SLSABuildLevel3},
-		{Result{TEE: attest.TEETDX, MeasurementChecked: true}, SLSABuildLevel3},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRTMR0, Outcome: Passed}}}, SLSABuildLevel3},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRTMR0, Outcome: Warning}}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true}, SLSABuildLevel1},
 		{Result{TEE: attest.TEESNP}, SLSABuildLevel1},
 		{Result{TEE: attest.TEESim, Simulated: true, MeasurementChecked: true}, SLSABuildLevel1},
 		{Result{TEE: "", MeasurementChecked: true}, SLSABuildLevel1},
