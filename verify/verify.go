@@ -437,6 +437,7 @@ func (v *verification) verifyEvidence(context.Context) error {
 	res.record(CheckChain, Passed, "%s evidence", ev.TEE)
 	res.record(CheckHostData, Passed, "manifest")
 	res.record(CheckReportData, Passed, "result record")
+	recordRevocation(res, ev.TEE, v.o.EvidencePolicy)
 	if len(v.o.EvidencePolicy.AllowedPlatforms) > 0 {
 		res.Pinned = append(res.Pinned, "platform")
 	}
@@ -444,6 +445,23 @@ func (v *verification) verifyEvidence(context.Context) error {
 		return fail(CheckEvidenceTEE, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, v.m.TEE))
 	}
 	return nil
+}
+
+// recordRevocation says whether the vendor's revocation data was checked: the AMD CRL for
+// SEV-SNP, Intel's collateral (CRLs, TCB status, QE identity) for TDX. Without it the
+// evidence verified, with a warning, and the outcome is a warning too, which keeps a
+// verification summary from vouching for Build L3 (buildLevel).
+func recordRevocation(res *Result, tee attest.TEE, pol verifier.Policy) {
+	switch {
+	case tee == attest.TEESNP && pol.AMDCRL != nil:
+		res.record(CheckRevocation, Passed, "AMD CRL")
+	case tee == attest.TEESNP:
+		res.record(CheckRevocation, Warning, "NOT checked: no AMD CRL")
+	case tee == attest.TEETDX && pol.TDXCollateral != nil:
+		res.record(CheckCollateral, Passed, "Intel collateral")
+	case tee == attest.TEETDX:
+		res.record(CheckCollateral, Warning, "NOT checked: no TDX collateral")
+	}
 }
 
 // matchMeasurement is step 9, run before 7: the measurement is one a trusted source

@@ -141,6 +141,11 @@ func buildLevel(res *Result) string {
 		// The host's ACPI tables run in the guest kernel unchecked.
 		return SLSABuildLevel1
 	}
+	// Without revocation data a revoked (leaked) chip or firmware key signs as well as a
+	// good one.
+	if res.TEE == attest.TEESNP && !passed(res, CheckRevocation) || res.TEE == attest.TEETDX && !passed(res, CheckCollateral) {
+		return SLSABuildLevel1
+	}
 	return SLSABuildLevel3
 }
 
