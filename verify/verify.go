@@ -111,8 +111,9 @@ type Options struct {
 
 	// A PASSED must say which source was built with which toolchain, and the runner host
 	// writes both into the manifest, so each needs an expectation the host cannot write:
-	// the source an ExpectedSource* value or a keyless Identity (whose certificate names the
-	// repository and commit), the toolchain Pins.ToolchainDigest. UnsafeAllowAnySource and
+	// the source ExpectedSourceCommit or ExpectedSourceTree (ExpectedSourceTag alone is not
+	// one) or a keyless Identity (whose certificate names the repository and commit), the
+	// toolchain Pins.ToolchainDigest. UnsafeAllowAnySource and
 	// UnsafeAllowAnyToolchain accept whatever the host chose instead; the result then
 	// carries a warning saying so.
 	UnsafeAllowAnySource    bool
@@ -294,12 +295,14 @@ func (o *Options) checkOptions() error {
 // checkExpectations requires an expectation on the source and on the toolchain, or the
 // unsafe opt-out that stands for it, never both.
 func (o *Options) checkExpectations() error {
-	source := o.ExpectedSourceTree != "" || o.ExpectedSourceCommit != "" || o.ExpectedSourceTag != "" || o.Identity != nil
+	// A tag name alone is no expectation: the host can write an annotated tag object of any
+	// name for any commit it made. A commit or tree id names the content.
+	source := o.ExpectedSourceTree != "" || o.ExpectedSourceCommit != "" || o.Identity != nil
 	switch {
 	case source && o.UnsafeAllowAnySource:
 		return fail(CheckOptions, errors.New("UnsafeAllowAnySource contradicts the source expectation given"))
 	case !source && !o.UnsafeAllowAnySource:
-		return fail(CheckExpectSource, fmt.Errorf("%w for the source: the manifest's source is the runner host's choice; give Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity, or UnsafeAllowAnySource to accept any source", ErrNoExpectation))
+		return fail(CheckExpectSource, fmt.Errorf("%w for the source: the manifest's source is the runner host's choice; give Options.ExpectedSourceCommit, ExpectedSourceTree or a keyless Identity (ExpectedSourceTag alone binds no content: the host can write a tag object of that name for any commit), or UnsafeAllowAnySource to accept any source", ErrNoExpectation))
 	}
 	toolchain := o.Pins.ToolchainDigest != ""
 	switch {

@@ -72,8 +72,9 @@ result record; the launch measurement is listed by a trusted source; and the sta
 exactly what the manifest, the result record and the matching reference value say.
 
 An expectation of the source and of the toolchain is required, since the runner host chose
-both: the source by --source-commit, --source-tag, --source-tree, --source-dir or, keyless,
---source-uri (the signing certificate names the repository and commit); the toolchain by
+both: the source by --source-commit, --source-tree, --source-dir or, keyless, --source-uri
+(the signing certificate names the repository and commit; with --key, --source-tag alone is
+not one: the host can write a tag object of any name); the toolchain by
 --toolchain-digest. --unsafe-allow-any-source and --unsafe-allow-any-toolchain accept the
 host's choice, with a WARNING.
 
@@ -395,7 +396,7 @@ var optionFlags = strings.NewReplacer(
 	"Identity.SourceURI", "--source-uri",
 	"Identity.SourceTag", "--source-tag",
 	"Identity.SourceBranch", "--source-branch",
-	"Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity", "--source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri",
+	"Options.ExpectedSourceCommit, ExpectedSourceTree or a keyless Identity (ExpectedSourceTag alone", "--source-commit, --source-tree, --source-dir or keyless --source-uri (--source-tag alone",
 	"UnsafeAllowAnySource", "--unsafe-allow-any-source",
 	"UnsafeAllowAnyToolchain", "--unsafe-allow-any-toolchain",
 	"Options.ExpectedSourceCommit", "--source-commit",

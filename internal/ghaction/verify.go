@@ -194,7 +194,7 @@ func DownloadRelease(ctx context.Context, apiURL, token, repo, tag, dir string, 
 
 // verifyOptionsFromInputs maps the verify action's inputs to verify.Options.
 func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verify.Options, error) {
-	o := &verify.Options{ExpectedBuilderID: input(a, "builder-id")}
+	o := &verify.Options{ExpectedBuilderID: input(a, "builder-id"), ExpectedSourceCommit: input(a, "source-commit")}
 	repo := defaulted(input(a, "repository"), a.Getenv("GITHUB_REPOSITORY"))
 	sourceURI := input(a, "source-uri")
 	if sourceURI == "" && repo != "" {
