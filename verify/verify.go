@@ -292,6 +292,12 @@ func (o *Options) checkOptions() error {
 	return nil
 }
 
+// The warnings the unsafe opt-outs add (a verification summary then vouches for L1 only).
+const (
+	warnSourceNotPinned    = "source NOT pinned"
+	warnToolchainNotPinned = "toolchain NOT pinned"
+)
+
 // checkExpectations requires an expectation on the source and on the toolchain, or the
 // unsafe opt-out that stands for it, never both.
 func (o *Options) checkExpectations() error {
@@ -584,10 +590,10 @@ func (v *verification) applyPins(context.Context) error {
 		return err
 	}
 	if v.o.UnsafeAllowAnySource {
-		v.res.Warnings = append(v.res.Warnings, "source NOT pinned (UnsafeAllowAnySource): the runner host chose what was built")
+		v.res.Warnings = append(v.res.Warnings, warnSourceNotPinned+" (UnsafeAllowAnySource): the runner host chose what was built")
 	}
 	if v.o.UnsafeAllowAnyToolchain {
-		v.res.Warnings = append(v.res.Warnings, "toolchain NOT pinned (UnsafeAllowAnyToolchain): the runner host chose the compiler that made the artifacts")
+		v.res.Warnings = append(v.res.Warnings, warnToolchainNotPinned+" (UnsafeAllowAnyToolchain): the runner host chose the compiler that made the artifacts")
 	}
 	if v.o.InsecureSkipMeasurement {
 		v.res.Warnings = append(v.res.Warnings, "measurement NOT checked (InsecureSkipMeasurement): any guest image, including one the host wrote, could have produced this evidence")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -144,6 +145,17 @@ func buildLevel(res *Result) string {
 	// Without revocation data a revoked (leaked) chip or firmware key signs as well as a
 	// good one.
 	if res.TEE == attest.TEESNP && !passed(res, CheckRevocation) || res.TEE == attest.TEETDX && !passed(res, CheckCollateral) {
+		return SLSABuildLevel1
+	}
+	// On SEV-SNP nothing measures the host's ACPI tables, which the guest kernel runs: only
+	// the pin on the digest the guest took of them checks what it was given.
+	if res.TEE == attest.TEESNP && !passed(res, CheckPinACPI) {
+		return SLSABuildLevel1
+	}
+	// A build whose source or toolchain the host chose unchecked is no L3 build of anything.
+	if slices.ContainsFunc(res.Warnings, func(w string) bool {
+		return strings.HasPrefix(w, warnSourceNotPinned) || strings.HasPrefix(w, warnToolchainNotPinned)
+	}) {
 		return SLSABuildLevel1
 	}
 	return SLSABuildLevel3

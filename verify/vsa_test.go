@@ -128,13 +128,17 @@ func TestVSABuildLevel(t *testing.T) {
 	crl := CheckOutcome{Name: CheckRevocation, Outcome: Passed}
 	collateral := CheckOutcome{Name: CheckCollateral, Outcome: Passed}
 	rtmr0 := CheckOutcome{Name: CheckRTMR0, Outcome: Passed}
+	acpi := CheckOutcome{Name: CheckPinACPI, Outcome: Passed}
 	for _, c := range []struct {
 		res  Result
 		want string
 	}{
-		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl}}, SLSABuildLevel3},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl, acpi}}, SLSABuildLevel3},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl, acpi}, Warnings: []string{warnSourceNotPinned + " (x)"}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl, acpi}, Warnings: []string{warnToolchainNotPinned + " (x)"}}, SLSABuildLevel1},
 		{Result{TEE: attest.TEESNP, MeasurementChecked: true}, SLSABuildLevel1},
-		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRevocation, Outcome: Warning}}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRevocation, Outcome: Warning}, acpi}}, SLSABuildLevel1},
 		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0, collateral}}, SLSABuildLevel3},
 		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0}}, SLSABuildLevel1},
 		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0, {Name: CheckCollateral, Outcome: Warning}}}, SLSABuildLevel1},
