@@ -75,6 +75,9 @@ const (
 	CheckPinCommand       = "pin.command"
 	CheckPinEnv           = "pin.env"
 	CheckPinACPI          = "pin.acpi-tables"
+	CheckPinSourcePath    = "pin.source-path"
+	CheckPinWorkdir       = "pin.workdir"
+	CheckPinArtifacts     = "pin.artifacts"
 )
 
 // CheckNames lists every check name in the order Verify runs them.
@@ -86,7 +89,7 @@ var CheckNames = []string{
 	CheckHostData, CheckReportData, CheckEventLog, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
 	CheckConsistency, CheckTime, CheckReference, CheckRTMR0, CheckGuestImage, CheckGuestRelease, CheckSourceTree,
 	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
-	CheckPinToolchain, CheckPinCommand, CheckPinEnv, CheckPinACPI,
+	CheckPinToolchain, CheckPinCommand, CheckPinEnv, CheckPinACPI, CheckPinSourcePath, CheckPinWorkdir, CheckPinArtifacts,
 }
 
 // Outcome is what became of one check.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -30,6 +31,16 @@ type Pins struct {
 	// map does not name.
 	Env      map[string]string
 	EnvExact bool
+	// Workdir is the directory inside the source the command ran in ("." is the source's
+	// root; "" means not pinned): the host chooses which Makefile or module the command sees.
+	Workdir string
+	// SourcePath is the subdirectory of the attested commit that is the source ("" the whole
+	// commit; nil means not pinned): with a commit expectation the host still chooses which
+	// of the commit's subtrees was built.
+	SourcePath *string
+	// Artifacts are the exact artifact patterns, in order (nil means not pinned): the host
+	// chooses which files are collected as the build's outputs.
+	Artifacts []string
 }
 
 var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -46,6 +57,16 @@ func (p *Pins) check() error {
 	}
 	if p.EnvExact && p.Env == nil {
 		return errors.New("Pins.EnvExact needs Pins.Env (an empty map pins an empty environment)")
+	}
+	if p.Workdir != "" {
+		if err := job.CheckWorkdir(p.Workdir); err != nil {
+			return fmt.Errorf("Pins.Workdir %q: %w", p.Workdir, err)
+		}
+	}
+	for i, a := range p.Artifacts {
+		if err := job.CheckArtifactPattern(a); err != nil {
+			return fmt.Errorf("Pins.Artifacts[%d] %q: %w", i, a, err)
+		}
 	}
 	return nil
 }
@@ -89,6 +110,9 @@ func (p *Pins) apply(res *Result, m *job.Manifest, r *job.Result) error {
 	} else {
 		res.Reported = append(res.Reported, "command")
 	}
+	if err := p.applyLayout(res, m); err != nil {
+		return err
+	}
 	// Limits other than the defaults can change what a build produces; no pin yet.
 	if m.Rlimits != (job.Rlimits{}) {
 		res.Reported = append(res.Reported, "rlimits")
@@ -101,6 +125,39 @@ func (p *Pins) apply(res *Result, m *job.Manifest, r *job.Result) error {
 		res.Pinned = append(res.Pinned, "env")
 	} else {
 		res.Reported = append(res.Reported, "env")
+	}
+	return nil
+}
+
+// applyLayout compares the pins on which part of the source was built and collected: the
+// source path within the commit, the workdir and the artifact patterns.
+func (p *Pins) applyLayout(res *Result, m *job.Manifest) error {
+	switch {
+	case p.SourcePath != nil && *p.SourcePath != m.Source.Path:
+		return fail(CheckPinSourcePath, fmt.Errorf("the attested source is the commit's subdirectory %q, expected %q", m.Source.Path, *p.SourcePath))
+	case p.SourcePath != nil:
+		res.record(CheckPinSourcePath, Passed, "%q", m.Source.Path)
+		res.Pinned = append(res.Pinned, "source path")
+	case m.Source.CommitObject != nil:
+		res.Reported = append(res.Reported, "source path")
+	}
+	switch {
+	case p.Workdir != "" && p.Workdir != m.Workdir:
+		return fail(CheckPinWorkdir, fmt.Errorf("the command ran in %q, expected %q", m.Workdir, p.Workdir))
+	case p.Workdir != "":
+		res.record(CheckPinWorkdir, Passed, "%q", m.Workdir)
+		res.Pinned = append(res.Pinned, "workdir")
+	default:
+		res.Reported = append(res.Reported, "workdir")
+	}
+	switch {
+	case p.Artifacts != nil && !slices.Equal(p.Artifacts, m.Artifacts):
+		return fail(CheckPinArtifacts, fmt.Errorf("the attested artifact patterns are %q, expected %q", m.Artifacts, p.Artifacts))
+	case p.Artifacts != nil:
+		res.record(CheckPinArtifacts, Passed, "%q", m.Artifacts)
+		res.Pinned = append(res.Pinned, "artifact patterns")
+	default:
+		res.Reported = append(res.Reported, "artifact patterns")
 	}
 	return nil
 }

@@ -151,6 +151,8 @@ type Result struct {
 	SourceTree     string `json:"sourceTree,omitempty"`
 	SourceCommit   string `json:"sourceCommit,omitempty"`
 	SourceTag      string `json:"sourceTag,omitempty"`
+	// SourcePath is the subdirectory of the attested commit that was the source.
+	SourcePath string `json:"sourcePath,omitempty"`
 	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
 	ACPITables string `json:"acpiTables,omitempty"`
 	// RTMR0Events are the TDX event log's events that replayed to RTMR0 (Pins.RTMR0Events
@@ -205,6 +207,9 @@ func (r *Result) Summary() string {
 	}
 	if r.SourceTag != "" {
 		src += ", tag " + r.SourceTag
+	}
+	if r.SourcePath != "" {
+		src += ", path " + r.SourcePath
 	}
 	s := fmt.Sprintf("%d artifact(s) [%s] built by %s in %s; %s; %s; command %q",
 		len(r.Artifacts), strings.Join(names, ", "), r.BuilderID, tee, meas, src, strings.Join(r.Command, " "))
@@ -606,6 +611,9 @@ func (v *verification) fillResult() {
 	res, m, r := v.res, v.m, v.r
 	res.Artifacts = append(verifiedArtifacts(r, v.locals), v.listed...)
 	res.SourceTree, res.SourceCommit, res.SourceTag = r.SourceTree, r.SourceCommit, r.SourceTag
+	if r.SourceCommit != "" {
+		res.SourcePath = m.Source.Path
+	}
 	res.ACPITables = r.ACPITablesSHA256
 	res.GuestClockStart = r.GuestClockStart
 	res.Command, res.InvocationID = m.Command, m.InvocationID

@@ -318,3 +318,55 @@ func TestVerifyRequiresSourceAndToolchainExpectations(t *testing.T) {
 		}
 	})
 }
+
+// Which part of the commit was built, where the command ran and what was collected are the
+// host's choices too: each can be pinned, and is reported when it is not.
+func TestVerifyLayoutPins(t *testing.T) {
+	f := newFixture(t, tweak{manifest: func(m *job.Manifest) { m.Workdir, m.Artifacts = "app", []string{"hello"} }})
+	root := ""
+	other := "vendor/old"
+	for _, c := range []struct {
+		name   string
+		mutate func(*Options)
+		check  string // "" = passes
+	}{
+		{"all pinned", func(o *Options) {
+			o.Pins.Workdir, o.Pins.SourcePath, o.Pins.Artifacts = "app", &root, []string{"hello"}
+		}, ""},
+		{"other workdir", func(o *Options) { o.Pins.Workdir = "." }, CheckPinWorkdir},
+		{"other source path", func(o *Options) { o.Pins.SourcePath = &other }, CheckPinSourcePath},
+		{"other artifact patterns", func(o *Options) { o.Pins.Artifacts = []string{"hello", "x"} }, CheckPinArtifacts},
+		{"no artifact patterns", func(o *Options) { o.Pins.Artifacts = []string{} }, CheckPinArtifacts},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := f.opts
+			c.mutate(&o)
+			res, err := Verify(context.Background(), o)
+			if c.check != "" {
+				wantCheck(t, err, c.check, nil, "expected")
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{"workdir", "source path", "artifact patterns"} {
+				if !slices.Contains(res.Pinned, p) {
+					t.Errorf("pinned %v lacks %s", res.Pinned, p)
+				}
+			}
+		})
+	}
+	res, err := Verify(context.Background(), f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"workdir", "source path", "artifact patterns"} {
+		if !slices.Contains(res.Reported, p) {
+			t.Errorf("reported %v lacks %s", res.Reported, p)
+		}
+	}
+	o := f.opts
+	o.Pins.Workdir = "../x"
+	_, err = Verify(context.Background(), o)
+	wantCheck(t, err, CheckOptions, nil, "Pins.Workdir")
+}

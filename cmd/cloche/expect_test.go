@@ -30,6 +30,8 @@ func TestVerifyExpectationFlags(t *testing.T) {
 		{[]string{"--source-dir", filepath.Join(dir, "nope"), "--toolchain-digest", tc, "a"}, exitUsage, "--source-dir " + filepath.Join(dir, "nope") + ": tree id:"},
 		{[]string{"--source-dir", dir, "--unsafe-allow-any-source", "--toolchain-digest", tc, "a"}, exitFailed, "FAILED: options: --unsafe-allow-any-source contradicts the source expectation given"},
 		{[]string{"--unsafe-allow-any-source", "--toolchain-digest", tc, "--unsafe-allow-any-toolchain", "a"}, exitFailed, "FAILED: options: --unsafe-allow-any-toolchain contradicts --toolchain-digest"},
+		{[]string{"--source-dir", dir, "--toolchain-digest", tc, "--workdir", "../x", "a"}, exitFailed, "FAILED: options: --workdir \"../x\""},
+		{[]string{"--source-dir", dir, "--toolchain-digest", tc, "--artifact-pattern", "/abs", "a"}, exitFailed, "FAILED: options: --artifact-pattern[0] \"/abs\""},
 		// With both expectations the options pass and the missing bundle is what fails.
 		{[]string{"--source-dir", dir, "--toolchain-digest", tc, key + ".pub"}, exitFailed, "FAILED: bundle: "},
 	} {

@@ -40,6 +40,9 @@ type verifyFlags struct {
 	command         []string
 	env             []string
 	envExact        bool
+	workdir         string
+	sourcePath      string
+	artifactPattern []string
 	at              string
 	policy          policyFlags
 	github          githubVerifyFlags
@@ -129,6 +132,8 @@ Check names (stable):
                         trusted reference values), or the statement's builder id names
                         another TEE or release than the evidence and reference values
   pin.toolchain, pin.command, pin.env   a pin on what the host chose differs
+  pin.source-path, pin.workdir, pin.artifacts   the commit's subdirectory built, the
+                        directory the command ran in, or the artifact patterns differ
   vsa                   --vsa: the verification summary could not be made, signed or written
 `
 
@@ -155,6 +160,9 @@ func (f *verifyFlags) register(fl *pflag.FlagSet) {
 	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
 	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
 	fl.BoolVar(&f.envExact, "env-exact", false, "with --env: refuse variables the --env flags do not name")
+	fl.StringVar(&f.workdir, "workdir", "", "pin the directory inside the source the command ran in (. is the source's root)")
+	fl.StringVar(&f.sourcePath, "source-path", "", "pin the subdirectory of the attested commit that was the source (. is the whole commit)")
+	fl.StringArrayVar(&f.artifactPattern, "artifact-pattern", nil, "pin the artifact patterns the build collected, exactly and in order (repeatable)")
 	f.policy.register(fl)
 	f.github.register(fl)
 	f.reference.register(fl)
@@ -347,7 +355,16 @@ func (f *verifyFlags) measurementOptions(o *verify.Options) error {
 
 // pins are the pins on what the host chose: toolchain, ACPI tables, command, env.
 func (f *verifyFlags) pins() (verify.Pins, error) {
-	p := verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
+	p := verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact,
+		Workdir: f.workdir, Artifacts: f.artifactPattern}
+	if f.sourcePath != "" {
+		// The manifest names the commit's root as "".
+		sp := f.sourcePath
+		if sp == "." {
+			sp = ""
+		}
+		p.SourcePath = &sp
+	}
 	for _, d := range f.rtmr0Events {
 		p.RTMR0Events = append(p.RTMR0Events, strings.ToLower(strings.TrimSpace(d)))
 	}
@@ -390,6 +407,9 @@ var optionFlags = strings.NewReplacer(
 	"Pins.Command", "--command",
 	"Pins.EnvExact", "--env-exact",
 	"Pins.Env", "--env",
+	"Pins.Workdir", "--workdir",
+	"Pins.SourcePath", "--source-path",
+	"Pins.Artifacts", "--artifact-pattern",
 	"Options.BundlePath", "--bundle",
 	"Options.TrustedMaterial with an Options.Identity for keyless verification", "--source-uri github.com/OWNER/REPO for keyless verification",
 	"Options.Identity with SourceURI", "--source-uri",
