@@ -392,12 +392,12 @@ func (a *Agent) queueJob(w http.ResponseWriter, r *http.Request, peer Submitter,
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("preparing the job's log: %v", err))
 		return nil, false
 	}
-	a.mu.Lock()
+	// Nobody else knows the job yet: its record is written (and synced) without a.mu.
 	if err := writeRecord(dir, &j.status, true); err != nil {
-		a.mu.Unlock()
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
 		return nil, false
 	}
+	a.mu.Lock()
 	a.doneReceivingLocked(peer.UID, spec.Source.Size)
 	a.jobs[id] = j
 	a.queue.push(j)
