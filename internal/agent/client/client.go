@@ -143,21 +143,70 @@ func (c *Client) Log(ctx context.Context, id string, follow bool, w io.Writer) e
 // not an error here (look at its State and Reason). When ctx ends first, the connection is
 // closed, which cancels the job unless spec.KeepOnDisconnect.
 func (c *Client) Submit(ctx context.Context, spec agent.JobSpec, sourceDir string, onEvent func(agent.Event)) (*agent.JobStatus, error) {
-	tmp, err := os.CreateTemp("", "cloche-submit-*.tar")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	sum, size, err := source.Pack(ctx, sourceDir, spec.SourceDateEpoch, tmp)
+	// The archive's digest goes before it, so it is packed first: in memory when small,
+	// in a temp file beyond that.
+	buf := &spillBuffer{max: memArchiveBytes}
+	defer buf.close()
+	sum, size, err := source.Pack(ctx, sourceDir, spec.SourceDateEpoch, buf)
 	if err != nil {
 		return nil, err
 	}
 	spec.Source.SHA256, spec.Source.Size = sum, size
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+	archive, err := buf.reader()
+	if err != nil {
 		return nil, err
 	}
-	return c.SubmitArchive(ctx, spec, tmp, onEvent)
+	return c.SubmitArchive(ctx, spec, archive, onEvent)
+}
+
+// memArchiveBytes is the largest source archive Submit keeps in memory.
+const memArchiveBytes = 4 << 20
+
+// spillBuffer keeps what is written in memory up to max bytes and moves it all to a temp
+// file when more arrives; close removes the file.
+type spillBuffer struct {
+	max  int
+	mem  bytes.Buffer
+	file *os.File
+}
+
+func (b *spillBuffer) Write(p []byte) (int, error) {
+	if b.file == nil && b.mem.Len()+len(p) <= b.max {
+		return b.mem.Write(p)
+	}
+	if b.file == nil {
+		f, err := os.CreateTemp("", "cloche-submit-*.tar")
+		if err != nil {
+			return 0, fmt.Errorf("a temp file for the source archive: %w", err)
+		}
+		b.file = f
+		if _, err := b.mem.WriteTo(f); err != nil {
+			return 0, fmt.Errorf("writing the source archive to %s: %w", f.Name(), err)
+		}
+	}
+	n, err := b.file.Write(p)
+	if err != nil {
+		return n, fmt.Errorf("writing the source archive to %s: %w", b.file.Name(), err)
+	}
+	return n, nil
+}
+
+// reader reads back everything written.
+func (b *spillBuffer) reader() (io.Reader, error) {
+	if b.file == nil {
+		return bytes.NewReader(b.mem.Bytes()), nil
+	}
+	if _, err := b.file.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rereading the source archive %s: %w", b.file.Name(), err)
+	}
+	return b.file, nil
+}
+
+func (b *spillBuffer) close() {
+	if b.file != nil {
+		b.file.Close()
+		os.Remove(b.file.Name())
+	}
 }
 
 // SubmitArchive is Submit with a ready archive whose digest and size are in spec.Source.

@@ -3,6 +3,7 @@ package client
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -99,6 +100,36 @@ func TestFetchResult(t *testing.T) {
 		}
 		if entries, _ := os.ReadDir(out); len(entries) != 0 {
 			t.Errorf("%s: %d files published after a rejected result", c.name, len(entries))
+		}
+	}
+}
+
+// TestSpillBuffer: an archive within the memory limit stays in memory; one beyond it
+// moves to a temp file, reads back byte for byte, and the file is gone after close.
+func TestSpillBuffer(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
+	for _, max := range []int{len(data), len(data) - 1, 100} {
+		b := &spillBuffer{max: max}
+		for p := data; len(p) > 0; p = p[min(len(p), 700):] {
+			if n, err := b.Write(p[:min(len(p), 700)]); err != nil || n != min(len(p), 700) {
+				t.Fatalf("max %d: write: %d %v", max, n, err)
+			}
+		}
+		if spilled := b.file != nil; spilled != (max < len(data)) {
+			t.Errorf("max %d: spilled to a file %v, want %v", max, spilled, max < len(data))
+		}
+		r, err := b.reader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("max %d: read back %d bytes (%v), want the %d written", max, len(got), err, len(data))
+		}
+		b.close()
+		if left, _ := os.ReadDir(os.TempDir()); len(left) != 0 {
+			t.Errorf("max %d: %d files left in the temp directory after close", max, len(left))
 		}
 	}
 }
