@@ -375,8 +375,8 @@ func (a *Agent) dispatch() {
 			return
 		}
 		if diskNeed := a.cfg.Budget.MinFreeDiskBytes + a.inUse.DiskBytes + j.need.DiskBytes; free < diskNeed {
-			if a.inUse.VMs > 0 {
-				return // running jobs will free their disks
+			if a.inUse.DiskBytes > 0 {
+				return // launched jobs will free their disks
 			}
 			a.queue.pop()
 			a.finishLocked(j, StateFailed, fmt.Sprintf("not enough free disk space in %s: %d bytes free, the job needs about %d bytes and the agent keeps %d free",
@@ -409,6 +409,9 @@ func (u Usage) plus(v Usage) Usage {
 	return Usage{VCPUs: u.VCPUs + v.VCPUs, MemoryMiB: u.MemoryMiB + v.MemoryMiB, VMs: u.VMs + v.VMs, DiskBytes: u.DiskBytes + v.DiskBytes}
 }
 
+// vm is the part of u a job's VM holds while it runs: all but the disk space.
+func (u Usage) vm() Usage { return Usage{VCPUs: u.VCPUs, MemoryMiB: u.MemoryMiB, VMs: u.VMs} }
+
 func (u Usage) minus(v Usage) Usage {
 	return Usage{VCPUs: u.VCPUs - v.VCPUs, MemoryMiB: u.MemoryMiB - v.MemoryMiB, VMs: u.VMs - v.VMs, DiskBytes: u.DiskBytes - v.DiskBytes}
 }
@@ -434,6 +437,12 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	a.transition(j, func(*JobStatus) bool { return true }, nil) // the launching record
 
 	outcome, err := a.launch(ctx, j, st, log)
+	// The VM is gone: its vCPUs, memory and place are free for the next job while this
+	// one's results are packed. Its disk space is still used until its directories go.
+	a.mu.Lock()
+	a.inUse = a.inUse.minus(j.need.vm())
+	a.mu.Unlock()
+	a.kickDispatch()
 	var result *JobResult
 	if err == nil {
 		result, err = a.packResult(ctx, j, st, outcome)
@@ -475,7 +484,7 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 		if running := j.status.RunningAt; running != nil {
 			a.metrics.observe(func(m *metrics) *histogram { return m.buildDuration }, time.Since(*running))
 		}
-		a.inUse = a.inUse.minus(j.need)
+		a.inUse.DiskBytes -= j.need.DiskBytes
 		j.cancel = nil
 		a.metrics.add(func(m *metrics) { m.finished[state]++ })
 		pruned = a.pruneLocked()

@@ -35,7 +35,9 @@ const nobodyUID = 65534
 //     50 jobs;
 //   - ms-submit-to-launch-median: the median of one job's time from its Submit call to
 //     its launch, with the other 49 in flight;
-//   - jobs/s end to end: from the first Submit call until every job's result was fetched.
+//   - jobs/s end to end: from the first Submit call until every job's result was fetched;
+//   - cpu-ms/job: the CPU time the agent and both users' clients used per job, which
+//     other load on the machine does not inflate.
 //
 // It fails when a job is lost (never launched, or no result), runs as the wrong user, or
 // gets another job's output.
@@ -83,10 +85,11 @@ func BenchmarkAgentThroughput(b *testing.B) {
 		}
 	}
 	ctx := context.Background()
-	var span, wall time.Duration
+	var span, wall, cpu time.Duration
 	var latencies []time.Duration
 	b.ResetTimer()
 	for round := range b.N {
+		cpuStart := cpuTime(b, os.Getpid()) + cpuTime(b, child.Process.Pid)
 		start := time.Now()
 		if _, err := fmt.Fprintln(stdin, round); err != nil {
 			b.Fatalf("starting the second user's round: %v", err)
@@ -99,6 +102,7 @@ func BenchmarkAgentThroughput(b *testing.B) {
 		theirs, err := readChildRound(childOut, round)
 		wg.Wait()
 		wall += time.Since(start)
+		cpu += cpuTime(b, os.Getpid()) + cpuTime(b, child.Process.Pid) - cpuStart
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -146,6 +150,29 @@ func BenchmarkAgentThroughput(b *testing.B) {
 	b.ReportMetric(ms(span/time.Duration(b.N*jobs)), "ms/job")
 	b.ReportMetric(ms(latencies[len(latencies)/2]), "ms-submit-to-launch-median")
 	b.ReportMetric(float64(b.N*jobs)/wall.Seconds(), "jobs/s")
+	b.ReportMetric(ms(cpu/time.Duration(b.N*jobs)), "cpu-ms/job")
+}
+
+// cpuTime is the CPU time (user and system) process pid has used so far, from
+// /proc/PID/stat: what the agent and its clients cost, however busy the machine is.
+func cpuTime(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command name (which may hold spaces) in parentheses: utime
+	// and stime are the 12th and 13th, in clock ticks (100 a second on Linux).
+	_, after, _ := strings.Cut(string(raw), ") ")
+	f := strings.Fields(after)
+	if len(f) < 13 {
+		b.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond
 }
 
 // benchJob is one job of a round as its submitter saw it; err is "" when it succeeded
