@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -37,12 +38,15 @@ type Options struct {
 
 // Layout of a job's directory under <state>/jobs/<id>/.
 const (
-	recordName  = "job.json"
-	consoleName = "console.log"
-	resultName  = "result.tar"
-	srcDirName  = "src"
-	outDirName  = "out"
-	workDirName = "w"
+	recordName = "job.json"
+	// stateLogName holds a launched job's later states, unsynced, one JSON record a line
+	// (writeStatus).
+	stateLogName = "states.jsonl"
+	consoleName  = "console.log"
+	resultName   = "result.tar"
+	srcDirName   = "src"
+	outDirName   = "out"
+	workDirName  = "w"
 	// maxRecordSize bounds a job record read back at start-up.
 	maxRecordSize = 1 << 20
 )
@@ -167,6 +171,11 @@ func (a *Agent) recover() error {
 			if err := os.RemoveAll(filepath.Join(dir, sub)); err != nil {
 				a.log.Warn("removing a leftover job directory", "dir", filepath.Join(dir, sub), "err", err)
 			}
+		}
+		if st.State.Terminal() {
+			os.Remove(filepath.Join(dir, stateLogName)) // left by a crash just after the end was recorded
+		} else if later := latestState(dir, st.ID); later != nil {
+			st = later
 		}
 		j := &jobEntry{dir: dir, status: *st, changed: make(chan struct{})}
 		if fi, err := os.Stat(filepath.Join(dir, consoleName)); err == nil {
@@ -638,15 +647,11 @@ func (a *Agent) persistLocked(j *jobEntry) bool {
 	return j.status.Unsaved == ""
 }
 
-// saveRecord writes st as j's record; it returns "" or, when that failed, the note for
-// st.Unsaved.
+// saveRecord persists st as j's status (writeStatus); it returns "" or, when that failed,
+// the note for st.Unsaved.
 func (a *Agent) saveRecord(j *jobEntry, st JobStatus) string {
 	st.Unsaved = ""
-	// Launching, running and collecting are not synced to disk: after a crash, the older
-	// synced record (queued) is just as non-terminal and the job is failed the same way,
-	// and fewer fsyncs per job keep the agent's per-job cost in milliseconds.
-	durable := st.State == StateQueued || st.State.Terminal()
-	if err := writeRecord(j.dir, &st, durable); err != nil {
+	if err := writeStatus(j.dir, &st); err != nil {
 		a.log.Error("persisting a job's state", "job", st.ID, "state", st.State, "err", err)
 		return fmt.Sprintf("the agent could not save this state (%v); it retries every %s, and until then a restart would show the job's earlier state", err, persistRetry)
 	}
@@ -779,6 +784,77 @@ func newJobID() string {
 		panic(err) // crypto/rand does not fail on Linux
 	}
 	return hex.EncodeToString(b[:])
+}
+
+// writeStatus persists a job's status in its directory. Queued and terminal states replace
+// the record, synced (writeRecord), and a terminal one removes the state log. Launching,
+// running and collecting are appended to the state log, unsynced: a line appended to a
+// file that exists costs no new file, where replacing the record would cost one each
+// time. After a crash the older synced record (queued) is just as non-terminal as what
+// the log says, and the job is failed the same way; the log only names the state it was
+// in (latestState).
+func writeStatus(dir string, st *JobStatus) error {
+	switch st.State {
+	case StateLaunching, StateRunning, StateCollecting:
+		return appendState(dir, st)
+	}
+	if err := writeRecord(dir, st, true); err != nil {
+		return err
+	}
+	if st.State.Terminal() {
+		// Left behind on failure, the log is ignored next to a terminal record.
+		os.Remove(filepath.Join(dir, stateLogName))
+	}
+	return nil
+}
+
+// appendState appends st to dir's state log as one line, in one write, so an agent that
+// dies leaves whole lines; a machine that crashes may lose the last ones or tear one,
+// which latestState skips.
+func appendState(dir string, st *JobStatus) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, stateLogName)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// latestState is the last whole launching, running or collecting record of job id in
+// dir's state log, or nil.
+func latestState(dir, id string) *JobStatus {
+	f, err := os.Open(filepath.Join(dir, stateLogName))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 16*maxRecordSize))
+	if err != nil {
+		return nil
+	}
+	lines := bytes.Split(b, []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		var st JobStatus
+		if json.Unmarshal(lines[i], &st) != nil || st.ID != id {
+			continue
+		}
+		switch st.State {
+		case StateLaunching, StateRunning, StateCollecting:
+			return &st
+		}
+	}
+	return nil
 }
 
 // writeRecord persists a job record atomically: temp file, fsync, rename, fsync of the
