@@ -229,7 +229,7 @@ func (c *Client) SubmitArchive(ctx context.Context, spec agent.JobSpec, archive 
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
+	sc.Buffer(make([]byte, 4<<10), maxEventBytes) // grows for long log chunks
 	var last *agent.JobStatus
 	for sc.Scan() {
 		var ev agent.Event
