@@ -384,8 +384,8 @@ func (a *Agent) dispatch() {
 			return
 		}
 		if diskNeed := a.cfg.Budget.MinFreeDiskBytes + a.inUse.DiskBytes + j.need.DiskBytes; free < diskNeed {
-			if a.inUse.DiskBytes > 0 {
-				return // launched jobs will free their disks
+			if a.inUse.VMs > 0 {
+				return // running jobs will free their disks
 			}
 			a.queue.pop()
 			a.finishLocked(j, StateFailed, fmt.Sprintf("not enough free disk space in %s: %d bytes free, the job needs about %d bytes and the agent keeps %d free",
@@ -418,9 +418,6 @@ func (u Usage) plus(v Usage) Usage {
 	return Usage{VCPUs: u.VCPUs + v.VCPUs, MemoryMiB: u.MemoryMiB + v.MemoryMiB, VMs: u.VMs + v.VMs, DiskBytes: u.DiskBytes + v.DiskBytes}
 }
 
-// vm is the part of u a job's VM holds while it runs: all but the disk space.
-func (u Usage) vm() Usage { return Usage{VCPUs: u.VCPUs, MemoryMiB: u.MemoryMiB, VMs: u.VMs} }
-
 func (u Usage) minus(v Usage) Usage {
 	return Usage{VCPUs: u.VCPUs - v.VCPUs, MemoryMiB: u.MemoryMiB - v.MemoryMiB, VMs: u.VMs - v.VMs, DiskBytes: u.DiskBytes - v.DiskBytes}
 }
@@ -446,12 +443,6 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	a.transition(j, func(*JobStatus) bool { return true }, nil) // the launching record
 
 	outcome, err := a.launch(ctx, j, st, log)
-	// The VM is gone: its vCPUs, memory and place are free for the next job while this
-	// one's results are packed. Its disk space is still used until its directories go.
-	a.mu.Lock()
-	a.inUse = a.inUse.minus(j.need.vm())
-	a.mu.Unlock()
-	a.kickDispatch()
 	var result *JobResult
 	if err == nil {
 		result, err = a.packResult(ctx, j, st, outcome)
@@ -493,7 +484,7 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 		if running := j.status.RunningAt; running != nil {
 			a.metrics.observe(func(m *metrics) *histogram { return m.buildDuration }, time.Since(*running))
 		}
-		a.inUse.DiskBytes -= j.need.DiskBytes
+		a.inUse = a.inUse.minus(j.need)
 		j.cancel = nil
 		a.metrics.add(func(m *metrics) { m.finished[state]++ })
 		pruned = a.pruneLocked()
@@ -798,7 +789,7 @@ func writeStatus(dir string, st *JobStatus) error {
 	case StateLaunching, StateRunning, StateCollecting:
 		return appendState(dir, st)
 	}
-	if err := writeRecord(dir, st, true); err != nil {
+	if err := writeRecord(dir, st); err != nil {
 		return err
 	}
 	if st.State.Terminal() {
@@ -859,21 +850,13 @@ func latestState(dir, id string) *JobStatus {
 
 // writeRecord persists a job record atomically: temp file, fsync, rename, fsync of the
 // directory, so a crash leaves the old record or the new one, never a torn one.
-// Without durable, the fsyncs are skipped (the rename still replaces the record whole).
-func writeRecord(dir string, st *JobStatus, durable bool) error {
+func writeRecord(dir string, st *JobStatus) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, recordName), append(b, '\n'), 0o600, durable)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) error {
-	write := atomicfile.WriteFileUnsynced
-	if durable {
-		write = atomicfile.WriteFile
-	}
-	if err := write(path, data, mode); err != nil {
+	path := filepath.Join(dir, recordName)
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

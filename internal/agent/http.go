@@ -394,7 +394,7 @@ func (a *Agent) queueJob(w http.ResponseWriter, r *http.Request, peer Submitter,
 		return nil, false
 	}
 	// Nobody else knows the job yet: its record is written (and synced) without a.mu.
-	if err := writeRecord(dir, &j.status, true); err != nil {
+	if err := writeRecord(dir, &j.status); err != nil {
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
 		return nil, false
 	}

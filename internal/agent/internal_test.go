@@ -108,7 +108,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 			st.Result = &JobResult{Bundle: build.BundleName}
 			os.WriteFile(filepath.Join(dir, resultName), []byte("result"), 0o600)
 		}
-		if err := writeRecord(dir, st, true); err != nil {
+		if err := writeRecord(dir, st); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -119,7 +119,7 @@ func WriteNewFile(path string, data []byte, mode os.FileMode) error {
 
 // WriteFileUnsynced is WriteFile without the fsyncs: a reader still sees the old file or
 // the whole new one, but a crash may lose the new one. For records rewritten often whose
-// loss the writer recovers from (the agent's non-terminal job states).
+// loss the writer recovers from.
 func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
 	return write(path, data, func(f *File) error { return f.commit(mode, false) })
 }
