@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime/multipart"
 	"net"
 	"net/http"
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cloche-dev/cloche/internal/agent"
@@ -279,8 +281,10 @@ func writeSubmission(mw *multipart.Writer, spec agent.JobSpec, archive io.Reader
 }
 
 // FetchResult downloads a succeeded job's result archive, checks it against the digest in
-// st.Result, and moves its files (artifacts and the provenance bundle) into outDir. On any
-// error outDir is left as it was, apart from files already moved when a rename failed.
+// st.Result, and moves its files (artifacts and the provenance bundle) into outDir; an
+// outDir that does not exist yet is the checked files' staging directory renamed into
+// place. On any error outDir is left as it was, apart from files already moved when a
+// rename failed.
 func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir string) error {
 	if st.State != agent.StateSucceeded || st.Result == nil {
 		return fmt.Errorf("job %s is %s: it has no results", st.ID, st.State)
@@ -294,10 +298,11 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 		return err
 	}
 	defer resp.Body.Close()
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
+	parent := filepath.Dir(filepath.Clean(outDir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("output directory: %w", err)
 	}
-	stage, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outDir)), ".cloche-result-")
+	stage, err := os.MkdirTemp(parent, ".cloche-result-")
 	if err != nil {
 		return fmt.Errorf("staging the results: %w", err)
 	}
@@ -348,6 +353,14 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 			return fmt.Errorf("job %s's result archive: %s does not list the job's artifacts", st.ID, provenance.ChecksumsName)
 		}
 	}
+	// An output directory that does not exist yet becomes the staged one in one rename:
+	// everything appears at once, and no directory is made twice.
+	if publishWhole(stage, outDir, files) {
+		return nil
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output directory: %w", err)
+	}
 	// Artifacts first, the provenance last, as a local build publishes them.
 	for _, rel := range files {
 		if rel != prov {
@@ -373,6 +386,62 @@ func provenanceFile(st *agent.JobStatus) (string, error) {
 		return "", fmt.Errorf("job %s's provenance is signed by the agent, but its result names bundle %q and statement %q (expected only a bundle)", st.ID, r.Bundle, r.Statement)
 	}
 	return r.Bundle, nil
+}
+
+// publishWhole renames stage, which holds the checked files, to outDir when outDir does
+// not exist. Every directory gets the mode os.MkdirAll(dir, 0o755) would give it, not the
+// archive's, as when the files are moved one by one. It returns false when it did not
+// publish (outDir exists, the umask cannot be read, or stage holds a directory that is no
+// file's parent, which moving the files would leave behind).
+func publishWhole(stage, outDir string, files []string) bool {
+	if _, err := os.Lstat(outDir); !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	umask, ok := processUmask()
+	if !ok {
+		return false
+	}
+	parents := map[string]bool{}
+	for _, f := range files {
+		for d := filepath.Dir(f); d != "."; d = filepath.Dir(d) {
+			parents[d] = true
+		}
+	}
+	err := filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		if rel, _ := filepath.Rel(stage, p); rel != "." && !parents[rel] {
+			return fmt.Errorf("%s is no file's directory", rel)
+		}
+		return os.Chmod(p, 0o755&^umask)
+	})
+	if err != nil {
+		return false
+	}
+	if err := os.Rename(stage, outDir); err != nil {
+		return false
+	}
+	return true
+}
+
+// processUmask reads this process's umask from /proc/self/status (Linux 4.7 and later)
+// without changing it, as syscall.Umask would for every thread.
+func processUmask() (fs.FileMode, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil || m > 0o777 {
+				return 0, false
+			}
+			return fs.FileMode(m), true
+		}
+	}
+	return 0, false
 }
 
 func moveInto(from, to, rel string) error {
