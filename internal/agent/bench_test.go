@@ -37,7 +37,7 @@ const nobodyUID = 65534
 //     its launch, with the other 49 in flight;
 //   - jobs/s end to end: from the first Submit call until every job's result was fetched;
 //   - cpu-ms/job: the CPU time the agent and both users' clients used per job, which
-//     other load on the machine does not inflate.
+//     other load on the machine inflates less than the wall-clock figures.
 //
 // It fails when a job is lost (never launched, or no result), runs as the wrong user, or
 // gets another job's output.
@@ -154,7 +154,7 @@ func BenchmarkAgentThroughput(b *testing.B) {
 }
 
 // cpuTime is the CPU time (user and system) process pid has used so far, from
-// /proc/PID/stat: what the agent and its clients cost, however busy the machine is.
+// /proc/PID/stat: what the agent and its clients cost, whatever else the machine runs.
 func cpuTime(b *testing.B, pid int) time.Duration {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
