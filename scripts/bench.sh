@@ -28,7 +28,8 @@ bench ./provenance '.' 2s
 bench ./source '.' 2s
 bench ./internal/build 'BenchmarkHostOverhead$' 5x
 bench ./internal/build 'BenchmarkDepsPath$' 5x
-bench ./internal/agent '.' 2s
+bench ./internal/agent 'BenchmarkAgentThroughput$' 20x
+bench ./internal/agent 'BenchmarkScheduling$' 2s
 
 echo
 "$GO" run ./internal/benchpair/cmd/benchtable bench/goals.tsv <"$out"

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"syscall"
 	"time"
 
@@ -168,7 +169,7 @@ func writeEntry(ctx context.Context, tw *tar.Writer, dir string, e packEntry, mt
 	if err := tw.WriteHeader(hdr); err != nil {
 		return fmt.Errorf("%s: %w", e.name, err)
 	}
-	n, err := io.Copy(tw, &ctxReader{ctx: ctx, r: io.LimitReader(f, hdr.Size)})
+	n, err := copyPooled(tw, &ctxReader{ctx: ctx, r: io.LimitReader(f, hdr.Size)})
 	if err != nil {
 		return fmt.Errorf("%s: %w", e.name, err)
 	}
@@ -209,6 +210,18 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// copyBufs holds the buffers copyPooled uses.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// copyPooled is io.Copy with a pooled buffer: packing or unpacking many small files would
+// otherwise allocate (and clear) 32 KiB for each. dst's ReadFrom, if it has one, is not
+// used (os.File's falls back to io.Copy for a reader that is not a file).
+func copyPooled(dst io.Writer, src io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(struct{ io.Writer }{dst}, src, *bp)
 }
 
 // ctxReader stops a long copy when the context ends.

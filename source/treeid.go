@@ -125,7 +125,7 @@ func fileBlobID(format ObjectFormat, p string) (id []byte, exec bool, err error)
 	}
 	h := format.newHash()
 	h.Write([]byte("blob " + strconv.FormatInt(st.Size(), 10) + "\x00"))
-	n, err := io.Copy(h, io.LimitReader(f, st.Size()))
+	n, err := copyPooled(h, io.LimitReader(f, st.Size()))
 	if err != nil {
 		return nil, false, fmt.Errorf("%s: %w", p, err)
 	}

@@ -314,7 +314,7 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, name string) error {
 		return fmt.Errorf("%q: %w", name, err)
 	}
 	u.kinds[name] = tar.TypeReg
-	n, err := io.Copy(f, &ctxReader{ctx: u.ctx, r: tr})
+	n, err := copyPooled(f, &ctxReader{ctx: u.ctx, r: tr})
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("wrote %d of %d bytes", n, hdr.Size)
 	}

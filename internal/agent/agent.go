@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -37,12 +38,15 @@ type Options struct {
 
 // Layout of a job's directory under <state>/jobs/<id>/.
 const (
-	recordName  = "job.json"
-	consoleName = "console.log"
-	resultName  = "result.tar"
-	srcDirName  = "src"
-	outDirName  = "out"
-	workDirName = "w"
+	recordName = "job.json"
+	// stateLogName holds a launched job's later states, unsynced, one JSON record a line
+	// (writeStatus).
+	stateLogName = "states.jsonl"
+	consoleName  = "console.log"
+	resultName   = "result.tar"
+	srcDirName   = "src"
+	outDirName   = "out"
+	workDirName  = "w"
 	// maxRecordSize bounds a job record read back at start-up.
 	maxRecordSize = 1 << 20
 )
@@ -73,10 +77,14 @@ type Agent struct {
 }
 
 // jobEntry is one job in memory. Everything in it is guarded by Agent.mu, except dir and
-// need, which never change.
+// need, which never change, and rec.
 type jobEntry struct {
-	dir     string
-	need    Usage
+	dir  string
+	need Usage
+	// rec is held while a launched job's status changes (transition): its record is then
+	// written without holding Agent.mu, so other jobs' requests and changes go on. It is
+	// taken before Agent.mu, never while holding it (persistLoop only tries it).
+	rec     sync.Mutex
 	status  JobStatus
 	cancel  context.CancelCauseFunc // set while the job holds the budget
 	changed chan struct{}           // closed and replaced on every state or log change
@@ -164,6 +172,11 @@ func (a *Agent) recover() error {
 				a.log.Warn("removing a leftover job directory", "dir", filepath.Join(dir, sub), "err", err)
 			}
 		}
+		if st.State.Terminal() {
+			os.Remove(filepath.Join(dir, stateLogName)) // left by a crash just after the end was recorded
+		} else if later := latestState(dir, st.ID); later != nil {
+			st = later
+		}
 		j := &jobEntry{dir: dir, status: *st, changed: make(chan struct{})}
 		if fi, err := os.Stat(filepath.Join(dir, consoleName)); err == nil {
 			j.logSize = fi.Size()
@@ -182,8 +195,9 @@ func (a *Agent) recover() error {
 		a.jobs[st.ID] = j
 	}
 	a.mu.Lock()
-	a.pruneLocked()
+	pruned := a.pruneLocked()
 	a.mu.Unlock()
+	a.removeJobDirs(pruned)
 	return nil
 }
 
@@ -385,7 +399,11 @@ func (a *Agent) dispatch() {
 		a.metrics.observe(func(m *metrics) *histogram { return m.queueWait }, now.Sub(j.status.SubmittedAt))
 		ctx, cancel := context.WithCancelCause(a.runCtx)
 		j.cancel = cancel
-		a.setStateLocked(j, StateLaunching)
+		// Shown as launching at once; runJob writes the record before it calls the
+		// launcher, so a record that still says queued means no VM was started.
+		j.status.State = StateLaunching
+		j.status.QueuePosition = 0
+		a.notifyLocked(j)
 		a.running.Add(1)
 		go a.runJob(ctx, j)
 	}
@@ -422,6 +440,7 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	ctx, stopTimer := context.WithTimeoutCause(ctx, limit, stopCause{StateFailed, fmt.Sprintf("%s: the job ran into its limit of %s and its VM was killed", ReasonWallClock, limit)})
 	defer stopTimer()
 	log := a.log.With("job", st.ID)
+	a.transition(j, func(*JobStatus) bool { return true }, nil) // the launching record
 
 	outcome, err := a.launch(ctx, j, st, log)
 	var result *JobResult
@@ -455,16 +474,22 @@ func (a *Agent) runJob(ctx context.Context, j *jobEntry) {
 	}
 	log.Info("job ended", "state", state, "reason", reason)
 
-	a.mu.Lock()
-	if running := j.status.RunningAt; running != nil {
-		a.metrics.observe(func(m *metrics) *histogram { return m.buildDuration }, time.Since(*running))
-	}
-	a.inUse = a.inUse.minus(j.need)
-	j.cancel = nil
-	j.status.ExitCode = exitCode
-	a.finishLocked(j, state, reason, result)
-	a.pruneLocked()
-	a.mu.Unlock()
+	var pruned []string
+	a.transition(j, func(st *JobStatus) bool {
+		now := time.Now().UTC()
+		st.ExitCode, st.FinishedAt, st.Reason, st.Result = exitCode, &now, reason, result
+		st.State, st.QueuePosition = state, 0
+		return true
+	}, func() {
+		if running := j.status.RunningAt; running != nil {
+			a.metrics.observe(func(m *metrics) *histogram { return m.buildDuration }, time.Since(*running))
+		}
+		a.inUse = a.inUse.minus(j.need)
+		j.cancel = nil
+		a.metrics.add(func(m *metrics) { m.finished[state]++ })
+		pruned = a.pruneLocked()
+	})
+	a.removeJobDirs(pruned)
 	a.kickDispatch()
 }
 
@@ -510,26 +535,22 @@ func (a *Agent) launch(ctx context.Context, j *jobEntry, st JobStatus, log *slog
 
 // stage moves a launched job on as the launcher reports progress.
 func (a *Agent) stage(j *jobEntry, s build.Stage) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if j.status.State.Terminal() {
-		return
-	}
-	switch s {
-	case build.StageVM:
-		if j.status.State == StateLaunching {
+	a.transition(j, func(st *JobStatus) bool {
+		switch {
+		case s == build.StageVM && st.State == StateLaunching:
 			now := time.Now().UTC()
-			j.status.RunningAt = &now
-			if j.status.LaunchedAt != nil {
-				a.metrics.observe(func(m *metrics) *histogram { return m.launchDuration }, now.Sub(*j.status.LaunchedAt))
+			st.RunningAt = &now
+			if st.LaunchedAt != nil {
+				a.metrics.observe(func(m *metrics) *histogram { return m.launchDuration }, now.Sub(*st.LaunchedAt))
 			}
-			a.setStateLocked(j, StateRunning)
+			st.State = StateRunning
+			return true
+		case s == build.StageCollect && st.State == StateRunning:
+			st.State = StateCollecting
+			return true
 		}
-	case build.StageCollect:
-		if j.status.State == StateRunning {
-			a.setStateLocked(j, StateCollecting)
-		}
-	}
+		return false
+	}, nil)
 }
 
 // packResult turns the output directory into the result archive clients fetch: the same
@@ -582,23 +603,51 @@ func (a *Agent) setStateLocked(j *jobEntry, s State) {
 	a.notifyLocked(j)
 }
 
+// transition changes a launched job's status: change edits a copy of it under a.mu
+// (false: nothing to change), the copy is written as the job's record without holding
+// a.mu, and then it becomes the job's status and is shown to followers, with done (when
+// not nil) run under a.mu in the same step. So a state is persisted first, then shown,
+// and the record writes (and a terminal state's fsyncs) of different jobs do not wait for
+// each other. j.rec keeps one job's changes in order; nothing else changes a launched
+// job's status meanwhile (dispatch set launching before runJob started, and cancelling
+// a launched job goes through its context).
+func (a *Agent) transition(j *jobEntry, change func(*JobStatus) bool, done func()) {
+	j.rec.Lock()
+	defer j.rec.Unlock()
+	a.mu.Lock()
+	next := j.status
+	ok := change(&next)
+	a.mu.Unlock()
+	if !ok {
+		return
+	}
+	next.Unsaved = a.saveRecord(j, next)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	j.status = next
+	if done != nil {
+		done()
+	}
+	a.notifyLocked(j)
+}
+
 // persistLocked writes the job's record. When that fails (a full disk) the job goes on,
 // its status says the state is not saved (a restart would show an older one), and
 // persistLoop retries.
 func (a *Agent) persistLocked(j *jobEntry) bool {
-	rec := j.status
-	rec.Unsaved = ""
-	// Launching and running are not synced to disk: after a crash, the older synced
-	// record (queued) is just as non-terminal and the job is failed the same way, and
-	// two fsyncs fewer per job keep the agent's per-job cost in milliseconds.
-	durable := rec.State != StateLaunching && rec.State != StateRunning
-	if err := writeRecord(j.dir, &rec, durable); err != nil {
-		a.log.Error("persisting a job's state", "job", j.status.ID, "state", j.status.State, "err", err)
-		j.status.Unsaved = fmt.Sprintf("the agent could not save this state (%v); it retries every %s, and until then a restart would show the job's earlier state", err, persistRetry)
-		return false
+	j.status.Unsaved = a.saveRecord(j, j.status)
+	return j.status.Unsaved == ""
+}
+
+// saveRecord persists st as j's status (writeStatus); it returns "" or, when that failed,
+// the note for st.Unsaved.
+func (a *Agent) saveRecord(j *jobEntry, st JobStatus) string {
+	st.Unsaved = ""
+	if err := writeStatus(j.dir, &st); err != nil {
+		a.log.Error("persisting a job's state", "job", st.ID, "state", st.State, "err", err)
+		return fmt.Sprintf("the agent could not save this state (%v); it retries every %s, and until then a restart would show the job's earlier state", err, persistRetry)
 	}
-	j.status.Unsaved = ""
-	return true
+	return ""
 }
 
 // persistRetry is how often records that could not be written are tried again.
@@ -616,10 +665,15 @@ func (a *Agent) persistLoop(ctx context.Context) {
 		}
 		a.mu.Lock()
 		for _, j := range a.jobs {
-			if j.status.Unsaved != "" && a.persistLocked(j) {
+			// A job whose status is changing (transition) is written by that change.
+			if j.status.Unsaved == "" || !j.rec.TryLock() {
+				continue
+			}
+			if a.persistLocked(j) {
 				a.log.Info("saved a job's state after an earlier failure", "job", j.status.ID, "state", j.status.State)
 				a.notifyLocked(j)
 			}
+			j.rec.Unlock()
 		}
 		a.mu.Unlock()
 	}
@@ -646,8 +700,9 @@ func (a *Agent) notifyLocked(j *jobEntry) {
 	j.changed = make(chan struct{})
 }
 
-// pruneLocked removes the oldest finished jobs beyond KeepFinished.
-func (a *Agent) pruneLocked() {
+// pruneLocked forgets the oldest finished jobs beyond KeepFinished and returns their
+// directories, for removeJobDirs once a.mu is released.
+func (a *Agent) pruneLocked() []string {
 	var done []*jobEntry
 	for _, j := range a.jobs {
 		if j.status.State.Terminal() {
@@ -655,13 +710,22 @@ func (a *Agent) pruneLocked() {
 		}
 	}
 	if len(done) <= a.cfg.KeepFinished {
-		return
+		return nil
 	}
 	sort.Slice(done, func(i, k int) bool { return finishedAt(done[i]).Before(finishedAt(done[k])) })
+	var dirs []string
 	for _, j := range done[:len(done)-a.cfg.KeepFinished] {
 		delete(a.jobs, j.status.ID)
-		if err := os.RemoveAll(j.dir); err != nil {
-			a.log.Warn("pruning a finished job", "job", j.status.ID, "err", err)
+		dirs = append(dirs, j.dir)
+	}
+	return dirs
+}
+
+// removeJobDirs removes pruned jobs' directories.
+func (a *Agent) removeJobDirs(dirs []string) {
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			a.log.Warn("pruning a finished job", "dir", d, "err", err)
 		}
 	}
 }
@@ -714,23 +778,86 @@ func newJobID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// writeStatus persists a job's status in its directory. Queued and terminal states replace
+// the record, synced (writeRecord), and a terminal one removes the state log. Launching,
+// running and collecting are appended to the state log, unsynced: a line appended to a
+// file that exists costs no new file, where replacing the record would cost one each
+// time. After a crash the older synced record (queued) is just as non-terminal as what
+// the log says, and the job is failed the same way; the log only names the state it was
+// in (latestState).
+func writeStatus(dir string, st *JobStatus) error {
+	switch st.State {
+	case StateLaunching, StateRunning, StateCollecting:
+		return appendState(dir, st)
+	}
+	if err := writeRecord(dir, st); err != nil {
+		return err
+	}
+	if st.State.Terminal() {
+		// Left behind on failure, the log is ignored next to a terminal record.
+		os.Remove(filepath.Join(dir, stateLogName))
+	}
+	return nil
+}
+
+// appendState appends st to dir's state log as one line, in one write, so an agent that
+// dies leaves whole lines; a machine that crashes may lose the last ones or tear one,
+// which latestState skips.
+func appendState(dir string, st *JobStatus) error {
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, stateLogName)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
+
+// latestState is the last whole launching, running or collecting record of job id in
+// dir's state log, or nil.
+func latestState(dir, id string) *JobStatus {
+	f, err := os.Open(filepath.Join(dir, stateLogName))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 16*maxRecordSize))
+	if err != nil {
+		return nil
+	}
+	lines := bytes.Split(b, []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		var st JobStatus
+		if json.Unmarshal(lines[i], &st) != nil || st.ID != id {
+			continue
+		}
+		switch st.State {
+		case StateLaunching, StateRunning, StateCollecting:
+			return &st
+		}
+	}
+	return nil
+}
+
 // writeRecord persists a job record atomically: temp file, fsync, rename, fsync of the
 // directory, so a crash leaves the old record or the new one, never a torn one.
-// Without durable, the fsyncs are skipped (the rename still replaces the record whole).
-func writeRecord(dir string, st *JobStatus, durable bool) error {
+func writeRecord(dir string, st *JobStatus) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, recordName), append(b, '\n'), 0o600, durable)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode, durable bool) error {
-	write := atomicfile.WriteFileUnsynced
-	if durable {
-		write = atomicfile.WriteFile
-	}
-	if err := write(path, data, mode); err != nil {
+	path := filepath.Join(dir, recordName)
+	if err := atomicfile.WriteFile(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

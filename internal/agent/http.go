@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -392,12 +393,12 @@ func (a *Agent) queueJob(w http.ResponseWriter, r *http.Request, peer Submitter,
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("preparing the job's log: %v", err))
 		return nil, false
 	}
-	a.mu.Lock()
-	if err := writeRecord(dir, &j.status, true); err != nil {
-		a.mu.Unlock()
+	// Nobody else knows the job yet: its record is written (and synced) without a.mu.
+	if err := writeRecord(dir, &j.status); err != nil {
 		a.fail(w, r, http.StatusInternalServerError, CodeInternal, fmt.Sprintf("persisting the job: %v", err))
 		return nil, false
 	}
+	a.mu.Lock()
 	a.doneReceivingLocked(peer.UID, spec.Source.Size)
 	a.jobs[id] = j
 	a.queue.push(j)
@@ -515,6 +516,9 @@ func (i *idleReader) Read(p []byte) (int, error) {
 
 func (i *idleReader) Close() error { return i.r.Close() }
 
+// logBufs holds follow's read buffers, one in use per follower.
+var logBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
 // follow streams a job's log and state changes from the start until the job has ended
 // and its whole log was sent, or ctx ends, or a callback fails.
 func (a *Agent) follow(ctx context.Context, j *jobEntry, onLog func([]byte) error, onState func(JobStatus) error) error {
@@ -525,7 +529,9 @@ func (a *Agent) follow(ctx context.Context, j *jobEntry, onLog func([]byte) erro
 	defer f.Close()
 	var offset int64
 	var last *JobStatus
-	buf := make([]byte, 32<<10)
+	bp := logBufs.Get().(*[]byte)
+	defer logBufs.Put(bp)
+	buf := *bp
 	for {
 		st, size, changed := a.snapshot(j)
 		for offset < size {

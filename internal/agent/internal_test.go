@@ -108,7 +108,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 			st.Result = &JobResult{Bundle: build.BundleName}
 			os.WriteFile(filepath.Join(dir, resultName), []byte("result"), 0o600)
 		}
-		if err := writeRecord(dir, st, true); err != nil {
+		if err := writeRecord(dir, st); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -249,5 +249,73 @@ func TestShippedExampleConfig(t *testing.T) {
 	}
 	if cfg.Budget.VMs != 6 || *cfg.SocketGID != 990 || cfg.MetricsListen != "127.0.0.1:9464" {
 		t.Errorf("example config read as %+v", cfg)
+	}
+}
+
+// TestStateLog: a launched job's later states go to the state log and leave the synced
+// queued record alone; its end replaces the record and removes the log; an agent that
+// restarts after a crash fails the job naming the last whole state in the log (a torn
+// last line, as a machine crash may leave, is skipped).
+func TestStateLog(t *testing.T) {
+	state, err := os.MkdirTemp("", "crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(state)
+	jobs := filepath.Join(state, "jobs")
+	now := time.Now().UTC()
+	write := func(dir string, s State) *JobStatus {
+		t.Helper()
+		st := &JobStatus{ID: filepath.Base(dir), State: s, SubmittedAt: now, TEE: "sim"}
+		if s == StateRunning {
+			st.RunningAt = &now
+		}
+		if err := writeStatus(dir, st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	done, crashed := filepath.Join(jobs, "done"), filepath.Join(jobs, "crashed")
+	for _, dir := range []string{done, crashed} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []State{StateQueued, StateLaunching, StateRunning} {
+			write(dir, s)
+		}
+		if rec, err := readRecord(filepath.Join(dir, recordName)); err != nil || rec.State != StateQueued {
+			t.Fatalf("record while running: %+v %v, want the queued one", rec, err)
+		}
+		if st := latestState(dir, filepath.Base(dir)); st == nil || st.State != StateRunning {
+			t.Fatalf("latest state in the log: %+v, want running", st)
+		}
+	}
+	write(done, StateSucceeded)
+	if rec, err := readRecord(filepath.Join(done, recordName)); err != nil || rec.State != StateSucceeded {
+		t.Errorf("record after the end: %+v %v", rec, err)
+	}
+	if _, err := os.Stat(filepath.Join(done, stateLogName)); !os.IsNotExist(err) {
+		t.Errorf("the state log is still there after the end (%v)", err)
+	}
+	f, err := os.OpenFile(filepath.Join(crashed, stateLogName), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString(`{"id":"crashed","state":"collect`)
+	f.Close()
+
+	cfg := Config{StateDir: state, Socket: filepath.Join(state, "s")}.WithDefaults(HostResources{CPUs: 2, MemoryMiB: 4096})
+	if _, err := New(Options{Config: cfg, Launcher: nopLauncher{}}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := readRecord(filepath.Join(crashed, recordName))
+	if want := "agent restarted while the job was running; its VM is gone"; err != nil || rec.State != StateFailed || rec.Reason != want || rec.RunningAt == nil {
+		t.Errorf("crashed job recovered as %+v (%v), want failed (%q) with its running time", rec, err, want)
+	}
+	if _, err := os.Stat(filepath.Join(crashed, stateLogName)); !os.IsNotExist(err) {
+		t.Errorf("the crashed job's state log is still there after recovery (%v)", err)
+	}
+	if rec, err := readRecord(filepath.Join(done, recordName)); err != nil || rec.State != StateSucceeded {
+		t.Errorf("finished job after recovery: %+v %v", rec, err)
 	}
 }

@@ -12,12 +12,31 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cloche-dev/cloche/internal/atomicfile"
 	"github.com/cloche-dev/cloche/source"
 )
 
-// packDir writes dir as a deterministic archive (source.Pack's format) to dst.
+// packDir writes dir as a deterministic archive (source.Pack's format) to dst,
+// atomically, with the archive's data synced but not its directory: the job's terminal
+// record, the one thing that names the archive, is written next in the same directory
+// with a directory sync, which makes both renames durable.
 func packDir(ctx context.Context, dir string, epoch int64, dst string) (string, int64, error) {
-	return source.PackFile(ctx, dir, epoch, dst)
+	f, err := atomicfile.Create(dst)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Abort()
+	sum, size, err := source.Pack(ctx, dir, epoch, f)
+	if err != nil {
+		return "", 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return "", 0, fmt.Errorf("syncing %s: %w", dst, err)
+	}
+	if err := f.CommitUnsynced(0o644); err != nil {
+		return "", 0, err
+	}
+	return sum, size, nil
 }
 
 // KillLeftoverVMs kills QEMU processes whose command line names a file under jobsDir: VMs

@@ -16,7 +16,7 @@ import (
 )
 
 // The test binary doubles as the child processes some tests need: an agent that a test
-// can kill -9, and a client running as another user.
+// can kill -9, and clients running as another user.
 const childEnv = "CLOCHE_RUNNER_TEST_CHILD"
 
 func TestMain(m *testing.M) {
@@ -29,6 +29,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childStatus())
 	case "hog":
 		os.Exit(childHog())
+	case "submitter":
+		os.Exit(childSubmitter())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown %s=%q\n", childEnv, os.Getenv(childEnv))
 		os.Exit(2)

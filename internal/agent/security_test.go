@@ -61,7 +61,7 @@ func runAsNobody(t *testing.T, socket, jobID string) (int, string) {
 }
 
 // childAsNobody prepares this test binary to run as uid/gid 65534 in the given child mode.
-func childAsNobody(t *testing.T, mode string, env ...string) *exec.Cmd {
+func childAsNobody(t testing.TB, mode string, env ...string) *exec.Cmd {
 	t.Helper()
 	// The go test binary lives in a 0700 directory: give the child its own copy.
 	dir := shortDir(t)

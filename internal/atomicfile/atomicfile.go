@@ -32,6 +32,12 @@ func (f *File) TempPath() string { return f.File.Name() }
 // Commit syncs, sets mode, closes and renames the temp file to its final path.
 func (f *File) Commit(mode os.FileMode) error { return f.commit(mode, true) }
 
+// CommitUnsynced is Commit without the fsyncs: a reader still sees the old file or the
+// whole new one, but a crash may lose the new one. A caller that syncs the data itself
+// (File.Sync) and then commits another file durably in the same directory has both
+// renames durable after that directory sync.
+func (f *File) CommitUnsynced(mode os.FileMode) error { return f.commit(mode, false) }
+
 // commit sets mode, closes and renames the temp file into place; with durable, the file is
 // synced first and its directory after.
 func (f *File) commit(mode os.FileMode, durable bool) error {
@@ -113,7 +119,7 @@ func WriteNewFile(path string, data []byte, mode os.FileMode) error {
 
 // WriteFileUnsynced is WriteFile without the fsyncs: a reader still sees the old file or
 // the whole new one, but a crash may lose the new one. For records rewritten often whose
-// loss the writer recovers from (the agent's non-terminal job states).
+// loss the writer recovers from.
 func WriteFileUnsynced(path string, data []byte, mode os.FileMode) error {
 	return write(path, data, func(f *File) error { return f.commit(mode, false) })
 }

@@ -111,6 +111,33 @@ func TestWriteFileUnsyncedReplacesWhole(t *testing.T) {
 	assertNoTemps(t, filepath.Dir(p))
 }
 
+func TestCommitUnsynced(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "result.tar")
+	for _, data := range []string{"old", "new archive"} {
+		f, err := Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(data); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); data == "new archive" && string(b) != "old" {
+			t.Fatalf("before the commit the file reads %q, want the old one", b)
+		}
+		if err := f.CommitUnsynced(0o640); err != nil {
+			t.Fatal(err)
+		}
+		f.Abort() // after a commit: a no-op
+		if b, _ := os.ReadFile(p); string(b) != data {
+			t.Fatalf("read %q, want %q", b, data)
+		}
+	}
+	if fi, _ := os.Stat(p); fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v", fi.Mode())
+	}
+	assertNoTemps(t, filepath.Dir(p))
+}
+
 func assertNoTemps(t *testing.T, dir string) {
 	t.Helper()
 	entries, _ := os.ReadDir(dir)

@@ -10,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"mime/multipart"
 	"net"
 	"net/http"
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cloche-dev/cloche/internal/agent"
@@ -143,21 +145,70 @@ func (c *Client) Log(ctx context.Context, id string, follow bool, w io.Writer) e
 // not an error here (look at its State and Reason). When ctx ends first, the connection is
 // closed, which cancels the job unless spec.KeepOnDisconnect.
 func (c *Client) Submit(ctx context.Context, spec agent.JobSpec, sourceDir string, onEvent func(agent.Event)) (*agent.JobStatus, error) {
-	tmp, err := os.CreateTemp("", "cloche-submit-*.tar")
-	if err != nil {
-		return nil, err
-	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	sum, size, err := source.Pack(ctx, sourceDir, spec.SourceDateEpoch, tmp)
+	// The archive's digest goes before it, so it is packed first: in memory when small,
+	// in a temp file beyond that.
+	buf := &spillBuffer{max: memArchiveBytes}
+	defer buf.close()
+	sum, size, err := source.Pack(ctx, sourceDir, spec.SourceDateEpoch, buf)
 	if err != nil {
 		return nil, err
 	}
 	spec.Source.SHA256, spec.Source.Size = sum, size
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+	archive, err := buf.reader()
+	if err != nil {
 		return nil, err
 	}
-	return c.SubmitArchive(ctx, spec, tmp, onEvent)
+	return c.SubmitArchive(ctx, spec, archive, onEvent)
+}
+
+// memArchiveBytes is the largest source archive Submit keeps in memory.
+const memArchiveBytes = 4 << 20
+
+// spillBuffer keeps what is written in memory up to max bytes and moves it all to a temp
+// file when more arrives; close removes the file.
+type spillBuffer struct {
+	max  int
+	mem  bytes.Buffer
+	file *os.File
+}
+
+func (b *spillBuffer) Write(p []byte) (int, error) {
+	if b.file == nil && b.mem.Len()+len(p) <= b.max {
+		return b.mem.Write(p)
+	}
+	if b.file == nil {
+		f, err := os.CreateTemp("", "cloche-submit-*.tar")
+		if err != nil {
+			return 0, fmt.Errorf("a temp file for the source archive: %w", err)
+		}
+		b.file = f
+		if _, err := b.mem.WriteTo(f); err != nil {
+			return 0, fmt.Errorf("writing the source archive to %s: %w", f.Name(), err)
+		}
+	}
+	n, err := b.file.Write(p)
+	if err != nil {
+		return n, fmt.Errorf("writing the source archive to %s: %w", b.file.Name(), err)
+	}
+	return n, nil
+}
+
+// reader reads back everything written.
+func (b *spillBuffer) reader() (io.Reader, error) {
+	if b.file == nil {
+		return bytes.NewReader(b.mem.Bytes()), nil
+	}
+	if _, err := b.file.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rereading the source archive %s: %w", b.file.Name(), err)
+	}
+	return b.file, nil
+}
+
+func (b *spillBuffer) close() {
+	if b.file != nil {
+		b.file.Close()
+		os.Remove(b.file.Name())
+	}
 }
 
 // SubmitArchive is Submit with a ready archive whose digest and size are in spec.Source.
@@ -180,7 +231,7 @@ func (c *Client) SubmitArchive(ctx context.Context, spec agent.JobSpec, archive 
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), maxEventBytes)
+	sc.Buffer(make([]byte, 4<<10), maxEventBytes) // grows for long log chunks
 	var last *agent.JobStatus
 	for sc.Scan() {
 		var ev agent.Event
@@ -230,8 +281,10 @@ func writeSubmission(mw *multipart.Writer, spec agent.JobSpec, archive io.Reader
 }
 
 // FetchResult downloads a succeeded job's result archive, checks it against the digest in
-// st.Result, and moves its files (artifacts and the provenance bundle) into outDir. On any
-// error outDir is left as it was, apart from files already moved when a rename failed.
+// st.Result, and moves its files (artifacts and the provenance bundle) into outDir; an
+// outDir that does not exist yet is the checked files' staging directory renamed into
+// place. On any error outDir is left as it was, apart from files already moved when a
+// rename failed.
 func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir string) error {
 	if st.State != agent.StateSucceeded || st.Result == nil {
 		return fmt.Errorf("job %s is %s: it has no results", st.ID, st.State)
@@ -245,10 +298,11 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 		return err
 	}
 	defer resp.Body.Close()
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
+	parent := filepath.Dir(filepath.Clean(outDir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
 		return fmt.Errorf("output directory: %w", err)
 	}
-	stage, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outDir)), ".cloche-result-")
+	stage, err := os.MkdirTemp(parent, ".cloche-result-")
 	if err != nil {
 		return fmt.Errorf("staging the results: %w", err)
 	}
@@ -299,6 +353,14 @@ func (c *Client) FetchResult(ctx context.Context, st *agent.JobStatus, outDir st
 			return fmt.Errorf("job %s's result archive: %s does not list the job's artifacts", st.ID, provenance.ChecksumsName)
 		}
 	}
+	// An output directory that does not exist yet becomes the staged one in one rename:
+	// everything appears at once, and no directory is made twice.
+	if publishWhole(stage, outDir, files) {
+		return nil
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("output directory: %w", err)
+	}
 	// Artifacts first, the provenance last, as a local build publishes them.
 	for _, rel := range files {
 		if rel != prov {
@@ -324,6 +386,62 @@ func provenanceFile(st *agent.JobStatus) (string, error) {
 		return "", fmt.Errorf("job %s's provenance is signed by the agent, but its result names bundle %q and statement %q (expected only a bundle)", st.ID, r.Bundle, r.Statement)
 	}
 	return r.Bundle, nil
+}
+
+// publishWhole renames stage, which holds the checked files, to outDir when outDir does
+// not exist. Every directory gets the mode os.MkdirAll(dir, 0o755) would give it, not the
+// archive's, as when the files are moved one by one. It returns false when it did not
+// publish (outDir exists, the umask cannot be read, or stage holds a directory that is no
+// file's parent, which moving the files would leave behind).
+func publishWhole(stage, outDir string, files []string) bool {
+	if _, err := os.Lstat(outDir); !errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	umask, ok := processUmask()
+	if !ok {
+		return false
+	}
+	parents := map[string]bool{}
+	for _, f := range files {
+		for d := filepath.Dir(f); d != "."; d = filepath.Dir(d) {
+			parents[d] = true
+		}
+	}
+	err := filepath.WalkDir(stage, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.IsDir() {
+			return err
+		}
+		if rel, _ := filepath.Rel(stage, p); rel != "." && !parents[rel] {
+			return fmt.Errorf("%s is no file's directory", rel)
+		}
+		return os.Chmod(p, 0o755&^umask)
+	})
+	if err != nil {
+		return false
+	}
+	if err := os.Rename(stage, outDir); err != nil {
+		return false
+	}
+	return true
+}
+
+// processUmask reads this process's umask from /proc/self/status (Linux 4.7 and later)
+// without changing it, as syscall.Umask would for every thread.
+func processUmask() (fs.FileMode, bool) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, false
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			if err != nil || m > 0o777 {
+				return 0, false
+			}
+			return fs.FileMode(m), true
+		}
+	}
+	return 0, false
 }
 
 func moveInto(from, to, rel string) error {

@@ -3,11 +3,13 @@ package client
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cloche-dev/cloche/internal/agent"
@@ -100,5 +102,85 @@ func TestFetchResult(t *testing.T) {
 		if entries, _ := os.ReadDir(out); len(entries) != 0 {
 			t.Errorf("%s: %d files published after a rejected result", c.name, len(entries))
 		}
+	}
+}
+
+// TestSpillBuffer: an archive within the memory limit stays in memory; one beyond it
+// moves to a temp file, reads back byte for byte, and the file is gone after close.
+func TestSpillBuffer(t *testing.T) {
+	t.Setenv("TMPDIR", t.TempDir())
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1000)
+	for _, max := range []int{len(data), len(data) - 1, 100} {
+		b := &spillBuffer{max: max}
+		for p := data; len(p) > 0; p = p[min(len(p), 700):] {
+			if n, err := b.Write(p[:min(len(p), 700)]); err != nil || n != min(len(p), 700) {
+				t.Fatalf("max %d: write: %d %v", max, n, err)
+			}
+		}
+		if spilled := b.file != nil; spilled != (max < len(data)) {
+			t.Errorf("max %d: spilled to a file %v, want %v", max, spilled, max < len(data))
+		}
+		r, err := b.reader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("max %d: read back %d bytes (%v), want the %d written", max, len(got), err, len(data))
+		}
+		b.close()
+		if left, _ := os.ReadDir(os.TempDir()); len(left) != 0 {
+			t.Errorf("max %d: %d files left in the temp directory after close", max, len(left))
+		}
+	}
+}
+
+// TestFetchResultNewOrExistingDir: into a directory that does not exist yet, the checked
+// files appear by one rename, and every directory gets the mode os.MkdirAll gives (under
+// this umask), not the archive's 0755; into an existing one, the files are moved in beside
+// what is there. Nothing is left staged either way.
+func TestFetchResultNewOrExistingDir(t *testing.T) {
+	old := syscall.Umask(0o027)
+	defer syscall.Umask(old)
+	sums := string(provenance.Checksums([]job.Artifact{{Path: "dist/app"}}))
+	files := map[string]string{"dist/app": "binary", "provenance.sigstore.json": "{}", provenance.ChecksumsName: sums}
+	archive, d := pack(t, files)
+	root := t.TempDir()
+	ref := filepath.Join(root, "ref")
+	if err := os.MkdirAll(ref, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	refInfo, _ := os.Stat(ref)
+	existing := filepath.Join(root, "existing")
+	if err := os.MkdirAll(existing, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(existing, "keep.txt"), []byte("mine"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := New(fakeAgent(t, archive))
+	for _, out := range []string{filepath.Join(root, "new", "out"), existing} {
+		if err := c.FetchResult(context.Background(), status(d, "dist/app"), out); err != nil {
+			t.Fatal(err)
+		}
+		for name, want := range files {
+			if b, err := os.ReadFile(filepath.Join(out, name)); err != nil || string(b) != want {
+				t.Errorf("%s: %s: %q %v", out, name, b, err)
+			}
+		}
+		for _, dir := range []string{out, filepath.Join(out, "dist")} {
+			if fi, err := os.Stat(dir); err != nil || fi.Mode() != refInfo.Mode() {
+				t.Errorf("%s: mode %v (%v), want %v as os.MkdirAll makes it", dir, fi.Mode(), err, refInfo.Mode())
+			}
+		}
+		entries, _ := os.ReadDir(filepath.Dir(out))
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".cloche-result-") {
+				t.Errorf("%s left beside %s", e.Name(), out)
+			}
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(existing, "keep.txt")); err != nil || string(b) != "mine" {
+		t.Errorf("the existing directory's own file: %q %v", b, err)
 	}
 }
