@@ -1,10 +1,14 @@
 package testfixture
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/cloche-dev/cloche/internal/image/toolchain"
 )
 
 // NPMPackages are the packages of NPMProject, by lockfile path: NAME@VERSION and the
@@ -25,17 +29,24 @@ const NPMPackageJSON = `{
 `
 
 // NPMProject makes a temporary npm project of NPMPackageJSON whose package-lock.json the
-// machine's npm writes, from its configured registry, with each package's resolved
-// location (which an offline install needs), and returns its directory. It skips without
-// npm.
+// machine's npm writes (NPMLock) and returns its directory. It skips without npm.
 func NPMProject(tb testing.TB) string {
 	tb.Helper()
-	if _, err := exec.LookPath("npm"); err != nil {
-		tb.Skipf("no npm: %v", err)
-	}
 	dir := tb.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "package.json"), []byte(NPMPackageJSON), 0o644); err != nil {
 		tb.Fatal(err)
+	}
+	NPMLock(tb, dir)
+	return dir
+}
+
+// NPMLock has the machine's npm write the package-lock.json of the package.json in dir,
+// from its configured registry, with each package's resolved location (which an offline
+// install needs). It skips without npm.
+func NPMLock(tb testing.TB, dir string) {
+	tb.Helper()
+	if _, err := exec.LookPath("npm"); err != nil {
+		tb.Skipf("no npm: %v", err)
 	}
 	cmd := exec.Command("npm", "install", "--package-lock-only", "--ignore-scripts", "--omit-lockfile-registry-resolved=false",
 		"--no-audit", "--no-fund", "--no-update-notifier", "--cache", filepath.Join(tb.TempDir(), "npmcache"))
@@ -43,5 +54,28 @@ func NPMProject(tb testing.TB) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("npm writing the lockfile: %v\n%s", err, out)
 	}
-	return dir
+}
+
+// NodePackages are the Debian packages of NodeToolchain.
+var NodePackages = []string{"nodejs", "npm"}
+
+var nodeOnce once[string]
+
+// NodeToolchain returns a Debian toolchain image with node and npm (NodePackages), built
+// with mmdebstrap on first use (minutes) and cached, as `cloche image toolchain --package
+// nodejs --package npm` makes it.
+func NodeToolchain(tb testing.TB) string {
+	tb.Helper()
+	p, err := nodeOnce.get(func() (string, error) {
+		fixtureLock.Lock()
+		defer fixtureLock.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+		defer cancel()
+		_, path, err := toolchain.Build(ctx, toolchain.Options{Packages: NodePackages, StateDir: CacheDir(tb), Name: "node"})
+		return path, err
+	})
+	if err != nil {
+		tb.Fatalf("node toolchain: %v", err)
+	}
+	return p
 }
