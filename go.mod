@@ -9,6 +9,7 @@ require (
 	github.com/google/certificate-transparency-go v1.3.3
 	github.com/google/go-configfs-tsm v0.3.3
 	github.com/google/go-containerregistry v0.21.7
+	github.com/google/go-eventlog v0.0.2
 	github.com/google/go-github/v60 v60.0.0
 	github.com/google/go-sev-guest v0.15.0
 	github.com/google/go-tdx-guest v0.3.2-0.20260305110651-91f9a52f36c7
@@ -67,6 +68,7 @@ require (
 	github.com/go-openapi/validate v0.26.1 // indirect
 	github.com/go-viper/mapstructure/v2 v2.5.0 // indirect
 	github.com/google/go-querystring v1.1.0 // indirect
+	github.com/google/go-tpm v0.9.2-0.20240919181259-d96ccf715685 // indirect
 	github.com/google/logger v1.1.1 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.29.0 // indirect
 	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect

@@ -45,8 +45,10 @@ func (t TEE) Valid() bool { return t == TEESNP || t == TEETDX || t == TEESim }
 // Limits on evidence read from outside (output disk, provenance, host responses).
 const (
 	// MaxEvidenceSize caps evidence.json. A report or quote with its certificates is a few
-	// kilobytes; base64 and the certificate chain stay far below this.
-	MaxEvidenceSize = 1 << 20
+	// kilobytes; a TDX event log (at most MaxEventLogSize) in base64 stays below this.
+	MaxEvidenceSize = 2 << 20
+	// MaxEventLogSize caps a TDX event log: the CCEL log area TDVF reserves is 64 KiB.
+	MaxEventLogSize = 1 << 20
 	// MaxCertTableSize caps an SNP extended-report certificate table (GHCB format). The
 	// kernel hands out at most a few pages.
 	MaxCertTableSize = 64 << 10
@@ -105,6 +107,9 @@ var (
 	// ErrQEIdentity: the TDX quote was signed by an enclave that is not Intel's TD quoting
 	// enclave.
 	ErrQEIdentity = errors.New("TDX quoting enclave identity check failed")
+	// ErrEventLog: the TDX event log is missing, malformed, or does not replay to the
+	// quote's RTMR0.
+	ErrEventLog = errors.New("TDX event log check failed")
 	// ErrSimProtocol is wrapped by errors about malformed simulated-TEE messages.
 	ErrSimProtocol = errors.New("simulated TEE protocol error")
 )
@@ -119,6 +124,10 @@ type Evidence struct {
 	CertTable []byte `json:"certTable,omitempty"`
 	// Certs are DER certificates filled in by the host (Complete).
 	Certs *CertChain `json:"certs,omitempty"`
+	// EventLog is, for TDX, the TCG crypto-agile event log TDVF wrote (the CCEL table's log
+	// area, as the guest kernel exposes it under /sys/firmware/acpi/tables/data/CCEL). It
+	// is unsigned: a verifier trusts only the events that replay to the quote's RTMR0.
+	EventLog []byte `json:"eventLog,omitempty"`
 }
 
 // CertChain holds the DER certificates that connect a report to the vendor root. The host
@@ -168,6 +177,12 @@ func (e *Evidence) CheckShape() error {
 		}
 	default:
 		return fmt.Errorf("%w: tee is %q, expected %q, %q or %q", ErrMalformed, e.TEE, TEESNP, TEETDX, TEESim)
+	}
+	if len(e.EventLog) > MaxEventLogSize {
+		return fmt.Errorf("%w: event log is %d bytes, limit %d", ErrMalformed, len(e.EventLog), MaxEventLogSize)
+	}
+	if e.EventLog != nil && e.TEE != TEETDX {
+		return fmt.Errorf("%w: %s evidence carries an event log; only tdx evidence has one", ErrMalformed, e.TEE)
 	}
 	if len(e.CertTable) > MaxCertTableSize {
 		return fmt.Errorf("%w: certificate table is %d bytes, limit %d", ErrMalformed, len(e.CertTable), MaxCertTableSize)

@@ -48,6 +48,16 @@ func TestEvidenceMarshalParse(t *testing.T) {
 	if _, err := attest.ParseEvidence(b); err != nil {
 		t.Fatalf("tdx evidence: %v", err)
 	}
+	// The event log travels in evidence.json, up to its limit, and only in TDX evidence.
+	tdx.EventLog = bytes.Repeat([]byte{0xff}, attest.MaxEventLogSize)
+	b, _ = tdx.Marshal()
+	if back, err := attest.ParseEvidence(b); err != nil || !bytes.Equal(back.EventLog, tdx.EventLog) {
+		t.Fatalf("tdx evidence with a %d-byte event log: %v", len(tdx.EventLog), err)
+	}
+	bigLog := &attest.Evidence{TEE: attest.TEETDX, Report: tdxtestdata.RawQuote, EventLog: make([]byte, attest.MaxEventLogSize+1)}
+	bigLogJSON, _ := bigLog.Marshal()
+	simLog := &attest.Evidence{TEE: attest.TEESim, Report: ev.Report, EventLog: []byte{1}}
+	simLogJSON, _ := simLog.Marshal()
 
 	good, _ := ev.Marshal()
 	short := &attest.Evidence{TEE: attest.TEESim, Report: ev.Report[:100]}
@@ -69,6 +79,8 @@ func TestEvidenceMarshalParse(t *testing.T) {
 		"tdx short":    {[]byte(`{"tee":"tdx","report":"AAAA"}`), "tdx quote is 3 bytes"},
 		"big table":    {bigTableJSON, "certificate table"},
 		"big cert":     {bigCertJSON, "certs.vcek"},
+		"big log":      {bigLogJSON, "event log is 1048577 bytes"},
+		"sim log":      {simLogJSON, "only tdx evidence has one"},
 		"not json":     {[]byte("report"), "JSON"},
 		"bad base64":   {[]byte(`{"tee":"sim","report":"!!"}`), "JSON"},
 	} {

@@ -252,14 +252,15 @@ func TestManifestDepsAndResultModulesValidated(t *testing.T) {
 	mod := func(p, v string) Module {
 		return Module{Path: p, Version: v, ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x"}
 	}
-	if err := validateModules([]Module{mod("a.com/x", "v1.0.0"), mod("b.com/y", "v1.0.0")}); err != nil {
+	if err := validateModules([]Module{mod("a.com/"+strings.Repeat("x", maxModulePart-6), "v1.0.0"), mod("b.com/y", "v1.0.0")}); err != nil {
 		t.Errorf("sorted modules refused: %v", err)
 	}
 	for name, mods := range map[string][]Module{
-		"unsorted": {mod("b.com/y", "v1.0.0"), mod("a.com/x", "v1.0.0")},
-		"repeated": {mod("a.com/x", "v1.0.0"), mod("a.com/x", "v1.0.0")},
-		"space":    {mod("a.com/x y", "v1.0.0")},
-		"zip half": {{Path: "a.com/x", Version: "v1", ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x", ZipH1: "h1:y"}},
+		"unsorted":  {mod("b.com/y", "v1.0.0"), mod("a.com/x", "v1.0.0")},
+		"repeated":  {mod("a.com/x", "v1.0.0"), mod("a.com/x", "v1.0.0")},
+		"space":     {mod("a.com/x y", "v1.0.0")},
+		"long path": {mod("a.com/"+strings.Repeat("x", maxModulePart-5), "v1.0.0")},
+		"zip half":  {{Path: "a.com/x", Version: "v1", ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x", ZipH1: "h1:y"}},
 	} {
 		if err := validateModules(mods); err == nil {
 			t.Errorf("%s: modules accepted", name)

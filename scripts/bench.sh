@@ -21,11 +21,13 @@ bench ./internal/vmm 'BenchmarkBootToPoweroff$' 3x
 bench ./internal/image/toolchain 'BenchmarkLoad$' 5x
 bench ./internal/image/guestimage 'BenchmarkRunImageReads$' 20x
 bench ./attest/verifier 'BenchmarkVerify' 3s
+bench ./cmd/cloche 'BenchmarkVerifyProcess$' 20x
 bench ./cmd/cloche-guest 'BenchmarkGuestFootprint$' 1x
 bench ./measure '.' 2s
 bench ./provenance '.' 2s
 bench ./source '.' 2s
 bench ./internal/build 'BenchmarkHostOverhead$' 5x
+bench ./internal/build 'BenchmarkDepsPath$' 5x
 bench ./internal/agent '.' 2s
 
 echo

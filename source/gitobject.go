@@ -92,7 +92,10 @@ type Attested struct {
 	Path      string
 }
 
-var tagName = regexp.MustCompile(`^[^\x00-\x20~^:?*\[\\\x7f]{1,255}$`)
+// tagName is what a tag name may hold; its length limit (255 bytes) is checked apart: a
+// counted repetition would cost 10 ms of regexp compilation at every start of every program
+// that links this package.
+var tagName = regexp.MustCompile(`^[^\x00-\x20~^:?*\[\\\x7f]+$`)
 
 // AttestCommit checks that the commit's tree, followed down Path, is tree (the id computed
 // over the unpacked source in the same format), that a tag points at the commit, and
@@ -207,7 +210,7 @@ func tagTarget(f ObjectFormat, tag []byte, commit string) (string, error) {
 		return "", fmt.Errorf("%w: tag object: expected \"type commit\" and \"tag NAME\" after the object line", ErrCommit)
 	}
 	name := strings.TrimPrefix(h[2], "tag ")
-	if !tagName.MatchString(name) {
+	if len(name) > 255 || !tagName.MatchString(name) {
 		return "", fmt.Errorf("%w: tag object names %q, not a valid tag name", ErrCommit, name)
 	}
 	if obj != commit {

@@ -128,6 +128,7 @@ func TestAttestCommitRefuses(t *testing.T) {
 		{"tag of another commit", GitObjects{Commit: good.Commit, Tag: v2.Tag}, tree, "tag v2 points at"},
 		{"tag of a tree", GitObjects{Commit: good.Commit, Tag: treeTag}, tree, `"type commit"`},
 		{"empty tag", GitObjects{Commit: good.Commit, Tag: []byte{}}, tree, "empty tag"},
+		{"tag name over 255 bytes", GitObjects{Commit: good.Commit, Tag: []byte(strings.Replace(string(good.Tag), "tag v1\n", "tag v"+strings.Repeat("1", 255)+"\n", 1))}, tree, "not a valid tag name"},
 		{"format differs from the tree's", sha256Objects, tree, "not a sha256 object id"},
 		{"unknown format", GitObjects{Format: "md5", Commit: good.Commit}, tree, `object format "md5"`},
 		{"oversized commit", GitObjects{Commit: make([]byte, MaxObjectSize+1)}, tree, "over"},

@@ -212,6 +212,12 @@ func (u *unpacker) entryName(hdr *tar.Header) (string, error) {
 	if why != "" {
 		return "", unsafeEntry(hdr.Name, "%s", why)
 	}
+	// The tree id skips the top-level .git (as git does), so nothing attests what is there;
+	// yet the build would see it (a git config can run commands, a file can be collected
+	// as an artifact). Pack never writes it.
+	if name == ".git" || strings.HasPrefix(name, ".git/") {
+		return "", unsafeEntry(hdr.Name, "the top-level .git is not part of the attested source tree, so the archive may not carry it")
+	}
 	if depth := strings.Count(name, "/") + 1; depth > u.lim.MaxDepth {
 		return "", overLimit(name, "%d path components, limit %d", depth, u.lim.MaxDepth)
 	}

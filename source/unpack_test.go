@@ -238,6 +238,10 @@ func TestUnpackRejects(t *testing.T) {
 		{"absolute dir", []entry{{name: "/tmp/", typ: tar.TypeDir}}, DefaultLimits(), ErrUnsafeEntry, "/tmp/"},
 		{"unclean", []entry{{name: "a//b", body: "x"}}, DefaultLimits(), ErrUnsafeEntry, "a//b"},
 		{"dot prefix", []entry{{name: "./a", body: "x"}}, DefaultLimits(), ErrUnsafeEntry, "./a"},
+		// The tree id skips the top-level .git: nothing would attest a config or a file there.
+		{"top-level .git file", []entry{{name: ".git/config", body: "[core]\n\tfsmonitor = evil\n"}}, DefaultLimits(), ErrUnsafeEntry, ".git/config"},
+		{"top-level .git dir", []entry{{name: ".git/", typ: tar.TypeDir}}, DefaultLimits(), ErrUnsafeEntry, ".git/"},
+		{"top-level .git symlink", []entry{{name: ".git", typ: tar.TypeSymlink, linkname: "/tmp"}}, DefaultLimits(), ErrUnsafeEntry, ".git"},
 		{"dot", []entry{{name: "./", typ: tar.TypeDir}}, DefaultLimits(), ErrUnsafeEntry, "./"},
 		{"through symlink", []entry{
 			{name: "l", typ: tar.TypeSymlink, linkname: "../outside"},

@@ -45,6 +45,13 @@ const (
 	CheckReportData        = "binding.report-data"
 	CheckResultManifest    = "result.manifest"
 	CheckResultStatus      = "result.status"
+
+	// CheckEventLog: the TDX event log is missing or does not replay to the quote's RTMR0.
+	// CheckRTMR0: TDX RTMR0 (the TD HOB, the UEFI variables and the host's ACPI tables) is
+	// not pinned, or differs from the pin, or its events from the pinned events.
+	CheckEventLog = "evidence.event-log"
+	CheckRTMR0    = "measurement.rtmr0"
+
 	// Statement fields: CheckConsistency compares with the manifest and result record,
 	// CheckGuestImage the guest-image dependency with the reference value that matched,
 	// CheckTime the build times.
@@ -76,8 +83,8 @@ var CheckNames = []string{
 	CheckStatement, CheckSubject, CheckChecksums, CheckManifest, CheckResult, CheckEvidenceParse, CheckSimulated,
 	CheckChain, CheckEvidenceSignature, CheckPolicy, CheckFirmware, CheckChipID, CheckTCB,
 	CheckRevocation, CheckCollateral, CheckQEIdentity, CheckUnsupported, CheckPlatform, CheckMeasurement,
-	CheckHostData, CheckReportData, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
-	CheckConsistency, CheckTime, CheckReference, CheckGuestImage, CheckGuestRelease, CheckSourceTree,
+	CheckHostData, CheckReportData, CheckEventLog, CheckEvidenceTEE, CheckResultManifest, CheckResultStatus,
+	CheckConsistency, CheckTime, CheckReference, CheckRTMR0, CheckGuestImage, CheckGuestRelease, CheckSourceTree,
 	CheckSourceCommit, CheckSourceTag, CheckSourceRepository, CheckSourceRef, CheckBuilderID,
 	CheckPinToolchain, CheckPinCommand, CheckPinEnv, CheckPinACPI,
 }

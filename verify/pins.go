@@ -19,6 +19,11 @@ type Pins struct {
 	// ACPITables is the digest of the ACPI tables the guest was given (the result record's
 	// acpiTablesSha256, which the guest computed): on SEV-SNP nothing else binds them.
 	ACPITables string
+	// RTMR0Events are the SHA-384 digests (96 lowercase hex digits each) of every TDX event
+	// log event that extends RTMR0, in log order: the TD HOB, the UEFI variables, the ACPI
+	// tables QEMU generated ("ACPI DATA" events) and the boot variables, as a known-good
+	// launch of the same shape logged them. nil means not pinned.
+	RTMR0Events []string
 	// Command is the exact argv; nil means not pinned.
 	Command []string
 	// Env maps variables to their required values; EnvExact also refuses variables the

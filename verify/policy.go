@@ -40,6 +40,7 @@ var evidenceChecks = []struct {
 	{attest.ErrCollateral, CheckCollateral},
 	{attest.ErrQEIdentity, CheckQEIdentity},
 	{attest.ErrPlatform, CheckPlatform},
+	{attest.ErrEventLog, CheckEventLog},
 	{attest.ErrUnsupported, CheckUnsupported},
 	{attest.ErrSignature, CheckEvidenceSignature},
 	{attest.ErrCertChain, CheckChain},

@@ -25,6 +25,7 @@ func TestEvidenceCheckNames(t *testing.T) {
 		attest.ErrChipID:              CheckChipID,
 		attest.ErrPlatform:            CheckPlatform,
 		attest.ErrUnsupported:         CheckUnsupported,
+		attest.ErrEventLog:            CheckEventLog,
 		attest.ErrMalformed:           CheckEvidenceParse,
 	} {
 		if got := EvidenceCheck(fmt.Errorf("wrapped: %w", sentinel)); got != want {

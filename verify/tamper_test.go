@@ -576,6 +576,12 @@ func tamperCorpus(t *testing.T, k *verifytest.Kit) []tamper {
 	opt("ACPI tables pin", CheckPinACPI, func(o *Options, f *verifytest.Fixture) { o.Pins.ACPITables = hex64x("a") })
 	opt("ACPI tables pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.ACPITables = "abc" })
 	opt("toolchain pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.ToolchainDigest = "xyz" })
+	opt("RTMR0 events pinned on sim evidence", CheckRTMR0, func(o *Options, f *verifytest.Fixture) { o.Pins.RTMR0Events = []string{hex64x("a") + hex64x("a")[:32]} })
+	opt("RTMR0 event pin malformed", CheckOptions, func(o *Options, f *verifytest.Fixture) { o.Pins.RTMR0Events = []string{"abc"} })
+	opt("RTMR0 pinned and skipped", CheckOptions, func(o *Options, f *verifytest.Fixture) {
+		o.EvidencePolicy.TDX.RTMR[0] = make([]byte, 48)
+		o.UnsafeAllowAnyRTMR0 = true
+	})
 	opt("command pin", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"make", "all"} })
 	opt("command pin prefix", CheckPinCommand, func(o *Options, f *verifytest.Fixture) { o.Pins.Command = []string{"mak"} })
 	opt("env pin value", CheckPinEnv, func(o *Options, f *verifytest.Fixture) { o.Pins.Env = map[string]string{"CC": "clang"} })

@@ -92,6 +92,11 @@ type Options struct {
 	// InsecureSkipMeasurement accepts any launch measurement. The result then carries a
 	// warning and its summary says "measurement NOT checked".
 	InsecureSkipMeasurement bool
+	// UnsafeAllowAnyRTMR0 accepts TDX evidence whose RTMR0 nothing pins (no
+	// EvidencePolicy.TDX.RTMR[0], no 192-byte ExpectedMeasurements, no Pins.RTMR0Events):
+	// the host's ACPI tables, which the guest kernel runs, are then unchecked. The result
+	// carries a warning. The event log must still replay to RTMR0.
+	UnsafeAllowAnyRTMR0 bool
 
 	// ExpectedSourceTree / ExpectedSourceCommit / ExpectedSourceTag, when set, must equal
 	// the tree id, commit id and annotated tag name the guest attested in the result record
@@ -106,8 +111,9 @@ type Options struct {
 
 	// A PASSED must say which source was built with which toolchain, and the runner host
 	// writes both into the manifest, so each needs an expectation the host cannot write:
-	// the source an ExpectedSource* value or a keyless Identity (whose certificate names the
-	// repository and commit), the toolchain Pins.ToolchainDigest. UnsafeAllowAnySource and
+	// the source ExpectedSourceCommit or ExpectedSourceTree (ExpectedSourceTag alone is not
+	// one) or a keyless Identity (whose certificate names the repository and commit), the
+	// toolchain Pins.ToolchainDigest. UnsafeAllowAnySource and
 	// UnsafeAllowAnyToolchain accept whatever the host chose instead; the result then
 	// carries a warning saying so.
 	UnsafeAllowAnySource    bool
@@ -147,6 +153,9 @@ type Result struct {
 	SourceTag      string `json:"sourceTag,omitempty"`
 	// ACPITables is the digest of the ACPI tables the guest was given, as it computed it.
 	ACPITables string `json:"acpiTables,omitempty"`
+	// RTMR0Events are the TDX event log's events that replayed to RTMR0 (Pins.RTMR0Events
+	// pins their digests).
+	RTMR0Events []RTMR0Event `json:"rtmr0Events,omitempty"`
 	// GuestImageRelease says which guest image release was launched, as far as the
 	// reference values bind it ("release vX", "local build", "... not bound").
 	GuestImageRelease string `json:"guestImageRelease,omitempty"`
@@ -261,6 +270,9 @@ func (o *Options) checkOptions() error {
 	if err := o.Pins.check(); err != nil {
 		return fail(CheckOptions, err)
 	}
+	if err := o.checkRTMR0Options(); err != nil {
+		return fail(CheckOptions, err)
+	}
 	if o.Identity != nil && o.TrustedMaterial == nil {
 		return fail(CheckSourceRepository, errUnboundRepository)
 	}
@@ -283,12 +295,14 @@ func (o *Options) checkOptions() error {
 // checkExpectations requires an expectation on the source and on the toolchain, or the
 // unsafe opt-out that stands for it, never both.
 func (o *Options) checkExpectations() error {
-	source := o.ExpectedSourceTree != "" || o.ExpectedSourceCommit != "" || o.ExpectedSourceTag != "" || o.Identity != nil
+	// A tag name alone is no expectation: the host can write an annotated tag object of any
+	// name for any commit it made. A commit or tree id names the content.
+	source := o.ExpectedSourceTree != "" || o.ExpectedSourceCommit != "" || o.Identity != nil
 	switch {
 	case source && o.UnsafeAllowAnySource:
 		return fail(CheckOptions, errors.New("UnsafeAllowAnySource contradicts the source expectation given"))
 	case !source && !o.UnsafeAllowAnySource:
-		return fail(CheckExpectSource, fmt.Errorf("%w for the source: the manifest's source is the runner host's choice; give Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity, or UnsafeAllowAnySource to accept any source", ErrNoExpectation))
+		return fail(CheckExpectSource, fmt.Errorf("%w for the source: the manifest's source is the runner host's choice; give Options.ExpectedSourceCommit, ExpectedSourceTree or a keyless Identity (ExpectedSourceTag alone binds no content: the host can write a tag object of that name for any commit), or UnsafeAllowAnySource to accept any source", ErrNoExpectation))
 	}
 	toolchain := o.Pins.ToolchainDigest != ""
 	switch {
@@ -426,6 +440,7 @@ func (v *verification) verifyEvidence(context.Context) error {
 	res.record(CheckChain, Passed, "%s evidence", ev.TEE)
 	res.record(CheckHostData, Passed, "manifest")
 	res.record(CheckReportData, Passed, "result record")
+	recordRevocation(res, ev.TEE, v.o.EvidencePolicy)
 	if len(v.o.EvidencePolicy.AllowedPlatforms) > 0 {
 		res.Pinned = append(res.Pinned, "platform")
 	}
@@ -433,6 +448,23 @@ func (v *verification) verifyEvidence(context.Context) error {
 		return fail(CheckEvidenceTEE, fmt.Errorf("%w: evidence is from TEE %q but the manifest asked for %q", ErrMismatchBinding, ev.TEE, v.m.TEE))
 	}
 	return nil
+}
+
+// recordRevocation says whether the vendor's revocation data was checked: the AMD CRL for
+// SEV-SNP, Intel's collateral (CRLs, TCB status, QE identity) for TDX. Without it the
+// evidence verified, with a warning, and the outcome is a warning too, which keeps a
+// verification summary from vouching for Build L3 (buildLevel).
+func recordRevocation(res *Result, tee attest.TEE, pol verifier.Policy) {
+	switch {
+	case tee == attest.TEESNP && pol.AMDCRL != nil:
+		res.record(CheckRevocation, Passed, "AMD CRL")
+	case tee == attest.TEESNP:
+		res.record(CheckRevocation, Warning, "NOT checked: no AMD CRL")
+	case tee == attest.TEETDX && pol.TDXCollateral != nil:
+		res.record(CheckCollateral, Passed, "Intel collateral")
+	case tee == attest.TEETDX:
+		res.record(CheckCollateral, Warning, "NOT checked: no TDX collateral")
+	}
 }
 
 // matchMeasurement is step 9, run before 7: the measurement is one a trusted source
@@ -443,7 +475,7 @@ func (v *verification) matchMeasurement(ctx context.Context) error {
 		return err
 	}
 	v.match = match
-	return nil
+	return checkRTMR0(v.o, v.res, v.claims)
 }
 
 // checkResultRecord is step 7: the result record names the same manifest and a
@@ -692,9 +724,6 @@ func checkMeasurement(ctx context.Context, o *Options, res *Result, tee attest.T
 	if match != nil {
 		res.ReferenceMatch = match.summary
 		detail = match.summary
-		if tee == attest.TEETDX && len(o.ExpectedMeasurements) == 0 {
-			res.Warnings = append(res.Warnings, "RTMR0 (TDX firmware configuration) is not predictable from reference values and was not compared; pin MRTD||RTMR0||RTMR1||RTMR2 to check it")
-		}
 	}
 	res.record(CheckMeasurement, Passed, "%s", detail)
 	return match, nil

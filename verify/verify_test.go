@@ -270,6 +270,8 @@ func TestVerifyRequiresSourceAndToolchainExpectations(t *testing.T) {
 	}{
 		{"no source expectation", func(o *Options) { o.ExpectedSourceTree = "" }, CheckExpectSource},
 		{"no toolchain pin", func(o *Options) { o.Pins.ToolchainDigest = "" }, CheckExpectToolchain},
+		// The host can write an annotated tag object of any name for any commit.
+		{"a tag name alone", func(o *Options) { o.ExpectedSourceTree, o.ExpectedSourceTag = "", "v1" }, CheckExpectSource},
 		{"unsafe source with a source pin", func(o *Options) { o.UnsafeAllowAnySource = true }, CheckOptions},
 		{"unsafe toolchain with a toolchain pin", func(o *Options) { o.UnsafeAllowAnyToolchain = true }, CheckOptions},
 	} {

@@ -68,6 +68,7 @@ type VSAPolicy struct {
 	// that matched, or "pinned"); empty with InsecureSkipMeasurement.
 	MeasurementSource       string `json:"measurementSource,omitempty"`
 	InsecureSkipMeasurement bool   `json:"insecureSkipMeasurement"`
+	UnsafeAllowAnyRTMR0     bool   `json:"unsafeAllowAnyRtmr0,omitempty"`
 	ExpectedBuilderID       string `json:"expectedBuilderId,omitempty"`
 	ExpectedSourceTree      string `json:"expectedSourceTree,omitempty"`
 	ExpectedSourceCommit    string `json:"expectedSourceCommit,omitempty"`
@@ -136,13 +137,33 @@ func buildLevel(res *Result) string {
 	if res.Simulated || !res.MeasurementChecked || (res.TEE != attest.TEESNP && res.TEE != attest.TEETDX) {
 		return SLSABuildLevel1
 	}
+	if res.TEE == attest.TEETDX && !passed(res, CheckRTMR0) {
+		// The host's ACPI tables run in the guest kernel unchecked.
+		return SLSABuildLevel1
+	}
+	// Without revocation data a revoked (leaked) chip or firmware key signs as well as a
+	// good one.
+	if res.TEE == attest.TEESNP && !passed(res, CheckRevocation) || res.TEE == attest.TEETDX && !passed(res, CheckCollateral) {
+		return SLSABuildLevel1
+	}
 	return SLSABuildLevel3
+}
+
+// passed says whether the named check ran and passed.
+func passed(res *Result, check string) bool {
+	for _, c := range res.Checks {
+		if c.Name == check {
+			return c.Outcome == Passed
+		}
+	}
+	return false
 }
 
 // vsaPolicy describes the policy o applied, as res records it.
 func vsaPolicy(o Options, res *Result) (*VSAPolicy, error) {
 	p := &VSAPolicy{Identity: o.Identity, AllowSimulated: o.AllowSimulated, InsecureSkipMeasurement: o.InsecureSkipMeasurement,
-		ExpectedBuilderID: o.ExpectedBuilderID, ExpectedSourceTree: o.ExpectedSourceTree,
+		UnsafeAllowAnyRTMR0: o.UnsafeAllowAnyRTMR0,
+		ExpectedBuilderID:   o.ExpectedBuilderID, ExpectedSourceTree: o.ExpectedSourceTree,
 		ExpectedSourceCommit: o.ExpectedSourceCommit, ExpectedSourceTag: o.ExpectedSourceTag, Pins: o.Pins,
 		UnsafeAllowAnySource: o.UnsafeAllowAnySource, UnsafeAllowAnyToolchain: o.UnsafeAllowAnyToolchain}
 	if o.PublicKey != nil {

@@ -123,14 +123,23 @@ func TestVSARefused(t *testing.T) {
 	}
 }
 
-// Only a hardware TEE with a checked measurement is Build L3.
+// Only a hardware TEE with a checked measurement and checked revocation data is Build L3.
 func TestVSABuildLevel(t *testing.T) {
+	crl := CheckOutcome{Name: CheckRevocation, Outcome: Passed}
+	collateral := CheckOutcome{Name: CheckCollateral, Outcome: Passed}
+	rtmr0 := CheckOutcome{Name: CheckRTMR0, Outcome: Passed}
 	for _, c := range []struct {
 		res  Result
 		want string
 	}{
-		{Result{TEE: attest.TEESNP, MeasurementChecked: true}, SLSABuildLevel3},
-		{Result{TEE: attest.TEETDX, MeasurementChecked: true}, SLSABuildLevel3},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{crl}}, SLSABuildLevel3},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true}, SLSABuildLevel1},
+		{Result{TEE: attest.TEESNP, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRevocation, Outcome: Warning}}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0, collateral}}, SLSABuildLevel3},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{rtmr0, {Name: CheckCollateral, Outcome: Warning}}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true, Checks: []CheckOutcome{{Name: CheckRTMR0, Outcome: Warning}, collateral}}, SLSABuildLevel1},
+		{Result{TEE: attest.TEETDX, MeasurementChecked: true}, SLSABuildLevel1},
 		{Result{TEE: attest.TEESNP}, SLSABuildLevel1},
 		{Result{TEE: attest.TEESim, Simulated: true, MeasurementChecked: true}, SLSABuildLevel1},
 		{Result{TEE: "", MeasurementChecked: true}, SLSABuildLevel1},

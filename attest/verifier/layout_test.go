@@ -23,6 +23,7 @@ const (
 	tdxBodyOffXfam         = 0x080
 	tdxBodyOffMrTd         = 0x088
 	tdxBodyOffMrConfig     = 0xE8 - tdxHeaderSize
+	tdxBodyOffRtmr0        = 0x148
 	tdxSDQEAuthSize        = 582
 	tdxSDQEAuthData        = 584
 	tdxCertTypePCK         = 5

@@ -39,6 +39,8 @@ type qeForgery struct {
 	mrSigner []byte
 	prodID   uint16
 	attr0    byte // first ATTRIBUTES byte (0x01 INIT, 0x02 DEBUG, 0x10 PROVISIONKEY)
+	// body, when set, edits the TD quote body (e.g. its RTMR0) before the quote is signed.
+	body func(body []byte)
 }
 
 var sgxExtensionOID = asn1.ObjectIdentifier{1, 2, 840, 113741, 1, 13, 1}
@@ -82,6 +84,9 @@ func (f qeForgery) forge(t *testing.T) ([]byte, *x509.Certificate) {
 	}
 	q = q[:pq.Len]
 	end := tdxHeaderSize + tdxBodySizeV10
+	if f.body != nil {
+		f.body(q[tdxHeaderSize:end])
+	}
 	sd := q[end+4:]
 	auth := int(binary.LittleEndian.Uint16(sd[tdxSDQEAuthSize:]))
 	// The sample's PCK chain gives the subjects and the SGX extension to copy.
@@ -180,8 +185,10 @@ func TestTDXQuoteFromAForeignQuotingEnclave(t *testing.T) {
 			simtest.WantErr(t, err, attest.ErrQEIdentity, tc.want)
 		})
 	}
+	log, rtmr0 := testEventLog(t, testRTMR0Events()...)
+	intel.body = func(b []byte) { copy(b[tdxBodyOffRtmr0:], rtmr0) }
 	q, root := intel.forge(t)
-	if _, err := Verify(&attest.Evidence{TEE: attest.TEETDX, Report: q}, Options{Now: tdxNow, fakeIntelRoot: root}); err != nil {
+	if _, err := Verify(&attest.Evidence{TEE: attest.TEETDX, Report: q, EventLog: log}, Options{Now: tdxNow, fakeIntelRoot: root}); err != nil {
 		t.Fatalf("the forgery with Intel's QE identity under the test root: %v (the test's quote construction is broken)", err)
 	}
 	// Intel's real quote passes the identity check.

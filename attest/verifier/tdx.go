@@ -43,6 +43,12 @@ func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 	if err := checkTDXValues(q, quote, opts); err != nil {
 		return nil, err
 	}
+	var events []RTMR0Event
+	if opts.InsecureSkipEventLog {
+		warnings = append(warnings, "the TDX event log was NOT replayed (InsecureSkipEventLog): what RTMR0 measured (the TD HOB, the UEFI variables, the host's ACPI tables) is unknown")
+	} else if events, err = checkTDXEventLog(ev.EventLog, q.Rtmrs[0]); err != nil {
+		return nil, err
+	}
 	ppid, err := tdxPPID(quote)
 	if err != nil {
 		return nil, err
@@ -53,7 +59,9 @@ func verifyTDX(ev *attest.Evidence, opts Options, now time.Time) (*Claims, error
 	if open := tdxUncheckedRTMRs(opts.ExpectedMeasurements, opts.Policy.TDX.RTMR); len(open) > 0 {
 		warnings = append(warnings, fmt.Sprintf("only MRTD (the firmware) was compared with a reference value; %s not checked: the kernel, command line and initrd are not bound", strings.Join(open, ", ")))
 	}
-	return tdxClaims(q, ppid, warnings), nil
+	claims := tdxClaims(q, ppid, warnings)
+	claims.RTMR0Events = events
+	return claims, nil
 }
 
 // parseTDXEvidence is step 1: cloche's own strict layout parser, then go-tdx-guest's. A

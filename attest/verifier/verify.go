@@ -56,6 +56,10 @@ type Options struct {
 	ExpectedReportData []byte
 	// Policy is what the evidence must satisfy beyond chain, signature and bindings.
 	Policy Policy
+	// InsecureSkipEventLog accepts TDX evidence without replaying its event log to RTMR0
+	// (for raw quotes, which carry none). The claims then carry a warning and no
+	// RTMR0Events. `cloche verify` never sets it.
+	InsecureSkipEventLog bool
 
 	// fakeAMDRoots replaces AMD's embedded roots in this package's tests, which sign
 	// evidence with go-sev-guest's test-only chain. Nothing outside the package can set it.
@@ -82,6 +86,9 @@ type Claims struct {
 	// MrTd and Rtmrs (RTMR0..3) are the TDX launch registers.
 	MrTd  []byte
 	Rtmrs [][]byte
+	// RTMR0Events are the TDX event log's events that replayed to RTMR0, in log order
+	// (nil with InsecureSkipEventLog).
+	RTMR0Events []RTMR0Event
 	// ProductLine is the SNP product line (Milan, Genoa); PlatformID the platform's
 	// identity, lowercase hex: SNP CHIP_ID, TDX PPID of the PCK certificate.
 	ProductLine string

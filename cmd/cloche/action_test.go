@@ -357,6 +357,8 @@ func TestActionInputErrors(t *testing.T) {
 		{"subject-checksums with subject-name", map[string]string{"INPUT_SUBJECT_CHECKSUMS": "dist/sums", "INPUT_SUBJECT_NAME": "a"}, "input subject-checksums"},
 		{"subject-checksums outside the source", map[string]string{"INPUT_SUBJECT_CHECKSUMS": "../sums"}, "input subject-checksums"},
 		{"bad show-summary", map[string]string{"INPUT_SHOW_SUMMARY": "sometimes"}, "input show-summary"},
+		{"unknown deps", map[string]string{"INPUT_DEPS": "cargo"}, `input deps: build input Deps "cargo": expected`},
+		{"deps without its lockfile", map[string]string{"INPUT_DEPS": "go"}, "input deps: build input Deps \"go\": the source has no go.mod"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -282,7 +282,7 @@ func TestHelloEndToEnd(t *testing.T) {
 	})
 	t.Run("no source or toolchain expectation", func(t *testing.T) {
 		base := []string{"verify", "--bundle", h.bundle, "--key", h.pub, "--guest-image", h.guest, "--allow-simulated", "--trusted-sim-root", h.simRoot, h.artifact}
-		wantFailed(t, append(slices.Clone(base), h.expect[2:]...), "expect.source", "--source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri")
+		wantFailed(t, append(slices.Clone(base), h.expect[2:]...), "expect.source", "--source-commit, --source-tree, --source-dir or keyless --source-uri (--source-tag alone binds no content")
 		wantFailed(t, append(slices.Clone(base), h.expect[:2]...), "expect.toolchain", "--toolchain-digest")
 		wantFailed(t, append(slices.Clone(base), "--source-dir", "../../examples", "--toolchain-digest", h.expect[3]), "source.tree", "expected")
 		code, _, stderr := cli(t, append(slices.Clone(base), "--unsafe-allow-any-source", "--unsafe-allow-any-toolchain")...)

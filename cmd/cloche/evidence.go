@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/verifier"
+	"github.com/cloche-dev/cloche/internal/fileio"
 	"github.com/cloche-dev/cloche/verify"
 )
 
@@ -126,6 +128,7 @@ const evidenceCheckHelp = `  evidence.parse        the evidence or report is mal
   evidence.qe-identity  the TDX quote was not signed by Intel's TD quoting enclave
   evidence.unsupported  evidence this build cannot check (e.g. AMD Turin)
   evidence.platform     the platform (SNP CHIP_ID, TDX PPID) is not in --allow-platform
+  evidence.event-log    the TDX event log is missing, malformed, or does not replay to RTMR0
   measurement           the launch measurement is not one expected
   binding.host-data     HOST_DATA / MRCONFIGID differs from the expected value
   binding.report-data   REPORT_DATA differs from the expected value
@@ -202,6 +205,8 @@ type evidenceVerifyFlags struct {
 	certs, measurements  []string
 	hostData, reportData string
 	allowDebug           bool
+	eventLog             string
+	skipEventLog         bool
 	policy               policyFlags
 }
 
@@ -236,6 +241,8 @@ FAILED: <check>: <reason> (exit 1), on stderr. The check names:
 	fl.StringVar(&f.hostData, "host-data", "", "expected HOST_DATA (SNP) or MRCONFIGID[0:32] (TDX), 64 hex digits")
 	fl.StringVar(&f.reportData, "report-data", "", "expected REPORT_DATA, 128 hex digits")
 	fl.BoolVar(&f.allowDebug, "allow-debug", false, "accept a debug-enabled guest (test samples only; cloche verify never does)")
+	fl.StringVar(&f.eventLog, "event-log", "", "TDX: the event log `FILE` (the guest's /sys/firmware/acpi/tables/data/CCEL) to replay to a raw quote's RTMR0; evidence.json carries its own")
+	fl.BoolVar(&f.skipEventLog, "insecure-skip-event-log", false, "TDX: do not replay an event log to RTMR0 (raw quotes come without one): what RTMR0 measured stays unknown; prints a WARNING (cloche verify never skips it)")
 	f.policy.register(fl)
 	return cmd
 }
@@ -255,6 +262,9 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 	ev, err := readEvidenceArg(path, attest.TEE(f.tee))
 	if err == nil {
 		err = attest.AttachCertificates(ev, certs)
+	}
+	if err == nil && f.eventLog != "" {
+		err = attachEventLog(ev, f.eventLog)
 	}
 	if err != nil {
 		rep.Failed(verify.CheckEvidenceParse, err)
@@ -277,6 +287,22 @@ func runEvidenceVerify(g *globals, f *evidenceVerifyFlags, path string) error {
 	}
 	rep.Passed(fmt.Sprintf("%s evidence verified offline; measurement %x%s", ev.TEE, claims.Measurement, debug))
 	return nil
+}
+
+// attachEventLog puts the --event-log file into TDX evidence that carries none.
+func attachEventLog(ev *attest.Evidence, path string) error {
+	switch {
+	case ev.TEE != attest.TEETDX:
+		return fmt.Errorf("--event-log: %s evidence has no event log; only tdx evidence does", ev.TEE)
+	case ev.EventLog != nil:
+		return errors.New("--event-log: the evidence.json carries its own event log")
+	}
+	b, err := fileio.ReadCapped(path, attest.MaxEventLogSize)
+	if err != nil {
+		return fmt.Errorf("--event-log: %w", err)
+	}
+	ev.EventLog = b
+	return ev.CheckShape()
 }
 
 // uncheckedBindings names the bindings evidence verify was not asked to check: the
@@ -318,7 +344,10 @@ func evidenceVerifyOptions(f *evidenceVerifyFlags) (*verifier.Options, error) {
 		return nil, err
 	}
 	pol.AllowDebug = f.allowDebug
-	opts := &verifier.Options{Policy: pol}
+	opts := &verifier.Options{Policy: pol, InsecureSkipEventLog: f.skipEventLog}
+	if f.skipEventLog && f.eventLog != "" {
+		return nil, errors.New("--insecure-skip-event-log contradicts --event-log")
+	}
 	if f.at != "" {
 		t, err := time.Parse(time.RFC3339, f.at)
 		if err != nil {

@@ -51,12 +51,26 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 		t.Fatalf("--min-tcb: code %d stderr %q", code, stderr)
 	}
 
-	// The TDX production quote; stdout stays empty (go-tdx-guest's logger writes there).
-	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", tdx)
-	if code != 0 || !strings.Contains(stderr, "PASSED: tdx") || stdout != "" {
+	// The TDX production quote comes without its event log: refused unless the replay is
+	// skipped, or given a log, which does not replay to the quote's RTMR0.
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", tdx)
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.event-log: ") || !strings.Contains(stderr, "carries no event log") {
+		t.Fatalf("TDX quote without an event log: code %d stderr %q", code, stderr)
+	}
+	eventLog := filepath.Join(t.TempDir(), "CCEL")
+	if err := os.WriteFile(eventLog, []byte("not a TCG event log"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--event-log", eventLog, tdx)
+	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: evidence.event-log: ") || !strings.Contains(stderr, "parsing the event log") {
+		t.Fatalf("TDX quote with a garbage --event-log: code %d stderr %q", code, stderr)
+	}
+	// stdout stays empty (go-tdx-guest's logger writes there).
+	code, stdout, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--insecure-skip-event-log", tdx)
+	if code != 0 || !strings.Contains(stderr, "PASSED: tdx") || !strings.Contains(stderr, "WARNING: the TDX event log was NOT replayed") || stdout != "" {
 		t.Fatalf("TDX quote: code %d stderr %q stdout %q", code, stderr, stdout)
 	}
-	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--host-data", strings.Repeat("ab", 32), tdx)
+	code, _, stderr = cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--insecure-skip-event-log", "--host-data", strings.Repeat("ab", 32), tdx)
 	if code != exitFailed || !strings.HasPrefix(stderr, "FAILED: binding.host-data: ") || !strings.Contains(stderr, "MRCONFIGID") {
 		t.Fatalf("TDX --host-data: code %d stderr %q", code, stderr)
 	}
@@ -68,6 +82,7 @@ func TestEvidenceVerifyRealSamples(t *testing.T) {
 		{"evidence", "verify", "--tee", "snp", "--min-tcb", "fmc=1", milan},
 		{"evidence", "verify", "--tee", "snp", "--host-data", "abcd", milan},
 		{"evidence", "verify", "--tee", "snp", "--at", "yesterday", milan},
+		{"evidence", "verify", "--tee", "tdx", "--event-log", milan, "--insecure-skip-event-log", tdx},
 	} {
 		code, _, stderr := cli(t, args...)
 		if code != exitUsage || !strings.HasPrefix(stderr, "FAILED: options: ") {
@@ -123,7 +138,7 @@ func TestEvidenceVerifyTDXRTMR0(t *testing.T) {
 		t.Fatal(err)
 	}
 	rtmr0 := q.(*tdxpb.QuoteV4).GetTdQuoteBody().GetRtmrs()[0]
-	at := []string{"evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z"}
+	at := []string{"evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--insecure-skip-event-log"}
 	if code, _, stderr := cli(t, append(at, "--tdx-rtmr0", hex.EncodeToString(rtmr0), tdx)...); code != 0 {
 		t.Fatalf("the quote's own RTMR0: exit %d %s", code, stderr)
 	}
@@ -142,7 +157,7 @@ func TestEvidenceVerifyTDXRTMR0(t *testing.T) {
 // A PASSED evidence verify says which bindings it did not check.
 func TestEvidenceVerifyWarnsUncheckedBindings(t *testing.T) {
 	_, _, tdx := writeSamples(t)
-	code, _, stderr := cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", tdx)
+	code, _, stderr := cli(t, "evidence", "verify", "--tee", "tdx", "--at", "2023-07-01T01:00:00Z", "--insecure-skip-event-log", tdx)
 	for _, w := range []string{"WARNING: measurement not checked", "WARNING: HOST_DATA / MRCONFIGID not checked", "WARNING: REPORT_DATA not checked"} {
 		if code != 0 || !strings.Contains(stderr, w) {
 			t.Errorf("exit %d, missing %q in:\n%s", code, w, stderr)

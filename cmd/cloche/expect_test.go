@@ -23,7 +23,8 @@ func TestVerifyExpectationFlags(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"--toolchain-digest", tc, "a"}, exitFailed, "FAILED: expect.source: no expectation given for the source: the manifest's source is the runner host's choice; give --source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri, or --unsafe-allow-any-source"},
+		{[]string{"--toolchain-digest", tc, "a"}, exitFailed, "FAILED: expect.source: no expectation given for the source: the manifest's source is the runner host's choice; give --source-commit, --source-tree, --source-dir or keyless --source-uri (--source-tag alone binds no content: the host can write a tag object of that name for any commit), or --unsafe-allow-any-source"},
+		{[]string{"--source-tag", "v1", "--toolchain-digest", tc, "a"}, exitFailed, "FAILED: expect.source: "},
 		{[]string{"--source-tree", strings.Repeat("e", 40), "a"}, exitFailed, "FAILED: expect.toolchain: no expectation given for the toolchain: the manifest's toolchain is the runner host's choice, and its compiler makes the artifacts; give --toolchain-digest (its dm-verity root hash; cloche image toolchain prints it as verityRootHash), or --unsafe-allow-any-toolchain"},
 		{[]string{"--source-tree", strings.Repeat("e", 40), "--source-dir", dir, "--toolchain-digest", tc, "a"}, exitUsage, "--source-tree and --source-dir both name the expected tree: give one"},
 		{[]string{"--source-dir", filepath.Join(dir, "nope"), "--toolchain-digest", tc, "a"}, exitUsage, "--source-dir " + filepath.Join(dir, "nope") + ": tree id:"},

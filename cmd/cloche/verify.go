@@ -35,6 +35,8 @@ type verifyFlags struct {
 	skipMeasurement bool
 	toolchainDigest string
 	acpiTables      string
+	rtmr0Events     []string
+	allowAnyRTMR0   bool
 	command         []string
 	env             []string
 	envExact        bool
@@ -70,8 +72,9 @@ result record; the launch measurement is listed by a trusted source; and the sta
 exactly what the manifest, the result record and the matching reference value say.
 
 An expectation of the source and of the toolchain is required, since the runner host chose
-both: the source by --source-commit, --source-tag, --source-tree, --source-dir or, keyless,
---source-uri (the signing certificate names the repository and commit); the toolchain by
+both: the source by --source-commit, --source-tree, --source-dir or, keyless, --source-uri
+(the signing certificate names the repository and commit; with --key, --source-tag alone is
+not one: the host can write a tag object of any name); the toolchain by
 --toolchain-digest. --unsafe-allow-any-source and --unsafe-allow-any-toolchain accept the
 host's choice, with a WARNING.
 
@@ -79,6 +82,13 @@ A trusted source of launch measurements is required: --reference-values with
 --reference-key, --guest-image (with --snp-firmware or --tdx-firmware on hardware), or --measurement
 (TDX: MRTD||RTMR0||RTMR1||RTMR2, 384 hex digits). --insecure-skip-measurement accepts any
 guest, with a WARNING and "measurement NOT checked" in the PASSED line.
+
+TDX RTMR0 measures the TD HOB, the UEFI variables and the ACPI tables the host's VMM wrote
+(which the guest kernel runs); no reference value predicts it. The evidence's event log
+must replay to it, and it must be pinned: --tdx-rtmr0, a 384-digit --measurement, or the
+digests of its events (--tdx-rtmr0-event, in order), recorded from a known-good launch of
+the same shape (q35, vCPUs, memory, QEMU and TDVF builds). --unsafe-allow-any-rtmr0 accepts
+any, with a WARNING.
 
 It prints one line, PASSED: ... (exit 0) or FAILED: <check>: <reason> (exit 1), on stderr;
 with --json, one JSON document on stdout instead (artifacts, TEE, measurement, every check
@@ -100,6 +110,8 @@ Check names (stable):
   checksums             a file a --checksums file lists is missing or has another digest
   manifest.parse, result.parse   the byproducts are malformed
 ` + evidenceCheckHelp + `  reference-values      the reference values cannot be read or are not signed by --reference-key
+  measurement.rtmr0     TDX: RTMR0 is not pinned (--tdx-rtmr0, --tdx-rtmr0-event, a 384-digit
+                        --measurement; --unsafe-allow-any-rtmr0), or differs from the pin
   evidence.tee          the evidence is from another TEE than the manifest asks for
   result.manifest       the result record names another manifest
   result.status         the attested build failed
@@ -137,6 +149,8 @@ func (f *verifyFlags) register(fl *pflag.FlagSet) {
 	fl.BoolVar(&f.asJSON, "json", false, "print the verification as one JSON document on stdout")
 	fl.BoolVar(&f.skipMeasurement, "insecure-skip-measurement", false, "accept ANY launch measurement (the guest may be the host's own): prints a WARNING")
 	fl.StringVar(&f.acpiTables, "acpi-tables", "", "pin the ACPI tables the host's VMM gave the guest: the digest the guest computed (64 hex digits; verify --json shows it as acpiTables); on SEV-SNP nothing else binds them")
+	fl.StringArrayVar(&f.rtmr0Events, "tdx-rtmr0-event", nil, "TDX: pin RTMR0 as the digests of the event log's RTMR0 events (the TD HOB, UEFI variables, the host's ACPI tables), one per flag in log order, 96 hex digits each, as verify --json lists them (rtmr0Events) for a known-good launch of the same shape (repeatable)")
+	fl.BoolVar(&f.allowAnyRTMR0, "unsafe-allow-any-rtmr0", false, "TDX: accept an RTMR0 nothing pins (--tdx-rtmr0, --tdx-rtmr0-event, a 384-digit --measurement): the host's ACPI tables run unchecked; prints a WARNING")
 	fl.StringVar(&f.toolchainDigest, "toolchain-digest", "", "pin the toolchain: its dm-verity root hash (64 hex digits; cloche image toolchain prints it as verityRootHash)")
 	fl.StringArrayVar(&f.command, "command", nil, "pin the command: one argv element per flag, in order (repeatable)")
 	fl.StringArrayVar(&f.env, "env", nil, "pin an environment variable, NAME=VALUE (repeatable)")
@@ -318,6 +332,7 @@ func (f *verifyFlags) measurementOptions(o *verify.Options) error {
 		o.ExpectedMeasurements = append(o.ExpectedMeasurements, b)
 	}
 	o.InsecureSkipMeasurement = f.skipMeasurement
+	o.UnsafeAllowAnyRTMR0 = f.allowAnyRTMR0
 	if !f.skipMeasurement {
 		// The guest images this cloche's release published: a build made with one verifies
 		// with no measurement flag.
@@ -333,6 +348,9 @@ func (f *verifyFlags) measurementOptions(o *verify.Options) error {
 // pins are the pins on what the host chose: toolchain, ACPI tables, command, env.
 func (f *verifyFlags) pins() (verify.Pins, error) {
 	p := verify.Pins{ToolchainDigest: strings.ToLower(f.toolchainDigest), ACPITables: strings.ToLower(f.acpiTables), EnvExact: f.envExact}
+	for _, d := range f.rtmr0Events {
+		p.RTMR0Events = append(p.RTMR0Events, strings.ToLower(strings.TrimSpace(d)))
+	}
 	if len(f.command) > 0 {
 		p.Command = f.command
 	}
@@ -361,6 +379,9 @@ var optionFlags = strings.NewReplacer(
 	"Reference.Firmware", "--snp-firmware or --tdx-firmware",
 	"ExpectedMeasurements", "--measurement HEX",
 	"InsecureSkipMeasurement", "--insecure-skip-measurement",
+	"UnsafeAllowAnyRTMR0", "--unsafe-allow-any-rtmr0",
+	"EvidencePolicy.TDX.RTMR[0]", "--tdx-rtmr0 HEX",
+	"Pins.RTMR0Events", "--tdx-rtmr0-event HEX",
 	"AllowSimulated", "--allow-simulated",
 	"SimRoots", "--trusted-sim-root",
 	"Pins.ToolchainDigest (its dm-verity root hash)", "--toolchain-digest (its dm-verity root hash; cloche image toolchain prints it as verityRootHash)",
@@ -375,7 +396,7 @@ var optionFlags = strings.NewReplacer(
 	"Identity.SourceURI", "--source-uri",
 	"Identity.SourceTag", "--source-tag",
 	"Identity.SourceBranch", "--source-branch",
-	"Options.ExpectedSourceCommit, ExpectedSourceTag, ExpectedSourceTree or a keyless Identity", "--source-commit, --source-tag, --source-tree, --source-dir or keyless --source-uri",
+	"Options.ExpectedSourceCommit, ExpectedSourceTree or a keyless Identity (ExpectedSourceTag alone", "--source-commit, --source-tree, --source-dir or keyless --source-uri (--source-tag alone",
 	"UnsafeAllowAnySource", "--unsafe-allow-any-source",
 	"UnsafeAllowAnyToolchain", "--unsafe-allow-any-toolchain",
 	"Options.ExpectedSourceCommit", "--source-commit",

@@ -9,7 +9,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,4 +187,57 @@ func benchStatement(b *testing.B) []byte {
 		b.Fatal(err)
 	}
 	return stmt
+}
+
+// BenchmarkDepsPath measures what the dependency path adds to a build of examples/go-cli
+// (four modules): fetching them on the host, packing them onto their disk and checking every
+// module against go.sum in the guest. Each iteration runs the same trivial command on the
+// same source twice, without and with Deps, and the ratio is the pair's. The modules come
+// from the host's module cache (GOPROXY=file://), so the network is not what is measured.
+func BenchmarkDepsPath(b *testing.B) {
+	testfixture.RequireQEMU(b)
+	src, err := filepath.Abs(filepath.Join("..", "..", "examples", "go-cli"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fill the module cache once through the normal proxy, then read only from it.
+	dl := exec.Command("go", "mod", "download")
+	dl.Dir = src
+	if out, err := dl.CombinedOutput(); err != nil {
+		b.Fatalf("go mod download: %v\n%s", err, out)
+	}
+	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Setenv("GOPROXY", "file://"+filepath.Join(strings.TrimSpace(string(modcache)), "cache", "download"))
+	b.Setenv("GOSUMDB", "off")
+	dir := b.TempDir()
+	key := filepath.Join(dir, "key.pem")
+	if err := provenance.GenerateKey(key, key+".pub"); err != nil {
+		b.Fatal(err)
+	}
+	signer, err := provenance.LoadKeySigner(key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	run := func(deps string) time.Duration {
+		start := time.Now()
+		_, err := Run(context.Background(), Options{
+			Spec:      job.Spec{Command: []string{"sh", "-c", "echo built > built"}, TEE: attest.TEESim, TimeoutSeconds: 120, Deps: deps},
+			SourceDir: src, OutDir: filepath.Join(b.TempDir(), "out"),
+			GuestImageDir: testfixture.GuestImage(b), ToolchainImage: testfixture.BusyboxToolchain(b),
+			SimDir: filepath.Join(testfixture.CacheDir(b), "sim-tee"), Signer: signer, Version: "0.1.0-test", Accel: "tcg",
+		})
+		if err != nil {
+			b.Fatalf("build with deps %q: %v", deps, err)
+		}
+		return time.Since(start)
+	}
+	var pairs benchpair.Pairs
+	for range b.N {
+		plain := run("")
+		pairs.Add(plain, run(job.DepsGo))
+	}
+	pairs.Report(b, "deps")
 }

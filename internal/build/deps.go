@@ -31,6 +31,12 @@ const depsDownloadDir = "cache/download"
 // checked, relative to Workdir.
 var goLockfiles = []string{"go.mod", "go.sum"}
 
+// CheckDeps checks spec.Deps against the source in sourceDir as Run will (a known kind,
+// its lockfile present), for callers that read the job before anything slow happens.
+func CheckDeps(spec job.Spec, sourceDir string) error {
+	return (&Options{Spec: spec, SourceDir: sourceDir}).checkDeps()
+}
+
 // checkDeps checks Options.Deps and that the lockfile it names is in the source, before
 // anything slow happens.
 func (o *Options) checkDeps() error {

@@ -167,6 +167,10 @@ func readBuildInputs(a *githubactions.Action) (*buildInputs, error) {
 	in.spec = job.Spec{Command: []string{"sh", "-c", run}, Artifacts: patterns,
 		TEE: attest.TEE(defaulted(input(a, "tee"), "auto")), InvocationID: wc.invocation(), Repository: wc.repoURL(), Ref: wc.ref}
 	in.spec.SetTimeout(build.DefaultTimeout)
+	in.spec.Deps = input(a, "deps")
+	if err := build.CheckDeps(in.spec, in.srcDir); err != nil {
+		return nil, fmt.Errorf("%w: input deps: %w", ErrInput, err)
+	}
 	if v := input(a, "timeout"); v != "" {
 		timeout, err := time.ParseDuration(v)
 		if err != nil || timeout < build.MinTimeout {

@@ -194,7 +194,7 @@ func DownloadRelease(ctx context.Context, apiURL, token, repo, tag, dir string, 
 
 // verifyOptionsFromInputs maps the verify action's inputs to verify.Options.
 func verifyOptionsFromInputs(a *githubactions.Action, setup VerifySetup) (*verify.Options, error) {
-	o := &verify.Options{ExpectedBuilderID: input(a, "builder-id")}
+	o := &verify.Options{ExpectedBuilderID: input(a, "builder-id"), ExpectedSourceCommit: input(a, "source-commit")}
 	repo := defaulted(input(a, "repository"), a.Getenv("GITHUB_REPOSITORY"))
 	sourceURI := input(a, "source-uri")
 	if sourceURI == "" && repo != "" {
@@ -306,7 +306,24 @@ func evidenceInputs(a *githubactions.Action, o *verify.Options) error {
 	if o.UnsafeAllowAnySource, err = boolInput(a, "unsafe-allow-any-source"); err != nil {
 		return err
 	}
-	return nil
+	return rtmr0Inputs(a, o)
+}
+
+// rtmr0Inputs maps the TDX RTMR0 pins and their opt-out (verify.Options checks them).
+func rtmr0Inputs(a *githubactions.Action, o *verify.Options) error {
+	if s := input(a, "tdx-rtmr0"); s != "" {
+		b, err := hex.DecodeString(strings.TrimSpace(s))
+		if err != nil || len(b) != 48 {
+			return fmt.Errorf("%w: input tdx-rtmr0 %q: expected 96 hex digits (TDX RTMR0)", ErrInput, s)
+		}
+		o.EvidencePolicy.TDX.RTMR[0] = b
+	}
+	for _, d := range listInput(a, "tdx-rtmr0-event") {
+		o.Pins.RTMR0Events = append(o.Pins.RTMR0Events, strings.ToLower(d))
+	}
+	skip, err := boolInput(a, "unsafe-allow-any-rtmr0")
+	o.UnsafeAllowAnyRTMR0 = skip
+	return err
 }
 
 func verifySummary(repo, tag string, results []ArtifactResult) string {

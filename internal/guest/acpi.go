@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/cloche-dev/cloche/attest"
 )
 
 // ACPITablesDir is where the guest kernel exposes the ACPI tables it was given.
@@ -72,4 +74,36 @@ func writeField(w io.Writer, b []byte) {
 	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
 	w.Write(n[:])
 	w.Write(b)
+}
+
+// CCEventLog reads the TDX event log TDVF wrote: the log area of the ACPI CCEL table,
+// which the kernel exposes as data/CCEL under tablesDir. The area is a fixed size with the
+// events first and padding after; a log area larger than attest.MaxEventLogSize is cut
+// there when what is cut is padding (0xff or 0x00 bytes), and refused otherwise.
+func CCEventLog(tablesDir string) ([]byte, error) {
+	p := filepath.Join(tablesDir, "data", "CCEL")
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("the TDX event log (the CCEL table's log area, %s; a kernel with CONFIG_ACPI exposes it): %w", p, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxACPITableBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the TDX event log %s: %w", p, err)
+	}
+	if len(b) > maxACPITableBytes {
+		return nil, fmt.Errorf("the TDX event log %s exceeds %d bytes", p, maxACPITableBytes)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("the TDX event log %s is empty", p)
+	}
+	if len(b) > attest.MaxEventLogSize {
+		for _, c := range b[attest.MaxEventLogSize:] {
+			if c != 0xff && c != 0 {
+				return nil, fmt.Errorf("the TDX event log %s is %d bytes, and its events go past the %d bytes evidence carries", p, len(b), attest.MaxEventLogSize)
+			}
+		}
+		b = b[:attest.MaxEventLogSize]
+	}
+	return b, nil
 }

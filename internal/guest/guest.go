@@ -631,6 +631,11 @@ func (a *initRun) writeResult(ctx context.Context, st *buildState, cause error) 
 		return fmt.Errorf("encoding the result record: %w", err)
 	}
 	ev, err := a.provider.GetEvidence(ctx, job.ReportData(rec))
+	if err == nil && ev.TEE == attest.TEETDX && ev.EventLog == nil {
+		// What TDVF measured into RTMR0 (the TD HOB, the UEFI variables, the host's ACPI
+		// tables): a verifier replays it to the quote's RTMR0 and refuses a quote without it.
+		ev.EventLog, err = CCEventLog(filepath.Join(a.cfg.SysRoot, "firmware", "acpi", "tables"))
+	}
 	if err != nil {
 		everr := fmt.Errorf("getting evidence for the result record: %w", err)
 		if cause != nil {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	tdxtestdata "github.com/google/go-tdx-guest/testing/testdata"
+
 	"github.com/cloche-dev/cloche/attest"
 	"github.com/cloche-dev/cloche/attest/verifier"
 	attestclient "github.com/cloche-dev/cloche/internal/attest/client"
@@ -292,5 +294,49 @@ func TestBuildEnv(t *testing.T) {
 	want := []string{"PATH=" + BuildPath, "HOME=/tmp", "LANG=C.UTF-8", "TZ=Europe/Paris", "SOURCE_DATE_EPOCH=42", "A=1", "CC=clang"}
 	if strings.Join(env, "\n") != strings.Join(want, "\n") {
 		t.Errorf("%q, expected %q", env, want)
+	}
+}
+
+// fixedTDX is a TDX provider that returns Intel's sample quote (its bindings are not this
+// run's; only what writeResult does with TDX evidence is tested).
+type fixedTDX struct{}
+
+func (fixedTDX) TEE() attest.TEE { return attest.TEETDX }
+func (fixedTDX) GetEvidence(context.Context, [64]byte) (*attest.Evidence, error) {
+	return &attest.Evidence{TEE: attest.TEETDX, Report: bytes.Clone(tdxtestdata.RawQuote)}, nil
+}
+
+// TDX evidence leaves the guest with the CCEL event log, or not at all.
+func TestWriteResultTDXEventLog(t *testing.T) {
+	for _, withLog := range []bool{true, false} {
+		a, launch, _, outPath, _ := testInitRun(t, 1<<20)
+		a.provider = fixedTDX{}
+		a.cfg.SysRoot = t.TempDir()
+		tables := filepath.Join(a.cfg.SysRoot, "firmware", "acpi", "tables")
+		log := append([]byte("the events TDVF logged"), bytes.Repeat([]byte{0xff}, 4096)...)
+		if withLog {
+			os.MkdirAll(filepath.Join(tables, "data"), 0o755)
+			if err := os.WriteFile(filepath.Join(tables, "data", "CCEL"), log, 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a.finish(context.Background(), testState(t, launch, "build output\n"))
+		out, err := disk.ReadOutput(outPath, t.TempDir(), 1<<30)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !withLog {
+			if out.Evidence != nil || !strings.Contains(out.Error, "data/CCEL") {
+				t.Errorf("without the CCEL log: evidence %d bytes, error %q", len(out.Evidence), out.Error)
+			}
+			continue
+		}
+		ev, err := attest.ParseEvidence(out.Evidence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ev.EventLog, log) {
+			t.Errorf("evidence event log is %d bytes, want the %d of data/CCEL", len(ev.EventLog), len(log))
+		}
 	}
 }
