@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/sha512"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -84,10 +85,13 @@ type Manifest struct {
 // format) of what the host fetched for the lockfile, which the guest checks against these
 // digests while unpacking and then, entry by entry, against the lockfile in the attested
 // source. For DepsGo the archive holds a module proxy tree
-// (cache/download/MODULE/@v/VERSION.{mod,zip,info}).
+// (cache/download/MODULE/@v/VERSION.{mod,zip,info}); for DepsNPM the content files of an
+// npm cache (_cacache/content-v2/ALGO/HEX[0:2]/HEX[2:4]/HEX[4:]) named by the lockfile's
+// integrity digests.
 type Deps struct {
 	Kind string `json:"kind"`
-	// Lockfile is the lockfile's path relative to the source root (Go: Workdir/go.sum).
+	// Lockfile is the lockfile's path relative to the source root (Go: Workdir/go.sum,
+	// npm: Workdir/package-lock.json).
 	Lockfile      string `json:"lockfile"`
 	ArchiveSHA256 string `json:"archiveSha256"`
 	ArchiveSize   int64  `json:"archiveSize"`
@@ -107,6 +111,21 @@ type Module struct {
 	ZipH1     string `json:"zipH1,omitempty"`
 	ModSHA256 string `json:"modSha256"`
 	ModH1     string `json:"modH1"`
+}
+
+// Package is one npm package the guest checked against the lockfile before the build
+// (DepsNPM): its content file on the dependency disk hashes to Integrity. The same
+// NAME@VERSION at several places of the lockfile is listed once.
+type Package struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Integrity is the one hash of the lockfile's integrity the guest checked, as
+	// Subresource Integrity (ALGO-BASE64): the strongest it gave (sha1 only when it gave
+	// nothing else).
+	Integrity string `json:"integrity"`
+	// Resolved is where the lockfile says the package came from, as it says it ("" when
+	// it does not): the lockfile's word, not the host's.
+	Resolved string `json:"resolved,omitempty"`
 }
 
 // Rlimits bound what one build can take from the guest kernel (soft and hard limit alike).
@@ -264,6 +283,9 @@ type Result struct {
 	// Modules are the dependency modules the guest checked against the lockfile before
 	// the build (Manifest.Deps), sorted by path and version.
 	Modules []Module `json:"modules,omitempty"`
+	// Packages are the npm packages the guest checked against the lockfile before the
+	// build (Manifest.Deps of kind DepsNPM), sorted by name and version.
+	Packages []Package `json:"packages,omitempty"`
 }
 
 // Artifact is one output file.
@@ -465,6 +487,9 @@ func (r *Result) Validate() error {
 	if err := validateModules(r.Modules); err != nil {
 		return err
 	}
+	if err := validatePackages(r.Packages); err != nil {
+		return err
+	}
 	seen := map[string]bool{}
 	for _, a := range r.Artifacts {
 		if err := checkRelPath("artifact path", a.Path, false); err != nil {
@@ -488,19 +513,33 @@ func (r *Result) Validate() error {
 var depsGoEnv = []string{"GOPROXY", "GOFLAGS", "GOSUMDB", "GONOSUMDB", "GONOSUMCHECK", "GONOPROXY",
 	"GOINSECURE", "GOPRIVATE", "GOMODCACHE", "GOWORK", "GOTOOLCHAIN", "GOENV", "GOPATH", "GOVCS"}
 
-// checkAgainst refuses a dependency disk whose lockfile is not the go.sum beside the
-// go.mod the build's go uses (the workdir's), and an env that overrides the guest's go
-// settings.
+// depsNPMEnvPrefix starts the environment variables npm reads its configuration from
+// (case-insensitively): with an npm dependency disk the guest sets the cache and offline
+// mode; a manifest may set none, or a host could point npm at packages nobody checked.
+const depsNPMEnvPrefix = "npm_config_"
+
+// checkAgainst refuses a dependency disk whose lockfile is not the one beside the
+// workdir's go.mod or package.json, which the build's go or npm reads, and an env that
+// overrides the guest's go or npm settings.
 func (d *Deps) checkAgainst(m *Manifest) error {
 	if d == nil {
 		return nil
 	}
-	if want := path.Join(m.Workdir, "go.sum"); d.Lockfile != want {
-		return invalidf("manifest deps.lockfile is %q, expected %q: the go.sum of the workdir's go.mod, which the build's go reads", d.Lockfile, want)
+	if want := path.Join(m.Workdir, DepsLockfile(d.Kind)); d.Lockfile != want {
+		return invalidf("manifest deps.lockfile is %q, expected %q: the %s of the workdir, which the build reads", d.Lockfile, want, DepsLockfile(d.Kind))
 	}
-	for _, k := range depsGoEnv {
-		if _, ok := m.Env[k]; ok {
-			return invalidf("manifest env sets %s, which a build with a dependency disk may not: the guest points go at the checked modules", k)
+	switch d.Kind {
+	case DepsGo:
+		for _, k := range depsGoEnv {
+			if _, ok := m.Env[k]; ok {
+				return invalidf("manifest env sets %s, which a build with a dependency disk may not: the guest points go at the checked modules", k)
+			}
+		}
+	case DepsNPM:
+		for k := range m.Env {
+			if strings.HasPrefix(strings.ToLower(k), depsNPMEnvPrefix) {
+				return invalidf("manifest env sets %s, which a build with an npm dependency disk may not: the guest points npm at the checked packages", k)
+			}
 		}
 	}
 	return nil
@@ -513,10 +552,10 @@ func (d *Deps) validate() error {
 	switch {
 	case d == nil:
 		return nil
-	case d.Kind != DepsGo:
-		return invalidf("manifest deps.kind is %q, expected %q", d.Kind, DepsGo)
-	case !isRelPath(d.Lockfile, false) || path.Base(d.Lockfile) != "go.sum":
-		return invalidf("manifest deps.lockfile %q must be a clean relative path to a go.sum", d.Lockfile)
+	case DepsLockfile(d.Kind) == "":
+		return invalidf("manifest deps.kind is %q, expected %q or %q", d.Kind, DepsGo, DepsNPM)
+	case !isRelPath(d.Lockfile, false) || path.Base(d.Lockfile) != DepsLockfile(d.Kind):
+		return invalidf("manifest deps.lockfile %q must be a clean relative path to a %s", d.Lockfile, DepsLockfile(d.Kind))
 	case !hex64.MatchString(d.ArchiveSHA256):
 		return invalidf("manifest deps.archiveSha256 must be 64 lowercase hex digits")
 	case d.ArchiveSize <= 0:
@@ -550,6 +589,56 @@ func validateModules(mods []Module) error {
 			return invalidf("result record module %s@%s has a malformed zip digest", mod.Path, mod.Version)
 		case i > 0 && (mods[i-1].Path > mod.Path || mods[i-1].Path == mod.Path && mods[i-1].Version >= mod.Version):
 			return invalidf("result record modules are not sorted by path and version without repeats at %s@%s", mod.Path, mod.Version)
+		}
+	}
+	return nil
+}
+
+// npmName is an npm package name: lowercase URL-safe characters, an optional @scope/.
+// Older packages have capitals, so they are allowed too.
+var npmName = regexp.MustCompile(`^(@[A-Za-z0-9._~-][A-Za-z0-9._~!*'()-]{0,213}/)?[A-Za-z0-9._~-][A-Za-z0-9._~!*'()-]{0,213}$`)
+
+// npmVersion is a version as a lockfile records it: semver, with build metadata.
+var npmVersion = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9.+-]{0,255}$`)
+
+// MaxResolvedLen bounds a package's resolved URI.
+const MaxResolvedLen = 4096
+
+// IntegrityAlgorithms are the hashes a Package.Integrity may name, by their digest
+// length in bytes.
+var IntegrityAlgorithms = map[string]int{"sha512": 64, "sha384": 48, "sha256": 32, "sha1": 20}
+
+// ParseIntegrity splits one Subresource Integrity hash ALGO-BASE64 into its algorithm and
+// digest, checking the digest's length; options after "?" are refused.
+func ParseIntegrity(sri string) (algo string, digest []byte, err error) {
+	algo, b64, ok := strings.Cut(sri, "-")
+	n, known := IntegrityAlgorithms[algo]
+	if !ok || !known {
+		return "", nil, fmt.Errorf("integrity %q: expected ALGO-BASE64 with ALGO one of sha512, sha384, sha256, sha1", sri)
+	}
+	digest, err = base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(digest) != n {
+		return "", nil, fmt.Errorf("integrity %q: expected the base64 of a %d-byte %s digest", sri, n, algo)
+	}
+	return algo, digest, nil
+}
+
+func validatePackages(pkgs []Package) error {
+	if len(pkgs) > MaxModules {
+		return invalidf("result record lists %d packages, limit %d", len(pkgs), MaxModules)
+	}
+	for i, p := range pkgs {
+		if !npmName.MatchString(p.Name) || !npmVersion.MatchString(p.Version) {
+			return invalidf("result record package %d has a malformed name or version", i)
+		}
+		if _, _, err := ParseIntegrity(p.Integrity); err != nil {
+			return invalidf("result record package %s@%s: %v", p.Name, p.Version, err)
+		}
+		if len(p.Resolved) > MaxResolvedLen || strings.ContainsFunc(p.Resolved, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			return invalidf("result record package %s@%s has a resolved URI longer than %d characters or with spaces or control characters", p.Name, p.Version, MaxResolvedLen)
+		}
+		if i > 0 && (pkgs[i-1].Name > p.Name || pkgs[i-1].Name == p.Name && pkgs[i-1].Version >= p.Version) {
+			return invalidf("result record packages are not sorted by name and version without repeats at %s@%s", p.Name, p.Version)
 		}
 	}
 	return nil

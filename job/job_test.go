@@ -230,7 +230,9 @@ func TestResultValidation(t *testing.T) {
 func TestManifestDepsAndResultModulesValidated(t *testing.T) {
 	good := Deps{Kind: DepsGo, Lockfile: "app/go.sum", ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 1}
 	for name, d := range map[string]Deps{
-		"kind":       {Kind: "npm", Lockfile: "go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"kind":       {Kind: "cargo", Lockfile: "go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"npm go.sum": {Kind: DepsNPM, Lockfile: "go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
+		"go npm":     {Kind: DepsGo, Lockfile: "package-lock.json", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
 		"lockfile":   {Kind: DepsGo, Lockfile: "../go.sum", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
 		"not go.sum": {Kind: DepsGo, Lockfile: "go.mod", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1},
 		"digest":     {Kind: DepsGo, Lockfile: "go.sum", ArchiveSHA256: "x", ArchiveSize: 1},
@@ -242,6 +244,10 @@ func TestManifestDepsAndResultModulesValidated(t *testing.T) {
 	}
 	if err := good.validate(); err != nil {
 		t.Errorf("good deps refused: %v", err)
+	}
+	npm := Deps{Kind: DepsNPM, Lockfile: "app/package-lock.json", ArchiveSHA256: good.ArchiveSHA256, ArchiveSize: 1}
+	if err := npm.validate(); err != nil {
+		t.Errorf("good npm deps refused: %v", err)
 	}
 	mod := func(p, v string) Module {
 		return Module{Path: p, Version: v, ModSHA256: strings.Repeat("b", 64), ModH1: "h1:x"}
@@ -280,5 +286,53 @@ func TestManifestDepsBindTheLockfileAndGoSettings(t *testing.T) {
 	}
 	if err := d.checkAgainst(&Manifest{Workdir: "app", Env: map[string]string{"GOARCH": "amd64", "CGO_ENABLED": "0"}}); err != nil {
 		t.Errorf("a build's own go variables refused: %v", err)
+	}
+}
+
+// With an npm dependency disk, the lockfile is the workdir's package-lock.json and the env
+// may set no npm configuration, in any case.
+func TestManifestNPMDepsBindTheLockfileAndNPMSettings(t *testing.T) {
+	d := &Deps{Kind: DepsNPM, Lockfile: "app/package-lock.json", ArchiveSHA256: strings.Repeat("a", 64), ArchiveSize: 1}
+	if err := d.checkAgainst(&Manifest{Workdir: "app"}); err != nil {
+		t.Fatalf("the workdir's package-lock.json refused: %v", err)
+	}
+	if err := d.checkAgainst(&Manifest{Workdir: "."}); err == nil || !strings.Contains(err.Error(), `expected "package-lock.json"`) {
+		t.Errorf("another directory's lockfile: %v", err)
+	}
+	for _, k := range []string{"npm_config_cache", "NPM_CONFIG_OFFLINE", "Npm_Config_Registry"} {
+		err := d.checkAgainst(&Manifest{Workdir: "app", Env: map[string]string{k: "x"}})
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("env %s with an npm dependency disk: %v", k, err)
+		}
+	}
+	if err := d.checkAgainst(&Manifest{Workdir: "app", Env: map[string]string{"NODE_ENV": "production", "GOPROXY": "off"}}); err != nil {
+		t.Errorf("a build's own variables refused: %v", err)
+	}
+}
+
+func TestResultPackagesValidated(t *testing.T) {
+	sha512 := "sha512-" + strings.Repeat("A", 86) + "=="
+	pkg := func(n, v string) Package { return Package{Name: n, Version: v, Integrity: sha512} }
+	good := []Package{pkg("@scope/a", "1.0.0"), pkg("is-number", "7.0.0"), pkg("is-number", "7.0.1")}
+	good[1].Resolved = "https://example.invalid/is-number/-/is-number-7.0.0.tgz"
+	if err := validatePackages(good); err != nil {
+		t.Errorf("sorted packages refused: %v", err)
+	}
+	if err := validatePackages([]Package{{Name: "a", Version: "1.0.0", Integrity: "sha1-" + strings.Repeat("A", 27) + "="}}); err != nil {
+		t.Errorf("a sha1 integrity refused: %v", err)
+	}
+	for name, pkgs := range map[string][]Package{
+		"unsorted":  {pkg("b", "1.0.0"), pkg("a", "1.0.0")},
+		"repeated":  {pkg("a", "1.0.0"), pkg("a", "1.0.0")},
+		"name":      {pkg("a b", "1.0.0")},
+		"version":   {pkg("a", "1.0.0 x")},
+		"algorithm": {{Name: "a", Version: "1", Integrity: "md5-" + strings.Repeat("A", 22) + "=="}},
+		"length":    {{Name: "a", Version: "1", Integrity: "sha512-" + strings.Repeat("A", 43) + "="}},
+		"base64":    {{Name: "a", Version: "1", Integrity: "sha512-!"}},
+		"resolved":  {{Name: "a", Version: "1", Integrity: sha512, Resolved: "https://x/a b"}},
+	} {
+		if err := validatePackages(pkgs); err == nil {
+			t.Errorf("%s: packages accepted", name)
+		}
 	}
 }

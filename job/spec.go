@@ -44,12 +44,26 @@ type Spec struct {
 	Git *source.GitObjects `json:"git,omitempty"`
 	// Deps names the lockfile the host fetches dependencies for, onto a read-only disk of
 	// their own that the guest checks against the lockfile in the source before the build:
-	// DepsGo (go.sum, in Workdir). "" is none.
+	// DepsGo (go.sum, in Workdir) or DepsNPM (package-lock.json, in Workdir). "" is none.
 	Deps string `json:"deps,omitempty"`
 }
 
 // Dependency kinds of Spec.Deps and Deps.Kind.
-const DepsGo = "go"
+const (
+	DepsGo  = "go"
+	DepsNPM = "npm"
+)
+
+// DepsLockfile is the lockfile of a dependency kind, in Workdir; "" for an unknown kind.
+func DepsLockfile(kind string) string {
+	switch kind {
+	case DepsGo:
+		return "go.sum"
+	case DepsNPM:
+		return "package-lock.json"
+	}
+	return ""
+}
 
 // Timeout is TimeoutSeconds as a duration.
 func (s *Spec) Timeout() time.Duration { return time.Duration(s.TimeoutSeconds) * time.Second }

@@ -46,28 +46,62 @@ func h1Hex(h1 string) string {
 	return hex.EncodeToString(b)
 }
 
-// moduleDependencies are the dependencies of the result record's modules, by name.
+// NPMPackageDependencyPrefix starts the name of each npm package dependency:
+// "npm:NAME@VERSION". The packages are those the guest checked against package-lock.json
+// before the build (job.Result.Packages).
+const NPMPackageDependencyPrefix = "npm:"
+
+// NPMPackageDependencyName is the resolvedDependencies name of an npm package.
+func NPMPackageDependencyName(p job.Package) string {
+	return NPMPackageDependencyPrefix + p.Name + "@" + p.Version
+}
+
+// expectedPackageDependency is an npm package's dependency as the result record states
+// it: the resolved location the lockfile gives as its URI, the integrity the guest
+// checked as a digest in hex (sha512, or the lockfile's strongest) and as the lockfile's
+// Subresource Integrity string in an annotation.
+func expectedPackageDependency(p job.Package) *Dependency {
+	d := &Dependency{URI: p.Resolved, Digest: map[string]string{}, Annotations: map[string]any{"integrity": p.Integrity}}
+	if algo, digest, err := job.ParseIntegrity(p.Integrity); err == nil {
+		d.Digest[algo] = hex.EncodeToString(digest)
+	}
+	return d
+}
+
+// moduleDependencies are the dependencies of the result record's Go modules and npm
+// packages, by name.
 func moduleDependencies(r *job.Result) ([]string, map[string]*Dependency) {
-	names := make([]string, 0, len(r.Modules))
-	deps := make(map[string]*Dependency, len(r.Modules))
+	names := make([]string, 0, len(r.Modules)+len(r.Packages))
+	deps := make(map[string]*Dependency, len(r.Modules)+len(r.Packages))
 	for _, m := range r.Modules {
 		name := GoModuleDependencyName(m)
 		names = append(names, name)
 		deps[name] = expectedModuleDependency(m)
 	}
+	for _, p := range r.Packages {
+		name := NPMPackageDependencyName(p)
+		names = append(names, name)
+		deps[name] = expectedPackageDependency(p)
+	}
 	return names, deps
 }
 
-// modules checks the statement's module dependencies against the result record's, both
-// ways: none missing, none added.
+// modules checks the statement's module and package dependencies against the result
+// record's, both ways: none missing, none added.
 func (c *checker) modules(got map[string]*Dependency, r *job.Result) {
 	names, want := moduleDependencies(r)
 	for _, name := range names {
 		c.dependency(name, got[name], want[name])
 	}
-	for name := range got {
-		if strings.HasPrefix(name, GoModuleDependencyPrefix) && want[name] == nil {
+	for _, name := range sortedKeys(got) {
+		if want[name] != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, GoModuleDependencyPrefix):
 			c.fail("resolvedDependencies["+name+"]", "result record", "a module", "no such module")
+		case strings.HasPrefix(name, NPMPackageDependencyPrefix):
+			c.fail("resolvedDependencies["+name+"]", "result record", "an npm package", "no such package")
 		}
 	}
 }

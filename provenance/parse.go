@@ -26,8 +26,9 @@ type Parsed struct {
 	BuilderVersion string
 	External       ExternalParameters
 	MaxOutputBytes int64
-	// Dependencies holds the resolved dependencies by name: source, toolchain, guest-image
-	// and gomod:MODULE@VERSION for each checked Go module.
+	// Dependencies holds the resolved dependencies by name: source, toolchain, guest-image,
+	// gomod:MODULE@VERSION for each checked Go module and npm:NAME@VERSION for each checked
+	// npm package.
 	Dependencies map[string]*Dependency
 	// Guest is the guest-image dependency in typed form.
 	Guest        GuestImage
@@ -221,10 +222,10 @@ func parseDependencies(deps []*intoto.ResourceDescriptor) (map[string]*Dependenc
 		name := d.GetName()
 		switch {
 		case name == SourceDependency, name == ToolchainDependency, name == GuestImageDependency:
-		case strings.HasPrefix(name, GoModuleDependencyPrefix):
+		case strings.HasPrefix(name, GoModuleDependencyPrefix), strings.HasPrefix(name, NPMPackageDependencyPrefix):
 		default:
-			return nil, statementErrorf("resolvedDependencies[%d] has name %q, expected %s, %s, %s or %sMODULE@VERSION",
-				i, name, SourceDependency, ToolchainDependency, GuestImageDependency, GoModuleDependencyPrefix)
+			return nil, statementErrorf("resolvedDependencies[%d] has name %q, expected %s, %s, %s, %sMODULE@VERSION or %sNAME@VERSION",
+				i, name, SourceDependency, ToolchainDependency, GuestImageDependency, GoModuleDependencyPrefix, NPMPackageDependencyPrefix)
 		}
 		if _, dup := out[name]; dup {
 			return nil, statementErrorf("resolved dependency %q appears twice", name)

@@ -359,6 +359,7 @@ func TestActionInputErrors(t *testing.T) {
 		{"bad show-summary", map[string]string{"INPUT_SHOW_SUMMARY": "sometimes"}, "input show-summary"},
 		{"unknown deps", map[string]string{"INPUT_DEPS": "cargo"}, `input deps: build input Deps "cargo": expected`},
 		{"deps without its lockfile", map[string]string{"INPUT_DEPS": "go"}, "input deps: build input Deps \"go\": the source has no go.mod"},
+		{"npm deps without its lockfile", map[string]string{"INPUT_DEPS": "npm"}, "input deps: build input Deps \"npm\": the source has no package.json"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

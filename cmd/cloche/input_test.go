@@ -46,6 +46,8 @@ func TestRunBadInputFailsFast(t *testing.T) {
 		{"env bad name", []string{"--env", "1X=y"}, `--env "1X=y": expected NAME=VALUE with NAME of letters`},
 		{"empty command", []string{"--", ""}, `COMMAND [""]: expected a command to run`},
 		{"no command", []string{"--"}, "no build command: expected cloche run [flags] -- COMMAND [ARGS...]"},
+		{"deps unknown", []string{"--deps", "cargo"}, `--deps "cargo": expected "go", "npm" or none`},
+		{"deps npm without package.json", []string{"--deps", "npm"}, `--deps "npm": the source has no package.json`},
 		{"accel", []string{"--accel", "hvf"}, `--accel "hvf": expected auto, kvm or tcg`},
 		{"rekor-url", []string{"--rekor-url", "rekor.example"}, `--rekor-url: transparency log URL "rekor.example": expected an http(s) URL`},
 		{"commit outside a checkout", []string{"--commit", "HEAD"}, "--commit HEAD: not a git checkout"},

@@ -74,7 +74,7 @@ is an artifact.`,
 	fl.StringVar(&f.tee, "tee", "auto", "TEE: auto, snp, tdx or sim (simulated: no hardware guarantee)")
 	fl.StringVar(&f.workdir, "workdir", ".", "directory inside the source to run COMMAND in")
 	fl.StringArrayVar(&f.artifacts, "artifact", nil, "artifact pattern relative to the source (repeatable; default: every file the build created or changed)")
-	fl.StringVar(&f.deps, "deps", "", "fetch the dependencies the source's lockfile names onto a read-only disk the guest checks against it before the build: go (go.mod and go.sum in --workdir)")
+	fl.StringVar(&f.deps, "deps", "", "fetch the dependencies the source's lockfile names onto a read-only disk the guest checks against it before the build: go (go.mod and go.sum in --workdir) or npm (package.json and package-lock.json in --workdir, fetched with the host's npm)")
 	fl.StringArrayVar(&f.env, "env", nil, "NAME=VALUE added to the build environment (repeatable)")
 	fl.DurationVar(&f.timeout, "timeout", build.DefaultTimeout, "time limit for COMMAND (at least 1s)")
 	fl.Int64Var(&f.maxOutput, "max-output", build.DefaultMaxOutputBytes, "cap on artifacts plus log, in `bytes`")

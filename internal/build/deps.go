@@ -20,8 +20,9 @@ import (
 
 // The dependency path (Spec.Deps): the host fetches what the lockfile names and packs it
 // onto a disk of its own. The host is untrusted here as everywhere: the guest checks every
-// module against the go.sum in the attested source before the build, so what this file
-// fetches only decides whether a build can run, never what it builds from.
+// module (or npm package) against the go.sum (package-lock.json) in the attested source
+// before the build, so what is fetched here only decides whether a build can run, never
+// what it builds from.
 
 // depsDownloadDir is the module proxy tree inside GOMODCACHE that goes onto the disk.
 const depsDownloadDir = "cache/download"
@@ -39,14 +40,18 @@ func CheckDeps(spec job.Spec, sourceDir string) error {
 // checkDeps checks Options.Deps and that the lockfile it names is in the source, before
 // anything slow happens.
 func (o *Options) checkDeps() error {
+	var lockfiles []string
 	switch o.Deps {
 	case "":
 		return nil
 	case job.DepsGo:
+		lockfiles = goLockfiles
+	case job.DepsNPM:
+		lockfiles = npmLockfiles
 	default:
-		return inputErr("Deps", fmt.Sprintf("%q", o.Deps), "expected %q or none", job.DepsGo)
+		return inputErr("Deps", fmt.Sprintf("%q", o.Deps), "expected %q, %q or none", job.DepsGo, job.DepsNPM)
 	}
-	for _, name := range goLockfiles {
+	for _, name := range lockfiles {
 		rel := path.Join(o.Workdir, name)
 		st, err := os.Stat(filepath.Join(o.SourceDir, filepath.FromSlash(rel)))
 		switch {
@@ -56,28 +61,31 @@ func (o *Options) checkDeps() error {
 			return inputErr("Deps", fmt.Sprintf("%q", o.Deps), "the source's %s is not a regular file", rel)
 		}
 	}
+	if o.Deps == job.DepsNPM {
+		if _, err := o.readNPMLockfile(); err != nil {
+			return inputErr("Deps", fmt.Sprintf("%q", o.Deps), "%w", err)
+		}
+	}
 	return nil
 }
 
-// prepareDeps is the dependency step of prepareInput: fetch the modules go.sum names into
-// a temporary module cache, keep its proxy tree and pack it. It returns the manifest's
+// prepareDeps is the dependency step of prepareInput: fetch what the lockfile names into
+// a temporary cache, keep the part the guest checks and pack it. It returns the manifest's
 // record of the archive and the archive's path; nil without Options.Deps.
 func (r *run) prepareDeps(ctx context.Context) (*job.Deps, string, error) {
 	o := r.o
-	if o.Deps == "" {
-		return nil, "", nil
-	}
-	modcache := filepath.Join(r.work, "gomodcache")
-	if err := goModDownload(ctx, filepath.Join(o.SourceDir, filepath.FromSlash(o.Workdir)), modcache); err != nil {
-		return nil, "", err
-	}
 	tree := filepath.Join(r.work, "deps")
-	if err := copyProxyTree(filepath.Join(modcache, filepath.FromSlash(depsDownloadDir)), filepath.Join(tree, filepath.FromSlash(depsDownloadDir))); err != nil {
-		return nil, "", fmt.Errorf("collecting the fetched modules: %w", err)
-	}
-	// Its proxy tree is copied; the extracted sources are not needed.
-	if err := os.RemoveAll(modcache); err != nil {
-		r.log.Warn("removing the temporary module cache", "err", err)
+	switch o.Deps {
+	case "":
+		return nil, "", nil
+	case job.DepsNPM:
+		if err := r.fetchNPM(ctx, tree); err != nil {
+			return nil, "", err
+		}
+	default:
+		if err := r.fetchGo(ctx, tree); err != nil {
+			return nil, "", err
+		}
 	}
 	if o.afterDepsDownload != nil {
 		if err := o.afterDepsDownload(tree); err != nil {
@@ -90,7 +98,25 @@ func (r *run) prepareDeps(ctx context.Context) (*job.Deps, string, error) {
 		return nil, "", fmt.Errorf("packing the dependencies: %w", err)
 	}
 	r.log.Info("dependencies packed", "sha256", sum, "bytes", size)
-	return &job.Deps{Kind: o.Deps, Lockfile: path.Join(o.Workdir, "go.sum"), ArchiveSHA256: sum, ArchiveSize: size}, archive, nil
+	return &job.Deps{Kind: o.Deps, Lockfile: path.Join(o.Workdir, job.DepsLockfile(o.Deps)), ArchiveSHA256: sum, ArchiveSize: size}, archive, nil
+}
+
+// fetchGo fetches the modules go.sum names into a temporary module cache and copies its
+// proxy tree to tree.
+func (r *run) fetchGo(ctx context.Context, tree string) error {
+	o := r.o
+	modcache := filepath.Join(r.work, "gomodcache")
+	if err := goModDownload(ctx, filepath.Join(o.SourceDir, filepath.FromSlash(o.Workdir)), modcache); err != nil {
+		return err
+	}
+	if err := copyProxyTree(filepath.Join(modcache, filepath.FromSlash(depsDownloadDir)), filepath.Join(tree, filepath.FromSlash(depsDownloadDir))); err != nil {
+		return fmt.Errorf("collecting the fetched modules: %w", err)
+	}
+	// Its proxy tree is copied; the extracted sources are not needed.
+	if err := os.RemoveAll(modcache); err != nil {
+		r.log.Warn("removing the temporary module cache", "err", err)
+	}
+	return nil
 }
 
 // downloadedModule is the part of `go mod download -json` output read here.

@@ -47,10 +47,14 @@ const (
 // ErrModuleMismatch: a module on the dependency disk is not the one go.sum names.
 var ErrModuleMismatch = errors.New("dependency module does not match go.sum")
 
-// depsEnv is the environment that points go at the checked modules and nowhere else.
+// depsEnv is the environment that points go (or npm) at the checked dependencies and
+// nowhere else.
 func depsEnv(m *job.Manifest) []string {
 	if m.Deps == nil {
 		return nil
+	}
+	if m.Deps.Kind == job.DepsNPM {
+		return npmDepsEnv()
 	}
 	return []string{
 		"GOPROXY=file://" + depsProxyDir,
@@ -66,8 +70,9 @@ func depsEnv(m *job.Manifest) []string {
 	}
 }
 
-// prepareDeps unpacks the dependency disk into the build root and checks every module on
-// it against the source's go.sum, recording the modules in the result record.
+// prepareDeps unpacks the dependency disk into the build root and checks every module
+// (or npm package) on it against the source's lockfile, recording them in the result
+// record.
 func (a *initRun) prepareDeps(ctx context.Context, root *BuildRoot, st *buildState) error {
 	m := st.manifest
 	if m.Deps == nil {
@@ -79,9 +84,25 @@ func (a *initRun) prepareDeps(ctx context.Context, root *BuildRoot, st *buildSta
 	}); err != nil {
 		return err
 	}
+	lockfile := filepath.Join(root.Src, filepath.FromSlash(m.Deps.Lockfile))
+	if m.Deps.Kind == job.DepsNPM {
+		var pkgs []job.Package
+		if err := a.doStep("checking the npm packages against "+m.Deps.Lockfile, func() (err error) {
+			pkgs, err = verifyNPMDisk(dir, lockfile, a.log)
+			return err
+		}); err != nil {
+			return err
+		}
+		a.update(func(st *buildState) { st.result.Packages = pkgs })
+		a.log.Info("dependency packages checked against package-lock.json", "packages", len(pkgs))
+		return nil
+	}
 	var mods []job.Module
 	if err := a.doStep("checking the dependency modules against "+m.Deps.Lockfile, func() error {
-		sums, err := readGoSum(filepath.Join(root.Src, filepath.FromSlash(m.Deps.Lockfile)))
+		if err := onlyModuleCache(dir); err != nil {
+			return err
+		}
+		sums, err := readGoSum(lockfile)
 		if err != nil {
 			return err
 		}
@@ -96,7 +117,7 @@ func (a *initRun) prepareDeps(ctx context.Context, root *BuildRoot, st *buildSta
 }
 
 // unpackDeps finds the dependency disk and unpacks its archive into dir (owned by root,
-// so the build cannot change a checked module).
+// so the build cannot change a checked dependency).
 func unpackDeps(ctx context.Context, sysRoot, devRoot string, deps *job.Deps, dir string) error {
 	disks, err := FindDisks(sysRoot, devRoot, SerialDeps)
 	if err != nil {
@@ -113,10 +134,7 @@ func unpackDeps(ctx context.Context, sysRoot, devRoot string, deps *job.Deps, di
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		return fmt.Errorf("creating %s in the build root: %w", DepsDir, err)
 	}
-	if err := source.Unpack(ctx, io.NewSectionReader(f, 0, deps.ArchiveSize), deps.ArchiveSHA256, deps.ArchiveSize, dir, source.DefaultLimits(), 0, 0, false); err != nil {
-		return err
-	}
-	return onlyModuleCache(dir)
+	return source.Unpack(ctx, io.NewSectionReader(f, 0, deps.ArchiveSize), deps.ArchiveSHA256, deps.ArchiveSize, dir, source.DefaultLimits(), 0, 0, false)
 }
 
 // onlyModuleCache refuses a dependency archive with anything beside cache/download, the
