@@ -46,12 +46,15 @@ func TestRunAttestsCommit(t *testing.T) {
 	forged := bytes.ReplaceAll(payload, []byte(sha), []byte(strings.Repeat("0", 40)))
 	args := append([]string{}, r.Verify[1:]...)
 	args[2] = h.resign(t, forged)
+	// Without the verifier's own commit pin (accepting any source), the statement's commit
+	// is still held to the guest's.
 	for i, a := range args {
 		if a == "--source-commit" {
 			args = append(args[:i], args[i+2:]...)
 			break
 		}
 	}
+	args = append([]string{args[0], "--unsafe-allow-any-source"}, args[1:]...)
 	wantFailed(t, args, "source.commit", `the guest attested "`+sha)
 	if _, err := provenance.ParseStatement(forged); err != nil {
 		t.Fatalf("the forged statement does not parse: %v", err)
