@@ -154,12 +154,16 @@ type unpacker struct {
 	uid, gid   int
 	chown      bool
 	th         *treeHasher     // nil unless the tree id is wanted
+	buf        []byte          // copy buffer shared by all files
 	kinds      map[string]byte // entry name -> tar type flag of what was created there
 	implicit   map[string]int  // directories created as missing parents -> index in dirs
 	dirs       []dirMode       // in creation order: parents before children
 	files      int
 	totalBytes int64
 }
+
+// copyBufSize is the buffer that carries file content from the archive to the file.
+const copyBufSize = 256 << 10
 
 type dirMode struct {
 	name  string
@@ -343,13 +347,18 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, name string) error {
 	}
 	u.kinds[name] = tar.TypeReg
 	perm := fs.FileMode(hdr.Mode) & fs.ModePerm
-	var out io.Writer = f
+	// struct{ io.Writer } hides the file's ReaderFrom (which finds no file to copy from and
+	// falls back to a fresh buffer per file), so that one buffer serves every file.
+	var out io.Writer = struct{ io.Writer }{f}
 	var blob hash.Hash
 	if u.th != nil {
 		blob = u.th.f.blobHash(hdr.Size)
 		out = io.MultiWriter(f, blob)
 	}
-	n, err := io.Copy(out, &ctxReader{ctx: u.ctx, r: tr})
+	if u.buf == nil {
+		u.buf = make([]byte, copyBufSize)
+	}
+	n, err := io.CopyBuffer(out, &ctxReader{ctx: u.ctx, r: tr}, u.buf)
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("wrote %d of %d bytes", n, hdr.Size)
 	}
