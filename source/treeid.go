@@ -3,12 +3,14 @@ package source
 import (
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -73,30 +75,61 @@ func treeOf(f ObjectFormat, dir string, top bool) (id []byte, empty bool, err er
 			if subEmpty {
 				continue
 			}
-			e = treeEntry{mode: "40000", name: name, sortKey: name + "/", id: sub}
+			e = dirEntry(name, sub)
 		case fs.ModeSymlink:
 			target, err := os.Readlink(full)
 			if err != nil {
 				return nil, false, err
 			}
-			e = treeEntry{mode: "120000", name: name, sortKey: name, id: f.objectID("blob", []byte(target))}
+			e = symlinkEntry(f, name, target)
 		case 0:
-			fid, exec, err := fileBlobID(f, full)
+			fid, perm, err := fileBlobID(f, full)
 			if err != nil {
 				return nil, false, err
 			}
-			mode := "100644"
-			if exec {
-				mode = "100755"
-			}
-			e = treeEntry{mode: mode, name: name, sortKey: name, id: fid}
+			e = fileEntry(name, perm, fid)
 		default:
 			return nil, false, fmt.Errorf("%s is a %v, expected a regular file, directory or symlink", full, de.Type())
 		}
 		entries = append(entries, e)
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].sortKey < entries[j].sortKey })
+	return f.treeObjectID(entries), len(entries) == 0, nil
+}
 
+// Tree entry modes, as git writes them in tree objects.
+const (
+	gitModeDir     = "40000"
+	gitModeSymlink = "120000"
+	gitModeExec    = "100755"
+	gitModeRegular = "100644"
+)
+
+// fileMode is the tree entry mode git records for a regular file with permission bits perm.
+func fileMode(perm uint32) string {
+	if isExec(perm) {
+		return gitModeExec
+	}
+	return gitModeRegular
+}
+
+func dirEntry(name string, id []byte) treeEntry {
+	return treeEntry{mode: gitModeDir, name: name, sortKey: name + "/", id: id}
+}
+
+// fileEntry is a regular file with permission bits perm whose blob id is id.
+func fileEntry(name string, perm uint32, id []byte) treeEntry {
+	return treeEntry{mode: fileMode(perm), name: name, sortKey: name, id: id}
+}
+
+// symlinkEntry is a symlink: git stores its target as a blob.
+func symlinkEntry(f ObjectFormat, name, target string) treeEntry {
+	return treeEntry{mode: gitModeSymlink, name: name, sortKey: name, id: f.objectID("blob", []byte(target))}
+}
+
+// treeObjectID sorts entries into git's order (a directory sorts as its name followed by
+// "/") and hashes the tree object they make. It reorders entries.
+func (f ObjectFormat) treeObjectID(entries []treeEntry) []byte {
+	sort.Slice(entries, func(i, j int) bool { return entries[i].sortKey < entries[j].sortKey })
 	var body []byte
 	for _, e := range entries {
 		body = append(body, e.mode...)
@@ -105,32 +138,108 @@ func treeOf(f ObjectFormat, dir string, top bool) (id []byte, empty bool, err er
 		body = append(body, 0)
 		body = append(body, e.id...)
 	}
-	return f.objectID("tree", body), len(entries) == 0, nil
+	return f.objectID("tree", body)
+}
+
+// blobHash returns a hash that, once fed exactly size bytes of content, sums to the id of
+// the git blob holding them.
+func (f ObjectFormat) blobHash(size int64) hash.Hash {
+	h := f.newHash()
+	h.Write([]byte("blob " + strconv.FormatInt(size, 10) + "\x00"))
+	return h
 }
 
 // fileBlobID hashes a regular file as a git blob, streaming it; size and exec bit come
 // from the open file so that they describe the bytes hashed.
-func fileBlobID(format ObjectFormat, p string) (id []byte, exec bool, err error) {
+func fileBlobID(format ObjectFormat, p string) (id []byte, perm uint32, err error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, false, fmt.Errorf("%s changed type while hashing", p)
+		return nil, 0, fmt.Errorf("%s changed type while hashing", p)
 	}
-	h := format.newHash()
-	h.Write([]byte("blob " + strconv.FormatInt(st.Size(), 10) + "\x00"))
+	h := format.blobHash(st.Size())
 	n, err := copyPooled(h, io.LimitReader(f, st.Size()))
 	if err != nil {
-		return nil, false, fmt.Errorf("%s: %w", p, err)
+		return nil, 0, fmt.Errorf("%s: %w", p, err)
 	}
 	if n != st.Size() {
-		return nil, false, fmt.Errorf("%s shrank while hashing", p)
+		return nil, 0, fmt.Errorf("%s shrank while hashing", p)
 	}
-	return h.Sum(nil), isExec(uint32(st.Mode().Perm())), nil
+	return h.Sum(nil), uint32(st.Mode().Perm()), nil
+}
+
+// memTree collects a tree's regular files and symlinks while they are written, so that
+// its id comes out without reading the tree back, by TreeIDFormat's rules. Directories
+// need no record of their own: one that holds neither, even recursively, is left out of
+// git's tree anyway, and every other one is implied by the paths below it.
+type memTree struct {
+	root memDir
+}
+
+type memDir struct {
+	leaves map[string]treeEntry // files and symlinks, by name
+	dirs   map[string]*memDir   // each with at least one leaf below it
+}
+
+// add records a file or symlink entry (see fileEntry, symlinkEntry) at the clean slash
+// path name, which must not have been added before. Everything at or below the top-level
+// ".git" is skipped, as TreeIDFormat skips it. A name that is both a leaf and a directory
+// is an error (Unpack refuses such archives before they get here; the check keeps a
+// mistake there from turning into a wrong id).
+func (t *memTree) add(name string, e treeEntry) error {
+	if name == gitDir || strings.HasPrefix(name, gitDir+"/") {
+		return nil
+	}
+	d, rest := &t.root, name
+	for {
+		first, after, more := strings.Cut(rest, "/")
+		if !more {
+			break
+		}
+		if _, ok := d.leaves[first]; ok {
+			return fmt.Errorf("tree id: %q is below a file or symlink", name)
+		}
+		sub := d.dirs[first]
+		if sub == nil {
+			if d.dirs == nil {
+				d.dirs = map[string]*memDir{}
+			}
+			sub = &memDir{}
+			d.dirs[first] = sub
+		}
+		d, rest = sub, after
+	}
+	if _, ok := d.leaves[rest]; ok {
+		return fmt.Errorf("tree id: %q added twice", name)
+	}
+	if _, ok := d.dirs[rest]; ok {
+		return fmt.Errorf("tree id: %q is both a directory and a file or symlink", name)
+	}
+	if d.leaves == nil {
+		d.leaves = map[string]treeEntry{}
+	}
+	e.name, e.sortKey = rest, rest
+	d.leaves[rest] = e
+	return nil
+}
+
+// id is the hex tree id in the object format f.
+func (t *memTree) id(f ObjectFormat) string { return hex.EncodeToString(t.root.id(f)) }
+
+func (d *memDir) id(f ObjectFormat) []byte {
+	entries := make([]treeEntry, 0, len(d.leaves)+len(d.dirs))
+	for _, e := range d.leaves {
+		entries = append(entries, e)
+	}
+	for name, sub := range d.dirs {
+		entries = append(entries, dirEntry(name, sub.id(f)))
+	}
+	return f.treeObjectID(entries)
 }

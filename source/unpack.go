@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -37,6 +38,33 @@ var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 // from the archive are created with mode 0755, or the mode of a directory entry for them
 // that comes later.
 func Unpack(ctx context.Context, r io.Reader, wantSHA256 string, wantSize int64, dest string, lim Limits, uid, gid int, chown bool) error {
+	return unpack(ctx, r, wantSHA256, wantSize, dest, lim, uid, gid, chown, nil)
+}
+
+// UnpackTreeID is Unpack that also returns the git tree id of what it unpacked, in the
+// object format f: the id TreeIDFormat(dest, f) would give right after Unpack, computed
+// in the same pass. Each regular file is hashed as a git blob while it is written and
+// symlink targets are kept, so the unpacked tree is never read back. The id is returned
+// only when Unpack would have succeeded (the archive's digest matched and every entry was
+// accepted); the checks, limits and errors are Unpack's.
+func UnpackTreeID(ctx context.Context, r io.Reader, wantSHA256 string, wantSize int64, dest string, lim Limits, uid, gid int, chown bool, f ObjectFormat) (string, error) {
+	if err := f.Check(); err != nil {
+		return "", fmt.Errorf("unpack: %w", err)
+	}
+	t := &memTree{}
+	if err := unpack(ctx, r, wantSHA256, wantSize, dest, lim, uid, gid, chown, &treeHasher{f: f, tree: t}); err != nil {
+		return "", err
+	}
+	return t.id(f), nil
+}
+
+// treeHasher is what the unpacker records for UnpackTreeID.
+type treeHasher struct {
+	f    ObjectFormat
+	tree *memTree
+}
+
+func unpack(ctx context.Context, r io.Reader, wantSHA256 string, wantSize int64, dest string, lim Limits, uid, gid int, chown bool, th *treeHasher) error {
 	if !sha256Hex.MatchString(wantSHA256) {
 		return fmt.Errorf("unpack: expected digest %q is not 64 lowercase hex digits", wantSHA256)
 	}
@@ -58,7 +86,7 @@ func Unpack(ctx context.Context, r io.Reader, wantSHA256 string, wantSize int64,
 	// One byte more than expected is read so that a longer stream is noticed.
 	hr := &hashingReader{r: io.LimitReader(r, wantSize+1), h: sha256.New()}
 	u := &unpacker{
-		ctx: ctx, root: root, lim: lim, uid: uid, gid: gid, chown: chown,
+		ctx: ctx, root: root, lim: lim, uid: uid, gid: gid, chown: chown, th: th,
 		kinds: map[string]byte{}, implicit: map[string]int{},
 	}
 	if err := u.extract(tar.NewReader(hr)); err != nil {
@@ -125,12 +153,17 @@ type unpacker struct {
 	lim        Limits
 	uid, gid   int
 	chown      bool
+	th         *treeHasher     // nil unless the tree id is wanted
+	buf        []byte          // copy buffer shared by all files
 	kinds      map[string]byte // entry name -> tar type flag of what was created there
 	implicit   map[string]int  // directories created as missing parents -> index in dirs
 	dirs       []dirMode       // in creation order: parents before children
 	files      int
 	totalBytes int64
 }
+
+// copyBufSize is the buffer that carries file content from the archive to the file.
+const copyBufSize = 256 << 10
 
 type dirMode struct {
 	name  string
@@ -266,6 +299,11 @@ func (u *unpacker) symlink(target, name string) error {
 		return fmt.Errorf("%q: %w", name, err)
 	}
 	u.kinds[name] = tar.TypeSymlink
+	if u.th != nil {
+		if err := u.th.tree.add(name, symlinkEntry(u.th.f, name, target)); err != nil {
+			return err
+		}
+	}
 	if u.chown {
 		if err := u.root.Lchown(name, u.uid, u.gid); err != nil {
 			return fmt.Errorf("%q: %w", name, err)
@@ -314,12 +352,27 @@ func (u *unpacker) file(tr *tar.Reader, hdr *tar.Header, name string) error {
 		return fmt.Errorf("%q: %w", name, err)
 	}
 	u.kinds[name] = tar.TypeReg
-	n, err := copyPooled(f, &ctxReader{ctx: u.ctx, r: tr})
+	perm := fs.FileMode(hdr.Mode) & fs.ModePerm
+	// struct{ io.Writer } hides the file's ReaderFrom (which finds no file to copy from and
+	// falls back to a fresh buffer per file), so that one buffer serves every file.
+	var out io.Writer = struct{ io.Writer }{f}
+	var blob hash.Hash
+	if u.th != nil {
+		blob = u.th.f.blobHash(hdr.Size)
+		out = io.MultiWriter(f, blob)
+	}
+	if u.buf == nil {
+		u.buf = make([]byte, copyBufSize)
+	}
+	n, err := io.CopyBuffer(out, &ctxReader{ctx: u.ctx, r: tr}, u.buf)
 	if err == nil && n != hdr.Size {
 		err = fmt.Errorf("wrote %d of %d bytes", n, hdr.Size)
 	}
+	if err == nil && blob != nil {
+		err = u.th.tree.add(name, fileEntry(name, uint32(perm), blob.Sum(nil)))
+	}
 	if err == nil {
-		err = f.Chmod(fs.FileMode(hdr.Mode) & fs.ModePerm)
+		err = f.Chmod(perm)
 	}
 	if err == nil && u.chown {
 		err = f.Chown(u.uid, u.gid)

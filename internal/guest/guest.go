@@ -476,10 +476,9 @@ func unpackSource(ctx context.Context, in *disk.Input, m *job.Manifest, root *Bu
 	if in.ArchiveSize != m.Source.ArchiveSize {
 		return "", nil, fmt.Errorf("the input disk holds a %d-byte archive, the manifest expects %d bytes", in.ArchiveSize, m.Source.ArchiveSize)
 	}
-	if err := source.Unpack(ctx, in.Archive, m.Source.ArchiveSHA256, m.Source.ArchiveSize, root.Src, source.DefaultLimits(), BuildUID, BuildGID, true); err != nil {
-		return "", nil, err
-	}
-	tree, err = source.TreeIDFormat(root.Src, m.Source.ObjectFormat)
+	// The tree id comes out of the unpacking itself: reading the tree back would double
+	// the guest's I/O for a large source.
+	tree, err = source.UnpackTreeID(ctx, in.Archive, m.Source.ArchiveSHA256, m.Source.ArchiveSize, root.Src, source.DefaultLimits(), BuildUID, BuildGID, true, m.Source.ObjectFormat)
 	if err != nil {
 		return "", nil, err
 	}
