@@ -160,6 +160,7 @@ type unpacker struct {
 	dirs       []dirMode       // in creation order: parents before children
 	files      int
 	totalBytes int64
+	mtime      *time.Time // every entry's, once the first is read (canonical)
 }
 
 // copyBufSize is the buffer that carries file content from the archive to the file.
@@ -204,6 +205,9 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	if err != nil {
 		return err
 	}
+	if err := u.canonical(name, hdr); err != nil {
+		return err
+	}
 	if i, ok := u.implicit[name]; ok && hdr.Typeflag == tar.TypeDir {
 		// A directory entry after its content (which created it): take its mode, once.
 		delete(u.implicit, name)
@@ -223,6 +227,30 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		return err
 	}
 	return u.create(tr, hdr, name)
+}
+
+// canonical refuses what Pack never writes and the tree id does not see: a mode other
+// than Pack's for the entry's type (the tree id keeps only the owner's exec bit, but the
+// build sees every bit: a 0300 directory hides its files from $(wildcard)), and times
+// that differ between entries (the tree id ignores them, but they steer make). So the
+// tree id, with the manifest's SOURCE_DATE_EPOCH, says all the build can see.
+func (u *unpacker) canonical(name string, hdr *tar.Header) error {
+	mode := hdr.Mode & 0o7777
+	switch {
+	case hdr.Typeflag == tar.TypeDir && mode != modeDir,
+		hdr.Typeflag == tar.TypeReg && mode != modeRegular && mode != modeExec,
+		hdr.Typeflag == tar.TypeSymlink && mode != modeSymlink:
+		return unsafeEntry(name, "mode %04o, expected the canonical archive's (files %04o or %04o, directories %04o, symlinks %04o)",
+			mode, modeRegular, modeExec, modeDir, modeSymlink)
+	}
+	t := hdr.ModTime
+	if u.mtime == nil {
+		u.mtime = &t
+	} else if !t.Equal(*u.mtime) {
+		return unsafeEntry(name, "modification time %s differs from the archive's first entry's %s (a canonical archive gives every entry SOURCE_DATE_EPOCH)",
+			t.UTC().Format(time.RFC3339), u.mtime.UTC().Format(time.RFC3339))
+	}
+	return nil
 }
 
 // entryName counts the entry against the limits and returns its clean name, refusing

@@ -42,8 +42,11 @@ func rawTar(t testing.TB, entries ...entry) []byte {
 			typ = tar.TypeReg
 		}
 		mode := e.mode
-		if mode == 0 {
-			mode = 0o644
+		if mode == 0 { // Pack's modes
+			mode = map[byte]int64{tar.TypeDir: 0o755, tar.TypeSymlink: 0o777}[typ]
+			if mode == 0 {
+				mode = 0o644
+			}
 		}
 		hdr := &tar.Header{Name: e.name, Typeflag: typ, Mode: mode, Linkname: e.linkname, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
 		if typ == tar.TypeReg {
@@ -165,10 +168,11 @@ func TestUnpackModesAndOwner(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown needs root")
 	}
+	// Only Pack's modes are accepted (TestUnpackRejects has the others).
 	data := rawTar(t,
-		entry{name: "ro/", typ: tar.TypeDir, mode: 0o555},
-		entry{name: "ro/f", body: "inside a read-only dir", mode: 0o640},
-		entry{name: "suid", body: "x", mode: 0o4755 | 0o2000 | 0o1000},
+		entry{name: "ro/", typ: tar.TypeDir},
+		entry{name: "ro/f", body: "a plain file"},
+		entry{name: "suid", body: "x", mode: 0o755},
 		entry{name: "l", typ: tar.TypeSymlink, linkname: "suid"},
 		entry{name: "implicit/parent/file", body: "y"},
 	)
@@ -177,8 +181,8 @@ func TestUnpackModesAndOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	checks := map[string]fs.FileMode{
-		"ro":              fs.ModeDir | 0o555,
-		"ro/f":            0o640,
+		"ro":              fs.ModeDir | 0o755,
+		"ro/f":            0o644,
 		"suid":            0o755,
 		"implicit":        fs.ModeDir | 0o755,
 		"implicit/parent": fs.ModeDir | 0o755,
@@ -202,15 +206,15 @@ func TestUnpackModesAndOwner(t *testing.T) {
 func TestUnpackDirectoryAfterContent(t *testing.T) {
 	data := rawTar(t,
 		entry{name: "d/sub/f", body: "x"},
-		entry{name: "d/", typ: tar.TypeDir, mode: 0o750},
+		entry{name: "d/", typ: tar.TypeDir},
 	)
 	dest, err := unpackHere(t, data, DefaultLimits())
 	if err != nil {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(filepath.Join(dest, "d"))
-	if err != nil || st.Mode().Perm() != 0o750 {
-		t.Fatalf("d: %v %v, want mode 0750 from the later entry", st, err)
+	if err != nil || st.Mode().Perm() != 0o755 {
+		t.Fatalf("d: %v %v, want mode 0755", st, err)
 	}
 	// But only once.
 	data = rawTar(t,
@@ -238,6 +242,12 @@ func TestUnpackRejects(t *testing.T) {
 		{"absolute dir", []entry{{name: "/tmp/", typ: tar.TypeDir}}, DefaultLimits(), ErrUnsafeEntry, "/tmp/"},
 		{"unclean", []entry{{name: "a//b", body: "x"}}, DefaultLimits(), ErrUnsafeEntry, "a//b"},
 		{"dot prefix", []entry{{name: "./a", body: "x"}}, DefaultLimits(), ErrUnsafeEntry, "./a"},
+		// Modes and times the tree id does not see, which Pack never writes.
+		{"read-only dir", []entry{{name: "ro/", typ: tar.TypeDir, mode: 0o555}}, DefaultLimits(), ErrUnsafeEntry, "ro"},
+		{"unlistable dir", []entry{{name: "src/", typ: tar.TypeDir, mode: 0o300}}, DefaultLimits(), ErrUnsafeEntry, "src"},
+		{"group-only file", []entry{{name: "f", body: "x", mode: 0o640}}, DefaultLimits(), ErrUnsafeEntry, "mode 0640"},
+		{"setuid file", []entry{{name: "f", body: "x", mode: 0o4755}}, DefaultLimits(), ErrUnsafeEntry, "mode 4755"},
+		{"group-exec file", []entry{{name: "f", body: "x", mode: 0o654}}, DefaultLimits(), ErrUnsafeEntry, "mode 0654"},
 		// The tree id skips the top-level .git: nothing would attest a config or a file there.
 		{"top-level .git file", []entry{{name: ".git/config", body: "[core]\n\tfsmonitor = evil\n"}}, DefaultLimits(), ErrUnsafeEntry, ".git/config"},
 		{"top-level .git dir", []entry{{name: ".git/", typ: tar.TypeDir}}, DefaultLimits(), ErrUnsafeEntry, ".git/"},
@@ -554,5 +564,24 @@ func TestUnpackTimesFromTheArchive(t *testing.T) {
 		if fi, err := os.Stat(filepath.Join(dest, p)); err != nil || fi.ModTime().Unix() != 0 {
 			t.Errorf("%s: %v %v, want the entry's time 0", p, fi.ModTime(), err)
 		}
+	}
+}
+
+// Entries whose times differ are refused: the tree id ignores times, but make does not.
+func TestUnpackRefusesDifferingTimes(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i, name := range []string{"gen.c", "gen.y"} {
+		body := []byte("x")
+		hdr := &tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644, Size: 1, ModTime: time.Unix(int64(1e9+i), 0), Format: tar.FormatPAX}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	tw.Close()
+	_, err := unpackHere(t, buf.Bytes(), DefaultLimits())
+	if !errors.Is(err, ErrUnsafeEntry) || !strings.Contains(err.Error(), `"gen.y": modification time`) {
+		t.Fatalf("err = %v, want ErrUnsafeEntry naming gen.y's time", err)
 	}
 }
