@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"math/big"
 	"net/url"
 	"os"
@@ -757,4 +758,20 @@ func TestLoadCRL(t *testing.T) {
 	// A CRL issued after the verification time is refused as well as a stale one.
 	err := crlCurrent("the AMD CRL", crl, fakeNow.Add(-time.Minute))
 	simtest.WantErr(t, err, attest.ErrRevoked, "issued at")
+}
+
+// A TDX 1.5 quote naming a service TD (MRSERVICETD non-zero) is refused: that TD can read or
+// migrate the build's state.
+func TestTDXServiceTDRefused(t *testing.T) {
+	q, err := attest.ParseTDXQuote(bytes.Clone(tdxtestdata.RawQuoteV5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkTDXPolicy(q, nil, Policy{}); err != nil {
+		t.Fatalf("the sample (MRSERVICETD zero): %v", err)
+	}
+	q.MrServiceTd = bytes.Repeat([]byte{0x5a}, 48)
+	if err := checkTDXPolicy(q, nil, Policy{}); !errors.Is(err, attest.ErrPolicy) || !strings.Contains(err.Error(), "MRSERVICETD") {
+		t.Fatalf("a bound service TD: %v, want ErrPolicy naming MRSERVICETD", err)
+	}
 }

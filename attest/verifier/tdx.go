@@ -206,6 +206,12 @@ func checkTDXPolicy(q *attest.TDXQuote, quote any, p Policy) error {
 	if err := checkExact(attest.ErrPolicy, "MROWNERCONFIG", q.MrOwnerConfig, p.TDX.MrOwnerConfig); err != nil {
 		return err
 	}
+	// A service TD bound to this one (a migration TD, say; TDX 1.5 bodies name it) can read
+	// or move its state, as SEV-SNP's migration agent can, so the build's secrecy and
+	// integrity would rest on that TD too.
+	if !allZero(q.MrServiceTd) {
+		return fmt.Errorf("%w: MRSERVICETD is %x: a service TD (such as a migration TD) is bound to this TD and can read or move its state; expected zero", attest.ErrPolicy, q.MrServiceTd)
+	}
 	// go-tdx-guest's own validation as a second opinion, for the v4 quotes it supports (v5
 	// gives "unsupported quote type"). EnableTdDebugCheck matters: without it (or an exact
 	// TdAttributes) the library accepts a debug TD.
