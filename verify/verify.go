@@ -207,6 +207,10 @@ func (r *Result) Summary() string {
 	}
 	if r.SourceTag != "" {
 		src += ", tag " + r.SourceTag
+		if r.Signer == "" {
+			// Key-signed: no certificate names the ref, and anyone can write a tag object.
+			src += " (an unsigned tag object the host sent)"
+		}
 	}
 	if r.SourcePath != "" {
 		src += ", path " + r.SourcePath
