@@ -165,7 +165,7 @@ func TestHostClaimsAreUnbound(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Verify: %v", err)
 	}
-	for _, want := range []string{"toolchain imageSha256", "source repository", "source ref"} {
+	for _, want := range []string{"toolchain imageSha256", "source repository", "source ref", "invocation id"} {
 		if !slices.Contains(res.Unbound, want) {
 			t.Errorf("unbound %v lacks %q", res.Unbound, want)
 		}

@@ -534,14 +534,16 @@ func (v *verification) checkConsistency(context.Context) error {
 // hostClaims are the manifest's claims only the runner host vouches for, which the
 // statement repeats: the toolchain image's file digest and container image (the guest
 // mounts the image through dm-verity and checks neither; its verity root is what binds the
-// bytes), and, without a keyless identity, the source repository and ref.
+// bytes), and, without a keyless identity, the source repository, ref and invocation id.
 func hostClaims(m *job.Manifest, keyless bool) []string {
 	claims := []string{"toolchain imageSha256"}
 	if m.Toolchain.SourceImage != "" {
 		claims = append(claims, "toolchain sourceImage")
 	}
 	if !keyless {
-		claims = append(claims, "source repository", "source ref")
+		// A keyless certificate names the workflow run the invocation id must be; with a
+		// key, it is whatever the host wrote.
+		claims = append(claims, "source repository", "source ref", "invocation id")
 	}
 	return claims
 }
