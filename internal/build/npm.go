@@ -3,12 +3,8 @@ package build
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"os"
@@ -193,16 +189,9 @@ func hashContent(dir, algo string) (map[string]string, error) {
 		if err != nil || !d.Type().IsRegular() {
 			return err
 		}
-		var h hash.Hash
-		switch algo {
-		case "sha1":
-			h = sha1.New()
-		case "sha256":
-			h = sha256.New()
-		case "sha384":
-			h = sha512.New384()
-		default:
-			h = sha512.New()
+		h, err := npmlock.NewHash(algo)
+		if err != nil {
+			return err
 		}
 		f, err := os.Open(p)
 		if err != nil {

@@ -2,12 +2,8 @@ package guest
 
 import (
 	"bytes"
-	"crypto/sha1"
-	"crypto/sha256"
-	"crypto/sha512"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -133,18 +129,9 @@ func checkContentFile(p string, h npmlock.Hash) error {
 		return err
 	}
 	defer f.Close()
-	var hh hash.Hash
-	switch h.Algorithm {
-	case "sha512":
-		hh = sha512.New()
-	case "sha384":
-		hh = sha512.New384()
-	case "sha256":
-		hh = sha256.New()
-	case "sha1":
-		hh = sha1.New()
-	default:
-		return fmt.Errorf("unknown hash %s", h.Algorithm)
+	hh, err := npmlock.NewHash(h.Algorithm)
+	if err != nil {
+		return err
 	}
 	if _, err := io.Copy(hh, f); err != nil {
 		return fmt.Errorf("hashing its content: %w", err)

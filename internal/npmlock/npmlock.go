@@ -5,11 +5,15 @@ package npmlock
 
 import (
 	"bytes"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"path"
 	"sort"
 	"strings"
@@ -109,6 +113,22 @@ var strength = []string{"sha512", "sha384", "sha256", "sha1"}
 
 // digestLen is each algorithm's digest length in bytes.
 var digestLen = map[string]int{"sha512": 64, "sha384": 48, "sha256": 32, "sha1": 20}
+
+// NewHash returns a hash of one of the algorithms an integrity string may name, for the
+// host (finding content by its digest) and the guest (checking it) alike.
+func NewHash(algorithm string) (hash.Hash, error) {
+	switch algorithm {
+	case "sha512":
+		return sha512.New(), nil
+	case "sha384":
+		return sha512.New384(), nil
+	case "sha256":
+		return sha256.New(), nil
+	case "sha1":
+		return sha1.New(), nil
+	}
+	return nil, fmt.Errorf("unknown integrity hash %q", algorithm)
+}
 
 // Hash is one hash of an integrity string.
 type Hash struct {
